@@ -1,1 +1,82 @@
-"""store."""
+"""The run store: Parquet schemas, atomic shard writes, readers, verification and SQL.
+
+The run directory is the public contract (DESIGN §3). Start from `Run`::
+
+    run = Run("runs/cifar")            # or "s3://bucket/runs/cifar"
+    masks, margins = run.masks_and_margins(plan="alpha")   # bool[m, n_train], float32[m, n_eval]
+    problems = verify(run)             # torn / schema / length / duplicate / missing, by file
+    query(run, "SELECT mask[43] AS included, avg(margins[18]) FROM models GROUP BY 1")
+"""
+
+from datamodels.store.fs import RunFS
+from datamodels.store.query import connect, query, read_statements
+from datamodels.store.run import Run
+from datamodels.store.schemas import (
+    CONFIG_PATH,
+    EVALUATION_PATH,
+    EVALUATION_SCHEMA,
+    EXAMPLES_PATH,
+    EXAMPLES_SCHEMA,
+    FAILURES_PATH,
+    FAILURES_SCHEMA,
+    INVALID_DIR,
+    MODELS_DIR,
+    SCHEMA_VERSION,
+    SCORES_DIR,
+    TARGETS_PATH,
+    TARGETS_SCHEMA,
+    WEIGHTS_PATH,
+    WEIGHTS_SCHEMA,
+    check_schema,
+    models_schema,
+    schema_version_of,
+    scores_schema,
+)
+from datamodels.store.shards import (
+    conform_table,
+    fixed_size_list_array,
+    fixed_size_list_to_numpy,
+    models_table,
+    shard_name,
+    write_model_shard,
+    write_table_atomic,
+)
+from datamodels.store.verify import UNUSABLE_KINDS, Problem, valid_shards, verify
+
+__all__ = [
+    "CONFIG_PATH",
+    "EVALUATION_PATH",
+    "EVALUATION_SCHEMA",
+    "EXAMPLES_PATH",
+    "EXAMPLES_SCHEMA",
+    "FAILURES_PATH",
+    "FAILURES_SCHEMA",
+    "INVALID_DIR",
+    "MODELS_DIR",
+    "SCHEMA_VERSION",
+    "SCORES_DIR",
+    "TARGETS_PATH",
+    "TARGETS_SCHEMA",
+    "UNUSABLE_KINDS",
+    "WEIGHTS_PATH",
+    "WEIGHTS_SCHEMA",
+    "Problem",
+    "Run",
+    "RunFS",
+    "check_schema",
+    "conform_table",
+    "connect",
+    "fixed_size_list_array",
+    "fixed_size_list_to_numpy",
+    "models_schema",
+    "models_table",
+    "query",
+    "read_statements",
+    "schema_version_of",
+    "scores_schema",
+    "shard_name",
+    "valid_shards",
+    "verify",
+    "write_model_shard",
+    "write_table_atomic",
+]

@@ -1,0 +1,168 @@
+"""The run directory's filesystem: local paths or any pyarrow filesystem URI, and atomic writes.
+
+`RunFS` roots every path at the run directory, so the rest of ``datamodels.store`` speaks in
+paths relative to the run (``models/part-....parquet``). It owns the one write primitive that
+keeps readers safe while writers run: `RunFS.write_bytes_atomic`.
+
+- Local filesystem: write ``.NAME.tmp-<uuid>`` in the same directory (a hidden name that does
+  not end in ``.parquet``, so neither our listings nor DuckDB's ``*.parquet`` glob see it),
+  ``fsync``, then ``os.replace`` (atomic on POSIX), then ``fsync`` the directory.
+- Object stores (``s3://``, ``gs://``, ...): one output stream over the full buffer; the object
+  only becomes visible when the upload completes, so a reader never sees a partial object.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from datamodels.errors import StoreError
+
+TEMP_MARKER = ".tmp-"
+
+
+def _is_uri(location: str) -> bool:
+    return "://" in location
+
+
+class RunFS:
+    """A pyarrow filesystem rooted at a run directory.
+
+    ``RunFS("runs/a")`` and ``RunFS("file:///abs/runs/a")`` are local;
+    ``RunFS("s3://bucket/runs/a")`` uses ``pyarrow.fs.S3FileSystem`` (credentials from the
+    environment, as pyarrow resolves them). Relative paths use ``/`` on every platform.
+    """
+
+    def __init__(self, uri: str | os.PathLike[str]) -> None:
+        location = os.fspath(uri)
+        if _is_uri(location):
+            try:
+                filesystem, root = pafs.FileSystem.from_uri(location)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+                raise StoreError(f"cannot open run directory {location!r}: {exc}") from exc
+        else:
+            filesystem = pafs.LocalFileSystem()
+            root = str(Path(location).expanduser().resolve())
+        self.uri: str = location
+        self.filesystem: pafs.FileSystem = filesystem
+        self.root: str = root.rstrip("/") or "/"
+        self.is_local: bool = isinstance(filesystem, pafs.LocalFileSystem)
+
+    def __repr__(self) -> str:
+        return f"RunFS({self.uri!r})"
+
+    # -- paths -------------------------------------------------------------------------------
+
+    def join(self, *parts: str) -> str:
+        """Full filesystem path of ``parts`` under the run root (``fs.join("models", name)``)."""
+        cleaned = [str(part).strip("/") for part in parts if str(part).strip("/")]
+        return posixpath.join(self.root, *cleaned) if cleaned else self.root
+
+    def display(self, rel_path: str) -> str:
+        """A path for messages: the URI or local path of ``rel_path``."""
+        if self.is_local:
+            return self.join(rel_path)
+        return self.uri.rstrip("/") + "/" + rel_path.strip("/")
+
+    def _info(self, rel_path: str) -> pafs.FileInfo:
+        return self.filesystem.get_file_info(self.join(rel_path))
+
+    def exists(self, rel_path: str) -> bool:
+        return self._info(rel_path).type != pafs.FileType.NotFound
+
+    def isfile(self, rel_path: str) -> bool:
+        return self._info(rel_path).type == pafs.FileType.File
+
+    def size(self, rel_path: str) -> int:
+        """Size in bytes of a file (``StoreError`` when it does not exist)."""
+        info = self._info(rel_path)
+        if info.type != pafs.FileType.File:
+            raise StoreError(f"{self.display(rel_path)} does not exist")
+        return int(info.size)
+
+    def listdir(self, subdir: str, suffix: str = ".parquet") -> list[str]:
+        """Sorted names of the files directly in ``subdir`` whose name ends with ``suffix``.
+
+        A missing directory lists as empty; sub-directories are not descended into.
+        """
+        selector = pafs.FileSelector(self.join(subdir), allow_not_found=True, recursive=False)
+        names = [
+            info.base_name
+            for info in self.filesystem.get_file_info(selector)
+            if info.type == pafs.FileType.File and info.base_name.endswith(suffix)
+        ]
+        return sorted(names)
+
+    def entries(self, subdir: str) -> list[str]:
+        """Sorted names of everything (files and folders) directly in ``subdir``."""
+        selector = pafs.FileSelector(self.join(subdir), allow_not_found=True, recursive=False)
+        return sorted(info.base_name for info in self.filesystem.get_file_info(selector))
+
+    def makedirs(self, rel_path: str) -> None:
+        self.filesystem.create_dir(self.join(rel_path), recursive=True)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def read_bytes(self, rel_path: str) -> bytes:
+        try:
+            with self.filesystem.open_input_stream(self.join(rel_path)) as stream:
+                return stream.read()
+        except FileNotFoundError as exc:
+            raise StoreError(f"{self.display(rel_path)} does not exist") from exc
+
+    def open_input_file(self, rel_path: str) -> pa.NativeFile:
+        """A random-access file (what ``pyarrow.parquet.ParquetFile`` wants)."""
+        try:
+            return self.filesystem.open_input_file(self.join(rel_path))
+        except FileNotFoundError as exc:
+            raise StoreError(f"{self.display(rel_path)} does not exist") from exc
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def write_bytes_atomic(self, rel_path: str, data: bytes | pa.Buffer) -> None:
+        """Make ``rel_path`` hold exactly ``data``; readers see the old file or the new one."""
+        if self.is_local:
+            # Also creates the run directory itself on the first write. Object stores have no
+            # directories to create (and creating marker objects would cost a request per write).
+            self.makedirs(posixpath.dirname(rel_path.strip("/")))
+            self._write_local_atomic(self.join(rel_path), data)
+        else:
+            # Object stores publish an object only when its upload completes: one stream over
+            # the whole buffer is the atomic write there (no rename needed, none available).
+            with self.filesystem.open_output_stream(self.join(rel_path)) as stream:
+                stream.write(data)
+
+    @staticmethod
+    def _write_local_atomic(path: str, data: bytes | pa.Buffer) -> None:
+        directory, name = os.path.split(path)
+        temp_path = os.path.join(directory, f".{name}{TEMP_MARKER}{uuid.uuid4().hex}")
+        fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(memoryview(data))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp_path, path)
+        except BaseException:
+            if os.path.exists(temp_path):
+                os.unlink(temp_path)
+            raise
+        # The rename itself must survive a crash, or a "finished" shard can vanish on reboot.
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def move(self, src: str, dst: str) -> None:
+        """Move ``src`` to ``dst`` (both relative), creating ``dst``'s directory."""
+        if self.is_local:
+            self.makedirs(posixpath.dirname(dst.strip("/")))
+            os.replace(self.join(src), self.join(dst))
+        else:
+            self.filesystem.move(self.join(src), self.join(dst))

@@ -1,0 +1,218 @@
+"""The Parquet schemas of the run directory (DESIGN §3) and the checks against them.
+
+Every table has one `pyarrow.Schema` here, carrying ``schema_version`` in its metadata. Column
+names and types are the public contract that notebooks, SQL and outside checks read:
+
+=============================  ==============================================================
+``examples.parquet``           `EXAMPLES_SCHEMA`
+``models/*.parquet``           `models_schema` (n_train, n_eval)
+``failures.parquet``           `FAILURES_SCHEMA`
+``datamodels/weights.parquet`` `WEIGHTS_SCHEMA`
+``datamodels/targets.parquet`` `TARGETS_SCHEMA`
+``scores/<method>.parquet``    `scores_schema` (n_train)
+``evaluation.parquet``         `EVALUATION_SCHEMA`
+=============================  ==============================================================
+
+Checks compare column names and types; nullability and list item names are not compared (a
+file written by another Parquet tool is still readable when its types match).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from datamodels.errors import StoreError
+
+SCHEMA_VERSION = 1
+_VERSION_KEY = b"schema_version"
+
+
+def _metadata(**extra: int) -> dict[bytes, bytes]:
+    metadata = {_VERSION_KEY: str(SCHEMA_VERSION).encode()}
+    metadata.update({key.encode(): str(value).encode() for key, value in extra.items()})
+    return metadata
+
+
+def _field(name: str, type_: pa.DataType, nullable: bool = False) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable)
+
+
+def models_schema(n_train: int, n_eval: int) -> pa.Schema:
+    """One row per trained model: its subset ``mask: bool[n_train]`` and ``margins: float32[n_eval]``."""
+    if n_train < 0 or n_eval < 0:
+        raise StoreError(f"models_schema needs n_train, n_eval >= 0, got {n_train}, {n_eval}")
+    return pa.schema(
+        [
+            _field("model_id", pa.int64()),
+            _field("plan", pa.string()),
+            _field("alpha", pa.float32()),
+            _field("seed", pa.int64()),
+            _field("mask", pa.list_(pa.bool_(), n_train)),
+            _field("margins", pa.list_(pa.float32(), n_eval)),
+            _field("train_loss", pa.float32()),
+            _field("eval_accuracy", pa.float32()),
+            _field("seconds", pa.float32()),
+            _field("attempt", pa.int32()),
+            _field("worker", pa.string(), nullable=True),
+        ],
+        metadata=_metadata(n_train=n_train, n_eval=n_eval),
+    )
+
+
+EXAMPLES_SCHEMA = pa.schema(
+    [
+        _field("index", pa.int64()),
+        _field("split", pa.string()),
+        _field("label", pa.int64()),
+        _field("original_label", pa.int64(), nullable=True),
+        _field("eval_position", pa.int64(), nullable=True),
+        _field("train_position", pa.int64(), nullable=True),
+    ],
+    metadata=_metadata(),
+)
+
+FAILURES_SCHEMA = pa.schema(
+    [
+        _field("model_id", pa.int64()),
+        _field("plan", pa.string()),
+        _field("attempt", pa.int32()),
+        _field("error_type", pa.string()),
+        _field("message", pa.string(), nullable=True),
+        _field("worker", pa.string(), nullable=True),
+    ],
+    metadata=_metadata(),
+)
+
+WEIGHTS_SCHEMA = pa.schema(
+    [
+        _field("target", pa.int64()),
+        _field("train_position", pa.int64()),
+        _field("weight", pa.float32()),
+    ],
+    metadata=_metadata(),
+)
+
+TARGETS_SCHEMA = pa.schema(
+    [
+        _field("target", pa.int64()),
+        _field("bias", pa.float32()),
+        _field("lam", pa.float32()),
+        _field("val_mse", pa.float32(), nullable=True),
+        _field("val_spearman", pa.float32(), nullable=True),
+        _field("nnz", pa.int64()),
+    ],
+    metadata=_metadata(),
+)
+
+EVALUATION_SCHEMA = pa.schema(
+    [
+        _field("method", pa.string()),
+        _field("metric", pa.string()),
+        _field("value", pa.float64(), nullable=True),
+        _field("n_targets", pa.int64(), nullable=True),
+        _field("details", pa.string(), nullable=True),
+    ],
+    metadata=_metadata(),
+)
+
+
+def scores_schema(n_train: int) -> pa.Schema:
+    """One row per target: ``scores: float32[n_train]`` and its optional (null) ``stderr``."""
+    if n_train < 0:
+        raise StoreError(f"scores_schema needs n_train >= 0, got {n_train}")
+    return pa.schema(
+        [
+            _field("target", pa.int64()),
+            _field("scores", pa.list_(pa.float32(), n_train)),
+            _field("stderr", pa.list_(pa.float32(), n_train), nullable=True),
+        ],
+        metadata=_metadata(n_train=n_train),
+    )
+
+
+# -- checks ------------------------------------------------------------------------------------
+
+
+def types_match(actual: pa.DataType, expected: pa.DataType) -> bool:
+    """Type equality that ignores list item names and nullability."""
+    if pa.types.is_fixed_size_list(expected):
+        return (
+            pa.types.is_fixed_size_list(actual)
+            and actual.list_size == expected.list_size
+            and types_match(actual.value_type, expected.value_type)
+        )
+    if pa.types.is_list(expected) or pa.types.is_large_list(expected):
+        return type(actual) is type(expected) and types_match(
+            actual.value_type, expected.value_type
+        )
+    return actual.equals(expected)
+
+
+def schema_version_of(schema: pa.Schema) -> int | None:
+    """The ``schema_version`` a file was written with, or None when it carries none."""
+    raw = (schema.metadata or {}).get(_VERSION_KEY)
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return None
+
+
+def version_problem(schema: pa.Schema, file: str) -> str | None:
+    """Why ``file``'s schema_version cannot be read by this release, or None when it can."""
+    version = schema_version_of(schema)
+    if version == SCHEMA_VERSION:
+        return None
+    if version is None:
+        return (
+            f"{file} has no schema_version metadata, so it was not written by datamodels; "
+            "re-create it with the datamodels stage that owns it"
+        )
+    if version < SCHEMA_VERSION:
+        return (
+            f"{file} was written with schema_version {version}, this datamodels reads "
+            f"{SCHEMA_VERSION}; re-run the stage that writes it, or read it with the "
+            "datamodels release that wrote it"
+        )
+    return (
+        f"{file} was written with schema_version {version}, newer than this datamodels "
+        f"({SCHEMA_VERSION}); upgrade datamodels (pip install -U datamodels) to read it"
+    )
+
+
+def column_problems(actual: pa.Schema, expected: pa.Schema) -> list[str]:
+    """Missing columns and columns of the wrong type (extra columns are allowed)."""
+    problems = []
+    for field in expected:
+        index = actual.get_field_index(field.name)
+        if index < 0:
+            problems.append(f"column {field.name!r} ({field.type}) is missing")
+        elif not types_match(actual.field(index).type, field.type):
+            problems.append(
+                f"column {field.name!r} has type {actual.field(index).type}, expected {field.type}"
+            )
+    return problems
+
+
+def check_schema(actual: pa.Schema, expected: pa.Schema, file: str) -> None:
+    """Raise `StoreError` naming ``file`` unless ``actual`` has ``expected``'s version and columns."""
+    problem = version_problem(actual, file)
+    if problem is not None:
+        raise StoreError(problem)
+    problems = column_problems(actual, expected)
+    if problems:
+        raise StoreError(f"{file} has the wrong schema: " + "; ".join(problems))
+
+
+# -- where each table lives (paths relative to the run directory) -------------------------------
+
+CONFIG_PATH = "config.yaml"
+EXAMPLES_PATH = "examples.parquet"
+MODELS_DIR = "models"
+INVALID_DIR = "models/_invalid"
+FAILURES_PATH = "failures.parquet"
+WEIGHTS_PATH = "datamodels/weights.parquet"
+TARGETS_PATH = "datamodels/targets.parquet"
+SCORES_DIR = "scores"
+EVALUATION_PATH = "evaluation.parquet"
