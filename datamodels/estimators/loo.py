@@ -1,0 +1,73 @@
+"""Leave-one-out retraining.
+
+    LOO(i, t) = mean(Y_t | full models) − mean(Y_t | models without i)
+
+Positive = removing i lowers the margin, i.e. including i helps (the run-wide convention).
+
+Row layout: ``left_out: int[m]`` is −1 for a model trained on the full training set and the
+train position i for a model trained on everything but i; ``margins: float[m, T]``. Several
+rows with the same ``left_out`` (different seeds) are averaged. Points never left out score 0
+with stderr inf.
+
+Standard error: training noise (seed variance) is assumed the same for every model, so one
+variance per target is pooled over all groups (full and every left-out point, each about its
+own mean) and SE(i, t) = s_t · sqrt(1/n_full + 1/n_i). This gives an error bar with a single
+seed per left-out point as long as some group has two or more models; with no replicated
+group at all (no degrees of freedom) stderr is inf.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+
+from datamodels.estimators.base import (
+    EstimatorInputError,
+    Scores,
+    as_margins,
+    as_row_vector,
+    check_finite,
+    to_scores,
+)
+
+
+def loo(left_out: np.ndarray, margins: np.ndarray, n_train: int) -> Scores:
+    """Leave-one-out scores of every training point for every target.
+
+    left_out: int[m], −1 for full models, else the left-out train position;
+    margins: float[m, T]; n_train: number of training points.
+    Returns `Scores` with values, stderr float32[T, n_train].
+    """
+    left_out = np.asarray(left_out)
+    if left_out.ndim != 1 or left_out.size == 0:
+        raise EstimatorInputError(f"left_out must be a non-empty 1-D array, got shape {left_out.shape}")
+    m = left_out.shape[0]
+    left_out = as_row_vector(left_out, m, "left_out", np.int64)
+    margins = np.asarray(as_margins(margins, m), dtype=np.float64)
+    check_finite(margins, np.arange(m))
+    if ((left_out < -1) | (left_out >= n_train)).any():
+        raise EstimatorInputError(f"left_out must be -1 (full model) or a train position in [0, {n_train})")
+    if not (left_out == -1).any():
+        raise EstimatorInputError("loo needs at least one full model (left_out == -1)")
+
+    # Group g = left_out + 1: group 0 holds the full models, group i+1 the models without i.
+    group = left_out + 1
+    n_groups = n_train + 1
+    one_hot = sparse.csr_matrix((np.ones(m), (group, np.arange(m))), shape=(n_groups, m))
+    count = np.bincount(group, minlength=n_groups).astype(np.float64)
+    group_sum = np.asarray(one_hot @ margins)  # [n_groups, T]
+    group_mean = group_sum / np.maximum(count, 1.0)[:, None]
+
+    without_i = group_mean[1:]
+    seen = count[1:] > 0
+    values = np.where(seen[:, None], group_mean[:1] - without_i, 0.0).T  # [T, n_train]
+
+    residual = margins - group_mean[group]
+    dof = m - int((count > 0).sum())
+    if dof > 0:
+        pooled_sd = np.sqrt(np.einsum("rt,rt->t", residual, residual) / dof)  # [T]
+        scale = np.sqrt(1.0 / count[0] + 1.0 / np.maximum(count[1:], 1.0))  # [n_train]
+        stderr = np.where(seen[None, :], pooled_sd[:, None] * scale[None, :], np.inf)
+    else:
+        stderr = np.full(values.shape, np.inf)
+    return to_scores(values, stderr, m)
