@@ -1,1 +1,1 @@
-"""models."""
+"""Architectures: ``logreg`` (convex reference), ``mlp`` (stacked or nn.Module), ``resnet9``."""

@@ -1,1 +1,1 @@
-"""orchestrate."""
+"""Ray orchestration (the only package that imports ray): driver, worker task, progress."""

@@ -1,0 +1,44 @@
+# Two commands do everything on a fresh Debian machine:
+#   make demo   install what is missing, run the default job (local Ray, digits, CPU)
+#   make test   install what is missing, run the default test suite
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_SPEC ?= torch==2.13.0
+APT_PKGS := pkg-config libopencv-dev libturbojpeg0-dev
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+RUN ?= runs/digits
+
+.PHONY: setup demo test test-slow lint bench clean
+
+$(STAMP): pyproject.toml
+	@dpkg -s $(APT_PKGS) >/dev/null 2>&1 || { \
+	  echo "installing system packages FFCV builds against: $(APT_PKGS)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PKGS) >/dev/null; }
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/datamodels run configs/digits.yaml --out $(RUN)
+	$(BIN)/datamodels query $(RUN) "SELECT plan, count(*) AS models, avg(eval_accuracy) AS test_accuracy FROM models GROUP BY plan ORDER BY plan"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check datamodels tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/train_throughput.py
+
+clean:
+	rm -rf runs .pytest_cache

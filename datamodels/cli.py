@@ -1,0 +1,149 @@
+"""The ``datamodels`` command line: one sub-command per stage, plus status / verify / query.
+
+User mistakes (``DatamodelsError``) are printed as one line on stderr with exit code 2;
+nothing in the run directory is deleted on any error path.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from datamodels.config import Config, load_config
+from datamodels.errors import DatamodelsError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Training-data attribution by mass retraining.")
+err_console = Console(stderr=True)
+out_console = Console()
+
+ConfigArg = Annotated[Path, typer.Argument(help="YAML config (see configs/)", show_default=False)]
+RunArg = Annotated[str, typer.Argument(help="run directory (local path or pyarrow filesystem URI)")]
+OutOpt = Annotated[str | None, typer.Option("--out", "-o", help="run directory; default runs/<config name>")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a config field, e.g. --set train.epochs=5")]
+AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DatamodelsError as err:
+            err_console.print(f"[red]error:[/red] {err}", soft_wrap=True, highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _load(config: Path, overrides: list[str] | None) -> Config:
+    return load_config(config, overrides or [])
+
+
+def _out(config: Config, out: str | None) -> str:
+    return out or f"runs/{config.name}"
+
+
+@app.command()
+@user_errors
+def prepare(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None) -> None:
+    """Write the FFCV beton and examples.parquet into the run directory."""
+    from datamodels.stages import open_run
+    from datamodels.stages import prepare as prepare_stage
+
+    cfg = _load(config, set_)
+    run = open_run(cfg, _out(cfg, out))
+    wrote = prepare_stage(cfg, run)
+    err_console.print(f"prepare: {'wrote' if wrote else 'already present:'} {run.uri}/examples.parquet, data/examples.beton")
+
+
+def _train(cfg: Config, out: str, address: str | None, quiet: bool) -> None:
+    from datamodels.orchestrate.driver import train as train_stage
+
+    summary = train_stage(cfg, out, address=address, show_progress=not quiet, console=err_console)
+    if summary.failed:
+        err_console.print(
+            f"[yellow]{summary.failed} models failed every attempt; see {out}/failures.parquet "
+            "(datamodels query RUN \"SELECT * FROM failures\")"
+        )
+
+
+@app.command()
+@user_errors
+def train(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, address: AddressOpt = None, quiet: QuietOpt = False) -> None:
+    """Train every planned model that is missing from the run (resumes by default)."""
+    cfg = _load(config, set_)
+    _train(cfg, _out(cfg, out), address, quiet)
+
+
+@app.command("run")
+@user_errors
+def run_all(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, address: AddressOpt = None, quiet: QuietOpt = False) -> None:
+    """Run every stage: prepare, train (each stage skips work that is already done)."""
+    cfg = _load(config, set_)
+    target = _out(cfg, out)
+    _train(cfg, target, address, quiet)
+    status(target)
+
+
+@app.command()
+@user_errors
+def status(run: RunArg) -> None:
+    """Per plan: models planned, done, failed (attempts spent) and missing."""
+    from datamodels.stages import load_run_config, plan_status
+    from datamodels.store import Run
+
+    handle = Run(run)
+    frame = plan_status(load_run_config(handle), handle)
+    table = Table(title=f"{run}")
+    for column in frame.columns:
+        table.add_column(column, justify="left" if column == "plan" else "right")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(str(v) for v in row))
+    out_console.print(table)
+
+
+@app.command()
+@user_errors
+def verify(run: RunArg) -> None:
+    """Check every table and shard: torn files, wrong schema, duplicate ids, length mismatches."""
+    from datamodels.store import Run
+    from datamodels.store import verify as verify_run
+
+    problems = verify_run(Run(run))
+    if not problems:
+        out_console.print(f"verify: {run}: OK")
+        return
+    for p in problems:
+        out_console.print(f"{p.kind}: {p.file}: {p.message}", highlight=False, soft_wrap=True)
+    out_console.print(f"verify: {len(problems)} problem(s)")
+    raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def query(run: RunArg, sql: Annotated[str, typer.Argument(help="a read-only SQL query (DuckDB)")]) -> None:
+    """Run read-only SQL over the run's tables (views: models, examples, failures, ...)."""
+    import pandas as pd
+
+    from datamodels.store import Run
+    from datamodels.store import query as query_run
+
+    frame = query_run(Run(run), sql)
+    with pd.option_context("display.max_rows", 200, "display.width", 200):
+        print(frame.to_string(index=False))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(prog_name="datamodels")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""The run configuration: one typed, validated schema loaded from YAML, with dotted overrides.
+
+``load_config(path, overrides)`` is the only entry point: it reads YAML, applies
+``--set a.b=c`` overrides, validates (unknown keys and bad values raise ``ConfigError`` with a
+one-line message naming the field and what is allowed) and returns a frozen ``Config``.
+
+``Config.hash`` covers everything that decides *what* is computed (data, model, recipe,
+plans, seed); the ``resources`` section (how it is computed: CPUs, GPUs, batch of models per
+task, loader path) is excluded, so a run can be resumed on a different cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from datamodels.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(_Section):
+    """Where the examples come from. ``digits`` ships with scikit-learn; ``cifar10`` reads the
+    standard python-pickle archive at ``path``; ``arrays`` reads a user's ``.npz``."""
+
+    name: Literal["digits", "cifar10", "arrays"] = "digits"
+    path: str | None = None
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    split_seed: int = 0
+    limit_train: int | None = Field(None, ge=1)
+    limit_test: int | None = Field(None, ge=1)
+    eval_train: bool = True
+    flip_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> DatasetConfig:
+        if self.name in ("cifar10", "arrays") and not self.path:
+            raise ValueError(f"dataset.path is required for dataset.name={self.name!r}")
+        return self
+
+
+class ModelConfig(_Section):
+    arch: Literal["logreg", "mlp", "resnet9"] = "mlp"
+    hidden: int = Field(64, ge=1)
+    depth: int = Field(1, ge=1, le=8)
+    width: int = Field(64, ge=4)
+
+
+class TrainConfig(_Section):
+    """The training recipe. ``logreg`` ignores the SGD fields: it is solved full-batch to
+    ``tolerance`` (gradient norm) in float64, so the same subset always gives the same model."""
+
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.1, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    schedule: Literal["constant", "linear", "triangle"] = "linear"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    tolerance: float = Field(1e-6, gt=0.0)
+    max_iter: int = Field(500, ge=1)
+
+
+class PlanConfig(_Section):
+    """A named set of models. ``alpha``: ``count`` masks, each point included with probability
+    ``alpha``; ``seeds`` trainings (different seeds) per mask."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+    kind: Literal["alpha"] = "alpha"
+    alpha: float = Field(0.5, gt=0.0, le=1.0)
+    count: int = Field(ge=1)
+    seeds: int = Field(1, ge=1)
+
+
+class ResourcesConfig(_Section):
+    """How the work is executed; not part of the config hash."""
+
+    num_cpus: float = Field(1.0, gt=0.0)
+    num_gpus: float = Field(0.0, ge=0.0)
+    models_per_task: int = Field(250, ge=1)
+    max_in_flight: int = Field(0, ge=0)  # 0: twice the cluster's slots for this task shape
+    max_attempts: int = Field(3, ge=1)
+    task_retries: int = Field(3, ge=0)
+    loader: Literal["auto", "resident", "per_model"] = "auto"
+    resident_max_bytes: int = Field(2 * 1024**3, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    trainer: Literal["batched", "sequential"] = "batched"
+    threads_per_task: int = Field(0, ge=0)  # 0: num_cpus
+
+
+def _default_plans() -> tuple[PlanConfig, ...]:
+    return (
+        PlanConfig(name="train", alpha=0.5, count=2000),
+        PlanConfig(name="eval", alpha=0.5, count=200),
+    )
+
+
+class Config(_Section):
+    name: str = "digits"
+    seed: int = 0
+    dataset: DatasetConfig = DatasetConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    plans: tuple[PlanConfig, ...] = Field(default_factory=_default_plans)
+    resources: ResourcesConfig = ResourcesConfig()
+
+    @field_validator("plans")
+    @classmethod
+    def _unique_plan_names(cls, plans: tuple[PlanConfig, ...]) -> tuple[PlanConfig, ...]:
+        names = [p.name for p in plans]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"plan names must be unique; repeated: {', '.join(dupes)}")
+        if not plans:
+            raise ValueError("at least one plan is needed")
+        return plans
+
+    def plan(self, name: str) -> PlanConfig:
+        for p in self.plans:
+            if p.name == name:
+                return p
+        raise ConfigError(f"no plan named {name!r}; plans: {', '.join(p.name for p in self.plans)}")
+
+    @property
+    def hash(self) -> str:
+        """sha256 (16 hex digits) of the canonical JSON of everything but ``resources``."""
+        payload = self.model_dump(mode="json", exclude={"resources"})
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        body = self.model_dump(mode="json")
+        return yaml.safe_dump({"config_hash": self.hash, **body}, sort_keys=False)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    if keys[0] not in tree and len(keys) > 1:
+        # Overriding inside a section the file left out starts from that section's defaults.
+        default = Config().model_dump(mode="json").get(keys[0])
+        if isinstance(default, dict | list):
+            tree[keys[0]] = default
+    node: Any = tree
+    for i, key in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            node = _plan_node(node, key, ".".join(keys[: i + 1]))
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: '{'.'.join(keys[:i])}' is not a section")
+        nxt = node.get(key)
+        if nxt is None:
+            nxt = node[key] = {}
+        node = nxt
+    last = keys[-1]
+    if isinstance(node, list):
+        raise ConfigError(f"--set {dotted}: name a field inside the list item, e.g. plans.train.count=500")
+    node[last] = value
+
+
+def _plan_node(items: list, key: str, where: str) -> dict:
+    """``plans.train.count`` addresses the plan named ``train`` (or index ``0``)."""
+    for item in items:
+        if isinstance(item, dict) and item.get("name") == key:
+            return item
+    if key.isdigit() and int(key) < len(items):
+        return items[int(key)]
+    names = ", ".join(str(i.get("name")) for i in items if isinstance(i, dict))
+    raise ConfigError(f"--set {where}: no list item named {key!r} (have: {names})")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.epochs=5"`` -> ``("train.epochs", 5)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.epochs=5")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {text!r}: empty key")
+    return key, yaml.safe_load(raw) if raw.strip() else None
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-after"))
+    kind, msg = first["type"], first["msg"].removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        section = _section_for(first["loc"][:-1])
+        allowed = ", ".join(section.model_fields) if section else ""
+        return f"unknown config key '{loc}'" + (f"; allowed here: {allowed}" if allowed else "")
+    if kind == "literal_error":
+        return f"invalid value for '{loc}': {msg}"
+    value = first.get("input")
+    shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
+    return f"invalid value for '{loc}': {msg}{shown}" if loc else f"invalid config: {msg}"
+
+
+def _section_for(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = getattr(ann, "__args__", (ann,))
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return None
+        model = nested[0]
+    return model
+
+
+def config_from_dict(tree: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    tree = json.loads(json.dumps(tree))  # deep copy, YAML scalars only
+    tree.pop("config_hash", None)
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config, apply ``--set`` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (see configs/ for examples)")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return config_from_dict(tree, overrides)
+
+
+def config_from_yaml_text(text: str) -> Config:
+    return config_from_dict(yaml.safe_load(text) or {})

@@ -1,0 +1,60 @@
+"""``train_batch``: K masks in, K margin vectors out (the trainer contract, DESIGN §4).
+
+Chooses the path from the config: the batched fast path (stacked parameters, resident data)
+for ``logreg`` and ``mlp``; the one-model-at-a-time path for ``resnet9``, for
+``resources.trainer: sequential``, and whenever data comes through one FFCV loader per model.
+A model whose loss or margins are not finite is reported as failed, not returned as data.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from datamodels.config import Config
+from datamodels.train.batched import train_logreg_batched, train_mlp_batched
+from datamodels.train.data import TrainData
+from datamodels.train.sequential import train_sequential
+
+
+@dataclass
+class TrainOutcome:
+    margins: np.ndarray  # float32[K, n_eval]
+    train_loss: np.ndarray  # float32[K]
+    eval_accuracy: np.ndarray  # float32[K]
+    seconds: np.ndarray  # float32[K] wall time of the call shared equally
+    failed: np.ndarray  # bool[K] non-finite loss or margins (or not converged, logreg)
+
+
+def resolve_loader(config: Config, dataset_bytes: int) -> str:
+    choice = config.resources.loader
+    if choice == "auto":
+        return "resident" if dataset_bytes <= config.resources.resident_max_bytes else "per_model"
+    return choice
+
+
+def uses_batched_path(config: Config, loader: str) -> bool:
+    return config.model.arch in ("logreg", "mlp") and config.resources.trainer == "batched" and loader == "resident"
+
+
+def train_batch(
+    masks: np.ndarray, seeds: np.ndarray, data: TrainData, config: Config,
+    loader: str = "resident", lr_scale: np.ndarray | None = None,
+) -> TrainOutcome:
+    """masks: bool[K, n_train], seeds: int64[K] -> ``TrainOutcome`` (margins float32[K, n_eval])."""
+    masks = np.asarray(masks, dtype=bool)
+    seeds = np.asarray(seeds, dtype=np.int64)
+    if masks.ndim != 2 or masks.shape[1] != data.n_train or len(seeds) != len(masks):
+        raise ValueError(f"masks must be bool[K, {data.n_train}] with K seeds; got {masks.shape} and {len(seeds)} seeds")
+    start = time.perf_counter()
+    if config.model.arch == "logreg" and config.resources.trainer == "batched":
+        margins, loss, accuracy = train_logreg_batched(data, masks, seeds, config.train, lr_scale)
+    elif uses_batched_path(config, loader):
+        margins, loss, accuracy = train_mlp_batched(data, masks, seeds, config.model, config.train, lr_scale)
+    else:
+        margins, loss, accuracy = train_sequential(data, masks, seeds, config.model, config.train, loader, lr_scale)
+    seconds = np.full(len(seeds), (time.perf_counter() - start) / max(len(seeds), 1), dtype=np.float32)
+    failed = ~np.isfinite(loss) | ~np.isfinite(margins).all(1)
+    return TrainOutcome(margins, loss, accuracy, seconds, failed)

@@ -1,0 +1,135 @@
+"""The fast path: K models trained at once with stacked parameters.
+
+* ``train_mlp_batched``: minibatch SGD (momentum, weight decay, per-model lr schedule) on
+  stacked MLP parameters; each model draws its own batches from its own subset
+  (``EpochOrders``) and takes a step only when its batch is non-empty, so a model's
+  trajectory is the same as if it were trained alone.
+* ``train_logreg_batched``: multinomial logistic regression solved full-batch in float64 by
+  ``batched_lbfgs`` to per-model gradient norm <= ``tolerance``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from datamodels.config import ModelConfig, TrainConfig
+from datamodels.models.mlp import init_stacked, layer_sizes, stacked_forward
+from datamodels.train.data import TrainData
+from datamodels.train.lbfgs import batched_lbfgs
+from datamodels.train.orders import EpochOrders, lr_factors
+from datamodels.train.outcome import margins_and_accuracy
+
+
+def train_mlp_batched(
+    data: TrainData,
+    masks: np.ndarray,
+    seeds: np.ndarray,
+    model: ModelConfig,
+    recipe: TrainConfig,
+    lr_scale: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """masks: bool[K, n_train], seeds: int64[K] -> (margins float32[K, n_eval],
+    train_loss float32[K] (mean over the last epoch), eval_accuracy float32[K] (test split))."""
+    device = data.train_x.device
+    K = len(seeds)
+    sizes = layer_sizes(data.in_dim, model.hidden, model.depth, data.num_classes)
+    params = [p.requires_grad_(True) for p in init_stacked([int(s) for s in seeds], sizes, device)]
+    momenta = [torch.zeros_like(p) for p in params]
+    orders = EpochOrders(masks, seeds, recipe.batch_size)
+    steps_per_epoch = orders.steps_per_epoch
+    total_steps = steps_per_epoch * recipe.epochs
+    base_lr = recipe.lr * (np.ones(K) if lr_scale is None else np.asarray(lr_scale, dtype=np.float64))
+    train_x = data.train_x.reshape(data.n_train, -1)
+    B = recipe.batch_size
+    loss_sum = torch.zeros(K, dtype=torch.float64, device=device)
+    for epoch in range(recipe.epochs):
+        index_np, valid_np = orders.next_epoch()
+        index = torch.from_numpy(index_np).to(device)
+        valid = torch.from_numpy(valid_np).to(device, torch.float32)
+        last_epoch = epoch == recipe.epochs - 1
+        for step in range(orders.max_steps):
+            batch_index = index[:, step * B : (step + 1) * B]
+            weight = valid[:, step * B : (step + 1) * B]
+            count = weight.sum(1)
+            logits = stacked_forward(params, train_x[batch_index])
+            per_example = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), data.train_y[batch_index].reshape(-1),
+                reduction="none", label_smoothing=recipe.label_smoothing,
+            ).view(K, -1)
+            loss = (per_example * weight).sum(1) / count.clamp(min=1)
+            grads = torch.autograd.grad(loss.sum(), params)
+            active = step < steps_per_epoch
+            with np.errstate(invalid="ignore"):  # inf * 0 for an injected fault past its last step
+                lr = np.where(active, base_lr * lr_factors(recipe.schedule, epoch * steps_per_epoch + step, total_steps), 0.0)
+            lr_t = torch.from_numpy(lr).to(device, torch.float32)
+            active_t = torch.from_numpy(active).to(device)
+            with torch.no_grad():
+                for p, g, buf in zip(params, grads, momenta, strict=True):
+                    shape = (K,) + (1,) * (p.ndim - 1)
+                    g = g + recipe.weight_decay * p
+                    buf.copy_(torch.where(active_t.view(shape), buf * recipe.momentum + g, buf))
+                    p.sub_(lr_t.view(shape) * buf)
+            if last_epoch:
+                loss_sum += loss.detach().double()
+    train_loss = (loss_sum.cpu().numpy() / np.maximum(steps_per_epoch, 1)).astype(np.float32)
+    with torch.no_grad():
+        margins, accuracy = margins_and_accuracy(lambda x, sl: stacked_forward([p[sl] for p in params], x), data, K)
+    return margins, train_loss, accuracy
+
+
+def _logreg_objective(x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, num_classes: int, weight_decay: float):
+    """Closure for ``batched_lbfgs``: params[K, (d+1)*C] -> (f[K], grad[K, P]).
+
+    f_k = sum_i weights[k, i] * CE(x_i W_k + b_k, y_i) + weight_decay/2 * ||W_k||^2 with
+    weights = mask / subset size (bias unpenalised)."""
+    n, d = x.shape
+    onehot = F.one_hot(y, num_classes).to(x.dtype)
+
+    def fun(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        K = params.shape[0]
+        W = params[:, : d * num_classes].view(K, d, num_classes)
+        b = params[:, d * num_classes :]
+        logits = torch.matmul(x, W) + b.unsqueeze(1)
+        log_norm = torch.logsumexp(logits, dim=2)
+        ce = log_norm - (logits * onehot).sum(2)
+        f = (weights * ce).sum(1) + 0.5 * weight_decay * (W * W).sum((1, 2))
+        residual = (torch.exp(logits - log_norm.unsqueeze(2)) - onehot) * weights.unsqueeze(2)
+        grad_W = torch.matmul(x.T, residual) + weight_decay * W
+        grad_b = residual.sum(1)
+        return f, torch.cat([grad_W.reshape(K, -1), grad_b], dim=1)
+
+    return fun
+
+
+def logreg_weights(masks: np.ndarray, device: torch.device) -> torch.Tensor:
+    sizes = masks.sum(1, keepdims=True)
+    return torch.from_numpy(masks / np.maximum(sizes, 1)).to(device, torch.float64)
+
+
+def train_logreg_batched(
+    data: TrainData, masks: np.ndarray, seeds: np.ndarray, recipe: TrainConfig, lr_scale: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Same outputs as ``train_mlp_batched``. Starts from zero: the empty subset's optimum,
+    so an empty subset returns the all-zero model. ``seeds`` do not matter (convex)."""
+    device = data.train_x.device
+    K = len(seeds)
+    x = data.train_x.reshape(data.n_train, -1).double()
+    C = data.num_classes
+    fun = _logreg_objective(x, data.train_y, logreg_weights(masks, device), C, recipe.weight_decay)
+    x0 = torch.zeros(K, (x.shape[1] + 1) * C, dtype=torch.float64, device=device)
+    if lr_scale is not None:  # a non-finite scale poisons the start point (fault injection)
+        x0 = x0 + torch.from_numpy(np.where(np.isfinite(lr_scale), 0.0, np.nan)).to(device).unsqueeze(1)
+    solution = batched_lbfgs(fun, x0, tol=recipe.tolerance, max_iter=recipe.max_iter)
+    params = solution.x
+    loss = solution.f.float().cpu().numpy()
+    loss[~solution.converged.cpu().numpy()] = np.nan  # unconverged models are reported as failures
+    d = x.shape[1]
+
+    def forward(inputs: torch.Tensor, sl: slice) -> torch.Tensor:
+        W = params[sl, : d * C].view(-1, d, C)
+        return torch.matmul(inputs.reshape(len(inputs), -1).double(), W) + params[sl, d * C :].unsqueeze(1)
+
+    margins, accuracy = margins_and_accuracy(forward, data, K)
+    return margins, loss, accuracy

@@ -1,0 +1,48 @@
+"""Per-model minibatch orders and learning-rate schedules, shared by every training path.
+
+Model k shuffles its own subset each epoch with its own generator (seeded by its training
+seed) and walks it in batches of B; the last batch of an epoch may be short. All K orders of
+an epoch come out as one padded index matrix, so the batched trainer gathers every model's
+batch with one indexing op, and the one-at-a-time trainer (K = 1) sees identical batches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class EpochOrders:
+    """``next_epoch()`` -> (index int64[K, S*B], valid bool[K, S*B]) where S = max steps/epoch."""
+
+    def __init__(self, masks: np.ndarray, seeds: np.ndarray, batch_size: int) -> None:
+        self.masks = np.asarray(masks, dtype=bool)
+        self.batch_size = batch_size
+        self.rngs = [np.random.default_rng([int(s), 11]) for s in seeds]
+        self.subset_sizes = self.masks.sum(1)
+        self.steps_per_epoch = -(-self.subset_sizes // batch_size)  # ceil; 0 for an empty subset
+        self.max_steps = int(self.steps_per_epoch.max(initial=0))
+
+    def next_epoch(self) -> tuple[np.ndarray, np.ndarray]:
+        K, n = self.masks.shape
+        keys = np.stack([rng.random(n) for rng in self.rngs]) if K else np.zeros((0, n))
+        keys[~self.masks] = 2.0  # excluded points sort after every included one
+        order = np.argsort(keys, axis=1, kind="stable")
+        width = self.max_steps * self.batch_size
+        if width > n:
+            order = np.pad(order, ((0, 0), (0, width - n)))
+        order = order[:, :width]
+        valid = np.arange(width)[None, :] < self.subset_sizes[:, None]
+        return order, valid
+
+
+def lr_factors(schedule: str, step: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """Multiplier of the base lr for model-local step ``step`` of ``total`` (float[K])."""
+    frac = step / np.maximum(total, 1)
+    if schedule == "constant":
+        return np.ones_like(frac, dtype=np.float64)
+    if schedule == "linear":
+        return 1.0 - frac
+    if schedule == "triangle":  # warm up over the first fifth, then decay linearly to zero
+        peak = 0.2
+        return np.where(frac < peak, (frac + 1.0 / np.maximum(total, 1)) / peak, (1.0 - frac) / (1.0 - peak))
+    raise ValueError(f"unknown schedule {schedule!r}")

@@ -1,0 +1,192 @@
+"""The Ray driver end to end on small digits runs: schema, resume, failures, torn shards."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from datamodels.config import config_from_dict
+from datamodels.orchestrate.driver import FAULT_NAN_ENV, train
+from datamodels.plans import masks_for, plan_models
+from datamodels.stages import plan_status
+from datamodels.store import Run, query, verify
+from tests.conftest import SMALL_DIGITS
+
+MODEL_COLUMNS = {
+    "model_id": pa.int64(), "plan": pa.string(), "alpha": pa.float32(), "seed": pa.int64(),
+    "train_loss": pa.float32(), "eval_accuracy": pa.float32(), "seconds": pa.float32(),
+    "attempt": pa.int32(), "worker": pa.string(),
+}
+
+
+def _config(*overrides):
+    return config_from_dict(SMALL_DIGITS, list(overrides))
+
+
+def _shards(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "models").glob("*.parquet"))
+
+
+def test_train_writes_the_contract_tables(tmp_path, ray_local):
+    config = _config()
+    out = tmp_path / "run"
+    summary = train(config, str(out), show_progress=False)
+    planned = plan_models(config)
+    assert summary.trained == len(planned) == 48
+    run = Run(str(out))
+    n_train, n_eval = run.sizes()
+    assert (n_train, n_eval) == (1438, 1797)
+
+    schema = pq.read_schema(_shards(out)[0])
+    for name, dtype in MODEL_COLUMNS.items():
+        assert schema.field(name).type == dtype, name
+    assert schema.field("mask").type == pa.list_(pa.bool_(), n_train)
+    assert schema.field("margins").type == pa.list_(pa.float32(), n_eval)
+    assert schema.metadata[b"schema_version"] == b"1"
+    examples = pq.read_table(out / "examples.parquet")
+    assert examples.schema.field("index").type == pa.int64() and examples.schema.field("split").type == pa.string()
+    assert set(examples.column("split").to_pylist()) == {"train", "test"}
+
+    ids = run.model_ids()
+    assert ids.tolist() == planned.model_id.tolist()  # unique and complete
+    masks = run.masks()
+    np.testing.assert_array_equal(masks, masks_for(config, planned, n_train))
+    sd = np.sqrt(0.25 / masks.size)
+    assert abs(masks.mean() - 0.5) < 5 * sd
+    train_rows = run.models(plan="train", columns=["eval_accuracy"]).column("eval_accuracy").to_numpy()
+    assert len(train_rows) == 40 and train_rows.mean() > 0.85
+    assert verify(run) == []
+
+    # the DESIGN example, verbatim, against numpy
+    import duckdb
+
+    got = duckdb.sql(
+        f"SELECT mask[43] AS included, avg(margins[18]) AS m FROM '{out}/models/*.parquet' GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    margins = run.margins()
+    for included, mean in got:
+        np.testing.assert_allclose(mean, margins[masks[:, 42] == included, 17].mean(), rtol=1e-5)
+    frame = query(run, "SELECT plan, count(*) AS n FROM models GROUP BY plan ORDER BY plan")
+    assert frame.to_dict("list") == {"plan": ["eval", "train"], "n": [8, 40]}
+
+    again = train(config, str(out), show_progress=False)  # resume: nothing left to do
+    assert again.trained == 0 and again.already_done == 48
+    assert [p.name for p in _shards(out)] == sorted(p.name for p in _shards(out))
+
+
+def test_nan_models_land_in_failures(tmp_path, ray_local, monkeypatch):
+    monkeypatch.setenv(FAULT_NAN_ENV, "3,41")
+    config = _config("resources.max_attempts=2")
+    out = tmp_path / "run"
+    summary = train(config, str(out), show_progress=False)
+    run = Run(str(out))
+    assert summary.trained == 46 and summary.failed == 2
+    failures = run.failures()
+    assert sorted(failures["model_id"].tolist()) == [3, 3, 41, 41]
+    assert sorted(failures["attempt"].tolist()) == [1, 1, 2, 2]
+    assert set(failures["error_type"]) == {"NonFiniteLoss"}
+    assert set(failures["plan"]) == {"train", "eval"}
+    assert set(run.model_ids().tolist()) == set(range(48)) - {3, 41}
+    status = plan_status(config, run).set_index("plan")
+    assert status.loc["train", "failed"] == 1 and status.loc["eval", "failed"] == 1
+    assert status["missing"].sum() == 0
+    # a resumed run does not spend more attempts on them
+    assert train(config, str(out), show_progress=False).trained == 0
+
+
+def test_truncated_shard_is_named_and_retrained(tmp_path, ray_local):
+    config = _config()
+    out = tmp_path / "run"
+    train(config, str(out), show_progress=False)
+    victim = _shards(out)[1]
+    lost_ids = pq.read_table(victim, columns=["model_id"]).column("model_id").to_pylist()
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    problems = verify(Run(str(out)))
+    assert [(p.kind, Path(p.file).name) for p in problems] == [("torn", victim.name)]
+    summary = train(config, str(out), show_progress=False)
+    assert summary.trained == len(lost_ids) and summary.quarantined
+    run = Run(str(out))
+    assert run.model_ids().tolist() == list(range(48))
+    assert verify(run) == []
+    assert (out / "models" / "_invalid").is_dir()  # kept, not deleted
+
+
+def _train_shard_workers() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "ray::train_shard" in cmd:
+            found.append(proc)
+    return found
+
+
+def test_worker_killed_mid_training(tmp_path, ray_local):
+    config = _config("plans.train.count=60", "resources.models_per_task=6", "resources.trainer=sequential")
+    out = tmp_path / "run"
+    killed: list[int] = []
+
+    def killer() -> None:
+        deadline = time.time() + 60
+        while time.time() < deadline and not killed:
+            for proc in _train_shard_workers():
+                try:
+                    proc.kill()
+                    killed.append(proc.pid)
+                except psutil.NoSuchProcess:
+                    continue
+                break
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    train(config, str(out), show_progress=False)
+    thread.join(timeout=5)
+    assert killed, "no train_shard worker process was seen"
+    run = Run(str(out))
+    ids = run.model_ids()
+    assert len(ids) == len(set(ids.tolist())) == 68
+    assert verify(run) == []
+
+
+@pytest.mark.parametrize("kill_after_shards", [1])
+def test_driver_sigkill_then_resume(tmp_path, kill_after_shards, ray_local):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "datamodels.cli", "train", str(Path(__file__).parents[2] / "configs" / "digits.yaml"),
+        "--out", str(out), "--quiet",
+        "--set", "plans.train.count=100", "--set", "plans.eval.count=10", "--set", "train.epochs=4",
+        "--set", "resources.models_per_task=5", "--set", "resources.trainer=sequential",
+    ]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and len(_shards(out)) < kill_after_shards:
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local cluster it started
+    proc.wait()
+    before = {p.name: p.stat().st_mtime_ns for p in _shards(out)}
+    assert 1 <= len(before) < 22
+    done_before = len(Run(str(out)).model_ids())
+    from datamodels.config import load_config
+
+    config = load_config(Path(__file__).parents[2] / "configs" / "digits.yaml", [c for c in cmd[cmd.index("--set"):] if c != "--set"])
+    summary = train(config, str(out), show_progress=False)
+    assert summary.already_done == done_before and summary.trained == 110 - done_before
+    after = {p.name: p.stat().st_mtime_ns for p in _shards(out)}
+    assert all(after[name] == mtime for name, mtime in before.items())  # finished shards untouched
+    run = Run(str(out))
+    assert run.model_ids().tolist() == list(range(110))
+    assert verify(run) == []

@@ -1,0 +1,63 @@
+"""Bad input at the command line: one clear line, non-zero exit, nothing deleted."""
+
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from datamodels.cli import app
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+runner = CliRunner()
+
+
+def _invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, (result.stderr or "") + (result.stdout or "")
+
+
+def _write(tmp_path, tree):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def test_unknown_key(tmp_path):
+    code, text = _invoke("prepare", _write(tmp_path, {"trian": {"epochs": 2}}), "--out", tmp_path / "r")
+    assert code == 2 and "unknown config key 'trian'" in text and "Traceback" not in text
+    assert len(text.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_wrong_type_via_set(tmp_path):
+    code, text = _invoke("prepare", CONFIGS / "digits.yaml", "--out", tmp_path / "r", "--set", "train.epochs=lots")
+    assert code == 2 and "train.epochs" in text and "Traceback" not in text
+
+
+def test_missing_dataset_file(tmp_path):
+    config = _write(tmp_path, {"dataset": {"name": "arrays", "path": str(tmp_path / "nope.npz")}})
+    code, text = _invoke("prepare", config, "--out", tmp_path / "r")
+    assert code == 2 and "nope.npz" in text and "file not found" in text
+
+
+def test_output_directory_holding_another_run(tmp_path):
+    out = tmp_path / "r"
+    code, _ = _invoke("prepare", CONFIGS / "digits.yaml", "--out", out, "--set", "dataset.limit_train=50")
+    assert code == 0 and (out / "examples.parquet").exists()
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    config_text = (out / "config.yaml").read_text()
+    code, text = _invoke("prepare", CONFIGS / "digits.yaml", "--out", out, "--set", "dataset.limit_train=60")
+    assert code == 2 and "config hash" in text and "new --out" in text
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert (out / "config.yaml").read_text() == config_text
+    # a foreign, non-empty directory is refused too
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    code, text = _invoke("prepare", CONFIGS / "digits.yaml", "--out", foreign)
+    assert code == 2 and "not empty" in text and (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_status_and_verify_on_a_missing_run(tmp_path):
+    code, text = _invoke("status", tmp_path / "none")
+    assert code == 2 and "config.yaml" in text
