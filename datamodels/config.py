@@ -4,9 +4,10 @@
 ``--set a.b=c`` overrides, validates (unknown keys and bad values raise ``ConfigError`` with a
 one-line message naming the field and what is allowed) and returns a frozen ``Config``.
 
-``Config.hash`` covers everything that decides *what* is computed (data, model, recipe,
-plans, seed); the ``resources`` section (how it is computed: CPUs, GPUs, batch of models per
-task, loader path) is excluded, so a run can be resumed on a different cluster.
+``Config.hash`` covers what decides the trained models (seed, data, model, recipe, plans);
+``resources`` (how they are computed: CPUs, GPUs, models per task, loader path) and the
+settings of later stages are excluded, so a run can be resumed on a different cluster and
+refitted with other settings.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from datamodels.errors import ConfigError
+
+HASHED_SECTIONS = ("seed", "dataset", "model", "train", "plans")
 
 
 class _Section(BaseModel):
@@ -69,14 +72,38 @@ class TrainConfig(_Section):
 
 
 class PlanConfig(_Section):
-    """A named set of models. ``alpha``: ``count`` masks, each point included with probability
-    ``alpha``; ``seeds`` trainings (different seeds) per mask."""
+    """A named set of models.
+
+    * ``alpha``: ``count`` masks, each point included with probability ``alpha``.
+    * ``alpha_grid``: for Shapley via Owen's identity, α spread over (0, 1): ``levels``
+      Gauss-Legendre nodes with ``count`` masks each, or (``levels: 0``) ``count`` masks
+      with α ~ U(0, 1) drawn per mask.
+    * ``loo``: the full training set plus one mask per left-out point (``points``: train
+      positions; all when omitted).
+    * ``tmc``: ``count`` random permutations; a task trains growing prefixes of one and
+      stops once test accuracy stays within ``tolerance`` of the full-data model's for
+      ``patience`` consecutive prefixes (Ghorbani & Zou 2019).
+
+    ``seeds`` trainings (different seeds) per mask.
+    """
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
-    kind: Literal["alpha"] = "alpha"
+    kind: Literal["alpha", "alpha_grid", "loo", "tmc"] = "alpha"
     alpha: float = Field(0.5, gt=0.0, le=1.0)
-    count: int = Field(ge=1)
+    count: int | None = Field(None, ge=1)
     seeds: int = Field(1, ge=1)
+    levels: int = Field(8, ge=0, le=256)
+    points: tuple[int, ...] | None = None
+    tolerance: float = Field(0.01, ge=0.0)
+    patience: int = Field(5, ge=1)
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> PlanConfig:
+        if self.kind != "loo" and self.count is None:
+            raise ValueError(f"plans.{self.name}.count is required for kind {self.kind!r}")
+        if self.kind == "loo" and self.points is not None and any(p < 0 for p in self.points):
+            raise ValueError(f"plans.{self.name}.points must be train positions (>= 0)")
+        return self
 
 
 class ResourcesConfig(_Section):
@@ -95,6 +122,27 @@ class ResourcesConfig(_Section):
     threads_per_task: int = Field(0, ge=0)  # 0: num_cpus
 
 
+class FitConfig(_Section):
+    """The ``fit`` stage: one LASSO path per evaluation target, λ picked on held-out models."""
+
+    plan: str = "train"
+    targets: Literal["test", "all"] = "test"
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    split_seed: int = 0
+    n_lambdas: int = Field(20, ge=2)
+    eps: float = Field(1e-3, gt=0.0, lt=1.0)
+    patience: int = Field(3, ge=1)
+    tol: float = Field(1e-4, gt=0.0)
+    targets_per_block: int = Field(512, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class EvaluateConfig(_Section):
+    """The ``evaluate`` stage: which plan holds the held-out subsets for LDS."""
+
+    plan: str = "eval"
+
+
 def _default_plans() -> tuple[PlanConfig, ...]:
     return (
         PlanConfig(name="train", alpha=0.5, count=2000),
@@ -110,6 +158,8 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     plans: tuple[PlanConfig, ...] = Field(default_factory=_default_plans)
     resources: ResourcesConfig = ResourcesConfig()
+    fit: FitConfig = FitConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     @field_validator("plans")
     @classmethod
@@ -130,8 +180,11 @@ class Config(_Section):
 
     @property
     def hash(self) -> str:
-        """sha256 (16 hex digits) of the canonical JSON of everything but ``resources``."""
-        payload = self.model_dump(mode="json", exclude={"resources"})
+        """sha256 (16 hex digits) of what decides the trained models: seed, dataset, model,
+        recipe and plans. Execution (``resources``) and later stages (``fit``, ``evaluate``)
+        are left out, so changing them never orphans trained models."""
+        # exclude_defaults: a field added later with a default keeps old runs' hashes valid
+        payload = self.model_dump(mode="json", include=set(HASHED_SECTIONS), exclude_defaults=True)
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -1,10 +1,17 @@
 """Which models to train: the plan table, and masks as a pure function of (seed, plan, id).
 
-Model ids are assigned in config order: plan 0 owns ids ``[0, n_0)``, plan 1 the next
-``n_1`` ids, and so on, where ``n_p = count * seeds``. Model ``j`` of a plan trains on mask
-number ``j // seeds`` with replicate ``j % seeds``; the mask depends only on
-``(config seed, plan name, mask number)`` and the training seed additionally on the
-replicate — never on scheduling order, batch composition or attempt.
+Model ids are assigned in config order: each plan owns a contiguous block of ids. Within a
+plan, model ``j`` trains on mask number ``j // seeds`` with replicate ``j % seeds``; the mask
+depends only on ``(config seed, plan name, mask number)`` and the training seed additionally
+on the replicate — never on scheduling order, batch composition or attempt.
+
+Mask numbers by plan kind (n = n_train):
+* ``alpha``: ``count`` masks ~ Ber(alpha).
+* ``alpha_grid``: ``levels * count`` masks, level ``mask // count`` at Gauss-Legendre node
+  α_level; or (levels 0) ``count`` masks with α ~ U(0, 1) each.
+* ``loo``: mask 0 is the full set, mask ``k >= 1`` leaves out point ``points[k - 1]``.
+* ``tmc``: mask ``p * (n + 1) + k`` is the first k points of permutation p (k = 0..n); a
+  walk trains a prefix of these and stops (truncation), so not every id is trained.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ class PlannedModels:
 
     model_id: np.ndarray  # int64[m]
     plan: np.ndarray  # object[m] plan names
-    alpha: np.ndarray  # float32[m]
+    alpha: np.ndarray  # float32[m] inclusion probability the mask was drawn with
     seed: np.ndarray  # int64[m] training seed
     mask_index: np.ndarray  # int64[m] index of the mask within its plan
 
@@ -47,23 +54,78 @@ def training_seed(config_seed: int, plan: str, mask_index: int, replicate: int) 
     return int(seq.generate_state(1, dtype=np.uint32)[0])
 
 
+def grid_nodes(levels: int) -> np.ndarray:
+    """float64[levels]: Gauss-Legendre nodes on (0, 1) (the Owen quadrature levels)."""
+    from datamodels.estimators import owen_grid
+
+    return owen_grid(levels)[0]
+
+
+def loo_points(plan: PlanConfig, n_train: int) -> np.ndarray:
+    points = np.arange(n_train) if plan.points is None else np.asarray(plan.points, dtype=np.int64)
+    if len(points) and points.max() >= n_train:
+        from datamodels.errors import ConfigError
+
+        raise ConfigError(f"plans.{plan.name}.points: position {points.max()} is outside the {n_train} training points")
+    return points
+
+
+def n_masks(plan: PlanConfig, n_train: int) -> int:
+    if plan.kind == "alpha":
+        return int(plan.count)
+    if plan.kind == "alpha_grid":
+        return int(plan.count) * max(plan.levels, 1)
+    if plan.kind == "loo":
+        return 1 + len(loo_points(plan, n_train))
+    return int(plan.count) * (n_train + 1)  # tmc
+
+
+def mask_alpha(config_seed: int, plan: PlanConfig, mask_index: np.ndarray, n_train: int) -> np.ndarray:
+    """float64[k]: the inclusion probability (or included fraction) of each mask."""
+    mask_index = np.asarray(mask_index, dtype=np.int64)
+    if plan.kind == "alpha":
+        return np.full(len(mask_index), plan.alpha)
+    if plan.kind == "alpha_grid":
+        if plan.levels == 0:
+            key = _plan_key(plan.name)
+            return np.array([np.random.default_rng([config_seed, key, int(j), 1]).random() for j in mask_index])
+        return grid_nodes(plan.levels)[mask_index // plan.count]
+    if plan.kind == "loo":
+        return np.where(mask_index == 0, 1.0, (n_train - 1) / max(n_train, 1))
+    return (mask_index % (n_train + 1)) / max(n_train, 1)  # tmc: prefix fraction
+
+
 def plan_mask(config_seed: int, plan: PlanConfig, mask_index: int, n_train: int) -> np.ndarray:
-    """bool[n_train]: each point included independently with probability ``plan.alpha``."""
+    """bool[n_train]: mask number ``mask_index`` of ``plan``."""
+    if plan.kind == "loo":
+        mask = np.ones(n_train, dtype=bool)
+        if mask_index > 0:
+            mask[loo_points(plan, n_train)[mask_index - 1]] = False
+        return mask
+    if plan.kind == "tmc":
+        from datamodels.estimators import tmc_permutation
+
+        perm, step = divmod(int(mask_index), n_train + 1)
+        mask = np.zeros(n_train, dtype=bool)
+        mask[tmc_permutation(config_seed, perm, n_train)[:step]] = True
+        return mask
+    alpha = float(mask_alpha(config_seed, plan, np.array([mask_index]), n_train)[0])
     rng = np.random.default_rng([config_seed, _plan_key(plan.name), mask_index, 0])
-    return rng.random(n_train) < plan.alpha
+    return rng.random(n_train) < alpha
 
 
-def plan_models(config: Config) -> PlannedModels:
+def plan_models(config: Config, n_train: int) -> PlannedModels:
     """Every model the config asks for, in ``model_id`` order."""
     ids, plans, alphas, seeds, mask_idx = [], [], [], [], []
     offset = 0
     for plan in config.plans:
-        n = plan.count * plan.seeds
+        n = n_masks(plan, n_train) * plan.seeds
         local = np.arange(n, dtype=np.int64)
+        masks_of = local // plan.seeds
         ids.append(offset + local)
         plans.append(np.full(n, plan.name, dtype=object))
-        alphas.append(np.full(n, plan.alpha, dtype=np.float32))
-        mask_idx.append(local // plan.seeds)
+        alphas.append(mask_alpha(config.seed, plan, masks_of, n_train).astype(np.float32))
+        mask_idx.append(masks_of)
         seeds.append(
             np.array(
                 [training_seed(config.seed, plan.name, int(j // plan.seeds), int(j % plan.seeds)) for j in local],
@@ -87,3 +149,32 @@ def masks_for(config: Config, planned: PlannedModels, n_train: int) -> np.ndarra
     for row, (name, mask_index) in enumerate(zip(planned.plan, planned.mask_index, strict=True)):
         out[row] = plan_mask(config.seed, by_name[name], int(mask_index), n_train)
     return out
+
+
+def tmc_walk(config: Config, plan: PlanConfig, perm: int, n_train: int, planned: PlannedModels) -> PlannedModels:
+    """The planned models of permutation ``perm`` of a tmc plan, in step order (0..n)."""
+    rows = np.flatnonzero(planned.plan == plan.name)
+    lo = perm * (n_train + 1) * plan.seeds
+    return planned.take(rows[lo : lo + (n_train + 1) * plan.seeds])
+
+
+def tmc_layout(planned: PlannedModels, n_train: int, seeds: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(perm_id int64[m], step int64[m]) of tmc models from their mask indices."""
+    perm, step = np.divmod(planned.mask_index, n_train + 1)
+    return perm.astype(np.int64), step.astype(np.int64)
+
+
+def tmc_walk_state(
+    config: Config, planned: PlannedModels, n_train: int, done: set[int]
+) -> dict[tuple[str, int], tuple[int, bool]]:
+    """(plan, perm) -> (representative model id, walk present) for every tmc walk."""
+    state = {}
+    for plan in config.plans:
+        if plan.kind != "tmc":
+            continue
+        ids = planned.model_id[planned.plan == plan.name]
+        per_walk = (n_train + 1) * plan.seeds
+        for perm in range(int(plan.count)):
+            walk_ids = ids[perm * per_walk : (perm + 1) * per_walk]
+            state[(plan.name, perm)] = (int(walk_ids[0]), bool(done.intersection(walk_ids.tolist())))
+    return state

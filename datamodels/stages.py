@@ -80,19 +80,26 @@ def num_classes(examples: pd.DataFrame) -> int:
 
 
 def plan_status(config: Config, run: Run) -> pd.DataFrame:
-    """One row per plan: planned, done, failed (attempt budget spent), missing."""
+    """One row per plan: planned, done, failed (attempt budget spent), missing. A tmc plan
+    counts permutation walks (a walk stops early, so most of its prefix ids never exist)."""
     from collections import Counter
 
-    from datamodels.plans import plan_models
+    from datamodels.plans import plan_models, tmc_walk_state
 
-    planned = plan_models(config)
+    n_train = run.sizes()[0]
+    planned = plan_models(config, n_train)
     done = run.done_model_ids()
     attempts = Counter(run.failures()["model_id"].astype(int).tolist())
+    budget = config.resources.max_attempts
+    walks = tmc_walk_state(config, planned, n_train, done)
     rows = []
     for plan in config.plans:
-        ids = planned.model_id[planned.plan == plan.name].tolist()
-        n_done = sum(i in done for i in ids)
-        n_failed = sum(i not in done and attempts[i] >= config.resources.max_attempts for i in ids)
-        rows.append({"plan": plan.name, "planned": len(ids), "done": n_done, "failed": n_failed,
-                     "missing": len(ids) - n_done - n_failed})
+        if plan.kind == "tmc":
+            units = [(rep, present) for (name, _), (rep, present) in walks.items() if name == plan.name]
+        else:
+            units = [(i, i in done) for i in planned.model_id[planned.plan == plan.name].tolist()]
+        n_done = sum(present for _, present in units)
+        n_failed = sum(not present and attempts[i] >= budget for i, present in units)
+        rows.append({"plan": plan.name, "kind": plan.kind, "planned": len(units), "done": n_done,
+                     "failed": n_failed, "missing": len(units) - n_done - n_failed})
     return pd.DataFrame(rows)

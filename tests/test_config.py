@@ -48,6 +48,8 @@ def test_overrides_and_hash():
     assert changed.hash != base.hash
     # resources decide how, not what: they do not change the hash
     assert config_from_dict({}, ["resources.num_cpus=4", "resources.models_per_task=9"]).hash == base.hash
+    # nor do the settings of later stages, or the name
+    assert config_from_dict({}, ["fit.val_fraction=0.2", "evaluate.plan=train", "name=other"]).hash == base.hash
     with pytest.raises(ConfigError, match="no list item named 'nope'"):
         config_from_dict({}, ["plans.nope.count=3"])
     with pytest.raises(ConfigError, match="KEY=VALUE"):

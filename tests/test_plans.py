@@ -10,7 +10,7 @@ def _config(**plans):
 
 def test_ids_unique_contiguous_and_seeds():
     config = _config(train={"alpha": 0.5, "count": 30}, eval={"alpha": 0.3, "count": 5, "seeds": 3})
-    planned = plan_models(config)
+    planned = plan_models(config, 100)
     assert planned.model_id.tolist() == list(range(45))
     assert (planned.plan[:30] == "train").all() and (planned.plan[30:] == "eval").all()
     ev = planned.take(np.arange(30, 45))
@@ -21,19 +21,19 @@ def test_ids_unique_contiguous_and_seeds():
 
 def test_masks_are_a_pure_function_of_seed_plan_and_id():
     config = _config(train={"alpha": 0.5, "count": 50})
-    planned = plan_models(config)
+    planned = plan_models(config, 300)
     forward = masks_for(config, planned, 300)
     shuffled = np.random.default_rng(1).permutation(50)
     again = masks_for(config, planned.take(shuffled), 300)
     np.testing.assert_array_equal(again, forward[shuffled])
     other_seed = config_from_dict({"seed": 1, "plans": [{"name": "train", "count": 50}]})
-    assert not np.array_equal(masks_for(other_seed, plan_models(other_seed), 300), forward)
+    assert not np.array_equal(masks_for(other_seed, plan_models(other_seed, 300), 300), forward)
 
 
 def test_alpha_within_binomial_tolerance():
     config = _config(a={"alpha": 0.5, "count": 200}, b={"alpha": 0.1, "count": 200})
-    planned = plan_models(config)
     n = 500
+    planned = plan_models(config, n)
     masks = masks_for(config, planned, n)
     for name, alpha in (("a", 0.5), ("b", 0.1)):
         rows = masks[planned.plan == name]
@@ -41,3 +41,51 @@ def test_alpha_within_binomial_tolerance():
         assert abs(rows.mean() - alpha) < 5 * sd
         per_model_sd = np.sqrt(alpha * (1 - alpha) / n)
         assert np.all(np.abs(rows.mean(1) - alpha) < 6 * per_model_sd)
+
+
+def test_alpha_grid_levels_and_uniform():
+    from datamodels.estimators import owen_grid
+
+    config = _config(g={"kind": "alpha_grid", "levels": 4, "count": 50}, u={"kind": "alpha_grid", "levels": 0, "count": 300})
+    n = 400
+    planned = plan_models(config, n)
+    masks = masks_for(config, planned, n)
+    grid = planned.plan == "g"
+    nodes = owen_grid(4)[0]
+    assert sorted(set(np.round(planned.alpha[grid], 5))) == sorted(np.round(nodes, 5).astype(np.float32).tolist())
+    for node in nodes:
+        rows = grid & np.isclose(planned.alpha, node, atol=1e-6)
+        assert rows.sum() == 50
+        assert abs(masks[rows].mean() - node) < 5 * np.sqrt(node * (1 - node) / (50 * n))
+    uniform = planned.alpha[planned.plan == "u"]
+    assert uniform.min() > 0 and uniform.max() < 1 and abs(uniform.mean() - 0.5) < 0.05
+    fractions = masks[planned.plan == "u"].mean(1)
+    assert np.corrcoef(fractions, uniform)[0, 1] > 0.99
+
+
+def test_loo_masks_leave_out_one_point_each():
+    config = _config(loo={"kind": "loo", "points": [3, 7], "seeds": 2})
+    planned = plan_models(config, 10)
+    masks = masks_for(config, planned, 10)
+    assert len(planned) == 6  # full + 2 left-out, 2 seeds each
+    assert masks[:2].all()
+    assert (~masks[2:4]).sum(1).tolist() == [1, 1] and not masks[2:4, 3].any()
+    assert not masks[4:6, 7].any() and masks[4:6].sum() == 18
+    all_points = _config(loo={"kind": "loo"})
+    assert len(plan_models(all_points, 10)) == 11
+
+
+def test_tmc_prefixes_follow_one_permutation():
+    from datamodels.estimators import tmc_permutation
+
+    config = _config(t={"kind": "tmc", "count": 2})
+    n = 6
+    planned = plan_models(config, n)
+    assert len(planned) == 2 * (n + 1)
+    masks = masks_for(config, planned, n)
+    order = tmc_permutation(config.seed, 1, n)
+    walk = masks[n + 1 :]
+    assert walk.sum(1).tolist() == list(range(n + 1))
+    for step in range(1, n + 1):
+        added = np.flatnonzero(walk[step] & ~walk[step - 1])
+        assert added.tolist() == [order[step - 1]]

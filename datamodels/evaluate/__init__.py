@@ -1,1 +1,1 @@
-"""evaluate."""
+"""Evaluation metrics: LDS (more to come: LOO correlation, brittleness, mislabel detection)."""

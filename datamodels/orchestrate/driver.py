@@ -20,8 +20,8 @@ from rich.console import Console
 
 from datamodels.config import Config
 from datamodels.orchestrate.progress import TrainProgress
-from datamodels.orchestrate.worker import Receipt, train_shard
-from datamodels.plans import plan_models
+from datamodels.orchestrate.worker import Receipt, train_shard, train_walk
+from datamodels.plans import plan_models, tmc_walk_state
 from datamodels.stages import BETON_PATH, open_run, prepare
 from datamodels.store import Run, valid_shards
 from datamodels.train.api import resolve_loader
@@ -55,8 +55,19 @@ def _fault_ids() -> tuple[int, ...]:
     return tuple(int(x) for x in raw.split(",") if x.strip())
 
 
-def schedule_state(config: Config, run: Run, console: Console | None = None) -> tuple[np.ndarray, Counter, list[str], int]:
-    """(missing model ids, attempts used per id, quarantined shard names, number already done)."""
+@dataclass
+class Schedule:
+    """What is left to train: plain model ids, and (plan, permutation) walks of tmc plans."""
+
+    missing: np.ndarray  # int64 ids of non-tmc plans
+    walks: list[tuple[str, int, int]]  # (plan, permutation, representative model id)
+    attempts: Counter
+    quarantined: list[str]
+    done: int  # planned units already present (models, or walks for tmc plans)
+    total: int
+
+
+def schedule_state(config: Config, run: Run, console: Console | None = None) -> Schedule:
     good, problems = valid_shards(run)
     quarantined = []
     for problem in problems:
@@ -67,12 +78,17 @@ def schedule_state(config: Config, run: Run, console: Console | None = None) -> 
                 console.print(f"[yellow]moved bad shard {problem.file} to models/_invalid/ ({problem.kind}); its models will be retrained")
     done = run.done_model_ids()
     attempts = Counter(run.failures()["model_id"].astype(int).tolist())
-    planned = plan_models(config)
+    n_train = run.sizes()[0]
+    planned = plan_models(config, n_train)
     budget = config.resources.max_attempts
-    missing = np.array(
-        [i for i in planned.model_id.tolist() if i not in done and attempts[i] < budget], dtype=np.int64
-    )
-    return missing, attempts, quarantined, len(done & set(planned.model_id.tolist()))
+    tmc_plans = {p.name for p in config.plans if p.kind == "tmc"}
+    plain = ~np.isin(planned.plan, list(tmc_plans)) if tmc_plans else np.ones(len(planned), dtype=bool)
+    plain_ids = planned.model_id[plain].tolist()
+    missing = np.array([i for i in plain_ids if i not in done and attempts[i] < budget], dtype=np.int64)
+    walks_state = tmc_walk_state(config, planned, n_train, done)
+    walks = [(plan, perm, rep) for (plan, perm), (rep, present) in walks_state.items() if not present and attempts[rep] < budget]
+    n_done = sum(i in done for i in plain_ids) + sum(present for _, present in walks_state.values())
+    return Schedule(missing, walks, attempts, quarantined, n_done, len(plain_ids) + len(walks_state))
 
 
 def _batches(ids: list[int], size: int) -> list[list[int]]:
@@ -88,10 +104,10 @@ def train(
     console = console or Console(stderr=True)
     run = open_run(config, uri)
     prepare(config, run)
-    missing, attempts, quarantined, done_before = schedule_state(config, run, console)
-    total = len(plan_models(config))
-    summary = TrainSummary(total, done_before, 0, 0, quarantined)
-    if len(missing) == 0:
+    state = schedule_state(config, run, console)
+    missing, attempts, done_before, total = state.missing, state.attempts, state.done, state.total
+    summary = TrainSummary(total, done_before, 0, 0, state.quarantined)
+    if len(missing) == 0 and not state.walks:
         console.print(f"train: all {total} planned models are done or out of attempts; nothing to do")
         return summary
 
@@ -106,26 +122,31 @@ def train(
             f"resources.num_cpus={res.num_cpus:g}, resources.num_gpus={res.num_gpus:g}; lower them"
         )
     in_flight_limit = res.max_in_flight or 2 * slots
-    batch_size = max(1, min(res.models_per_task, -(-len(missing) // slots)))
+    batch_size = max(1, min(res.models_per_task, -(-max(len(missing), 1) // slots)))
     beton = run.local_path(BETON_PATH)
     dataset_bytes = os.path.getsize(beton) if beton else 0
     loader = resolve_loader(config, dataset_bytes)
     # max_calls=0 keeps worker processes (and their decoded dataset) alive between tasks;
     # Ray's default for GPU tasks is a fresh process per task.
-    remote = ray.remote(
-        num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_retries=res.task_retries,
-        retry_exceptions=False, max_calls=0,
-    )(train_shard)
+    task_options = dict(num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_retries=res.task_retries,
+                        retry_exceptions=False, max_calls=0)
+    remote = ray.remote(**task_options)(train_shard)
+    remote_walk = ray.remote(**task_options)(train_walk)
     config_text = config.to_yaml()
     faults = _fault_ids()
-    queue: deque[list[int]] = deque(_batches(missing.tolist(), batch_size))
+    queue: deque = deque(_batches(missing.tolist(), batch_size))
+    queue.extend(state.walks)  # (plan, perm, representative id): one task walks one permutation
     pending: dict = {}
     failure_rows: list[dict] = []
 
-    def submit(ids: list[int]) -> None:
-        tries = [attempts[i] + 1 for i in ids]
-        ref = remote.remote(run.uri, config_text, ids, tries, loader, faults)
-        pending[ref] = ids
+    def submit(unit) -> None:
+        if isinstance(unit, tuple):
+            plan_name, perm, rep = unit
+            ref = remote_walk.remote(run.uri, config_text, plan_name, perm, attempts[rep] + 1, loader, faults)
+            pending[ref] = (unit, [rep])
+            return
+        tries = [attempts[i] + 1 for i in unit]
+        pending[remote.remote(run.uri, config_text, unit, tries, loader, faults)] = (unit, unit)
 
     def record_failure(model_id: int, error_type: str, message: str, worker: str) -> bool:
         """Log one failed attempt; True if the model may be tried again."""
@@ -137,7 +158,7 @@ def train(
         )
         return attempts[model_id] < res.max_attempts
 
-    planned = plan_models(config)
+    planned = plan_models(config, run.sizes()[0])
     plan_of = dict(zip(planned.model_id.tolist(), planned.plan.tolist(), strict=True))
     with TrainProgress(total, done_before, enabled=show_progress, console=console) as progress:
         while queue or pending:
@@ -145,8 +166,8 @@ def train(
                 submit(queue.popleft())
             ready, _ = ray.wait(list(pending), num_returns=1)
             ref = ready[0]
-            ids = pending.pop(ref)
-            retry: list[int] = []
+            unit, ids = pending.pop(ref)
+            retry: list = []
             try:
                 receipt: Receipt = ray.get(ref)
             except Exception as err:  # noqa: BLE001 - worker death, OOM, bugs: all count as an attempt
@@ -154,17 +175,21 @@ def train(
                 message = str(err).strip().splitlines()[-1] if str(err).strip() else kind
                 retry = [i for i in ids if record_failure(i, kind, message, "")]
                 progress.failed_attempt(len(ids), len(ids) - len(retry))
+                if isinstance(unit, tuple):
+                    retry = [unit] if retry else []
             else:
                 summary.trained += len(receipt.written)
-                progress.advance(len(receipt.written))
+                progress.advance(1 if isinstance(unit, tuple) else len(receipt.written))
                 for model_id, kind, message in receipt.failed:
-                    if record_failure(model_id, kind, message, receipt.worker):
+                    if record_failure(model_id, kind, message, receipt.worker) and not isinstance(unit, tuple):
                         retry.append(model_id)
                 progress.failed_attempt(len(receipt.failed), len(receipt.failed) - len(retry))
             if failure_rows:
                 run.append_failures(pd.DataFrame(failure_rows))
                 failure_rows.clear()
-            if retry:
+            if retry and isinstance(retry[0], tuple):
+                queue.extend(retry)
+            elif retry:
                 queue.extend(_batches(retry, max(1, batch_size // 4)))
     summary.failed = progress.given_up
     return summary

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from datamodels.config import Config, config_from_yaml_text
-from datamodels.plans import PlannedModels, masks_for, plan_models
+from datamodels.plans import PlannedModels, masks_for, plan_models, tmc_walk
 from datamodels.stages import BETON_PATH, num_classes
 from datamodels.store import Run, models_schema, models_table, shard_name, write_table_atomic
-from datamodels.train.api import train_batch
+from datamodels.train.api import TrainOutcome, train_batch
 from datamodels.train.data import TrainData, load_train_data
 
 _CACHE: dict[tuple[str, str, str], tuple[TrainData, PlannedModels]] = {}
@@ -67,8 +67,53 @@ def load_context(run_uri: str, config: Config, device: str) -> tuple[TrainData, 
         examples = run.examples()
         data = load_train_data(_local_beton(run, config.hash), examples, num_classes(examples), device)
         _CACHE.clear()
-        _CACHE[key] = (data, plan_models(config))
+        _CACHE[key] = (data, plan_models(config, data.n_train))
     return _CACHE[key]
+
+
+def _setup(config: Config, run_uri: str) -> tuple[TrainData, PlannedModels]:
+    threads = config.resources.threads_per_task or max(1, int(config.resources.num_cpus))
+    torch.set_num_threads(threads)
+    return load_context(run_uri, config, resolve_device(config))
+
+
+def _train_and_write(
+    run_uri: str, config: Config, data: TrainData, planned: PlannedModels, masks: np.ndarray,
+    attempts: np.ndarray, loader: str, fault_nan_ids: tuple[int, ...], receipt: Receipt | None = None,
+    write: bool = True,
+) -> tuple[Receipt, TrainOutcome]:
+    """Train the planned models; unless ``write`` is False, write the clean ones as one shard."""
+    lr_scale = np.where(np.isin(planned.model_id, fault_nan_ids), np.inf, 1.0) if fault_nan_ids else None
+    outcome = train_batch(masks, planned.seed, data, config, loader=loader, lr_scale=lr_scale)
+    receipt = receipt or Receipt(shard=None, written=[], worker=worker_name())
+    receipt.seconds += float(outcome.seconds.sum())
+    for row in np.flatnonzero(outcome.failed):
+        loss = outcome.train_loss[row]
+        receipt.failed.append(
+            (int(planned.model_id[row]), "NonFiniteLoss", f"training produced a non-finite loss or margin (loss={loss})")
+        )
+    if write:
+        write_models(run_uri, data, planned, masks, outcome, attempts, receipt)
+    return receipt, outcome
+
+
+def write_models(
+    run_uri: str, data: TrainData, planned: PlannedModels, masks: np.ndarray, outcome: TrainOutcome,
+    attempts: np.ndarray, receipt: Receipt,
+) -> None:
+    ok = ~outcome.failed
+    if not ok.any():
+        return
+    ids = planned.model_id[ok]
+    table = models_table(
+        model_ids=ids, plan=planned.plan[ok], alphas=planned.alpha[ok], seeds=planned.seed[ok],
+        masks=masks[ok], margins=outcome.margins[ok], train_loss=outcome.train_loss[ok],
+        eval_accuracy=outcome.eval_accuracy[ok], seconds=outcome.seconds[ok],
+        attempt=np.broadcast_to(np.asarray(attempts, dtype=np.int32), ok.shape)[ok], worker=receipt.worker,
+    )
+    name = shard_name(ids)
+    write_table_atomic(Run(run_uri).fs, f"models/{name}", table, models_schema(data.n_train, len(data.eval_y)))
+    receipt.shard, receipt.written = name, receipt.written + [int(i) for i in ids]
 
 
 def train_shard(
@@ -77,32 +122,54 @@ def train_shard(
 ) -> Receipt:
     """Train ``model_ids`` and write one shard with the models that trained cleanly."""
     config = config_from_yaml_text(config_text)
-    threads = config.resources.threads_per_task or max(1, int(config.resources.num_cpus))
-    torch.set_num_threads(threads)
-    device = resolve_device(config)
-    data, planned_all = load_context(run_uri, config, device)
+    data, planned_all = _setup(config, run_uri)
     planned = planned_all.select_ids(np.asarray(model_ids, dtype=np.int64))
     masks = masks_for(config, planned, data.n_train)
-    lr_scale = np.where(np.isin(planned.model_id, fault_nan_ids), np.inf, 1.0) if fault_nan_ids else None
-    outcome = train_batch(masks, planned.seed, data, config, loader=loader, lr_scale=lr_scale)
-    ok = ~outcome.failed
-    worker = worker_name()
-    receipt = Receipt(shard=None, written=[], worker=worker, seconds=float(outcome.seconds.sum()))
-    for row in np.flatnonzero(outcome.failed):
-        loss = outcome.train_loss[row]
-        receipt.failed.append(
-            (int(planned.model_id[row]), "NonFiniteLoss", f"training produced a non-finite loss or margin (loss={loss})")
-        )
-    if ok.any():
-        ids = planned.model_id[ok]
-        table = models_table(
-            model_ids=ids, plan=planned.plan[ok], alphas=planned.alpha[ok], seeds=planned.seed[ok],
-            masks=masks[ok], margins=outcome.margins[ok], train_loss=outcome.train_loss[ok],
-            eval_accuracy=outcome.eval_accuracy[ok], seconds=outcome.seconds[ok],
-            attempt=np.asarray(attempts, dtype=np.int32)[ok], worker=worker,
-        )
-        run = Run(run_uri)
-        name = shard_name(ids)
-        write_table_atomic(run.fs, f"models/{name}", table, models_schema(data.n_train, len(data.eval_y)))
-        receipt.shard, receipt.written = name, [int(i) for i in ids]
+    receipt, _ = _train_and_write(run_uri, config, data, planned, masks, np.asarray(attempts), loader, fault_nan_ids)
+    return receipt
+
+
+def train_walk(
+    run_uri: str, config_text: str, plan_name: str, perm: int, attempt: int, loader: str,
+    fault_nan_ids: tuple[int, ...] = (),
+) -> Receipt:
+    """Walk permutation ``perm`` of a tmc plan: the full-data model first, then prefixes of
+    growing length in chunks, until test accuracy has stayed within ``tolerance`` of the
+    full-data model's for ``patience`` consecutive prefixes. One shard holds the walk."""
+    config = config_from_yaml_text(config_text)
+    plan = config.plan(plan_name)
+    data, planned_all = _setup(config, run_uri)
+    n = data.n_train
+    walk = tmc_walk(config, plan, perm, n, planned_all)
+    seeds = plan.seeds
+    receipt = Receipt(shard=None, written=[], worker=worker_name())
+    parts: list[tuple[PlannedModels, np.ndarray, TrainOutcome]] = []
+
+    def run_steps(steps: np.ndarray) -> np.ndarray:
+        rows = (steps[:, None] * seeds + np.arange(seeds)[None, :]).reshape(-1)
+        chosen = walk.take(rows)
+        masks = masks_for(config, chosen, n)
+        _, outcome = _train_and_write(run_uri, config, data, chosen, masks, np.asarray(attempt), loader,
+                                      fault_nan_ids, receipt, write=False)
+        parts.append((chosen, masks, outcome))
+        accuracy = np.where(outcome.failed, np.nan, outcome.eval_accuracy).reshape(len(steps), seeds)
+        return np.nanmean(accuracy, axis=1) if seeds > 1 else accuracy[:, 0]
+
+    full_accuracy = float(run_steps(np.array([n]))[0])
+    chunk = max(1, config.resources.models_per_task // seeds)
+    within, step = 0, 0
+    while step < n and within < plan.patience:
+        steps = np.arange(step, min(n, step + chunk))
+        accuracy = run_steps(steps)
+        for value in accuracy:
+            within = within + 1 if abs(value - full_accuracy) <= plan.tolerance else 0
+            if within >= plan.patience:
+                break
+        step = int(steps[-1]) + 1
+    chosen = PlannedModels(*(np.concatenate([getattr(p[0], f) for p in parts]) for f in PlannedModels.__dataclass_fields__))
+    masks = np.concatenate([p[1] for p in parts])
+    outcome = TrainOutcome(*(np.concatenate([getattr(p[2], f) for p in parts]) for f in TrainOutcome.__dataclass_fields__))
+    order = np.argsort(chosen.model_id)
+    ordered = TrainOutcome(*(getattr(outcome, f)[order] for f in TrainOutcome.__dataclass_fields__))
+    write_models(run_uri, data, chosen.take(order), masks[order], ordered, np.asarray(attempt), receipt)
     return receipt

@@ -38,7 +38,7 @@ def test_train_writes_the_contract_tables(tmp_path, ray_local):
     config = _config()
     out = tmp_path / "run"
     summary = train(config, str(out), show_progress=False)
-    planned = plan_models(config)
+    planned = plan_models(config, 1438)
     assert summary.trained == len(planned) == 48
     run = Run(str(out))
     n_train, n_eval = run.sizes()
@@ -190,3 +190,34 @@ def test_driver_sigkill_then_resume(tmp_path, kill_after_shards, ray_local):
     run = Run(str(out))
     assert run.model_ids().tolist() == list(range(110))
     assert verify(run) == []
+
+
+def test_loo_alpha_grid_and_tmc_plans(tmp_path, ray_local):
+    config = config_from_dict({
+        "dataset": {"name": "digits", "limit_train": 8, "limit_test": 30},
+        "model": {"arch": "logreg"}, "train": {"weight_decay": 0.05},
+        "plans": [
+            {"name": "loo", "kind": "loo"},
+            {"name": "grid", "kind": "alpha_grid", "levels": 3, "count": 4},
+            {"name": "walks", "kind": "tmc", "count": 3, "tolerance": 0.0, "patience": 2},
+        ],
+        "resources": {"models_per_task": 4},
+    })
+    out = tmp_path / "run"
+    train(config, str(out), show_progress=False)
+    run = Run(str(out))
+    status = plan_status(config, run).set_index("plan")
+    assert status.loc["loo", "done"] == 9 and status.loc["grid", "done"] == 12
+    assert status.loc["walks", "planned"] == 3 and status.loc["walks", "done"] == 3
+    assert status["missing"].sum() == 0
+    loo_masks = run.masks(plan="loo")
+    assert sorted((~loo_masks).sum(1).tolist()) == [0] + [1] * 8
+    walks = run.models(plan="walks", columns=["model_id", "mask"])
+    ids = np.asarray(walks.column("model_id").to_pylist())
+    perm, step = np.divmod(ids - ids.min(), 9)
+    for p in range(3):
+        steps = sorted(step[perm == p].tolist())
+        assert 8 in steps  # the full-data model that sets the truncation target
+        prefix = [s for s in steps if s < 8]
+        assert prefix == list(range(len(prefix))) and len(prefix) >= 2
+    assert train(config, str(out), show_progress=False).trained == 0

@@ -16,7 +16,7 @@ def _with(config, *overrides):
 
 
 def _models(config, data, k, start=0):
-    planned = plan_models(config).take(np.arange(start, start + k))
+    planned = plan_models(config, data.n_train).take(np.arange(start, start + k))
     return masks_for(config, planned, data.n_train), planned.seed
 
 

@@ -1,0 +1,64 @@
+"""Linear datamodeling score (Park et al. 2023).
+
+For held-out subsets S_j (masks bool[J, n_train]) with true margins f_t(S_j) (float[J, T],
+averaged over the models trained on the same subset), a score matrix tau (float[T, n_train])
+predicts g_t(S_j) = sum_{i in S_j} tau[t, i]. Then
+
+    LDS_t = Spearman_j( f_t(S_j), g_t(S_j) ),     LDS = mean_t LDS_t,
+
+over the targets where both sides vary (a constant side has no ranking: reported, not
+averaged). The subsets must never have been used to fit tau.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import rankdata
+
+
+@dataclass(frozen=True)
+class LDSResult:
+    value: float  # mean over defined targets (nan if none)
+    per_target: np.ndarray  # float64[T], nan where undefined
+    n_targets: int  # targets with a defined correlation
+    n_subsets: int
+
+
+def spearman_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """float64[T]: Spearman correlation of a[:, t] with b[:, t] (average ranks; nan if constant)."""
+    ra = rankdata(a, axis=0)
+    rb = rankdata(b, axis=0)
+    ra -= ra.mean(0)
+    rb -= rb.mean(0)
+    den = np.sqrt((ra * ra).sum(0) * (rb * rb).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (ra * rb).sum(0) / np.where(den > 0, den, 1.0), np.nan)
+
+
+def average_replicates(masks: np.ndarray, margins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge rows with identical masks (several seeds of one subset) into their mean margins.
+
+    masks: bool[m, n], margins: float[m, T] -> (bool[J, n], float64[J, T]) with J distinct masks."""
+    packed = np.packbits(masks, axis=1)
+    _, first, inverse = np.unique(packed, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    sums = np.zeros((len(first), margins.shape[1]))
+    np.add.at(sums, inverse, margins)
+    counts = np.bincount(inverse, minlength=len(first))
+    return masks[first], sums / counts[:, None]
+
+
+def lds(scores: np.ndarray, masks: np.ndarray, true_margins: np.ndarray) -> LDSResult:
+    """scores: float[T, n_train]; masks: bool[J, n_train]; true_margins: float[J, T]."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if masks.shape[1] != scores.shape[1] or true_margins.shape != (masks.shape[0], scores.shape[0]):
+        raise ValueError(
+            f"lds: scores {scores.shape}, masks {masks.shape} and margins {true_margins.shape} do not line up"
+        )
+    predicted = masks.astype(np.float64) @ scores.T
+    per_target = spearman_columns(np.asarray(true_margins, dtype=np.float64), predicted)
+    defined = np.isfinite(per_target)
+    value = float(per_target[defined].mean()) if defined.any() else float("nan")
+    return LDSResult(value, per_target, int(defined.sum()), int(masks.shape[0]))
