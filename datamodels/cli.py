@@ -83,14 +83,101 @@ def train(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, address: A
     _train(cfg, _out(cfg, out), address, quiet)
 
 
+def _run_config(run: str, overrides: list[str] | None) -> Config:
+    """The run's own config with stage settings overridden (training settings may not change)."""
+    from datamodels.config import config_from_dict
+    from datamodels.errors import RunMismatchError
+    from datamodels.stages import load_run_config
+    from datamodels.store import Run
+
+    saved = load_run_config(Run(run))
+    cfg = config_from_dict(saved.model_dump(mode="json"), overrides or [])
+    if cfg.hash != saved.hash:
+        raise RunMismatchError(
+            f"--set may change only resources, fit and evaluate settings of an existing run ({run}); "
+            "train a new run for other data, model, recipe or plans"
+        )
+    return cfg
+
+
+def _fit(cfg: Config, run: str, quiet: bool) -> None:
+    from datamodels.fit import fit as fit_stage
+    from datamodels.store import Run
+
+    if fit_stage(cfg, Run(run), show_progress=not quiet, console=err_console):
+        err_console.print(f"fit: wrote {run}/datamodels/weights.parquet, targets.parquet, scores/datamodels.parquet")
+
+
+def _evaluate(cfg: Config, run: str) -> None:
+    from datamodels.evaluate.stage import evaluate as evaluate_stage
+    from datamodels.store import Run
+
+    frame = evaluate_stage(cfg, Run(run))
+    table = Table(title=f"evaluation ({run}/evaluation.parquet)")
+    for column in ("method", "metric", "value", "n_targets"):
+        table.add_column(column, justify="left" if column in ("method", "metric") else "right")
+    for row in frame.itertuples(index=False):
+        table.add_row(row.method, row.metric, f"{row.value:.4f}", str(row.n_targets))
+    out_console.print(table)
+
+
+@app.command()
+@user_errors
+def fit(run: RunArg, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Fit one LASSO datamodel per evaluation target (λ chosen on held-out models)."""
+    _fit(_run_config(run, set_), run, quiet)
+
+
+@app.command()
+@user_errors
+def evaluate(run: RunArg, set_: SetOpt = None) -> None:
+    """Score every scores/*.parquet (LDS on the held-out eval plan) into evaluation.parquet."""
+    _evaluate(_run_config(run, set_), run)
+
+
+def _estimate(cfg: Config, run: str, names: list[str] | None = None) -> None:
+    """Named estimators (errors are the user's), or every one whose models the run has."""
+    import time
+
+    from datamodels.estimate import METHODS, EstimateError
+    from datamodels.estimate import estimate as estimate_stage
+    from datamodels.store import Run
+
+    for name in names or METHODS:
+        start = time.perf_counter()
+        try:
+            written = estimate_stage(cfg, Run(run), name)
+        except EstimateError as err:
+            if names:
+                raise
+            err_console.print(f"estimate: skipped {name}: {err}", highlight=False)
+            continue
+        parts = ", ".join(f"{k}: {v} rows" for k, v in written.items())
+        err_console.print(f"estimate: {name} in {time.perf_counter() - start:.1f}s ({parts})", highlight=False)
+
+
+@app.command()
+@user_errors
+def estimate(
+    run: RunArg,
+    method: Annotated[list[str] | None, typer.Option("--method", "-m", help="estimator name, repeatable (default: every one the run has models for)")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Compute retraining-based estimators into scores/<method>.parquet (+ self_scores/)."""
+    _estimate(_run_config(run, set_), run, [m for m in method or [] if m != "all"] or None)
+
+
 @app.command("run")
 @user_errors
 def run_all(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, address: AddressOpt = None, quiet: QuietOpt = False) -> None:
-    """Run every stage: prepare, train (each stage skips work that is already done)."""
+    """Run every stage: prepare, train, fit, evaluate (each skips work that is already done)."""
     cfg = _load(config, set_)
     target = _out(cfg, out)
     _train(cfg, target, address, quiet)
     status(target)
+    _fit(cfg, target, quiet)
+    _estimate(cfg, target)
+    _evaluate(cfg, target)
 
 
 @app.command()

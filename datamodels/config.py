@@ -137,6 +137,15 @@ class FitConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+class EstimateConfig(_Section):
+    """The ``estimate`` stage (retraining-based estimators; see ``datamodels.estimate``)."""
+
+    plan: str = "train"
+    targets: Literal["test", "all"] = "test"
+    beta: tuple[float, float] = (16.0, 1.0)
+    knn_k: int = Field(5, ge=1)
+
+
 class EvaluateConfig(_Section):
     """The ``evaluate`` stage: which plan holds the held-out subsets for LDS."""
 
@@ -159,6 +168,7 @@ class Config(_Section):
     plans: tuple[PlanConfig, ...] = Field(default_factory=_default_plans)
     resources: ResourcesConfig = ResourcesConfig()
     fit: FitConfig = FitConfig()
+    estimate: EstimateConfig = EstimateConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
 
     @field_validator("plans")

@@ -221,3 +221,22 @@ def test_loo_alpha_grid_and_tmc_plans(tmp_path, ray_local):
         prefix = [s for s in steps if s < 8]
         assert prefix == list(range(len(prefix))) and len(prefix) >= 2
     assert train(config, str(out), show_progress=False).trained == 0
+
+
+def test_shipped_cifar10_config_on_a_generated_archive(tmp_path, ray_local):
+    from datamodels.config import load_config
+    from tests.conftest import write_cifar_archive
+
+    archive = write_cifar_archive(tmp_path / "cifar-10-python.tar.gz", n_per_batch=8, n_test=10)
+    config = load_config(
+        Path(__file__).parents[2] / "configs" / "cifar10.yaml",
+        [f"dataset.path={archive}", "model.width=8", "train.epochs=1", "train.batch_size=16",
+         "plans.train.count=3", "plans.eval.count=1", "resources.num_gpus=0", "resources.num_cpus=1",
+         "resources.device=cpu", "resources.models_per_task=2"],
+    )
+    out = tmp_path / "run"
+    summary = train(config, str(out), show_progress=False)
+    assert summary.trained == 3 + 2  # the eval plan trains 2 seeds per mask
+    run = Run(str(out))
+    assert run.sizes() == (40, 50)
+    assert np.isfinite(run.margins()).all() and verify(run) == []

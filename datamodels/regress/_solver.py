@@ -1,0 +1,330 @@
+"""Per-target working sets, the batched FISTA inner solver, and one λ step of the path.
+
+For target ``t`` with working set ``W_t`` (a few columns), the inner problem is
+
+    min_w  1/2 w^T C_t w - q_t^T w + λ_t ||w||_1,   C_t = Xc[:, W_t]^T Xc[:, W_t] / m,
+                                                    q_t = Xc[:, W_t]^T yc_t / m,
+
+i.e. the LASSO objective on ``W_t`` minus the constant ``||yc_t||² / (2m)``. The blocks
+``C_t`` are padded to one batch ``float[T, P, P]`` (padding rows/columns are zero, so padded
+weights stay at zero) and solved together by FISTA with per-target step sizes, exact
+backtracking and gradient restarts; targets whose gap is small leave the batch.
+
+A λ step alternates: inner solve → one pass over the masks for the full correlation
+``Xc^T r / m`` → duality gap on all ``n`` columns → add the worst KKT violators to ``W_t``.
+Cost is dominated by the passes (``2·m·n·T`` flops each) and by growing ``C_t``
+(``2·m·|W_t|·|new|`` per target), so working sets grow by at most doubling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from datamodels.regress._chunks import MaskRows, RowStats, SparseWeights, cross_counts, residual_pass
+
+_POWER_STEPS = 12
+_CHECK_EVERY = 5
+
+
+def duality_gap(
+    rr: torch.Tensor, ry: torch.Tensor, dual_norm: torch.Tensor, l1: torch.Tensor, lam: torch.Tensor
+) -> torch.Tensor:
+    """LASSO duality gap (scikit-learn's formula divided by m), all float[B].
+
+    rr = ||r||²/m, ry = r.yc/m, dual_norm = max_j |Xc_j^T r|/m, l1 = ||w||_1. The dual
+    point is r rescaled into the feasible set ``|Xc^T θ| ≤ λ``.
+    """
+    const = torch.where(dual_norm > lam, lam / dual_norm.clamp_min(torch.finfo(rr.dtype).tiny), 1.0)
+    return 0.5 * rr * (1.0 + const * const) + lam * l1 - const * ry
+
+
+def _bmv(gram: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``C w`` per target; the blocks are symmetric, and ``w^T C`` runs ~3x faster on CPU."""
+    return torch.bmm(w.unsqueeze(1), gram).squeeze(1)
+
+
+def _soft(z: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    return torch.sign(z) * (z.abs() - tau).clamp_min(0.0)
+
+
+def _lipschitz(gram: torch.Tensor) -> torch.Tensor:
+    """float[B] estimate of the top eigenvalue of each block (power iteration, from below;
+    FISTA's backtracking corrects an underestimate)."""
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(gram.shape[:2], generator=gen, dtype=torch.float64).to(gram)
+    for _ in range(_POWER_STEPS):
+        v = _bmv(gram, v)
+        v = v / v.norm(dim=1, keepdim=True).clamp_min(torch.finfo(gram.dtype).tiny)
+    top = _bmv(gram, v).norm(dim=1)
+    return (1.05 * top).clamp_min(torch.finfo(gram.dtype).eps)
+
+
+def fista(
+    gram: torch.Tensor,
+    q: torch.Tensor,
+    lam: torch.Tensor,
+    w: torch.Tensor,
+    yy: torch.Tensor,
+    tol_abs: torch.Tensor,
+    max_iter: int,
+    lip: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Solve the batched inner problems to ``gap ≤ tol_abs``.
+
+    gram : float[B, P, P]; q, w : float[B, P] (w = warm start); lam, yy, tol_abs : float[B];
+    lip : float[B] step-size constants (0 or None = estimate). Returns
+    ``(w float[B, P], gap float[B], lip float[B], iterations)``.
+    """
+    batch, width = w.shape
+    w_out, gap_out = w.clone(), torch.zeros_like(lam)
+    if lip is None:
+        lip = torch.zeros_like(lam)
+    lip_out = lip.clone()
+    if batch == 0 or width == 0:
+        return w_out, gap_out, lip_out, 0
+    sel = torch.arange(batch, device=w.device)
+    if bool((lip <= 0).any()):
+        lip = torch.where(lip > 0, lip, _lipschitz(gram))
+    x = w.clone()
+    gx = _bmv(gram, x)
+    y, gy = x, gx
+    tk = torch.ones_like(lam)
+    it = 0
+    while it < max_iter:
+        for _ in range(_CHECK_EVERY):
+            corr_y = q - gy
+            x_new = _soft(y + corr_y / lip[:, None], (lam / lip)[:, None])
+            gx_new = _bmv(gram, x_new)
+            d = x_new - y
+            # The objective is an exact quadratic, so the sufficient-decrease test of
+            # backtracking reduces to d^T C d <= L ||d||^2.
+            dcd, dd = (d * (gx_new - gy)).sum(1), (d * d).sum(1)
+            too_long = dcd > lip * dd * (1 + 1e-6)
+            # d^T C d / d^T d is a lower bound on the top eigenvalue: jump past it.
+            curvature = torch.where(dd > 0, dcd / torch.where(dd > 0, dd, 1.0), 0.0)
+            lip = torch.where(too_long, torch.maximum(1.1 * lip, 1.05 * curvature), lip)
+            x_new = torch.where(too_long[:, None], x, x_new)
+            gx_new = torch.where(too_long[:, None], gx, gx_new)
+            # gradient-based adaptive restart (O'Donoghue & Candes 2015)
+            restart = too_long | (((y - x_new) * (x_new - x)).sum(1) > 0)
+            t_new = 0.5 * (1 + torch.sqrt(1 + 4 * tk * tk))
+            beta = torch.where(restart, 0.0, (tk - 1) / t_new)[:, None]
+            tk = torch.where(restart, 1.0, t_new)
+            y = x_new + beta * (x_new - x)
+            gy = gx_new + beta * (gx_new - gx)  # C y from C x: one product per iteration
+            x, gx = x_new, gx_new
+            it += 1
+        qx = (q * x).sum(1)
+        rr = (yy - 2 * qx + (x * gx).sum(1)).clamp_min(0.0)
+        gap = duality_gap(rr, yy - qx, (q - gx).abs().amax(1), x.abs().sum(1), lam)
+        w_out[sel], gap_out[sel], lip_out[sel] = x, gap, lip
+        done = gap <= tol_abs
+        if bool(done.all()):
+            break
+        live = ~done
+        if int(live.sum()) <= len(sel) // 2:
+            # Compact only when it halves the batch: the copy costs one product.
+            sel, gram, q, lam, yy, tol_abs = sel[live], gram[live], q[live], lam[live], yy[live], tol_abs[live]
+            lip, x, gx, y, gy, tk = lip[live], x[live], gx[live], y[live], gy[live], tk[live]
+    return w_out, gap_out, lip_out, it
+
+
+class WorkingSets:
+    """Per-target column working sets with their centred covariance blocks.
+
+    idx : int64[T, cap] columns per slot; size : int64[T] used slots; gram : float[T, cap, cap]
+    (zero outside used slots); w : float[T, cap] weights; member : bool[n, T].
+    """
+
+    def __init__(self, n: int, t: int, *, device: torch.device, dtype: torch.dtype, max_size: int) -> None:
+        cap = min(16, max_size)
+        self.n, self.t, self.max_size = n, t, max_size
+        self.idx = torch.zeros((t, cap), dtype=torch.long, device=device)
+        self.size = torch.zeros(t, dtype=torch.long, device=device)
+        self.gram = torch.zeros((t, cap, cap), dtype=dtype, device=device)
+        self.w = torch.zeros((t, cap), dtype=dtype, device=device)
+        self.member = torch.zeros((n, t), dtype=torch.bool, device=device)
+        # FISTA step constants, kept across solves; growth only raises the top eigenvalue a
+        # little and backtracking corrects the rest.
+        self.lip = torch.zeros(t, dtype=dtype, device=device)
+
+    def _reserve(self, need: int) -> None:
+        cap = self.idx.shape[1]
+        if need <= cap:
+            return
+        new = max(need, min(2 * cap, self.max_size))
+        idx = self.idx.new_zeros((self.t, new))
+        idx[:, :cap] = self.idx
+        w = self.w.new_zeros((self.t, new))
+        w[:, :cap] = self.w
+        gram = self.gram.new_zeros((self.t, new, new))
+        gram[:, :cap, :cap] = self.gram
+        self.idx, self.w, self.gram = idx, w, gram
+
+    def candidates(
+        self, corr: torch.Tensor, threshold: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, min_grow: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Columns outside ``W_t`` with ``|corr| > threshold``, the largest first, at most
+        ``max(min_grow, nnz_t)`` per target and never past ``max_size``.
+
+        corr : float[n, B]; threshold : float[B]. Returns ``(int64[B, k] with -1 padding,
+        int64[B] number eligible before the budget cut)``.
+        """
+        score = corr.abs()
+        eligible = valid[:, None] & ~self.member[:, targets] & (score > threshold[None, :])
+        n_eligible = eligible.sum(0)
+        nnz = (self.w[targets] != 0).sum(1)
+        room = self.max_size - self.size[targets]
+        budget = torch.minimum(nnz.clamp_min(min_grow), room).clamp_min(0)
+        k = min(int(budget.max()) if len(targets) else 0, self.n)
+        if k == 0:
+            return torch.full((len(targets), 0), -1, device=corr.device, dtype=torch.long), n_eligible
+        vals, rows = torch.where(eligible, score, -1.0).topk(k, dim=0)
+        take = (vals >= 0) & (torch.arange(k, device=corr.device)[:, None] < budget[None, :])
+        return torch.where(take, rows, -1).T.contiguous(), n_eligible
+
+    def grow(self, block: MaskRows, stats: RowStats, targets: torch.Tensor, new: torch.Tensor) -> None:
+        """Append columns ``new`` (int64[B, N]; real entries first, then -1 padding) to the
+        targets' working sets and fill the new rows/columns of their covariance blocks (one
+        pass over ``block``)."""
+        valid_new = new >= 0
+        keep = valid_new.any(1)
+        targets, new, valid_new = targets[keep], new[keep], valid_new[keep]
+        if len(targets) == 0:
+            return
+        old = self.size[targets]
+        new_size = old + valid_new.sum(1)
+        self._reserve(int(new_size.max()))
+        width, n_new = int(new_size.max()), new.shape[1]
+        pos = old[:, None] + torch.arange(n_new, device=new.device)[None, :]
+        rows_b, cols_j = valid_new.nonzero(as_tuple=True)
+        t_hit, p_hit, c_hit = targets[rows_b], pos[rows_b, cols_j], new[rows_b, cols_j]
+        self.idx[t_hit, p_hit] = c_hit
+        self.member[c_hit, t_hit] = True
+        self.size[targets] = new_size
+
+        left = self.idx[targets, :width]
+        right = torch.where(valid_new, new, 0)
+        mu = stats.mu
+        raw = cross_counts(block, left, right, new_size, valid_new.sum(1))
+        cross = raw / stats.m - mu[left][:, :, None] * mu[right][:, None, :]
+        slot_ok = torch.arange(width, device=new.device)[None, :] < new_size[:, None]
+        cross = cross * (slot_ok[:, :, None] & valid_new[:, None, :]).to(cross.dtype)
+        vals = cross[rows_b, :, cols_j]  # [K, width]
+        span = torch.arange(width, device=new.device)[None, :]
+        self.gram[t_hit[:, None], span, p_hit[:, None]] = vals
+        self.gram[t_hit[:, None], p_hit[:, None], span] = vals
+
+    def solve(
+        self, targets: torch.Tensor, q_full: torch.Tensor, lam: torch.Tensor, yy: torch.Tensor,
+        tol_abs: torch.Tensor, max_iter: int,
+    ) -> torch.Tensor:
+        """Run FISTA on the targets' blocks (warm start = current ``w``); returns float[B] gaps."""
+        width = int(self.size[targets].max()) if len(targets) else 0
+        if width == 0:
+            return torch.zeros(len(targets), dtype=self.w.dtype, device=self.w.device)
+        if len(targets) == self.t and width == self.gram.shape[1]:
+            gram = self.gram  # all targets at full width: no copy
+        else:
+            gram = self.gram[:, :width, :width][targets]
+        cols = self.idx[targets, :width]
+        slot_ok = torch.arange(width, device=cols.device)[None, :] < self.size[targets][:, None]
+        q = q_full[cols, targets[:, None]] * slot_ok.to(q_full.dtype)
+        w, gap, lip, _ = fista(gram, q, lam, self.w[targets, :width], yy, tol_abs, max_iter, self.lip[targets])
+        self.w[targets, :width] = w
+        self.lip[targets] = lip
+        return gap
+
+    def sparse_weights(self, targets: torch.Tensor, mu: torch.Tensor) -> tuple[SparseWeights, torch.Tensor]:
+        """The targets' weights on the union of their supports, and ``mu . w`` (float[B])."""
+        width = int(self.size[targets].max()) if len(targets) else 0
+        cols, w = self.idx[targets, :width], self.w[targets, :width]
+        nz = w != 0
+        union = torch.unique(cols[nz])
+        where = torch.full((self.n,), -1, dtype=torch.long, device=cols.device)
+        where[union] = torch.arange(len(union), device=cols.device)
+        dense = w.new_zeros((len(union), len(targets)))
+        owner = torch.arange(len(targets), device=cols.device)[:, None].expand_as(cols)
+        dense[where[cols[nz]], owner[nz]] = w[nz]
+        return SparseWeights(union, dense, self.n), mu[union] @ dense
+
+    def dense(self, targets: torch.Tensor) -> torch.Tensor:
+        """float[B, n] weights of the targets (zeros outside their working sets)."""
+        out = self.w.new_zeros((len(targets), self.n))
+        return out.scatter_add_(1, self.idx[targets], self.w[targets])
+
+    def load(self, targets: torch.Tensor, coef: torch.Tensor) -> None:
+        """Set the targets' slot weights from dense float[B, n] ``coef`` (support ⊆ W_t)."""
+        ok = torch.arange(self.idx.shape[1], device=coef.device)[None, :] < self.size[targets][:, None]
+        self.w[targets] = coef.gather(1, self.idx[targets]) * ok.to(coef.dtype)
+
+
+@dataclass
+class SolverOptions:
+    """tol: stop when the duality gap ≤ tol·||yc||²/m (scikit-learn's ``tol``); max_iter:
+    FISTA iterations per inner solve; max_rounds: working-set rounds (passes) per λ;
+    max_features: working-set cap per target; min_grow: smallest working-set growth."""
+
+    tol: float = 1e-4
+    max_iter: int = 5000
+    max_rounds: int = 30
+    max_features: int = 1024
+    min_grow: int = 16
+
+
+@dataclass
+class StepReport:
+    """Per target (float/bool[B] aligned with the solved targets): final duality gap,
+    whether it met the tolerance, and whether it hit the working-set cap."""
+
+    gap: torch.Tensor
+    converged: torch.Tensor
+    capped: torch.Tensor
+
+
+def solve_lambda(
+    block: MaskRows, yc: torch.Tensor, stats: RowStats, ws: WorkingSets, corr: torch.Tensor,
+    lam: torch.Tensor, targets: torch.Tensor, opts: SolverOptions,
+) -> StepReport:
+    """Solve every target in ``targets`` at its ``lam[t]``, warm-started from ``ws.w``.
+
+    yc : float[m, T]; corr : float[n, T] is updated in place to ``Xc^T r / m`` at the new
+    solution (the next λ's strong rule reads it); lam : float[T]. Converged targets leave the
+    active set, so later rounds only pay for the others.
+    """
+    t_all = yc.shape[1]
+    tol_abs = opts.tol * stats.yy
+    inner = 0.3 * tol_abs  # leaves room for the gap added by columns outside W_t
+    floor = 1e3 * torch.finfo(yc.dtype).eps * stats.yy
+    gap = torch.full((t_all,), float("inf"), dtype=yc.dtype, device=yc.device)
+    converged = torch.zeros(t_all, dtype=torch.bool, device=yc.device)
+    capped = torch.zeros_like(converged)
+    mu, valid = stats.mu, stats.valid
+    active = targets
+    for _ in range(opts.max_rounds):
+        if len(active) == 0:
+            break
+        ws.solve(active, stats.q, lam[active], stats.yy[active], inner[active], opts.max_iter)
+        weights, offset = ws.sparse_weights(active, mu)
+        xtr, r_sum, rr, ry = residual_pass(block, yc[:, active], weights, offset)
+        c = (xtr - mu[:, None] * r_sum[None, :]) / stats.m * valid[:, None].to(xtr.dtype)
+        corr[:, active] = c
+        l1 = ws.w[active].abs().sum(1)
+        gap[active] = duality_gap(rr / stats.m, ry / stats.m, c.abs().amax(0), l1, lam[active])
+        done = gap[active] <= tol_abs[active]
+        converged[active[done]] = True
+        todo = active[~done]
+        if len(todo) == 0:
+            break
+        new, n_eligible = ws.candidates(corr[:, todo], lam[todo], todo, valid, opts.min_grow)
+        # No violator outside W_t: the inner solve was not tight enough for this target.
+        inner[todo[n_eligible == 0]] *= 0.1
+        hopeless = (n_eligible == 0) & (inner[todo] < floor[todo])
+        # Stop before paying for growth when the violators alone would overflow the cap.
+        at_cap = ws.size[todo] + n_eligible > ws.max_size
+        capped[todo[at_cap]] = True
+        ws.grow(block, stats, todo[~at_cap], new[~at_cap])
+        active = todo[~hopeless & ~at_cap]
+    return StepReport(gap[targets], converged[targets], capped[targets])

@@ -1,0 +1,107 @@
+"""The fit and evaluate stages on synthetic runs with planted linear datamodels."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from datamodels.config import config_from_dict
+from datamodels.evaluate.stage import evaluate
+from datamodels.fit import FitError, fit
+from datamodels.store import Run, models_table
+
+N_TRAIN, N_TEST = 30, 8
+
+
+def _synthetic_run(path, n_fit=400, n_eval=60, noise=0.05, seed=0, edit=None):
+    """A run whose margins are an exact sparse linear function of the mask plus noise."""
+    rng = np.random.default_rng(seed)
+    config = config_from_dict(
+        {"dataset": {"eval_train": False}, "plans": [{"name": "train", "count": n_fit}, {"name": "eval", "count": n_eval}],
+         "fit": {"targets_per_block": 3}}
+    )
+    run = Run(str(path))
+    run.write_config(config.to_yaml())
+    split = ["train"] * N_TRAIN + ["test"] * N_TEST
+    run.write_examples(pd.DataFrame({
+        "index": np.arange(N_TRAIN + N_TEST), "split": split, "label": np.zeros(N_TRAIN + N_TEST, dtype=np.int64),
+        "original_label": np.zeros(N_TRAIN + N_TEST, dtype=np.int64),
+        "eval_position": pd.array([None] * N_TRAIN + list(range(N_TEST)), dtype="Int64"),
+        "train_position": pd.array(list(range(N_TRAIN)) + [None] * N_TEST, dtype="Int64"),
+    }))
+    magnitude = rng.uniform(0.5, 1.5, size=(N_TEST, N_TRAIN)) * rng.choice([-1, 1], size=(N_TEST, N_TRAIN))
+    weights = magnitude * (rng.random((N_TEST, N_TRAIN)) < 0.2)
+    m = n_fit + n_eval
+    masks = rng.random((m, N_TRAIN)) < 0.5
+    margins = (masks @ weights.T + 0.3 + noise * rng.normal(size=(m, N_TEST))).astype(np.float32)
+    if edit:
+        masks, margins = edit(masks, margins)
+    plans = np.array(["train"] * n_fit + ["eval"] * n_eval)
+    for lo in range(0, m, 100):
+        sl = slice(lo, min(m, lo + 100))
+        run.write_models(models_table(
+            model_ids=np.arange(m)[sl], plan=plans[sl], alphas=0.5, seeds=np.arange(m)[sl], masks=masks[sl],
+            margins=margins[sl], train_loss=0.0, eval_accuracy=1.0, seconds=0.1, attempt=1, worker="test",
+        ))
+    return config, run, weights
+
+
+def test_fit_recovers_planted_weights_and_lds(tmp_path):
+    config, run, planted = _synthetic_run(tmp_path / "run")
+    assert fit(config, run, show_progress=False)
+    targets = run.targets()
+    assert targets["target"].tolist() == list(range(N_TEST))
+    assert np.isfinite(targets[["bias", "lam", "val_mse", "val_spearman"]].to_numpy(float)).all()
+    weights = run.weights()
+    dense = np.zeros_like(planted)
+    dense[weights["target"], weights["train_position"]] = weights["weight"]
+    support = planted != 0
+    # every planted weight found with its sign; validation-chosen lambda lets in only tiny extras
+    assert (np.sign(dense[support]) == np.sign(planted[support])).all()
+    np.testing.assert_allclose(dense[support], planted[support], atol=0.05)
+    assert np.abs(dense[~support]).max() < 0.05
+    np.testing.assert_allclose(targets["bias"], 0.3, atol=0.05)  # raw-mask units
+    ids, scores = run.scores("datamodels")
+    np.testing.assert_array_equal(scores, dense.astype(np.float32))
+    assert targets["nnz"].tolist() == (dense != 0).sum(1).tolist()
+    frame = evaluate(config, run)
+    row = frame.set_index("method").loc["datamodels"]
+    assert row["metric"] == "lds" and row["value"] > 0.9 and row["n_targets"] == N_TEST
+    assert run.evaluation()["method"].tolist() == ["datamodels"]
+    assert not fit(config, run, show_progress=False)  # complete: nothing to do
+
+
+def test_fit_resumes_from_finished_blocks(tmp_path):
+    config, run, _ = _synthetic_run(tmp_path / "run")
+    fit(config, run, show_progress=False)
+    first = run.weights()
+    (tmp_path / "run" / "datamodels" / "targets.parquet").unlink()  # as if killed before the merge
+    block = tmp_path / "run" / "datamodels" / "blocks" / "targets-0000003.parquet"
+    block.unlink()
+    stamp = (tmp_path / "run" / "datamodels" / "blocks" / "weights-0000000.parquet").stat().st_mtime_ns
+    assert fit(config, run, show_progress=False)
+    assert (tmp_path / "run" / "datamodels" / "blocks" / "weights-0000000.parquet").stat().st_mtime_ns == stamp
+    pd.testing.assert_frame_equal(run.weights(), first)
+
+
+def test_too_few_models(tmp_path):
+    config, run, _ = _synthetic_run(tmp_path / "run", n_fit=12, n_eval=5)
+    with pytest.raises(FitError, match="at least 22 models in plan 'train'"):
+        fit(config, run, show_progress=False)
+
+
+def test_constant_target_and_always_included_point(tmp_path):
+    def edit(masks, margins):
+        margins[:, 2] = 1.5  # a target no subset changes
+        masks[:, 4] = True  # a training point in every subset
+        return masks, margins
+
+    config, run, _ = _synthetic_run(tmp_path / "run", edit=edit)
+    fit(config, run, show_progress=False)
+    targets = run.targets().set_index("target")
+    assert targets.loc[2, "nnz"] == 0 and targets.loc[2, "lam"] == 0.0
+    assert targets.loc[2, "bias"] == pytest.approx(1.5)
+    assert np.isfinite(targets.to_numpy(float)).all()
+    weights = run.weights()
+    assert not (weights["train_position"] == 4).any()
+    frame = evaluate(config, run)
+    assert frame.loc[0, "n_targets"] == N_TEST - 1  # the constant target has no ranking
