@@ -102,11 +102,11 @@ def _tmc(config: Config, run: Run, targets: np.ndarray) -> est.Scores:
     planned = plan_models(config, n).select_ids(meta["model_id"].to_numpy())
     perm, step = tmc_layout(planned, n)
     keep = np.zeros(len(step), dtype=bool)
-    for p in np.unique(perm):  # a walk's contiguous prefix 0..k; the full-data model is only its target
+    for p in np.unique(perm):  # a walk's contiguous prefix 0..k (k = n when it was never truncated)
         rows = np.flatnonzero(perm == p)
         present = set(step[rows].tolist())
         k = 0
-        while k + 1 in present and k + 1 < n:
+        while k + 1 in present:
             k += 1
         keep[rows[step[rows] <= k]] = 0 in present
     if not keep.any():
