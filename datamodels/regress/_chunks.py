@@ -1,4 +1,4 @@
-"""Chunked products with a boolean mask matrix, and per-row-block sufficient statistics.
+"""Mask and margin inputs: validation, chunked products, per-row-block sufficient statistics.
 
 The masks ``bool[M, n]`` (numpy array, numpy memmap or torch tensor) are the only full-size
 array ever held. Every product reads them in row chunks, converts a chunk to float on the fly
@@ -73,18 +73,30 @@ class MaskRows:
         if isinstance(masks, torch.Tensor) and rows is not None and self._slice is None:
             self._rows_t = torch.from_numpy(rows).to(masks.device)
         self._buf: torch.Tensor | None = None
+        self._gather: np.ndarray | torch.Tensor | None = None
 
     def _read(self, start: int, stop: int) -> torch.Tensor:
-        """Rows ``start:stop`` of this block as a bool tensor on ``self.device``."""
+        """Rows ``start:stop`` of this block as a bool tensor on ``self.device`` (valid
+        until the next read: row gathers reuse one buffer, as fresh pages per chunk cost
+        as much as the gather)."""
         if self._slice is not None:
             a = self._slice[0]
             part = self.masks[a + start : a + stop]
-        elif isinstance(self.masks, torch.Tensor):
-            assert self._rows_t is not None
-            part = self.masks.index_select(0, self._rows_t[start:stop])
         else:
-            assert self.rows is not None
-            part = self.masks[self.rows[start:stop]]
+            if self._gather is None or self._gather.shape[0] != stop - start:
+                shape = (stop - start, self.n)
+                self._gather = (
+                    torch.empty(shape, dtype=torch.bool, device=self.masks.device)
+                    if isinstance(self.masks, torch.Tensor)
+                    else np.empty(shape, dtype=np.bool_)
+                )
+            if isinstance(self.masks, torch.Tensor):
+                assert self._rows_t is not None and isinstance(self._gather, torch.Tensor)
+                torch.index_select(self.masks, 0, self._rows_t[start:stop], out=self._gather)
+            else:
+                assert self.rows is not None
+                np.take(self.masks, self.rows[start:stop], axis=0, out=self._gather)
+            part = self._gather
         if not isinstance(part, torch.Tensor):
             part = np.ascontiguousarray(part, dtype=np.bool_)
             # read-only memmap views: torch wants a writable buffer (the chunk is tiny next to
@@ -92,11 +104,11 @@ class MaskRows:
             part = torch.from_numpy(part if part.flags.writeable else part.copy())
         return part.to(self.device)
 
-    def bool_chunks(self, chunk_rows: int | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """Yield ``(start, stop, bool[c, n])`` over the block's rows."""
-        step = chunk_rows or self.chunk_rows
-        for start in range(0, self.m, step):
-            stop = min(start + step, self.m)
+    def bool_chunks(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """Yield ``(start, stop, bool[c, n])`` over the block's rows (each chunk is valid
+        until the next one is read)."""
+        for start in range(0, self.m, self.chunk_rows):
+            stop = min(start + self.chunk_rows, self.m)
             yield start, stop, self._read(start, stop)
 
     def float_chunks(self) -> Iterator[tuple[int, int, torch.Tensor]]:
@@ -114,8 +126,8 @@ class MaskRows:
             yield start, stop, buf
 
     def release(self) -> None:
-        """Drop the float buffer (it is re-created on the next pass)."""
-        self._buf = None
+        """Drop the chunk buffers (they are re-created on the next pass)."""
+        self._buf = self._gather = None
 
 
 @dataclass
@@ -151,7 +163,9 @@ class RowStats:
         return (self.xty / self.m) * self.valid[:, None].to(self.xty.dtype)
 
 
-def centred_targets(y: np.ndarray, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def centred_targets(
+    y: np.ndarray, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(yc float[m, T], y_mean float64[T])``, centred in float64. A constant target is
     centred to exactly zero (a summed mean is not exact, and the residue would be fitted)."""
     y64 = np.asarray(y, dtype=np.float64)
@@ -171,7 +185,7 @@ def row_stats(block: MaskRows, yc: torch.Tensor, y_mean: torch.Tensor) -> RowSta
     for start, stop, xf in block.float_chunks():
         # counts are integers < 2^24 per chunk, so float32 sums are exact.
         col_sum += torch.mv(xf.T, ones[: stop - start]).to(torch.float64)
-        xty += xt_times(xf, yc[start:stop])
+        add_xt_times(xty, xf, yc[start:stop])
     yy = (yc * yc).sum(0) / block.m
     return RowStats(block.m, col_sum, y_mean, xty, yy)
 
@@ -192,12 +206,14 @@ def merge_stats(a: RowStats, b: RowStats) -> RowStats:
     return RowStats(m, a.col_sum + b.col_sum, y_mean, xty, yy)
 
 
-def xt_times(xf: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """``xf^T r``: float[n, T] for xf float[c, n], r float[c, T]. For T < 16 the BLAS path
-    for a transposed left operand is ~10x slower than computing ``(r^T xf)^T``."""
+def add_xt_times(out: torch.Tensor, xf: torch.Tensor, r: torch.Tensor) -> None:
+    """``out += xf^T r`` for out float[n, T], xf float[c, n], r float[c, T]. For T < 16 the
+    BLAS path for a transposed left operand is ~10x slower than ``(r^T xf)^T``; for larger T
+    the in-place GEMM avoids an n × T temporary per chunk."""
     if r.shape[1] < 16:
-        return (r.T.contiguous() @ xf).T
-    return xf.T @ r
+        out += (r.T.contiguous() @ xf).T
+    else:
+        out.addmm_(xf.T, r)
 
 
 class SparseWeights:
@@ -241,7 +257,7 @@ def residual_pass(
     for start, stop, xf in block.float_chunks():
         y_part = yc[start:stop]
         r = y_part - (weights.times(xf) - offset)
-        xtr += xt_times(xf, r)
+        add_xt_times(xtr, xf, r)
         r_sum += r.sum(0)
         rr += (r * r).sum(0)
         ry += (r * y_part).sum(0)
@@ -256,7 +272,9 @@ def predict_pass(block: MaskRows, weights: SparseWeights, offset: torch.Tensor) 
     return out
 
 
-def _width_groups(left_len: torch.Tensor, right_len: torch.Tensor, rows: int, itemsize: int) -> list[tuple[torch.Tensor, int, int]]:
+def _width_groups(
+    left_len: torch.Tensor, right_len: torch.Tensor, rows: int, itemsize: int
+) -> list[tuple[torch.Tensor, int, int]]:
     """Split targets (sorted by width) into groups ``(targets, p, n)`` whose gathered columns
     fit in ``CHUNK_BYTES``; each group is padded only to its own widths."""
     order = torch.argsort(left_len, descending=True).cpu()
@@ -273,8 +291,11 @@ def _width_groups(left_len: torch.Tensor, right_len: torch.Tensor, rows: int, it
 
 
 def cross_counts(
-    block: MaskRows, left: torch.Tensor, right: torch.Tensor,
-    left_len: torch.Tensor | None = None, right_len: torch.Tensor | None = None,
+    block: MaskRows,
+    left: torch.Tensor,
+    right: torch.Tensor,
+    left_len: torch.Tensor | None = None,
+    right_len: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-target raw cross products ``X[:, left[t]]^T X[:, right[t]]`` over the block.
 
@@ -304,7 +325,9 @@ def cross_counts(
         gl, gr = left[members, :gp], right[members, :gn]
         if remap is not None:
             gl, gr = remap[gl], remap[gr]
-        plan.append((members, gl.reshape(-1), gr.reshape(-1), out.new_zeros((len(members), gp, gn))))
+        plan.append(
+            (members, gl.reshape(-1), gr.reshape(-1), out.new_zeros((len(members), gp, gn)))
+        )
     widest = max(len(m) * (gp + gn) for m, gp, gn in groups) if groups else 0
     xt: torch.Tensor | None = None
     for start, stop, part in block.bool_chunks():
@@ -314,7 +337,7 @@ def cross_counts(
             gathered = torch.empty((widest, rows), dtype=dtype, device=dev)
         # Row gathers on the transposed chunk are ~10x faster than column gathers.
         xt.copy_(part.T if remap is None else part.index_select(1, cols).T)
-        for members, gl, gr, acc in plan:
+        for _, gl, gr, acc in plan:
             size, gp, gn = acc.shape
             a = gathered[: size * gp]
             c = gathered[size * gp : size * (gp + gn)]
@@ -324,3 +347,49 @@ def cross_counts(
     for members, _, _, acc in plan:
         out[members, : acc.shape[1], : acc.shape[2]] = acc
     return out
+
+
+def check_inputs(masks: MaskArray, margins: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Validate shapes/dtypes; returns margins as float[M, T]."""
+    if getattr(masks, "ndim", 0) != 2 or masks.dtype not in (np.bool_, torch.bool):
+        kind = getattr(masks, "dtype", type(masks))
+        raise ValueError(
+            f"masks must be a 2-D boolean array bool[m, n], got {kind} of shape "
+            f"{getattr(masks, 'shape', None)}"
+        )
+    if masks.shape[1] == 0:
+        raise ValueError("masks has no columns: there must be at least one training point")
+    y = margins.detach().cpu().numpy() if isinstance(margins, torch.Tensor) else np.asarray(margins)
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.ndim != 2 or y.shape[0] != masks.shape[0]:
+        raise ValueError(
+            f"margins must be float[m, T] with m = {masks.shape[0]} rows (one per mask row), "
+            f"got shape {y.shape}"
+        )
+    if not np.all(np.isfinite(y)):
+        bad = np.flatnonzero(~np.isfinite(y).all(axis=1))
+        raise ValueError(
+            f"margins are not finite in {bad.size} rows (first: row {bad[0]}); "
+            "drop those models before fitting"
+        )
+    return y
+
+
+def as_rows(rows: np.ndarray | torch.Tensor, total: int, name: str) -> np.ndarray:
+    """int64[m] row indices from indices or a bool[total] mask (validated)."""
+    arr = rows.cpu().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
+    if arr.dtype == np.bool_:
+        if arr.shape != (total,):
+            raise ValueError(
+                f"{name} as a boolean mask must have shape ({total},), got {arr.shape}"
+            )
+        return np.flatnonzero(arr)
+    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{name} must be a 1-D array of row indices or a bool[{total}] mask")
+    arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= total):
+        raise ValueError(f"{name} has row indices outside [0, {total})")
+    if np.unique(arr).size != arr.size:
+        raise ValueError(f"{name} has repeated row indices")
+    return arr

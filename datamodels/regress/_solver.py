@@ -18,19 +18,30 @@ Cost is dominated by the passes (``2·m·n·T`` flops each) and by growing ``C_t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from torch import Tensor
 
-from datamodels.regress._chunks import MaskRows, RowStats, SparseWeights, cross_counts, residual_pass
+from datamodels.regress._chunks import (
+    MaskRows,
+    RowStats,
+    SparseWeights,
+    centred_targets,
+    cross_counts,
+    residual_pass,
+    row_stats,
+)
 
+# Working-set covariance blocks take T · max_features² floats; this bounds them.
+GRAM_BYTES = 2**30
 _POWER_STEPS = 12
 _CHECK_EVERY = 5
 
 
-def duality_gap(
-    rr: torch.Tensor, ry: torch.Tensor, dual_norm: torch.Tensor, l1: torch.Tensor, lam: torch.Tensor
-) -> torch.Tensor:
+def duality_gap(rr: Tensor, ry: Tensor, dual_norm: Tensor, l1: Tensor, lam: Tensor) -> Tensor:
     """LASSO duality gap (scikit-learn's formula divided by m), all float[B].
 
     rr = ||r||²/m, ry = r.yc/m, dual_norm = max_j |Xc_j^T r|/m, l1 = ||w||_1. The dual
@@ -40,16 +51,16 @@ def duality_gap(
     return 0.5 * rr * (1.0 + const * const) + lam * l1 - const * ry
 
 
-def _bmv(gram: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def _bmv(gram: Tensor, w: Tensor) -> Tensor:
     """``C w`` per target; the blocks are symmetric, and ``w^T C`` runs ~3x faster on CPU."""
     return torch.bmm(w.unsqueeze(1), gram).squeeze(1)
 
 
-def _soft(z: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+def _soft(z: Tensor, tau: Tensor) -> Tensor:
     return torch.sign(z) * (z.abs() - tau).clamp_min(0.0)
 
 
-def _lipschitz(gram: torch.Tensor) -> torch.Tensor:
+def _lipschitz(gram: Tensor) -> Tensor:
     """float[B] estimate of the top eigenvalue of each block (power iteration, from below;
     FISTA's backtracking corrects an underestimate)."""
     gen = torch.Generator().manual_seed(0)
@@ -62,26 +73,23 @@ def _lipschitz(gram: torch.Tensor) -> torch.Tensor:
 
 
 def fista(
-    gram: torch.Tensor,
-    q: torch.Tensor,
-    lam: torch.Tensor,
-    w: torch.Tensor,
-    yy: torch.Tensor,
-    tol_abs: torch.Tensor,
+    gram: Tensor,
+    q: Tensor,
+    lam: Tensor,
+    w: Tensor,
+    yy: Tensor,
+    tol_abs: Tensor,
+    lip: Tensor,
     max_iter: int,
-    lip: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+) -> tuple[Tensor, Tensor, Tensor, int]:
     """Solve the batched inner problems to ``gap ≤ tol_abs``.
 
     gram : float[B, P, P]; q, w : float[B, P] (w = warm start); lam, yy, tol_abs : float[B];
-    lip : float[B] step-size constants (0 or None = estimate). Returns
+    lip : float[B] step-size constants (≤ 0 = estimate). Returns
     ``(w float[B, P], gap float[B], lip float[B], iterations)``.
     """
     batch, width = w.shape
-    w_out, gap_out = w.clone(), torch.zeros_like(lam)
-    if lip is None:
-        lip = torch.zeros_like(lam)
-    lip_out = lip.clone()
+    w_out, gap_out, lip_out = w.clone(), torch.zeros_like(lam), lip.clone()
     if batch == 0 or width == 0:
         return w_out, gap_out, lip_out, 0
     sel = torch.arange(batch, device=w.device)
@@ -126,46 +134,46 @@ def fista(
         live = ~done
         if int(live.sum()) <= len(sel) // 2:
             # Compact only when it halves the batch: the copy costs one product.
-            sel, gram, q, lam, yy, tol_abs = sel[live], gram[live], q[live], lam[live], yy[live], tol_abs[live]
-            lip, x, gx, y, gy, tk = lip[live], x[live], gx[live], y[live], gy[live], tk[live]
+            sel, gram, q, lam, yy, tol_abs = (a[live] for a in (sel, gram, q, lam, yy, tol_abs))
+            lip, x, gx, y, gy, tk = (a[live] for a in (lip, x, gx, y, gy, tk))
     return w_out, gap_out, lip_out, it
 
 
 class WorkingSets:
-    """Per-target column working sets with their centred covariance blocks.
+    """Per-target column working sets with their centred covariance blocks, for one row block.
 
     idx : int64[T, cap] columns per slot; size : int64[T] used slots; gram : float[T, cap, cap]
-    (zero outside used slots); w : float[T, cap] weights; member : bool[n, T].
+    (zero outside used slots); w : float[T, cap] weights; member : bool[n, T]; lip : float[T]
+    FISTA step constants kept across solves (growth raises the top eigenvalue only a little
+    and backtracking corrects the rest).
     """
 
-    def __init__(self, n: int, t: int, *, device: torch.device, dtype: torch.dtype, max_size: int) -> None:
-        cap = min(16, max_size)
-        self.n, self.t, self.max_size = n, t, max_size
-        self.idx = torch.zeros((t, cap), dtype=torch.long, device=device)
-        self.size = torch.zeros(t, dtype=torch.long, device=device)
-        self.gram = torch.zeros((t, cap, cap), dtype=dtype, device=device)
-        self.w = torch.zeros((t, cap), dtype=dtype, device=device)
-        self.member = torch.zeros((n, t), dtype=torch.bool, device=device)
-        # FISTA step constants, kept across solves; growth only raises the top eigenvalue a
-        # little and backtracking corrects the rest.
-        self.lip = torch.zeros(t, dtype=dtype, device=device)
+    def __init__(self, block: MaskRows, stats: RowStats, *, max_size: int, min_grow: int) -> None:
+        self.block, self.stats, self.max_size, self.min_grow = block, stats, max_size, min_grow
+        self.n, self.t = block.n, stats.xty.shape[1]
+        dev, dtype, cap = block.device, block.dtype, min(16, max_size)
+        self.idx = torch.zeros((self.t, cap), dtype=torch.long, device=dev)
+        self.size = torch.zeros(self.t, dtype=torch.long, device=dev)
+        self.gram = torch.zeros((self.t, cap, cap), dtype=dtype, device=dev)
+        self.w = torch.zeros((self.t, cap), dtype=dtype, device=dev)
+        self.member = torch.zeros((self.n, self.t), dtype=torch.bool, device=dev)
+        self.lip = torch.zeros(self.t, dtype=dtype, device=dev)
 
     def _reserve(self, need: int) -> None:
         cap = self.idx.shape[1]
         if need <= cap:
             return
         new = max(need, min(2 * cap, self.max_size))
-        idx = self.idx.new_zeros((self.t, new))
-        idx[:, :cap] = self.idx
-        w = self.w.new_zeros((self.t, new))
-        w[:, :cap] = self.w
+        idx, w = self.idx.new_zeros((self.t, new)), self.w.new_zeros((self.t, new))
         gram = self.gram.new_zeros((self.t, new, new))
-        gram[:, :cap, :cap] = self.gram
+        idx[:, :cap], w[:, :cap], gram[:, :cap, :cap] = self.idx, self.w, self.gram
         self.idx, self.w, self.gram = idx, w, gram
 
-    def candidates(
-        self, corr: torch.Tensor, threshold: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, min_grow: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _slots(self, targets: Tensor, width: int) -> Tensor:
+        """bool[B, width]: which of the first ``width`` slots are in use."""
+        return torch.arange(width, device=targets.device)[None, :] < self.size[targets][:, None]
+
+    def candidates(self, corr: Tensor, threshold: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """Columns outside ``W_t`` with ``|corr| > threshold``, the largest first, at most
         ``max(min_grow, nnz_t)`` per target and never past ``max_size``.
 
@@ -173,22 +181,23 @@ class WorkingSets:
         int64[B] number eligible before the budget cut)``.
         """
         score = corr.abs()
-        eligible = valid[:, None] & ~self.member[:, targets] & (score > threshold[None, :])
+        eligible = (
+            self.stats.valid[:, None] & ~self.member[:, targets] & (score > threshold[None, :])
+        )
         n_eligible = eligible.sum(0)
         nnz = (self.w[targets] != 0).sum(1)
-        room = self.max_size - self.size[targets]
-        budget = torch.minimum(nnz.clamp_min(min_grow), room).clamp_min(0)
+        budget = torch.minimum(nnz.clamp_min(self.min_grow), self.max_size - self.size[targets])
         k = min(int(budget.max()) if len(targets) else 0, self.n)
-        if k == 0:
-            return torch.full((len(targets), 0), -1, device=corr.device, dtype=torch.long), n_eligible
+        if k <= 0:
+            return torch.full((len(targets), 0), -1, device=corr.device), n_eligible
         vals, rows = torch.where(eligible, score, -1.0).topk(k, dim=0)
         take = (vals >= 0) & (torch.arange(k, device=corr.device)[:, None] < budget[None, :])
         return torch.where(take, rows, -1).T.contiguous(), n_eligible
 
-    def grow(self, block: MaskRows, stats: RowStats, targets: torch.Tensor, new: torch.Tensor) -> None:
+    def grow(self, targets: Tensor, new: Tensor) -> None:
         """Append columns ``new`` (int64[B, N]; real entries first, then -1 padding) to the
         targets' working sets and fill the new rows/columns of their covariance blocks (one
-        pass over ``block``)."""
+        pass over the block)."""
         valid_new = new >= 0
         keep = valid_new.any(1)
         targets, new, valid_new = targets[keep], new[keep], valid_new[keep]
@@ -197,31 +206,25 @@ class WorkingSets:
         old = self.size[targets]
         new_size = old + valid_new.sum(1)
         self._reserve(int(new_size.max()))
-        width, n_new = int(new_size.max()), new.shape[1]
-        pos = old[:, None] + torch.arange(n_new, device=new.device)[None, :]
+        width = int(new_size.max())
+        pos = old[:, None] + torch.arange(new.shape[1], device=new.device)[None, :]
         rows_b, cols_j = valid_new.nonzero(as_tuple=True)
         t_hit, p_hit, c_hit = targets[rows_b], pos[rows_b, cols_j], new[rows_b, cols_j]
         self.idx[t_hit, p_hit] = c_hit
         self.member[c_hit, t_hit] = True
         self.size[targets] = new_size
 
-        left = self.idx[targets, :width]
-        right = torch.where(valid_new, new, 0)
-        mu = stats.mu
-        raw = cross_counts(block, left, right, new_size, valid_new.sum(1))
-        cross = raw / stats.m - mu[left][:, :, None] * mu[right][:, None, :]
-        slot_ok = torch.arange(width, device=new.device)[None, :] < new_size[:, None]
-        cross = cross * (slot_ok[:, :, None] & valid_new[:, None, :]).to(cross.dtype)
-        vals = cross[rows_b, :, cols_j]  # [K, width]
+        left, right, mu = self.idx[targets, :width], torch.where(valid_new, new, 0), self.stats.mu
+        raw = cross_counts(self.block, left, right, new_size, valid_new.sum(1))
+        cross = raw / self.stats.m - mu[left][:, :, None] * mu[right][:, None, :]
+        vals = cross[rows_b, :, cols_j] * self._slots(targets, width)[rows_b].to(cross.dtype)
         span = torch.arange(width, device=new.device)[None, :]
         self.gram[t_hit[:, None], span, p_hit[:, None]] = vals
         self.gram[t_hit[:, None], p_hit[:, None], span] = vals
 
-    def solve(
-        self, targets: torch.Tensor, q_full: torch.Tensor, lam: torch.Tensor, yy: torch.Tensor,
-        tol_abs: torch.Tensor, max_iter: int,
-    ) -> torch.Tensor:
-        """Run FISTA on the targets' blocks (warm start = current ``w``); returns float[B] gaps."""
+    def solve(self, targets: Tensor, lam: Tensor, tol_abs: Tensor, max_iter: int) -> Tensor:
+        """FISTA on the targets' blocks, warm-started from ``w``; lam, tol_abs: float[B].
+        Returns float[B] inner duality gaps."""
         width = int(self.size[targets].max()) if len(targets) else 0
         if width == 0:
             return torch.zeros(len(targets), dtype=self.w.dtype, device=self.w.device)
@@ -230,14 +233,13 @@ class WorkingSets:
         else:
             gram = self.gram[:, :width, :width][targets]
         cols = self.idx[targets, :width]
-        slot_ok = torch.arange(width, device=cols.device)[None, :] < self.size[targets][:, None]
-        q = q_full[cols, targets[:, None]] * slot_ok.to(q_full.dtype)
-        w, gap, lip, _ = fista(gram, q, lam, self.w[targets, :width], yy, tol_abs, max_iter, self.lip[targets])
-        self.w[targets, :width] = w
-        self.lip[targets] = lip
+        q = self.stats.q[cols, targets[:, None]] * self._slots(targets, width).to(gram.dtype)
+        yy, w0, lip0 = self.stats.yy[targets], self.w[targets, :width], self.lip[targets]
+        w, gap, lip, _ = fista(gram, q, lam, w0, yy, tol_abs, lip0, max_iter)
+        self.w[targets, :width], self.lip[targets] = w, lip
         return gap
 
-    def sparse_weights(self, targets: torch.Tensor, mu: torch.Tensor) -> tuple[SparseWeights, torch.Tensor]:
+    def sparse_weights(self, targets: Tensor) -> tuple[SparseWeights, Tensor]:
         """The targets' weights on the union of their supports, and ``mu . w`` (float[B])."""
         width = int(self.size[targets].max()) if len(targets) else 0
         cols, w = self.idx[targets, :width], self.w[targets, :width]
@@ -248,16 +250,16 @@ class WorkingSets:
         dense = w.new_zeros((len(union), len(targets)))
         owner = torch.arange(len(targets), device=cols.device)[:, None].expand_as(cols)
         dense[where[cols[nz]], owner[nz]] = w[nz]
-        return SparseWeights(union, dense, self.n), mu[union] @ dense
+        return SparseWeights(union, dense, self.n), self.stats.mu[union] @ dense
 
-    def dense(self, targets: torch.Tensor) -> torch.Tensor:
+    def dense(self, targets: Tensor) -> Tensor:
         """float[B, n] weights of the targets (zeros outside their working sets)."""
         out = self.w.new_zeros((len(targets), self.n))
         return out.scatter_add_(1, self.idx[targets], self.w[targets])
 
-    def load(self, targets: torch.Tensor, coef: torch.Tensor) -> None:
+    def load(self, targets: Tensor, coef: Tensor) -> None:
         """Set the targets' slot weights from dense float[B, n] ``coef`` (support ⊆ W_t)."""
-        ok = torch.arange(self.idx.shape[1], device=coef.device)[None, :] < self.size[targets][:, None]
+        ok = self._slots(targets, self.idx.shape[1])
         self.w[targets] = coef.gather(1, self.idx[targets]) * ok.to(coef.dtype)
 
 
@@ -271,44 +273,56 @@ class SolverOptions:
     max_iter: int = 5000
     max_rounds: int = 30
     max_features: int = 1024
-    min_grow: int = 16
+    min_grow: int = 32
+
+    @classmethod
+    def build(
+        cls, tol: float, max_iter: int, n: int, t: int, dtype: torch.dtype, max_features: int | None
+    ) -> SolverOptions:
+        """Validated options; ``max_features=None`` picks the cap: building a target's block
+        costs ``m·s²`` for ``s`` columns against ``m·n`` for one pass, so past ``s ≈ 4√n`` a
+        dense target costs tens of passes per λ; all blocks must also fit in ``GRAM_BYTES``."""
+        if not tol > 0 or max_iter < 1:
+            raise ValueError(f"tol must be > 0 and max_iter >= 1, got {tol} and {max_iter}")
+        if max_features is None:
+            by_memory = math.isqrt(GRAM_BYTES // (max(t, 1) * (torch.finfo(dtype).bits // 8)))
+            max_features = min(max(256, 4 * math.isqrt(n)), max(32, by_memory))
+        return cls(tol=tol, max_iter=max_iter, max_features=max(1, min(int(max_features), n)))
 
 
 @dataclass
 class StepReport:
-    """Per target (float/bool[B] aligned with the solved targets): final duality gap,
-    whether it met the tolerance, and whether it hit the working-set cap."""
+    """Per solved target (float/bool[B]): final duality gap, whether it met the tolerance,
+    and whether it hit the working-set cap."""
 
-    gap: torch.Tensor
-    converged: torch.Tensor
-    capped: torch.Tensor
+    gap: Tensor
+    converged: Tensor
+    capped: Tensor
 
 
 def solve_lambda(
-    block: MaskRows, yc: torch.Tensor, stats: RowStats, ws: WorkingSets, corr: torch.Tensor,
-    lam: torch.Tensor, targets: torch.Tensor, opts: SolverOptions,
+    ws: WorkingSets, yc: Tensor, corr: Tensor, lam: Tensor, targets: Tensor, opts: SolverOptions
 ) -> StepReport:
     """Solve every target in ``targets`` at its ``lam[t]``, warm-started from ``ws.w``.
 
-    yc : float[m, T]; corr : float[n, T] is updated in place to ``Xc^T r / m`` at the new
-    solution (the next λ's strong rule reads it); lam : float[T]. Converged targets leave the
-    active set, so later rounds only pay for the others.
+    yc : float[m, T] centred targets of ``ws.block``'s rows; corr : float[n, T] is updated in
+    place to ``Xc^T r / m`` at the new solution (the next λ's strong rule reads it); lam :
+    float[T]. Converged targets leave the active set, so later rounds only pay for the others.
     """
-    t_all = yc.shape[1]
+    stats, t_all = ws.stats, yc.shape[1]
     tol_abs = opts.tol * stats.yy
     inner = 0.3 * tol_abs  # leaves room for the gap added by columns outside W_t
-    floor = 1e3 * torch.finfo(yc.dtype).eps * stats.yy
+    floor = 10 * torch.finfo(yc.dtype).eps * stats.yy  # float noise in the inner gap
     gap = torch.full((t_all,), float("inf"), dtype=yc.dtype, device=yc.device)
     converged = torch.zeros(t_all, dtype=torch.bool, device=yc.device)
     capped = torch.zeros_like(converged)
-    mu, valid = stats.mu, stats.valid
-    active = targets
+    mu, valid, active = stats.mu, stats.valid, targets
     for _ in range(opts.max_rounds):
         if len(active) == 0:
             break
-        ws.solve(active, stats.q, lam[active], stats.yy[active], inner[active], opts.max_iter)
-        weights, offset = ws.sparse_weights(active, mu)
-        xtr, r_sum, rr, ry = residual_pass(block, yc[:, active], weights, offset)
+        ws.solve(active, lam[active], inner[active], opts.max_iter)
+        weights, offset = ws.sparse_weights(active)
+        xtr, r_sum, rr, ry = residual_pass(ws.block, yc[:, active], weights, offset)
         c = (xtr - mu[:, None] * r_sum[None, :]) / stats.m * valid[:, None].to(xtr.dtype)
         corr[:, active] = c
         l1 = ws.w[active].abs().sum(1)
@@ -318,13 +332,46 @@ def solve_lambda(
         todo = active[~done]
         if len(todo) == 0:
             break
-        new, n_eligible = ws.candidates(corr[:, todo], lam[todo], todo, valid, opts.min_grow)
+        new, n_eligible = ws.candidates(corr[:, todo], lam[todo], todo)
         # No violator outside W_t: the inner solve was not tight enough for this target.
         inner[todo[n_eligible == 0]] *= 0.1
         hopeless = (n_eligible == 0) & (inner[todo] < floor[todo])
         # Stop before paying for growth when the violators alone would overflow the cap.
         at_cap = ws.size[todo] + n_eligible > ws.max_size
         capped[todo[at_cap]] = True
-        ws.grow(block, stats, todo[~at_cap], new[~at_cap])
+        ws.grow(todo[~at_cap], new[~at_cap])
         active = todo[~hopeless & ~at_cap]
     return StepReport(gap[targets], converged[targets], capped[targets])
+
+
+class PathWalker:
+    """Walks the λ path on one row block: statistics, working sets, correlations, warm starts.
+
+    y : float[m, T] the targets of the block's rows.
+    """
+
+    def __init__(self, block: MaskRows, y: np.ndarray, opts: SolverOptions) -> None:
+        self.block, self.opts = block, opts
+        self.yc, y_mean = centred_targets(y, block.device, block.dtype)
+        self.stats = row_stats(block, self.yc, y_mean)
+        self.ws = WorkingSets(block, self.stats, max_size=opts.max_features, min_grow=opts.min_grow)
+        self.corr = self.stats.q.clone()
+        self.lam_max = self.corr.abs().amax(0) if block.n else self.corr.new_zeros(y.shape[1])
+        self.lam_prev = self.lam_max.clone()
+
+    def grid(self, n_lambdas: int, eps: float) -> Tensor:
+        """float[T, K] geometric λ grid from λ_max down to eps·λ_max."""
+        ratio = torch.logspace(0, math.log10(eps), n_lambdas, dtype=torch.float64)
+        return self.lam_max[:, None] * ratio.to(self.lam_max)[None, :]
+
+    def step(self, lam: Tensor, targets: Tensor) -> StepReport:
+        """Move ``targets`` to ``lam[t]`` (lam: float[T]): sequential strong rule, then solve."""
+        thr = (2 * lam[targets] - self.lam_prev[targets]).clamp_min(0)
+        self.ws.grow(targets, self.ws.candidates(self.corr[:, targets], thr, targets)[0])
+        report = solve_lambda(self.ws, self.yc, self.corr, lam, targets, self.opts)
+        self.lam_prev[targets] = lam[targets]
+        return report
+
+    def intercept(self, coef: Tensor) -> Tensor:
+        """float64[T] bias ``y_mean - mu · w`` for dense coef float[T, n]."""
+        return self.stats.y_mean - coef.to(torch.float64) @ self.stats.mu.to(torch.float64)

@@ -24,7 +24,6 @@ per KKT check; targets that have converged at a λ leave the active set.
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -32,11 +31,18 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from datamodels.regress._chunks import MaskArray, MaskRows, centred_targets, merge_stats, predict_pass, row_stats
-from datamodels.regress._solver import SolverOptions, StepReport, WorkingSets, solve_lambda
+from datamodels.regress._chunks import (
+    MaskArray,
+    MaskRows,
+    as_rows,
+    centred_targets,
+    check_inputs,
+    merge_stats,
+    predict_pass,
+    row_stats,
+)
+from datamodels.regress._solver import PathWalker, SolverOptions, WorkingSets, solve_lambda
 
-# Working-set covariance blocks take T · max_features² floats; this bounds them.
-GRAM_BYTES = 2**30
 # Validation MSE must drop by this relative amount to reset the patience counter.
 MIN_REL_IMPROVEMENT = 1e-4
 
@@ -75,90 +81,6 @@ class LassoSelection:
     converged: np.ndarray
 
 
-def _check_inputs(masks: MaskArray, margins: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Validate shapes/dtypes; returns margins as float[M, T]."""
-    if getattr(masks, "ndim", 0) != 2 or masks.dtype not in (np.bool_, torch.bool):
-        raise ValueError(f"masks must be a 2-D boolean array bool[m, n], got {getattr(masks, 'dtype', type(masks))} of shape {getattr(masks, 'shape', None)}")
-    y = margins.detach().cpu().numpy() if isinstance(margins, torch.Tensor) else np.asarray(margins)
-    if y.ndim == 1:
-        y = y[:, None]
-    if y.ndim != 2 or y.shape[0] != masks.shape[0]:
-        raise ValueError(f"margins must be float[m, T] with m = {masks.shape[0]} rows (one per mask row), got shape {y.shape}")
-    if not np.all(np.isfinite(y)):
-        bad = np.flatnonzero(~np.isfinite(y).all(axis=1))
-        raise ValueError(f"margins are not finite in {bad.size} rows (first: row {bad[0]}); drop those models before fitting")
-    return y
-
-
-def _as_rows(rows: np.ndarray | torch.Tensor, total: int, name: str) -> np.ndarray:
-    arr = rows.cpu().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
-    if arr.dtype == np.bool_:
-        if arr.shape != (total,):
-            raise ValueError(f"{name} as a boolean mask must have shape ({total},), got {arr.shape}")
-        return np.flatnonzero(arr)
-    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"{name} must be a 1-D array of row indices or a bool[{total}] mask")
-    arr = arr.astype(np.int64)
-    if arr.size and (arr.min() < 0 or arr.max() >= total):
-        raise ValueError(f"{name} has row indices outside [0, {total})")
-    if np.unique(arr).size != arr.size:
-        raise ValueError(f"{name} has repeated row indices")
-    return arr
-
-
-def _max_features(n: int, t: int, dtype: torch.dtype, max_features: int | None) -> int:
-    """Working-set cap per target. Building a target's covariance block costs ``m·s²`` for
-    ``s`` columns against ``m·n`` for one pass, so past ``s ≈ 4√n`` a dense target costs
-    more than tens of passes per λ; the blocks also must fit in ``GRAM_BYTES``."""
-    if max_features is not None:
-        return max(1, min(int(max_features), n))
-    itemsize = torch.finfo(dtype).bits // 8
-    by_memory = int(math.sqrt(GRAM_BYTES / (max(t, 1) * itemsize)))
-    return max(1, min(n, max(256, 4 * math.isqrt(n)), max(32, by_memory)))
-
-
-class _Walker:
-    """Fits a path on one row block: statistics, working sets, correlations, warm starts."""
-
-    def __init__(
-        self, masks: MaskArray, y: np.ndarray, rows: np.ndarray | None, device: torch.device,
-        dtype: torch.dtype, chunk_rows: int | None, opts: SolverOptions,
-    ) -> None:
-        self.block = MaskRows(masks, rows, device=device, dtype=dtype, chunk_rows=chunk_rows)
-        self.yc, y_mean = centred_targets(y if rows is None else y[rows], device, dtype)
-        self.stats = row_stats(self.block, self.yc, y_mean)
-        self.opts = opts
-        self.t = y.shape[1]
-        self.ws = WorkingSets(self.block.n, self.t, device=device, dtype=dtype, max_size=opts.max_features)
-        self.corr = self.stats.q.clone()
-        self.lam_max = self.corr.abs().amax(0) if self.block.n else torch.zeros(self.t, dtype=dtype, device=device)
-        self.lam_prev = self.lam_max.clone()
-
-    def grid(self, n_lambdas: int, eps: float) -> torch.Tensor:
-        """float[T, K] geometric λ grid from λ_max down to eps·λ_max."""
-        ratio = torch.logspace(0, math.log10(eps), n_lambdas, dtype=torch.float64)
-        return self.lam_max[:, None] * ratio.to(self.lam_max)[None, :]
-
-    def step(self, lam: torch.Tensor, targets: torch.Tensor) -> StepReport:
-        """Move ``targets`` to ``lam[t]``: sequential strong rule, then solve."""
-        thr = (2 * lam[targets] - self.lam_prev[targets]).clamp_min(0)
-        new, _ = self.ws.candidates(self.corr[:, targets], thr, targets, self.stats.valid, self.opts.min_grow)
-        self.ws.grow(self.block, self.stats, targets, new)
-        report = solve_lambda(self.block, self.yc, self.stats, self.ws, self.corr, lam, targets, self.opts)
-        self.lam_prev[targets] = lam[targets]
-        return report
-
-    def intercept(self, coef: torch.Tensor) -> torch.Tensor:
-        """float64[T] bias ``y_mean - mu · w`` for dense coef float[T, n]."""
-        return self.stats.y_mean - coef.to(torch.float64) @ self.stats.mu.to(torch.float64)
-
-
-def _options(tol: float, max_iter: int, n: int, t: int, dtype: torch.dtype, max_features: int | None) -> SolverOptions:
-    if not tol > 0:
-        raise ValueError(f"tol must be > 0, got {tol}")
-    return SolverOptions(tol=tol, max_iter=max_iter, max_features=_max_features(n, t, dtype, max_features))
-
-
 def lasso_path(
     masks: MaskArray,
     margins: np.ndarray | torch.Tensor,
@@ -180,50 +102,55 @@ def lasso_path(
     (default all); lams: float[K] or float[T, K] explicit positive λ values (default: the
     geometric grid from λ_max with ``n_lambdas``, ``eps``). Returns a ``LassoPath`` holding
     ``coef: float[K, T, n]`` (mind the memory for large T·n). ``max_features`` caps each
-    target's working set (default from ``GRAM_BYTES``); a target that hits it keeps its last
-    solution for the rest of the path with ``converged = False``.
+    target's working set (default: see ``SolverOptions.build``); a target that hits it keeps
+    its last solution for the rest of the path, flagged ``converged = False``.
     """
-    y = _check_inputs(masks, margins)
-    rows_np = None if rows is None else _as_rows(rows, masks.shape[0], "rows")
-    m = masks.shape[0] if rows_np is None else rows_np.size
+    y = check_inputs(masks, margins)
+    rows = None if rows is None else as_rows(rows, masks.shape[0], "rows")
+    m = masks.shape[0] if rows is None else rows.size
     if m < 2:
-        raise ValueError(f"lasso_path needs at least 2 rows (models) to fit, got {m}; train more models")
-    dev = torch.device(device)
-    opts = _options(tol, max_iter, masks.shape[1], y.shape[1], dtype, max_features)
-    walker = _Walker(masks, y, rows_np, dev, dtype, chunk_rows, opts)
-    t, n = y.shape[1], masks.shape[1]
+        raise ValueError(
+            f"lasso_path needs at least 2 rows (models) to fit, got {m}; train more models"
+        )
+    dev, (t, n) = torch.device(device), (y.shape[1], masks.shape[1])
+    opts = SolverOptions.build(tol, max_iter, n, t, dtype, max_features)
+    block = MaskRows(masks, rows, device=dev, dtype=dtype, chunk_rows=chunk_rows)
+    walker = PathWalker(block, y if rows is None else y[rows], opts)
     if lams is None:
         grid = walker.grid(n_lambdas, eps)
     else:
         grid = torch.as_tensor(np.asarray(lams, dtype=np.float64)).to(device=dev, dtype=dtype)
         grid = grid.expand(t, -1) if grid.ndim == 1 else grid
-        if grid.shape[0] != t or not bool((grid > 0).all()):
-            raise ValueError(f"lams must be positive float[K] or float[{t}, K], got shape {tuple(grid.shape)}")
+        if grid.ndim != 2 or grid.shape[0] != t or not bool((grid > 0).all()):
+            raise ValueError(
+                f"lams must be positive float[K] or float[{t}, K], got shape {tuple(grid.shape)}"
+            )
     k_total = grid.shape[1]
     coef = np.zeros((k_total, t, n), dtype=np.float32 if dtype == torch.float32 else np.float64)
-    intercept = np.zeros((k_total, t))
-    gap = np.zeros((k_total, t))
+    intercept, gap = np.zeros((k_total, t)), np.zeros((k_total, t))
     converged = np.ones((k_total, t), dtype=bool)
-    alive = walker.lam_max > 0
-    everyone = torch.arange(t, device=dev)
+    alive, everyone = walker.lam_max > 0, torch.arange(t, device=dev)
     for k in range(k_total):
         lam = grid[:, k]
-        at_zero = alive & (lam >= walker.lam_max)
-        walker.ws.w[at_zero] = 0  # λ ≥ λ_max: w = 0 is optimal
+        at_zero = alive & (lam >= walker.lam_max)  # w = 0 is optimal there
+        walker.ws.w[at_zero] = 0
         walker.corr[:, at_zero] = walker.stats.q[:, at_zero]
         walker.lam_prev[at_zero] = lam[at_zero]
         targets = everyone[alive & ~at_zero]
         if len(targets):
             report = walker.step(lam, targets)
             gap[k, targets.cpu().numpy()] = report.gap.cpu().numpy()
-            stuck = targets[report.capped | ~report.converged]
-            converged[k:, stuck.cpu().numpy()] = False
+            converged[k, targets[~report.converged].cpu().numpy()] = False
+            converged[k:, targets[report.capped].cpu().numpy()] = False  # frozen from here on
             alive[targets[report.capped]] = False
         dense = walker.ws.dense(everyone)
-        coef[k] = dense.cpu().numpy()
-        intercept[k] = walker.intercept(dense).cpu().numpy()
+        coef[k], intercept[k] = dense.cpu().numpy(), walker.intercept(dense).cpu().numpy()
     if not converged.all():
-        warnings.warn(f"lasso_path: {int((~converged).any(0).sum())} targets did not meet tol={tol} (working-set cap or max_iter); see LassoPath.converged", stacklevel=2)
+        warnings.warn(
+            f"lasso_path: {int((~converged).any(0).sum())} targets did not meet tol={tol} "
+            "(working-set cap or max_iter); see LassoPath.converged",
+            stacklevel=2,
+        )
     return LassoPath(grid.cpu().numpy(), coef, intercept, gap, converged)
 
 
@@ -237,12 +164,31 @@ def split_rows(m: int, val_fraction: float = 0.1, seed: int = 0) -> tuple[np.nda
 
 
 def _spearman(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """float[T] Spearman correlation per column (average ranks for ties; 0 if a side is constant)."""
+    """float[T] Spearman correlation per column (average ranks for ties; 0 if a side is
+    constant)."""
     rp, ry = rankdata(pred, axis=0), rankdata(y, axis=0)
-    rp -= rp.mean(0)
-    ry -= ry.mean(0)
+    rp, ry = rp - rp.mean(0), ry - ry.mean(0)
     den = np.sqrt((rp * rp).sum(0) * (ry * ry).sum(0))
     return np.where(den > 0, (rp * ry).sum(0) / np.where(den > 0, den, 1.0), 0.0)
+
+
+def _split(
+    split: np.ndarray | tuple[np.ndarray, np.ndarray], total: int
+) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(split, tuple):
+        train = as_rows(split[0], total, "train_rows")
+        val = as_rows(split[1], total, "val_rows")
+    else:
+        val = as_rows(split, total, "split")
+        train = np.setdiff1d(np.arange(total), val)
+    if train.size < 2 or val.size < 2:
+        raise ValueError(
+            f"lasso_select needs at least 2 training and 2 validation rows (models), got "
+            f"{train.size} and {val.size}; train more models or change the split"
+        )
+    if np.intersect1d(train, val).size:
+        raise ValueError("train_rows and val_rows overlap; validation rows must be held out")
+    return train, val
 
 
 def lasso_select(
@@ -270,38 +216,32 @@ def lasso_select(
     is the one with the lowest validation MSE (λ_max, the constant model, included); with
     ``refit`` the model is re-solved at that λ on train+val, warm-started.
     """
-    y = _check_inputs(masks, margins)
-    total = masks.shape[0]
-    if isinstance(split, tuple):
-        train_rows, val_rows = _as_rows(split[0], total, "train_rows"), _as_rows(split[1], total, "val_rows")
-    else:
-        is_val = _as_rows(split, total, "split")
-        train_rows, val_rows = np.setdiff1d(np.arange(total), is_val), is_val
-    if train_rows.size < 2 or val_rows.size < 2:
-        raise ValueError(f"lasso_select needs at least 2 training and 2 validation rows (models), got {train_rows.size} and {val_rows.size}; train more models or change the split")
-    if np.intersect1d(train_rows, val_rows).size:
-        raise ValueError("train_rows and val_rows overlap; validation rows must be held out")
+    y = check_inputs(masks, margins)
+    train_rows, val_rows = _split(split, masks.shape[0])
     if patience < 1:
         raise ValueError(f"patience must be >= 1, got {patience}")
-    dev = torch.device(device)
-    t, n = y.shape[1], masks.shape[1]
-    opts = _options(tol, max_iter, n, t, dtype, max_features)
-    walker = _Walker(masks, y, train_rows, dev, dtype, chunk_rows, opts)
+    dev, (t, n) = torch.device(device), (y.shape[1], masks.shape[1])
+    opts = SolverOptions.build(tol, max_iter, n, t, dtype, max_features)
+    walker = PathWalker(
+        MaskRows(masks, train_rows, device=dev, dtype=dtype, chunk_rows=chunk_rows),
+        y[train_rows],
+        opts,
+    )
     val_block = MaskRows(masks, val_rows, device=dev, dtype=dtype, chunk_rows=chunk_rows)
     y_val = torch.from_numpy(y[val_rows].astype(np.float64)).to(device=dev, dtype=dtype)
-    grid = walker.grid(n_lambdas, eps)
-    everyone = torch.arange(t, device=dev)
+    grid, everyone = walker.grid(n_lambdas, eps), torch.arange(t, device=dev)
 
     # k = 0 is λ_max: the constant model predicting the training mean.
     best_pred = walker.stats.y_mean.to(dtype)[None, :].expand_as(y_val).clone()
     best_mse = ((y_val - best_pred) ** 2).mean(0)
     mse_path = torch.full((t, grid.shape[1]), float("inf"), dtype=dtype, device=dev)
     mse_path[:, 0] = best_mse
-    best_k = torch.zeros(t, dtype=torch.long, device=dev)
-    best_coef = torch.zeros((t, n), dtype=dtype, device=dev)
-    ref_mse, stale = best_mse.clone(), torch.zeros(t, dtype=torch.long, device=dev)
-    alive = walker.lam_max > 0
-    converged = torch.ones(t, dtype=torch.bool, device=dev)
+    best_k, stale = (
+        torch.zeros(t, dtype=torch.long, device=dev),
+        torch.zeros(t, dtype=torch.long, device=dev),
+    )
+    best_coef, ref_mse = torch.zeros((t, n), dtype=dtype, device=dev), best_mse.clone()
+    alive, converged = walker.lam_max > 0, torch.ones(t, dtype=torch.bool, device=dev)
     for k in range(1, grid.shape[1]):
         targets = everyone[alive]
         if len(targets) == 0:
@@ -309,15 +249,14 @@ def lasso_select(
         report = walker.step(grid[:, k], targets)
         converged[targets[~report.converged & ~report.capped]] = False
         alive[targets[report.capped]] = False
-        ev = targets[~report.capped]
-        weights, offset = walker.ws.sparse_weights(ev, walker.stats.mu)
+        ev = targets[~report.capped]  # a capped target's last iterate is not a solution
+        weights, offset = walker.ws.sparse_weights(ev)
         pred = predict_pass(val_block, weights, walker.stats.y_mean[ev].to(dtype) - offset)
         mse = ((y_val[:, ev] - pred) ** 2).mean(0)
         mse_path[ev, k] = mse
         better = mse < best_mse[ev]
         winners = ev[better]
-        best_mse[winners], best_k[winners] = mse[better], k
-        best_pred[:, winners] = pred[:, better]
+        best_mse[winners], best_k[winners], best_pred[:, winners] = mse[better], k, pred[:, better]
         best_coef[winners] = walker.ws.dense(winners)
         significant = mse < ref_mse[ev] * (1 - MIN_REL_IMPROVEMENT)
         ref_mse[ev] = torch.where(significant, mse, ref_mse[ev])
@@ -326,13 +265,17 @@ def lasso_select(
     walker.block.release()
 
     lam = grid.gather(1, best_k[:, None]).squeeze(1)  # 0 for λ_max = 0 targets
-    nontrivial = everyone[walker.lam_max > 0]
     if refit:
-        coef, bias = _refit(masks, y, train_rows, val_rows, walker, val_block, best_coef, lam, nontrivial, converged, chunk_rows)
+        rows = (train_rows, val_rows)
+        coef, bias = _refit(masks, y, rows, walker, val_block, best_coef, lam, converged)
     else:
         coef, bias = best_coef, walker.intercept(best_coef)
     if not bool(converged.all()):
-        warnings.warn(f"lasso_select: {int((~converged).sum())} targets did not meet tol={tol}; see LassoSelection.converged", stacklevel=2)
+        warnings.warn(
+            f"lasso_select: {int((~converged).sum())} targets did not meet tol={tol}; "
+            "see LassoSelection.converged",
+            stacklevel=2,
+        )
     weights_np = coef.cpu().numpy().astype(np.float32)
     return LassoSelection(
         weights=weights_np,
@@ -348,71 +291,85 @@ def lasso_select(
 
 
 def _refit(
-    masks: MaskArray, y: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray, walker: _Walker,
-    val_block: MaskRows, best_coef: torch.Tensor, lam: torch.Tensor, targets: torch.Tensor,
-    converged: torch.Tensor, chunk_rows: int | None,
+    masks: MaskArray,
+    y: np.ndarray,
+    rows: tuple[np.ndarray, np.ndarray],
+    walker: PathWalker,
+    val_block: MaskRows,
+    best_coef: torch.Tensor,
+    lam: torch.Tensor,
+    converged: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Re-solve ``targets`` at ``lam`` on train+val rows, warm-started from ``best_coef``.
+    """Re-solve at ``lam`` (float[T]) on train+val ``rows``, warm-started from ``best_coef``
+    (float[T, n]); returns dense weights float[T, n] and float64[T] biases.
 
-    The statistics are merged from the training pass and one pass over the validation rows;
-    working sets restart from the chosen supports (the path's last ones are usually far
-    larger) and grow again only where the KKT check asks for it.
+    The statistics are merged from the training pass and one pass over the validation rows.
+    Working sets restart from the chosen supports (the path's last ones are usually far
+    larger) and grow only where the KKT check asks. Seeding them with the columns that were
+    nearly active on the training rows was measured not to save the extra round (the
+    pooled rows activate other columns) while making the blocks several times larger.
     """
-    dev, dtype = best_coef.device, best_coef.dtype
-    val_yc, val_mean = centred_targets(y[val_rows], dev, dtype)
+    dev, dtype, (t, n) = best_coef.device, best_coef.dtype, best_coef.shape
+    val_yc, val_mean = centred_targets(y[rows[1]], dev, dtype)
     pooled = merge_stats(walker.stats, row_stats(val_block, val_yc, val_mean))
     val_block.release()
-    all_rows = np.concatenate([train_rows, val_rows])
-    block = MaskRows(masks, all_rows, device=dev, dtype=dtype, chunk_rows=chunk_rows)
-    yc = torch.from_numpy(y[all_rows].astype(np.float64) - pooled.y_mean.cpu().numpy()).to(device=dev, dtype=dtype)
-    t, n = best_coef.shape
+    all_rows = np.concatenate(rows)
+    block = MaskRows(masks, all_rows, device=dev, dtype=dtype, chunk_rows=val_block.chunk_rows)
+    yc = y[all_rows].astype(np.float64) - pooled.y_mean.cpu().numpy()
+    yc = torch.from_numpy(yc).to(device=dev, dtype=dtype)
     support = best_coef != 0
     width = int(support.sum(1).max()) if t else 0
-    opts = walker.opts
     # The chosen supports obey the path's cap, but on more rows a few more columns may
     # enter: the refit must converge, so it gets twice the room.
-    ws = WorkingSets(n, t, device=dev, dtype=dtype, max_size=min(n, 2 * max(opts.max_features, width)))
+    room = min(n, 2 * max(walker.opts.max_features, width))
+    ws = WorkingSets(block, pooled, max_size=room, min_grow=walker.opts.min_grow)
     del walker.ws  # its covariance blocks are the largest thing held
+    targets = torch.arange(t, device=dev)[walker.lam_max > 0]
     if len(targets):
-        # stable sort puts each target's support columns first, in column order
-        order = torch.sort(support.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :width]
-        first = torch.where(support.gather(1, order), order, -1)
-        ws.grow(block, pooled, targets, first[targets])
+        # a stable sort puts each target's support columns first, in column order
+        order = torch.sort(support.to(torch.int8), dim=1, descending=True, stable=True).indices
+        first = torch.where(support.gather(1, order[:, :width]), order[:, :width], -1)
+        ws.grow(targets, first[targets])
         ws.load(targets, best_coef[targets])
-        report = solve_lambda(block, yc, pooled, ws, pooled.q.clone(), lam, targets, opts)
+        report = solve_lambda(ws, yc, pooled.q.clone(), lam, targets, walker.opts)
         converged[targets[~report.converged]] = False
     coef = ws.dense(torch.arange(t, device=dev))
     return coef, pooled.y_mean - coef.to(torch.float64) @ pooled.mu.to(torch.float64)
 
 
 class DatamodelRegressor:
-    """Thin estimator over ``lasso_select`` (scikit-learn style; learned attributes end in _)."""
+    """Thin estimator over ``lasso_select`` (scikit-learn style; learned attributes end in _).
 
-    def __init__(
-        self, *, n_lambdas: int = 20, eps: float = 1e-3, patience: int = 3, val_fraction: float = 0.1,
-        tol: float = 1e-4, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-        chunk_rows: int | None = None,
-    ) -> None:
-        self.n_lambdas, self.eps, self.patience, self.val_fraction = n_lambdas, eps, patience, val_fraction
-        self.tol, self.seed, self.device, self.dtype, self.chunk_rows = tol, seed, device, dtype, chunk_rows
+    ``options`` are ``lasso_select``'s keyword arguments (n_lambdas, eps, patience, tol,
+    device, dtype, ...); ``val_fraction`` and ``seed`` make the default split.
+    """
 
-    def fit(self, masks: MaskArray, margins: np.ndarray, split: np.ndarray | tuple[np.ndarray, np.ndarray] | None = None) -> DatamodelRegressor:
+    def __init__(self, *, val_fraction: float = 0.1, seed: int = 0, **options: object) -> None:
+        self.val_fraction, self.seed, self.options = val_fraction, seed, options
+
+    def fit(
+        self,
+        masks: MaskArray,
+        margins: np.ndarray,
+        split: np.ndarray | tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> DatamodelRegressor:
         """Fit on bool[M, n] masks and float[M, T] margins; split defaults to a random
         ``val_fraction`` of the rows (``split_rows``)."""
         if split is None:
             split = split_rows(masks.shape[0], self.val_fraction, self.seed)
-        self.result_ = lasso_select(
-            masks, margins, split, n_lambdas=self.n_lambdas, eps=self.eps, patience=self.patience,
-            tol=self.tol, device=self.device, dtype=self.dtype, chunk_rows=self.chunk_rows,
+        self.result_ = lasso_select(masks, margins, split, **self.options)  # type: ignore[arg-type]
+        self.coef_, self.intercept_, self.lam_ = (
+            self.result_.weights,
+            self.result_.bias,
+            self.result_.lam,
         )
-        self.coef_, self.intercept_, self.lam_ = self.result_.weights, self.result_.bias, self.result_.lam
         return self
 
     def predict(self, masks: MaskArray) -> np.ndarray:
-        """float32[m, T] predicted margins for bool[m, n] masks (chunked)."""
+        """float32[m, T] predicted margins for bool[m, n] masks (row chunks of 4096)."""
         mask_np = masks.cpu().numpy() if isinstance(masks, torch.Tensor) else masks
         out = np.empty((mask_np.shape[0], self.coef_.shape[0]), dtype=np.float32)
-        step = 4096
-        for start in range(0, mask_np.shape[0], step):
-            out[start : start + step] = mask_np[start : start + step].astype(np.float32) @ self.coef_.T + self.intercept_
+        for start in range(0, mask_np.shape[0], 4096):
+            chunk = mask_np[start : start + 4096].astype(np.float32)
+            out[start : start + 4096] = chunk @ self.coef_.T + self.intercept_
         return out

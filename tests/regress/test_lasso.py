@@ -10,6 +10,16 @@ from sklearn.linear_model import Lasso
 from datamodels.regress import DatamodelRegressor, lasso_path, lasso_select, split_rows
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    # These problems are tiny: thread hand-offs dominate (3x the CPU time, far worse on a
+    # shared machine), so this module runs single-threaded and restores the setting.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _objective(masks: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, lam: float) -> float:
     """1/(2m) ||y - b - M w||² + λ ||w||_1 in float64."""
     r = y - b - masks.astype(np.float64) @ w
@@ -45,7 +55,9 @@ def test_path_matches_sklearn_objective(small_path, k):
     assert path.converged.all()
     for t in range(margins.shape[1]):
         lam = float(path.lams[t, k])
-        ref = Lasso(alpha=lam, tol=1e-10, max_iter=100_000).fit(masks.astype(np.float64), margins[:, t])
+        ref = Lasso(alpha=lam, tol=1e-10, max_iter=100_000).fit(
+            masks.astype(np.float64), margins[:, t]
+        )
         ours = _objective(masks, margins[:, t], path.coef[k, t], path.intercept[k, t], lam)
         theirs = _objective(masks, margins[:, t], ref.coef_, ref.intercept_, lam)
         assert abs(ours - theirs) <= 1e-4 * theirs
@@ -68,7 +80,9 @@ def test_path_starts_at_lambda_max_with_zero_weights(small_path):
     masks, margins, path = small_path
     assert np.all(path.coef[0] == 0)
     # just below λ_max some weight is nonzero, so λ_max is the smallest all-zero λ
-    below = lasso_path(masks, margins, lams=path.lams[:, :1] * (1 - 1e-6), tol=1e-10, dtype=torch.float64)
+    below = lasso_path(
+        masks, margins, lams=path.lams[:, :1] * (1 - 1e-6), tol=1e-10, dtype=torch.float64
+    )
     assert np.all(np.abs(below.coef[0]).sum(1) > 0)
     assert np.allclose(path.lams[:, -1] / path.lams[:, 0], 1e-2)
 
@@ -82,7 +96,13 @@ def test_float32_default_close_to_float64(small_path):
         for t in range(margins.shape[1]):
             lam = float(path.lams[t, k])
             ref = _objective(masks, margins[:, t], path.coef[k, t], path.intercept[k, t], lam)
-            ours = _objective(masks, margins[:, t], path32.coef[k, t].astype(np.float64), path32.intercept[k, t], lam)
+            ours = _objective(
+                masks,
+                margins[:, t],
+                path32.coef[k, t].astype(np.float64),
+                path32.intercept[k, t],
+                lam,
+            )
             assert abs(ours - ref) <= 1e-4 * ref
 
 
@@ -91,11 +111,17 @@ def test_chunked_equals_unchunked_and_input_kinds(tmp_path):
     kwargs = dict(n_lambdas=6, eps=1e-2, tol=1e-12, dtype=torch.float64)
     whole = lasso_path(masks, margins, chunk_rows=10_000, **kwargs)
     chunked = lasso_path(masks, margins, chunk_rows=37, **kwargs)
-    as_torch = lasso_path(torch.from_numpy(masks), torch.from_numpy(margins), chunk_rows=64, **kwargs)
-    mm = np.lib.format.open_memmap(tmp_path / "masks.npy", mode="w+", dtype=np.bool_, shape=masks.shape)
+    as_torch = lasso_path(
+        torch.from_numpy(masks), torch.from_numpy(margins), chunk_rows=64, **kwargs
+    )
+    mm = np.lib.format.open_memmap(
+        tmp_path / "masks.npy", mode="w+", dtype=np.bool_, shape=masks.shape
+    )
     mm[:] = masks
     mm.flush()
-    memmap = lasso_path(np.load(tmp_path / "masks.npy", mmap_mode="r"), margins, chunk_rows=50, **kwargs)
+    memmap = lasso_path(
+        np.load(tmp_path / "masks.npy", mmap_mode="r"), margins, chunk_rows=50, **kwargs
+    )
     for other in (chunked, as_torch, memmap):
         np.testing.assert_allclose(other.coef, whole.coef, atol=1e-9)
         np.testing.assert_allclose(other.intercept, whole.intercept, atol=1e-9)
@@ -118,7 +144,9 @@ def test_constant_target_and_degenerate_columns():
     masks[:, 1] = False
     margins[:, 1] = 0.7
     margins[:, 2] += 5.0 * masks[:, 0]  # lands in the bias, not in the constant column
-    fit = lasso_select(masks, margins, split_rows(240, 0.25, seed=0), n_lambdas=8, eps=1e-2, dtype=torch.float64)
+    fit = lasso_select(
+        masks, margins, split_rows(240, 0.25, seed=0), n_lambdas=8, eps=1e-2, dtype=torch.float64
+    )
     for field in ("weights", "bias", "lam", "val_mse", "val_spearman"):
         assert np.all(np.isfinite(getattr(fit, field))), field
     assert np.all(fit.weights[:, :2] == 0)
@@ -126,7 +154,11 @@ def test_constant_target_and_degenerate_columns():
     assert fit.bias[1] == pytest.approx(0.7) and fit.lam[1] == 0 and fit.val_spearman[1] == 0
     assert fit.val_mse[1] == pytest.approx(0.0, abs=1e-12)
     path = lasso_path(masks, margins, n_lambdas=5, eps=1e-2, dtype=torch.float64)
-    assert np.all(np.isfinite(path.coef)) and np.all(path.coef[:, 1] == 0) and np.all(path.lams[1] == 0)
+    assert (
+        np.all(np.isfinite(path.coef))
+        and np.all(path.coef[:, 1] == 0)
+        and np.all(path.lams[1] == 0)
+    )
     assert np.allclose(path.intercept[:, 1], 0.7)
 
 
@@ -156,7 +188,16 @@ def test_planted_sparse_support_recovery():
 def test_selection_picks_best_lambda_and_refits_on_all_rows():
     masks, margins = _random_problem(500, 40, 4, seed=5, density=0.3)
     train, val = split_rows(500, 0.3, seed=2)
-    fit = lasso_select(masks, margins, (train, val), n_lambdas=15, eps=1e-3, patience=2, tol=1e-10, dtype=torch.float64)
+    fit = lasso_select(
+        masks,
+        margins,
+        (train, val),
+        n_lambdas=15,
+        eps=1e-3,
+        patience=2,
+        tol=1e-10,
+        dtype=torch.float64,
+    )
     best = np.argmin(fit.val_mse_path, axis=1)
     np.testing.assert_allclose(fit.lam, fit.lams[np.arange(4), best], rtol=1e-6)
     np.testing.assert_allclose(fit.val_mse, fit.val_mse_path.min(1), rtol=1e-6)
@@ -168,8 +209,16 @@ def test_selection_picks_best_lambda_and_refits_on_all_rows():
     rows = np.concatenate([train, val])
     for target in range(4):
         lam = float(fit.lam[target])
-        ref = Lasso(alpha=lam, tol=1e-10, max_iter=100_000).fit(masks[rows].astype(np.float64), margins[rows, target])
-        ours = _objective(masks[rows], margins[rows, target], fit.weights[target].astype(np.float64), float(fit.bias[target]), lam)
+        ref = Lasso(alpha=lam, tol=1e-10, max_iter=100_000).fit(
+            masks[rows].astype(np.float64), margins[rows, target]
+        )
+        ours = _objective(
+            masks[rows],
+            margins[rows, target],
+            fit.weights[target].astype(np.float64),
+            float(fit.bias[target]),
+            lam,
+        )
         theirs = _objective(masks[rows], margins[rows, target], ref.coef_, ref.intercept_, lam)
         assert abs(ours - theirs) <= 1e-4 * theirs
 
@@ -179,7 +228,9 @@ def test_split_forms_agree_and_bad_inputs_raise():
     is_val = np.zeros(120, dtype=bool)
     is_val[::4] = True
     a = lasso_select(masks, margins, is_val, n_lambdas=5, dtype=torch.float64)
-    b = lasso_select(masks, margins, (~is_val, np.flatnonzero(is_val)), n_lambdas=5, dtype=torch.float64)
+    b = lasso_select(
+        masks, margins, (~is_val, np.flatnonzero(is_val)), n_lambdas=5, dtype=torch.float64
+    )
     np.testing.assert_allclose(a.weights, b.weights)
     with pytest.raises(ValueError, match="at least 2 rows"):
         lasso_path(masks[:1], margins[:1])
@@ -197,11 +248,25 @@ def test_split_forms_agree_and_bad_inputs_raise():
         lasso_path(masks, bad)
 
 
+def test_working_set_cap_flags_targets_and_stays_finite():
+    # A target whose working set would pass max_features keeps its last solution, is flagged
+    # not converged (with a warning), and nothing is NaN.
+    masks, margins = _random_problem(300, 200, 3, seed=9, density=0.0)
+    with pytest.warns(UserWarning, match="did not meet tol"):
+        path = lasso_path(masks, margins, n_lambdas=10, eps=1e-3, max_features=20)
+    assert np.all(np.isfinite(path.coef)) and np.all(np.isfinite(path.intercept))
+    assert not path.converged[-1].any() and path.converged[0].all()
+    assert np.all((path.coef[-1] != 0).sum(1) <= 20)
+    np.testing.assert_array_equal(path.coef[-1], path.coef[-2])
+
+
 def test_regressor_predict_matches_weights():
     masks, margins = _random_problem(300, 25, 3, seed=7)
     model = DatamodelRegressor(n_lambdas=8, patience=2).fit(masks, margins)
     pred = model.predict(masks[:50])
-    np.testing.assert_allclose(pred, masks[:50] @ model.coef_.T + model.intercept_, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        pred, masks[:50] @ model.coef_.T + model.intercept_, rtol=1e-5, atol=1e-5
+    )
     assert model.coef_.shape == (3, 25) and model.lam_.shape == (3,)
 
 
@@ -212,5 +277,13 @@ def test_cuda_matches_cpu():
     masks, margins = _random_problem(400, 60, 5, seed=8)
     split = split_rows(400, 0.2, seed=0)
     cpu = lasso_select(masks, margins, split, n_lambdas=10, tol=1e-10, dtype=torch.float64)
-    gpu = lasso_select(torch.from_numpy(masks).cuda(), margins, split, n_lambdas=10, tol=1e-10, dtype=torch.float64, device="cuda")
+    gpu = lasso_select(
+        torch.from_numpy(masks).cuda(),
+        margins,
+        split,
+        n_lambdas=10,
+        tol=1e-10,
+        dtype=torch.float64,
+        device="cuda",
+    )
     np.testing.assert_allclose(gpu.weights, cpu.weights, atol=1e-6)
