@@ -22,6 +22,10 @@ MaskArray = np.ndarray | torch.Tensor
 # Bytes of float chunk held at once; ~256 MiB keeps peak memory flat while the GEMMs stay
 # large enough to run at full speed.
 CHUNK_BYTES = 256 * 2**20
+# A block whose raw Gram matrix X^T X fits in this many bytes keeps it (n <= ~11,500 in
+# float32): every later "pass" becomes a gather from it plus small products on the working
+# sets, instead of a product with all m rows.
+GRAM_BYTES_CACHED = 512 * 2**20
 _MIN_CHUNK_ROWS = 256
 _MAX_CHUNK_ROWS = 16384
 
@@ -128,6 +132,19 @@ class MaskRows:
     def release(self) -> None:
         """Drop the chunk buffers (they are re-created on the next pass)."""
         self._buf = self._gather = None
+
+    def raw_gram(self) -> torch.Tensor | None:
+        """float[n, n] ``X^T X`` of the block's rows, computed once (one pass) and kept, or
+        None when it would exceed ``GRAM_BYTES_CACHED``."""
+        itemsize = torch.finfo(self.dtype).bits // 8
+        if self.n * self.n * itemsize > GRAM_BYTES_CACHED:
+            return None
+        if getattr(self, "_gram", None) is None:
+            gram = torch.zeros((self.n, self.n), dtype=self.dtype, device=self.device)
+            for _, _, xf in self.float_chunks():
+                gram.addmm_(xf.T, xf)
+            self._gram = gram
+        return self._gram
 
 
 @dataclass
@@ -242,13 +259,18 @@ class SparseWeights:
 
 
 def residual_pass(
-    block: MaskRows, yc: torch.Tensor, weights: SparseWeights, offset: torch.Tensor
+    block: MaskRows, yc: torch.Tensor, weights: SparseWeights, offset: torch.Tensor,
+    xty: torch.Tensor | None = None, col_sum: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One pass: residual ``r = yc - (X w - offset)`` and its correlations.
 
-    yc : float[m, T']; offset : float[T'] (``mu . w``).
+    yc : float[m, T']; offset : float[T'] (``mu . w``); xty : float[n, T'] ``X^T yc`` and
+    col_sum : float[n] ``X^T 1`` of the same rows, when known, allow the Gram shortcut.
     Returns ``(X^T r float[n, T'], 1^T r, r.r, r.yc)`` (the last three float[T']).
     """
+    gram = block.raw_gram() if xty is not None and col_sum is not None else None
+    if gram is not None:
+        return _residual_from_gram(gram, yc, weights, offset, xty, col_sum, block.m)
     t = yc.shape[1]
     xtr = torch.zeros((block.n, t), dtype=block.dtype, device=block.device)
     r_sum = torch.zeros(t, dtype=block.dtype, device=block.device)
@@ -262,6 +284,28 @@ def residual_pass(
         rr += (r * r).sum(0)
         ry += (r * y_part).sum(0)
     return xtr, r_sum, rr, ry
+
+
+def _residual_from_gram(
+    gram: torch.Tensor, yc: torch.Tensor, weights: SparseWeights, offset: torch.Tensor,
+    xty: torch.Tensor, col_sum: torch.Tensor, m: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``residual_pass`` from ``G = X^T X``: X^T r = X^T yc - G w + (X^T 1) offset, and the
+    scalars by expanding r = yc - X w + offset (small products, float64 where they cancel)."""
+    cols, w = weights.cols, weights.w
+    gw = gram.index_select(1, cols) @ w  # float[n, T'] = X^T X w
+    s = col_sum.to(gram.dtype)
+    xtr = xty - gw + s[:, None] * offset[None, :]
+    w64, off64 = w.double(), offset.double()
+    sw = s[cols].double() @ w64  # 1^T X w
+    wgw = (w64 * gw[cols].double()).sum(0)  # ||X w||^2
+    wxy = (w64 * xty[cols].double()).sum(0)  # (X w) . yc
+    ysum, yy = yc.double().sum(0), (yc.double() ** 2).sum(0)
+    r_sum = ysum - sw + m * off64
+    fit_y = wxy - off64 * ysum  # (X w - offset) . yc
+    fit_fit = wgw - 2 * off64 * sw + m * off64 * off64  # ||X w - offset||^2
+    dt = gram.dtype
+    return xtr, r_sum.to(dt), (yy - 2 * fit_y + fit_fit).clamp_min(0).to(dt), (yy - fit_y).to(dt)
 
 
 def predict_pass(block: MaskRows, weights: SparseWeights, offset: torch.Tensor) -> torch.Tensor:
@@ -311,6 +355,13 @@ def cross_counts(
         return out
     left_len = torch.full((b,), p, device=dev) if left_len is None else left_len
     right_len = torch.full((b,), nr, device=dev) if right_len is None else right_len
+    gram = block.raw_gram()
+    if gram is not None:
+        keep = (torch.arange(p, device=dev)[None, :, None] < left_len[:, None, None]) & (
+            torch.arange(nr, device=dev)[None, None, :] < right_len[:, None, None]
+        )
+        picked = gram[left.clamp_min(0)[:, :, None], right.clamp_min(0)[:, None, :]]
+        return torch.where(keep, picked, out)
     itemsize = torch.finfo(dtype).bits // 8
     groups = _width_groups(left_len, right_len, block.chunk_rows, itemsize)
     cols, remap = torch.arange(block.n, device=dev), None

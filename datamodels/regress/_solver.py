@@ -322,7 +322,9 @@ def solve_lambda(
             break
         ws.solve(active, lam[active], inner[active], opts.max_iter)
         weights, offset = ws.sparse_weights(active)
-        xtr, r_sum, rr, ry = residual_pass(ws.block, yc[:, active], weights, offset)
+        xtr, r_sum, rr, ry = residual_pass(
+            ws.block, yc[:, active], weights, offset, stats.xty[:, active], stats.col_sum
+        )
         c = (xtr - mu[:, None] * r_sum[None, :]) / stats.m * valid[:, None].to(xtr.dtype)
         corr[:, active] = c
         l1 = ws.w[active].abs().sum(1)
