@@ -1,0 +1,145 @@
+"""Inverse Hessian-vector products s = (H + λI)⁻¹ v for a batch of vectors v[T, P].
+
+H = ∇²J(θ) of the training objective (``model.py``), λ the damping. Three solvers:
+
+* ``Exact``: form H (``torch.func.hessian``) and solve; P×P memory, small models only.
+* ``ConjugateGradient``: CG on (H + λI) s = v for all T right-hand sides at once (each with
+  its own step sizes), HVPs by the pullback of ``vjp(grad(J))``; needs H + λI ⪰ 0 on
+  the span of v (convex models, or enough damping).
+* ``Lissa`` (Agarwal et al. 2017, as used by Koh & Liang 2017): the truncated Neumann series
+  h_0 = v, h_j = v + (I − (H_j + λI)/scale)·h_{j−1}, s ≈ h_depth / scale, with H_j the
+  Hessian on a random minibatch (``batch_size``; None = all examples), averaged over
+  ``repeats`` independent runs. Converges when scale > λ_max(H + λI); the error decays as
+  (1 − λ_min/scale)^depth. ``scale=None`` estimates λ_max by power iteration (× 1.2).
+
+Null directions U (``model.null_directions``, H U = 0, not penalised): every vector solved
+for here is first projected onto U⊥ and the answer is taken on U⊥ — the Moore–Penrose
+solution (H + λI)⁺v there. ``Exact`` solves (H + λI + UUᵀ) s = (I − UUᵀ) v, which is
+invertible and gives exactly that; CG and LiSSA keep iterates in U⊥ by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from datamodels.gradients.grads import exact_hessian, hvp_fn
+from datamodels.gradients.model import FunctionalModel
+
+
+@dataclass(frozen=True)
+class Exact:
+    damping: float = 0.0
+
+
+@dataclass(frozen=True)
+class ConjugateGradient:
+    damping: float = 0.0
+    tol: float = 1e-10  # stop when ||r|| <= tol·||v|| for every vector
+    max_iter: int = 2000
+
+
+@dataclass(frozen=True)
+class Lissa:
+    damping: float = 0.0
+    scale: float | None = None
+    depth: int = 5000
+    repeats: int = 1
+    batch_size: int | None = None
+    seed: int = 0
+
+
+Solver = Exact | ConjugateGradient | Lissa
+
+
+def project_out(vectors: torch.Tensor, null_directions: torch.Tensor) -> torch.Tensor:
+    """(I − UUᵀ) v for v[T, P], U[r, P] orthonormal."""
+    if null_directions.numel() == 0:
+        return vectors
+    U = null_directions.to(vectors)
+    return vectors - (vectors @ U.T) @ U
+
+
+def solve_with_hessian(
+    H: torch.Tensor, vectors: torch.Tensor, damping: float = 0.0, null_directions: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(H + λI)⁺ v on the complement of ``null_directions``: H[P, P], v[T, P] -> [T, P]."""
+    P = H.shape[0]
+    U = torch.zeros(0, P, dtype=H.dtype) if null_directions is None else null_directions.to(H)
+    A = H + damping * torch.eye(P, dtype=H.dtype, device=H.device) + U.T @ U
+    rhs = project_out(vectors, U)
+    return project_out(torch.linalg.solve(A, rhs.T).T, U)
+
+
+def _cg(matvec, rhs: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
+    """Batched CG: rhs[T, P] -> s[T, P] with matvec(s) = rhs, one step size per row."""
+    s = torch.zeros_like(rhs)
+    r = rhs.clone()
+    p = r.clone()
+    rr = (r * r).sum(1)
+    stop = (tol * rhs.norm(dim=1)) ** 2
+    for _ in range(max_iter):
+        active = rr > stop
+        if not bool(active.any()):
+            break
+        Ap = matvec(p)
+        pAp = (p * Ap).sum(1)
+        alpha = torch.where(active, rr / torch.where(active, pAp, 1.0), 0.0)
+        s = s + alpha[:, None] * p
+        r = r - alpha[:, None] * Ap
+        rr_new = (r * r).sum(1)
+        beta = torch.where(active, rr_new / torch.where(active, rr, 1.0), 0.0)
+        p = r + beta[:, None] * p
+        rr = torch.where(active, rr_new, rr)
+    return s
+
+
+def _top_eigenvalue(matvec, P: int, dtype: torch.dtype, iterations: int = 30, seed: int = 0) -> float:
+    gen = torch.Generator().manual_seed(seed)
+    v = torch.randn(1, P, generator=gen, dtype=dtype)
+    value = 0.0
+    for _ in range(iterations):
+        w = matvec(v / v.norm())
+        value = float(w.norm())
+        v = w
+    return value
+
+
+def _lissa(model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, rhs: torch.Tensor, solver: Lissa) -> torch.Tensor:
+    full = hvp_fn(model, x, y)
+    scale = solver.scale
+    if scale is None:
+        scale = 1.2 * (_top_eigenvalue(full, model.num_params, rhs.dtype, seed=solver.seed) + solver.damping)
+    gen = torch.Generator().manual_seed(solver.seed)
+    total = torch.zeros_like(rhs)
+    for _ in range(solver.repeats):
+        h = rhs.clone()
+        for _ in range(solver.depth):
+            if solver.batch_size is None or solver.batch_size >= len(x):
+                hvp = full
+            else:
+                batch = torch.randperm(len(x), generator=gen)[: solver.batch_size].to(x.device)
+                hvp = hvp_fn(model, x[batch], y[batch])
+            h = rhs + h - (hvp(h) + solver.damping * h) / scale
+        total = total + h / scale
+    return total / solver.repeats
+
+
+def inverse_hvp(
+    model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, vectors: torch.Tensor, solver: Solver = Exact(),
+    hessian: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(H + λI)⁺ v for v float64[T, P], H the Hessian of J over ``x[n, ...]``, ``y[n]`` ->
+    float64[T, P]. ``hessian`` (``Exact`` only) reuses a precomputed H."""
+    rhs = project_out(vectors.to(model.params), model.null_directions)
+    if isinstance(solver, Exact):
+        H = exact_hessian(model, x, y) if hessian is None else hessian
+        return solve_with_hessian(H, rhs, solver.damping, model.null_directions)
+    if isinstance(solver, ConjugateGradient):
+        hvp = hvp_fn(model, x, y)
+        matvec = lambda v: project_out(hvp(v), model.null_directions) + solver.damping * v  # noqa: E731
+        return _cg(matvec, rhs, solver.tol, solver.max_iter)
+    if isinstance(solver, Lissa):
+        return project_out(_lissa(model, x, y, rhs, solver), model.null_directions)
+    raise TypeError(f"solver must be Exact, ConjugateGradient or Lissa; got {type(solver).__name__}")

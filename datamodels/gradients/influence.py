@@ -1,0 +1,95 @@
+"""Influence functions (Koh & Liang 2017) in the project's sign convention.
+
+Koh & Liang: up-weighting z by ε moves the optimum by dθ/dε = −H⁻¹∇ℓ̃(z), so a target
+function u_t changes by I_up,u(z, t) = du_t/dε = −∇u_tᵀ H⁻¹ ∇ℓ̃(z); with u_t = L(t) this is
+I_up,loss = −∇L(t)ᵀ H⁻¹ ∇L(z). H = ∇²J(θ̂), J the trainer's mean objective (``model.py``).
+
+Removing z from n training points is ε = −1/n, so to first order
+
+    u_t(with z) − u_t(without z) ≈ (1/n)·I_up,u(z, t) = −(1/n)·∇u_tᵀ (H + λI)⁻¹ ∇ℓ̃(z)
+
+which is our score (positive = including z raises u_t = helpful). The utility u_t is
+
+* ``"margin"``: u_t = m_t, the target's margin (correct logit − largest other), so the
+  score predicts the LOO change of exactly what ``train_batch`` records; or
+* ``"loss"``:   u_t = −L(t), so score = +(1/n)·∇L(t)ᵀ H⁻¹ ∇ℓ̃(z) = −(1/n)·I_up,loss
+  (DESIGN §6), which predicts L_t(without z) − L_t(with z).
+
+∇ℓ̃(z) (``train_output``) is ``"term"`` = ∇(ℓ(z) + R) by default: the example's whole term
+of J, for which dropping z and re-solving the 1/(n−1)-mean is *exactly* the ε = −1/n
+perturbation (``model.py``). ``"loss"`` = ∇ℓ(z) is Koh & Liang's literal form; the two
+differ by the target-constant (1/n)·∇u_tᵀH⁻¹∇R. λ is the damping.
+
+Self scores (t = z, a training point on itself) rank points for mislabel detection:
+self[i] = −(1/n)·∇u_{z_i}ᵀ (H + λI)⁻¹ ∇ℓ̃(z_i); with ``"loss"`` it is (1/n)·∇ℓᵀH⁻¹∇ℓ̃ ≥ 0
+for convex models.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from datamodels.gradients.grads import exact_hessian, per_example_grads
+from datamodels.gradients.ihvp import Exact, Solver, inverse_hvp
+from datamodels.gradients.model import FunctionalModel
+
+Utility = Literal["margin", "loss"]
+TrainOutput = Literal["term", "loss"]
+
+
+def utility_grads(
+    model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, utility: Utility = "margin", chunk_size: int = 256,
+) -> torch.Tensor:
+    """∇_θ u(z) for x[T, ...], y[T]: float64[T, P]; u = margin, or −loss."""
+    if utility == "margin":
+        return per_example_grads(model, x, y, "margin", chunk_size=chunk_size)
+    if utility == "loss":
+        return -per_example_grads(model, x, y, "loss", chunk_size=chunk_size)
+    raise ValueError(f"utility must be 'margin' or 'loss'; got {utility!r}")
+
+
+def target_directions(
+    model: FunctionalModel, train_x: torch.Tensor, train_y: torch.Tensor, target_x: torch.Tensor,
+    target_y: torch.Tensor, utility: Utility = "margin", solver: Solver = Exact(), chunk_size: int = 256,
+) -> torch.Tensor:
+    """s_t = (H + λI)⁺ ∇u_t: float64[T, P] (the per-target inverse-HVP every score reuses)."""
+    return inverse_hvp(model, train_x, train_y, utility_grads(model, target_x, target_y, utility, chunk_size), solver)
+
+
+def influence_scores(
+    model: FunctionalModel, train_x: torch.Tensor, train_y: torch.Tensor, target_x: torch.Tensor,
+    target_y: torch.Tensor, *, utility: Utility = "margin", solver: Solver = Exact(),
+    train_output: TrainOutput = "term", chunk_size: int = 256,
+) -> torch.Tensor:
+    """score[t, i] = −(1/n)·∇u_tᵀ (H + λI)⁻¹ ∇ℓ̃(z_i) ≈ u_t(with z_i) − u_t(without z_i).
+
+    train_x[n, ...], train_y[n] (the model's whole training set, which defines H and n);
+    target_x[T, ...], target_y[T] -> float64[T, n]."""
+    n = len(train_x)
+    directions = target_directions(model, train_x, train_y, target_x, target_y, utility, solver, chunk_size)
+    scores = torch.empty(len(target_x), n, dtype=torch.float64)
+    for start in range(0, n, chunk_size):
+        stop = min(n, start + chunk_size)
+        grads = per_example_grads(model, train_x[start:stop], train_y[start:stop], train_output, chunk_size=chunk_size)
+        scores[:, start:stop] = -(directions @ grads.T) / n
+    return scores
+
+
+def influence_self_scores(
+    model: FunctionalModel, train_x: torch.Tensor, train_y: torch.Tensor, *, utility: Utility = "loss",
+    solver: Solver = Exact(), train_output: TrainOutput = "term", chunk_size: int = 256,
+) -> torch.Tensor:
+    """self[i] = −(1/n)·∇u_{z_i}ᵀ (H + λI)⁻¹ ∇ℓ̃(z_i): float64[n] (one solve per point,
+    ``chunk_size`` right-hand sides at a time; ``Exact`` forms H once)."""
+    n = len(train_x)
+    hessian = exact_hessian(model, train_x, train_y) if isinstance(solver, Exact) else None
+    out = torch.empty(n, dtype=torch.float64)
+    for start in range(0, n, chunk_size):
+        sl = slice(start, min(n, start + chunk_size))
+        u = utility_grads(model, train_x[sl], train_y[sl], utility, chunk_size)
+        s = inverse_hvp(model, train_x, train_y, u, solver, hessian=hessian)
+        g = per_example_grads(model, train_x[sl], train_y[sl], train_output, chunk_size=chunk_size)
+        out[sl] = -(s * g).sum(1) / n
+    return out

@@ -1,0 +1,178 @@
+"""One trained model as flat parameters plus a functional forward, and its training objective.
+
+A ``FunctionalModel`` holds ``params: float64[P]`` and ``logits_fn(params[P], x[B, ...]) ->
+logits[B, C]``, so ``torch.func`` can differentiate with respect to parameters *and* inputs.
+The objective is the trainer's (DESIGN §4), written as a mean of per-example terms:
+
+    J(θ) = (1/n) Σ_i [ ℓ(z_i; θ) + R(θ) ],   ℓ = cross-entropy,   R(θ) = (λ_wd/2)·||θ ⊙ m||²
+
+with ``m`` the penalty mask: ``logreg`` penalises W and not the bias (as
+``train_logreg_batched``); ``mlp`` penalises every parameter (``train_mlp_batched`` adds
+``weight_decay * p`` to every gradient). Writing R inside each example's term makes "drop
+example z and re-solve the mean objective over the n − 1 others" exactly an ε = −1/n
+up-weighting of z's term ``ℓ(z) + R`` (arg-min is invariant to the 1/(n−1) vs 1/n scale).
+
+``null_directions`` (float64[r, P], orthonormal) are directions in which J is exactly flat:
+for ``logreg`` adding one constant to every class bias changes no softmax and is not
+penalised, so H has a zero eigenvalue there. Every per-example gradient of the loss or of
+the margin is orthogonal to it, so inverse-HVPs are taken on its orthogonal complement.
+
+Flat layouts: ``logreg``: [W (d×C, row-major), b (C)]; ``mlp``: [W1 (d×h), b1 (h), …,
+Wout (h×C), bout (C)], each row-major, the order of ``datamodels.models.mlp``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from datamodels.models.mlp import stacked_forward
+from datamodels.train.batched import _logreg_objective
+from datamodels.train.lbfgs import batched_lbfgs
+from datamodels.train.outcome import margins_from_logits
+
+LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class FunctionalModel:
+    """A trained model: ``params`` float64[P], ``logits_fn(params, x[B, ...]) -> [B, C]``,
+    ``features_fn(params, x) -> [B, h]`` (input of the last linear layer), the last layer's
+    weight at ``params[last_weight]`` viewed as [h, C], ``penalty_mask`` float64[P]."""
+
+    params: torch.Tensor
+    logits_fn: LogitsFn
+    features_fn: LogitsFn
+    last_weight: slice
+    num_classes: int
+    weight_decay: float
+    penalty_mask: torch.Tensor
+    null_directions: torch.Tensor
+    label_smoothing: float = 0.0
+
+    @property
+    def num_params(self) -> int:
+        return int(self.params.numel())
+
+    def with_params(self, params: torch.Tensor) -> FunctionalModel:
+        return FunctionalModel(**{**self.__dict__, "params": params})
+
+    def last_layer_weight(self, params: torch.Tensor | None = None) -> torch.Tensor:
+        """float64[h, C]."""
+        p = self.params if params is None else params
+        return p[self.last_weight].view(-1, self.num_classes)
+
+
+def _bias_null_direction(P: int, bias_start: int, C: int) -> torch.Tensor:
+    u = torch.zeros(1, P, dtype=torch.float64)
+    u[0, bias_start : bias_start + C] = C**-0.5
+    return u
+
+
+def logreg_model(params: torch.Tensor, in_dim: int, num_classes: int, weight_decay: float) -> FunctionalModel:
+    """``params``: float[(d+1)·C] in the trainer's layout [W (d×C), b (C)]."""
+    d, C = in_dim, num_classes
+    P = (d + 1) * C
+    if params.numel() != P:
+        raise ValueError(f"logreg params must have (in_dim+1)*num_classes = {P} entries; got {params.numel()}")
+
+    def logits_fn(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], -1).to(p.dtype) @ p[: d * C].view(d, C) + p[d * C :]
+
+    def features_fn(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], -1).to(p.dtype)
+
+    mask = torch.zeros(P, dtype=torch.float64)
+    mask[: d * C] = 1.0
+    null = _bias_null_direction(P, d * C, C)
+    return FunctionalModel(params.detach().double().reshape(-1).clone(), logits_fn, features_fn,
+                           slice(0, d * C), C, float(weight_decay), mask, null)
+
+
+def mlp_model(layers: list[torch.Tensor], weight_decay: float, label_smoothing: float = 0.0) -> FunctionalModel:
+    """``layers``: one model's ``[W1 [d, h], b1 [h], ..., Wout [h, C], bout [C]]`` (unstacked
+    ``datamodels.models.mlp`` parameters). Every parameter is penalised, as in the trainer."""
+    shapes = [tuple(t.shape) for t in layers]
+    sizes = [int(np.prod(s)) for s in shapes]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+    C = shapes[-1][0]
+    P = offsets[-1]
+
+    def unflatten(p: torch.Tensor) -> list[torch.Tensor]:
+        return [p[offsets[i] : offsets[i + 1]].view(shapes[i]) for i in range(len(shapes))]
+
+    def logits_fn(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return stacked_forward(unflatten(p), x.reshape(x.shape[0], -1).to(p.dtype))
+
+    def features_fn(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        h = stacked_forward(unflatten(p)[:-2], x.reshape(x.shape[0], -1).to(p.dtype))
+        return torch.relu(h)
+
+    flat = torch.cat([t.detach().double().reshape(-1) for t in layers])
+    mask = torch.ones(P, dtype=torch.float64)
+    null = torch.zeros(0, P, dtype=torch.float64)
+    if weight_decay == 0.0:
+        null = _bias_null_direction(P, offsets[-2], C)
+    return FunctionalModel(flat, logits_fn, features_fn, slice(offsets[-3], offsets[-2]), C,
+                           float(weight_decay), mask, null, float(label_smoothing))
+
+
+def regulariser(model: FunctionalModel, params: torch.Tensor) -> torch.Tensor:
+    """R(θ) = (λ_wd/2)·||θ ⊙ m||² (scalar)."""
+    return 0.5 * model.weight_decay * (model.penalty_mask * params * params).sum()
+
+
+def example_loss(model: FunctionalModel, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """ℓ(z; θ) for one example ``x[...]``, ``y[]`` (scalar): cross-entropy."""
+    logits = model.logits_fn(params, x.unsqueeze(0))
+    return F.cross_entropy(logits, y.reshape(1), label_smoothing=model.label_smoothing)
+
+
+def example_term(model: FunctionalModel, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """ℓ(z; θ) + R(θ): one example's term of the mean objective J (scalar)."""
+    return example_loss(model, params, x, y) + regulariser(model, params)
+
+
+def example_margin(model: FunctionalModel, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """m(z; θ) = correct logit − largest other logit (``outcome.margins_from_logits``), scalar."""
+    logits = model.logits_fn(params, x.unsqueeze(0))
+    return margins_from_logits(logits.unsqueeze(0), y.reshape(1))[0, 0]
+
+
+def example_trak_output(model: FunctionalModel, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """TRAK's output function f = log(p_y / (1 − p_y)) (Park et al. 2023, §3.2), scalar."""
+    logits = model.logits_fn(params, x.unsqueeze(0))[0]
+    log_p = torch.log_softmax(logits, 0)
+    is_y = torch.arange(log_p.shape[0], device=log_p.device) == y
+    log_p_y = log_p.masked_fill(~is_y, float("-inf")).logsumexp(0)
+    return log_p_y - log_p.masked_fill(is_y, float("-inf")).logsumexp(0)
+
+
+def objective(model: FunctionalModel, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """J(θ) = mean_i ℓ(z_i; θ) + R(θ) over ``x[n, ...]``, ``y[n]`` (scalar)."""
+    logits = model.logits_fn(params, x)
+    ce = F.cross_entropy(logits, y, label_smoothing=model.label_smoothing)
+    return ce + regulariser(model, params)
+
+
+def fit_logreg(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float,
+    tolerance: float = 1e-8, max_iter: int = 5000,
+) -> torch.Tensor:
+    """Solve the trainer's ``logreg`` objective on all of ``x[n, ...]``, ``y[n]`` (the same
+    closure and L-BFGS as ``train_logreg_batched``) -> params float64[(d+1)·C].
+
+    Raises ``RuntimeError`` when the gradient norm does not reach ``tolerance``."""
+    flat = x.reshape(len(x), -1).double()
+    weights = torch.full((1, len(flat)), 1.0 / len(flat), dtype=torch.float64, device=flat.device)
+    fun = _logreg_objective(flat, y, weights, num_classes, weight_decay)
+    x0 = torch.zeros(1, (flat.shape[1] + 1) * num_classes, dtype=torch.float64, device=flat.device)
+    result = batched_lbfgs(fun, x0, tol=tolerance, max_iter=max_iter)
+    if not bool(result.converged[0]):
+        raise RuntimeError(f"logreg did not reach gradient norm {tolerance} (got {float(result.grad_norm[0]):.3g}); "
+                           "raise max_iter or tolerance")
+    return result.x[0]

@@ -1,0 +1,58 @@
+"""Koh & Liang §5.2: one perturbed training input flips a retrained logreg's prediction."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from datamodels.gradients import craft_attack, fit_logreg, influence_pert_scores, logreg_model
+from datamodels.gradients.grads import per_example_outputs
+from datamodels.gradients.influence_pert import most_influential_point
+from datamodels.train.api import train_batch
+from tests.gradients.conftest import logreg_config, single_thread, subset
+
+N_TRAIN, WEIGHT_DECAY, BUDGET = 60, 0.05, 1.0
+
+
+def test_pert_is_the_gradient_of_the_retrained_margin(digits_data):
+    _, data = digits_data
+    x, y = data.train_x[:N_TRAIN].double(), data.train_y[:N_TRAIN]
+    tx, ty = data.eval_x[:2].double(), data.eval_y[:2]
+    C, d = data.num_classes, data.in_dim
+    refit = lambda xs: logreg_model(fit_logreg(xs, y, C, WEIGHT_DECAY), d, C, WEIGHT_DECAY)  # noqa: E731
+    model = refit(x)
+    pert = influence_pert_scores(model, x, y, tx, ty, points=torch.tensor([5]))  # [2, 1, d]
+    direction = torch.randn(d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    eps = 1e-3
+    moved = x.clone()
+    moved[5] += eps * direction
+    change = per_example_outputs(refit(moved), tx, ty, "margin") - per_example_outputs(model, tx, ty, "margin")
+    predicted = eps * (pert[:, 0] @ direction)
+    torch.testing.assert_close(change, predicted, rtol=0.1, atol=1e-7)
+
+
+def test_attack_flips_a_retrained_prediction(digits_data):
+    config, data = digits_data
+    sub = subset(data, N_TRAIN, 100)
+    x, y = sub.train_x.double(), sub.train_y
+    C, d = data.num_classes, data.in_dim
+    refit = lambda xs: logreg_model(fit_logreg(xs, y, C, WEIGHT_DECAY), d, C, WEIGHT_DECAY)  # noqa: E731
+    model = refit(x)
+    margins = per_example_outputs(model, sub.eval_x.double(), sub.eval_y, "margin")
+    target = int(torch.where(margins > 0.5, margins, torch.inf).argmin())  # correct, not marginal
+    tx, ty = sub.eval_x[target].double(), sub.eval_y[target]
+    pert = influence_pert_scores(model, x, y, tx.unsqueeze(0), ty.reshape(1))[0]
+    point = most_influential_point(pert)
+    result = craft_attack(model, x, y, tx, ty, point=point, budget=BUDGET, refit=refit, max_iter=20)
+    print(f"attack on target {target} via train point {point}: margins {np.round(result.margins, 3)}")
+    assert result.flipped
+    assert float(result.delta.abs().max()) <= BUDGET + 1e-12
+    # ground truth: the project's trainer, retrained on the perturbed training set
+    attacked = x.clone()
+    attacked[point] = result.perturbed_x
+    poisoned = subset(data, N_TRAIN, 100)
+    poisoned.train_x = attacked.float()
+    with single_thread():
+        clean = train_batch(np.ones((1, N_TRAIN), bool), np.zeros(1, np.int64), sub, logreg_config(WEIGHT_DECAY))
+        after = train_batch(np.ones((1, N_TRAIN), bool), np.zeros(1, np.int64), poisoned, logreg_config(WEIGHT_DECAY))
+    assert clean.margins[0, target] > 0 > after.margins[0, target]
