@@ -244,6 +244,11 @@ def test_banzhaf_equals_downsampling_at_half(game):
         downsampling = pq.read_table(f"{root}/{folder}/downsampling.parquet")
         assert banzhaf.num_rows > 0
         assert banzhaf.equals(downsampling), folder
+    # both tables are SQL views too
+    from datamodels.store import query
+
+    counts = query(game.run, "SELECT (SELECT count(*) FROM self_scores_banzhaf) AS s, (SELECT count(*) FROM scores_banzhaf) AS t")
+    assert counts.loc[0, "s"] == game.run.sizes()[0] and counts.loc[0, "t"] > 0
 
 
 MISLABEL = {

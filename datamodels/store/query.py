@@ -74,6 +74,8 @@ def _table_files(run: Run, check: bool) -> dict[str, list[str]]:
             files[view] = [rel_path]
     for method in run.score_methods():
         files[f"scores_{method}"] = [f"{SCORES_DIR}/{method}.parquet"]
+    for name in run.fs.listdir("self_scores"):
+        files[f"self_scores_{name[: -len('.parquet')]}"] = [f"self_scores/{name}"]
     return files
 
 
