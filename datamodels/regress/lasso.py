@@ -312,9 +312,10 @@ def _refit(
     dev, dtype, (t, n) = best_coef.device, best_coef.dtype, best_coef.shape
     val_yc, val_mean = centred_targets(y[rows[1]], dev, dtype)
     pooled = merge_stats(walker.stats, row_stats(val_block, val_yc, val_mean))
-    val_block.release()
     all_rows = np.concatenate(rows)
     block = MaskRows(masks, all_rows, device=dev, dtype=dtype, chunk_rows=val_block.chunk_rows)
+    block.adopt_gram(walker.block, val_block)
+    val_block.release()
     yc = y[all_rows].astype(np.float64) - pooled.y_mean.cpu().numpy()
     yc = torch.from_numpy(yc).to(device=dev, dtype=dtype)
     support = best_coef != 0
