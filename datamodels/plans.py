@@ -158,7 +158,7 @@ def tmc_walk(config: Config, plan: PlanConfig, perm: int, n_train: int, planned:
     return planned.take(rows[lo : lo + (n_train + 1) * plan.seeds])
 
 
-def tmc_layout(planned: PlannedModels, n_train: int, seeds: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def tmc_layout(planned: PlannedModels, n_train: int) -> tuple[np.ndarray, np.ndarray]:
     """(perm_id int64[m], step int64[m]) of tmc models from their mask indices."""
     perm, step = np.divmod(planned.mask_index, n_train + 1)
     return perm.astype(np.int64), step.astype(np.int64)
