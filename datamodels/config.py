@@ -146,6 +146,66 @@ class EstimateConfig(_Section):
     knn_k: int = Field(5, ge=1)
 
 
+class CheckpointsConfig(_Section):
+    """Which trained models also save their parameters (``checkpoints/``) for the gradient
+    estimators. Not part of the config hash: checkpoints do not change a model, and adding
+    them to a finished run makes ``train`` retrain just those models (same seeds, same
+    result) to save them.
+
+    * ``plan``: the plan whose models save checkpoints (null: none);
+    * ``models``: the first N model ids of that plan (null: all of them);
+    * ``epochs``: epochs (1-based) after which to save, with the learning rate in force;
+      empty: the last epoch only. ``logreg`` (solved, not stepped) saves its solution once.
+    """
+
+    plan: str | None = None
+    models: int | None = Field(None, ge=1)
+    epochs: tuple[int, ...] = ()
+
+    @field_validator("epochs")
+    @classmethod
+    def _positive(cls, epochs: tuple[int, ...]) -> tuple[int, ...]:
+        if any(e < 1 for e in epochs):
+            raise ValueError("checkpoints.epochs are 1-based epoch numbers (>= 1)")
+        return tuple(sorted(set(epochs)))
+
+
+class GradientsConfig(_Section):
+    """The gradient estimators (``datamodels.estimate_gradients``), run as Ray tasks over the
+    checkpoints of ``checkpoints.plan``.
+
+    * ``models``: how many checkpointed models ``influence``, ``influence_pert``, ``tracin``
+      and ``representer`` average over (the first by model id); ``trak_models`` for TRAK.
+    * ``utility``: what a score predicts the change of: the target's ``margin`` (what the
+      trainer records, and what LDS compares with) or its ``loss`` (Koh & Liang's I_up,loss).
+    * ``solver``: inverse-HVPs by the ``exact`` Hessian, ``cg`` or ``lissa``; ``damping`` λ
+      is added to the Hessian (needed for non-convex models such as the MLP).
+    * ``proj_dim``: TRAK's random projection dimension.
+    * ``targets_per_task`` / ``train_per_task``: how score rows / self-score rows are split
+      into Ray tasks.
+    """
+
+    models: int = Field(1, ge=1)
+    utility: Literal["margin", "loss"] = "margin"
+    solver: Literal["exact", "cg", "lissa"] = "exact"
+    damping: float = Field(0.01, ge=0.0)
+    cg_tol: float = Field(1e-8, gt=0.0)
+    cg_max_iter: int = Field(500, ge=1)
+    lissa_depth: int = Field(1000, ge=1)
+    lissa_repeats: int = Field(1, ge=1)
+    lissa_scale: float | None = Field(None, gt=0.0)
+    lissa_batch_size: int | None = Field(None, ge=1)
+    proj_dim: int = Field(2048, ge=1)
+    trak_models: int = Field(20, ge=1)
+    trak_damping: float = Field(0.0, ge=0.0)
+    representer_output: Literal["margin", "true_class", "predicted_class"] = "margin"
+    targets_per_task: int = Field(128, ge=1)
+    train_per_task: int = Field(512, ge=1)
+    chunk_size: int = Field(256, ge=1)
+    num_cpus: float = Field(1.0, gt=0.0)
+    num_gpus: float = Field(0.0, ge=0.0)
+
+
 class EvaluateConfig(_Section):
     """The ``evaluate`` stage: which plan holds the held-out subsets for LDS."""
 
@@ -169,6 +229,8 @@ class Config(_Section):
     resources: ResourcesConfig = ResourcesConfig()
     fit: FitConfig = FitConfig()
     estimate: EstimateConfig = EstimateConfig()
+    checkpoints: CheckpointsConfig = CheckpointsConfig()
+    gradients: GradientsConfig = GradientsConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
 
     @field_validator("plans")
@@ -181,6 +243,13 @@ class Config(_Section):
         if not plans:
             raise ValueError("at least one plan is needed")
         return plans
+
+    @model_validator(mode="after")
+    def _checkpoint_plan(self) -> Config:
+        names = [p.name for p in self.plans]
+        if self.checkpoints.plan is not None and self.checkpoints.plan not in names:
+            raise ValueError(f"checkpoints.plan {self.checkpoints.plan!r} is not a plan; plans: {', '.join(names)}")
+        return self
 
     def plan(self, name: str) -> PlanConfig:
         for p in self.plans:

@@ -21,9 +21,10 @@ from rich.console import Console
 from datamodels.config import Config
 from datamodels.orchestrate.progress import TrainProgress
 from datamodels.orchestrate.worker import Receipt, train_shard, train_walk
-from datamodels.plans import plan_models, tmc_walk_state
+from datamodels.plans import checkpoint_epochs, checkpoint_ids, plan_models, tmc_walk_state
 from datamodels.stages import BETON_PATH, open_run, prepare
 from datamodels.store import Run, valid_shards
+from datamodels.store.checkpoints import complete_models
 from datamodels.train.api import resolve_loader
 
 FAULT_NAN_ENV = "DATAMODELS_FAULT_NAN_IDS"
@@ -36,6 +37,7 @@ class TrainSummary:
     trained: int
     failed: int
     quarantined: list[str]
+    checkpointed: int = 0  # models whose checkpoints this call wrote
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -59,7 +61,8 @@ def _fault_ids() -> tuple[int, ...]:
 class Schedule:
     """What is left to train: plain model ids, and (plan, permutation) walks of tmc plans."""
 
-    missing: np.ndarray  # int64 ids of non-tmc plans
+    missing: np.ndarray  # int64 ids of non-tmc plans (including ``checkpoint_only``)
+    checkpoint_only: set[int]  # stored models retrained only to save their checkpoints
     walks: list[tuple[str, int, int]]  # (plan, permutation, representative model id)
     attempts: Counter
     quarantined: list[str]
@@ -84,11 +87,16 @@ def schedule_state(config: Config, run: Run, console: Console | None = None) -> 
     tmc_plans = {p.name for p in config.plans if p.kind == "tmc"}
     plain = ~np.isin(planned.plan, list(tmc_plans)) if tmc_plans else np.ones(len(planned), dtype=bool)
     plain_ids = planned.model_id[plain].tolist()
-    missing = np.array([i for i in plain_ids if i not in done and attempts[i] < budget], dtype=np.int64)
+    wanted = checkpoint_ids(config, planned)
+    have = complete_models(run.fs, wanted, checkpoint_epochs(config)) if len(wanted) else set()
+    checkpoint_only = {int(i) for i in wanted if int(i) in done and int(i) not in have and attempts[int(i)] < budget}
+    missing = np.array([i for i in plain_ids if (i not in done or i in checkpoint_only) and attempts[i] < budget],
+                       dtype=np.int64)
     walks_state = tmc_walk_state(config, planned, n_train, done)
     walks = [(plan, perm, rep) for (plan, perm), (rep, present) in walks_state.items() if not present and attempts[rep] < budget]
     n_done = sum(i in done for i in plain_ids) + sum(present for _, present in walks_state.values())
-    return Schedule(missing, walks, attempts, quarantined, n_done, len(plain_ids) + len(walks_state))
+    return Schedule(missing, checkpoint_only, walks, attempts, quarantined, n_done,
+                    len(plain_ids) + len(walks_state) + len(checkpoint_only))
 
 
 def _batches(ids: list[int], size: int) -> list[list[int]]:
@@ -106,7 +114,7 @@ def train(
     prepare(config, run)
     state = schedule_state(config, run, console)
     missing, attempts, done_before, total = state.missing, state.attempts, state.done, state.total
-    summary = TrainSummary(total, done_before, 0, 0, state.quarantined)
+    summary = TrainSummary(total - len(state.checkpoint_only), done_before, 0, 0, state.quarantined)
     if len(missing) == 0 and not state.walks:
         console.print(f"train: all {total} planned models are done or out of attempts; nothing to do")
         return summary
@@ -146,7 +154,8 @@ def train(
             pending[ref] = (unit, [rep])
             return
         tries = [attempts[i] + 1 for i in unit]
-        pending[remote.remote(run.uri, config_text, unit, tries, loader, faults)] = (unit, unit)
+        stored = tuple(i for i in unit if i in state.checkpoint_only)
+        pending[remote.remote(run.uri, config_text, unit, tries, loader, faults, stored)] = (unit, unit)
 
     def record_failure(model_id: int, error_type: str, message: str, worker: str) -> bool:
         """Log one failed attempt; True if the model may be tried again."""
@@ -179,7 +188,9 @@ def train(
                     retry = [unit] if retry else []
             else:
                 summary.trained += len(receipt.written)
-                progress.advance(1 if isinstance(unit, tuple) else len(receipt.written))
+                summary.checkpointed += len(receipt.checkpointed)
+                rechecked = len(set(receipt.checkpointed) & state.checkpoint_only)
+                progress.advance(1 if isinstance(unit, tuple) else len(receipt.written) + rechecked)
                 for model_id, kind, message in receipt.failed:
                     if record_failure(model_id, kind, message, receipt.worker) and not isinstance(unit, tuple):
                         retry.append(model_id)

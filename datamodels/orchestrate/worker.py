@@ -17,11 +17,20 @@ import numpy as np
 import torch
 
 from datamodels.config import Config, config_from_yaml_text
-from datamodels.plans import PlannedModels, masks_for, plan_models, tmc_walk
+from datamodels.plans import (
+    PlannedModels,
+    checkpoint_epochs,
+    checkpoint_ids,
+    masks_for,
+    plan_models,
+    tmc_walk,
+)
 from datamodels.stages import BETON_PATH, num_classes
 from datamodels.store import Run, models_schema, models_table, shard_name, write_table_atomic
+from datamodels.store.checkpoints import write_checkpoints
 from datamodels.train.api import TrainOutcome, train_batch
 from datamodels.train.data import TrainData, load_train_data
+from datamodels.train.outcome import CheckpointRequest
 
 _CACHE: dict[tuple[str, str, str], tuple[TrainData, PlannedModels]] = {}
 
@@ -35,6 +44,7 @@ class Receipt:
     failed: list[tuple[int, str, str]] = field(default_factory=list)  # (model_id, error_type, message)
     worker: str = ""
     seconds: float = 0.0
+    checkpointed: list[int] = field(default_factory=list)  # models whose checkpoints were written
 
 
 def worker_name() -> str:
@@ -80,12 +90,20 @@ def _setup(config: Config, run_uri: str) -> tuple[TrainData, PlannedModels]:
 def _train_and_write(
     run_uri: str, config: Config, data: TrainData, planned: PlannedModels, masks: np.ndarray,
     attempts: np.ndarray, loader: str, fault_nan_ids: tuple[int, ...], receipt: Receipt | None = None,
-    write: bool = True,
+    write: bool = True, already_stored: tuple[int, ...] = (),
 ) -> tuple[Receipt, TrainOutcome]:
-    """Train the planned models; unless ``write`` is False, write the clean ones as one shard."""
+    """Train the planned models; write the checkpoints ``config.checkpoints`` asks for, then
+    (unless ``write`` is False) the clean models not ``already_stored`` as one shard."""
     lr_scale = np.where(np.isin(planned.model_id, fault_nan_ids), np.inf, 1.0) if fault_nan_ids else None
-    outcome = train_batch(masks, planned.seed, data, config, loader=loader, lr_scale=lr_scale)
+    wanted = np.isin(planned.model_id, checkpoint_ids(config, plan_models(config, data.n_train)))
+    request = CheckpointRequest(tuple(np.flatnonzero(wanted).tolist()), checkpoint_epochs(config)) if wanted.any() else None
+    outcome = train_batch(masks, planned.seed, data, config, loader=loader, lr_scale=lr_scale, checkpoints=request)
     receipt = receipt or Receipt(shard=None, written=[], worker=worker_name())
+    if outcome.snapshots:
+        keep = [s for s in outcome.snapshots if not outcome.failed[s.row]]
+        write_checkpoints(Run(run_uri).fs, config.model.arch,
+                          [(int(planned.model_id[s.row]), s.epoch, s.lr, s.params) for s in keep])
+        receipt.checkpointed += sorted({int(planned.model_id[s.row]) for s in keep})
     receipt.seconds += float(outcome.seconds.sum())
     for row in np.flatnonzero(outcome.failed):
         loss = outcome.train_loss[row]
@@ -93,7 +111,10 @@ def _train_and_write(
             (int(planned.model_id[row]), "NonFiniteLoss", f"training produced a non-finite loss or margin (loss={loss})")
         )
     if write:
-        write_models(run_uri, data, planned, masks, outcome, attempts, receipt)
+        fresh = ~np.isin(planned.model_id, list(already_stored))
+        if fresh.any():
+            write_models(run_uri, data, planned.take(np.flatnonzero(fresh)), masks[fresh],
+                         outcome.take(np.flatnonzero(fresh)), np.broadcast_to(attempts, fresh.shape)[fresh], receipt)
     return receipt, outcome
 
 
@@ -118,14 +139,16 @@ def write_models(
 
 def train_shard(
     run_uri: str, config_text: str, model_ids: list[int], attempts: list[int], loader: str,
-    fault_nan_ids: tuple[int, ...] = (),
+    fault_nan_ids: tuple[int, ...] = (), already_stored: tuple[int, ...] = (),
 ) -> Receipt:
-    """Train ``model_ids`` and write one shard with the models that trained cleanly."""
+    """Train ``model_ids`` and write one shard with the models that trained cleanly (those
+    ``already_stored`` are retrained only to save their checkpoints: same seed, same model)."""
     config = config_from_yaml_text(config_text)
     data, planned_all = _setup(config, run_uri)
     planned = planned_all.select_ids(np.asarray(model_ids, dtype=np.int64))
     masks = masks_for(config, planned, data.n_train)
-    receipt, _ = _train_and_write(run_uri, config, data, planned, masks, np.asarray(attempts), loader, fault_nan_ids)
+    receipt, _ = _train_and_write(run_uri, config, data, planned, masks, np.asarray(attempts), loader, fault_nan_ids,
+                                  already_stored=tuple(already_stored))
     return receipt
 
 
@@ -168,8 +191,8 @@ def train_walk(
         step = int(steps[-1]) + 1
     chosen = PlannedModels(*(np.concatenate([getattr(p[0], f) for p in parts]) for f in PlannedModels.__dataclass_fields__))
     masks = np.concatenate([p[1] for p in parts])
-    outcome = TrainOutcome(*(np.concatenate([getattr(p[2], f) for p in parts]) for f in TrainOutcome.__dataclass_fields__))
+    outcome = TrainOutcome(*(np.concatenate([getattr(p[2], f) for p in parts]) for f in TrainOutcome.ARRAYS))
     order = np.argsort(chosen.model_id)
-    ordered = TrainOutcome(*(getattr(outcome, f)[order] for f in TrainOutcome.__dataclass_fields__))
+    ordered = outcome.take(order)
     write_models(run_uri, data, chosen.take(order), masks[order], ordered, np.asarray(attempt), receipt)
     return receipt

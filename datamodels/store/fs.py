@@ -159,6 +159,11 @@ class RunFS:
         finally:
             os.close(dir_fd)
 
+    def delete_dir(self, rel_path: str) -> None:
+        """Remove ``rel_path`` and everything under it (nothing when it does not exist)."""
+        if self.exists(rel_path):
+            self.filesystem.delete_dir(self.join(rel_path))
+
     def move(self, src: str, dst: str) -> None:
         """Move ``src`` to ``dst`` (both relative), creating ``dst``'s directory."""
         if self.is_local:

@@ -9,13 +9,14 @@ A model whose loss or margins are not finite is reported as failed, not returned
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from datamodels.config import Config
 from datamodels.train.batched import train_logreg_batched, train_mlp_batched
 from datamodels.train.data import TrainData
+from datamodels.train.outcome import CheckpointRequest, Snapshot
 from datamodels.train.sequential import train_sequential
 
 
@@ -26,6 +27,13 @@ class TrainOutcome:
     eval_accuracy: np.ndarray  # float32[K]
     seconds: np.ndarray  # float32[K] wall time of the call shared equally
     failed: np.ndarray  # bool[K] non-finite loss or margins (or not converged, logreg)
+    snapshots: list[Snapshot] = field(default_factory=list)  # checkpoints asked for (``row`` into K)
+
+    ARRAYS = ("margins", "train_loss", "eval_accuracy", "seconds", "failed")
+
+    def take(self, rows: np.ndarray) -> TrainOutcome:
+        """The outcome of models ``rows`` only (snapshots dropped)."""
+        return TrainOutcome(*(getattr(self, f)[rows] for f in self.ARRAYS))
 
 
 def resolve_loader(config: Config, dataset_bytes: int) -> str:
@@ -41,20 +49,23 @@ def uses_batched_path(config: Config, loader: str) -> bool:
 
 def train_batch(
     masks: np.ndarray, seeds: np.ndarray, data: TrainData, config: Config,
-    loader: str = "resident", lr_scale: np.ndarray | None = None,
+    loader: str = "resident", lr_scale: np.ndarray | None = None, checkpoints: CheckpointRequest | None = None,
 ) -> TrainOutcome:
-    """masks: bool[K, n_train], seeds: int64[K] -> ``TrainOutcome`` (margins float32[K, n_eval])."""
+    """masks: bool[K, n_train], seeds: int64[K] -> ``TrainOutcome`` (margins float32[K, n_eval];
+    ``snapshots`` of the models in ``checkpoints.rows`` after the requested epochs)."""
     masks = np.asarray(masks, dtype=bool)
     seeds = np.asarray(seeds, dtype=np.int64)
     if masks.ndim != 2 or masks.shape[1] != data.n_train or len(seeds) != len(masks):
         raise ValueError(f"masks must be bool[K, {data.n_train}] with K seeds; got {masks.shape} and {len(seeds)} seeds")
     start = time.perf_counter()
     if config.model.arch == "logreg" and config.resources.trainer == "batched":
-        margins, loss, accuracy = train_logreg_batched(data, masks, seeds, config.train, lr_scale)
+        margins, loss, accuracy, snapshots = train_logreg_batched(data, masks, seeds, config.train, lr_scale, checkpoints)
     elif uses_batched_path(config, loader):
-        margins, loss, accuracy = train_mlp_batched(data, masks, seeds, config.model, config.train, lr_scale)
+        margins, loss, accuracy, snapshots = train_mlp_batched(data, masks, seeds, config.model, config.train, lr_scale,
+                                                              checkpoints)
     else:
-        margins, loss, accuracy = train_sequential(data, masks, seeds, config.model, config.train, loader, lr_scale)
+        margins, loss, accuracy, snapshots = train_sequential(data, masks, seeds, config.model, config.train, loader,
+                                                             lr_scale, checkpoints)
     seconds = np.full(len(seeds), (time.perf_counter() - start) / max(len(seeds), 1), dtype=np.float32)
     failed = ~np.isfinite(loss) | ~np.isfinite(margins).all(1)
-    return TrainOutcome(margins, loss, accuracy, seconds, failed)
+    return TrainOutcome(margins, loss, accuracy, seconds, failed, snapshots)

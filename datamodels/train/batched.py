@@ -18,8 +18,8 @@ from datamodels.config import ModelConfig, TrainConfig
 from datamodels.models.mlp import init_stacked, layer_sizes, stacked_forward
 from datamodels.train.data import TrainData
 from datamodels.train.lbfgs import batched_lbfgs
-from datamodels.train.orders import EpochOrders, lr_factors
-from datamodels.train.outcome import margins_and_accuracy
+from datamodels.train.orders import EpochOrders, interval_lr, lr_factors
+from datamodels.train.outcome import CheckpointRequest, Snapshot, margins_and_accuracy
 
 
 def train_mlp_batched(
@@ -29,9 +29,11 @@ def train_mlp_batched(
     model: ModelConfig,
     recipe: TrainConfig,
     lr_scale: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    checkpoints: CheckpointRequest | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Snapshot]]:
     """masks: bool[K, n_train], seeds: int64[K] -> (margins float32[K, n_eval],
-    train_loss float32[K] (mean over the last epoch), eval_accuracy float32[K] (test split))."""
+    train_loss float32[K] (mean over the last epoch), eval_accuracy float32[K] (test split),
+    snapshots of the ``checkpoints`` rows after the requested epochs)."""
     device = data.train_x.device
     K = len(seeds)
     sizes = layer_sizes(data.in_dim, model.hidden, model.depth, data.num_classes)
@@ -44,6 +46,9 @@ def train_mlp_batched(
     train_x = data.train_x.reshape(data.n_train, -1)
     B = recipe.batch_size
     loss_sum = torch.zeros(K, dtype=torch.float64, device=device)
+    save_after = set(checkpoints.epochs) if checkpoints else set()
+    snapshots: list[Snapshot] = []
+    previous_save = 0
     for epoch in range(recipe.epochs):
         index_np, valid_np = orders.next_epoch()
         index = torch.from_numpy(index_np).to(device)
@@ -73,10 +78,16 @@ def train_mlp_batched(
                     p.sub_(lr_t.view(shape) * buf)
             if last_epoch:
                 loss_sum += loss.detach().double()
+        if epoch + 1 in save_after:
+            for row in checkpoints.rows:
+                lr = interval_lr(recipe.schedule, float(base_lr[row]), int(steps_per_epoch[row]), recipe.epochs,
+                                 previous_save, epoch)
+                snapshots.append(Snapshot(row, epoch + 1, lr, [p[row].detach().cpu().clone() for p in params]))
+            previous_save = epoch + 1
     train_loss = (loss_sum.cpu().numpy() / np.maximum(steps_per_epoch, 1)).astype(np.float32)
     with torch.no_grad():
         margins, accuracy = margins_and_accuracy(lambda x, sl: stacked_forward([p[sl] for p in params], x), data, K)
-    return margins, train_loss, accuracy
+    return margins, train_loss, accuracy, snapshots
 
 
 def _logreg_objective(x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, num_classes: int, weight_decay: float):
@@ -109,10 +120,12 @@ def logreg_weights(masks: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def train_logreg_batched(
-    data: TrainData, masks: np.ndarray, seeds: np.ndarray, recipe: TrainConfig, lr_scale: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    data: TrainData, masks: np.ndarray, seeds: np.ndarray, recipe: TrainConfig, lr_scale: np.ndarray | None = None,
+    checkpoints: CheckpointRequest | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Snapshot]]:
     """Same outputs as ``train_mlp_batched``. Starts from zero: the empty subset's optimum,
-    so an empty subset returns the all-zero model. ``seeds`` do not matter (convex)."""
+    so an empty subset returns the all-zero model. ``seeds`` do not matter (convex).
+    A snapshot is the solution ``[W (d×C), b (C)]`` (epoch 1, lr = ``recipe.lr``)."""
     device = data.train_x.device
     K = len(seeds)
     x = data.train_x.reshape(data.n_train, -1).double()
@@ -132,4 +145,11 @@ def train_logreg_batched(
         return torch.matmul(inputs.reshape(len(inputs), -1).double(), W) + params[sl, d * C :].unsqueeze(1)
 
     margins, accuracy = margins_and_accuracy(forward, data, K)
-    return margins, loss, accuracy
+    snapshots = [logreg_snapshot(row, params[row], d, C, recipe) for row in (checkpoints.rows if checkpoints else ())]
+    return margins, loss, accuracy, snapshots
+
+
+def logreg_snapshot(row: int, params: torch.Tensor, d: int, C: int, recipe: TrainConfig) -> Snapshot:
+    """A logreg solution as a one-epoch snapshot: layers ``[W (d×C), b (C)]`` in float64."""
+    flat = params.detach().cpu()
+    return Snapshot(row, 1, float(recipe.lr), [flat[: d * C].view(d, C).clone(), flat[d * C :].clone()])

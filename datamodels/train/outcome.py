@@ -3,11 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from datamodels.train.data import TrainData
+
+
+@dataclass(frozen=True)
+class CheckpointRequest:
+    """Which of a call's K models save checkpoints (``rows``) and after which 1-based
+    ``epochs`` (``plans.checkpoint_epochs``)."""
+
+    rows: tuple[int, ...]
+    epochs: tuple[int, ...]
+
+
+@dataclass
+class Snapshot:
+    """One model's parameters after ``epoch`` (CPU tensors, the architecture's layer order)
+    and ``lr``, the mean learning rate of the steps since the previous snapshot."""
+
+    row: int
+    epoch: int
+    lr: float
+    params: list[torch.Tensor] = field(default_factory=list)
 
 
 def margins_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

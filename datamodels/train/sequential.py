@@ -19,10 +19,10 @@ from datamodels.config import ModelConfig, TrainConfig
 from datamodels.data.beton import subset_loader
 from datamodels.models.mlp import init_params, layer_sizes, to_module
 from datamodels.models.resnet9 import build_resnet9
-from datamodels.train.batched import _logreg_objective, logreg_weights
+from datamodels.train.batched import _logreg_objective, logreg_snapshot, logreg_weights
 from datamodels.train.data import TrainData
-from datamodels.train.orders import EpochOrders, lr_factors
-from datamodels.train.outcome import margins_and_accuracy
+from datamodels.train.orders import EpochOrders, interval_lr, lr_factors
+from datamodels.train.outcome import CheckpointRequest, Snapshot, margins_and_accuracy
 
 
 def build_module(model: ModelConfig, data: TrainData, seed: int) -> nn.Module:
@@ -65,9 +65,10 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def train_one(
     data: TrainData, mask: np.ndarray, seed: int, model: ModelConfig, recipe: TrainConfig,
-    loader: str = "resident", lr_scale: float = 1.0,
-) -> tuple[nn.Module, float]:
-    """Train one model on ``mask`` (bool[n_train]); returns (module in eval mode, last-epoch loss)."""
+    loader: str = "resident", lr_scale: float = 1.0, save_after: tuple[int, ...] = (),
+) -> tuple[nn.Module, float, list[Snapshot]]:
+    """Train one model on ``mask`` (bool[n_train]); returns (module in eval mode, last-epoch
+    loss, snapshots of its ``state_dict`` tensors after the 1-based epochs ``save_after``)."""
     device = data.train_y.device
     module = build_module(model, data, seed).to(device)
     optimizer = torch.optim.SGD(
@@ -80,6 +81,8 @@ def train_one(
     epochs = (_ffcv_batches if loader == "per_model" else _resident_batches)(data, mask, seed, recipe)
     gen = torch.Generator().manual_seed(int(seed) + 1)
     step, last_loss = 0, 0.0
+    snapshots: list[Snapshot] = []
+    previous_save = 0
     module.train()
     for epoch, batches in enumerate(epochs):
         losses = []
@@ -97,7 +100,22 @@ def train_one(
             step += 1
         if epoch == recipe.epochs - 1:
             last_loss = float(torch.stack(losses).double().mean()) if losses else 0.0
-    return module.eval(), last_loss
+        if epoch + 1 in save_after:
+            lr = interval_lr(recipe.schedule, recipe.lr * lr_scale, steps_per_epoch, recipe.epochs, previous_save, epoch)
+            snapshots.append(Snapshot(0, epoch + 1, lr, module_layers(module, model)))
+            previous_save = epoch + 1
+    return module.eval(), last_loss, snapshots
+
+
+def module_layers(module: nn.Module, model: ModelConfig) -> list[torch.Tensor]:
+    """CPU copies of a module's parameters: for ``mlp`` in the stacked layout ``[W1 [d, h],
+    b1, ...]`` (``nn.Linear`` stores W transposed), else the ``state_dict`` tensors in order."""
+    if model.arch == "mlp":
+        layers = []
+        for linear in (m for m in module.modules() if isinstance(m, nn.Linear)):
+            layers += [linear.weight.detach().T.cpu().clone(), linear.bias.detach().cpu().clone()]
+        return layers
+    return [t.detach().cpu().clone() for t in module.state_dict().values()]
 
 
 def train_logreg_one(data: TrainData, mask: np.ndarray, recipe: TrainConfig) -> tuple[torch.Tensor, float, bool]:
@@ -122,29 +140,37 @@ def train_logreg_one(data: TrainData, mask: np.ndarray, recipe: TrainConfig) -> 
 
 def train_sequential(
     data: TrainData, masks: np.ndarray, seeds: np.ndarray, model: ModelConfig, recipe: TrainConfig,
-    loader: str = "resident", lr_scale: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    loader: str = "resident", lr_scale: np.ndarray | None = None, checkpoints: CheckpointRequest | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Snapshot]]:
     """Same contract as the batched trainers, one model after another."""
     K = len(seeds)
     scale = np.ones(K) if lr_scale is None else np.asarray(lr_scale, dtype=np.float64)
     margins = np.empty((K, len(data.eval_y)), dtype=np.float32)
     losses = np.empty(K, dtype=np.float32)
     accuracy = np.empty(K, dtype=np.float32)
+    snapshots: list[Snapshot] = []
+    rows = set(checkpoints.rows) if checkpoints else set()
     for k in range(K):
         if model.arch == "logreg":
             params, loss, converged = train_logreg_one(data, masks[k], recipe)
             d, C = data.in_dim, data.num_classes
+            if k in rows:
+                snapshots.append(logreg_snapshot(k, params, d, C, recipe))
             W, b = params[: d * C].view(d, C), params[d * C :]
             if not np.isfinite(scale[k]):
                 W = W * np.nan
             forward = lambda x, sl, W=W, b=b: (x.reshape(len(x), -1).double() @ W + b).unsqueeze(0)  # noqa: E731
             loss = loss if converged else float("nan")
         else:
-            module, loss = train_one(data, masks[k], int(seeds[k]), model, recipe, loader, float(scale[k]))
+            save_after = checkpoints.epochs if k in rows else ()
+            module, loss, saved = train_one(data, masks[k], int(seeds[k]), model, recipe, loader, float(scale[k]), save_after)
+            for snap in saved:
+                snap.row = k
+            snapshots += saved
             forward = lambda x, sl, module=module: _eval_logits(module, x)  # noqa: E731
         m, a = margins_and_accuracy(forward, data, 1)
         margins[k], losses[k], accuracy[k] = m[0], loss, a[0]
-    return margins, losses, accuracy
+    return margins, losses, accuracy, snapshots
 
 
 @torch.no_grad()
