@@ -94,7 +94,7 @@ def _run_config(run: str, overrides: list[str] | None) -> Config:
     cfg = config_from_dict(saved.model_dump(mode="json"), overrides or [])
     if cfg.hash != saved.hash:
         raise RunMismatchError(
-            f"--set may change only resources, fit and evaluate settings of an existing run ({run}); "
+            f"--set may change only resources, fit, estimate, gradients and evaluate settings of an existing run ({run}); "
             "train a new run for other data, model, recipe or plans"
         )
     return cfg
@@ -135,24 +135,35 @@ def evaluate(run: RunArg, set_: SetOpt = None) -> None:
     _evaluate(_run_config(run, set_), run)
 
 
-def _estimate(cfg: Config, run: str, names: list[str] | None = None) -> None:
-    """Named estimators (errors are the user's), or every one whose models the run has."""
+def _estimate(cfg: Config, run: str, names: list[str] | None = None, address: str | None = None,
+              quiet: bool = False) -> None:
+    """Named estimators (errors are the user's), or every one whose models (or checkpoints)
+    the run has."""
     import time
 
     from datamodels.estimate import METHODS, EstimateError
     from datamodels.estimate import estimate as estimate_stage
+    from datamodels.estimate_gradients import GRADIENT_METHODS
     from datamodels.store import Run
 
-    for name in names or METHODS:
+    unknown = [n for n in names or () if n not in METHODS + GRADIENT_METHODS]
+    if unknown:
+        raise EstimateError(f"unknown method {unknown[0]!r}; choose from: {', '.join(METHODS + GRADIENT_METHODS)}")
+    for name in names or METHODS + GRADIENT_METHODS:
         start = time.perf_counter()
         try:
-            written = estimate_stage(cfg, Run(run), name)
+            if name in GRADIENT_METHODS:
+                from datamodels.orchestrate.estimate import estimate_gradients
+
+                written = estimate_gradients(cfg, run, name, address=address, show_progress=not quiet, console=err_console)
+            else:
+                written = estimate_stage(cfg, Run(run), name)
         except EstimateError as err:
             if names:
                 raise
             err_console.print(f"estimate: skipped {name}: {err}", highlight=False)
             continue
-        parts = ", ".join(f"{k}: {v} rows" for k, v in written.items())
+        parts = ", ".join(f"{k}: {v}" + ("" if k == "models" else " rows") for k, v in written.items())
         err_console.print(f"estimate: {name} in {time.perf_counter() - start:.1f}s ({parts})", highlight=False)
 
 
@@ -160,11 +171,40 @@ def _estimate(cfg: Config, run: str, names: list[str] | None = None) -> None:
 @user_errors
 def estimate(
     run: RunArg,
-    method: Annotated[list[str] | None, typer.Option("--method", "-m", help="estimator name, repeatable (default: every one the run has models for)")] = None,
+    method: Annotated[list[str] | None, typer.Option("--method", "-m", help="estimator name, repeatable (default: every one the run has models or checkpoints for)")] = None,
+    set_: SetOpt = None,
+    address: AddressOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Compute estimators into scores/<method>.parquet (+ self_scores/): retraining-based ones
+    from models/, gradient ones (influence, influence_pert, tracin, representer, trak) as Ray
+    tasks over checkpoints/."""
+    _estimate(_run_config(run, set_), run, [m for m in method or [] if m != "all"] or None, address, quiet)
+
+
+@app.command()
+@user_errors
+def attack(
+    run: RunArg,
+    target: Annotated[int, typer.Option("--target", "-t", help="eval position of the target to misclassify")],
+    budget: Annotated[float, typer.Option("--budget", "-b", help="L∞ radius of the perturbation (normalised input units)")],
+    point: Annotated[int | None, typer.Option("--point", help="train position to perturb (default: the most influential)")] = None,
+    max_iter: Annotated[int, typer.Option("--max-iter", help="perturb-and-retrain rounds")] = 20,
     set_: SetOpt = None,
 ) -> None:
-    """Compute retraining-based estimators into scores/<method>.parquet (+ self_scores/)."""
-    _estimate(_run_config(run, set_), run, [m for m in method or [] if m != "all"] or None)
+    """Training-set attack (Koh & Liang §5.2): perturb one training input so that the retrained
+    model misclassifies the target; writes attacks/target_<target>.parquet."""
+    from datamodels.attack import attack as attack_stage
+    from datamodels.store import Run
+
+    result, position, model_id = attack_stage(_run_config(run, set_), Run(run), target, budget, point, max_iter)
+    trail = " -> ".join(f"{m:.3f}" for m in result.margins)
+    verdict = "flipped" if result.flipped else "not flipped"
+    out_console.print(
+        f"attack on target {target} (model {model_id}): perturbed train position {position}, "
+        f"|delta|_inf = {float(result.delta.abs().max()):.4g} <= {budget:g}; margin {trail}: {verdict}"
+    )
+    out_console.print(f"wrote {run}/attacks/target_{target}.parquet")
 
 
 @app.command("run")
@@ -176,7 +216,7 @@ def run_all(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, address:
     _train(cfg, target, address, quiet)
     status(target)
     _fit(cfg, target, quiet)
-    _estimate(cfg, target)
+    _estimate(cfg, target, address=address, quiet=quiet)
     _evaluate(cfg, target)
 
 

@@ -148,9 +148,7 @@ def estimate(config: Config, run: Run, method: str) -> dict[str, int]:
         written["scores"] = len(targets)
     if len(train_targets) == n_train and method not in ("knn_shapley",):
         values, stderr = self_scores(config, run, method, train_targets)
-        frame = pd.DataFrame({"train_position": np.arange(n_train), "score": values, "stderr": stderr})
-        run.write_table(f"{SELF_DIR}/{method}.parquet", frame, SELF_SCHEMA)
-        written["self_scores"] = n_train
+        written["self_scores"] = write_self_scores(run, method, values, stderr)
     return written
 
 
@@ -173,6 +171,16 @@ def self_scores(config: Config, run: Run, method: str, train_targets: np.ndarray
         if scores.stderr is not None:
             stderr[rows] = scores.stderr[np.arange(len(rows)), rows]
     return values, stderr
+
+
+def write_self_scores(run: Run, method: str, values: np.ndarray, stderr: np.ndarray | None = None) -> int:
+    """Write ``self_scores/<method>.parquet`` (values float[n_train] by train position; stderr
+    inf when unknown); returns the row count."""
+    values = np.asarray(values, dtype=np.float32)
+    stderr = np.full(len(values), np.inf, dtype=np.float32) if stderr is None else np.asarray(stderr, dtype=np.float32)
+    frame = pd.DataFrame({"train_position": np.arange(len(values)), "score": values, "stderr": stderr})
+    run.write_table(f"{SELF_DIR}/{Run.scores_path(method).split('/')[-1]}", frame, SELF_SCHEMA)
+    return len(values)
 
 
 def read_self_scores(run: Run) -> dict[str, np.ndarray]:

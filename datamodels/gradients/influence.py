@@ -53,26 +53,32 @@ def utility_grads(
 def target_directions(
     model: FunctionalModel, train_x: torch.Tensor, train_y: torch.Tensor, target_x: torch.Tensor,
     target_y: torch.Tensor, utility: Utility = "margin", solver: Solver = Exact(), chunk_size: int = 256,
+    hessian: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """s_t = (H + λI)⁺ ∇u_t: float64[T, P] (the per-target inverse-HVP every score reuses)."""
-    return inverse_hvp(model, train_x, train_y, utility_grads(model, target_x, target_y, utility, chunk_size), solver)
+    grads = utility_grads(model, target_x, target_y, utility, chunk_size)
+    return inverse_hvp(model, train_x, train_y, grads, solver, hessian=hessian)
 
 
 def influence_scores(
     model: FunctionalModel, train_x: torch.Tensor, train_y: torch.Tensor, target_x: torch.Tensor,
     target_y: torch.Tensor, *, utility: Utility = "margin", solver: Solver = Exact(),
-    train_output: TrainOutput = "term", chunk_size: int = 256,
+    train_output: TrainOutput = "term", chunk_size: int = 256, points_x: torch.Tensor | None = None,
+    points_y: torch.Tensor | None = None, hessian: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """score[t, i] = −(1/n)·∇u_tᵀ (H + λI)⁻¹ ∇ℓ̃(z_i) ≈ u_t(with z_i) − u_t(without z_i).
 
     train_x[n, ...], train_y[n] (the model's whole training set, which defines H and n);
-    target_x[T, ...], target_y[T] -> float64[T, n]."""
+    target_x[T, ...], target_y[T] -> float64[T, m] for the m points ``points_x``/``points_y``
+    (default: the training set; points outside it get the effect of adding them, weight 1/n).
+    ``hessian`` (``Exact`` only) reuses a precomputed H."""
     n = len(train_x)
-    directions = target_directions(model, train_x, train_y, target_x, target_y, utility, solver, chunk_size)
-    scores = torch.empty(len(target_x), n, dtype=torch.float64)
-    for start in range(0, n, chunk_size):
-        stop = min(n, start + chunk_size)
-        grads = per_example_grads(model, train_x[start:stop], train_y[start:stop], train_output, chunk_size=chunk_size)
+    points_x, points_y = (train_x, train_y) if points_x is None else (points_x, points_y)
+    directions = target_directions(model, train_x, train_y, target_x, target_y, utility, solver, chunk_size, hessian)
+    scores = torch.empty(len(target_x), len(points_x), dtype=torch.float64)
+    for start in range(0, len(points_x), chunk_size):
+        stop = min(len(points_x), start + chunk_size)
+        grads = per_example_grads(model, points_x[start:stop], points_y[start:stop], train_output, chunk_size=chunk_size)
         scores[:, start:stop] = -(directions @ grads.T) / n
     return scores
 
@@ -80,16 +86,19 @@ def influence_scores(
 def influence_self_scores(
     model: FunctionalModel, train_x: torch.Tensor, train_y: torch.Tensor, *, utility: Utility = "loss",
     solver: Solver = Exact(), train_output: TrainOutput = "term", chunk_size: int = 256,
+    points_x: torch.Tensor | None = None, points_y: torch.Tensor | None = None, hessian: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """self[i] = −(1/n)·∇u_{z_i}ᵀ (H + λI)⁻¹ ∇ℓ̃(z_i): float64[n] (one solve per point,
-    ``chunk_size`` right-hand sides at a time; ``Exact`` forms H once)."""
+    """self[i] = −(1/n)·∇u_{z_i}ᵀ (H + λI)⁻¹ ∇ℓ̃(z_i): float64[m] for the points ``points_x``
+    (default: the training set), one solve per point, ``chunk_size`` right-hand sides at a
+    time; ``Exact`` forms H once (or takes ``hessian``)."""
     n = len(train_x)
-    hessian = exact_hessian(model, train_x, train_y) if isinstance(solver, Exact) else None
-    out = torch.empty(n, dtype=torch.float64)
-    for start in range(0, n, chunk_size):
-        sl = slice(start, min(n, start + chunk_size))
-        u = utility_grads(model, train_x[sl], train_y[sl], utility, chunk_size)
-        s = inverse_hvp(model, train_x, train_y, u, solver, hessian=hessian)
-        g = per_example_grads(model, train_x[sl], train_y[sl], train_output, chunk_size=chunk_size)
+    points_x, points_y = (train_x, train_y) if points_x is None else (points_x, points_y)
+    if isinstance(solver, Exact) and hessian is None:
+        hessian = exact_hessian(model, train_x, train_y)
+    out = torch.empty(len(points_x), dtype=torch.float64)
+    for start in range(0, len(points_x), chunk_size):
+        sl = slice(start, min(len(points_x), start + chunk_size))
+        s = target_directions(model, train_x, train_y, points_x[sl], points_y[sl], utility, solver, chunk_size, hessian)
+        g = per_example_grads(model, points_x[sl], points_y[sl], train_output, chunk_size=chunk_size)
         out[sl] = -(s * g).sum(1) / n
     return out

@@ -34,19 +34,23 @@ from datamodels.gradients.model import FunctionalModel, example_loss
 def influence_pert_scores(
     model: FunctionalModel, train_x: torch.Tensor, train_y: torch.Tensor, target_x: torch.Tensor,
     target_y: torch.Tensor, *, utility: Utility = "margin", solver: Solver = Exact(),
-    points: torch.Tensor | None = None,
+    points: torch.Tensor | None = None, points_x: torch.Tensor | None = None, points_y: torch.Tensor | None = None,
+    hessian: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """pert: float64[T, m, *x.shape[1:]] for the training points ``points`` (int64[m]; all n
-    when None). train_x[n, ...] must be float64 (the derivative is taken with respect to it)."""
+    when None), or for the inputs ``points_x``/``points_y`` (e.g. points outside the
+    model's training set). The derivative is taken in float64. ``hessian``: ``Exact`` only."""
     n = len(train_x)
-    directions = target_directions(model, train_x, train_y, target_x, target_y, utility, solver)  # [T, P]
-    index = torch.arange(n) if points is None else torch.as_tensor(points)
+    directions = target_directions(model, train_x, train_y, target_x, target_y, utility, solver, hessian=hessian)
+    if points_x is None:
+        index = torch.arange(n) if points is None else torch.as_tensor(points)
+        points_x, points_y = train_x[index], train_y[index]
     loss_grad = grad(lambda p, x, y: example_loss(model, p, x, y))
 
     def projected(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return directions @ loss_grad(model.params, x, y)  # [T]
 
-    jac = vmap(jacrev(projected), in_dims=(0, 0))(train_x[index].double(), train_y[index])  # [m, T, *x]
+    jac = vmap(jacrev(projected), in_dims=(0, 0))(points_x.double(), points_y)  # [m, T, *x]
     return -(jac.movedim(1, 0)) / n
 
 

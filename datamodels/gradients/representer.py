@@ -35,8 +35,12 @@ from datamodels.gradients.model import FunctionalModel
 RepresenterOutput = Literal["margin", "true_class", "predicted_class"]
 
 
-def representer_alphas(model: FunctionalModel, train_x: torch.Tensor, train_y: torch.Tensor) -> torch.Tensor:
-    """α_i = −1/(λ_wd·n) · ∂ℓ_i/∂ŷ_i: float64[n, C] (needs weight_decay > 0)."""
+def representer_alphas(
+    model: FunctionalModel, train_x: torch.Tensor, train_y: torch.Tensor, n_train: int | None = None,
+) -> torch.Tensor:
+    """α_i = −1/(λ_wd·n) · ∂ℓ_i/∂ŷ_i: float64[len(train_x), C] (needs weight_decay > 0).
+    ``n_train``: the model's training-set size n when ``train_x`` holds other points too
+    (a point outside the set gets the weight it would have in the sum); default len(train_x)."""
     if model.weight_decay <= 0:
         raise ValueError("representer points need weight_decay > 0 (the theorem divides by it)")
     logits = model.logits_fn(model.params, train_x)
@@ -45,7 +49,7 @@ def representer_alphas(model: FunctionalModel, train_x: torch.Tensor, train_y: t
         return torch.nn.functional.cross_entropy(z.unsqueeze(0), y.reshape(1), label_smoothing=model.label_smoothing)
 
     dl_dlogits = vmap(grad(ce))(logits, train_y)
-    return -dl_dlogits / (model.weight_decay * len(train_x))
+    return -dl_dlogits / (model.weight_decay * (len(train_x) if n_train is None else n_train))
 
 
 def _target_classes(model: FunctionalModel, target_x: torch.Tensor, target_y: torch.Tensor, output: RepresenterOutput):
@@ -62,10 +66,10 @@ def _target_classes(model: FunctionalModel, target_x: torch.Tensor, target_y: to
 
 def representer_scores(
     model: FunctionalModel, train_x: torch.Tensor, train_y: torch.Tensor, target_x: torch.Tensor,
-    target_y: torch.Tensor, *, output: RepresenterOutput = "margin",
+    target_y: torch.Tensor, *, output: RepresenterOutput = "margin", n_train: int | None = None,
 ) -> torch.Tensor:
     """train_x[n, ...], train_y[n], target_x[T, ...], target_y[T] -> float64[T, n]."""
-    alphas = representer_alphas(model, train_x, train_y)  # [n, C]
+    alphas = representer_alphas(model, train_x, train_y, n_train)  # [n, C]
     similarity = model.features_fn(model.params, target_x) @ model.features_fn(model.params, train_x).T  # [T, n]
     plus, minus = _target_classes(model, target_x, target_y, output)
     weight = alphas[:, plus].T  # [T, n]
@@ -74,8 +78,10 @@ def representer_scores(
     return weight * similarity
 
 
-def representer_self_scores(model: FunctionalModel, train_x: torch.Tensor, train_y: torch.Tensor) -> torch.Tensor:
+def representer_self_scores(
+    model: FunctionalModel, train_x: torch.Tensor, train_y: torch.Tensor, n_train: int | None = None,
+) -> torch.Tensor:
     """α_{i,y_i}·||f_i||²: float64[n]."""
-    alphas = representer_alphas(model, train_x, train_y)
+    alphas = representer_alphas(model, train_x, train_y, n_train)
     features = model.features_fn(model.params, train_x)
     return alphas.gather(1, train_y.view(-1, 1)).squeeze(1) * (features * features).sum(1)

@@ -65,15 +65,46 @@ def trak_features(
     return torch.cat(chunks) if chunks else torch.zeros(0, projection.shape[1], dtype=torch.float64)
 
 
-def _kernel_inverse(features: torch.Tensor, damping: float) -> torch.Tensor:
+def kernel_inverse(features: torch.Tensor, damping: float) -> torch.Tensor:
+    """(ΦᵀΦ + λI)⁻¹ (pseudo-inverse at λ = 0) for Φ = ``features[n, k]``: float64[k, k]."""
     gram = features.T @ features
     if damping > 0:
         return torch.linalg.inv(gram + damping * torch.eye(gram.shape[0], dtype=gram.dtype))
     return torch.linalg.pinv(gram, hermitian=True)
 
 
-def _one_minus_p(model: FunctionalModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def one_minus_p(model: FunctionalModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Q's diagonal: 1 − p_y(z_i; θ): float64[n]."""
     return 1.0 - torch.exp(-per_example_outputs(model, x, y, "loss"))
+
+
+def model_projection(model: FunctionalModel, proj_dim: int, seed: int, kind: ProjectionKind = "gaussian") -> torch.Tensor:
+    if proj_dim < 1:
+        raise ValueError(f"proj_dim must be >= 1; got {proj_dim}")
+    return projection_matrix(model.num_params, proj_dim, seed, kind)
+
+
+def trak_attribution(
+    model: FunctionalModel, train_features: torch.Tensor, target_x: torch.Tensor, target_y: torch.Tensor,
+    projection: torch.Tensor, *, damping: float = 0.0, output: TrakOutput = "trak", chunk_size: int = 256,
+    kernel: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One model's φ(z_t)ᵀ (ΦᵀΦ + λI)⁻¹ Φᵀ: float64[T, n], Φ = ``train_features`` [n, k]
+    (``trak_features`` of the training set); ``kernel`` reuses ``kernel_inverse(Φ, λ)``."""
+    kernel = kernel_inverse(train_features, damping) if kernel is None else kernel
+    phi_target = trak_features(model, target_x, target_y, projection, output, chunk_size)
+    return phi_target @ kernel @ train_features.T
+
+
+def trak_leverage(train_features: torch.Tensor, rows: slice | torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """One model's φ(z_i)ᵀ (ΦᵀΦ + λI)⁻¹ φ(z_i) for the training points ``rows``: float64[r]."""
+    phi = train_features[rows]
+    return ((phi @ kernel) * phi).sum(1)
+
+
+def _check(models: Sequence[FunctionalModel]) -> None:
+    if not models:
+        raise ValueError("models is empty: pass at least one trained FunctionalModel")
 
 
 def trak_scores(
@@ -83,18 +114,15 @@ def trak_scores(
 ) -> torch.Tensor:
     """τ: float64[T, n] for train_x[n, ...], train_y[n], target_x[T, ...], target_y[T],
     ensembled over ``models`` (projection seed ``seed + m`` for model m)."""
-    if not models:
-        raise ValueError("models is empty: pass at least one trained FunctionalModel")
-    if proj_dim < 1:
-        raise ValueError(f"proj_dim must be >= 1; got {proj_dim}")
+    _check(models)
     attribution = torch.zeros(len(target_x), len(train_x), dtype=torch.float64)
     reweight = torch.zeros(len(train_x), dtype=torch.float64)
     for m, model in enumerate(models):
-        projection = projection_matrix(model.num_params, proj_dim, seed + m, kind)
+        projection = model_projection(model, proj_dim, seed + m, kind)
         phi_train = trak_features(model, train_x, train_y, projection, output, chunk_size)
-        phi_target = trak_features(model, target_x, target_y, projection, output, chunk_size)
-        attribution += phi_target @ _kernel_inverse(phi_train, damping) @ phi_train.T
-        reweight += _one_minus_p(model, train_x, train_y)
+        attribution += trak_attribution(model, phi_train, target_x, target_y, projection, damping=damping,
+                                        output=output, chunk_size=chunk_size)
+        reweight += one_minus_p(model, train_x, train_y)
     return (attribution / len(models)) * (reweight / len(models))
 
 
@@ -104,13 +132,12 @@ def trak_self_scores(
     chunk_size: int = 256,
 ) -> torch.Tensor:
     """τ(z_i)ᵢ: float64[n]."""
-    if not models:
-        raise ValueError("models is empty: pass at least one trained FunctionalModel")
+    _check(models)
     leverage = torch.zeros(len(train_x), dtype=torch.float64)
     reweight = torch.zeros(len(train_x), dtype=torch.float64)
     for m, model in enumerate(models):
-        projection = projection_matrix(model.num_params, proj_dim, seed + m, kind)
+        projection = model_projection(model, proj_dim, seed + m, kind)
         phi = trak_features(model, train_x, train_y, projection, output, chunk_size)
-        leverage += ((phi @ _kernel_inverse(phi, damping)) * phi).sum(1)
-        reweight += _one_minus_p(model, train_x, train_y)
+        leverage += trak_leverage(phi, slice(None), kernel_inverse(phi, damping))
+        reweight += one_minus_p(model, train_x, train_y)
     return (leverage / len(models)) * (reweight / len(models))

@@ -1,0 +1,62 @@
+"""The Ray driver for the gradient estimators: one task per work unit (``Unit``), bounded
+in flight, retried on worker death, resumable (finished parts are never recomputed), with a
+progress bar; then the in-process reduction into ``scores/`` and ``self_scores/``.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from datamodels.config import Config
+from datamodels.errors import DatamodelsError
+from datamodels.estimate import EstimateError
+from datamodels.estimate_gradients import finish_job, missing_units, plan_job, run_unit
+from datamodels.orchestrate.driver import init_ray
+from datamodels.orchestrate.progress import TrainProgress
+from datamodels.store import Run
+
+
+def estimate_gradients(
+    config: Config, uri: str, method: str, address: str | None = None, show_progress: bool = True,
+    console: Console | None = None,
+) -> dict[str, int]:
+    """Compute ``method`` over the run's checkpoints with Ray tasks; returns row counts."""
+    import ray
+
+    console = console or Console(stderr=True)
+    run = Run(uri)
+    job = plan_job(config, run, method)
+    todo = missing_units(run, job)
+    if todo:
+        init_ray(address)
+        g = config.gradients
+        remote = ray.remote(num_cpus=g.num_cpus, num_gpus=g.num_gpus, max_retries=config.resources.task_retries,
+                            retry_exceptions=False, max_calls=0)(run_unit)
+        cpus = float(ray.cluster_resources().get("CPU", 1))
+        limit = config.resources.max_in_flight or max(2, 2 * int(cpus // g.num_cpus))
+        config_text = config.to_yaml()
+        job_ref = ray.put(job)
+        queue, pending = list(reversed(todo)), {}
+        done_before = len(job.units) - len(todo)
+        with TrainProgress(len(job.units), done_before, enabled=show_progress, console=console,
+                           what=f"{method} tasks") as progress:
+            while queue or pending:
+                while queue and len(pending) < limit:
+                    unit = queue.pop()
+                    pending[remote.remote(run.uri, config_text, job_ref, unit)] = unit
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                unit = pending.pop(ready[0])
+                try:
+                    ray.get(ready[0])
+                except Exception as err:  # noqa: BLE001 - report the unit; finished parts are kept
+                    for ref in pending:
+                        ray.cancel(ref)
+                    cause = getattr(err, "cause", None)
+                    if isinstance(cause, DatamodelsError):
+                        text = str(cause)
+                    else:
+                        text = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+                    raise EstimateError(f"{method}: task {unit.name} failed ({text}); finished parts are kept in "
+                                        f"{run.fs.display(job.part_dir)}, rerun to resume") from None
+                progress.advance(1)
+    return finish_job(run, job)
