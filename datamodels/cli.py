@@ -235,6 +235,13 @@ def status(run: RunArg) -> None:
     for row in frame.itertuples(index=False):
         table.add_row(*(str(v) for v in row))
     out_console.print(table)
+    from datamodels.store.checkpoints import read_checkpoint_index
+
+    index = read_checkpoint_index(handle.fs)
+    if len(index):
+        epochs = ", ".join(str(e) for e in sorted(index["epoch"].unique()))
+        out_console.print(f"checkpoints: {index['model_id'].nunique()} models (epochs {epochs}), "
+                          f"{len(index)} files in {run}/checkpoints/")
 
 
 @app.command()

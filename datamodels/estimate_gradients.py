@@ -50,7 +50,7 @@ from datamodels.gradients import (
 )
 from datamodels.gradients.grads import exact_hessian
 from datamodels.gradients.influence import influence_scores, influence_self_scores
-from datamodels.gradients.influence_pert import influence_pert_scores
+from datamodels.gradients.influence_pert import influence_pert_scores, influence_pert_self_scores
 from datamodels.gradients.representer import representer_scores, representer_self_scores
 from datamodels.gradients.tracin import tracin_scores, tracin_self_scores
 from datamodels.gradients.trak import (
@@ -246,14 +246,8 @@ def _pert(model, x_s, y_s, x_all, y_all, unit: Unit, tx, ty, utility, solver, he
         ]
         return torch.cat(blocks, dim=1)
     xs, ys = x_all[unit.start : unit.stop], y_all[unit.start : unit.stop]
-    step = max(1, int((_PERT_ELEMENTS // max(1, d)) ** 0.5))
-    out = []
-    for s in range(0, len(xs), step):
-        px, py = xs[s : s + step], ys[s : s + step]
-        pert = influence_pert_scores(model, x_s, y_s, px, py, utility="loss", solver=solver, hessian=hessian,
-                                     points_x=px, points_y=py)  # [r, r, *x]
-        out.append(pert.diagonal(dim1=0, dim2=1).movedim(-1, 0).flatten(1).abs().sum(1))
-    return torch.cat(out)
+    pert = influence_pert_self_scores(model, x_s, y_s, xs, ys, utility="loss", solver=solver, hessian=hessian)
+    return pert.flatten(1).abs().sum(1)
 
 
 def _trak(config: Config, run: Run, model, x_all, y_all, path: str, unit: Unit, tx, ty) -> torch.Tensor:

@@ -107,3 +107,18 @@ def craft_attack(
     result.flipped = result.margins[-1] < 0
     result.model = current
     return result
+
+
+def influence_pert_self_scores(
+    model: FunctionalModel, train_x: torch.Tensor, train_y: torch.Tensor, points_x: torch.Tensor,
+    points_y: torch.Tensor, *, utility: Utility = "loss", solver: Solver = Exact(), hessian: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """self[i] = −(1/n)·∇_x (s_iᵀ ∇_θ ℓ(x_i, y_i)) with s_i = (H + λI)⁻¹∇u(z_i) held at the
+    unperturbed point: how point i's own retrained utility moves with its input, through the
+    model only: float64[m, *x.shape[1:]]. One double-backward per point (not m² as the
+    diagonal of ``influence_pert_scores`` would take)."""
+    n = len(train_x)
+    directions = target_directions(model, train_x, train_y, points_x, points_y, utility, solver, hessian=hessian)
+    loss_grad = grad(lambda p, x, y: example_loss(model, p, x, y))
+    along = grad(lambda x, y, s: s @ loss_grad(model.params, x, y))
+    return -vmap(along)(points_x.double(), points_y, directions) / n

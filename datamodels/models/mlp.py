@@ -49,12 +49,12 @@ def stacked_forward(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor
 
 
 def to_module(params: list[torch.Tensor]) -> nn.Sequential:
-    """A ``nn.Sequential`` holding one model's parameters (``params`` unstacked)."""
+    """A ``nn.Sequential`` holding one model's parameters (``params`` unstacked), in their dtype."""
     layers: list[nn.Module] = []
     n_layers = len(params) // 2
     for layer in range(n_layers):
         weight, bias = params[2 * layer], params[2 * layer + 1]
-        linear = nn.Linear(weight.shape[0], weight.shape[1])
+        linear = nn.Linear(weight.shape[0], weight.shape[1], dtype=weight.dtype, device=weight.device)
         with torch.no_grad():
             linear.weight.copy_(weight.T)
             linear.bias.copy_(bias)

@@ -56,3 +56,17 @@ def test_attack_flips_a_retrained_prediction(digits_data):
         clean = train_batch(np.ones((1, N_TRAIN), bool), np.zeros(1, np.int64), sub, logreg_config(WEIGHT_DECAY))
         after = train_batch(np.ones((1, N_TRAIN), bool), np.zeros(1, np.int64), poisoned, logreg_config(WEIGHT_DECAY))
     assert clean.margins[0, target] > 0 > after.margins[0, target]
+
+
+def test_pert_self_scores_are_the_diagonal_of_pert(digits_data):
+    from datamodels.gradients.influence_pert import influence_pert_self_scores
+
+    _, data = digits_data
+    x, y = data.train_x[:N_TRAIN].double(), data.train_y[:N_TRAIN]
+    model = logreg_model(fit_logreg(x, y, data.num_classes, WEIGHT_DECAY), data.in_dim, data.num_classes, WEIGHT_DECAY)
+    points = torch.arange(5, 12)
+    full = influence_pert_scores(model, x, y, x[points], y[points], utility="loss", points=points)  # [m, m, d]
+    diagonal = full.diagonal(dim1=0, dim2=1).movedim(-1, 0)
+    own = influence_pert_self_scores(model, x, y, x[points], y[points], utility="loss")
+    torch.testing.assert_close(own, diagonal, rtol=1e-8, atol=1e-12)
+    assert own.abs().max() > 0

@@ -98,6 +98,8 @@ def test_checkpoints_added_later_retrain_only_to_save_them(mlp_run):
     # done means done: a further train call has nothing to retrain
     again = train(config, uri, show_progress=False)
     assert again.trained == 0 and again.checkpointed == 0
+    status = CliRunner().invoke(app, ["status", uri])
+    assert "checkpoints: 3 models (epochs 2, 4), 6 files" in status.output
 
 
 def test_missing_or_corrupt_checkpoint_is_named_and_train_recreates_it(mlp_run, tmp_path):
@@ -186,6 +188,12 @@ def test_stage_equals_the_estimator_functions(logreg_run):
         estimate_gradients(settings, uri, method, show_progress=False)
         got = run.scores(method)[1]
         np.testing.assert_allclose(got, want, rtol=2e-3, atol=1e-5 * np.abs(want).max(), err_msg=method)
+    # the solver is a setting: conjugate gradients through the stage gives the exact answer too
+    cg = config_from_dict(LOGREG, ["gradients.models=2", "gradients.solver=cg", "gradients.damping=0.0",
+                                   "gradients.cg_tol=1e-10", "gradients.cg_max_iter=2000"])
+    estimate_gradients(cg, uri, "influence", show_progress=False)
+    want = expected["influence"]
+    np.testing.assert_allclose(run.scores("influence")[1], want, rtol=1e-3, atol=1e-5 * np.abs(want).max())
 
 
 def test_finished_parts_are_reused_on_resume(logreg_run, tmp_path):
