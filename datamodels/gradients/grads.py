@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch.func import grad, vjp, vmap
 
 from datamodels.gradients.model import (
@@ -30,6 +31,7 @@ from datamodels.gradients.model import (
     example_trak_output,
     objective,
 )
+from datamodels.train.outcome import margins_from_logits
 
 Output = Literal["loss", "term", "margin", "trak"]
 _OUTPUTS = {"loss": example_loss, "term": example_term, "margin": example_margin, "trak": example_trak_output}
@@ -82,3 +84,42 @@ def exact_hessian(
     eye = torch.eye(model.num_params, dtype=torch.float64, device=model.params.device)
     H = torch.cat([hvp(eye[s : s + chunk_size]) for s in range(0, model.num_params, chunk_size)])
     return 0.5 * (H + H.T)
+
+
+def _outputs_from_logits(model: FunctionalModel, logits: torch.Tensor, y: torch.Tensor, output: Output) -> torch.Tensor:
+    if output == "loss":
+        return F.cross_entropy(logits, y, reduction="none", label_smoothing=model.label_smoothing)
+    if output == "margin":
+        return margins_from_logits(logits.unsqueeze(0), y)[0]
+    raise ValueError(f"gradient factors support outputs 'loss' and 'margin'; got {output!r}")
+
+
+def gradient_factors(
+    model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, output: Output = "loss", params: torch.Tensor | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer l, (A_l [B, in_l + 1], D_l [B, out_l]) with ∇_{W_l, b_l} f(z_i) = [a_i; 1] ⊗ δ_i:
+    one forward and one backward for the whole batch (f(z_i) depends on row i only, so the
+    gradient of Σ_i f(z_i) with respect to z_l holds every δ_i). Needs ``model.layer_io``."""
+    if model.layer_io is None:
+        raise ValueError("this model has no dense-layer structure (layer_io); use per_example_grads")
+    p = (model.params if params is None else params).detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits, inputs, pre = model.layer_io(p, x)
+        deltas = torch.autograd.grad(_outputs_from_logits(model, logits, y, output).sum(), pre)
+    ones = lambda a: torch.ones(len(a), 1, dtype=a.dtype, device=a.device)  # noqa: E731
+    return [(torch.cat([a.detach(), ones(a)], 1), d.detach()) for a, d in zip(inputs, deltas, strict=True)]
+
+
+def factor_dots(left: list[tuple[torch.Tensor, torch.Tensor]], right: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Gradient dot products ∇f(z_s)·∇g(z_r) from two ``gradient_factors``: float64[S, R] =
+    Σ_l (A_l Aʹ_lᵀ) ⊙ (D_l Dʹ_lᵀ), never forming a per-example gradient."""
+    out = None
+    for (a, d), (a2, d2) in zip(left, right, strict=True):
+        term = (a @ a2.T) * (d @ d2.T)
+        out = term if out is None else out + term
+    return out
+
+
+def factor_norms(factors: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """||∇f(z_i)||² from ``gradient_factors``: float64[B]."""
+    return sum((a * a).sum(1) * (d * d).sum(1) for a, d in factors)

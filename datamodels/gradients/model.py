@@ -53,6 +53,9 @@ class FunctionalModel:
     penalty_mask: torch.Tensor
     null_directions: torch.Tensor
     label_smoothing: float = 0.0
+    # (params, x[B, ...]) -> (logits, inputs a_l [B, in_l], pre-activations z_l = a_l W_l + b_l):
+    # for models that are a chain of dense layers, per-example gradients factor as a_l ⊗ ∂f/∂z_l
+    layer_io: Callable | None = None
 
     @property
     def num_params(self) -> int:
@@ -86,11 +89,16 @@ def logreg_model(params: torch.Tensor, in_dim: int, num_classes: int, weight_dec
     def features_fn(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], -1).to(p.dtype)
 
+    def layer_io(p: torch.Tensor, x: torch.Tensor):
+        a = features_fn(p, x)
+        z = a @ p[: d * C].view(d, C) + p[d * C :]
+        return z, [a], [z]
+
     mask = torch.zeros(P, dtype=torch.float64)
     mask[: d * C] = 1.0
     null = _bias_null_direction(P, d * C, C)
     return FunctionalModel(params.detach().double().reshape(-1).clone(), logits_fn, features_fn,
-                           slice(0, d * C), C, float(weight_decay), mask, null)
+                           slice(0, d * C), C, float(weight_decay), mask, null, layer_io=layer_io)
 
 
 def mlp_model(layers: list[torch.Tensor], weight_decay: float, label_smoothing: float = 0.0) -> FunctionalModel:
@@ -117,8 +125,19 @@ def mlp_model(layers: list[torch.Tensor], weight_decay: float, label_smoothing: 
     null = torch.zeros(0, P, dtype=torch.float64)
     if weight_decay == 0.0:
         null = _bias_null_direction(P, offsets[-2], C)
+    def layer_io(p: torch.Tensor, x: torch.Tensor):
+        parts = unflatten(p)
+        h = x.reshape(x.shape[0], -1).to(p.dtype)
+        inputs, pre = [], []
+        for layer in range(len(parts) // 2):
+            inputs.append(h)
+            z = h @ parts[2 * layer] + parts[2 * layer + 1]
+            pre.append(z)
+            h = torch.relu(z) if layer < len(parts) // 2 - 1 else z
+        return h, inputs, pre
+
     return FunctionalModel(flat, logits_fn, features_fn, slice(offsets[-3], offsets[-2]), C,
-                           float(weight_decay), mask, null, float(label_smoothing))
+                           float(weight_decay), mask, null, float(label_smoothing), layer_io)
 
 
 def regulariser(model: FunctionalModel, params: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,11 @@ the first-order change of t's margin caused by the steps on z. In general
 score(z, t) = −Σ_k η_k ∇u_t(θ_k)·∇ℓ(z; θ_k) with u_t = −ℓ(t) or m_t.
 
 Self scores (mislabel detection): Σ_k η_k ||∇ℓ(z; θ_k)||².
+
+For models made of dense layers (``logreg``, ``mlp``: ``FunctionalModel.layer_io``) the dot
+products come from per-layer factors, ∇_{W,b} f(z) = [a; 1] ⊗ δ, so
+∇f(z)·∇g(zʹ) = Σ_l ([a; 1]·[aʹ; 1])(δ·δʹ): one forward and backward per batch and no
+per-example gradient is ever formed; other models take ``vmap(grad)`` per-example gradients.
 """
 
 from __future__ import annotations
@@ -18,7 +23,12 @@ from collections.abc import Sequence
 
 import torch
 
-from datamodels.gradients.grads import per_example_grads
+from datamodels.gradients.grads import (
+    factor_dots,
+    factor_norms,
+    gradient_factors,
+    per_example_grads,
+)
 from datamodels.gradients.influence import Utility, utility_grads
 from datamodels.gradients.model import FunctionalModel
 
@@ -37,6 +47,16 @@ def tracin_scores(
     scores = torch.zeros(len(target_x), n, dtype=torch.float64)
     for params, lr in checkpoints:
         at = model.with_params(params.detach().double().reshape(-1))
+        if at.layer_io is not None:  # dense layers: dot products from per-layer factors
+            if utility not in ("loss", "margin"):
+                raise ValueError(f"utility must be 'margin' or 'loss'; got {utility!r}")
+            sign = -1.0 if utility == "loss" else 1.0  # ∇u_t = −∇ℓ_t or ∇m_t
+            target_side = gradient_factors(at, target_x, target_y, utility)
+            for start in range(0, n, chunk_size):
+                stop = min(n, start + chunk_size)
+                train_side = gradient_factors(at, train_x[start:stop], train_y[start:stop], "loss")
+                scores[:, start:stop] -= lr * sign * factor_dots(target_side, train_side)
+            continue
         target_side = utility_grads(at, target_x, target_y, utility, chunk_size)
         for start in range(0, n, chunk_size):
             stop = min(n, start + chunk_size)
@@ -57,5 +77,8 @@ def tracin_self_scores(
         at = model.with_params(params.detach().double().reshape(-1))
         for start in range(0, len(train_x), chunk_size):
             sl = slice(start, min(len(train_x), start + chunk_size))
+            if at.layer_io is not None:
+                out[sl] += lr * factor_norms(gradient_factors(at, train_x[sl], train_y[sl], "loss"))
+                continue
             out[sl] += lr * per_example_grads(at, train_x[sl], train_y[sl], "loss", chunk_size=chunk_size).pow(2).sum(1)
     return out

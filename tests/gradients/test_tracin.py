@@ -49,3 +49,36 @@ def test_checkpoints_sum_and_margin_sign():
     change = per_example_outputs(model.with_params(step), x[:2], y[:2], "margin") - per_example_outputs(model, x[:2], y[:2], "margin")
     score = tracin_scores(model, [(model.params, lr)], x[3:4], y[3:4], x[:2], y[:2], utility="margin")[:, 0]
     torch.testing.assert_close(change, score, rtol=1e-3, atol=1e-9)
+
+
+def test_layer_factors_give_the_per_example_gradient_dot_products():
+    import dataclasses
+
+    from datamodels.gradients import logreg_model
+    from datamodels.gradients.grads import (
+        factor_dots,
+        factor_norms,
+        gradient_factors,
+        per_example_grads,
+    )
+
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(9, 6, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 4, (9,), generator=gen)
+    deep = mlp_model([p.double() for p in init_params(1, [6, 5, 5, 4])], weight_decay=1e-3)  # two hidden layers
+    linear = logreg_model(torch.randn(7 * 4, generator=gen, dtype=torch.float64), 6, 4, 1e-3)
+    for model in (deep, linear):
+        for left, right in (("loss", "loss"), ("margin", "loss")):
+            dots = factor_dots(gradient_factors(model, x[:3], y[:3], left), gradient_factors(model, x[3:], y[3:], right))
+            expected = per_example_grads(model, x[:3], y[:3], left) @ per_example_grads(model, x[3:], y[3:], right).T
+            torch.testing.assert_close(dots, expected, rtol=1e-10, atol=1e-12)
+        norms = factor_norms(gradient_factors(model, x, y, "loss"))
+        torch.testing.assert_close(norms, per_example_grads(model, x, y, "loss").pow(2).sum(1), rtol=1e-10, atol=1e-12)
+        # TracIn through the factors equals TracIn through vmap(grad) per-example gradients
+        generic = dataclasses.replace(model, layer_io=None)
+        for utility in ("loss", "margin"):
+            fast = tracin_scores(model, [(model.params, 0.3)], x[3:], y[3:], x[:3], y[:3], utility=utility, chunk_size=4)
+            slow = tracin_scores(generic, [(model.params, 0.3)], x[3:], y[3:], x[:3], y[:3], utility=utility)
+            torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(tracin_self_scores(model, [(model.params, 0.3)], x, y),
+                                   tracin_self_scores(generic, [(model.params, 0.3)], x, y), rtol=1e-10, atol=1e-12)
