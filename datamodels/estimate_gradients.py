@@ -184,14 +184,34 @@ def _model_at(run: Run, config: Config, data: TrainData, path: str) -> Functiona
     return _cached(("model", run.uri, path), lambda: functional_model(config, data, load_checkpoint(run.fs, path)["layers"]))
 
 
-def compute_unit(config: Config, run: Run, data: TrainData, job: Job, unit: Unit) -> np.ndarray:
-    """The unit's values: float64[rows, n_train] (scores) or float64[rows] (self, reweight)."""
+def needs_hessian(config: Config, method: str) -> bool:
+    """Whether ``method``'s units share one exact Hessian per model (a task of its own)."""
+    return method in ("influence", "influence_pert") and config.gradients.solver == "exact"
+
+
+def _subset(config: Config, data: TrainData, model_id: int) -> torch.Tensor:
+    return torch.from_numpy(masks_for(config, _planned(config, data, model_id), data.n_train)[0]).to(data.train_x.device)
+
+
+def model_hessian(config: Config, run: Run, data: TrainData, job: Job, model_id: int) -> np.ndarray:
+    """H = ∇²J of the model's last checkpoint over its own training subset: float64[P, P]."""
+    model = _model_at(run, config, data, job.checkpoints[model_id][-1][2])
+    mask = _subset(config, data, model_id)
+    return exact_hessian(model, data.train_x[mask], data.train_y[mask]).cpu().numpy()
+
+
+def compute_unit(
+    config: Config, run: Run, data: TrainData, job: Job, unit: Unit, hessian: np.ndarray | None = None,
+) -> np.ndarray:
+    """The unit's values: float64[rows, n_train] (scores) or float64[rows] (self, reweight).
+    ``hessian``: the model's exact Hessian when a task computed it already (else computed
+    here, once per process and model)."""
     g = config.gradients
     method, chunk = job.method, g.chunk_size
     history = job.checkpoints[unit.model_id]
     model = _model_at(run, config, data, history[-1][2])
     x_all, y_all = data.train_x, data.train_y
-    mask = torch.from_numpy(masks_for(config, _planned(config, data, unit.model_id), data.n_train)[0]).to(x_all.device)
+    mask = _subset(config, data, unit.model_id)
     x_s, y_s, n_s = x_all[mask], y_all[mask], int(mask.sum())
     rows = slice(unit.start, unit.stop)
     tx = ty = None
@@ -199,9 +219,10 @@ def compute_unit(config: Config, run: Run, data: TrainData, job: Job, unit: Unit
         t = torch.as_tensor(np.array(job.targets[rows]), device=x_all.device)
         tx, ty = data.eval_x[t], data.eval_y[t]
     solver = solver_for(config)
-    hessian = None
-    if method in ("influence", "influence_pert") and isinstance(solver, Exact):
-        hessian = _cached(("hessian", run.uri, history[-1][2], g.damping), lambda: exact_hessian(model, x_s, y_s))
+    if hessian is not None:
+        hessian = torch.as_tensor(np.asarray(hessian), device=x_all.device)
+    elif needs_hessian(config, method):
+        hessian = _cached(("hessian", run.uri, history[-1][2]), lambda: exact_hessian(model, x_s, y_s))
     if method == "influence":
         if unit.kind == "scores":
             out = influence_scores(model, x_s, y_s, tx, ty, utility=g.utility, solver=solver, chunk_size=chunk,
@@ -266,15 +287,25 @@ def _trak(config: Config, run: Run, model, x_all, y_all, path: str, unit: Unit, 
     return trak_leverage(phi, slice(unit.start, unit.stop), kernel)
 
 
-def run_unit(run_uri: str, config_text: str, job: Job, unit: Unit) -> str:
-    """Task body: compute one unit and write its part atomically; returns the part's path."""
+def _task_context(run_uri: str, config_text: str) -> tuple[Config, Run, TrainData]:
     from datamodels.orchestrate.worker import load_context, resolve_device
 
     config = config_from_yaml_text(config_text)
     torch.set_num_threads(max(1, int(config.gradients.num_cpus)))
     data, _ = load_context(run_uri, config, resolve_device(config))
-    run = Run(run_uri)
-    values = compute_unit(config, run, data, job, unit)
+    return config, Run(run_uri), data
+
+
+def run_hessian(run_uri: str, config_text: str, job: Job, model_id: int) -> np.ndarray:
+    """Task body: one model's exact Hessian, handed to its units through the object store."""
+    config, run, data = _task_context(run_uri, config_text)
+    return model_hessian(config, run, data, job, model_id)
+
+
+def run_unit(run_uri: str, config_text: str, job: Job, unit: Unit, hessian: np.ndarray | None = None) -> str:
+    """Task body: compute one unit and write its part atomically; returns the part's path."""
+    config, run, data = _task_context(run_uri, config_text)
+    values = compute_unit(config, run, data, job, unit, hessian)
     buffer = io.BytesIO()
     np.save(buffer, values)
     path = job.part_path(unit)

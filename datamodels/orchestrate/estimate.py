@@ -1,6 +1,10 @@
 """The Ray driver for the gradient estimators: one task per work unit (``Unit``), bounded
 in flight, retried on worker death, resumable (finished parts are never recomputed), with a
 progress bar; then the in-process reduction into ``scores/`` and ``self_scores/``.
+
+With the exact solver, influence and influence_pert form a task graph: one Hessian task per
+model, whose result (float64[P, P] in Ray's object store) every unit of that model takes as
+an argument, so each Hessian is computed once, not once per worker process.
 """
 
 from __future__ import annotations
@@ -10,7 +14,14 @@ from rich.console import Console
 from datamodels.config import Config
 from datamodels.errors import DatamodelsError
 from datamodels.estimate import EstimateError
-from datamodels.estimate_gradients import finish_job, missing_units, plan_job, run_unit
+from datamodels.estimate_gradients import (
+    finish_job,
+    missing_units,
+    needs_hessian,
+    plan_job,
+    run_hessian,
+    run_unit,
+)
 from datamodels.orchestrate.driver import init_ray
 from datamodels.orchestrate.progress import TrainProgress
 from datamodels.store import Run
@@ -30,20 +41,33 @@ def estimate_gradients(
     if todo:
         init_ray(address)
         g = config.gradients
-        remote = ray.remote(num_cpus=g.num_cpus, num_gpus=g.num_gpus, max_retries=config.resources.task_retries,
-                            retry_exceptions=False, max_calls=0)(run_unit)
+        options = dict(num_cpus=g.num_cpus, num_gpus=g.num_gpus, max_retries=config.resources.task_retries,
+                       retry_exceptions=False, max_calls=0)
+        remote = ray.remote(**options)(run_unit)
+        remote_hessian = ray.remote(**options)(run_hessian)
         cpus = float(ray.cluster_resources().get("CPU", 1))
         limit = config.resources.max_in_flight or max(2, 2 * int(cpus // g.num_cpus))
         config_text = config.to_yaml()
         job_ref = ray.put(job)
         queue, pending = list(reversed(todo)), {}
         done_before = len(job.units) - len(todo)
+        hessians: dict[int, object] = {}  # model id -> ObjectRef of its Hessian, while units need it
+        left = {m: sum(u.model_id == m for u in todo) for m in job.model_ids}
+
+        def hessian_for(model_id: int):
+            if not needs_hessian(config, method):
+                return None
+            if model_id not in hessians:
+                hessians[model_id] = remote_hessian.remote(run.uri, config_text, job_ref, model_id)
+            return hessians[model_id]
+
         with TrainProgress(len(job.units), done_before, enabled=show_progress, console=console,
                            what=f"{method} tasks") as progress:
             while queue or pending:
                 while queue and len(pending) < limit:
                     unit = queue.pop()
-                    pending[remote.remote(run.uri, config_text, job_ref, unit)] = unit
+                    ref = remote.remote(run.uri, config_text, job_ref, unit, hessian_for(unit.model_id))
+                    pending[ref] = unit
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 unit = pending.pop(ready[0])
                 try:
@@ -59,4 +83,7 @@ def estimate_gradients(
                     raise EstimateError(f"{method}: task {unit.name} failed ({text}); finished parts are kept in "
                                         f"{run.fs.display(job.part_dir)}, rerun to resume") from None
                 progress.advance(1)
+                left[unit.model_id] -= 1
+                if left[unit.model_id] == 0:
+                    hessians.pop(unit.model_id, None)  # frees it in the object store
     return finish_job(run, job)
