@@ -49,6 +49,7 @@ from datamodels.gradients import (
     mlp_model,
 )
 from datamodels.gradients.grads import exact_hessian
+from datamodels.gradients.ihvp import FactoredHessian
 from datamodels.gradients.influence import influence_scores, influence_self_scores
 from datamodels.gradients.influence_pert import influence_pert_scores, influence_pert_self_scores
 from datamodels.gradients.representer import representer_scores, representer_self_scores
@@ -193,18 +194,19 @@ def _subset(config: Config, data: TrainData, model_id: int) -> torch.Tensor:
     return torch.from_numpy(masks_for(config, _planned(config, data, model_id), data.n_train)[0]).to(data.train_x.device)
 
 
-def model_hessian(config: Config, run: Run, data: TrainData, job: Job, model_id: int) -> np.ndarray:
-    """H = ∇²J of the model's last checkpoint over its own training subset: float64[P, P]."""
+def model_hessian(config: Config, run: Run, data: TrainData, job: Job, model_id: int) -> FactoredHessian:
+    """H + λI (H = ∇²J of the model's last checkpoint over its own training subset), LU-factored."""
     model = _model_at(run, config, data, job.checkpoints[model_id][-1][2])
     mask = _subset(config, data, model_id)
-    return exact_hessian(model, data.train_x[mask], data.train_y[mask]).cpu().numpy()
+    H = exact_hessian(model, data.train_x[mask], data.train_y[mask])
+    return FactoredHessian.of(H, config.gradients.damping, model.null_directions)
 
 
 def compute_unit(
-    config: Config, run: Run, data: TrainData, job: Job, unit: Unit, hessian: np.ndarray | None = None,
+    config: Config, run: Run, data: TrainData, job: Job, unit: Unit, hessian: FactoredHessian | None = None,
 ) -> np.ndarray:
     """The unit's values: float64[rows, n_train] (scores) or float64[rows] (self, reweight).
-    ``hessian``: the model's exact Hessian when a task computed it already (else computed
+    ``hessian``: the model's factored Hessian when a task computed it already (else computed
     here, once per process and model)."""
     g = config.gradients
     method, chunk = job.method, g.chunk_size
@@ -219,10 +221,9 @@ def compute_unit(
         t = torch.as_tensor(np.array(job.targets[rows]), device=x_all.device)
         tx, ty = data.eval_x[t], data.eval_y[t]
     solver = solver_for(config)
-    if hessian is not None:
-        hessian = torch.as_tensor(np.asarray(hessian), device=x_all.device)
-    elif needs_hessian(config, method):
-        hessian = _cached(("hessian", run.uri, history[-1][2]), lambda: exact_hessian(model, x_s, y_s))
+    if hessian is None and needs_hessian(config, method):
+        hessian = _cached(("hessian", run.uri, history[-1][2], g.damping),
+                          lambda: model_hessian(config, run, data, job, unit.model_id))
     if method == "influence":
         if unit.kind == "scores":
             out = influence_scores(model, x_s, y_s, tx, ty, utility=g.utility, solver=solver, chunk_size=chunk,
@@ -296,13 +297,13 @@ def _task_context(run_uri: str, config_text: str) -> tuple[Config, Run, TrainDat
     return config, Run(run_uri), data
 
 
-def run_hessian(run_uri: str, config_text: str, job: Job, model_id: int) -> np.ndarray:
-    """Task body: one model's exact Hessian, handed to its units through the object store."""
+def run_hessian(run_uri: str, config_text: str, job: Job, model_id: int) -> FactoredHessian:
+    """Task body: one model's factored exact Hessian, handed to its units through the object store."""
     config, run, data = _task_context(run_uri, config_text)
     return model_hessian(config, run, data, job, model_id)
 
 
-def run_unit(run_uri: str, config_text: str, job: Job, unit: Unit, hessian: np.ndarray | None = None) -> str:
+def run_unit(run_uri: str, config_text: str, job: Job, unit: Unit, hessian: FactoredHessian | None = None) -> str:
     """Task body: compute one unit and write its part atomically; returns the part's path."""
     config, run, data = _task_context(run_uri, config_text)
     values = compute_unit(config, run, data, job, unit, hessian)

@@ -65,11 +65,31 @@ def solve_with_hessian(
     H: torch.Tensor, vectors: torch.Tensor, damping: float = 0.0, null_directions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(H + λI)⁺ v on the complement of ``null_directions``: H[P, P], v[T, P] -> [T, P]."""
-    P = H.shape[0]
-    U = torch.zeros(0, P, dtype=H.dtype) if null_directions is None else null_directions.to(H)
-    A = H + damping * torch.eye(P, dtype=H.dtype, device=H.device) + U.T @ U
-    rhs = project_out(vectors, U)
-    return project_out(torch.linalg.solve(A, rhs.T).T, U)
+    return FactoredHessian.of(H, damping, null_directions).solve(vectors)
+
+
+@dataclass(frozen=True)
+class FactoredHessian:
+    """An LU factorisation of H + λI + UUᵀ (U the null directions): factor once per model
+    (O(P³)), then every batch of right-hand sides costs O(P²) (``Exact`` solves reuse it)."""
+
+    lu: torch.Tensor
+    pivots: torch.Tensor
+    damping: float
+    null_directions: torch.Tensor
+
+    @classmethod
+    def of(cls, H: torch.Tensor, damping: float = 0.0, null_directions: torch.Tensor | None = None) -> FactoredHessian:
+        P = H.shape[0]
+        U = torch.zeros(0, P, dtype=H.dtype, device=H.device) if null_directions is None else null_directions.to(H)
+        A = H + damping * torch.eye(P, dtype=H.dtype, device=H.device) + U.T @ U
+        lu, pivots = torch.linalg.lu_factor(A)
+        return cls(lu, pivots, float(damping), U)
+
+    def solve(self, vectors: torch.Tensor) -> torch.Tensor:
+        """(H + λI)⁺ v on the complement of the null directions: v[T, P] -> [T, P]."""
+        rhs = project_out(vectors.to(self.lu), self.null_directions)
+        return project_out(torch.linalg.lu_solve(self.lu, self.pivots, rhs.T).T, self.null_directions)
 
 
 def _cg(matvec, rhs: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
@@ -128,12 +148,17 @@ def _lissa(model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, rhs: torch.
 
 def inverse_hvp(
     model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, vectors: torch.Tensor, solver: Solver = Exact(),
-    hessian: torch.Tensor | None = None,
+    hessian: torch.Tensor | FactoredHessian | None = None,
 ) -> torch.Tensor:
     """(H + λI)⁺ v for v float64[T, P], H the Hessian of J over ``x[n, ...]``, ``y[n]`` ->
-    float64[T, P]. ``hessian`` (``Exact`` only) reuses a precomputed H."""
+    float64[T, P]. ``hessian`` (``Exact`` only) reuses a precomputed H or its factorisation
+    (which must have been made with the solver's damping)."""
     rhs = project_out(vectors.to(model.params), model.null_directions)
     if isinstance(solver, Exact):
+        if isinstance(hessian, FactoredHessian):
+            if hessian.damping != solver.damping:
+                raise ValueError(f"factorised with damping {hessian.damping}, solver has {solver.damping}")
+            return hessian.solve(rhs)
         H = exact_hessian(model, x, y) if hessian is None else hessian
         return solve_with_hessian(H, rhs, solver.damping, model.null_directions)
     if isinstance(solver, ConjugateGradient):

@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 
 from datamodels.gradients.grads import exact_hessian, per_example_grads
-from datamodels.gradients.ihvp import Exact, Solver, inverse_hvp
+from datamodels.gradients.ihvp import Exact, FactoredHessian, Solver, inverse_hvp
 from datamodels.gradients.model import FunctionalModel
 
 Utility = Literal["margin", "loss"]
@@ -93,8 +93,9 @@ def influence_self_scores(
     time; ``Exact`` forms H once (or takes ``hessian``)."""
     n = len(train_x)
     points_x, points_y = (train_x, train_y) if points_x is None else (points_x, points_y)
-    if isinstance(solver, Exact) and hessian is None:
-        hessian = exact_hessian(model, train_x, train_y)
+    if isinstance(solver, Exact) and not isinstance(hessian, FactoredHessian):  # factor once for every chunk
+        H = exact_hessian(model, train_x, train_y) if hessian is None else hessian
+        hessian = FactoredHessian.of(H, solver.damping, model.null_directions)
     out = torch.empty(len(points_x), dtype=torch.float64)
     for start in range(0, len(points_x), chunk_size):
         sl = slice(start, min(len(points_x), start + chunk_size))

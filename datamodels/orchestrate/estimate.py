@@ -51,22 +51,18 @@ def estimate_gradients(
         job_ref = ray.put(job)
         queue, pending = list(reversed(todo)), {}
         done_before = len(job.units) - len(todo)
-        hessians: dict[int, object] = {}  # model id -> ObjectRef of its Hessian, while units need it
         left = {m: sum(u.model_id == m for u in todo) for m in job.model_ids}
-
-        def hessian_for(model_id: int):
-            if not needs_hessian(config, method):
-                return None
-            if model_id not in hessians:
-                hessians[model_id] = remote_hessian.remote(run.uri, config_text, job_ref, model_id)
-            return hessians[model_id]
+        # model id -> ObjectRef of its factored Hessian, all submitted up front (they run in
+        # parallel), each dropped once its model's units are done
+        hessians = {m: remote_hessian.remote(run.uri, config_text, job_ref, m)
+                    for m in job.model_ids if left[m] and needs_hessian(config, method)}
 
         with TrainProgress(len(job.units), done_before, enabled=show_progress, console=console,
                            what=f"{method} tasks") as progress:
             while queue or pending:
                 while queue and len(pending) < limit:
                     unit = queue.pop()
-                    ref = remote.remote(run.uri, config_text, job_ref, unit, hessian_for(unit.model_id))
+                    ref = remote.remote(run.uri, config_text, job_ref, unit, hessians.get(unit.model_id))
                     pending[ref] = unit
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 unit = pending.pop(ready[0])
