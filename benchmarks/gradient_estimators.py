@@ -4,6 +4,7 @@ model and data (score correlation and time, in the same process).
 
     python benchmarks/gradient_estimators.py                 # trains runs/digits if missing
     python benchmarks/gradient_estimators.py --run /tmp/rd --models 5 --skip-reference
+    python benchmarks/gradient_estimators.py --trak-sweep 32,64,128,256,512,2048
 
 Part 1 runs each method through the real stage (Ray tasks, parts, reduction) with the run's
 checkpoints (configs/digits.yaml saves the first 20 models of plan ``train`` at epochs
@@ -28,7 +29,7 @@ from datamodels.estimate import _positions  # noqa: E402
 from datamodels.estimate_gradients import GRADIENT_METHODS, functional_model  # noqa: E402
 from datamodels.evaluate.lds import average_replicates, lds  # noqa: E402
 from datamodels.fit import fit  # noqa: E402
-from datamodels.gradients import Exact, influence_scores, tracin_scores  # noqa: E402
+from datamodels.gradients import Exact, influence_scores, tracin_scores, trak_scores  # noqa: E402
 from datamodels.orchestrate.driver import train  # noqa: E402
 from datamodels.orchestrate.estimate import estimate_gradients  # noqa: E402
 from datamodels.orchestrate.worker import load_context  # noqa: E402
@@ -141,6 +142,27 @@ def part2(run: Run, targets_limit: int, damping: float) -> None:
           f"Pearson {pearson(ours, theirs):.5f}")
 
 
+def trak_sweep(run: Run, dims: list[int], counts: list[int], default_dim: int) -> None:
+    """TRAK's LDS against its projection dimension (all checkpointed models) and model count."""
+    config = load_run_config(run)
+    torch.set_num_threads(2)
+    data, _ = load_context(run.uri, config, "cpu")
+    index = read_checkpoint_index(run.fs)
+    last = index.sort_values("epoch").groupby("model_id").tail(1).sort_values("model_id")
+    models = [functional_model(config, data, load_checkpoint(run.fs, p)["layers"]) for p in last.path]
+    targets = torch.from_numpy(_positions(run, "test"))
+    subsets, true_margins = average_replicates(*run.masks_and_margins(plan=config.evaluate.plan))
+
+    def value(m: int, k: int) -> float:
+        scores = trak_scores(models[:m], data.train_x, data.train_y, data.eval_x[targets], data.eval_y[targets],
+                             proj_dim=k, seed=config.seed).numpy()
+        return lds(scores, subsets, true_margins[:, targets.numpy()]).value
+
+    print(f"\nTRAK sweep ({len(data.train_x)} training points, in-process, projection seed = config seed)")
+    print("  " + "  ".join(f"proj_dim {k}: {value(len(models), k):.3f}" for k in dims) + f"  ({len(models)} models)")
+    print("  " + "  ".join(f"{m} models: {value(m, default_dim):.3f}" for m in counts) + f"  (proj_dim {default_dim})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default=str(ROOT / "runs/digits"), help="the default digits run (trained if missing)")
@@ -151,8 +173,13 @@ def main() -> None:
     parser.add_argument("--damping", type=float, default=0.01, help="Hessian damping in part 2")
     parser.add_argument("--skip-reference", action="store_true", help="part 1 only")
     parser.add_argument("--reference-only", action="store_true", help="part 2 only")
+    parser.add_argument("--trak-sweep", default="", help="e.g. 32,64,128,256,512,2048: TRAK LDS per projection dimension "
+                        "and per model count (5, 10, 20), then exit")
     args = parser.parse_args()
     run = ensure_run(args.run)
+    if args.trak_sweep:
+        trak_sweep(run, [int(k) for k in args.trak_sweep.split(",")], [5, 10, 20], args.proj_dim)
+        return
     if not args.reference_only:
         part1(run, args.models, args.trak_models, args.proj_dim)
     if not args.skip_reference:
