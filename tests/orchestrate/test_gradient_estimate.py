@@ -233,3 +233,22 @@ def test_attack_command_flips_a_retrained_logreg(tmp_path, ray_local):
     assert max(abs(v) for v in table["delta"]) <= 1.0 + 1e-6
     bad = CliRunner().invoke(app, ["attack", uri, "--target", str(run.n_eval + 5), "--budget", "1.0"])
     assert bad.exit_code == 2 and "not an eval position" in bad.output
+
+
+def test_gradient_self_scores_find_flipped_labels(tmp_path, ray_local):
+    """Every gradient method's self scores rank flipped training labels far above chance."""
+    from datamodels.evaluate.mislabel import mislabel_detection
+
+    config = config_from_dict(LOGREG, ["dataset.flip_fraction=0.2", "checkpoints.plan=full", "gradients.proj_dim=100"])
+    uri = str(tmp_path / "run")
+    train(config, uri, show_progress=False)
+    run = Run(uri)
+    rows = run.examples().dropna(subset=["train_position"]).sort_values("train_position")
+    flipped = (rows["label"] != rows["original_label"]).to_numpy()
+    assert flipped.sum() == 12
+    found = {}
+    for method in ("influence", "tracin", "representer", "trak"):
+        estimate_gradients(config, uri, method, show_progress=False)
+        found[method] = mislabel_detection(read_self_scores(run)[method], flipped).found_at(0.2)
+    print(found)
+    assert min(found.values()) >= 0.5, found  # chance: 0.2
