@@ -1,4 +1,5 @@
-"""The retraining estimators side by side on digits with 10% flipped labels.
+"""The estimators side by side on digits with 10% flipped labels: the retraining ones, and the
+gradient ones over the checkpoints configs/digits.yaml saves (first 20 models of ``train``).
 
 Trains through the real Ray driver (configs/digits.yaml: MLP, its default recipe) into a run
 directory, reused when it is already there: an alpha = 1/2 plan ``train`` (downsampling,
@@ -29,14 +30,16 @@ import pandas as pd
 from datamodels.config import Config, config_from_dict, load_config
 from datamodels.errors import DatamodelsError
 from datamodels.estimate import estimate, read_self_scores
+from datamodels.estimate_gradients import GRADIENT_METHODS
 from datamodels.evaluate.mislabel import mislabel_detection
 from datamodels.evaluate.stage import evaluate
 from datamodels.orchestrate.driver import init_ray, train
+from datamodels.orchestrate.estimate import estimate_gradients
 from datamodels.store import Run
 
 CONFIG = Path(__file__).parents[1] / "configs" / "digits.yaml"
 METHODS = ("downsampling", "downsampling_correct", "memorization", "banzhaf", "shapley", "beta_shapley",
-           "tmc_shapley", "loo", "knn_shapley")
+           "tmc_shapley", "loo", "knn_shapley", *GRADIENT_METHODS)
 
 
 def bench_config(args: argparse.Namespace) -> Config:
@@ -98,11 +101,15 @@ def main() -> None:
             continue
         start = time.perf_counter()
         try:
-            estimate(config, run, method)
+            if method in GRADIENT_METHODS:
+                used = estimate_gradients(config, args.run, method, show_progress=False)["models"]
+            else:
+                estimate(config, run, method)
+                used = models_read(config, run, method)
         except DatamodelsError as err:
             print(f"{method}: skipped ({err})")
             continue
-        rows.append({"method": method, "seconds": time.perf_counter() - start, "models": models_read(config, run, method)})
+        rows.append({"method": method, "seconds": time.perf_counter() - start, "models": used})
 
     self_scores = read_self_scores(run)
     lds = {}

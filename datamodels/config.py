@@ -182,7 +182,7 @@ class GradientsConfig(_Section):
       is added to the Hessian (needed for non-convex models such as the MLP).
     * ``proj_dim``: TRAK's random projection dimension.
     * ``targets_per_task`` / ``train_per_task``: how score rows / self-score rows are split
-      into Ray tasks.
+      into Ray tasks (CPU tasks of ``num_cpus``; the CUDA path of these tasks is not built yet).
     """
 
     models: int = Field(1, ge=1)
@@ -203,7 +203,8 @@ class GradientsConfig(_Section):
     train_per_task: int = Field(512, ge=1)
     chunk_size: int = Field(256, ge=1)
     num_cpus: float = Field(1.0, gt=0.0)
-    num_gpus: float = Field(0.0, ge=0.0)
+    num_gpus: float = Field(0.0, ge=0.0, le=0.0)  # the gradient tasks run on CPU (their CUDA path is not built)
+    max_exact_params: int = Field(20_000, ge=1)  # larger models need solver cg or lissa
 
 
 class EvaluateConfig(_Section):
@@ -249,6 +250,9 @@ class Config(_Section):
         names = [p.name for p in self.plans]
         if self.checkpoints.plan is not None and self.checkpoints.plan not in names:
             raise ValueError(f"checkpoints.plan {self.checkpoints.plan!r} is not a plan; plans: {', '.join(names)}")
+        if self.checkpoints.plan is not None and self.plan(self.checkpoints.plan).kind == "tmc":
+            raise ValueError(f"checkpoints.plan {self.checkpoints.plan!r} is a tmc plan (its models are prefixes of "
+                             "walks); choose an alpha, alpha_grid or loo plan")
         return self
 
     def plan(self, name: str) -> PlanConfig:

@@ -5,26 +5,31 @@ into ``scores/<method>.parquet`` and ``self_scores/<method>.parquet``.
 | method          | models (first by id among those with checkpoints) | per (target, train point)            |
 |-----------------|---------------------------------------------------|--------------------------------------|
 | influence       | ``gradients.models``, last checkpoint              | −(1/n)∇u_tᵀ(H+λI)⁻¹∇(ℓ+R)(z)          |
-| influence_pert  | the same                                          | ‖∂u_t/∂x_z‖₁ (attack sensitivity)    |
-| tracin          | the same, every checkpoint                         | −Σ_k η_k ∇u_t·∇ℓ(z)                   |
+| influence_pert  | the same                                          | (∂u_t/∂x_z)·x_z                       |
+| tracin          | the same, every checkpoint                         | −Σ_k η_k Δe_k ∇u_t·∇ℓ(z)              |
 | representer     | the same, last checkpoint                          | α_z·(f_z·f_t) on the margin classes  |
 | trak            | ``gradients.trak_models``, last checkpoint         | TRAK, projection ``gradients.proj_dim`` |
 
 n and H are each model's own training subset (its mask); every training point is scored
 (a point outside the subset gets the effect of adding it). Scores of several models are
 averaged (stderr = std/√M); TRAK averages attribution and reweighting separately (Park et
-al. 2023, Algorithm 1). ``influence_pert`` is a magnitude (how far a unit L∞ perturbation of
-training input z can move u_t), not a helpful/harmful score; ``datamodels attack`` uses its
-signed form.
+al. 2023, Algorithm 1). ``influence_pert`` scores the first-order change of u_t when training
+input z moves from the mean input (0 after standardisation) to its value: positive = z's
+content raises the target (``datamodels attack`` follows ∂u_t/∂x_z itself). TracIn weighs
+checkpoint k by its mean learning rate η_k times the epochs Δe_k since the previous one.
 
-Self scores (mislabel detection), per method: influence and influence_pert with u = −loss on
-the point itself, TracIn Σ_k η_k‖∇ℓ(z)‖², representer α_{z,y_z}‖f_z‖², TRAK τ(z)_z.
+Self scores (mislabel detection), per method: influence with u = −loss on the point itself,
+influence_pert ‖∂(−ℓ_z)/∂x_z‖₁, TracIn Σ_k η_k Δe_k‖∇ℓ(z)‖², representer α_{z,y_z}‖f_z‖²,
+TRAK τ(z)_z.
 
 Units: (``scores``, model, target block of ``gradients.targets_per_task``), (``self``,
 model, train block of ``gradients.train_per_task``) and, for TRAK, (``reweight``, model).
-Each writes ``_parts/<method>-<fingerprint>/<unit>.npy`` atomically; a rerun computes only
-the missing parts (the fingerprint covers the settings, checkpoints and targets, so changed
-settings never mix with old parts); the reduction deletes the folder.
+With the exact solver, one more task per model builds and LU-factors its Hessian, which the
+model's units take as an argument. Each unit writes ``_parts/<method>-<fingerprint>/<unit>.npy``
+(float32) atomically; a rerun computes only the missing parts (the fingerprint covers the
+settings that change results, the checkpoints and the targets, so changed settings never mix
+with old parts); the reduction deletes the folder and leaves ``<fingerprint>.done``, so the
+same settings again do nothing.
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ from datamodels.gradients.trak import (
     trak_features,
     trak_leverage,
 )
-from datamodels.plans import masks_for
+from datamodels.plans import checkpoint_epochs, checkpoint_ids, masks_for, plan_models
 from datamodels.store import Run
 from datamodels.store.checkpoints import CheckpointError, load_checkpoint, read_checkpoint_index
 from datamodels.train.data import TrainData
@@ -114,8 +119,15 @@ def plan_job(config: Config, run: Run, method: str) -> Job:
             "--set checkpoints.models=20` (retrains just those models, same seeds)"
         )
     g = config.gradients
+    if config.checkpoints.plan is not None:  # only what the current settings save (an older setting's files stay)
+        planned = plan_models(config, run.n_train)
+        index = index[index["model_id"].isin(checkpoint_ids(config, planned))
+                      & index["epoch"].isin(checkpoint_epochs(config))]
     wanted = g.trak_models if method == "trak" else g.models
     model_ids = sorted(int(m) for m in index["model_id"].unique())[:wanted]
+    if not model_ids:
+        raise EstimateError(f"{method}: no checkpoints match checkpoints.plan={config.checkpoints.plan!r}; rerun "
+                            f"`datamodels train {run.uri}/config.yaml --out {run.uri}` to save them")
     checkpoints = {
         m: [(int(r.epoch), float(r.lr), str(r.path)) for r in index[index["model_id"] == m].itertuples(index=False)]
         for m in model_ids
@@ -128,9 +140,10 @@ def plan_job(config: Config, run: Run, method: str) -> Job:
                                       "to recreate it (same seeds, same model)")
     targets = _positions(run, config.estimate.targets)
     n_train = run.n_train
+    execution = {"targets_per_task", "train_per_task", "chunk_size", "num_cpus", "num_gpus", "max_exact_params"}
     settings = {
-        "method": method, "gradients": g.model_dump(mode="json"), "checkpoints": {str(k): v for k, v in checkpoints.items()},
-        "targets": targets.tolist(), "config": config.hash, "seed": config.seed,
+        "method": method, "gradients": g.model_dump(mode="json", exclude=execution),
+        "checkpoints": {str(k): v for k, v in checkpoints.items()}, "targets": targets.tolist(), "config": config.hash,
     }
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     job = Job(method, targets, model_ids, checkpoints, f"{PARTS_DIR}/{method}-{fingerprint}")
@@ -142,6 +155,15 @@ def plan_job(config: Config, run: Run, method: str) -> Job:
         if method == "trak":
             job.units.append(Unit("reweight", m, slot, 0, n_train))
     return job
+
+
+def done_marker(job: Job) -> str:
+    return f"{job.part_dir}.done"
+
+
+def is_finished(run: Run, job: Job) -> bool:
+    """The score tables were reduced from exactly this job's settings, checkpoints and targets."""
+    return run.fs.isfile(done_marker(job)) and run.fs.isfile(Run.scores_path(job.method))
 
 
 def missing_units(run: Run, job: Job) -> list[Unit]:
@@ -197,6 +219,10 @@ def _subset(config: Config, data: TrainData, model_id: int) -> torch.Tensor:
 def model_hessian(config: Config, run: Run, data: TrainData, job: Job, model_id: int) -> FactoredHessian:
     """H + λI (H = ∇²J of the model's last checkpoint over its own training subset), LU-factored."""
     model = _model_at(run, config, data, job.checkpoints[model_id][-1][2])
+    if model.num_params > config.gradients.max_exact_params:
+        raise EstimateError(f"the model has {model.num_params} parameters, above gradients.max_exact_params="
+                            f"{config.gradients.max_exact_params} for the exact Hessian; use --set gradients.solver=cg "
+                            "(or lissa)")
     mask = _subset(config, data, model_id)
     H = exact_hessian(model, data.train_x[mask], data.train_y[mask])
     return FactoredHessian.of(H, config.gradients.damping, model.null_directions)
@@ -250,22 +276,23 @@ def compute_unit(
 
 
 def _planned(config: Config, data: TrainData, model_id: int):
-    from datamodels.plans import plan_models
-
     planned = _cached(("planned", config.hash, data.n_train), lambda: plan_models(config, data.n_train))
     return planned.select_ids(np.array([model_id], dtype=np.int64))
 
 
 def _pert(model, x_s, y_s, x_all, y_all, unit: Unit, tx, ty, utility, solver, hessian) -> torch.Tensor:
-    """scores: ‖pert[t, i]‖₁ over every training point; self: ‖∂(−ℓ_i)/∂x_i‖₁ of each row."""
+    """scores: pert[t, i]·x_i over every training point (the first-order change of u_t when
+    x_i goes from the all-mean input, 0 after standardisation, to its actual value);
+    self: ‖∂(−ℓ_i)/∂x_i‖₁ of each row."""
     d = int(np.prod(x_all.shape[1:]))
     if unit.kind == "scores":
         step = max(1, _PERT_ELEMENTS // max(1, len(tx) * d))
-        blocks = [
-            influence_pert_scores(model, x_s, y_s, tx, ty, utility=utility, solver=solver, hessian=hessian,
-                                  points_x=x_all[s : s + step], points_y=y_all[s : s + step]).flatten(2).abs().sum(2)
-            for s in range(0, len(x_all), step)
-        ]
+        blocks = []
+        for s in range(0, len(x_all), step):
+            px, py = x_all[s : s + step], y_all[s : s + step]
+            pert = influence_pert_scores(model, x_s, y_s, tx, ty, utility=utility, solver=solver, hessian=hessian,
+                                         points_x=px, points_y=py).flatten(2)  # [T, m, d]
+            blocks.append((pert * px.flatten(1).double().unsqueeze(0)).sum(2))
         return torch.cat(blocks, dim=1)
     xs, ys = x_all[unit.start : unit.stop], y_all[unit.start : unit.stop]
     pert = influence_pert_self_scores(model, x_s, y_s, xs, ys, utility="loss", solver=solver, hessian=hessian)
@@ -276,24 +303,23 @@ def _trak(config: Config, run: Run, model, x_all, y_all, path: str, unit: Unit, 
     g = config.gradients
     if unit.kind == "reweight":
         return one_minus_p(model, x_all, y_all)
-    projection = model_projection(model, g.proj_dim, config.seed + unit.slot)
-
     def features():
+        projection = model_projection(model, g.proj_dim, config.seed + unit.slot)
         phi = trak_features(model, x_all, y_all, projection, "trak", g.chunk_size)
-        return phi, kernel_inverse(phi, g.trak_damping)
+        return projection, phi, kernel_inverse(phi, g.trak_damping)
 
-    phi, kernel = _cached(("trak", run.uri, path, g.proj_dim, g.trak_damping, config.seed + unit.slot), features)
+    projection, phi, kernel = _cached(("trak", run.uri, path, g.proj_dim, g.trak_damping, config.seed + unit.slot), features)
     if unit.kind == "scores":
         return trak_attribution(model, phi, tx, ty, projection, chunk_size=g.chunk_size, kernel=kernel)
     return trak_leverage(phi, slice(unit.start, unit.stop), kernel)
 
 
 def _task_context(run_uri: str, config_text: str) -> tuple[Config, Run, TrainData]:
-    from datamodels.orchestrate.worker import load_context, resolve_device
+    from datamodels.orchestrate.worker import load_context
 
     config = config_from_yaml_text(config_text)
     torch.set_num_threads(max(1, int(config.gradients.num_cpus)))
-    data, _ = load_context(run_uri, config, resolve_device(config))
+    data, _ = load_context(run_uri, config, "cpu")  # the gradient tasks run on CPU
     return config, Run(run_uri), data
 
 
@@ -308,7 +334,7 @@ def run_unit(run_uri: str, config_text: str, job: Job, unit: Unit, hessian: Fact
     config, run, data = _task_context(run_uri, config_text)
     values = compute_unit(config, run, data, job, unit, hessian)
     buffer = io.BytesIO()
-    np.save(buffer, values)
+    np.save(buffer, values.astype(np.float32))  # what the score tables keep
     path = job.part_path(unit)
     run.fs.write_bytes_atomic(path, buffer.getvalue())
     return path
@@ -343,7 +369,14 @@ def finish_job(run: Run, job: Job) -> dict[str, int]:
     self_mean, self_err = totals["self"].result()
     run.write_scores(job.method, job.targets, score_mean, score_err)
     written = {"scores": T, "self_scores": write_self_scores(run, job.method, self_mean, self_err), "models": M}
-    run.fs.delete_dir(job.part_dir)
+    for name in run.fs.entries(PARTS_DIR):  # parts and markers of this method's earlier settings
+        if not name.startswith(f"{job.method}-"):
+            continue
+        if name.endswith(".done"):
+            run.fs.filesystem.delete_file(run.fs.join(PARTS_DIR, name))
+        else:
+            run.fs.delete_dir(f"{PARTS_DIR}/{name}")
+    run.fs.write_bytes_atomic(done_marker(job), b"")  # a rerun with the same settings does nothing
     return written
 
 

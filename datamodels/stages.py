@@ -33,6 +33,8 @@ def open_run(config: Config, uri: str) -> Run:
                 f"hashes to {config.hash}; choose a new --out directory, or resume with the run's own "
                 f"config: datamodels train {uri}/config.yaml --out {uri}"
             )
+        if run.read_config_text() != config.to_yaml():  # same models; record the latest stage settings
+            run.write_config(config.to_yaml())
         return run
     existing = [name for name in run.fs.entries("") if not name.startswith(".")]
     if existing:

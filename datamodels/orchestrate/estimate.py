@@ -16,6 +16,7 @@ from datamodels.errors import DatamodelsError
 from datamodels.estimate import EstimateError
 from datamodels.estimate_gradients import (
     finish_job,
+    is_finished,
     missing_units,
     needs_hessian,
     plan_job,
@@ -37,11 +38,14 @@ def estimate_gradients(
     console = console or Console(stderr=True)
     run = Run(uri)
     job = plan_job(config, run, method)
+    if is_finished(run, job):
+        console.print(f"{method}: scores/{method}.parquet is up to date with these settings; nothing to do")
+        return {"scores": len(job.targets), "self_scores": run.n_train, "models": len(job.model_ids)}
     todo = missing_units(run, job)
     if todo:
         init_ray(address)
         g = config.gradients
-        options = dict(num_cpus=g.num_cpus, num_gpus=g.num_gpus, max_retries=config.resources.task_retries,
+        options = dict(num_cpus=g.num_cpus, max_retries=config.resources.task_retries,
                        retry_exceptions=False, max_calls=0)
         remote = ray.remote(**options)(run_unit)
         remote_hessian = ray.remote(**options)(run_hessian)
@@ -52,17 +56,26 @@ def estimate_gradients(
         queue, pending = list(reversed(todo)), {}
         done_before = len(job.units) - len(todo)
         left = {m: sum(u.model_id == m for u in todo) for m in job.model_ids}
-        # model id -> ObjectRef of its factored Hessian, all submitted up front (they run in
-        # parallel), each dropped once its model's units are done
-        hessians = {m: remote_hessian.remote(run.uri, config_text, job_ref, m)
-                    for m in job.model_ids if left[m] and needs_hessian(config, method)}
+        # model id -> ObjectRef of its factored Hessian: submitted with the model's first unit
+        # and one model ahead (so the next one is ready), dropped once its units are done
+        hessians: dict[int, object] = {}
+        order = [m for m in job.model_ids if left[m]]
+
+        def hessian_for(model_id: int):
+            if not needs_hessian(config, method):
+                return None
+            position = order.index(model_id)
+            for m in order[position : position + 2]:
+                if m not in hessians and left[m]:
+                    hessians[m] = remote_hessian.remote(run.uri, config_text, job_ref, m)
+            return hessians[model_id]
 
         with TrainProgress(len(job.units), done_before, enabled=show_progress, console=console,
                            what=f"{method} tasks") as progress:
             while queue or pending:
                 while queue and len(pending) < limit:
                     unit = queue.pop()
-                    ref = remote.remote(run.uri, config_text, job_ref, unit, hessians.get(unit.model_id))
+                    ref = remote.remote(run.uri, config_text, job_ref, unit, hessian_for(unit.model_id))
                     pending[ref] = unit
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 unit = pending.pop(ready[0])

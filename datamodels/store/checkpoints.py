@@ -77,9 +77,10 @@ def write_checkpoints(
 def read_checkpoint_index(fs: RunFS) -> pd.DataFrame:
     """Every index row (model_id, epoch, lr, path), one per (model_id, epoch), sorted."""
     frames = []
-    for name in fs.listdir(CHECKPOINT_INDEX_DIR):
-        if name.startswith((".", "_")):
-            continue
+    names = [n for n in fs.listdir(CHECKPOINT_INDEX_DIR) if not n.startswith((".", "_"))]
+    # oldest first, so that for a (model_id, epoch) saved twice the newer row (its lr) wins
+    names.sort(key=lambda n: fs.filesystem.get_file_info(fs.join(CHECKPOINT_INDEX_DIR, n)).mtime_ns or 0)
+    for name in names:
         rel = f"{CHECKPOINT_INDEX_DIR}/{name}"
         try:
             with fs.open_input_file(rel) as handle:

@@ -151,7 +151,28 @@ def test_sharded_and_unsharded_runs_agree(mlp_run, tmp_path, method):
     assert np.abs(a).max() > 0 and np.abs(a_self).max() > 0
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * np.abs(b).max())
     np.testing.assert_allclose(a_self, b_self, rtol=1e-4, atol=1e-6 * np.abs(b_self).max())
-    assert not (Path(uri) / "_parts").exists() or not any((Path(uri) / "_parts").iterdir())
+    parts = Path(uri) / "_parts"
+    mine = [p.name for p in parts.iterdir() if p.name.startswith(f"{method}-")]
+    assert mine == [f"{plan_job(sharded, Run(uri), method).part_dir.split('/')[-1]}.done"]  # parts removed
+    # finished: the same settings again (sharded differently, too) change nothing
+    stamp = (Path(uri) / "scores" / f"{method}.parquet").stat().st_mtime_ns
+    estimate_gradients(whole, uri, method, show_progress=False)
+    assert (Path(uri) / "scores" / f"{method}.parquet").stat().st_mtime_ns == stamp
+
+
+def test_the_newest_index_row_of_a_checkpoint_wins(tmp_path):
+    import os
+
+    from datamodels.store.checkpoints import write_checkpoints
+
+    fs = Run(str(tmp_path)).fs
+    layers = [torch.zeros(2, 2)]
+    write_checkpoints(fs, "mlp", [(0, 4, 0.5, layers), (1, 4, 0.5, layers)])
+    first = sorted((tmp_path / "checkpoints/index").iterdir())[0]
+    os.utime(first, ns=(1, 1))  # written long ago
+    write_checkpoints(fs, "mlp", [(0, 4, 0.25, layers)])  # the same checkpoint saved again, another lr
+    index = read_checkpoint_index(fs)
+    assert index[["model_id", "epoch", "lr"]].values.tolist() == [[0, 4, 0.25], [1, 4, 0.5]]
 
 
 def _models(config, uri, ids):
