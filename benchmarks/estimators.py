@@ -27,19 +27,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from datamodels.api import estimate, evaluate, train
 from datamodels.config import Config, config_from_dict, load_config
 from datamodels.errors import DatamodelsError
-from datamodels.estimate import estimate, read_self_scores
-from datamodels.estimate_gradients import GRADIENT_METHODS
 from datamodels.evaluate.mislabel import mislabel_detection
-from datamodels.evaluate.stage import evaluate
-from datamodels.orchestrate.driver import init_ray, train
-from datamodels.orchestrate.estimate import estimate_gradients
+from datamodels.orchestrate.executor import init_ray
+from datamodels.stages.gradients import GRADIENT_METHODS
 from datamodels.store import Run
 
 CONFIG = Path(__file__).parents[1] / "configs" / "digits.yaml"
-METHODS = ("downsampling", "downsampling_correct", "memorization", "banzhaf", "shapley", "beta_shapley",
-           "tmc_shapley", "loo", "knn_shapley", *GRADIENT_METHODS)
+METHODS = (
+    "downsampling",
+    "downsampling_correct",
+    "memorization",
+    "banzhaf",
+    "shapley",
+    "beta_shapley",
+    "tmc_shapley",
+    "loo",
+    "knn_shapley",
+    *GRADIENT_METHODS,
+)
 
 
 def bench_config(args: argparse.Namespace) -> Config:
@@ -60,7 +68,12 @@ def bench_config(args: argparse.Namespace) -> Config:
 
 
 def models_read(config: Config, run: Run, method: str) -> int:
-    kind = {"shapley": "alpha_grid", "beta_shapley": "alpha_grid", "tmc_shapley": "tmc", "loo": "loo"}.get(method)
+    kind = {
+        "shapley": "alpha_grid",
+        "beta_shapley": "alpha_grid",
+        "tmc_shapley": "tmc",
+        "loo": "loo",
+    }.get(method)
     if method == "knn_shapley":
         return 0
     if kind is None:
@@ -70,16 +83,28 @@ def models_read(config: Config, run: Run, method: str) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", type=int, default=2000, help="alpha = 1/2 models (plan train)")
-    parser.add_argument("--eval-models", type=int, default=200, help="held-out alpha = 1/2 models for LDS")
+    parser.add_argument(
+        "--eval-models", type=int, default=200, help="held-out alpha = 1/2 models for LDS"
+    )
     parser.add_argument("--levels", type=int, default=8, help="Owen grid levels (plan grid)")
     parser.add_argument("--per-level", type=int, default=100, help="models per Owen grid level")
     parser.add_argument("--tmc", type=int, default=0, help="TMC permutation walks (0: no tmc plan)")
-    parser.add_argument("--loo", type=int, default=50, help="LOO on training points 0..k-1 (0: no loo plan)")
-    parser.add_argument("--run", default="runs/bench_estimators", help="run directory (reused when present)")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods to estimate")
-    parser.add_argument("--set", action="append", default=[], help="extra config override, e.g. train.epochs=20")
+    parser.add_argument(
+        "--loo", type=int, default=50, help="LOO on training points 0..k-1 (0: no loo plan)"
+    )
+    parser.add_argument(
+        "--run", default="runs/bench_estimators", help="run directory (reused when present)"
+    )
+    parser.add_argument(
+        "--methods", default=",".join(METHODS), help="comma-separated methods to estimate"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], help="extra config override, e.g. train.epochs=20"
+    )
     args = parser.parse_args()
 
     config = bench_config(args)
@@ -92,8 +117,11 @@ def main() -> None:
     examples = run.examples()
     train_rows = examples[examples["train_position"].notna()].sort_values("train_position")
     flipped = (train_rows["label"] != train_rows["original_label"]).to_numpy()
-    print(f"run {args.run}: {run.sizes()[0]} train points, {int(flipped.sum())} flipped labels; "
-          f"trained {summary.trained} new models in {train_seconds:.0f}s ({summary.already_done} units already done)")
+    print(
+        f"run {args.run}: {run.sizes()[0]} train points, {int(flipped.sum())} flipped labels; "
+        f"trained {summary.trained} new models in {train_seconds:.0f}s "
+        f"({summary.already_done} units already done)"
+    )
 
     rows = []
     for method in args.methods.split(","):
@@ -102,7 +130,7 @@ def main() -> None:
         start = time.perf_counter()
         try:
             if method in GRADIENT_METHODS:
-                used = estimate_gradients(config, args.run, method, show_progress=False)["models"]
+                used = estimate(config, args.run, method, show_progress=False)["models"]
             else:
                 estimate(config, run, method)
                 used = models_read(config, run, method)
@@ -111,7 +139,7 @@ def main() -> None:
             continue
         rows.append({"method": method, "seconds": time.perf_counter() - start, "models": used})
 
-    self_scores = read_self_scores(run)
+    self_scores = run.self_scores()
     lds = {}
     if run.score_methods():
         frame = evaluate(config, run)
@@ -132,9 +160,14 @@ def main() -> None:
             row["note"] = "no self scores"
         row["lds"] = lds.get(method, np.nan)
 
-    table = pd.DataFrame(rows, columns=["method", "seconds", "models", "found@0.2", "auc", "lds", "note"])
-    print(f"digits, 10% flipped labels, {config.model.arch} ({config.train.epochs} epochs); chance: found@0.2 = 0.2, auc = 0.5; "
-          f"LDS on {args.eval_models} held-out models, test targets")
+    table = pd.DataFrame(
+        rows, columns=["method", "seconds", "models", "found@0.2", "auc", "lds", "note"]
+    )
+    print(
+        f"digits, 10% flipped labels, {config.model.arch} ({config.train.epochs} epochs); "
+        "chance: found@0.2 = 0.2, auc = 0.5; "
+        f"LDS on {args.eval_models} held-out models, test targets"
+    )
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))
     if table["found@0.2"].notna().any():
         best = table.loc[table["found@0.2"].idxmax()]

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from datamodels.regress import lasso_select, split_rows
-from datamodels.regress._chunks import MaskRows, centred_targets, row_stats
+from datamodels.regress.design import MaskRows
+from datamodels.regress.passes import centred_targets, row_stats
 
 
 def peak_rss_gib() -> float:

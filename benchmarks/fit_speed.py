@@ -5,7 +5,7 @@ the same train/validation split of the fitting models, pick λ by validation MSE
 on train+validation. Printed: wall time of each, the ratio, and the LDS of each on the
 held-out eval plan. Also prints LDS against the number of fitting models.
 
-    python benchmarks/fit_speed.py                       # trains runs/bench_fit if missing (5,000 models)
+    python benchmarks/fit_speed.py      # trains runs/bench_fit if missing (5,000 models)
     python benchmarks/fit_speed.py --targets 64 --curve 500,1000,2000,4000
 """
 
@@ -31,13 +31,15 @@ def ensure_run(path: str, models: int) -> Run:
     run = Run(path)
     if run.has_config():
         return run
-    from datamodels.orchestrate.driver import train
+    from datamodels.api import train
 
     train(load_config(CONFIG, [f"plans.train.count={models}"]), path, show_progress=True)
     return run
 
 
-def sklearn_select(masks: np.ndarray, y: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray, lams: np.ndarray):
+def sklearn_select(
+    masks: np.ndarray, y: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray, lams: np.ndarray
+):
     """Per target: scikit-learn lasso_path on centred train rows, λ by validation MSE, refit."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import Lasso, lasso_path
@@ -66,11 +68,19 @@ def sklearn_select(masks: np.ndarray, y: np.ndarray, train_rows: np.ndarray, val
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--run", default="runs/bench_fit")
-    parser.add_argument("--models", type=int, default=5000, help="training-plan models (if the run is created)")
-    parser.add_argument("--targets", type=int, default=0, help="first N test targets (0: all test targets)")
-    parser.add_argument("--curve", default="500,1000,2000,4000", help="model counts for the LDS curve ('' to skip)")
+    parser.add_argument(
+        "--models", type=int, default=5000, help="training-plan models (if the run is created)"
+    )
+    parser.add_argument(
+        "--targets", type=int, default=0, help="first N test targets (0: all test targets)"
+    )
+    parser.add_argument(
+        "--curve", default="500,1000,2000,4000", help="model counts for the LDS curve ('' to skip)"
+    )
     parser.add_argument("--skip-sklearn", action="store_true")
     args = parser.parse_args()
 
@@ -84,7 +94,10 @@ def main() -> None:
     y = margins[:, targets]
     m = len(masks)
     train_rows, val_rows = split_rows(m, 0.1, 0)
-    print(f"digits run {args.run}: {m} fitting models, {len(eval_masks)} held-out subsets, {len(targets)} targets, n_train={masks.shape[1]}")
+    print(
+        f"digits run {args.run}: {m} fitting models, {len(eval_masks)} held-out subsets, "
+        f"{len(targets)} targets, n_train={masks.shape[1]}"
+    )
 
     start = time.perf_counter()
     ours = lasso_select(masks, y, (train_rows, val_rows))
@@ -108,7 +121,10 @@ def main() -> None:
             start = time.perf_counter()
             sel = lasso_select(masks[rows], y[rows], (tr, va))
             seconds = time.perf_counter() - start
-            print(f"{count:>8}{lds(sel.weights, eval_masks, eval_margins[:, targets]).value:>8.4f}{seconds:>8.1f}")
+            print(
+                f"{count:>8}{lds(sel.weights, eval_masks, eval_margins[:, targets]).value:>8.4f}"
+                f"{seconds:>8.1f}"
+            )
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ Both return float64[T, n] in the project's orientation and sign (rows = targets/
 cols = training points; positive = helpful, DESIGN §3) and are meant to equal, up to float
 error,
 
-* ``captum_tracin``     == ``tracin_scores(mlp_model(layers_0, wd), [(mlp_model(layers_k, wd).params,
-                           lr_k)], ..., utility="loss")`` = Σ_k lr_k ∇ℓ(t; θ_k)·∇ℓ(z_i; θ_k);
+* ``captum_tracin``     == ``tracin_scores(mlp_model(layers_0, wd),
+                           [(mlp_model(layers_k, wd).params, lr_k)], ..., utility="loss")``
+                         = Σ_k lr_k ∇ℓ(t; θ_k)·∇ℓ(z_i; θ_k);
 * ``dattri_influence``  == ``influence_scores(mlp_model(layers, wd), ..., utility="loss",
                            solver=Exact(damping), train_output="loss")``
                          = +(1/n) ∇ℓ(t)ᵀ (H + damping·I)⁻¹ ∇ℓ(z_i),
@@ -77,15 +78,17 @@ import torch
 
 
 def _mlp_module(params: Sequence[torch.Tensor]) -> torch.nn.Sequential:
-    """nn.Sequential(Linear, ReLU, ..., Linear) holding ``params`` ([W [in, out], b, ...]) in float64."""
+    """nn.Sequential(Linear, ReLU, ..., Linear) holding ``params`` ([W [in, out], b, ...]) in
+    float64."""
     from datamodels.models.mlp import to_module
 
     return to_module([p.detach().cpu().double() for p in params])
 
 
 def captum_tracin(
-    layers_per_checkpoint: Sequence[Sequence[torch.Tensor]], lrs: Sequence[float], train_x: torch.Tensor,
-    train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, batch_size: int | None = None,
+    layers_per_checkpoint: Sequence[Sequence[torch.Tensor]], lrs: Sequence[float],
+    train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+    batch_size: int | None = None,
 ) -> torch.Tensor:
     """captum ``TracInCP`` over all parameters: score[t, i] = Σ_k lr_k ∇ℓ(t; θ_k)·∇ℓ(z_i; θ_k).
 
@@ -116,23 +119,25 @@ def captum_tracin(
         paths = []
         for k, (params, lr) in enumerate(zip(layers_per_checkpoint, lrs, strict=True)):
             path = str(Path(tmp) / f"checkpoint_{k}.pt")
-            torch.save({"state_dict": _mlp_module(params).state_dict(), "learning_rate": float(lr)}, path)
+            state = _mlp_module(params).state_dict()
+            torch.save({"state_dict": state, "learning_rate": float(lr)}, path)
             paths.append(path)
         with warnings.catch_warnings():
             # captum warns once per batch that the (data) input did not require grad; harmless
             warnings.simplefilter("ignore")
             tracin = TracInCP(
-                model, TensorDataset(train_x, train_y), paths, checkpoints_load_func=load, layers=None,
-                loss_fn=torch.nn.CrossEntropyLoss(reduction="sum"), batch_size=batch_size or len(train_x),
-                sample_wise_grads_per_batch=True,
+                model, TensorDataset(train_x, train_y), paths, checkpoints_load_func=load,
+                layers=None, loss_fn=torch.nn.CrossEntropyLoss(reduction="sum"),
+                batch_size=batch_size or len(train_x), sample_wise_grads_per_batch=True,
             )
             scores = tracin.influence((test_x, test_y), k=None)
     return scores.detach().double()
 
 
 def dattri_influence(
-    layers: Sequence[torch.Tensor], weight_decay: float, train_x: torch.Tensor, train_y: torch.Tensor,
-    test_x: torch.Tensor, test_y: torch.Tensor, damping: float = 0.0, *, train_output: str = "loss",
+    layers: Sequence[torch.Tensor], weight_decay: float, train_x: torch.Tensor,
+    train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, damping: float = 0.0, *,
+    train_output: str = "loss",
 ) -> torch.Tensor:
     """dattri ``IFAttributorExplicit`` (explicit Hessian, full-batch, one checkpoint), in our
     convention: +(1/n) ∇ℓ(t)ᵀ (H + damping·I)⁻¹ ∇ℓ̃(z_i), H = ∇²[mean CE + (wd/2)||θ||²].
@@ -173,13 +178,16 @@ def dattri_influence(
         loss_func, target_func, regularization = penalised, cross_entropy, damping
 
     previous_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)  # dattri allocates its output / eye(P) in the default dtype
+    # dattri allocates its output / eye(P) in the default dtype
+    torch.set_default_dtype(torch.float64)
     try:
         task = AttributionTask(loss_func=loss_func, model=model, checkpoints=model.state_dict(),
                                target_func=target_func)
         attributor = IFAttributorExplicit(task=task, device="cpu", regularization=regularization)
         train_loader = DataLoader(TensorDataset(train_x, train_y), batch_size=n, shuffle=False)
-        test_loader = DataLoader(TensorDataset(test_x, test_y), batch_size=len(test_x), shuffle=False)
+        test_loader = DataLoader(
+            TensorDataset(test_x, test_y), batch_size=len(test_x), shuffle=False
+        )
         attributor.cache(train_loader)
         # silence dattri's per-batch tqdm bars (written to stderr) and its shuffle/cache warnings
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
@@ -240,14 +248,24 @@ if __name__ == "__main__":
         a, b = ours.reshape(-1), theirs.reshape(-1)
         corr = torch.corrcoef(torch.stack([a, b]))[0, 1].item()
         rel = ((a - b).abs().max() / b.abs().max()).item()
-        print(f"{name:28s} shape {tuple(theirs.shape)}  pearson {corr:.12f}  max|diff|/max|ref| {rel:.2e}  "
-              f"ours {t_ours * 1e3:8.1f} ms  theirs {t_theirs * 1e3:8.1f} ms")
+        print(
+            f"{name:28s} shape {tuple(theirs.shape)}  pearson {corr:.12f}  "
+            f"max|diff|/max|ref| {rel:.2e}  "
+            f"ours {t_ours * 1e3:8.1f} ms  theirs {t_theirs * 1e3:8.1f} ms"
+        )
         return corr
 
     model = mlp_model(final, weight_decay)
-    ckpts = [(mlp_model(layers, weight_decay).params, lr_k) for layers, lr_k in zip(checkpoints, lrs, strict=True)]
-    ours_tr, t_ours_tr = timed(lambda: tracin_scores(model, ckpts, train_x, train_y, test_x, test_y, utility="loss"))
-    ref_tr, t_ref_tr = timed(lambda: captum_tracin(checkpoints, lrs, train_x, train_y, test_x, test_y))
+    ckpts = [
+        (mlp_model(layers, weight_decay).params, lr_k)
+        for layers, lr_k in zip(checkpoints, lrs, strict=True)
+    ]
+    ours_tr, t_ours_tr = timed(
+        lambda: tracin_scores(model, ckpts, train_x, train_y, test_x, test_y, utility="loss")
+    )
+    ref_tr, t_ref_tr = timed(
+        lambda: captum_tracin(checkpoints, lrs, train_x, train_y, test_x, test_y)
+    )
     corrs = [compare("TracInCP (captum)", ours_tr, ref_tr, t_ours_tr, t_ref_tr)]
 
     for damping, wd, train_output in [(0.0, weight_decay, "loss"), (1e-3, weight_decay, "loss"),
@@ -257,9 +275,10 @@ if __name__ == "__main__":
             m, train_x, train_y, test_x, test_y, utility="loss", solver=Exact(damping=damping),  # noqa: B023
             train_output=train_output))  # noqa: B023
         ref_if, t_ref_if = timed(lambda: dattri_influence(  # noqa: B023
-            final, wd, train_x, train_y, test_x, test_y, damping=damping, train_output=train_output))  # noqa: B023
-        corrs.append(compare(f"IF explicit (dattri) λ={damping:g} wd={wd:g} {train_output}", ours_if, ref_if,
-                             t_ours_if, t_ref_if))
+            final, wd, train_x, train_y, test_x, test_y, damping=damping,  # noqa: B023
+            train_output=train_output))  # noqa: B023
+        name = f"IF explicit (dattri) λ={damping:g} wd={wd:g} {train_output}"
+        corrs.append(compare(name, ours_if, ref_if, t_ours_if, t_ref_if))
 
     assert min(corrs) >= 0.999, corrs
     print("all correlations >= 0.999")

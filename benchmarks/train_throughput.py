@@ -16,27 +16,36 @@ import tempfile
 import time
 from pathlib import Path
 
+from datamodels.api import prepare, train
 from datamodels.config import load_config
-from datamodels.orchestrate.driver import init_ray, train
-from datamodels.stages import open_run, prepare
+from datamodels.orchestrate.executor import init_ray
 
 CONFIG = Path(__file__).parents[1] / "configs" / "digits.yaml"
 
 
 def timed_train(trainer: str, count: int, root: Path, extra: list[str]) -> tuple[float, int]:
-    overrides = [f"plans.train.count={count}", "plans.eval.count=1", f"resources.trainer={trainer}", *extra]
+    overrides = [
+        f"plans.train.count={count}",
+        "plans.eval.count=1",
+        f"resources.trainer={trainer}",
+        *extra,
+    ]
     config = load_config(CONFIG, overrides)
     out = str(root / trainer)
-    prepare(config, open_run(config, out))  # not timed: the beton is written once per run
+    prepare(config, out)  # not timed: the beton is written once per run
     start = time.perf_counter()
     summary = train(config, out, show_progress=False)
     return time.perf_counter() - start, summary.trained
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--batched", type=int, default=2000, help="models for the batched trainer")
-    parser.add_argument("--sequential", type=int, default=100, help="models for the one-at-a-time trainer")
+    parser.add_argument(
+        "--sequential", type=int, default=100, help="models for the one-at-a-time trainer"
+    )
     parser.add_argument("--set", action="append", default=[], help="extra config override")
     args = parser.parse_args()
 
@@ -54,7 +63,10 @@ def main() -> None:
     import ray
 
     cpus = ray.cluster_resources().get("CPU", 0)
-    print(f"digits MLP, alpha=0.5, config {CONFIG.name} defaults; local Ray with {cpus:g} CPUs (start-up {ray_start:.1f}s)")
+    print(
+        f"digits MLP, alpha=0.5, config {CONFIG.name} defaults; "
+        f"local Ray with {cpus:g} CPUs (start-up {ray_start:.1f}s)"
+    )
     print(f"{'trainer':<12}{'models':>8}{'seconds':>10}{'models/min':>12}")
     for trainer, (seconds, trained, rate) in results.items():
         print(f"{trainer:<12}{trained:>8}{seconds:>10.1f}{rate:>12,.0f}")
@@ -62,7 +74,10 @@ def main() -> None:
     print(f"batched / one-at-a-time: {ratio:.1f}x")
     seconds, trained, _ = results["batched"]
     end_to_end = 60 * trained / (seconds + ray_start)
-    print(f"batched end to end incl. Ray start-up: {end_to_end:,.0f} models/min; whole benchmark {total:.0f}s")
+    print(
+        f"batched end to end incl. Ray start-up: {end_to_end:,.0f} models/min; "
+        f"whole benchmark {total:.0f}s"
+    )
 
 
 if __name__ == "__main__":

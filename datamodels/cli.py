@@ -19,15 +19,25 @@ from rich.table import Table
 from datamodels.config import Config, load_config
 from datamodels.errors import DatamodelsError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Training-data attribution by mass retraining.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Training-data attribution by mass retraining."
+)
 err_console = Console(stderr=True)
 out_console = Console()
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config (see configs/)", show_default=False)]
 RunArg = Annotated[str, typer.Argument(help="run directory (local path or pyarrow filesystem URI)")]
-OutOpt = Annotated[str | None, typer.Option("--out", "-o", help="run directory; default runs/<config name>")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a config field, e.g. --set train.epochs=5")]
-AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")]
+OutOpt = Annotated[
+    str | None, typer.Option("--out", "-o", help="run directory; default runs/<config name>")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override a config field, e.g. --set train.epochs=5"),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)"),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
 
 
@@ -55,29 +65,37 @@ def _out(config: Config, out: str | None) -> str:
 @user_errors
 def prepare(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None) -> None:
     """Write the FFCV beton and examples.parquet into the run directory."""
-    from datamodels.stages import open_run
-    from datamodels.stages import prepare as prepare_stage
+    from datamodels import api
 
     cfg = _load(config, set_)
-    run = open_run(cfg, _out(cfg, out))
-    wrote = prepare_stage(cfg, run)
-    err_console.print(f"prepare: {'wrote' if wrote else 'already present:'} {run.uri}/examples.parquet, data/examples.beton")
+    target = _out(cfg, out)
+    wrote = api.prepare(cfg, target, console=err_console)
+    err_console.print(
+        f"prepare: {'wrote' if wrote else 'already present:'} {target}/examples.parquet, "
+        "data/examples.beton"
+    )
 
 
 def _train(cfg: Config, out: str, address: str | None, quiet: bool) -> None:
-    from datamodels.orchestrate.driver import train as train_stage
+    from datamodels import api
 
-    summary = train_stage(cfg, out, address=address, show_progress=not quiet, console=err_console)
+    summary = api.train(cfg, out, address=address, show_progress=not quiet, console=err_console)
     if summary.failed:
         err_console.print(
             f"[yellow]{summary.failed} models failed every attempt; see {out}/failures.parquet "
-            "(datamodels query RUN \"SELECT * FROM failures\")"
+            '(datamodels query RUN "SELECT * FROM failures")'
         )
 
 
 @app.command()
 @user_errors
-def train(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, address: AddressOpt = None, quiet: QuietOpt = False) -> None:
+def train(
+    config: ConfigArg,
+    out: OutOpt = None,
+    set_: SetOpt = None,
+    address: AddressOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
     """Train every planned model that is missing from the run (resumes by default)."""
     cfg = _load(config, set_)
     _train(cfg, _out(cfg, out), address, quiet)
@@ -87,32 +105,34 @@ def _run_config(run: str, overrides: list[str] | None) -> Config:
     """The run's own config with stage settings overridden (training settings may not change)."""
     from datamodels.config import config_from_dict
     from datamodels.errors import RunMismatchError
-    from datamodels.stages import load_run_config
+    from datamodels.stages.prepare import load_run_config
     from datamodels.store import Run
 
     saved = load_run_config(Run(run))
     cfg = config_from_dict(saved.model_dump(mode="json"), overrides or [])
     if cfg.hash != saved.hash:
         raise RunMismatchError(
-            f"--set may change only resources, fit, estimate, gradients and evaluate settings of an existing run ({run}); "
-            "train a new run for other data, model, recipe or plans"
+            "--set may change only resources, fit, estimate, gradients and evaluate settings "
+            "of an existing "
+            f"run ({run}); train a new run for other data, model, recipe or plans"
         )
     return cfg
 
 
 def _fit(cfg: Config, run: str, quiet: bool) -> None:
-    from datamodels.fit import fit as fit_stage
-    from datamodels.store import Run
+    from datamodels import api
 
-    if fit_stage(cfg, Run(run), show_progress=not quiet, console=err_console):
-        err_console.print(f"fit: wrote {run}/datamodels/weights.parquet, targets.parquet, scores/datamodels.parquet")
+    if api.fit(cfg, run, show_progress=not quiet, console=err_console):
+        err_console.print(
+            f"fit: wrote {run}/datamodels/weights.parquet, targets.parquet, "
+            "scores/datamodels.parquet"
+        )
 
 
 def _evaluate(cfg: Config, run: str) -> None:
-    from datamodels.evaluate.stage import evaluate as evaluate_stage
-    from datamodels.store import Run
+    from datamodels import api
 
-    frame = evaluate_stage(cfg, Run(run))
+    frame = api.evaluate(cfg, run, console=err_console)
     table = Table(title=f"evaluation ({run}/evaluation.parquet)")
     for column in ("method", "metric", "value", "n_targets"):
         table.add_column(column, justify="left" if column in ("method", "metric") else "right")
@@ -135,43 +155,45 @@ def evaluate(run: RunArg, set_: SetOpt = None) -> None:
     _evaluate(_run_config(run, set_), run)
 
 
-def _estimate(cfg: Config, run: str, names: list[str] | None = None, address: str | None = None,
-              quiet: bool = False) -> None:
-    """Named estimators (errors are the user's), or every one whose models (or checkpoints)
-    the run has."""
-    import time
+def _estimate(
+    cfg: Config,
+    run: str,
+    names: list[str] | None = None,
+    address: str | None = None,
+    quiet: bool = False,
+) -> None:
+    from datamodels import api
 
-    from datamodels.estimate import METHODS, EstimateError
-    from datamodels.estimate import estimate as estimate_stage
-    from datamodels.estimate_gradients import GRADIENT_METHODS
-    from datamodels.store import Run
+    def report(name: str, written: dict, seconds: float) -> None:
+        parts = ", ".join(
+            f"{k}: {v}" + ("" if k == "models" else " rows") for k, v in written.items()
+        )
+        err_console.print(
+            f"estimate: {name} in {seconds:.1f}s ({parts or 'up to date'})", highlight=False
+        )
 
-    unknown = [n for n in names or () if n not in METHODS + GRADIENT_METHODS]
-    if unknown:
-        raise EstimateError(f"unknown method {unknown[0]!r}; choose from: {', '.join(METHODS + GRADIENT_METHODS)}")
-    for name in names or METHODS + GRADIENT_METHODS:
-        start = time.perf_counter()
-        try:
-            if name in GRADIENT_METHODS:
-                from datamodels.orchestrate.estimate import estimate_gradients
+    api.estimate_many(
+        cfg, run, names, address, show_progress=not quiet, console=err_console, report=report
+    )
 
-                written = estimate_gradients(cfg, run, name, address=address, show_progress=not quiet, console=err_console)
-            else:
-                written = estimate_stage(cfg, Run(run), name)
-        except EstimateError as err:
-            if names:
-                raise
-            err_console.print(f"estimate: skipped {name}: {err}", highlight=False)
-            continue
-        parts = ", ".join(f"{k}: {v}" + ("" if k == "models" else " rows") for k, v in written.items())
-        err_console.print(f"estimate: {name} in {time.perf_counter() - start:.1f}s ({parts})", highlight=False)
+
+MethodOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--method",
+        "-m",
+        help=(
+            "estimator name, repeatable (default: every one the run has models or checkpoints for)"
+        ),
+    ),
+]
 
 
 @app.command()
 @user_errors
 def estimate(
     run: RunArg,
-    method: Annotated[list[str] | None, typer.Option("--method", "-m", help="estimator name, repeatable (default: every one the run has models or checkpoints for)")] = None,
+    method: MethodOpt = None,
     set_: SetOpt = None,
     address: AddressOpt = None,
     quiet: QuietOpt = False,
@@ -179,38 +201,59 @@ def estimate(
     """Compute estimators into scores/<method>.parquet (+ self_scores/): retraining-based ones
     from models/, gradient ones (influence, influence_pert, tracin, representer, trak) as Ray
     tasks over checkpoints/."""
-    _estimate(_run_config(run, set_), run, [m for m in method or [] if m != "all"] or None, address, quiet)
+    _estimate(
+        _run_config(run, set_), run, [m for m in method or [] if m != "all"] or None, address, quiet
+    )
 
 
 @app.command()
 @user_errors
 def attack(
     run: RunArg,
-    target: Annotated[int, typer.Option("--target", "-t", help="eval position of the target to misclassify")],
-    budget: Annotated[float, typer.Option("--budget", "-b", help="L∞ radius of the perturbation (normalised input units)")],
-    point: Annotated[int | None, typer.Option("--point", help="train position to perturb (default: the most influential)")] = None,
+    target: Annotated[
+        int, typer.Option("--target", "-t", help="eval position of the target to misclassify")
+    ],
+    budget: Annotated[
+        float,
+        typer.Option(
+            "--budget", "-b", help="L∞ radius of the perturbation (normalised input units)"
+        ),
+    ],
+    point: Annotated[
+        int | None,
+        typer.Option("--point", help="train position to perturb (default: the most influential)"),
+    ] = None,
     max_iter: Annotated[int, typer.Option("--max-iter", help="perturb-and-retrain rounds")] = 20,
     set_: SetOpt = None,
 ) -> None:
     """Training-set attack (Koh & Liang §5.2): perturb one training input so that the retrained
     model misclassifies the target; writes attacks/target_<target>.parquet."""
-    from datamodels.attack import attack as attack_stage
-    from datamodels.store import Run
+    from datamodels import api
 
-    result, position, model_id = attack_stage(_run_config(run, set_), Run(run), target, budget, point, max_iter)
-    trail = " -> ".join(f"{m:.3f}" for m in result.margins)
-    verdict = "flipped" if result.flipped else "not flipped"
+    row = api.attack(
+        _run_config(run, set_), run, target, budget, point, max_iter, console=err_console
+    )
+    trail = " -> ".join(f"{m:.3f}" for m in row["margins"])
+    verdict = "flipped" if row["flipped"] else "not flipped"
     out_console.print(
-        f"attack on target {target} (model {model_id}): perturbed train position {position}, "
-        f"|delta|_inf = {float(result.delta.abs().max()):.4g} <= {budget:g}; margin {trail}: {verdict}"
+        f"attack on target {target} (model {row['model_id']}): "
+        f"perturbed train position {row['train_position']}, "
+        f"|delta|_inf = {max(abs(v) for v in row['delta']):.4g} <= {budget:g}; "
+        f"margin {trail}: {verdict}"
     )
     out_console.print(f"wrote {run}/attacks/target_{target}.parquet")
 
 
 @app.command("run")
 @user_errors
-def run_all(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, address: AddressOpt = None, quiet: QuietOpt = False) -> None:
-    """Run every stage: prepare, train, fit, evaluate (each skips work that is already done)."""
+def run_all(
+    config: ConfigArg,
+    out: OutOpt = None,
+    set_: SetOpt = None,
+    address: AddressOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run every stage: prepare, train, fit, estimate, evaluate (each skips work already done)."""
     cfg = _load(config, set_)
     target = _out(cfg, out)
     _train(cfg, target, address, quiet)
@@ -224,7 +267,8 @@ def run_all(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, address:
 @user_errors
 def status(run: RunArg) -> None:
     """Per plan: models planned, done, failed (attempts spent) and missing."""
-    from datamodels.stages import load_run_config, plan_status
+    from datamodels.stages.prepare import load_run_config
+    from datamodels.stages.train import plan_status
     from datamodels.store import Run
 
     handle = Run(run)
@@ -240,8 +284,10 @@ def status(run: RunArg) -> None:
     index = read_checkpoint_index(handle.fs)
     if len(index):
         epochs = ", ".join(str(e) for e in sorted(index["epoch"].unique()))
-        out_console.print(f"checkpoints: {index['model_id'].nunique()} models (epochs {epochs}), "
-                          f"{len(index)} files in {run}/checkpoints/")
+        out_console.print(
+            f"checkpoints: {index['model_id'].nunique()} models (epochs {epochs}), "
+            f"{len(index)} files in {run}/checkpoints/"
+        )
 
 
 @app.command()
@@ -263,7 +309,9 @@ def verify(run: RunArg) -> None:
 
 @app.command()
 @user_errors
-def query(run: RunArg, sql: Annotated[str, typer.Argument(help="a read-only SQL query (DuckDB)")]) -> None:
+def query(
+    run: RunArg, sql: Annotated[str, typer.Argument(help="a read-only SQL query (DuckDB)")]
+) -> None:
     """Run read-only SQL over the run's tables (views: models, examples, failures, ...)."""
     import pandas as pd
 

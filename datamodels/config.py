@@ -203,7 +203,9 @@ class GradientsConfig(_Section):
     train_per_task: int = Field(512, ge=1)
     chunk_size: int = Field(256, ge=1)
     num_cpus: float = Field(1.0, gt=0.0)
-    num_gpus: float = Field(0.0, ge=0.0, le=0.0)  # the gradient tasks run on CPU (their CUDA path is not built)
+    num_gpus: float = Field(
+        0.0, ge=0.0, le=0.0
+    )  # the gradient tasks run on CPU (their CUDA path is not built)
     max_exact_params: int = Field(20_000, ge=1)  # larger models need solver cg or lissa
 
 
@@ -249,10 +251,16 @@ class Config(_Section):
     def _checkpoint_plan(self) -> Config:
         names = [p.name for p in self.plans]
         if self.checkpoints.plan is not None and self.checkpoints.plan not in names:
-            raise ValueError(f"checkpoints.plan {self.checkpoints.plan!r} is not a plan; plans: {', '.join(names)}")
+            raise ValueError(
+                f"checkpoints.plan {self.checkpoints.plan!r} is not a plan; "
+                f"plans: {', '.join(names)}"
+            )
         if self.checkpoints.plan is not None and self.plan(self.checkpoints.plan).kind == "tmc":
-            raise ValueError(f"checkpoints.plan {self.checkpoints.plan!r} is a tmc plan (its models are prefixes of "
-                             "walks); choose an alpha, alpha_grid or loo plan")
+            raise ValueError(
+                f"checkpoints.plan {self.checkpoints.plan!r} is a tmc plan "
+                "(its models are prefixes of "
+                "walks); choose an alpha, alpha_grid or loo plan"
+            )
         return self
 
     def plan(self, name: str) -> PlanConfig:
@@ -296,7 +304,9 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
         node = nxt
     last = keys[-1]
     if isinstance(node, list):
-        raise ConfigError(f"--set {dotted}: name a field inside the list item, e.g. plans.train.count=500")
+        raise ConfigError(
+            f"--set {dotted}: name a field inside the list item, e.g. plans.train.count=500"
+        )
     node[last] = value
 
 

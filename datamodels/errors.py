@@ -23,3 +23,27 @@ class StoreError(DatamodelsError):
 
 class TrainingError(DatamodelsError):
     """A model could not be trained (e.g. non-finite loss)."""
+
+
+class CheckpointError(StoreError):
+    """A checkpoint the index names is missing or unreadable, or a model has none."""
+
+
+class FitError(DatamodelsError):
+    """The run cannot be fitted as configured (too few models, no targets)."""
+
+
+class EstimateError(DatamodelsError):
+    """The run lacks the models or checkpoints an estimator needs, or one of its tasks failed."""
+
+
+class EvaluateError(DatamodelsError):
+    """Nothing to evaluate, or no held-out models to evaluate on."""
+
+
+class StageError(DatamodelsError):
+    """A unit of a stage failed for a reason no retry can fix; finished parts are kept."""
+
+
+class EstimatorInputError(DatamodelsError, ValueError):
+    """The arrays given to an estimator disagree in shape, dtype or content."""

@@ -30,7 +30,7 @@ class PlannedModels:
 
     model_id: np.ndarray  # int64[m]
     plan: np.ndarray  # object[m] plan names
-    alpha: np.ndarray  # float32[m] inclusion probability the mask was drawn with
+    alpha: np.ndarray  # float64[m] inclusion probability the mask was drawn with
     seed: np.ndarray  # int64[m] training seed
     mask_index: np.ndarray  # int64[m] index of the mask within its plan
 
@@ -66,7 +66,10 @@ def loo_points(plan: PlanConfig, n_train: int) -> np.ndarray:
     if len(points) and points.max() >= n_train:
         from datamodels.errors import ConfigError
 
-        raise ConfigError(f"plans.{plan.name}.points: position {points.max()} is outside the {n_train} training points")
+        raise ConfigError(
+            f"plans.{plan.name}.points: position {points.max()} is outside the "
+            f"{n_train} training points"
+        )
     return points
 
 
@@ -80,7 +83,9 @@ def n_masks(plan: PlanConfig, n_train: int) -> int:
     return int(plan.count) * (n_train + 1)  # tmc
 
 
-def mask_alpha(config_seed: int, plan: PlanConfig, mask_index: np.ndarray, n_train: int) -> np.ndarray:
+def mask_alpha(
+    config_seed: int, plan: PlanConfig, mask_index: np.ndarray, n_train: int
+) -> np.ndarray:
     """float64[k]: the inclusion probability (or included fraction) of each mask."""
     mask_index = np.asarray(mask_index, dtype=np.int64)
     if plan.kind == "alpha":
@@ -88,7 +93,9 @@ def mask_alpha(config_seed: int, plan: PlanConfig, mask_index: np.ndarray, n_tra
     if plan.kind == "alpha_grid":
         if plan.levels == 0:
             key = _plan_key(plan.name)
-            return np.array([np.random.default_rng([config_seed, key, int(j), 1]).random() for j in mask_index])
+            return np.array(
+                [np.random.default_rng([config_seed, key, int(j), 1]).random() for j in mask_index]
+            )
         return grid_nodes(plan.levels)[mask_index // plan.count]
     if plan.kind == "loo":
         return np.where(mask_index == 0, 1.0, (n_train - 1) / max(n_train, 1))
@@ -124,11 +131,14 @@ def plan_models(config: Config, n_train: int) -> PlannedModels:
         masks_of = local // plan.seeds
         ids.append(offset + local)
         plans.append(np.full(n, plan.name, dtype=object))
-        alphas.append(mask_alpha(config.seed, plan, masks_of, n_train).astype(np.float32))
+        alphas.append(mask_alpha(config.seed, plan, masks_of, n_train))
         mask_idx.append(masks_of)
         seeds.append(
             np.array(
-                [training_seed(config.seed, plan.name, int(j // plan.seeds), int(j % plan.seeds)) for j in local],
+                [
+                    training_seed(config.seed, plan.name, int(j // plan.seeds), int(j % plan.seeds))
+                    for j in local
+                ],
                 dtype=np.int64,
             )
         )
@@ -151,7 +161,9 @@ def masks_for(config: Config, planned: PlannedModels, n_train: int) -> np.ndarra
     return out
 
 
-def tmc_walk(config: Config, plan: PlanConfig, perm: int, n_train: int, planned: PlannedModels) -> PlannedModels:
+def tmc_walk(
+    config: Config, plan: PlanConfig, perm: int, n_train: int, planned: PlannedModels
+) -> PlannedModels:
     """The planned models of permutation ``perm`` of a tmc plan, in step order (0..n)."""
     rows = np.flatnonzero(planned.plan == plan.name)
     lo = perm * (n_train + 1) * plan.seeds
@@ -176,7 +188,10 @@ def tmc_walk_state(
         per_walk = (n_train + 1) * plan.seeds
         for perm in range(int(plan.count)):
             walk_ids = ids[perm * per_walk : (perm + 1) * per_walk]
-            state[(plan.name, perm)] = (int(walk_ids[0]), bool(done.intersection(walk_ids.tolist())))
+            state[(plan.name, perm)] = (
+                int(walk_ids[0]),
+                bool(done.intersection(walk_ids.tolist())),
+            )
     return state
 
 
@@ -195,4 +210,9 @@ def checkpoint_epochs(config: Config) -> tuple[int, ...]:
     model itself); ``(1,)`` for ``logreg`` (its solution)."""
     if config.model.arch == "logreg":
         return (1,)
-    return tuple(sorted({e for e in config.checkpoints.epochs if e <= config.train.epochs} | {config.train.epochs}))
+    return tuple(
+        sorted(
+            {e for e in config.checkpoints.epochs if e <= config.train.epochs}
+            | {config.train.epochs}
+        )
+    )

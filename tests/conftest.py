@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 
-def write_cifar_archive(path: Path, n_per_batch: int = 20, n_test: int = 20, seed: int = 0, as_dir: bool = False) -> Path:
+def write_cifar_archive(
+    path: Path, n_per_batch: int = 20, n_test: int = 20, seed: int = 0, as_dir: bool = False
+) -> Path:
     """A CIFAR-10 python archive in the standard format with random images (labels 0..9)."""
     rng = np.random.default_rng(seed)
     batches = {f"data_batch_{i}": n_per_batch for i in range(1, 6)} | {"test_batch": n_test}
@@ -19,7 +21,9 @@ def write_cifar_archive(path: Path, n_per_batch: int = 20, n_test: int = 20, see
     for name, n in batches.items():
         data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
         labels = rng.integers(0, 10, size=n).tolist()
-        payloads[name] = pickle.dumps({b"data": data, b"labels": labels, b"batch_label": name.encode()})
+        payloads[name] = pickle.dumps(
+            {b"data": data, b"labels": labels, b"batch_label": name.encode()}
+        )
     if as_dir:
         root = path / "cifar-10-batches-py"
         root.mkdir(parents=True)
@@ -44,7 +48,10 @@ SMALL_DIGITS = {
     "dataset": {"name": "digits"},
     "model": {"arch": "mlp", "hidden": 32},
     "train": {"epochs": 8, "batch_size": 32},
-    "plans": [{"name": "train", "alpha": 0.5, "count": 40}, {"name": "eval", "alpha": 0.5, "count": 8}],
+    "plans": [
+        {"name": "train", "alpha": 0.5, "count": 40},
+        {"name": "eval", "alpha": 0.5, "count": 8},
+    ],
     "resources": {"models_per_task": 16},
 }
 
@@ -52,12 +59,12 @@ SMALL_DIGITS = {
 @pytest.fixture(scope="session")
 def digits_data(tmp_path_factory):
     """(config, TrainData) for the full digits dataset, decoded from a real beton."""
+    from datamodels import api
     from datamodels.config import config_from_dict
-    from datamodels.stages import BETON_PATH, num_classes, open_run, prepare
-    from datamodels.train.data import load_train_data
+    from datamodels.orchestrate.context import Context
+    from datamodels.store import Run
 
     config = config_from_dict(SMALL_DIGITS)
-    run = open_run(config, str(tmp_path_factory.mktemp("digits_run") / "run"))
-    prepare(config, run)
-    examples = run.examples()
-    return config, load_train_data(run.local_path(BETON_PATH), examples, num_classes(examples))
+    out = str(tmp_path_factory.mktemp("digits_run") / "run")
+    api.prepare(config, out)
+    return config, Context().data(Run(out), config)

@@ -23,14 +23,18 @@ def _write(tmp_path, tree):
 
 
 def test_unknown_key(tmp_path):
-    code, text = _invoke("prepare", _write(tmp_path, {"trian": {"epochs": 2}}), "--out", tmp_path / "r")
+    code, text = _invoke(
+        "prepare", _write(tmp_path, {"trian": {"epochs": 2}}), "--out", tmp_path / "r"
+    )
     assert code == 2 and "unknown config key 'trian'" in text and "Traceback" not in text
     assert len(text.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
 
 
 def test_wrong_type_via_set(tmp_path):
-    code, text = _invoke("prepare", CONFIGS / "digits.yaml", "--out", tmp_path / "r", "--set", "train.epochs=lots")
+    code, text = _invoke(
+        "prepare", CONFIGS / "digits.yaml", "--out", tmp_path / "r", "--set", "train.epochs=lots"
+    )
     assert code == 2 and "train.epochs" in text and "Traceback" not in text
 
 
@@ -42,11 +46,15 @@ def test_missing_dataset_file(tmp_path):
 
 def test_output_directory_holding_another_run(tmp_path):
     out = tmp_path / "r"
-    code, _ = _invoke("prepare", CONFIGS / "digits.yaml", "--out", out, "--set", "dataset.limit_train=50")
+    code, _ = _invoke(
+        "prepare", CONFIGS / "digits.yaml", "--out", out, "--set", "dataset.limit_train=50"
+    )
     assert code == 0 and (out / "examples.parquet").exists()
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     config_text = (out / "config.yaml").read_text()
-    code, text = _invoke("prepare", CONFIGS / "digits.yaml", "--out", out, "--set", "dataset.limit_train=60")
+    code, text = _invoke(
+        "prepare", CONFIGS / "digits.yaml", "--out", out, "--set", "dataset.limit_train=60"
+    )
     assert code == 2 and "config hash" in text and "new --out" in text
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert (out / "config.yaml").read_text() == config_text

@@ -43,13 +43,25 @@ def test_bad_config_names_the_field(tree, words):
 
 def test_overrides_and_hash():
     base = config_from_dict({})
-    changed = config_from_dict({}, ["train.epochs=3", "plans.eval.count=7", "dataset.flip_fraction=0.1"])
-    assert changed.train.epochs == 3 and changed.plan("eval").count == 7 and changed.dataset.flip_fraction == 0.1
+    changed = config_from_dict(
+        {}, ["train.epochs=3", "plans.eval.count=7", "dataset.flip_fraction=0.1"]
+    )
+    assert (
+        changed.train.epochs == 3
+        and changed.plan("eval").count == 7
+        and changed.dataset.flip_fraction == 0.1
+    )
     assert changed.hash != base.hash
     # resources decide how, not what: they do not change the hash
-    assert config_from_dict({}, ["resources.num_cpus=4", "resources.models_per_task=9"]).hash == base.hash
+    assert (
+        config_from_dict({}, ["resources.num_cpus=4", "resources.models_per_task=9"]).hash
+        == base.hash
+    )
     # nor do the settings of later stages, or the name
-    assert config_from_dict({}, ["fit.val_fraction=0.2", "evaluate.plan=train", "name=other"]).hash == base.hash
+    assert (
+        config_from_dict({}, ["fit.val_fraction=0.2", "evaluate.plan=train", "name=other"]).hash
+        == base.hash
+    )
     with pytest.raises(ConfigError, match="no list item named 'nope'"):
         config_from_dict({}, ["plans.nope.count=3"])
     with pytest.raises(ConfigError, match="KEY=VALUE"):

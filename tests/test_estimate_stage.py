@@ -29,15 +29,12 @@ import pyarrow.parquet as pq
 import pytest
 
 import datamodels.estimators as est
+from datamodels.api import estimate, evaluate, train
 from datamodels.config import Config, config_from_dict
-from datamodels.estimate import estimate, read_self_scores
-from datamodels.evaluate.stage import evaluate
-from datamodels.orchestrate.driver import train
+from datamodels.orchestrate.context import Context
 from datamodels.plans import masks_for, plan_models, tmc_layout
-from datamodels.stages import BETON_PATH, num_classes
 from datamodels.store import Run
 from datamodels.train.api import train_batch
-from datamodels.train.data import load_train_data
 
 N = 8
 BANZHAF_MODELS = 600  # plan "train": alpha = 1/2
@@ -107,8 +104,8 @@ def game(tmp_path_factory, ray_local) -> Game:
     summary = train(config, out, show_progress=False)
     assert summary.failed == 0
     run = Run(out)
-    examples = run.examples()
-    data = load_train_data(run.local_path(BETON_PATH), examples, num_classes(examples))
+    run.examples()
+    data = Context().data(run, config)
     assert data.n_train == N
     all_subsets = ((np.arange(2**N)[:, None] >> np.arange(N)) & 1).astype(bool)
     outcome = train_batch(all_subsets, np.zeros(2**N, dtype=np.int64), data, config)
@@ -142,7 +139,9 @@ def _pure(config: Config, method: str, lookup) -> est.Scores:
     planned, masks = _planned(config, "walks")
     perm, step = tmc_layout(planned, N)
     orders = {int(p): est.tmc_permutation(config.seed, int(p), N) for p in np.unique(perm)}
-    added = np.array([orders[int(p)][k - 1] if k > 0 else -1 for p, k in zip(perm, step, strict=True)])
+    added = np.array(
+        [orders[int(p)][k - 1] if k > 0 else -1 for p, k in zip(perm, step, strict=True)]
+    )
     return est.tmc_shapley(perm, step, added, lookup(masks), N)
 
 
@@ -199,12 +198,20 @@ CONVERGENCE = {
     # method: (plan overrides for the small count, the large count, tolerance at the large count)
     "banzhaf": ({"train": 250}, {"train": 4000}, 1.5),  # observed 3.63 -> 0.82
     "shapley": ({"grid": 60}, {"grid": 960}, 1.8),  # x 4 levels; observed 4.31 -> 1.17
-    "tmc_shapley": ({"walks": 25}, {"walks": 400}, 1.5),  # 225 -> 3600 models; observed 3.53 -> 0.93
+    "tmc_shapley": (
+        {"walks": 25},
+        {"walks": 400},
+        1.5,
+    ),  # 225 -> 3600 models; observed 3.53 -> 0.93
 }
 
 
 def _count_config(seed: int, counts: dict[str, int]) -> Config:
-    tree = {**GAME, "seed": seed, "plans": [{**p, "count": counts.get(p["name"], p.get("count"))} for p in GAME["plans"]]}
+    tree = {
+        **GAME,
+        "seed": seed,
+        "plans": [{**p, "count": counts.get(p["name"], p.get("count"))} for p in GAME["plans"]],
+    }
     return config_from_dict(tree)
 
 
@@ -214,21 +221,24 @@ def test_sampling_error_falls_with_more_models(game, method):
     exact = game.banzhaf if method == "banzhaf" else game.shapley
     errors = {}
     for label, counts in (("small", small), ("large", large)):
-        errors[label] = np.mean([
-            np.abs(_pure(_count_config(seed, counts), method, game.lookup).values - exact).max()
-            for seed in range(3)
-        ])
+        errors[label] = np.mean(
+            [
+                np.abs(_pure(_count_config(seed, counts), method, game.lookup).values - exact).max()
+                for seed in range(3)
+            ]
+        )
     assert errors["large"] < 0.5 * errors["small"], errors
     assert errors["large"] < tolerance, errors
 
 
 def test_loo_stage_equals_brute_force_retraining(game):
     targets, scores = _stage_scores(game, "loo")
-    examples = game.run.examples()
-    data = load_train_data(game.run.local_path(BETON_PATH), examples, num_classes(examples))
+    data = Context().data(game.run, game.config)
     masks = np.ones((N + 1, N), dtype=bool)
     masks[np.arange(1, N + 1), np.arange(N)] = False  # row 0: all; row 1 + i: all but i
-    margins = train_batch(masks, np.zeros(N + 1, dtype=np.int64), data, game.config).margins.astype(np.float64)
+    margins = train_batch(masks, np.zeros(N + 1, dtype=np.int64), data, game.config).margins.astype(
+        np.float64
+    )
     brute = (margins[0][:, None] - margins[1:].T)[targets]  # [T, N]: U(all) - U(all \ i)
     # Convex model solved to gradient norm 1e-6: the same subset gives the same margins.
     np.testing.assert_allclose(scores, brute, atol=1e-4)
@@ -247,7 +257,11 @@ def test_banzhaf_equals_downsampling_at_half(game):
     # both tables are SQL views too
     from datamodels.store import query
 
-    counts = query(game.run, "SELECT (SELECT count(*) FROM self_scores_banzhaf) AS s, (SELECT count(*) FROM scores_banzhaf) AS t")
+    counts = query(
+        game.run,
+        "SELECT (SELECT count(*) FROM self_scores_banzhaf) AS s, "
+        "(SELECT count(*) FROM scores_banzhaf) AS t",
+    )
     assert counts.loc[0, "s"] == game.run.sizes()[0] and counts.loc[0, "t"] > 0
 
 
@@ -267,7 +281,7 @@ def test_memorization_finds_flipped_labels(tmp_path, ray_local):
     assert train(config, out, show_progress=False).failed == 0
     run = Run(out)
     assert estimate(config, run, "memorization") == {"self_scores": run.sizes()[0]}
-    assert "memorization" in read_self_scores(run)
+    assert "memorization" in run.self_scores()
     frame = evaluate(config, run).set_index(["method", "metric"])["value"]
     # 144 of 1438 labels flipped; inspecting 20% at random finds 20% of them. Observed with
     # 200 MLP models (20 epochs): 0.93 found at 20%, AUC 0.93.

@@ -1,12 +1,14 @@
 """The fit and evaluate stages on synthetic runs with planted linear datamodels."""
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from datamodels.api import evaluate, fit
 from datamodels.config import config_from_dict
-from datamodels.evaluate.stage import evaluate
-from datamodels.fit import FitError, fit
+from datamodels.errors import FitError
 from datamodels.store import Run, models_table
 
 N_TRAIN, N_TEST = 30, 8
@@ -16,19 +18,30 @@ def _synthetic_run(path, n_fit=400, n_eval=60, noise=0.05, seed=0, edit=None):
     """A run whose margins are an exact sparse linear function of the mask plus noise."""
     rng = np.random.default_rng(seed)
     config = config_from_dict(
-        {"dataset": {"eval_train": False}, "plans": [{"name": "train", "count": n_fit}, {"name": "eval", "count": n_eval}],
-         "fit": {"targets_per_block": 3}}
+        {
+            "dataset": {"eval_train": False},
+            "plans": [{"name": "train", "count": n_fit}, {"name": "eval", "count": n_eval}],
+            "fit": {"targets_per_block": 3},
+        }
     )
     run = Run(str(path))
     run.write_config(config.to_yaml())
     split = ["train"] * N_TRAIN + ["test"] * N_TEST
-    run.write_examples(pd.DataFrame({
-        "index": np.arange(N_TRAIN + N_TEST), "split": split, "label": np.zeros(N_TRAIN + N_TEST, dtype=np.int64),
-        "original_label": np.zeros(N_TRAIN + N_TEST, dtype=np.int64),
-        "eval_position": pd.array([None] * N_TRAIN + list(range(N_TEST)), dtype="Int64"),
-        "train_position": pd.array(list(range(N_TRAIN)) + [None] * N_TEST, dtype="Int64"),
-    }))
-    magnitude = rng.uniform(0.5, 1.5, size=(N_TEST, N_TRAIN)) * rng.choice([-1, 1], size=(N_TEST, N_TRAIN))
+    run.write_examples(
+        pd.DataFrame(
+            {
+                "index": np.arange(N_TRAIN + N_TEST),
+                "split": split,
+                "label": np.zeros(N_TRAIN + N_TEST, dtype=np.int64),
+                "original_label": np.zeros(N_TRAIN + N_TEST, dtype=np.int64),
+                "eval_position": pd.array([None] * N_TRAIN + list(range(N_TEST)), dtype="Int64"),
+                "train_position": pd.array(list(range(N_TRAIN)) + [None] * N_TEST, dtype="Int64"),
+            }
+        )
+    )
+    magnitude = rng.uniform(0.5, 1.5, size=(N_TEST, N_TRAIN)) * rng.choice(
+        [-1, 1], size=(N_TEST, N_TRAIN)
+    )
     weights = magnitude * (rng.random((N_TEST, N_TRAIN)) < 0.2)
     m = n_fit + n_eval
     masks = rng.random((m, N_TRAIN)) < 0.5
@@ -38,10 +51,21 @@ def _synthetic_run(path, n_fit=400, n_eval=60, noise=0.05, seed=0, edit=None):
     plans = np.array(["train"] * n_fit + ["eval"] * n_eval)
     for lo in range(0, m, 100):
         sl = slice(lo, min(m, lo + 100))
-        run.write_models(models_table(
-            model_ids=np.arange(m)[sl], plan=plans[sl], alphas=0.5, seeds=np.arange(m)[sl], masks=masks[sl],
-            margins=margins[sl], train_loss=0.0, eval_accuracy=1.0, seconds=0.1, attempt=1, worker="test",
-        ))
+        run.write_models(
+            models_table(
+                model_ids=np.arange(m)[sl],
+                plan=plans[sl],
+                alphas=0.5,
+                seeds=np.arange(m)[sl],
+                masks=masks[sl],
+                margins=margins[sl],
+                train_loss=0.0,
+                eval_accuracy=1.0,
+                seconds=0.1,
+                attempt=1,
+                worker="test",
+            )
+        )
     return config, run, weights
 
 
@@ -70,17 +94,37 @@ def test_fit_recovers_planted_weights_and_lds(tmp_path):
     assert not fit(config, run, show_progress=False)  # complete: nothing to do
 
 
-def test_fit_resumes_from_finished_blocks(tmp_path):
+def test_fit_resumes_from_finished_blocks(tmp_path, monkeypatch):
+    from datamodels.orchestrate.context import context
+    from datamodels.stages.fit import FitStage
+
     config, run, _ = _synthetic_run(tmp_path / "run")
     fit(config, run, show_progress=False)
     first = run.weights()
-    (tmp_path / "run" / "datamodels" / "targets.parquet").unlink()  # as if killed before the merge
-    block = tmp_path / "run" / "datamodels" / "blocks" / "targets-0000003.parquet"
-    block.unlink()
-    stamp = (tmp_path / "run" / "datamodels" / "blocks" / "weights-0000000.parquet").stat().st_mtime_ns
-    assert fit(config, run, show_progress=False)
-    assert (tmp_path / "run" / "datamodels" / "blocks" / "weights-0000000.parquet").stat().st_mtime_ns == stamp
-    pd.testing.assert_frame_equal(run.weights(), first)
+    fresh = Run(str(tmp_path / "again"))
+    shutil.copytree(tmp_path / "run" / "models", tmp_path / "again" / "models")
+    shutil.copy(tmp_path / "run" / "examples.parquet", tmp_path / "again" / "examples.parquet")
+    stage = FitStage(config, fresh)
+    units = stage.units()
+    assert len(units) > 2
+    for unit in units[:2]:  # what finished before the process was killed
+        stage.compute(context(), unit)
+    computed = []
+    real = FitStage.compute
+    monkeypatch.setattr(
+        FitStage,
+        "compute",
+        lambda self, ctx, unit, shared=None: (
+            computed.append(unit.name),
+            real(self, ctx, unit, shared),
+        )[1],
+    )
+    assert fit(config, fresh, show_progress=False)
+    assert computed == [u.name for u in units[2:]]  # only the missing blocks
+    pd.testing.assert_frame_equal(fresh.weights(), first)
+    assert not (tmp_path / "again" / "_parts").exists() or not any(
+        (tmp_path / "again" / "_parts").iterdir()
+    )
 
 
 def test_too_few_models(tmp_path):

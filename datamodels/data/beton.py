@@ -20,7 +20,6 @@ from datamodels.data.sources import ArrayDataset
 from datamodels.errors import DataError
 
 BETON_NAME = "examples.beton"
-_RESIDENT_CACHE: dict[tuple[str, float], tuple[np.ndarray, np.ndarray]] = {}
 
 
 class _Indexed:
@@ -64,26 +63,24 @@ def _check(path: str | Path) -> Path:
 
 
 def decode_resident(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Decode the whole beton once per process: (features [N, ...], labels int64[N])."""
+    """Decode the whole beton: (features [N, ...], labels int64[N]). Tasks keep the result in
+    their process's context (``orchestrate.context``), so a worker decodes it once."""
     from ffcv.loader import Loader, OrderOption
 
-    path = _check(path)
-    key = (str(path.resolve()), path.stat().st_mtime)
-    if key not in _RESIDENT_CACHE:
-        loader = Loader(
-            str(path), batch_size=4096, num_workers=1, order=OrderOption.SEQUENTIAL,
-            drop_last=False, pipelines=_pipelines(),
-        )
-        xs, ys = [], []
-        for x, y in loader:
-            xs.append(x.numpy().copy())
-            ys.append(y.numpy().reshape(-1).astype(np.int64))
-        _RESIDENT_CACHE.clear()
-        _RESIDENT_CACHE[key] = (np.concatenate(xs), np.concatenate(ys))
-    return _RESIDENT_CACHE[key]
+    loader = Loader(
+        str(_check(path)), batch_size=4096, num_workers=1, order=OrderOption.SEQUENTIAL,
+        drop_last=False, pipelines=_pipelines(),
+    )
+    xs, ys = [], []
+    for x, y in loader:
+        xs.append(x.numpy().copy())
+        ys.append(y.numpy().reshape(-1).astype(np.int64))
+    return np.concatenate(xs), np.concatenate(ys)
 
 
-def subset_loader(path: str | Path, indices: np.ndarray, batch_size: int, seed: int, num_workers: int = 1):
+def subset_loader(
+    path: str | Path, indices: np.ndarray, batch_size: int, seed: int, num_workers: int = 1
+):
     """An FFCV ``Loader`` over ``indices`` (example indices), reshuffled each epoch with ``seed``.
 
     Yields (features, labels int64[b]) torch tensors; the last batch may be short."""

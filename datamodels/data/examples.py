@@ -30,8 +30,12 @@ def examples_frame(ds: ArrayDataset, eval_train: bool = True) -> pd.DataFrame:
             "split": np.where(ds.is_test, "test", "train"),
             "label": ds.labels.astype(np.int64),
             "original_label": np.asarray(ds.original_labels, dtype=np.int64),
-            "eval_position": pd.array(np.where(eval_position >= 0, eval_position, None), dtype="Int64"),
-            "train_position": pd.array(np.where(train_position >= 0, train_position, None), dtype="Int64"),
+            "eval_position": pd.array(
+                np.where(eval_position >= 0, eval_position, None), dtype="Int64"
+            ),
+            "train_position": pd.array(
+                np.where(train_position >= 0, train_position, None), dtype="Int64"
+            ),
         }
     )
     return frame

@@ -60,7 +60,8 @@ def load_digits_dataset(cfg: DatasetConfig) -> ArrayDataset:
     digits = load_digits()
     features = (digits.data / 16.0).astype(np.float32)
     labels = digits.target.astype(np.int64)
-    return ArrayDataset("digits", features, labels, _seeded_split(len(labels), cfg.test_fraction, cfg.split_seed), 10)
+    is_test = _seeded_split(len(labels), cfg.test_fraction, cfg.split_seed)
+    return ArrayDataset("digits", features, labels, is_test, 10)
 
 
 def _read_cifar_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +70,9 @@ def _read_cifar_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
     except Exception as err:  # noqa: BLE001 - any unpickling problem means a bad archive
-        raise DataError(f"{where}: not a CIFAR-10 python batch ({type(err).__name__}: {err})") from None
+        raise DataError(
+            f"{where}: not a CIFAR-10 python batch ({type(err).__name__}: {err})"
+        ) from None
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise DataError(f"{where}: expected data uint8[N, 3072] and N labels, got {data.shape}")
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
@@ -123,7 +126,9 @@ def load_arrays_dataset(cfg: DatasetConfig) -> ArrayDataset:
         raise DataError(f"dataset.path: {path} is not a readable .npz ({err})") from None
     for key in ("X", "y"):
         if key not in archive.files:
-            raise DataError(f"dataset.path: {path} has no array '{key}' (found: {', '.join(archive.files)})")
+            raise DataError(
+                f"dataset.path: {path} has no array '{key}' (found: {', '.join(archive.files)})"
+            )
     features, labels = archive["X"], archive["y"]
     if len(features) != len(labels):
         raise DataError(f"{path}: X has {len(features)} rows but y has {len(labels)}")
@@ -141,7 +146,8 @@ def load_arrays_dataset(cfg: DatasetConfig) -> ArrayDataset:
         is_test = split == "test"
     else:
         is_test = _seeded_split(len(labels), cfg.test_fraction, cfg.split_seed)
-    return ArrayDataset(path.stem, features, labels.astype(np.int64), is_test, int(labels.max()) + 1)
+    num_classes = int(labels.max()) + 1
+    return ArrayDataset(path.stem, features, labels.astype(np.int64), is_test, num_classes)
 
 
 def _limit(ds: ArrayDataset, cfg: DatasetConfig) -> ArrayDataset:
@@ -152,7 +158,9 @@ def _limit(ds: ArrayDataset, cfg: DatasetConfig) -> ArrayDataset:
             keep[positions[limit:]] = False
     if keep.all():
         return ds
-    return ArrayDataset(ds.name, ds.features[keep], ds.labels[keep], ds.is_test[keep], ds.num_classes)
+    return ArrayDataset(
+        ds.name, ds.features[keep], ds.labels[keep], ds.is_test[keep], ds.num_classes
+    )
 
 
 def flip_labels(ds: ArrayDataset, fraction: float, seed: int) -> ArrayDataset:
@@ -161,18 +169,25 @@ def flip_labels(ds: ArrayDataset, fraction: float, seed: int) -> ArrayDataset:
         return ds
     rng = np.random.default_rng([seed, 7919])
     train_positions = np.flatnonzero(~ds.is_test)
-    chosen = rng.choice(train_positions, size=int(round(fraction * len(train_positions))), replace=False)
+    size = int(round(fraction * len(train_positions)))
+    chosen = rng.choice(train_positions, size=size, replace=False)
     labels = ds.labels.copy()
     shift = rng.integers(1, ds.num_classes, size=len(chosen))
     labels[chosen] = (labels[chosen] + shift) % ds.num_classes
     return ArrayDataset(ds.name, ds.features, labels, ds.is_test, ds.num_classes, ds.labels.copy())
 
 
-LOADERS = {"digits": load_digits_dataset, "cifar10": load_cifar10_dataset, "arrays": load_arrays_dataset}
+LOADERS = {
+    "digits": load_digits_dataset,
+    "cifar10": load_cifar10_dataset,
+    "arrays": load_arrays_dataset,
+}
 
 
 def load_dataset(cfg: DatasetConfig) -> ArrayDataset:
     ds = _limit(LOADERS[cfg.name](cfg), cfg)
     if ds.is_test.all() or not ds.is_test.any():
-        raise DataError(f"dataset {ds.name}: needs both train and test examples (check split/test_fraction)")
+        raise DataError(
+            f"dataset {ds.name}: needs both train and test examples (check split/test_fraction)"
+        )
     return flip_labels(ds, cfg.flip_fraction, cfg.split_seed)

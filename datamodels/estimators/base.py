@@ -1,4 +1,4 @@
-"""What every estimator returns (`Scores`), its input error, and input validation.
+"""What every estimator returns (`Scores`) and input validation (raising `EstimatorInputError`).
 
 Every estimator is a pure function over plain arrays and returns a `Scores`:
 ``values: float32[T, n_train]`` with the run-wide sign convention **positive = including
@@ -12,11 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from datamodels.errors import DatamodelsError
-
-
-class EstimatorInputError(DatamodelsError, ValueError):
-    """The arrays given to an estimator disagree in shape, dtype or content."""
+from datamodels.errors import EstimatorInputError
 
 
 @dataclass(frozen=True)
@@ -24,8 +20,8 @@ class Scores:
     """An attribution table.
 
     values: float32[T, n_train] (float32[n_train] for memorization / self-influence),
-        positive = including the training point helps the target. Never NaN: a score that the table cannot identify (e.g. a training point that is in
-        every model) is 0.
+        positive = including the training point helps the target. Never NaN: a score that
+        the table cannot identify (e.g. a training point that is in every model) is 0.
     stderr: float32[T, n_train] or None. ``inf`` exactly where the table cannot estimate
         the uncertainty (a group with fewer than two models) — such scores should not be
         trusted. None for exact (closed-form) estimators.

@@ -82,6 +82,25 @@ def _chunk_size(chunk_rows: int, n_columns: int) -> int:
     return max(1, min(chunk_rows, _CHUNK_BYTES // (8 * max(n_columns, 1))))
 
 
+def _checked_table(
+    masks: np.ndarray, margins: np.ndarray, diagonal: bool, covariate: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(masks bool[m, n_train], margins float[m, T])`` checked for `accumulate_moments`."""
+    masks = as_masks(masks)
+    margins = as_margins(margins, masks.shape[0])
+    n_train, n_targets = masks.shape[1], margins.shape[1]
+    if diagonal and n_targets != n_train:
+        raise EstimatorInputError(
+            f"self-influence needs one margin column per training point: margins has "
+            f"{n_targets} columns, masks {n_train}"
+        )
+    if diagonal and covariate is not None:
+        raise EstimatorInputError("a covariate is only supported for the cross (T x n) table")
+    return masks, margins
+
+
+# Long: a single pass that updates a dozen running sums in place; helpers would only pass
+# them all back and forth.
 def accumulate_moments(
     masks: np.ndarray,
     margins: np.ndarray,
@@ -99,16 +118,8 @@ def accumulate_moments(
     diagonal: pair target column i with training point i only (requires T = n_train): the
         memorization / self-influence case, O(m·n) instead of O(m·n·T).
     """
-    masks = as_masks(masks)
-    margins = as_margins(margins, masks.shape[0])
+    masks, margins = _checked_table(masks, margins, diagonal, covariate)
     n_train, n_targets = masks.shape[1], margins.shape[1]
-    if diagonal and n_targets != n_train:
-        raise EstimatorInputError(
-            f"self-influence needs one margin column per training point: margins has "
-            f"{n_targets} columns, masks {n_train}"
-        )
-    if diagonal and covariate is not None:
-        raise EstimatorInputError("a covariate is only supported for the cross (T x n) table")
     all_rows = rows is None
     row_ids = np.arange(masks.shape[0]) if all_rows else np.asarray(rows, dtype=np.int64)
     with_x = covariate is not None
@@ -164,10 +175,13 @@ def accumulate_moments(
 
     if diagonal:
         return InclusionMoments(len(row_ids), n_in, sum_in, sumsq_in, sum_all, sumsq_all)
-    moments = InclusionMoments(len(row_ids), n_in, sum_in, sumsq_in, sum_all[:, None], sumsq_all[:, None])
+    moments = InclusionMoments(
+        len(row_ids), n_in, sum_in, sumsq_in, sum_all[:, None], sumsq_all[:, None]
+    )
     if with_x:
         moments.x_shift, moments.x_all, moments.xx_all = x_shift, x_all, xx_all
-        moments.x_in, moments.xx_in, moments.xy_in, moments.xy_all = x_in, xx_in, xy_in, xy_all[:, None]
+        moments.x_in, moments.xx_in, moments.xy_in = x_in, xx_in, xy_in
+        moments.xy_all = xy_all[:, None]
     return moments
 
 
@@ -198,7 +212,9 @@ def moments_to_difference(
     both = (n1 > 0) & (n0 > 0)
     if moments.x_in is None:
         diff = np.where(both, mean1 - mean0, 0.0)
-        var_of_mean = ss1 / (np.maximum(n1 - 1.0, 1.0) * safe1) + ss0 / (np.maximum(n0 - 1.0, 1.0) * safe0)
+        var_of_mean = (
+            ss1 / (np.maximum(n1 - 1.0, 1.0) * safe1) + ss0 / (np.maximum(n0 - 1.0, 1.0) * safe0)
+        )
         return diff, np.where((n1 >= 2) & (n0 >= 2), np.sqrt(var_of_mean), np.inf)
 
     at = 0.0 if covariate_at is None else covariate_at - moments.x_shift

@@ -40,13 +40,17 @@ def loo(left_out: np.ndarray, margins: np.ndarray, n_train: int) -> Scores:
     """
     left_out = np.asarray(left_out)
     if left_out.ndim != 1 or left_out.size == 0:
-        raise EstimatorInputError(f"left_out must be a non-empty 1-D array, got shape {left_out.shape}")
+        raise EstimatorInputError(
+            f"left_out must be a non-empty 1-D array, got shape {left_out.shape}"
+        )
     m = left_out.shape[0]
     left_out = as_row_vector(left_out, m, "left_out", np.int64)
     margins = np.asarray(as_margins(margins, m), dtype=np.float64)
     check_finite(margins, np.arange(m))
     if ((left_out < -1) | (left_out >= n_train)).any():
-        raise EstimatorInputError(f"left_out must be -1 (full model) or a train position in [0, {n_train})")
+        raise EstimatorInputError(
+            f"left_out must be -1 (full model) or a train position in [0, {n_train})"
+        )
     if not (left_out == -1).any():
         raise EstimatorInputError("loo needs at least one full model (left_out == -1)")
 

@@ -112,7 +112,9 @@ def _grid_levels(
     return level, weights * law.pdf(nodes)
 
 
-def _binned_levels(alpha: np.ndarray, n_bins: int, law: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _binned_levels(
+    alpha: np.ndarray, n_bins: int, law: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows → equal-count α bin (ties kept together); each bin's probability under ``law``
     and its ``law``-weighted centre."""
     if n_bins < 1:
@@ -199,7 +201,9 @@ def _integrate_levels(
             moments = accumulate_moments(masks, margins, rows=rows, chunk_rows=chunk_rows)
             diff, stderr = moments_to_difference(moments)
         else:
-            moments = accumulate_moments(masks, margins, rows=rows, covariate=alpha, chunk_rows=chunk_rows)
+            moments = accumulate_moments(
+                masks, margins, rows=rows, covariate=alpha, chunk_rows=chunk_rows
+            )
             diff, stderr = moments_to_difference(moments, covariate_at=float(centre[k]))
         values += weight * diff
         variance += (weight * stderr) ** 2
@@ -247,4 +251,6 @@ def beta_shapley(
     if not (paper_alpha > 0 and paper_beta > 0):
         raise EstimatorInputError(f"beta_params must be positive, got {beta_params}")
     law = stats.beta(paper_beta, paper_alpha)  # scipy's (a, b) = paper's (β, α)
-    return owen_semivalue(masks, margins, alpha, law=law, grid=grid, n_bins=n_bins, chunk_rows=chunk_rows)
+    return owen_semivalue(
+        masks, margins, alpha, law=law, grid=grid, n_bins=n_bins, chunk_rows=chunk_rows
+    )

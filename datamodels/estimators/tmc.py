@@ -85,24 +85,8 @@ def tmc_shapley(
     of the mean over the P permutations (inf when P < 2). It does not include the bias of
     truncation: a point that no walk reached scores 0 with stderr 0.
     """
-    step = np.asarray(step)
-    if step.ndim != 1:
-        raise EstimatorInputError(f"step must be 1-D (one entry per model), got shape {step.shape}")
+    perm_id, step, added, margins = _checked_rows(perm_id, step, added, margins, n_train)
     m = step.shape[0]
-    perm_id = as_row_vector(perm_id, m, "perm_id", np.int64)
-    step = as_row_vector(step, m, "step", np.int64)
-    added = as_row_vector(added, m, "added", np.int64)
-    if m == 0:
-        raise EstimatorInputError("no prefix rows given")
-    margins = np.asarray(as_margins(margins, m), dtype=np.float64)
-    check_finite(margins, np.arange(m))
-    if (step < 0).any() or (step > n_train).any():
-        raise EstimatorInputError(f"step must lie in [0, {n_train}]")
-    if ((step == 0) != (added == -1)).any() or (added >= n_train).any() or (added < -1).any():
-        raise EstimatorInputError(
-            f"added must be -1 exactly at step 0 and a train position in [0, {n_train}) otherwise"
-        )
-
     order = np.lexsort((step, perm_id))
     perm_id, step, added, margins = perm_id[order], step[order], added[order], margins[order]
     same_perm = perm_id[1:] == perm_id[:-1]
@@ -132,16 +116,50 @@ def tmc_shapley(
         empty = np.asarray(empty_margins, dtype=np.float64).reshape(-1)
         if empty.shape != (margins.shape[1],):
             raise EstimatorInputError(
-                f"empty_margins must have one entry per target ({margins.shape[1]}), got {empty.shape}"
+                f"empty_margins must have one entry per target ({margins.shape[1]}), "
+                f"got {empty.shape}"
             )
         previous[uses_empty] = empty
     contributing = step > 0
     contribution = margins[contributing] - previous[contributing]
 
     n_perms = np.unique(perm_id).size
+    return _mean_over_permutations(added[contributing], contribution, n_train, n_perms, m)
+
+
+def _checked_rows(
+    perm_id: np.ndarray, step: np.ndarray, added: np.ndarray, margins: np.ndarray, n_train: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Validated ``(perm_id, step, added)`` int64[m] and finite float64[m, T] margins."""
+    step = np.asarray(step)
+    if step.ndim != 1:
+        raise EstimatorInputError(f"step must be 1-D (one entry per model), got shape {step.shape}")
+    m = step.shape[0]
+    perm_id = as_row_vector(perm_id, m, "perm_id", np.int64)
+    step = as_row_vector(step, m, "step", np.int64)
+    added = as_row_vector(added, m, "added", np.int64)
+    if m == 0:
+        raise EstimatorInputError("no prefix rows given")
+    margins = np.asarray(as_margins(margins, m), dtype=np.float64)
+    check_finite(margins, np.arange(m))
+    if (step < 0).any() or (step > n_train).any():
+        raise EstimatorInputError(f"step must lie in [0, {n_train}]")
+    if ((step == 0) != (added == -1)).any() or (added >= n_train).any() or (added < -1).any():
+        raise EstimatorInputError(
+            f"added must be -1 exactly at step 0 and a train position in [0, {n_train}) otherwise"
+        )
+    return perm_id, step, added, margins
+
+
+def _mean_over_permutations(
+    added: np.ndarray, contribution: np.ndarray, n_train: int, n_perms: int, m: int
+) -> Scores:
+    """Each point's marginal contributions (``contribution[j]`` float[T] of adding point
+    ``added[j]``) summed and averaged over the ``n_perms`` permutations, with their standard
+    error; ``m`` rows were used."""
     # Sparse one-hot scatter: row r of the result sums the contributions of point r.
     scatter = sparse.csr_matrix(
-        (np.ones(contribution.shape[0]), (added[contributing], np.arange(contribution.shape[0]))),
+        (np.ones(contribution.shape[0]), (added, np.arange(contribution.shape[0]))),
         shape=(n_train, contribution.shape[0]),
     )
     total = np.asarray(scatter @ contribution).T

@@ -55,7 +55,8 @@ def lds(scores: np.ndarray, masks: np.ndarray, true_margins: np.ndarray) -> LDSR
     scores = np.asarray(scores, dtype=np.float64)
     if masks.shape[1] != scores.shape[1] or true_margins.shape != (masks.shape[0], scores.shape[0]):
         raise ValueError(
-            f"lds: scores {scores.shape}, masks {masks.shape} and margins {true_margins.shape} do not line up"
+            f"lds: scores {scores.shape}, masks {masks.shape} and margins {true_margins.shape} "
+            "do not line up"
         )
     predicted = masks.astype(np.float64) @ scores.T
     per_target = spearman_columns(np.asarray(true_margins, dtype=np.float64), predicted)

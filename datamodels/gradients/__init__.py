@@ -20,8 +20,9 @@ from datamodels.gradients.tracin import tracin_scores, tracin_self_scores
 from datamodels.gradients.trak import trak_scores, trak_self_scores
 
 __all__ = [
-    "AttackResult", "ConjugateGradient", "Exact", "FunctionalModel", "Lissa", "Solver", "craft_attack",
-    "fit_logreg", "influence_pert_scores", "influence_scores", "influence_self_scores", "inverse_hvp",
-    "logreg_model", "mlp_model", "representer_scores", "representer_self_scores", "tracin_scores",
-    "tracin_self_scores", "trak_scores", "trak_self_scores",
+    "AttackResult", "ConjugateGradient", "Exact", "FunctionalModel", "Lissa", "Solver",
+    "craft_attack", "fit_logreg", "influence_pert_scores", "influence_scores",
+    "influence_self_scores", "inverse_hvp", "logreg_model", "mlp_model", "representer_scores",
+    "representer_self_scores", "tracin_scores", "tracin_self_scores", "trak_scores",
+    "trak_self_scores",
 ]

@@ -10,8 +10,8 @@ Output functions f(z; θ), each a scalar per example:
 * ``"trak"``:   log(p_y / (1 − p_y)), TRAK's output function.
 
 HVPs are reverse-over-reverse: ``vjp(grad(J), θ)`` is taken once and its pullback, vmapped
-over a batch of vectors ``v[T, P]``, is called per product (H is symmetric, so vᵀH = Hv); the Hessian is those HVPs applied to the
-unit vectors (P×P, small models only).
+over a batch of vectors ``v[T, P]``, is called per product (H is symmetric, so vᵀH = Hv); the
+Hessian is those HVPs applied to the unit vectors (P×P, small models only).
 """
 
 from __future__ import annotations
@@ -34,10 +34,17 @@ from datamodels.gradients.model import (
 from datamodels.train.outcome import margins_from_logits
 
 Output = Literal["loss", "term", "margin", "trak"]
-_OUTPUTS = {"loss": example_loss, "term": example_term, "margin": example_margin, "trak": example_trak_output}
+_OUTPUTS = {
+    "loss": example_loss,
+    "term": example_term,
+    "margin": example_margin,
+    "trak": example_trak_output,
+}
 
 
-def output_fn(model: FunctionalModel, output: Output) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+def output_fn(
+    model: FunctionalModel, output: Output
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """(params[P], x[...], y[]) -> scalar f(z; θ) for one example."""
     if output not in _OUTPUTS:
         raise ValueError(f"output must be one of {sorted(_OUTPUTS)}; got {output!r}")
@@ -52,7 +59,10 @@ def per_example_grads(
     """x[n, ...], y int64[n] -> ∇_θ f(z_i; θ): float64[n, P]."""
     params = model.params if params is None else params
     batched = vmap(grad(output_fn(model, output)), in_dims=(None, 0, 0))
-    chunks = [batched(params, x[s : s + chunk_size], y[s : s + chunk_size]) for s in range(0, len(x), chunk_size)]
+    chunks = [
+        batched(params, x[s : s + chunk_size], y[s : s + chunk_size])
+        for s in range(0, len(x), chunk_size)
+    ]
     return torch.cat(chunks) if chunks else torch.zeros(0, model.num_params, dtype=params.dtype)
 
 
@@ -76,7 +86,8 @@ def hvp_fn(
 
 
 def exact_hessian(
-    model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, params: torch.Tensor | None = None, chunk_size: int = 1024,
+    model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, params: torch.Tensor | None = None,
+    chunk_size: int = 1024,
 ) -> torch.Tensor:
     """H = ∇²J(θ): float64[P, P], as HVPs with the unit vectors (``chunk_size`` at a time; the
     same numbers as ``torch.func.hessian``, much faster), symmetrised against round-off."""
@@ -86,7 +97,9 @@ def exact_hessian(
     return 0.5 * (H + H.T)
 
 
-def _outputs_from_logits(model: FunctionalModel, logits: torch.Tensor, y: torch.Tensor, output: Output) -> torch.Tensor:
+def _outputs_from_logits(
+    model: FunctionalModel, logits: torch.Tensor, y: torch.Tensor, output: Output
+) -> torch.Tensor:
     if output == "loss":
         return F.cross_entropy(logits, y, reduction="none", label_smoothing=model.label_smoothing)
     if output == "margin":
@@ -95,22 +108,30 @@ def _outputs_from_logits(model: FunctionalModel, logits: torch.Tensor, y: torch.
 
 
 def gradient_factors(
-    model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, output: Output = "loss", params: torch.Tensor | None = None,
+    model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, output: Output = "loss",
+    params: torch.Tensor | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer l, (A_l [B, in_l + 1], D_l [B, out_l]) with ∇_{W_l, b_l} f(z_i) = [a_i; 1] ⊗ δ_i:
     one forward and one backward for the whole batch (f(z_i) depends on row i only, so the
     gradient of Σ_i f(z_i) with respect to z_l holds every δ_i). Needs ``model.layer_io``."""
     if model.layer_io is None:
-        raise ValueError("this model has no dense-layer structure (layer_io); use per_example_grads")
+        raise ValueError(
+            "this model has no dense-layer structure (layer_io); use per_example_grads"
+        )
     p = (model.params if params is None else params).detach().requires_grad_(True)
     with torch.enable_grad():
         logits, inputs, pre = model.layer_io(p, x)
         deltas = torch.autograd.grad(_outputs_from_logits(model, logits, y, output).sum(), pre)
     ones = lambda a: torch.ones(len(a), 1, dtype=a.dtype, device=a.device)  # noqa: E731
-    return [(torch.cat([a.detach(), ones(a)], 1), d.detach()) for a, d in zip(inputs, deltas, strict=True)]
+    return [
+        (torch.cat([a.detach(), ones(a)], 1), d.detach())
+        for a, d in zip(inputs, deltas, strict=True)
+    ]
 
 
-def factor_dots(left: list[tuple[torch.Tensor, torch.Tensor]], right: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+def factor_dots(
+    left: list[tuple[torch.Tensor, torch.Tensor]], right: list[tuple[torch.Tensor, torch.Tensor]]
+) -> torch.Tensor:
     """Gradient dot products ∇f(z_s)·∇g(z_r) from two ``gradient_factors``: float64[S, R] =
     Σ_l (A_l Aʹ_lᵀ) ⊙ (D_l Dʹ_lᵀ), never forming a per-example gradient."""
     out = None

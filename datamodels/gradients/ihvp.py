@@ -62,7 +62,8 @@ def project_out(vectors: torch.Tensor, null_directions: torch.Tensor) -> torch.T
 
 
 def solve_with_hessian(
-    H: torch.Tensor, vectors: torch.Tensor, damping: float = 0.0, null_directions: torch.Tensor | None = None,
+    H: torch.Tensor, vectors: torch.Tensor, damping: float = 0.0,
+    null_directions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(H + λI)⁺ v on the complement of ``null_directions``: H[P, P], v[T, P] -> [T, P]."""
     return FactoredHessian.of(H, damping, null_directions).solve(vectors)
@@ -79,9 +80,15 @@ class FactoredHessian:
     null_directions: torch.Tensor
 
     @classmethod
-    def of(cls, H: torch.Tensor, damping: float = 0.0, null_directions: torch.Tensor | None = None) -> FactoredHessian:
+    def of(
+        cls, H: torch.Tensor, damping: float = 0.0, null_directions: torch.Tensor | None = None
+    ) -> FactoredHessian:
         P = H.shape[0]
-        U = torch.zeros(0, P, dtype=H.dtype, device=H.device) if null_directions is None else null_directions.to(H)
+        U = (
+            torch.zeros(0, P, dtype=H.dtype, device=H.device)
+            if null_directions is None
+            else null_directions.to(H)
+        )
         A = H + damping * torch.eye(P, dtype=H.dtype, device=H.device) + U.T @ U
         lu, pivots = torch.linalg.lu_factor(A)
         return cls(lu, pivots, float(damping), U)
@@ -89,7 +96,8 @@ class FactoredHessian:
     def solve(self, vectors: torch.Tensor) -> torch.Tensor:
         """(H + λI)⁺ v on the complement of the null directions: v[T, P] -> [T, P]."""
         rhs = project_out(vectors.to(self.lu), self.null_directions)
-        return project_out(torch.linalg.lu_solve(self.lu, self.pivots, rhs.T).T, self.null_directions)
+        solved = torch.linalg.lu_solve(self.lu, self.pivots, rhs.T).T
+        return project_out(solved, self.null_directions)
 
 
 def _cg(matvec, rhs: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
@@ -115,7 +123,9 @@ def _cg(matvec, rhs: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
     return s
 
 
-def _top_eigenvalue(matvec, P: int, dtype: torch.dtype, iterations: int = 30, seed: int = 0) -> float:
+def _top_eigenvalue(
+    matvec, P: int, dtype: torch.dtype, iterations: int = 30, seed: int = 0
+) -> float:
     gen = torch.Generator().manual_seed(seed)
     v = torch.randn(1, P, generator=gen, dtype=dtype)
     value = 0.0
@@ -126,11 +136,14 @@ def _top_eigenvalue(matvec, P: int, dtype: torch.dtype, iterations: int = 30, se
     return value
 
 
-def _lissa(model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, rhs: torch.Tensor, solver: Lissa) -> torch.Tensor:
+def _lissa(
+    model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, rhs: torch.Tensor, solver: Lissa
+) -> torch.Tensor:
     full = hvp_fn(model, x, y)
     scale = solver.scale
     if scale is None:
-        scale = 1.2 * (_top_eigenvalue(full, model.num_params, rhs.dtype, seed=solver.seed) + solver.damping)
+        top = _top_eigenvalue(full, model.num_params, rhs.dtype, seed=solver.seed)
+        scale = 1.2 * (top + solver.damping)
     gen = torch.Generator().manual_seed(solver.seed)
     total = torch.zeros_like(rhs)
     for _ in range(solver.repeats):
@@ -147,8 +160,8 @@ def _lissa(model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, rhs: torch.
 
 
 def inverse_hvp(
-    model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, vectors: torch.Tensor, solver: Solver = Exact(),
-    hessian: torch.Tensor | FactoredHessian | None = None,
+    model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, vectors: torch.Tensor,
+    solver: Solver = Exact(), hessian: torch.Tensor | FactoredHessian | None = None,
 ) -> torch.Tensor:
     """(H + λI)⁺ v for v float64[T, P], H the Hessian of J over ``x[n, ...]``, ``y[n]`` ->
     float64[T, P]. ``hessian`` (``Exact`` only) reuses a precomputed H or its factorisation
@@ -157,7 +170,9 @@ def inverse_hvp(
     if isinstance(solver, Exact):
         if isinstance(hessian, FactoredHessian):
             if hessian.damping != solver.damping:
-                raise ValueError(f"factorised with damping {hessian.damping}, solver has {solver.damping}")
+                raise ValueError(
+                    f"factorised with damping {hessian.damping}, solver has {solver.damping}"
+                )
             return hessian.solve(rhs)
         H = exact_hessian(model, x, y) if hessian is None else hessian
         return solve_with_hessian(H, rhs, solver.damping, model.null_directions)
@@ -167,4 +182,6 @@ def inverse_hvp(
         return _cg(matvec, rhs, solver.tol, solver.max_iter)
     if isinstance(solver, Lissa):
         return project_out(_lissa(model, x, y, rhs, solver), model.null_directions)
-    raise TypeError(f"solver must be Exact, ConjugateGradient or Lissa; got {type(solver).__name__}")
+    raise TypeError(
+        f"solver must be Exact, ConjugateGradient or Lissa; got {type(solver).__name__}"
+    )

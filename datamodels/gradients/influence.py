@@ -40,7 +40,8 @@ TrainOutput = Literal["term", "loss"]
 
 
 def utility_grads(
-    model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, utility: Utility = "margin", chunk_size: int = 256,
+    model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, utility: Utility = "margin",
+    chunk_size: int = 256,
 ) -> torch.Tensor:
     """∇_θ u(z) for x[T, ...], y[T]: float64[T, P]; u = margin, or −loss."""
     if utility == "margin":
@@ -52,8 +53,8 @@ def utility_grads(
 
 def target_directions(
     model: FunctionalModel, train_x: torch.Tensor, train_y: torch.Tensor, target_x: torch.Tensor,
-    target_y: torch.Tensor, utility: Utility = "margin", solver: Solver = Exact(), chunk_size: int = 256,
-    hessian: torch.Tensor | None = None,
+    target_y: torch.Tensor, utility: Utility = "margin", solver: Solver = Exact(),
+    chunk_size: int = 256, hessian: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """s_t = (H + λI)⁺ ∇u_t: float64[T, P] (the per-target inverse-HVP every score reuses)."""
     grads = utility_grads(model, target_x, target_y, utility, chunk_size)
@@ -74,32 +75,43 @@ def influence_scores(
     ``hessian`` (``Exact`` only) reuses a precomputed H."""
     n = len(train_x)
     points_x, points_y = (train_x, train_y) if points_x is None else (points_x, points_y)
-    directions = target_directions(model, train_x, train_y, target_x, target_y, utility, solver, chunk_size, hessian)
+    directions = target_directions(
+        model, train_x, train_y, target_x, target_y, utility, solver, chunk_size, hessian
+    )
     scores = torch.empty(len(target_x), len(points_x), dtype=torch.float64)
     for start in range(0, len(points_x), chunk_size):
         stop = min(len(points_x), start + chunk_size)
-        grads = per_example_grads(model, points_x[start:stop], points_y[start:stop], train_output, chunk_size=chunk_size)
+        grads = per_example_grads(
+            model, points_x[start:stop], points_y[start:stop], train_output, chunk_size=chunk_size
+        )
         scores[:, start:stop] = -(directions @ grads.T) / n
     return scores
 
 
 def influence_self_scores(
-    model: FunctionalModel, train_x: torch.Tensor, train_y: torch.Tensor, *, utility: Utility = "loss",
-    solver: Solver = Exact(), train_output: TrainOutput = "term", chunk_size: int = 256,
-    points_x: torch.Tensor | None = None, points_y: torch.Tensor | None = None, hessian: torch.Tensor | None = None,
+    model: FunctionalModel, train_x: torch.Tensor, train_y: torch.Tensor, *,
+    utility: Utility = "loss", solver: Solver = Exact(), train_output: TrainOutput = "term",
+    chunk_size: int = 256, points_x: torch.Tensor | None = None,
+    points_y: torch.Tensor | None = None, hessian: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """self[i] = −(1/n)·∇u_{z_i}ᵀ (H + λI)⁻¹ ∇ℓ̃(z_i): float64[m] for the points ``points_x``
     (default: the training set), one solve per point, ``chunk_size`` right-hand sides at a
     time; ``Exact`` forms H once (or takes ``hessian``)."""
     n = len(train_x)
     points_x, points_y = (train_x, train_y) if points_x is None else (points_x, points_y)
-    if isinstance(solver, Exact) and not isinstance(hessian, FactoredHessian):  # factor once for every chunk
+    # factor once for every chunk
+    if isinstance(solver, Exact) and not isinstance(hessian, FactoredHessian):
         H = exact_hessian(model, train_x, train_y) if hessian is None else hessian
         hessian = FactoredHessian.of(H, solver.damping, model.null_directions)
     out = torch.empty(len(points_x), dtype=torch.float64)
     for start in range(0, len(points_x), chunk_size):
         sl = slice(start, min(len(points_x), start + chunk_size))
-        s = target_directions(model, train_x, train_y, points_x[sl], points_y[sl], utility, solver, chunk_size, hessian)
-        g = per_example_grads(model, points_x[sl], points_y[sl], train_output, chunk_size=chunk_size)
+        s = target_directions(
+            model, train_x, train_y, points_x[sl], points_y[sl], utility, solver, chunk_size,
+            hessian,
+        )
+        g = per_example_grads(
+            model, points_x[sl], points_y[sl], train_output, chunk_size=chunk_size
+        )
         out[sl] = -(s * g).sum(1) / n
     return out

@@ -34,8 +34,9 @@ from datamodels.gradients.model import FunctionalModel, example_loss
 def influence_pert_scores(
     model: FunctionalModel, train_x: torch.Tensor, train_y: torch.Tensor, target_x: torch.Tensor,
     target_y: torch.Tensor, *, utility: Utility = "margin", solver: Solver = Exact(),
-    points: torch.Tensor | None = None, points_x: torch.Tensor | None = None, points_y: torch.Tensor | None = None,
-    hessian: torch.Tensor | None = None, chunk_elements: int = 1 << 24,
+    points: torch.Tensor | None = None, points_x: torch.Tensor | None = None,
+    points_y: torch.Tensor | None = None, hessian: torch.Tensor | None = None,
+    chunk_elements: int = 1 << 24,
 ) -> torch.Tensor:
     """pert: float64[T, m, *x.shape[1:]] for the training points ``points`` (int64[m]; all n
     when None), or for the inputs ``points_x``/``points_y`` (e.g. points outside the
@@ -45,7 +46,9 @@ def influence_pert_scores(
     over the input coordinates even when d < T), ``chunk_elements`` / (T·P) points at a
     time, which bounds the intermediate memory."""
     n = len(train_x)
-    directions = target_directions(model, train_x, train_y, target_x, target_y, utility, solver, hessian=hessian)
+    directions = target_directions(
+        model, train_x, train_y, target_x, target_y, utility, solver, hessian=hessian
+    )
     if points_x is None:
         index = torch.arange(n) if points is None else torch.as_tensor(points)
         points_x, points_y = train_x[index], train_y[index]
@@ -82,8 +85,9 @@ def most_influential_point(pert: torch.Tensor) -> int:
 
 def craft_attack(
     model: FunctionalModel, train_x: torch.Tensor, train_y: torch.Tensor, target_x: torch.Tensor,
-    target_y: torch.Tensor, *, point: int, budget: float, refit: Callable[[torch.Tensor], FunctionalModel],
-    step: float | None = None, max_iter: int = 20, solver: Solver = Exact(),
+    target_y: torch.Tensor, *, point: int, budget: float,
+    refit: Callable[[torch.Tensor], FunctionalModel], step: float | None = None, max_iter: int = 20,
+    solver: Solver = Exact(),
 ) -> AttackResult:
     """Perturb training input ``point`` within ||δ||_∞ <= ``budget`` until the re-fitted model
     misclassifies the one target ``target_x[...]`` (no batch axis), ``target_y[]``.
@@ -117,14 +121,17 @@ def craft_attack(
 
 def influence_pert_self_scores(
     model: FunctionalModel, train_x: torch.Tensor, train_y: torch.Tensor, points_x: torch.Tensor,
-    points_y: torch.Tensor, *, utility: Utility = "loss", solver: Solver = Exact(), hessian: torch.Tensor | None = None,
+    points_y: torch.Tensor, *, utility: Utility = "loss", solver: Solver = Exact(),
+    hessian: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """self[i] = −(1/n)·∇_x (s_iᵀ ∇_θ ℓ(x_i, y_i)) with s_i = (H + λI)⁻¹∇u(z_i) held at the
     unperturbed point: how point i's own retrained utility moves with its input, through the
     model only: float64[m, *x.shape[1:]]. One double-backward per point (not m² as the
     diagonal of ``influence_pert_scores`` would take)."""
     n = len(train_x)
-    directions = target_directions(model, train_x, train_y, points_x, points_y, utility, solver, hessian=hessian)
+    directions = target_directions(
+        model, train_x, train_y, points_x, points_y, utility, solver, hessian=hessian
+    )
     loss_grad = grad(lambda p, x, y: example_loss(model, p, x, y))
     along = grad(lambda x, y, s: s @ loss_grad(model.params, x, y))
     return -vmap(along)(points_x.double(), points_y, directions) / n

@@ -76,12 +76,17 @@ def _bias_null_direction(P: int, bias_start: int, C: int) -> torch.Tensor:
     return u
 
 
-def logreg_model(params: torch.Tensor, in_dim: int, num_classes: int, weight_decay: float) -> FunctionalModel:
+def logreg_model(
+    params: torch.Tensor, in_dim: int, num_classes: int, weight_decay: float
+) -> FunctionalModel:
     """``params``: float[(d+1)·C] in the trainer's layout [W (d×C), b (C)]."""
     d, C = in_dim, num_classes
     P = (d + 1) * C
     if params.numel() != P:
-        raise ValueError(f"logreg params must have (in_dim+1)*num_classes = {P} entries; got {params.numel()}")
+        raise ValueError(
+            f"logreg params must have (in_dim+1)*num_classes = {P} entries; "
+            f"got {params.numel()}"
+        )
 
     def logits_fn(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], -1).to(p.dtype) @ p[: d * C].view(d, C) + p[d * C :]
@@ -101,7 +106,9 @@ def logreg_model(params: torch.Tensor, in_dim: int, num_classes: int, weight_dec
                            slice(0, d * C), C, float(weight_decay), mask, null, layer_io=layer_io)
 
 
-def mlp_model(layers: list[torch.Tensor], weight_decay: float, label_smoothing: float = 0.0) -> FunctionalModel:
+def mlp_model(
+    layers: list[torch.Tensor], weight_decay: float, label_smoothing: float = 0.0
+) -> FunctionalModel:
     """``layers``: one model's ``[W1 [d, h], b1 [h], ..., Wout [h, C], bout [C]]`` (unstacked
     ``datamodels.models.mlp`` parameters). Every parameter is penalised, as in the trainer."""
     shapes = [tuple(t.shape) for t in layers]
@@ -145,24 +152,32 @@ def regulariser(model: FunctionalModel, params: torch.Tensor) -> torch.Tensor:
     return 0.5 * model.weight_decay * (model.penalty_mask * params * params).sum()
 
 
-def example_loss(model: FunctionalModel, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def example_loss(
+    model: FunctionalModel, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     """ℓ(z; θ) for one example ``x[...]``, ``y[]`` (scalar): cross-entropy."""
     logits = model.logits_fn(params, x.unsqueeze(0))
     return F.cross_entropy(logits, y.reshape(1), label_smoothing=model.label_smoothing)
 
 
-def example_term(model: FunctionalModel, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def example_term(
+    model: FunctionalModel, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     """ℓ(z; θ) + R(θ): one example's term of the mean objective J (scalar)."""
     return example_loss(model, params, x, y) + regulariser(model, params)
 
 
-def example_margin(model: FunctionalModel, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def example_margin(
+    model: FunctionalModel, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     """m(z; θ) = correct logit − largest other logit (``outcome.margins_from_logits``), scalar."""
     logits = model.logits_fn(params, x.unsqueeze(0))
     return margins_from_logits(logits.unsqueeze(0), y.reshape(1))[0, 0]
 
 
-def example_trak_output(model: FunctionalModel, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def example_trak_output(
+    model: FunctionalModel, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     """TRAK's output function f = log(p_y / (1 − p_y)) (Park et al. 2023, §3.2), scalar."""
     logits = model.logits_fn(params, x.unsqueeze(0))[0]
     log_p = torch.log_softmax(logits, 0)
@@ -171,7 +186,9 @@ def example_trak_output(model: FunctionalModel, params: torch.Tensor, x: torch.T
     return log_p_y - log_p.masked_fill(is_y, float("-inf")).logsumexp(0)
 
 
-def objective(model: FunctionalModel, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def objective(
+    model: FunctionalModel, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     """J(θ) = mean_i ℓ(z_i; θ) + R(θ) over ``x[n, ...]``, ``y[n]`` (scalar)."""
     logits = model.logits_fn(params, x)
     ce = F.cross_entropy(logits, y, label_smoothing=model.label_smoothing)
@@ -192,6 +209,8 @@ def fit_logreg(
     x0 = torch.zeros(1, (flat.shape[1] + 1) * num_classes, dtype=torch.float64, device=flat.device)
     result = batched_lbfgs(fun, x0, tol=tolerance, max_iter=max_iter)
     if not bool(result.converged[0]):
-        raise RuntimeError(f"logreg did not reach gradient norm {tolerance} (got {float(result.grad_norm[0]):.3g}); "
-                           "raise max_iter or tolerance")
+        raise RuntimeError(
+            f"logreg did not reach gradient norm {tolerance} "
+            f"(got {float(result.grad_norm[0]):.3g}); raise max_iter or tolerance"
+        )
     return result.x[0]

@@ -36,7 +36,7 @@ RepresenterOutput = Literal["margin", "true_class", "predicted_class"]
 
 
 def representer_alphas(
-    model: FunctionalModel, train_x: torch.Tensor, train_y: torch.Tensor, n_train: int | None = None,
+    model: FunctionalModel, train_x: torch.Tensor, train_y: torch.Tensor, n_train: int | None = None
 ) -> torch.Tensor:
     """α_i = −1/(λ_wd·n) · ∂ℓ_i/∂ŷ_i: float64[len(train_x), C] (needs weight_decay > 0).
     ``n_train``: the model's training-set size n when ``train_x`` holds other points too
@@ -46,13 +46,18 @@ def representer_alphas(
     logits = model.logits_fn(model.params, train_x)
 
     def ce(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.cross_entropy(z.unsqueeze(0), y.reshape(1), label_smoothing=model.label_smoothing)
+        return torch.nn.functional.cross_entropy(
+            z.unsqueeze(0), y.reshape(1), label_smoothing=model.label_smoothing
+        )
 
     dl_dlogits = vmap(grad(ce))(logits, train_y)
     return -dl_dlogits / (model.weight_decay * (len(train_x) if n_train is None else n_train))
 
 
-def _target_classes(model: FunctionalModel, target_x: torch.Tensor, target_y: torch.Tensor, output: RepresenterOutput):
+def _target_classes(
+    model: FunctionalModel, target_x: torch.Tensor, target_y: torch.Tensor,
+    output: RepresenterOutput,
+):
     logits = model.logits_fn(model.params, target_x)
     if output == "true_class":
         return target_y, None
@@ -70,7 +75,8 @@ def representer_scores(
 ) -> torch.Tensor:
     """train_x[n, ...], train_y[n], target_x[T, ...], target_y[T] -> float64[T, n]."""
     alphas = representer_alphas(model, train_x, train_y, n_train)  # [n, C]
-    similarity = model.features_fn(model.params, target_x) @ model.features_fn(model.params, train_x).T  # [T, n]
+    target_features = model.features_fn(model.params, target_x)
+    similarity = target_features @ model.features_fn(model.params, train_x).T  # [T, n]
     plus, minus = _target_classes(model, target_x, target_y, output)
     weight = alphas[:, plus].T  # [T, n]
     if minus is not None:
@@ -79,7 +85,7 @@ def representer_scores(
 
 
 def representer_self_scores(
-    model: FunctionalModel, train_x: torch.Tensor, train_y: torch.Tensor, n_train: int | None = None,
+    model: FunctionalModel, train_x: torch.Tensor, train_y: torch.Tensor, n_train: int | None = None
 ) -> torch.Tensor:
     """α_{i,y_i}·||f_i||²: float64[n]."""
     alphas = representer_alphas(model, train_x, train_y, n_train)

@@ -36,11 +36,13 @@ Checkpoint = tuple[torch.Tensor, float]  # (params float[P], learning rate η_k)
 
 
 def tracin_scores(
-    model: FunctionalModel, checkpoints: Sequence[Checkpoint], train_x: torch.Tensor, train_y: torch.Tensor,
-    target_x: torch.Tensor, target_y: torch.Tensor, *, utility: Utility = "loss", chunk_size: int = 256,
+    model: FunctionalModel, checkpoints: Sequence[Checkpoint], train_x: torch.Tensor,
+    train_y: torch.Tensor, target_x: torch.Tensor, target_y: torch.Tensor, *,
+    utility: Utility = "loss", chunk_size: int = 256,
 ) -> torch.Tensor:
     """train_x[n, ...], train_y[n], target_x[T, ...], target_y[T] -> float64[T, n].
-    ``model`` supplies the architecture; its own params are ignored in favour of each checkpoint's."""
+    ``model`` supplies the architecture; its own params are ignored in favour of each
+    checkpoint's."""
     if not checkpoints:
         raise ValueError("checkpoints is empty: pass at least one (params, learning_rate) pair")
     n = len(train_x)
@@ -60,14 +62,16 @@ def tracin_scores(
         target_side = utility_grads(at, target_x, target_y, utility, chunk_size)
         for start in range(0, n, chunk_size):
             stop = min(n, start + chunk_size)
-            grads = per_example_grads(at, train_x[start:stop], train_y[start:stop], "loss", chunk_size=chunk_size)
+            grads = per_example_grads(
+                at, train_x[start:stop], train_y[start:stop], "loss", chunk_size=chunk_size
+            )
             scores[:, start:stop] -= lr * (target_side @ grads.T)
     return scores
 
 
 def tracin_self_scores(
-    model: FunctionalModel, checkpoints: Sequence[Checkpoint], train_x: torch.Tensor, train_y: torch.Tensor,
-    chunk_size: int = 256,
+    model: FunctionalModel, checkpoints: Sequence[Checkpoint], train_x: torch.Tensor,
+    train_y: torch.Tensor, chunk_size: int = 256,
 ) -> torch.Tensor:
     """Σ_k η_k ||∇ℓ(z_i; θ_k)||²: float64[n]."""
     if not checkpoints:
@@ -80,5 +84,6 @@ def tracin_self_scores(
             if at.layer_io is not None:
                 out[sl] += lr * factor_norms(gradient_factors(at, train_x[sl], train_y[sl], "loss"))
                 continue
-            out[sl] += lr * per_example_grads(at, train_x[sl], train_y[sl], "loss", chunk_size=chunk_size).pow(2).sum(1)
+            grads = per_example_grads(at, train_x[sl], train_y[sl], "loss", chunk_size=chunk_size)
+            out[sl] += lr * grads.pow(2).sum(1)
     return out

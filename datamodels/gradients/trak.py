@@ -42,7 +42,9 @@ ProjectionKind = Literal["gaussian", "rademacher"]
 TrakOutput = Literal["trak", "margin"]
 
 
-def projection_matrix(num_params: int, dim: int, seed: int, kind: ProjectionKind = "gaussian") -> torch.Tensor:
+def projection_matrix(
+    num_params: int, dim: int, seed: int, kind: ProjectionKind = "gaussian"
+) -> torch.Tensor:
     """float64[P, k] with E[P Pᵀ] = I."""
     gen = torch.Generator().manual_seed(int(seed))
     if kind == "gaussian":
@@ -59,7 +61,10 @@ def trak_features(
 ) -> torch.Tensor:
     """φ(z_i) = Pᵀ ∇_θ f(z_i): float64[n, k] (gradients projected chunk by chunk)."""
     chunks = [
-        per_example_grads(model, x[s : s + chunk_size], y[s : s + chunk_size], output, chunk_size=chunk_size) @ projection
+        per_example_grads(
+            model, x[s : s + chunk_size], y[s : s + chunk_size], output, chunk_size=chunk_size
+        )
+        @ projection
         for s in range(0, len(x), chunk_size)
     ]
     return torch.cat(chunks) if chunks else torch.zeros(0, projection.shape[1], dtype=torch.float64)
@@ -78,16 +83,18 @@ def one_minus_p(model: FunctionalModel, x: torch.Tensor, y: torch.Tensor) -> tor
     return 1.0 - torch.exp(-per_example_outputs(model, x, y, "loss"))
 
 
-def model_projection(model: FunctionalModel, proj_dim: int, seed: int, kind: ProjectionKind = "gaussian") -> torch.Tensor:
+def model_projection(
+    model: FunctionalModel, proj_dim: int, seed: int, kind: ProjectionKind = "gaussian"
+) -> torch.Tensor:
     if proj_dim < 1:
         raise ValueError(f"proj_dim must be >= 1; got {proj_dim}")
     return projection_matrix(model.num_params, proj_dim, seed, kind)
 
 
 def trak_attribution(
-    model: FunctionalModel, train_features: torch.Tensor, target_x: torch.Tensor, target_y: torch.Tensor,
-    projection: torch.Tensor, *, damping: float = 0.0, output: TrakOutput = "trak", chunk_size: int = 256,
-    kernel: torch.Tensor | None = None,
+    model: FunctionalModel, train_features: torch.Tensor, target_x: torch.Tensor,
+    target_y: torch.Tensor, projection: torch.Tensor, *, damping: float = 0.0,
+    output: TrakOutput = "trak", chunk_size: int = 256, kernel: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One model's φ(z_t)ᵀ (ΦᵀΦ + λI)⁻¹ Φᵀ: float64[T, n], Φ = ``train_features`` [n, k]
     (``trak_features`` of the training set); ``kernel`` reuses ``kernel_inverse(Φ, λ)``."""
@@ -96,7 +103,9 @@ def trak_attribution(
     return phi_target @ kernel @ train_features.T
 
 
-def trak_leverage(train_features: torch.Tensor, rows: slice | torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+def trak_leverage(
+    train_features: torch.Tensor, rows: slice | torch.Tensor, kernel: torch.Tensor
+) -> torch.Tensor:
     """One model's φ(z_i)ᵀ (ΦᵀΦ + λI)⁻¹ φ(z_i) for the training points ``rows``: float64[r]."""
     phi = train_features[rows]
     return ((phi @ kernel) * phi).sum(1)
@@ -108,9 +117,10 @@ def _check(models: Sequence[FunctionalModel]) -> None:
 
 
 def trak_scores(
-    models: Sequence[FunctionalModel], train_x: torch.Tensor, train_y: torch.Tensor, target_x: torch.Tensor,
-    target_y: torch.Tensor, *, proj_dim: int, seed: int = 0, kind: ProjectionKind = "gaussian",
-    damping: float = 0.0, output: TrakOutput = "trak", chunk_size: int = 256,
+    models: Sequence[FunctionalModel], train_x: torch.Tensor, train_y: torch.Tensor,
+    target_x: torch.Tensor, target_y: torch.Tensor, *, proj_dim: int, seed: int = 0,
+    kind: ProjectionKind = "gaussian", damping: float = 0.0, output: TrakOutput = "trak",
+    chunk_size: int = 256,
 ) -> torch.Tensor:
     """τ: float64[T, n] for train_x[n, ...], train_y[n], target_x[T, ...], target_y[T],
     ensembled over ``models`` (projection seed ``seed + m`` for model m)."""
@@ -120,16 +130,18 @@ def trak_scores(
     for m, model in enumerate(models):
         projection = model_projection(model, proj_dim, seed + m, kind)
         phi_train = trak_features(model, train_x, train_y, projection, output, chunk_size)
-        attribution += trak_attribution(model, phi_train, target_x, target_y, projection, damping=damping,
-                                        output=output, chunk_size=chunk_size)
+        attribution += trak_attribution(
+            model, phi_train, target_x, target_y, projection, damping=damping, output=output,
+            chunk_size=chunk_size,
+        )
         reweight += one_minus_p(model, train_x, train_y)
     return (attribution / len(models)) * (reweight / len(models))
 
 
 def trak_self_scores(
-    models: Sequence[FunctionalModel], train_x: torch.Tensor, train_y: torch.Tensor, *, proj_dim: int,
-    seed: int = 0, kind: ProjectionKind = "gaussian", damping: float = 0.0, output: TrakOutput = "trak",
-    chunk_size: int = 256,
+    models: Sequence[FunctionalModel], train_x: torch.Tensor, train_y: torch.Tensor, *,
+    proj_dim: int, seed: int = 0, kind: ProjectionKind = "gaussian", damping: float = 0.0,
+    output: TrakOutput = "trak", chunk_size: int = 256,
 ) -> torch.Tensor:
     """τ(z_i)ᵢ: float64[n]."""
     _check(models)

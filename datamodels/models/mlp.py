@@ -19,8 +19,11 @@ def layer_sizes(in_dim: int, hidden: int, depth: int, num_classes: int) -> list[
     return [in_dim] + [hidden] * depth + [num_classes]
 
 
-def init_params(seed: int, sizes: list[int], dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
-    """One model's parameters ``[W1 [d, h], b1 [h], ...]`` drawn from a generator seeded by ``seed``."""
+def init_params(
+    seed: int, sizes: list[int], dtype: torch.dtype = torch.float32
+) -> list[torch.Tensor]:
+    """One model's parameters ``[W1 [d, h], b1 [h], ...]`` drawn from a generator seeded by
+    ``seed``."""
     gen = torch.Generator().manual_seed(int(seed))
     params: list[torch.Tensor] = []
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
@@ -30,7 +33,9 @@ def init_params(seed: int, sizes: list[int], dtype: torch.dtype = torch.float32)
     return params
 
 
-def init_stacked(seeds: list[int], sizes: list[int], device: torch.device | str = "cpu") -> list[torch.Tensor]:
+def init_stacked(
+    seeds: list[int], sizes: list[int], device: torch.device | str = "cpu"
+) -> list[torch.Tensor]:
     per_model = [init_params(s, sizes) for s in seeds]
     return [torch.stack(group).to(device) for group in zip(*per_model, strict=True)]
 
@@ -54,7 +59,9 @@ def to_module(params: list[torch.Tensor]) -> nn.Sequential:
     n_layers = len(params) // 2
     for layer in range(n_layers):
         weight, bias = params[2 * layer], params[2 * layer + 1]
-        linear = nn.Linear(weight.shape[0], weight.shape[1], dtype=weight.dtype, device=weight.device)
+        linear = nn.Linear(
+            weight.shape[0], weight.shape[1], dtype=weight.dtype, device=weight.device
+        )
         with torch.no_grad():
             linear.weight.copy_(weight.T)
             linear.bias.copy_(bias)

@@ -4,28 +4,30 @@ from __future__ import annotations
 
 import time
 
+import rich.progress as rp
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 
-class TrainProgress:
-    """Counts models; ``failed_attempt(n, given_up)`` counts failed attempts and models given up."""
+class Progress:
+    """Counts work done (models, targets, tasks); ``failed_attempt(n, given_up)`` counts failed
+    attempts and the models given up."""
 
-    def __init__(self, total: int, done: int, enabled: bool = True, console: Console | None = None, what: str = "models") -> None:
+    def __init__(self, total: int, done: int, enabled: bool = True, console: Console | None = None,
+                 what: str = "models") -> None:
         self.total, self.start_done, self.what = total, done, what
         self.attempts_failed = 0
         self.given_up = 0
         self.enabled = enabled
         self.started = time.perf_counter()
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn(),
-            TextColumn("{task.fields[failures]}"),
+        self.progress = rp.Progress(
+            rp.TextColumn("[bold]{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
+            rp.TextColumn("{task.fields[rate]}"), rp.TextColumn("ETA"), rp.TimeRemainingColumn(),
+            rp.TextColumn("{task.fields[failures]}"),
             console=console, disable=not enabled, transient=False,
         )
         self.task = self.progress.add_task(what, total=total, completed=done, rate="", failures="")
 
-    def __enter__(self) -> TrainProgress:
+    def __enter__(self) -> Progress:
         self.progress.__enter__()
         return self
 
@@ -45,7 +47,8 @@ class TrainProgress:
         elapsed = time.perf_counter() - self.started
         done = self.progress.tasks[0].completed - self.start_done
         rate = f"{60 * done / elapsed:,.0f}/min" if elapsed > 0 and done else ""
-        failures = f"failed attempts {self.attempts_failed}, given up {self.given_up}" if self.attempts_failed else ""
+        failures = (f"failed attempts {self.attempts_failed}, given up {self.given_up}"
+                    if self.attempts_failed else "")
         self.progress.update(self.task, rate=rate, failures=failures)
 
     def advance(self, n: int) -> None:

@@ -5,13 +5,13 @@ refits; ``DatamodelRegressor`` is a thin estimator on top. See ``lasso`` for the
 """
 
 from datamodels.regress.lasso import (
-    DatamodelRegressor,
     LassoPath,
     LassoSelection,
     lasso_path,
     lasso_select,
     split_rows,
 )
+from datamodels.regress.regressor import DatamodelRegressor
 
 __all__ = [
     "DatamodelRegressor",

@@ -17,7 +17,7 @@ standardisation is applied, so there is nothing to undo).
   weight 0. A target with ``λ_max = 0`` (e.g. constant) gets ``w = 0``, ``b = mean(y)`` and,
   by convention, ``lam = 0``.
 
-Solver (see ``_solver``): targets share ``M``, so they are solved together: per-target
+Solver (see ``path`` and ``fista``): targets share ``M``, so they are solved together: per-target
 working sets with batched FISTA on their covariance blocks, one chunked pass over the masks
 per KKT check; targets that have converged at a λ leave the active set.
 """
@@ -31,17 +31,9 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from datamodels.regress._chunks import (
-    MaskArray,
-    MaskRows,
-    as_rows,
-    centred_targets,
-    check_inputs,
-    merge_stats,
-    predict_pass,
-    row_stats,
-)
-from datamodels.regress._solver import PathWalker, SolverOptions, WorkingSets, solve_lambda
+from datamodels.regress.design import MaskArray, MaskRows, as_rows, check_inputs
+from datamodels.regress.passes import centred_targets, merge_stats, predict_pass, row_stats
+from datamodels.regress.path import PathWalker, SolverOptions, WorkingSets, solve_lambda
 
 # Validation MSE must drop by this relative amount to reset the patience counter.
 MIN_REL_IMPROVEMENT = 1e-4
@@ -81,6 +73,7 @@ class LassoSelection:
     converged: np.ndarray
 
 
+# Long only by its one-option-per-line signature and docstring (the body is ~40 lines).
 def lasso_path(
     masks: MaskArray,
     margins: np.ndarray | torch.Tensor,
@@ -116,15 +109,7 @@ def lasso_path(
     opts = SolverOptions.build(tol, max_iter, n, t, dtype, max_features)
     block = MaskRows(masks, rows, device=dev, dtype=dtype, chunk_rows=chunk_rows)
     walker = PathWalker(block, y if rows is None else y[rows], opts)
-    if lams is None:
-        grid = walker.grid(n_lambdas, eps)
-    else:
-        grid = torch.as_tensor(np.asarray(lams, dtype=np.float64)).to(device=dev, dtype=dtype)
-        grid = grid.expand(t, -1) if grid.ndim == 1 else grid
-        if grid.ndim != 2 or grid.shape[0] != t or not bool((grid > 0).all()):
-            raise ValueError(
-                f"lams must be positive float[K] or float[{t}, K], got shape {tuple(grid.shape)}"
-            )
+    grid = walker.grid(n_lambdas, eps) if lams is None else _explicit_grid(lams, t, dev, dtype)
     k_total = grid.shape[1]
     coef = np.zeros((k_total, t, n), dtype=np.float32 if dtype == torch.float32 else np.float64)
     intercept, gap = np.zeros((k_total, t)), np.zeros((k_total, t))
@@ -152,6 +137,19 @@ def lasso_path(
             stacklevel=2,
         )
     return LassoPath(grid.cpu().numpy(), coef, intercept, gap, converged)
+
+
+def _explicit_grid(
+    lams: np.ndarray, t: int, dev: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """float[T, K] λ grid from explicit positive float[K] or float[T, K] ``lams``."""
+    grid = torch.as_tensor(np.asarray(lams, dtype=np.float64)).to(device=dev, dtype=dtype)
+    grid = grid.expand(t, -1) if grid.ndim == 1 else grid
+    if grid.ndim != 2 or grid.shape[0] != t or not bool((grid > 0).all()):
+        raise ValueError(
+            f"lams must be positive float[K] or float[{t}, K], got shape {tuple(grid.shape)}"
+        )
+    return grid
 
 
 def split_rows(m: int, val_fraction: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -191,6 +189,7 @@ def _split(
     return train, val
 
 
+# Long only by its one-option-per-line signature and docstring (the body is ~40 lines).
 def lasso_select(
     masks: MaskArray,
     margins: np.ndarray | torch.Tensor,
@@ -229,8 +228,60 @@ def lasso_select(
     )
     val_block = MaskRows(masks, val_rows, device=dev, dtype=dtype, chunk_rows=chunk_rows)
     y_val = torch.from_numpy(y[val_rows].astype(np.float64)).to(device=dev, dtype=dtype)
-    grid, everyone = walker.grid(n_lambdas, eps), torch.arange(t, device=dev)
+    grid = walker.grid(n_lambdas, eps)
+    best = _validated_path(walker, val_block, y_val, grid, patience)
+    walker.block.release()
 
+    lam = grid.gather(1, best.k[:, None]).squeeze(1)  # 0 for λ_max = 0 targets
+    converged = best.converged
+    if refit:
+        rows = (train_rows, val_rows)
+        coef, bias = _refit(masks, y, rows, walker, val_block, best.coef, lam, converged)
+    else:
+        coef, bias = best.coef, walker.intercept(best.coef)
+    if not bool(converged.all()):
+        warnings.warn(
+            f"lasso_select: {int((~converged).sum())} targets did not meet tol={tol}; "
+            "see LassoSelection.converged",
+            stacklevel=2,
+        )
+    weights_np = coef.cpu().numpy().astype(np.float32)
+    return LassoSelection(
+        weights=weights_np,
+        bias=bias.cpu().numpy().astype(np.float32),
+        lam=lam.cpu().numpy().astype(np.float32),
+        val_mse=best.mse.cpu().numpy().astype(np.float32),
+        val_spearman=_spearman(best.pred.cpu().numpy(), y[val_rows]).astype(np.float32),
+        nnz=np.count_nonzero(weights_np, axis=1).astype(np.int64),
+        lams=grid.cpu().numpy().astype(np.float32),
+        val_mse_path=best.mse_path.cpu().numpy().astype(np.float32),
+        converged=converged.cpu().numpy(),
+    )
+
+
+@dataclass
+class _PathChoice:
+    """Per target, the λ step with the lowest validation MSE: its index ``k`` (int64[T]),
+    ``mse`` float[T], validation predictions ``pred`` float[m_val, T] and weights ``coef``
+    float[T, n]; ``mse_path`` float[T, K] and ``converged`` bool[T] over the whole walk."""
+
+    k: torch.Tensor
+    mse: torch.Tensor
+    pred: torch.Tensor
+    coef: torch.Tensor
+    mse_path: torch.Tensor
+    converged: torch.Tensor
+
+
+def _validated_path(
+    walker: PathWalker, val_block: MaskRows, y_val: torch.Tensor, grid: torch.Tensor,
+    patience: int,
+) -> _PathChoice:
+    """Walk ``grid`` (float[T, K]) on the training rows, scoring every step on the validation
+    rows (``val_block``, targets ``y_val``) and dropping a target after ``patience`` steps
+    without a significant improvement (see ``lasso_select``)."""
+    dev, dtype, (t, n) = y_val.device, y_val.dtype, (y_val.shape[1], walker.block.n)
+    everyone = torch.arange(t, device=dev)
     # k = 0 is λ_max: the constant model predicting the training mean.
     best_pred = walker.stats.y_mean.to(dtype)[None, :].expand_as(y_val).clone()
     best_mse = ((y_val - best_pred) ** 2).mean(0)
@@ -262,32 +313,7 @@ def lasso_select(
         ref_mse[ev] = torch.where(significant, mse, ref_mse[ev])
         stale[ev] = torch.where(significant, 0, stale[ev] + 1)
         alive[ev[stale[ev] >= patience]] = False
-    walker.block.release()
-
-    lam = grid.gather(1, best_k[:, None]).squeeze(1)  # 0 for λ_max = 0 targets
-    if refit:
-        rows = (train_rows, val_rows)
-        coef, bias = _refit(masks, y, rows, walker, val_block, best_coef, lam, converged)
-    else:
-        coef, bias = best_coef, walker.intercept(best_coef)
-    if not bool(converged.all()):
-        warnings.warn(
-            f"lasso_select: {int((~converged).sum())} targets did not meet tol={tol}; "
-            "see LassoSelection.converged",
-            stacklevel=2,
-        )
-    weights_np = coef.cpu().numpy().astype(np.float32)
-    return LassoSelection(
-        weights=weights_np,
-        bias=bias.cpu().numpy().astype(np.float32),
-        lam=lam.cpu().numpy().astype(np.float32),
-        val_mse=best_mse.cpu().numpy().astype(np.float32),
-        val_spearman=_spearman(best_pred.cpu().numpy(), y[val_rows]).astype(np.float32),
-        nnz=np.count_nonzero(weights_np, axis=1).astype(np.int64),
-        lams=grid.cpu().numpy().astype(np.float32),
-        val_mse_path=mse_path.cpu().numpy().astype(np.float32),
-        converged=converged.cpu().numpy(),
-    )
+    return _PathChoice(best_k, best_mse, best_pred, best_coef, mse_path, converged)
 
 
 def _refit(
@@ -336,41 +362,3 @@ def _refit(
         converged[targets[~report.converged]] = False
     coef = ws.dense(torch.arange(t, device=dev))
     return coef, pooled.y_mean - coef.to(torch.float64) @ pooled.mu.to(torch.float64)
-
-
-class DatamodelRegressor:
-    """Thin estimator over ``lasso_select`` (scikit-learn style; learned attributes end in _).
-
-    ``options`` are ``lasso_select``'s keyword arguments (n_lambdas, eps, patience, tol,
-    device, dtype, ...); ``val_fraction`` and ``seed`` make the default split.
-    """
-
-    def __init__(self, *, val_fraction: float = 0.1, seed: int = 0, **options: object) -> None:
-        self.val_fraction, self.seed, self.options = val_fraction, seed, options
-
-    def fit(
-        self,
-        masks: MaskArray,
-        margins: np.ndarray,
-        split: np.ndarray | tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> DatamodelRegressor:
-        """Fit on bool[M, n] masks and float[M, T] margins; split defaults to a random
-        ``val_fraction`` of the rows (``split_rows``)."""
-        if split is None:
-            split = split_rows(masks.shape[0], self.val_fraction, self.seed)
-        self.result_ = lasso_select(masks, margins, split, **self.options)  # type: ignore[arg-type]
-        self.coef_, self.intercept_, self.lam_ = (
-            self.result_.weights,
-            self.result_.bias,
-            self.result_.lam,
-        )
-        return self
-
-    def predict(self, masks: MaskArray) -> np.ndarray:
-        """float32[m, T] predicted margins for bool[m, n] masks (row chunks of 4096)."""
-        mask_np = masks.cpu().numpy() if isinstance(masks, torch.Tensor) else masks
-        out = np.empty((mask_np.shape[0], self.coef_.shape[0]), dtype=np.float32)
-        for start in range(0, mask_np.shape[0], 4096):
-            chunk = mask_np[start : start + 4096].astype(np.float32)
-            out[start : start + 4096] = chunk @ self.coef_.T + self.intercept_
-        return out

@@ -12,6 +12,10 @@ from datamodels.store.fs import RunFS
 from datamodels.store.query import connect, query, read_statements
 from datamodels.store.run import Run
 from datamodels.store.schemas import (
+    ATTACKS_DIR,
+    CHECKPOINT_INDEX_DIR,
+    CHECKPOINT_INDEX_SCHEMA,
+    CHECKPOINTS_DIR,
     CONFIG_PATH,
     EVALUATION_PATH,
     EVALUATION_SCHEMA,
@@ -23,10 +27,13 @@ from datamodels.store.schemas import (
     MODELS_DIR,
     SCHEMA_VERSION,
     SCORES_DIR,
+    SELF_SCORES_DIR,
+    SELF_SCORES_SCHEMA,
     TARGETS_PATH,
     TARGETS_SCHEMA,
     WEIGHTS_PATH,
     WEIGHTS_SCHEMA,
+    attack_schema,
     check_schema,
     models_schema,
     schema_version_of,
@@ -44,6 +51,13 @@ from datamodels.store.shards import (
 from datamodels.store.verify import UNUSABLE_KINDS, Problem, valid_shards, verify
 
 __all__ = [
+    "ATTACKS_DIR",
+    "CHECKPOINTS_DIR",
+    "CHECKPOINT_INDEX_DIR",
+    "CHECKPOINT_INDEX_SCHEMA",
+    "SELF_SCORES_DIR",
+    "SELF_SCORES_SCHEMA",
+    "attack_schema",
     "CONFIG_PATH",
     "EVALUATION_PATH",
     "EVALUATION_SCHEMA",

@@ -26,25 +26,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from datamodels.errors import StoreError
+from datamodels.errors import CheckpointError
 from datamodels.store.fs import RunFS
+from datamodels.store.schemas import CHECKPOINT_INDEX_DIR, CHECKPOINT_INDEX_SCHEMA, CHECKPOINTS_DIR
 from datamodels.store.shards import shard_name, write_table_atomic
-
-CHECKPOINTS_DIR = "checkpoints"
-CHECKPOINT_INDEX_DIR = "checkpoints/index"
-CHECKPOINT_INDEX_SCHEMA = pa.schema(
-    [
-        pa.field("model_id", pa.int64(), nullable=False),
-        pa.field("epoch", pa.int32(), nullable=False),
-        pa.field("lr", pa.float64(), nullable=False),
-        pa.field("path", pa.string(), nullable=False),
-    ],
-    metadata={b"schema_version": b"1"},
-)
-
-
-class CheckpointError(StoreError):
-    """A checkpoint the index names is missing or unreadable, or a model has none."""
 
 
 def checkpoint_path(model_id: int, epoch: int) -> str:
@@ -61,8 +46,13 @@ def write_checkpoints(
     rows = []
     for model_id, epoch, lr, layers in entries:
         buffer = io.BytesIO()
-        payload = {"model_id": int(model_id), "epoch": int(epoch), "lr": float(lr), "arch": arch,
-                   "layers": [t.detach().cpu().contiguous() for t in layers]}
+        payload = {
+            "model_id": int(model_id),
+            "epoch": int(epoch),
+            "lr": float(lr),
+            "arch": arch,
+            "layers": [t.detach().cpu().contiguous() for t in layers],
+        }
         torch.save(payload, buffer)
         path = checkpoint_path(model_id, epoch)
         fs.write_bytes_atomic(path, buffer.getvalue())
@@ -79,15 +69,19 @@ def read_checkpoint_index(fs: RunFS) -> pd.DataFrame:
     frames = []
     names = [n for n in fs.listdir(CHECKPOINT_INDEX_DIR) if not n.startswith((".", "_"))]
     # oldest first, so that for a (model_id, epoch) saved twice the newer row (its lr) wins
-    names.sort(key=lambda n: fs.filesystem.get_file_info(fs.join(CHECKPOINT_INDEX_DIR, n)).mtime_ns or 0)
+    names.sort(
+        key=lambda n: fs.filesystem.get_file_info(fs.join(CHECKPOINT_INDEX_DIR, n)).mtime_ns or 0
+    )
     for name in names:
         rel = f"{CHECKPOINT_INDEX_DIR}/{name}"
         try:
             with fs.open_input_file(rel) as handle:
                 table = pq.ParquetFile(handle).read()
         except (pa.ArrowException, OSError) as exc:
-            raise CheckpointError(f"{fs.display(rel)} is not readable Parquet (torn?): {exc}; delete it and "
-                                  "rerun `datamodels train` to recreate its checkpoints") from exc
+            raise CheckpointError(
+                f"{fs.display(rel)} is not readable Parquet (torn?): {exc}; delete it and "
+                "rerun `datamodels train` to recreate its checkpoints"
+            ) from exc
         frames.append(table.to_pandas())
     if not frames:
         return CHECKPOINT_INDEX_SCHEMA.empty_table().to_pandas()
@@ -100,17 +94,25 @@ def load_checkpoint(fs: RunFS, path: str, device: str | torch.device = "cpu") ->
     """The checkpoint dict at ``path`` (relative to the run), loaded with ``weights_only=True``."""
     display = fs.display(path)
     if not fs.isfile(path):
-        raise CheckpointError(f"checkpoint {display} is missing; rerun `datamodels train` on this run to "
-                              "recreate it (models are retrained with the same seeds)")
+        raise CheckpointError(
+            f"checkpoint {display} is missing; rerun `datamodels train` on this run to "
+            "recreate it (models are retrained with the same seeds)"
+        )
     try:
-        payload = torch.load(io.BytesIO(fs.read_bytes(path)), map_location=device, weights_only=True)
+        payload = torch.load(
+            io.BytesIO(fs.read_bytes(path)), map_location=device, weights_only=True
+        )
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        raise CheckpointError(f"checkpoint {display} is corrupt ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it and rerun "
-                              "`datamodels train` to recreate it") from None
+        raise CheckpointError(
+            f"checkpoint {display} is corrupt ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it and rerun "
+            "`datamodels train` to recreate it"
+        ) from None
     if not isinstance(payload, dict) or "layers" not in payload:
-        raise CheckpointError(f"checkpoint {display} is corrupt (no 'layers' entry); delete it and rerun "
-                              "`datamodels train` to recreate it")
+        raise CheckpointError(
+            f"checkpoint {display} is corrupt (no 'layers' entry); delete it and rerun "
+            "`datamodels train` to recreate it"
+        )
     return payload
 
 

@@ -98,6 +98,17 @@ class RunFS:
         ]
         return sorted(names)
 
+    def stats(self, subdir: str, suffix: str = "") -> list[tuple[str, int, int]]:
+        """Sorted (name, size, mtime_ns) of the files directly in ``subdir`` ending in ``suffix``:
+        a cheap witness of what a stage read (one listing, no file opened)."""
+        selector = pafs.FileSelector(self.join(subdir), allow_not_found=True, recursive=False)
+        return sorted(
+            (info.base_name, int(info.size), int(info.mtime_ns or 0))
+            for info in self.filesystem.get_file_info(selector)
+            if info.type == pafs.FileType.File and info.base_name.endswith(suffix)
+            and not info.base_name.startswith((".", "_"))
+        )
+
     def entries(self, subdir: str) -> list[str]:
         """Sorted names of everything (files and folders) directly in ``subdir``."""
         selector = pafs.FileSelector(self.join(subdir), allow_not_found=True, recursive=False)

@@ -9,19 +9,16 @@ they raise `StoreError` naming the file instead.
 from __future__ import annotations
 
 import os
-import posixpath
 import re
-from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from datamodels.errors import StoreError
 from datamodels.store.fs import RunFS
+from datamodels.store.models import ModelsTable
 from datamodels.store.schemas import (
     CONFIG_PATH,
     EVALUATION_PATH,
@@ -30,30 +27,21 @@ from datamodels.store.schemas import (
     EXAMPLES_SCHEMA,
     FAILURES_PATH,
     FAILURES_SCHEMA,
-    INVALID_DIR,
-    MODELS_DIR,
     SCORES_DIR,
+    SELF_SCORES_DIR,
+    SELF_SCORES_SCHEMA,
     TARGETS_PATH,
     TARGETS_SCHEMA,
     WEIGHTS_PATH,
     WEIGHTS_SCHEMA,
     check_schema,
-    models_schema,
     scores_schema,
 )
 from datamodels.store.shards import (
     conform_table,
     fixed_size_list_array,
     fixed_size_list_to_numpy,
-    write_model_shard,
     write_table_atomic,
-)
-from datamodels.store.verify import (
-    Problem,
-    format_problems,
-    scan_shards,
-    shard_schema_problems,
-    valid_shards,
 )
 
 _METHOD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
@@ -78,7 +66,7 @@ def _as_list(plan: str | list[str] | None) -> list[str] | None:
     return [plan] if isinstance(plan, str) else (None if plan is None else list(plan))
 
 
-class Run:
+class Run(ModelsTable):
     """A run directory: ``Run("runs/cifar")`` or ``Run("s3://bucket/runs/cifar")``."""
 
     config_path = CONFIG_PATH
@@ -165,149 +153,6 @@ class Run:
         if not self.fs.isfile(rel_path):
             raise StoreError(f"{self.fs.display(rel_path)} does not exist; {fix}")
 
-    # -- models ------------------------------------------------------------------------------
-
-    def shard_files(self) -> list[str]:
-        """Sorted names of the shards in ``models/`` (hidden and ``_`` names excluded)."""
-        return [
-            name
-            for name in self.fs.listdir(MODELS_DIR, ".parquet")
-            if not name.startswith((".", "_"))
-        ]
-
-    def write_models(self, table: pa.Table) -> str:
-        """Write a `models_table` as its deterministic shard; return its relative path."""
-        return write_model_shard(self.fs, table)[0]
-
-    def _models_dataset(self) -> ds.Dataset | None:
-        names = self.shard_files()
-        if not names:
-            return None
-        n_train, n_eval = self.sizes()
-        paths = [self.fs.join(MODELS_DIR, name) for name in names]
-        dataset = ds.dataset(
-            paths,
-            schema=models_schema(n_train, n_eval),
-            format="parquet",
-            filesystem=self.fs.filesystem,
-        )
-        # The dataset would fill a missing column with nulls; check every footer first.
-        problems: list[Problem] = []
-        for fragment in dataset.get_fragments():
-            rel_path = f"{MODELS_DIR}/{posixpath.basename(fragment.path)}"
-            try:
-                physical = fragment.physical_schema
-            except (pa.ArrowException, OSError) as exc:
-                problems.append(Problem(rel_path, "torn", f"not readable Parquet: {exc}"))
-                continue
-            problems.extend(shard_schema_problems(rel_path, physical, n_train, n_eval))
-        if problems:
-            raise StoreError(
-                f"{self.fs.display(MODELS_DIR)} has bad shards:\n" + format_problems(problems)
-            )
-        return dataset
-
-    def _read_models(self, plan: str | list[str] | None, columns: list[str]) -> pa.Table:
-        """Rows of the selected plans, ``columns`` (model_id first), in file order."""
-        dataset = self._models_dataset()
-        if dataset is None:
-            return models_schema(*self.sizes()).empty_table().select(columns)
-        plans = _as_list(plan)
-        row_filter = None if plans is None else pc.field("plan").isin(plans)
-        try:
-            table = dataset.to_table(columns=columns, filter=row_filter)
-        except (pa.ArrowException, OSError) as exc:
-            raise StoreError(f"reading {self.fs.display(MODELS_DIR)} failed: {exc}") from exc
-        ids = table.column("model_id").to_numpy()
-        if np.unique(ids).size != ids.size:
-            problems = [p for p in scan_shards(self)[1] if p.kind == "duplicate"]
-            raise StoreError("duplicate model_ids in models/:\n" + format_problems(problems))
-        return table
-
-    @staticmethod
-    def _order(ids: np.ndarray) -> np.ndarray | None:
-        """Permutation sorting ``ids``, or None when they are already sorted (the usual case)."""
-        if ids.size < 2 or bool(np.all(ids[1:] > ids[:-1])):
-            return None
-        return np.argsort(ids, kind="stable")
-
-    def models(
-        self, plan: str | list[str] | None = None, columns: list[str] | None = None
-    ) -> pa.Table:
-        """The ``models/`` rows of ``plan`` (one name, several, or all), sorted by model_id."""
-        names = models_schema(0, 0).names
-        columns = list(columns) if columns is not None else names
-        unknown = sorted(set(columns) - set(names))
-        if unknown:
-            raise StoreError(f"models has no column(s) {unknown}; its columns are {names}")
-        read = columns if "model_id" in columns else ["model_id", *columns]
-        table = self._read_models(plan, read)
-        order = self._order(table.column("model_id").to_numpy())
-        if order is not None:
-            table = table.take(order)
-        return table.select(columns)
-
-    def _arrays(self, plan: str | list[str] | None, columns: list[str]) -> list[np.ndarray]:
-        table = self._read_models(plan, ["model_id", *columns])
-        ids = table.column("model_id").to_numpy()
-        order = self._order(ids)
-        arrays = [ids]
-        for column in columns:
-            array = fixed_size_list_to_numpy(table.column(column), _ARRAY_DTYPES[column])
-            arrays.append(array if order is None else array[order])
-        return arrays if order is None else [ids[order], *arrays[1:]]
-
-    def model_ids(self, plan: str | list[str] | None = None) -> np.ndarray:
-        """``int64[m]``: model ids of ``plan``, sorted."""
-        return self._arrays(plan, [])[0]
-
-    def masks(self, plan: str | list[str] | None = None) -> np.ndarray:
-        """``bool[m, n_train]``: subset masks in model_id order."""
-        return self._arrays(plan, ["mask"])[1]
-
-    def margins(self, plan: str | list[str] | None = None) -> np.ndarray:
-        """``float32[m, n_eval]``: eval margins in model_id order."""
-        return self._arrays(plan, ["margins"])[1]
-
-    def masks_and_margins(
-        self, plan: str | list[str] | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(``bool[m, n_train]``, ``float32[m, n_eval]``) read in one pass, model_id order."""
-        _, masks, margins = self._arrays(plan, ["mask", "margins"])
-        return masks, margins
-
-    def valid_shards(self) -> tuple[list[str], list[Problem]]:
-        """(names of usable shards, shard problems); never raises. See `verify.valid_shards`."""
-        return valid_shards(self)
-
-    def done_model_ids(self) -> set[int]:
-        """Model ids in usable shards (reads only each shard's footer and ``model_id`` column)."""
-        infos, _ = scan_shards(self)
-        done: set[int] = set()
-        for info in infos:
-            if info.usable and info.model_ids is not None:
-                done.update(info.model_ids.tolist())
-        return done
-
-    def quarantine(self, shard_name: str, reason: str) -> str:
-        """Move a bad shard to ``models/_invalid/`` (never deleted) with a ``.reason.txt``.
-
-        Its models count as not done, so a resumed run retrains them. Returns the new path.
-        """
-        name = posixpath.basename(shard_name)
-        source = f"{MODELS_DIR}/{name}"
-        self._require(source, "nothing to quarantine")
-        stem, extension = posixpath.splitext(name)
-        target, copy = f"{INVALID_DIR}/{name}", 0
-        while self.fs.exists(target):
-            copy += 1
-            target = f"{INVALID_DIR}/{stem}.{copy}{extension}"
-        self.fs.move(source, target)
-        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        note = f"quarantined {source} at {stamp}: {reason}\n"
-        self.fs.write_bytes_atomic(f"{target}.reason.txt", note.encode("utf-8"))
-        return target
-
     # -- failures ----------------------------------------------------------------------------
 
     def failures(self) -> pd.DataFrame:
@@ -317,7 +162,8 @@ class Run:
         return _to_pandas(self.read_table(FAILURES_PATH, FAILURES_SCHEMA), FAILURES_SCHEMA)
 
     def append_failures(self, rows: pd.DataFrame | pa.Table) -> int:
-        """Rewrite ``failures.parquet`` atomically as old rows + ``rows`` (single writer: the driver)."""
+        """Rewrite ``failures.parquet`` atomically as old rows + ``rows``
+        (single writer: the driver)."""
         new = conform_table(rows, FAILURES_SCHEMA, FAILURES_PATH)
         if self.fs.isfile(FAILURES_PATH):
             old = conform_table(
@@ -392,3 +238,30 @@ class Run:
         scores = fixed_size_list_to_numpy(table.column("scores"), np.float32)
         order = np.argsort(targets, kind="stable")
         return targets[order], scores[order]
+
+    def write_self_scores(
+        self, method: str, values: np.ndarray, stderr: np.ndarray | None = None
+    ) -> int:
+        """Write ``self_scores/<method>.parquet`` (``values: float[n_train]`` by train position;
+        stderr inf when unknown); returns the row count."""
+        values = np.asarray(values, dtype=np.float32)
+        stderr = (
+            np.full(len(values), np.inf, dtype=np.float32)
+            if stderr is None
+            else np.asarray(stderr, dtype=np.float32)
+        )
+        frame = pd.DataFrame(
+            {"train_position": np.arange(len(values)), "score": values, "stderr": stderr}
+        )
+        name = self.scores_path(method).split("/")[-1]
+        self.write_table(f"{SELF_SCORES_DIR}/{name}", frame, SELF_SCORES_SCHEMA)
+        return len(values)
+
+    def self_scores(self) -> dict[str, np.ndarray]:
+        """method -> float32[n_train] self scores, for every ``self_scores/*.parquet``."""
+        out = {}
+        for name in self.fs.listdir(SELF_SCORES_DIR):
+            table = self.read_table(f"{SELF_SCORES_DIR}/{name}", SELF_SCORES_SCHEMA)
+            order = np.argsort(table.column("train_position").to_numpy())
+            out[name[: -len(".parquet")]] = table.column("score").to_numpy()[order]
+        return out

@@ -38,7 +38,8 @@ def _field(name: str, type_: pa.DataType, nullable: bool = False) -> pa.Field:
 
 
 def models_schema(n_train: int, n_eval: int) -> pa.Schema:
-    """One row per trained model: its subset ``mask: bool[n_train]`` and ``margins: float32[n_eval]``."""
+    """One row per trained model: its subset ``mask: bool[n_train]`` and
+    ``margins: float32[n_eval]``."""
     if n_train < 0 or n_eval < 0:
         raise StoreError(f"models_schema needs n_train, n_eval >= 0, got {n_train}, {n_eval}")
     return pa.schema(
@@ -130,6 +131,39 @@ def scores_schema(n_train: int) -> pa.Schema:
     )
 
 
+SELF_SCORES_SCHEMA = pa.schema(
+    [("train_position", pa.int64()), ("score", pa.float32()), ("stderr", pa.float32())],
+    metadata=_metadata(),
+)
+
+CHECKPOINT_INDEX_SCHEMA = pa.schema(
+    [
+        _field("model_id", pa.int64()),
+        _field("epoch", pa.int32()),
+        _field("lr", pa.float64()),
+        _field("path", pa.string()),
+    ],
+    metadata=_metadata(),
+)
+
+
+def attack_schema(input_dim: int) -> pa.Schema:
+    """One row per attack: the perturbation ``delta`` (float32[input_dim]) and the margins after
+    each perturb-and-retrain round."""
+    return pa.schema(
+        [
+            ("target", pa.int64()),
+            ("train_position", pa.int64()),
+            ("model_id", pa.int64()),
+            ("budget", pa.float64()),
+            ("flipped", pa.bool_()),
+            ("margins", pa.list_(pa.float64())),
+            ("delta", pa.list_(pa.float32(), input_dim)),
+        ],
+        metadata=_metadata(),
+    )
+
+
 # -- checks ------------------------------------------------------------------------------------
 
 
@@ -196,7 +230,8 @@ def column_problems(actual: pa.Schema, expected: pa.Schema) -> list[str]:
 
 
 def check_schema(actual: pa.Schema, expected: pa.Schema, file: str) -> None:
-    """Raise `StoreError` naming ``file`` unless ``actual`` has ``expected``'s version and columns."""
+    """Raise `StoreError` naming ``file`` unless ``actual`` has ``expected``'s
+    version and columns."""
     problem = version_problem(actual, file)
     if problem is not None:
         raise StoreError(problem)
@@ -215,4 +250,8 @@ FAILURES_PATH = "failures.parquet"
 WEIGHTS_PATH = "datamodels/weights.parquet"
 TARGETS_PATH = "datamodels/targets.parquet"
 SCORES_DIR = "scores"
+SELF_SCORES_DIR = "self_scores"
 EVALUATION_PATH = "evaluation.parquet"
+CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_INDEX_DIR = "checkpoints/index"
+ATTACKS_DIR = "attacks"

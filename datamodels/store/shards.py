@@ -25,7 +25,8 @@ COMPRESSION = "zstd"
 
 
 def _castable(source: pa.DataType, target: pa.DataType) -> bool:
-    """Whether casting ``source`` to ``target`` keeps the meaning (int -> float yes, int -> str no)."""
+    """Whether casting ``source`` to ``target`` keeps the meaning
+    (int -> float yes, int -> str no)."""
     if pa.types.is_null(source) or source.equals(target):
         return True
     if pa.types.is_integer(target):

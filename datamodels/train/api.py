@@ -27,7 +27,8 @@ class TrainOutcome:
     eval_accuracy: np.ndarray  # float32[K]
     seconds: np.ndarray  # float32[K] wall time of the call shared equally
     failed: np.ndarray  # bool[K] non-finite loss or margins (or not converged, logreg)
-    snapshots: list[Snapshot] = field(default_factory=list)  # checkpoints asked for (``row`` into K)
+    # checkpoints asked for (``row`` into K)
+    snapshots: list[Snapshot] = field(default_factory=list)
 
     ARRAYS = ("margins", "train_loss", "eval_accuracy", "seconds", "failed")
 
@@ -44,28 +45,40 @@ def resolve_loader(config: Config, dataset_bytes: int) -> str:
 
 
 def uses_batched_path(config: Config, loader: str) -> bool:
-    return config.model.arch in ("logreg", "mlp") and config.resources.trainer == "batched" and loader == "resident"
+    return (
+        config.model.arch in ("logreg", "mlp")
+        and config.resources.trainer == "batched"
+        and loader == "resident"
+    )
 
 
 def train_batch(
     masks: np.ndarray, seeds: np.ndarray, data: TrainData, config: Config,
-    loader: str = "resident", lr_scale: np.ndarray | None = None, checkpoints: CheckpointRequest | None = None,
+    loader: str = "resident", checkpoints: CheckpointRequest | None = None,
 ) -> TrainOutcome:
     """masks: bool[K, n_train], seeds: int64[K] -> ``TrainOutcome`` (margins float32[K, n_eval];
     ``snapshots`` of the models in ``checkpoints.rows`` after the requested epochs)."""
     masks = np.asarray(masks, dtype=bool)
     seeds = np.asarray(seeds, dtype=np.int64)
     if masks.ndim != 2 or masks.shape[1] != data.n_train or len(seeds) != len(masks):
-        raise ValueError(f"masks must be bool[K, {data.n_train}] with K seeds; got {masks.shape} and {len(seeds)} seeds")
+        raise ValueError(
+            f"masks must be bool[K, {data.n_train}] with K seeds; "
+            f"got {masks.shape} and {len(seeds)} seeds"
+        )
     start = time.perf_counter()
     if config.model.arch == "logreg" and config.resources.trainer == "batched":
-        margins, loss, accuracy, snapshots = train_logreg_batched(data, masks, seeds, config.train, lr_scale, checkpoints)
+        margins, loss, accuracy, snapshots = train_logreg_batched(
+            data, masks, seeds, config.train, checkpoints
+        )
     elif uses_batched_path(config, loader):
-        margins, loss, accuracy, snapshots = train_mlp_batched(data, masks, seeds, config.model, config.train, lr_scale,
-                                                              checkpoints)
+        margins, loss, accuracy, snapshots = train_mlp_batched(
+            data, masks, seeds, config.model, config.train, checkpoints
+        )
     else:
-        margins, loss, accuracy, snapshots = train_sequential(data, masks, seeds, config.model, config.train, loader,
-                                                             lr_scale, checkpoints)
-    seconds = np.full(len(seeds), (time.perf_counter() - start) / max(len(seeds), 1), dtype=np.float32)
+        margins, loss, accuracy, snapshots = train_sequential(
+            data, masks, seeds, config.model, config.train, loader, checkpoints
+        )
+    per_model = (time.perf_counter() - start) / max(len(seeds), 1)
+    seconds = np.full(len(seeds), per_model, dtype=np.float32)
     failed = ~np.isfinite(loss) | ~np.isfinite(margins).all(1)
     return TrainOutcome(margins, loss, accuracy, seconds, failed, snapshots)

@@ -28,7 +28,6 @@ def train_mlp_batched(
     seeds: np.ndarray,
     model: ModelConfig,
     recipe: TrainConfig,
-    lr_scale: np.ndarray | None = None,
     checkpoints: CheckpointRequest | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Snapshot]]:
     """masks: bool[K, n_train], seeds: int64[K] -> (margins float32[K, n_eval],
@@ -37,12 +36,13 @@ def train_mlp_batched(
     device = data.train_x.device
     K = len(seeds)
     sizes = layer_sizes(data.in_dim, model.hidden, model.depth, data.num_classes)
-    params = [p.requires_grad_(True) for p in init_stacked([int(s) for s in seeds], sizes, device)]
+    initial = init_stacked([int(s) for s in seeds], sizes, device)
+    params = [p.requires_grad_(True) for p in initial]
     momenta = [torch.zeros_like(p) for p in params]
     orders = EpochOrders(masks, seeds, recipe.batch_size)
     steps_per_epoch = orders.steps_per_epoch
     total_steps = steps_per_epoch * recipe.epochs
-    base_lr = recipe.lr * (np.ones(K) if lr_scale is None else np.asarray(lr_scale, dtype=np.float64))
+    base_lr = recipe.lr * np.ones(K)
     train_x = data.train_x.reshape(data.n_train, -1)
     B = recipe.batch_size
     loss_sum = torch.zeros(K, dtype=torch.float64, device=device)
@@ -57,40 +57,70 @@ def train_mlp_batched(
         for step in range(orders.max_steps):
             batch_index = index[:, step * B : (step + 1) * B]
             weight = valid[:, step * B : (step + 1) * B]
-            count = weight.sum(1)
-            logits = stacked_forward(params, train_x[batch_index])
-            per_example = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), data.train_y[batch_index].reshape(-1),
-                reduction="none", label_smoothing=recipe.label_smoothing,
-            ).view(K, -1)
-            loss = (per_example * weight).sum(1) / count.clamp(min=1)
+            loss = _batch_loss(params, train_x, data.train_y, batch_index, weight, recipe)
             grads = torch.autograd.grad(loss.sum(), params)
             active = step < steps_per_epoch
-            with np.errstate(invalid="ignore"):  # inf * 0 for an injected fault past its last step
-                lr = np.where(active, base_lr * lr_factors(recipe.schedule, epoch * steps_per_epoch + step, total_steps), 0.0)
+            factors = lr_factors(recipe.schedule, epoch * steps_per_epoch + step, total_steps)
+            lr = np.where(active, base_lr * factors, 0.0)
             lr_t = torch.from_numpy(lr).to(device, torch.float32)
             active_t = torch.from_numpy(active).to(device)
-            with torch.no_grad():
-                for p, g, buf in zip(params, grads, momenta, strict=True):
-                    shape = (K,) + (1,) * (p.ndim - 1)
-                    g = g + recipe.weight_decay * p
-                    buf.copy_(torch.where(active_t.view(shape), buf * recipe.momentum + g, buf))
-                    p.sub_(lr_t.view(shape) * buf)
+            _sgd_step(params, grads, momenta, lr_t, active_t, recipe)
             if last_epoch:
                 loss_sum += loss.detach().double()
         if epoch + 1 in save_after:
             for row in checkpoints.rows:
-                lr = interval_lr(recipe.schedule, float(base_lr[row]), int(steps_per_epoch[row]), recipe.epochs,
-                                 previous_save, epoch)
-                snapshots.append(Snapshot(row, epoch + 1, lr, [p[row].detach().cpu().clone() for p in params]))
+                lr = interval_lr(
+                    recipe.schedule, float(base_lr[row]), int(steps_per_epoch[row]),
+                    recipe.epochs, previous_save, epoch,
+                )
+                layers = [p[row].detach().cpu().clone() for p in params]
+                snapshots.append(Snapshot(row, epoch + 1, lr, layers))
             previous_save = epoch + 1
     train_loss = (loss_sum.cpu().numpy() / np.maximum(steps_per_epoch, 1)).astype(np.float32)
     with torch.no_grad():
-        margins, accuracy = margins_and_accuracy(lambda x, sl: stacked_forward([p[sl] for p in params], x), data, K)
+        margins, accuracy = margins_and_accuracy(
+            lambda x, sl: stacked_forward([p[sl] for p in params], x), data, K
+        )
     return margins, train_loss, accuracy, snapshots
 
 
-def _logreg_objective(x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, num_classes: int, weight_decay: float):
+def _batch_loss(
+    params: list[torch.Tensor], train_x: torch.Tensor, train_y: torch.Tensor,
+    batch_index: torch.Tensor, weight: torch.Tensor, recipe: TrainConfig,
+) -> torch.Tensor:
+    """float[K] mean cross-entropy of every model on its own batch: ``batch_index`` int64[K, B]
+    train positions, ``weight`` float[K, B] 1 for real examples and 0 for padding."""
+    K = batch_index.shape[0]
+    count = weight.sum(1)
+    logits = stacked_forward(params, train_x[batch_index])
+    per_example = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        train_y[batch_index].reshape(-1),
+        reduction="none",
+        label_smoothing=recipe.label_smoothing,
+    ).view(K, -1)
+    return (per_example * weight).sum(1) / count.clamp(min=1)
+
+
+@torch.no_grad()
+def _sgd_step(
+    params: list[torch.Tensor], grads: tuple[torch.Tensor, ...], momenta: list[torch.Tensor],
+    lr: torch.Tensor, active: torch.Tensor, recipe: TrainConfig,
+) -> None:
+    """One SGD step (momentum, weight decay) on stacked parameters, in place; lr: float[K]
+    (0 for a model past its last step), active: bool[K] (an inactive model keeps its
+    momentum buffer)."""
+    K = len(lr)
+    for p, g, buf in zip(params, grads, momenta, strict=True):
+        shape = (K,) + (1,) * (p.ndim - 1)
+        g = g + recipe.weight_decay * p
+        buf.copy_(torch.where(active.view(shape), buf * recipe.momentum + g, buf))
+        p.sub_(lr.view(shape) * buf)
+
+
+def _logreg_objective(
+    x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, num_classes: int, weight_decay: float
+):
     """Closure for ``batched_lbfgs``: params[K, (d+1)*C] -> (f[K], grad[K, P]).
 
     f_k = sum_i weights[k, i] * CE(x_i W_k + b_k, y_i) + weight_decay/2 * ||W_k||^2 with
@@ -120,7 +150,7 @@ def logreg_weights(masks: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def train_logreg_batched(
-    data: TrainData, masks: np.ndarray, seeds: np.ndarray, recipe: TrainConfig, lr_scale: np.ndarray | None = None,
+    data: TrainData, masks: np.ndarray, seeds: np.ndarray, recipe: TrainConfig,
     checkpoints: CheckpointRequest | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Snapshot]]:
     """Same outputs as ``train_mlp_batched``. Starts from zero: the empty subset's optimum,
@@ -132,8 +162,6 @@ def train_logreg_batched(
     C = data.num_classes
     fun = _logreg_objective(x, data.train_y, logreg_weights(masks, device), C, recipe.weight_decay)
     x0 = torch.zeros(K, (x.shape[1] + 1) * C, dtype=torch.float64, device=device)
-    if lr_scale is not None:  # a non-finite scale poisons the start point (fault injection)
-        x0 = x0 + torch.from_numpy(np.where(np.isfinite(lr_scale), 0.0, np.nan)).to(device).unsqueeze(1)
     solution = batched_lbfgs(fun, x0, tol=recipe.tolerance, max_iter=recipe.max_iter)
     params = solution.x
     loss = solution.f.float().cpu().numpy()
@@ -142,14 +170,19 @@ def train_logreg_batched(
 
     def forward(inputs: torch.Tensor, sl: slice) -> torch.Tensor:
         W = params[sl, : d * C].view(-1, d, C)
-        return torch.matmul(inputs.reshape(len(inputs), -1).double(), W) + params[sl, d * C :].unsqueeze(1)
+        b = params[sl, d * C :].unsqueeze(1)
+        return torch.matmul(inputs.reshape(len(inputs), -1).double(), W) + b
 
     margins, accuracy = margins_and_accuracy(forward, data, K)
-    snapshots = [logreg_snapshot(row, params[row], d, C, recipe) for row in (checkpoints.rows if checkpoints else ())]
+    rows = checkpoints.rows if checkpoints else ()
+    snapshots = [logreg_snapshot(row, params[row], d, C, recipe) for row in rows]
     return margins, loss, accuracy, snapshots
 
 
-def logreg_snapshot(row: int, params: torch.Tensor, d: int, C: int, recipe: TrainConfig) -> Snapshot:
+def logreg_snapshot(
+    row: int, params: torch.Tensor, d: int, C: int, recipe: TrainConfig
+) -> Snapshot:
     """A logreg solution as a one-epoch snapshot: layers ``[W (d×C), b (C)]`` in float64."""
     flat = params.detach().cpu()
-    return Snapshot(row, 1, float(recipe.lr), [flat[: d * C].view(d, C).clone(), flat[d * C :].clone()])
+    layers = [flat[: d * C].view(d, C).clone(), flat[d * C :].clone()]
+    return Snapshot(row, 1, float(recipe.lr), layers)

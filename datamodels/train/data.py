@@ -56,7 +56,8 @@ class TrainData:
         return (x - self.mean) / self.std
 
     def to(self, device: torch.device | str) -> TrainData:
-        move = {k: getattr(self, k).to(device) for k in ("train_x", "train_y", "eval_x", "eval_y", "mean", "std")}
+        fields = ("train_x", "train_y", "eval_x", "eval_y", "mean", "std")
+        move = {k: getattr(self, k).to(device) for k in fields}
         return TrainData(**{**self.__dict__, **move})
 
 
@@ -74,7 +75,9 @@ def _stats(train_raw: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return as_tensor(mean), as_tensor(std)
 
 
-def load_train_data(beton_path: str | Path, examples: pd.DataFrame, num_classes: int, device: str = "cpu") -> TrainData:
+def load_train_data(
+    beton_path: str | Path, examples: pd.DataFrame, num_classes: int, device: str = "cpu"
+) -> TrainData:
     features, labels = decode_resident(beton_path)
     train_index, eval_index = train_and_eval_index(examples)
     n_test = int((examples.loc[examples["eval_position"].notna(), "split"] == "test").sum())

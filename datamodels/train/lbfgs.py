@@ -25,6 +25,25 @@ class LBFGSResult:
     iterations: int
 
 
+def _two_loop(
+    g: torch.Tensor, s_hist: torch.Tensor, y_hist: torch.Tensor, rho: torch.Tensor,
+    gamma: torch.Tensor, slots: list[int],
+) -> torch.Tensor:
+    """The L-BFGS two-loop recursion: the inverse-Hessian estimate times ``g`` [K, P], from
+    the history pairs at ``slots`` (newest first) and initial scaling ``gamma`` [K]."""
+    q = g.clone()
+    alphas = []
+    for slot in slots:
+        a = rho[slot] * (s_hist[slot] * q).sum(1)
+        q -= a.unsqueeze(1) * y_hist[slot]
+        alphas.append(a)
+    r = gamma.unsqueeze(1) * q
+    for slot, a in zip(reversed(slots), reversed(alphas), strict=True):
+        b = rho[slot] * (y_hist[slot] * r).sum(1)
+        r += s_hist[slot] * (a - b).unsqueeze(1)
+    return r
+
+
 def batched_lbfgs(
     fun: Objective, x0: torch.Tensor, tol: float = 1e-6, max_iter: int = 500, history: int = 10,
     armijo: float = 1e-4, max_halvings: int = 40,
@@ -46,18 +65,8 @@ def batched_lbfgs(
         if not bool(active.any()):
             iteration -= 1
             break
-        q = g.clone()
         slots = [(newest - j) % history for j in range(filled)]
-        alphas = []
-        for slot in slots:
-            a = rho[slot] * (s_hist[slot] * q).sum(1)
-            q -= a.unsqueeze(1) * y_hist[slot]
-            alphas.append(a)
-        r = gamma.unsqueeze(1) * q
-        for slot, a in zip(reversed(slots), reversed(alphas), strict=True):
-            b = rho[slot] * (y_hist[slot] * r).sum(1)
-            r += s_hist[slot] * (a - b).unsqueeze(1)
-        direction = -r
+        direction = -_two_loop(g, s_hist, y_hist, rho, gamma, slots)
         slope = (g * direction).sum(1)
         not_descent = slope >= 0
         if bool(not_descent.any()):  # lost curvature information: fall back to steepest descent

@@ -44,11 +44,15 @@ def lr_factors(schedule: str, step: np.ndarray, total: np.ndarray) -> np.ndarray
         return 1.0 - frac
     if schedule == "triangle":  # warm up over the first fifth, then decay linearly to zero
         peak = 0.2
-        return np.where(frac < peak, (frac + 1.0 / np.maximum(total, 1)) / peak, (1.0 - frac) / (1.0 - peak))
+        warm_up = (frac + 1.0 / np.maximum(total, 1)) / peak
+        return np.where(frac < peak, warm_up, (1.0 - frac) / (1.0 - peak))
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
-def interval_lr(schedule: str, base_lr: float, steps_per_epoch: int, epochs: int, first_epoch: int, last_epoch: int) -> float:
+def interval_lr(
+    schedule: str, base_lr: float, steps_per_epoch: int, epochs: int, first_epoch: int,
+    last_epoch: int,
+) -> float:
     """Mean learning rate over the steps of epochs ``first_epoch .. last_epoch`` (0-based,
     inclusive) of one model: the step size in force between two checkpoints (TracIn's η)."""
     total = steps_per_epoch * epochs

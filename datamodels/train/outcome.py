@@ -32,7 +32,8 @@ class Snapshot:
 
 
 def margins_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """logits float[K, n, C], labels int64[n] -> float[K, n]: correct logit minus the largest other."""
+    """logits float[K, n, C], labels int64[n] -> float[K, n]: correct logit minus the largest
+    other."""
     correct = logits.gather(2, labels.view(1, -1, 1).expand(logits.shape[0], -1, 1)).squeeze(2)
     others = logits.scatter(2, labels.view(1, -1, 1).expand(logits.shape[0], -1, 1), float("-inf"))
     return correct - others.amax(2)
@@ -40,7 +41,8 @@ def margins_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 
 @torch.no_grad()
 def margins_and_accuracy(
-    forward: Callable[[torch.Tensor, slice], torch.Tensor], data: TrainData, K: int, models_per_chunk: int = 32
+    forward: Callable[[torch.Tensor, slice], torch.Tensor], data: TrainData, K: int,
+    models_per_chunk: int = 32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``forward(eval_x, models_slice)`` -> logits[k, n_eval, C] for a slice of the K models.
     Returns (margins float32[K, n_eval], test accuracy float32[K])."""
@@ -49,5 +51,8 @@ def margins_and_accuracy(
         sl = slice(start, min(K, start + models_per_chunk))
         logits = forward(data.eval_x, sl)
         margins[sl] = margins_from_logits(logits, data.eval_y).float().cpu().numpy()
-    accuracy = (margins[:, : data.n_test] > 0).mean(1).astype(np.float32) if data.n_test else np.full(K, np.nan, np.float32)
+    if data.n_test:
+        accuracy = (margins[:, : data.n_test] > 0).mean(1).astype(np.float32)
+    else:
+        accuracy = np.full(K, np.nan, np.float32)
     return margins, accuracy

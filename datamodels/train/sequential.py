@@ -34,19 +34,23 @@ def build_module(model: ModelConfig, data: TrainData, seed: int) -> nn.Module:
     raise ValueError(f"no nn.Module path for arch {model.arch!r}")
 
 
-def _resident_batches(data: TrainData, mask: np.ndarray, seed: int, recipe: TrainConfig) -> Iterator[Iterator]:
+def _resident_batches(
+    data: TrainData, mask: np.ndarray, seed: int, recipe: TrainConfig
+) -> Iterator[Iterator]:
     orders = EpochOrders(mask[None], np.array([seed]), recipe.batch_size)
-    size = int(orders.subset_sizes[0])
+    size, B = int(orders.subset_sizes[0]), recipe.batch_size
     for _ in range(recipe.epochs):
         index, _ = orders.next_epoch()
         chosen = torch.from_numpy(index[0, :size]).to(data.train_y.device)
         yield (
-            (data.train_x[chosen[i : i + recipe.batch_size]], data.train_y[chosen[i : i + recipe.batch_size]])
-            for i in range(0, size, recipe.batch_size)
+            (data.train_x[chosen[i : i + B]], data.train_y[chosen[i : i + B]])
+            for i in range(0, size, B)
         )
 
 
-def _ffcv_batches(data: TrainData, mask: np.ndarray, seed: int, recipe: TrainConfig) -> Iterator[Iterator]:
+def _ffcv_batches(
+    data: TrainData, mask: np.ndarray, seed: int, recipe: TrainConfig
+) -> Iterator[Iterator]:
     loader = subset_loader(data.beton_path, data.train_index[mask], recipe.batch_size, seed)
     device = data.train_y.device
     for _ in range(recipe.epochs):
@@ -65,20 +69,21 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def train_one(
     data: TrainData, mask: np.ndarray, seed: int, model: ModelConfig, recipe: TrainConfig,
-    loader: str = "resident", lr_scale: float = 1.0, save_after: tuple[int, ...] = (),
+    loader: str = "resident", save_after: tuple[int, ...] = (),
 ) -> tuple[nn.Module, float, list[Snapshot]]:
     """Train one model on ``mask`` (bool[n_train]); returns (module in eval mode, last-epoch
     loss, snapshots of its ``state_dict`` tensors after the 1-based epochs ``save_after``)."""
     device = data.train_y.device
     module = build_module(model, data, seed).to(device)
     optimizer = torch.optim.SGD(
-        module.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
-        nesterov=model.arch == "resnet9",
+        module.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+        weight_decay=recipe.weight_decay, nesterov=model.arch == "resnet9",
     )
     size = int(mask.sum())
     steps_per_epoch = -(-size // recipe.batch_size)
     total = steps_per_epoch * recipe.epochs
-    epochs = (_ffcv_batches if loader == "per_model" else _resident_batches)(data, mask, seed, recipe)
+    batches_of = _ffcv_batches if loader == "per_model" else _resident_batches
+    epochs = batches_of(data, mask, seed, recipe)
     gen = torch.Generator().manual_seed(int(seed) + 1)
     step, last_loss = 0, 0.0
     snapshots: list[Snapshot] = []
@@ -89,7 +94,7 @@ def train_one(
         for x, y in batches:
             factor = float(lr_factors(recipe.schedule, np.array(step), np.array(total)))
             for group in optimizer.param_groups:
-                group["lr"] = recipe.lr * lr_scale * factor
+                group["lr"] = recipe.lr * factor
             if model.arch == "resnet9":
                 x = _augment(x, gen)
             loss = F.cross_entropy(module(x), y, label_smoothing=recipe.label_smoothing)
@@ -101,7 +106,9 @@ def train_one(
         if epoch == recipe.epochs - 1:
             last_loss = float(torch.stack(losses).double().mean()) if losses else 0.0
         if epoch + 1 in save_after:
-            lr = interval_lr(recipe.schedule, recipe.lr * lr_scale, steps_per_epoch, recipe.epochs, previous_save, epoch)
+            lr = interval_lr(
+                recipe.schedule, recipe.lr, steps_per_epoch, recipe.epochs, previous_save, epoch
+            )
             snapshots.append(Snapshot(0, epoch + 1, lr, module_layers(module, model)))
             previous_save = epoch + 1
     return module.eval(), last_loss, snapshots
@@ -118,11 +125,15 @@ def module_layers(module: nn.Module, model: ModelConfig) -> list[torch.Tensor]:
     return [t.detach().cpu().clone() for t in module.state_dict().values()]
 
 
-def train_logreg_one(data: TrainData, mask: np.ndarray, recipe: TrainConfig) -> tuple[torch.Tensor, float, bool]:
+def train_logreg_one(
+    data: TrainData, mask: np.ndarray, recipe: TrainConfig
+) -> tuple[torch.Tensor, float, bool]:
     """``torch.optim.LBFGS`` (strong Wolfe, float64) on one subset: (params[P], loss, converged)."""
     x = data.train_x.reshape(data.n_train, -1).double()
-    fun = _logreg_objective(x, data.train_y, logreg_weights(mask[None], x.device), data.num_classes, recipe.weight_decay)
-    params = torch.zeros(1, (x.shape[1] + 1) * data.num_classes, dtype=torch.float64, requires_grad=True)
+    C = data.num_classes
+    weights = logreg_weights(mask[None], x.device)
+    fun = _logreg_objective(x, data.train_y, weights, C, recipe.weight_decay)
+    params = torch.zeros(1, (x.shape[1] + 1) * C, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS(
         [params], lr=1.0, max_iter=recipe.max_iter * 5, tolerance_grad=recipe.tolerance / 10,
         tolerance_change=0.0, history_size=10, line_search_fn="strong_wolfe",
@@ -140,11 +151,10 @@ def train_logreg_one(data: TrainData, mask: np.ndarray, recipe: TrainConfig) -> 
 
 def train_sequential(
     data: TrainData, masks: np.ndarray, seeds: np.ndarray, model: ModelConfig, recipe: TrainConfig,
-    loader: str = "resident", lr_scale: np.ndarray | None = None, checkpoints: CheckpointRequest | None = None,
+    loader: str = "resident", checkpoints: CheckpointRequest | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Snapshot]]:
     """Same contract as the batched trainers, one model after another."""
     K = len(seeds)
-    scale = np.ones(K) if lr_scale is None else np.asarray(lr_scale, dtype=np.float64)
     margins = np.empty((K, len(data.eval_y)), dtype=np.float32)
     losses = np.empty(K, dtype=np.float32)
     accuracy = np.empty(K, dtype=np.float32)
@@ -157,13 +167,15 @@ def train_sequential(
             if k in rows:
                 snapshots.append(logreg_snapshot(k, params, d, C, recipe))
             W, b = params[: d * C].view(d, C), params[d * C :]
-            if not np.isfinite(scale[k]):
-                W = W * np.nan
-            forward = lambda x, sl, W=W, b=b: (x.reshape(len(x), -1).double() @ W + b).unsqueeze(0)  # noqa: E731
+            forward = lambda x, sl, W=W, b=b: (  # noqa: E731
+                (x.reshape(len(x), -1).double() @ W + b).unsqueeze(0)
+            )
             loss = loss if converged else float("nan")
         else:
             save_after = checkpoints.epochs if k in rows else ()
-            module, loss, saved = train_one(data, masks[k], int(seeds[k]), model, recipe, loader, float(scale[k]), save_after)
+            module, loss, saved = train_one(
+                data, masks[k], int(seeds[k]), model, recipe, loader, save_after
+            )
             for snap in saved:
                 snap.row = k
             snapshots += saved
@@ -175,4 +187,5 @@ def train_sequential(
 
 @torch.no_grad()
 def _eval_logits(module: nn.Module, x: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    return torch.cat([module(x[i : i + chunk]).float() for i in range(0, len(x), chunk)]).unsqueeze(0)
+    logits = [module(x[i : i + chunk]).float() for i in range(0, len(x), chunk)]
+    return torch.cat(logits).unsqueeze(0)

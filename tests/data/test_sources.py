@@ -28,7 +28,8 @@ def test_cifar10_archive_reader(tmp_path, as_dir):
     # pixel layout: the archive stores planes R, G, B of 1024 bytes each
     import pickle
     if as_dir:
-        raw = pickle.loads((target / "cifar-10-batches-py" / "data_batch_1").read_bytes(), encoding="bytes")
+        batch = (target / "cifar-10-batches-py" / "data_batch_1").read_bytes()
+        raw = pickle.loads(batch, encoding="bytes")
         assert ds.features[0, 0, 1, 0] == raw[b"data"][0, 1]
         assert ds.features[0, 0, 0, 2] == raw[b"data"][0, 2048]
         assert ds.labels[:6].tolist() == raw[b"labels"]
@@ -53,7 +54,8 @@ def test_arrays_npz(tmp_path):
     assert ds.features.shape == (50, 12) and ds.features.dtype == np.float32
     assert ds.is_test.tolist() == (split == "test").tolist() and ds.num_classes == 3
     np.savez(tmp_path / "nosplit.npz", X=X, y=y)
-    ds2 = load_dataset(DatasetConfig(name="arrays", path=str(tmp_path / "nosplit.npz"), test_fraction=0.3))
+    nosplit = DatasetConfig(name="arrays", path=str(tmp_path / "nosplit.npz"), test_fraction=0.3)
+    ds2 = load_dataset(nosplit)
     assert ds2.is_test.sum() == 15
     np.savez(tmp_path / "noy.npz", X=X)
     with pytest.raises(DataError, match="no array 'y'"):

@@ -33,7 +33,9 @@ def naive_welch(masks: np.ndarray, margins: np.ndarray) -> tuple[np.ndarray, np.
     for i in range(n):
         inside, outside = y[masks[:, i]], y[~masks[:, i]]
         values[:, i] = inside.mean(axis=0) - outside.mean(axis=0)
-        stderr[:, i] = np.sqrt(inside.var(axis=0, ddof=1) / len(inside) + outside.var(axis=0, ddof=1) / len(outside))
+        stderr[:, i] = np.sqrt(
+            inside.var(axis=0, ddof=1) / len(inside) + outside.var(axis=0, ddof=1) / len(outside)
+        )
     return values, stderr
 
 
@@ -56,7 +58,9 @@ def test_chunking_and_row_subsets_do_not_change_the_result():
     np.testing.assert_allclose(chunked.stderr, whole.stderr, rtol=1e-6, atol=1e-6)
     rows = np.arange(0, 1000, 3)
     subset = difference_of_means(masks, margins, rows=rows, chunk_rows=50)
-    np.testing.assert_allclose(subset.values, downsampling(masks[rows], margins[rows]).values, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        subset.values, downsampling(masks[rows], margins[rows]).values, rtol=1e-6, atol=1e-6
+    )
     assert subset.n_models == len(rows)
 
 
@@ -103,7 +107,8 @@ def test_degenerate_columns_score_zero_with_infinite_stderr_and_no_nan():
     masks[:, 1] = False  # in none
     masks[:, 2] = False
     masks[7, 2] = True  # in exactly one: a mean, but no variance
-    for scores in (downsampling(masks, margins), memorization(masks, np.tile(margins[:, :1], (1, 6)))):
+    self_margins = np.tile(margins[:, :1], (1, 6))
+    for scores in (downsampling(masks, margins), memorization(masks, self_margins)):
         values = scores.values.reshape(-1, 6)
         stderr = scores.stderr.reshape(-1, 6)
         assert not np.isnan(values).any() and not np.isnan(stderr).any()
@@ -131,7 +136,9 @@ def test_covariate_adjustment_removes_a_linear_trend_in_alpha():
     masks = rng.random((20_000, 3)) < alpha[:, None]
     margins = 2.0 * alpha + 0.3 * masks[:, 0] + 0.05 * rng.normal(size=20_000)
     plain, plain_stderr = moments_to_difference(accumulate_moments(masks, margins))
-    adjusted, stderr = moments_to_difference(accumulate_moments(masks, margins, covariate=alpha), 0.5)
+    adjusted, stderr = moments_to_difference(
+        accumulate_moments(masks, margins, covariate=alpha), 0.5
+    )
     assert abs(plain[0, 1]) > 0.05  # the bias is real
     np.testing.assert_allclose(adjusted[0], [0.3, 0.0, 0.0], atol=4 * stderr[0].max())
     # The trend in α is also taken out of the noise: 0.05·sqrt(1/n1 + 1/n0) ≈ 0.0007.
@@ -151,4 +158,6 @@ def test_bad_inputs_are_named():
     with pytest.raises(EstimatorInputError, match="0/1"):
         downsampling(masks.astype(np.int64) * 2, margins)
     # 0/1 integer masks are accepted.
-    np.testing.assert_array_equal(downsampling(masks.astype(np.uint8), margins).values, downsampling(masks, margins).values)
+    np.testing.assert_array_equal(
+        downsampling(masks.astype(np.uint8), margins).values, downsampling(masks, margins).values
+    )

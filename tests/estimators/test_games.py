@@ -70,12 +70,15 @@ def exact_semivalue(utility: np.ndarray, n: int, weight_of_size) -> np.ndarray:
     for i in range(n):
         without = ~masks[:, i]
         codes = np.flatnonzero(without)
-        values[i] = np.sum(weight_of_size(sizes[codes]) * (utility[codes | (1 << i)] - utility[codes]))
+        gains = utility[codes | (1 << i)] - utility[codes]
+        values[i] = np.sum(weight_of_size(sizes[codes]) * gains)
     return values
 
 
 def shapley_weight(n: int):
-    return lambda k: np.array([math.factorial(s) * math.factorial(n - 1 - s) / math.factorial(n) for s in k])
+    return lambda k: np.array(
+        [math.factorial(s) * math.factorial(n - 1 - s) / math.factorial(n) for s in k]
+    )
 
 
 def banzhaf_weight(n: int):
@@ -84,7 +87,8 @@ def banzhaf_weight(n: int):
 
 def beta_weight(n: int, paper_alpha: float, paper_beta: float):
     """Kwon & Zou: ∫ p^k (1−p)^{n−1−k} Beta(p; β, α) dp = B(k+β, n−1−k+α) / B(α, β)."""
-    return lambda k: special.beta(k + paper_beta, n - 1 - k + paper_alpha) / special.beta(paper_alpha, paper_beta)
+    norm = special.beta(paper_alpha, paper_beta)
+    return lambda k: special.beta(k + paper_beta, n - 1 - k + paper_alpha) / norm
 
 
 def exact_design(n: int, numerator: int, denominator: int) -> np.ndarray:
@@ -101,7 +105,9 @@ def interpolatory_weights(nodes: np.ndarray) -> np.ndarray:
     return np.linalg.solve(np.vander(nodes, increasing=True).T, 1.0 / (powers + 1.0))
 
 
-def grid_table(utility: np.ndarray, n: int, denominator: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def grid_table(
+    utility: np.ndarray, n: int, denominator: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact designs at p = 1/q … (q−1)/q stacked: (masks, margins[m, 1], alpha)."""
     masks, alpha = [], []
     for numerator in range(1, denominator):
@@ -120,7 +126,9 @@ def test_banzhaf_on_full_factorial_is_exact_banzhaf():
     utility = ridge_game(n)
     masks = all_masks(n)
     scores = banzhaf(masks, utility[:, None], alpha=np.full(len(masks), 0.5))
-    np.testing.assert_allclose(scores.values[0], exact_semivalue(utility, n, banzhaf_weight(n)), atol=1e-5)
+    np.testing.assert_allclose(
+        scores.values[0], exact_semivalue(utility, n, banzhaf_weight(n)), atol=1e-5
+    )
 
 
 def test_owen_grid_on_exact_design_is_exact_shapley():
@@ -129,7 +137,8 @@ def test_owen_grid_on_exact_design_is_exact_shapley():
     utility = ridge_game(n, seed=1)
     masks, margins, alpha = grid_table(utility, n, q)
     nodes = np.arange(1, q) / q
-    scores = shapley(masks, margins, alpha.astype(np.float32), grid=(nodes, interpolatory_weights(nodes)))
+    grid = (nodes, interpolatory_weights(nodes))
+    scores = shapley(masks, margins, alpha.astype(np.float32), grid=grid)
     exact = exact_semivalue(utility, n, shapley_weight(n))
     np.testing.assert_allclose(scores.values[0], exact, atol=1e-5)
     # Efficiency: Σ φ = U(N) − U(∅), a check on the enumeration itself.
@@ -186,7 +195,9 @@ def additive(masks: np.ndarray) -> np.ndarray:
 
 def test_additive_game_difference_of_means_estimators_return_contributions():
     design = exact_design(N_ADD, 1, 4)
-    np.testing.assert_allclose(downsampling(design, additive(design)).values, CONTRIBUTIONS, atol=1e-5)
+    np.testing.assert_allclose(
+        downsampling(design, additive(design)).values, CONTRIBUTIONS, atol=1e-5
+    )
     half = all_masks(N_ADD)
     np.testing.assert_allclose(banzhaf(half, additive(half)).values, CONTRIBUTIONS, atol=1e-5)
 
@@ -201,9 +212,8 @@ def test_additive_game_difference_of_means_estimators_return_contributions():
     np.testing.assert_allclose(on_grid.values, CONTRIBUTIONS, atol=1e-5)
     # grid=None: the three distinct α values become three bins whose masses sum to 1.
     np.testing.assert_allclose(shapley(masks, margins, alpha).values, CONTRIBUTIONS, atol=1e-5)
-    np.testing.assert_allclose(
-        beta_shapley(masks, margins, alpha, beta_params=(16.0, 1.0)).values, CONTRIBUTIONS, atol=1e-5
-    )
+    skewed = beta_shapley(masks, margins, alpha, beta_params=(16.0, 1.0))
+    np.testing.assert_allclose(skewed.values, CONTRIBUTIONS, atol=1e-5)
 
 
 def test_additive_game_tmc_and_loo_return_contributions():
@@ -215,13 +225,17 @@ def test_additive_game_tmc_and_loo_return_contributions():
         step += list(range(N_ADD + 1))
         added += list(prefix_added)
         masks.append(prefix_masks)
-    scores = tmc_shapley(np.array(perm_id), np.array(step), np.array(added), additive(np.concatenate(masks)), N_ADD)
+    scores = tmc_shapley(
+        np.array(perm_id), np.array(step), np.array(added), additive(np.concatenate(masks)), N_ADD
+    )
     np.testing.assert_allclose(scores.values, CONTRIBUTIONS, atol=1e-5)
 
     left_out = np.r_[-1, -1, np.arange(N_ADD)]
     loo_masks = np.ones((len(left_out), N_ADD), dtype=bool)
     loo_masks[np.arange(2, len(left_out)), left_out[2:]] = False
-    np.testing.assert_allclose(loo(left_out, additive(loo_masks), N_ADD).values, CONTRIBUTIONS, atol=1e-5)
+    np.testing.assert_allclose(
+        loo(left_out, additive(loo_masks), N_ADD).values, CONTRIBUTIONS, atol=1e-5
+    )
 
 
 # ---------------------------------------------------------------- sampled tables converge
@@ -241,7 +255,9 @@ def game() -> dict:
     }
 
 
-def sampled_estimate(game: dict, method: str, n_models: int, seed: int) -> tuple[Scores, np.ndarray]:
+def sampled_estimate(
+    game: dict, method: str, n_models: int, seed: int
+) -> tuple[Scores, np.ndarray]:
     """One estimate from about ``n_models`` sampled models, and the exact values it targets."""
     rng = np.random.default_rng(seed)
     utility = game["utility"]
@@ -252,7 +268,8 @@ def sampled_estimate(game: dict, method: str, n_models: int, seed: int) -> tuple
         added = np.concatenate([r[1] for r in rows])
         perm_id = np.repeat(np.arange(n_perms), N_MC + 1)
         step = np.tile(np.arange(N_MC + 1), n_perms)
-        return tmc_shapley(perm_id, step, added, utility[subset_codes(masks)], N_MC), game["shapley"]
+        scores = tmc_shapley(perm_id, step, added, utility[subset_codes(masks)], N_MC)
+        return scores, game["shapley"]
     if method == "msr":
         alpha = np.full(n_models, 0.5)
     elif method == "owen_grid":
@@ -329,4 +346,6 @@ def test_enumeration_matches_permutation_definition_of_shapley():
             by_permutations[point] += utility[code | (1 << point)] - utility[code]
             code |= 1 << point
     by_permutations /= math.factorial(n)
-    np.testing.assert_allclose(exact_semivalue(utility, n, shapley_weight(n)), by_permutations, atol=1e-12)
+    np.testing.assert_allclose(
+        exact_semivalue(utility, n, shapley_weight(n)), by_permutations, atol=1e-12
+    )

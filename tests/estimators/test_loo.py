@@ -36,7 +36,8 @@ def test_seeds_are_averaged_and_pooled_stderr_is_calibrated():
     z = []
     for trial in range(40):
         noise = np.random.default_rng(trial).normal(scale=sd, size=(len(left_out), targets))
-        clean = effect.sum(axis=0) - np.where(left_out[:, None] >= 0, effect[np.maximum(left_out, 0)], 0.0)
+        removed = np.where(left_out[:, None] >= 0, effect[np.maximum(left_out, 0)], 0.0)
+        clean = effect.sum(axis=0) - removed
         scores = loo(left_out, clean + noise, n)
         z.append((scores.values - effect.T) / scores.stderr)
     rms = float(np.sqrt(np.mean(np.square(z))))

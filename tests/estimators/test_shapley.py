@@ -87,4 +87,5 @@ def test_bad_arguments_are_named():
     with pytest.raises(EstimatorInputError, match="beta_params"):
         beta_shapley(masks, np.ones(4), np.full(4, 0.5), beta_params=(0.0, 1.0))
     with pytest.raises(EstimatorInputError, match="grid nodes"):
-        shapley(masks, np.ones(4), np.full(4, 0.5), grid=(np.array([0.0, 0.5]), np.array([0.5, 0.5])))
+        grid = (np.array([0.0, 0.5]), np.array([0.5, 0.5]))
+        shapley(masks, np.ones(4), np.full(4, 0.5), grid=grid)

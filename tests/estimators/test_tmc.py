@@ -54,7 +54,9 @@ def test_truncated_points_contribute_zero_but_still_count():
     scores = tmc_shapley(perm_id, step, added, utility, n)
     # Walk 0 sees every point; walk 1 only its first two; the mean is over both walks.
     seen_twice = np.isin(np.arange(n), tmc_permutation(1, 1, n)[:2])
-    np.testing.assert_allclose(scores.values[0], np.where(seen_twice, contributions, contributions / 2))
+    np.testing.assert_allclose(
+        scores.values[0], np.where(seen_twice, contributions, contributions / 2)
+    )
     assert scores.n_models == len(step)
 
 
@@ -67,7 +69,9 @@ def test_rows_in_any_order_and_shared_empty_model():
     shuffled = tmc_shapley(perm_id[shuffle], step[shuffle], added[shuffle], utility[shuffle], n)
     np.testing.assert_allclose(shuffled.values, reference.values, rtol=1e-6)
     keep = step > 0  # drop the step-0 rows; the empty model's margins are 0
-    shared = tmc_shapley(perm_id[keep], step[keep], added[keep], utility[keep], n, empty_margins=np.zeros(2))
+    shared = tmc_shapley(
+        perm_id[keep], step[keep], added[keep], utility[keep], n, empty_margins=np.zeros(2)
+    )
     np.testing.assert_allclose(shared.values, reference.values, rtol=1e-6)
     # Symmetric utility sqrt(|S|): efficiency Σφ = sqrt(n) holds for every single walk.
     assert reference.values[1].sum() == pytest.approx(np.sqrt(n), rel=1e-6)

@@ -14,7 +14,8 @@ def test_hand_computed_example():
     a = np.array([1.5, 3, 4, 1.5]) - 2.5
     b = np.array([2, 3, 4, 1]) - 2.5
     expected = (a @ b) / np.sqrt((a @ a) * (b @ b))
-    assert result.value == pytest.approx(expected) and result.n_targets == 1 and result.n_subsets == 4
+    assert result.value == pytest.approx(expected)
+    assert result.n_targets == 1 and result.n_subsets == 4
     assert expected == pytest.approx(4.5 / np.sqrt(4.5 * 5.0))  # = 0.9487
 
 

@@ -48,16 +48,21 @@ def _single_thread():
 
 def subset(data, n_train: int, n_targets: int):
     return dataclasses.replace(
-        data, train_x=data.train_x[:n_train], train_y=data.train_y[:n_train], eval_x=data.eval_x[:n_targets],
-        eval_y=data.eval_y[:n_targets], n_test=n_targets, train_index=data.train_index[:n_train],
+        data, train_x=data.train_x[:n_train], train_y=data.train_y[:n_train],
+        eval_x=data.eval_x[:n_targets], eval_y=data.eval_y[:n_targets], n_test=n_targets,
+        train_index=data.train_index[:n_train],
     )
 
 
 def logreg_config(weight_decay: float):
     from datamodels.config import config_from_dict
 
-    return config_from_dict({"model": {"arch": "logreg"},
-                             "train": {"weight_decay": weight_decay, "tolerance": 1e-8, "max_iter": 5000}})
+    return config_from_dict(
+        {
+            "model": {"arch": "logreg"},
+            "train": {"weight_decay": weight_decay, "tolerance": 1e-8, "max_iter": 5000},
+        }
+    )
 
 
 @pytest.fixture(scope="session")
@@ -70,13 +75,17 @@ def logreg_case(digits_data) -> LogregCase:
     masks = np.ones((N_LEFT_OUT + 1, N_TRAIN), dtype=bool)
     masks[np.arange(1, N_LEFT_OUT + 1), np.arange(N_LEFT_OUT)] = False
     with single_thread():
-        outcome = train_batch(masks, np.zeros(N_LEFT_OUT + 1, dtype=np.int64), sub, logreg_config(WEIGHT_DECAY))
+        seeds = np.zeros(N_LEFT_OUT + 1, dtype=np.int64)
+        outcome = train_batch(masks, seeds, sub, logreg_config(WEIGHT_DECAY))
     assert not outcome.failed.any()
     margins = outcome.margins.astype(np.float64)
     loo = (margins[0][None, :] - margins[1:]).T
     params = fit_logreg(sub.train_x, sub.train_y, data.num_classes, WEIGHT_DECAY)
     model = logreg_model(params, data.in_dim, data.num_classes, WEIGHT_DECAY)
-    return LogregCase(model, sub.train_x.double(), sub.train_y, sub.eval_x.double(), sub.eval_y, loo, margins[0], sub)
+    return LogregCase(
+        model, sub.train_x.double(), sub.train_y, sub.eval_x.double(), sub.eval_y, loo,
+        margins[0], sub,
+    )
 
 
 def pearson(a, b) -> float:

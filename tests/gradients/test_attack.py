@@ -26,7 +26,8 @@ def test_pert_is_the_gradient_of_the_retrained_margin(digits_data):
     eps = 1e-3
     moved = x.clone()
     moved[5] += eps * direction
-    change = per_example_outputs(refit(moved), tx, ty, "margin") - per_example_outputs(model, tx, ty, "margin")
+    after = per_example_outputs(refit(moved), tx, ty, "margin")
+    change = after - per_example_outputs(model, tx, ty, "margin")
     predicted = eps * (pert[:, 0] @ direction)
     torch.testing.assert_close(change, predicted, rtol=0.1, atol=1e-7)
 
@@ -44,7 +45,8 @@ def test_attack_flips_a_retrained_prediction(digits_data):
     pert = influence_pert_scores(model, x, y, tx.unsqueeze(0), ty.reshape(1))[0]
     point = most_influential_point(pert)
     result = craft_attack(model, x, y, tx, ty, point=point, budget=BUDGET, refit=refit, max_iter=20)
-    print(f"attack on target {target} via train point {point}: margins {np.round(result.margins, 3)}")
+    margins_path = np.round(result.margins, 3)
+    print(f"attack on target {target} via train point {point}: margins {margins_path}")
     assert result.flipped
     assert float(result.delta.abs().max()) <= BUDGET + 1e-12
     # ground truth: the project's trainer, retrained on the perturbed training set
@@ -53,9 +55,17 @@ def test_attack_flips_a_retrained_prediction(digits_data):
     poisoned = subset(data, N_TRAIN, 100)
     poisoned.train_x = attacked.float()
     with single_thread():
-        clean = train_batch(np.ones((1, N_TRAIN), bool), np.zeros(1, np.int64), sub, logreg_config(WEIGHT_DECAY))
-        after = train_batch(np.ones((1, N_TRAIN), bool), np.zeros(1, np.int64), poisoned, logreg_config(WEIGHT_DECAY))
+        everything, seed = np.ones((1, N_TRAIN), bool), np.zeros(1, np.int64)
+        logreg = logreg_config(WEIGHT_DECAY)
+        clean = train_batch(everything, seed, sub, logreg)
+        after = train_batch(everything, seed, poisoned, logreg)
     assert clean.margins[0, target] > 0 > after.margins[0, target]
+
+
+def _fitted(data, x, y):
+    """The logreg optimum on ``x``, ``y`` as a ``FunctionalModel``."""
+    C = data.num_classes
+    return logreg_model(fit_logreg(x, y, C, WEIGHT_DECAY), data.in_dim, C, WEIGHT_DECAY)
 
 
 def test_pert_self_scores_are_the_diagonal_of_pert(digits_data):
@@ -63,9 +73,10 @@ def test_pert_self_scores_are_the_diagonal_of_pert(digits_data):
 
     _, data = digits_data
     x, y = data.train_x[:N_TRAIN].double(), data.train_y[:N_TRAIN]
-    model = logreg_model(fit_logreg(x, y, data.num_classes, WEIGHT_DECAY), data.in_dim, data.num_classes, WEIGHT_DECAY)
+    model = _fitted(data, x, y)
     points = torch.arange(5, 12)
-    full = influence_pert_scores(model, x, y, x[points], y[points], utility="loss", points=points)  # [m, m, d]
+    # full: [m, m, d]
+    full = influence_pert_scores(model, x, y, x[points], y[points], utility="loss", points=points)
     diagonal = full.diagonal(dim1=0, dim2=1).movedim(-1, 0)
     own = influence_pert_self_scores(model, x, y, x[points], y[points], utility="loss")
     torch.testing.assert_close(own, diagonal, rtol=1e-8, atol=1e-12)
@@ -73,10 +84,11 @@ def test_pert_self_scores_are_the_diagonal_of_pert(digits_data):
 
 
 def test_pert_in_memory_bounded_chunks_agrees(digits_data):
-    """Points split into chunks (a small ``chunk_elements``) give the same pert, for every target."""
+    """Points split into chunks (a small ``chunk_elements``) give the same pert, for every
+    target."""
     _, data = digits_data
     x, y = data.train_x[:N_TRAIN].double(), data.train_y[:N_TRAIN]
-    model = logreg_model(fit_logreg(x, y, data.num_classes, WEIGHT_DECAY), data.in_dim, data.num_classes, WEIGHT_DECAY)
+    model = _fitted(data, x, y)
     tx, ty = data.eval_x[:80].double(), data.eval_y[:80]
     wide = influence_pert_scores(model, x, y, tx, ty, chunk_elements=200_000)  # 3 points per chunk
     narrow = influence_pert_scores(model, x, y, tx[:3], ty[:3])  # one chunk

@@ -34,7 +34,8 @@ def scores(logreg_case):
 
 
 def test_fitted_model_matches_the_trainer(logreg_case):
-    margins = per_example_outputs(logreg_case.model, logreg_case.target_x, logreg_case.target_y, "margin")
+    case = logreg_case
+    margins = per_example_outputs(case.model, case.target_x, case.target_y, "margin")
     np.testing.assert_allclose(margins.numpy(), logreg_case.margins, atol=1e-5)  # float32 margins
 
 
@@ -70,14 +71,19 @@ def test_loss_utility_is_minus_one_over_n_koh_liang(logreg_case):
     case = logreg_case
     n = len(case.train_x)
     H = exact_hessian(case.model, case.train_x, case.train_y)
-    got = influence_scores(case.model, case.train_x, case.train_y, case.target_x[:3], case.target_y[:3],
-                           utility="loss", train_output="loss")
+    got = influence_scores(
+        case.model, case.train_x, case.train_y, case.target_x[:3], case.target_y[:3],
+        utility="loss", train_output="loss",
+    )
+
+    def loss_grad(x, y):
+        loss = lambda p: torch.nn.functional.cross_entropy(case.model.logits_fn(p, x), y)  # noqa: E731
+        return torch.func.grad(loss)(case.model.params)
+
     for t in range(3):
         for i in (0, 7):
-            g_t = torch.func.grad(lambda p, t=t: torch.nn.functional.cross_entropy(
-                case.model.logits_fn(p, case.target_x[t : t + 1]), case.target_y[t : t + 1]))(case.model.params)
-            g_z = torch.func.grad(lambda p, i=i: torch.nn.functional.cross_entropy(
-                case.model.logits_fn(p, case.train_x[i : i + 1]), case.train_y[i : i + 1]))(case.model.params)
+            g_t = loss_grad(case.target_x[t : t + 1], case.target_y[t : t + 1])
+            g_z = loss_grad(case.train_x[i : i + 1], case.train_y[i : i + 1])
             i_up_loss = -g_t @ torch.linalg.pinv(H, hermitian=True) @ g_z
             torch.testing.assert_close(got[t, i], -i_up_loss / n, rtol=1e-6, atol=1e-12)
 
@@ -87,7 +93,9 @@ def test_self_scores_are_the_diagonal(logreg_case):
     x, y = case.train_x[:25], case.train_y[:25]
     full = influence_scores(case.model, case.train_x, case.train_y, x, y, utility="loss")[:, :25]
     for solver in (Exact(), ConjugateGradient()):
-        own = influence_self_scores(case.model, case.train_x, case.train_y, utility="loss", solver=solver, chunk_size=16)
+        own = influence_self_scores(
+            case.model, case.train_x, case.train_y, utility="loss", solver=solver, chunk_size=16
+        )
         torch.testing.assert_close(own[:25], torch.diagonal(full), rtol=1e-6, atol=1e-12)
         assert (own > 0).all()  # convex: ∇ℓᵀH⁻¹∇ℓ̃ > 0 for the loss utility
 
@@ -110,7 +118,8 @@ def test_exact_hessian_equals_finite_differences_of_the_gradient():
             e[j] = eps
             columns.append((grad_j(model.params + e) - grad_j(model.params - e)) / (2 * eps))
         torch.testing.assert_close(H, torch.stack(columns, 1), rtol=1e-5, atol=1e-7)
-        v = torch.randn(4, model.num_params, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        gen = torch.Generator().manual_seed(1)
+        v = torch.randn(4, model.num_params, dtype=torch.float64, generator=gen)
         torch.testing.assert_close(hvp_fn(model, x, y)(v), v @ H, rtol=1e-9, atol=1e-11)
 
 
@@ -128,10 +137,13 @@ def test_logreg_null_direction_is_handled():
     H = exact_hessian(model, x, y)
     assert torch.linalg.eigvalsh(H)[0].abs() < 1e-10
     assert (H @ model.null_directions[0]).abs().max() < 1e-10
-    v = torch.randn(5, model.num_params, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    v = torch.randn(5, model.num_params, dtype=torch.float64, generator=gen)
     exact = inverse_hvp(model, x, y, v, Exact())
     assert (exact @ model.null_directions.T).abs().max() < 1e-10
-    torch.testing.assert_close(inverse_hvp(model, x, y, v, ConjugateGradient()), exact, rtol=1e-6, atol=1e-8)
-    torch.testing.assert_close(inverse_hvp(model, x, y, v, Lissa(depth=1500)), exact, rtol=1e-4, atol=1e-5)
+    cg = inverse_hvp(model, x, y, v, ConjugateGradient())
+    torch.testing.assert_close(cg, exact, rtol=1e-6, atol=1e-8)
+    lissa = inverse_hvp(model, x, y, v, Lissa(depth=1500))
+    torch.testing.assert_close(lissa, exact, rtol=1e-4, atol=1e-5)
     projected = v - (v @ model.null_directions.T) @ model.null_directions
     torch.testing.assert_close(exact @ H, projected, rtol=1e-8, atol=1e-10)

@@ -28,7 +28,9 @@ def test_one_checkpoint_is_lr_times_the_gradient_dot_product():
             expected = lr * loss_grad(i) @ loss_grad(t)
             torch.testing.assert_close(scores[t - 4, i], expected, rtol=1e-10, atol=1e-14)
     self_scores = tracin_self_scores(model, [(model.params, lr)], x, y)
-    torch.testing.assert_close(self_scores[2], lr * loss_grad(2).pow(2).sum(), rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(
+        self_scores[2], lr * loss_grad(2).pow(2).sum(), rtol=1e-10, atol=1e-14
+    )
 
 
 def test_checkpoints_sum_and_margin_sign():
@@ -37,7 +39,9 @@ def test_checkpoints_sum_and_margin_sign():
     y = torch.randint(0, 3, (8,), generator=gen)
     model = mlp_model([p.double() for p in init_params(0, [5, 4, 3])], weight_decay=0.0)
     other = model.params + 0.1 * torch.randn(model.num_params, generator=gen, dtype=torch.float64)
-    both = tracin_scores(model, [(model.params, 0.1), (other, 0.2)], x, y, x[:2], y[:2], utility="margin")
+    both = tracin_scores(
+        model, [(model.params, 0.1), (other, 0.2)], x, y, x[:2], y[:2], utility="margin"
+    )
     one = tracin_scores(model, [(model.params, 0.1)], x, y, x[:2], y[:2], utility="margin")
     two = tracin_scores(model, [(other, 0.2)], x, y, x[:2], y[:2], utility="margin")
     torch.testing.assert_close(both, one + two)
@@ -46,8 +50,11 @@ def test_checkpoints_sum_and_margin_sign():
 
     lr = 1e-4
     step = model.params - lr * per_example_grads(model, x[3:4], y[3:4], "loss")[0]
-    change = per_example_outputs(model.with_params(step), x[:2], y[:2], "margin") - per_example_outputs(model, x[:2], y[:2], "margin")
-    score = tracin_scores(model, [(model.params, lr)], x[3:4], y[3:4], x[:2], y[:2], utility="margin")[:, 0]
+    after = per_example_outputs(model.with_params(step), x[:2], y[:2], "margin")
+    change = after - per_example_outputs(model, x[:2], y[:2], "margin")
+    score = tracin_scores(
+        model, [(model.params, lr)], x[3:4], y[3:4], x[:2], y[:2], utility="margin"
+    )[:, 0]
     torch.testing.assert_close(change, score, rtol=1e-3, atol=1e-9)
 
 
@@ -65,20 +72,35 @@ def test_layer_factors_give_the_per_example_gradient_dot_products():
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(9, 6, generator=gen, dtype=torch.float64)
     y = torch.randint(0, 4, (9,), generator=gen)
-    deep = mlp_model([p.double() for p in init_params(1, [6, 5, 5, 4])], weight_decay=1e-3)  # two hidden layers
+    # two hidden layers
+    deep = mlp_model([p.double() for p in init_params(1, [6, 5, 5, 4])], weight_decay=1e-3)
     linear = logreg_model(torch.randn(7 * 4, generator=gen, dtype=torch.float64), 6, 4, 1e-3)
     for model in (deep, linear):
         for left, right in (("loss", "loss"), ("margin", "loss")):
-            dots = factor_dots(gradient_factors(model, x[:3], y[:3], left), gradient_factors(model, x[3:], y[3:], right))
-            expected = per_example_grads(model, x[:3], y[:3], left) @ per_example_grads(model, x[3:], y[3:], right).T
+            dots = factor_dots(
+                gradient_factors(model, x[:3], y[:3], left),
+                gradient_factors(model, x[3:], y[3:], right),
+            )
+            expected = (
+                per_example_grads(model, x[:3], y[:3], left)
+                @ per_example_grads(model, x[3:], y[3:], right).T
+            )
             torch.testing.assert_close(dots, expected, rtol=1e-10, atol=1e-12)
         norms = factor_norms(gradient_factors(model, x, y, "loss"))
-        torch.testing.assert_close(norms, per_example_grads(model, x, y, "loss").pow(2).sum(1), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(
+            norms, per_example_grads(model, x, y, "loss").pow(2).sum(1), rtol=1e-10, atol=1e-12
+        )
         # TracIn through the factors equals TracIn through vmap(grad) per-example gradients
         generic = dataclasses.replace(model, layer_io=None)
         for utility in ("loss", "margin"):
-            fast = tracin_scores(model, [(model.params, 0.3)], x[3:], y[3:], x[:3], y[:3], utility=utility, chunk_size=4)
-            slow = tracin_scores(generic, [(model.params, 0.3)], x[3:], y[3:], x[:3], y[:3], utility=utility)
+            checkpoints = [(model.params, 0.3)]
+            fast = tracin_scores(
+                model, checkpoints, x[3:], y[3:], x[:3], y[:3], utility=utility, chunk_size=4
+            )
+            slow = tracin_scores(generic, checkpoints, x[3:], y[3:], x[:3], y[:3], utility=utility)
             torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(tracin_self_scores(model, [(model.params, 0.3)], x, y),
-                                   tracin_self_scores(generic, [(model.params, 0.3)], x, y), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(
+            tracin_self_scores(model, [(model.params, 0.3)], x, y),
+            tracin_self_scores(generic, [(model.params, 0.3)], x, y),
+            rtol=1e-10, atol=1e-12,
+        )

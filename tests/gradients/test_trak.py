@@ -43,16 +43,22 @@ def test_ensemble_averages_the_two_factors_separately():
     both = trak_scores([model, other], x, y, x[:3], y[:3], proj_dim=6, seed=4)
     a = trak_scores([model], x, y, x[:3], y[:3], proj_dim=6, seed=4)
     b = trak_scores([other], x, y, x[:3], y[:3], proj_dim=6, seed=5)
-    q = lambda m: 1 - torch.softmax(m.logits_fn(m.params, x), 1).gather(1, y.view(-1, 1)).squeeze(1)  # noqa: E731
-    torch.testing.assert_close(both, 0.5 * (a / q(model) + b / q(other)) * 0.5 * (q(model) + q(other)))
+
+    def q(m):
+        return 1 - torch.softmax(m.logits_fn(m.params, x), 1).gather(1, y.view(-1, 1)).squeeze(1)
+
+    expected = 0.5 * (a / q(model) + b / q(other)) * 0.5 * (q(model) + q(other))
+    torch.testing.assert_close(both, expected)
 
 
 def test_trak_ranks_like_leave_one_out_on_logreg(logreg_case):
     """A sanity floor, not an identity: one model, TRAK's ΦᵀΦ has no p(1−p) weights and no
     weight decay (λ plays it), measured 0.775 here."""
     case = logreg_case
-    tau = trak_scores([case.model], case.train_x, case.train_y, case.target_x, case.target_y, proj_dim=1024,
-                      damping=50.0)
+    tau = trak_scores(
+        [case.model], case.train_x, case.train_y, case.target_x, case.target_y, proj_dim=1024,
+        damping=50.0,
+    )
     r = pearson(tau[:, :N_LEFT_OUT].numpy(), case.loo)
     print(f"TRAK (k=1024, λ=50, one model) Pearson vs LOO = {r:.3f}")
     assert np.isfinite(r) and r > 0.6

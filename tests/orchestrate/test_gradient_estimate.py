@@ -10,10 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from datamodels.api import estimate, train
 from datamodels.cli import app
 from datamodels.config import config_from_dict
-from datamodels.estimate import EstimateError, _positions, read_self_scores
-from datamodels.estimate_gradients import GRADIENT_METHODS, functional_model, plan_job, run_unit
+from datamodels.errors import CheckpointError, EstimateError
 from datamodels.gradients import (
     Exact,
     influence_scores,
@@ -21,13 +21,14 @@ from datamodels.gradients import (
     tracin_scores,
     trak_scores,
 )
+from datamodels.gradients.checkpointed import functional_model
 from datamodels.gradients.grads import per_example_outputs
-from datamodels.orchestrate.driver import train
-from datamodels.orchestrate.estimate import estimate_gradients
-from datamodels.orchestrate.worker import load_context
+from datamodels.orchestrate.context import Context, context
 from datamodels.plans import masks_for, plan_models
+from datamodels.stages.fit import eval_positions
+from datamodels.stages.gradients import GRADIENT_METHODS, GradientStage
 from datamodels.store import Run
-from datamodels.store.checkpoints import CheckpointError, load_checkpoint, read_checkpoint_index
+from datamodels.store.checkpoints import load_checkpoint, read_checkpoint_index
 from datamodels.train.orders import interval_lr
 
 MLP = {
@@ -35,7 +36,10 @@ MLP = {
     "dataset": {"name": "digits", "limit_train": 240, "limit_test": 40},
     "model": {"arch": "mlp", "hidden": 12},
     "train": {"epochs": 4, "batch_size": 32, "lr": 0.1},
-    "plans": [{"name": "train", "alpha": 0.5, "count": 10}, {"name": "eval", "alpha": 0.5, "count": 6}],
+    "plans": [
+        {"name": "train", "alpha": 0.5, "count": 10},
+        {"name": "eval", "alpha": 0.5, "count": 6},
+    ],
     "resources": {"models_per_task": 4},
 }
 CHECKPOINTS = ["checkpoints.plan=train", "checkpoints.models=3", "checkpoints.epochs=[2]"]
@@ -44,8 +48,11 @@ LOGREG = {
     "dataset": {"name": "digits", "limit_train": 60, "limit_test": 100},
     "model": {"arch": "logreg"},
     "train": {"weight_decay": 0.05, "tolerance": 1e-8, "max_iter": 2000},
-    "plans": [{"name": "full", "alpha": 1.0, "count": 1}, {"name": "train", "alpha": 0.5, "count": 4},
-              {"name": "eval", "alpha": 0.5, "count": 4}],
+    "plans": [
+        {"name": "full", "alpha": 1.0, "count": 1},
+        {"name": "train", "alpha": 0.5, "count": 4},
+        {"name": "eval", "alpha": 0.5, "count": 4},
+    ],
     "checkpoints": {"plan": "train"},
     "resources": {"models_per_task": 4},
 }
@@ -72,7 +79,7 @@ def logreg_run(tmp_path_factory, ray_local):
 
 def _final_margins(config, uri, model_id, epoch):
     run = Run(uri)
-    data, _ = load_context(uri, config, "cpu")
+    data = Context().data(run, config)
     layers = load_checkpoint(run.fs, f"checkpoints/{model_id}/epoch_{epoch}.pt")["layers"]
     model = functional_model(config, data, layers)
     return per_example_outputs(model, data.eval_x, data.eval_y, "margin").numpy()
@@ -83,9 +90,13 @@ def test_checkpoints_added_later_retrain_only_to_save_them(mlp_run):
     run = Run(uri)
     assert plain.trained == 16 and plain.checkpointed == 0
     assert later.trained == 0 and later.checkpointed == 3  # the first 3 models of plan 'train'
-    assert {p.name: p.read_bytes() for p in (Path(uri) / "models").glob("*.parquet")} == shards  # rows untouched
+    assert {
+        p.name: p.read_bytes() for p in (Path(uri) / "models").glob("*.parquet")
+    } == shards  # rows untouched
     index = read_checkpoint_index(run.fs)
-    assert sorted(zip(index.model_id, index.epoch, strict=True)) == [(m, e) for m in (0, 1, 2) for e in (2, 4)]
+    assert sorted(zip(index.model_id, index.epoch, strict=True)) == [
+        (m, e) for m in (0, 1, 2) for e in (2, 4)
+    ]
     masks = run.masks(plan="train")
     for row in index.itertuples():
         steps = -(-int(masks[row.model_id].sum()) // 32)
@@ -94,7 +105,9 @@ def test_checkpoints_added_later_retrain_only_to_save_them(mlp_run):
     # the final checkpoint is the stored model: same seed, same subset, same margins
     stored = run.margins(plan="train")
     for model_id in (0, 1, 2):
-        np.testing.assert_allclose(_final_margins(config, uri, model_id, 4), stored[model_id], atol=2e-4)
+        np.testing.assert_allclose(
+            _final_margins(config, uri, model_id, 4), stored[model_id], atol=2e-4
+        )
     # done means done: a further train call has nothing to retrain
     again = train(config, uri, show_progress=False)
     assert again.trained == 0 and again.checkpointed == 0
@@ -112,13 +125,15 @@ def test_missing_or_corrupt_checkpoint_is_named_and_train_recreates_it(mlp_run, 
     with pytest.raises(CheckpointError, match=r"checkpoints/1/epoch_4\.pt is missing"):
         load_checkpoint(run.fs, "checkpoints/1/epoch_4.pt")
     with pytest.raises(CheckpointError, match=r"checkpoints/1/epoch_4\.pt \(model 1\) is missing"):
-        estimate_gradients(three, str(copy), "tracin", show_progress=False)
+        estimate(three, str(copy), "tracin", show_progress=False)
     summary = train(config, str(copy), show_progress=False)
     assert summary.trained == 0 and summary.checkpointed == 1
-    np.testing.assert_allclose(_final_margins(config, str(copy), 1, 4), run.margins(plan="train")[1], atol=2e-4)
+    np.testing.assert_allclose(
+        _final_margins(config, str(copy), 1, 4), run.margins(plan="train")[1], atol=2e-4
+    )
     (copy / "checkpoints/2/epoch_2.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(EstimateError, match=r"checkpoints/2/epoch_2\.pt is corrupt"):
-        estimate_gradients(three, str(copy), "tracin", show_progress=False)
+        estimate(three, str(copy), "tracin", show_progress=False)
 
 
 def test_without_checkpoints_the_error_says_how_to_add_them(tmp_path, ray_local):
@@ -126,12 +141,12 @@ def test_without_checkpoints_the_error_says_how_to_add_them(tmp_path, ray_local)
     uri = str(tmp_path / "run")
     train(config, uri, show_progress=False)
     with pytest.raises(EstimateError, match="checkpoints.plan=train"):
-        estimate_gradients(config, uri, "influence", show_progress=False)
+        estimate(config, uri, "influence", show_progress=False)
 
 
 def _scores_and_self(uri, method):
     run = Run(uri)
-    return run.scores(method)[1], read_self_scores(run)[method]
+    return run.scores(method)[1], run.self_scores()[method]
 
 
 @pytest.mark.parametrize("method", GRADIENT_METHODS)
@@ -140,23 +155,32 @@ def test_sharded_and_unsharded_runs_agree(mlp_run, tmp_path, method):
     copy = str(tmp_path / "run")
     shutil.copytree(uri, copy)
     common = ["gradients.models=2", "gradients.trak_models=3", "gradients.proj_dim=64"]
-    sharded = config_from_dict(MLP, CHECKPOINTS + common + ["gradients.targets_per_task=15", "gradients.train_per_task=70"])
-    whole = config_from_dict(MLP, CHECKPOINTS + common + ["gradients.targets_per_task=1000", "gradients.train_per_task=1000"])
-    assert len(plan_job(sharded, Run(uri), method).units) > len(plan_job(whole, Run(uri), method).units)
-    written = estimate_gradients(sharded, uri, method, show_progress=False)
+    sharded = config_from_dict(
+        MLP, CHECKPOINTS + common + ["gradients.targets_per_task=15", "gradients.train_per_task=70"]
+    )
+    whole = config_from_dict(
+        MLP,
+        CHECKPOINTS + common + ["gradients.targets_per_task=1000", "gradients.train_per_task=1000"],
+    )
+    assert len(GradientStage(sharded, Run(uri), method).units()) > len(
+        GradientStage(whole, Run(uri), method).units()
+    )
+    written = estimate(sharded, uri, method, show_progress=False)
     assert written["models"] == (3 if method == "trak" else 2)
-    estimate_gradients(whole, copy, method, show_progress=False)
+    estimate(whole, copy, method, show_progress=False)
     (a, a_self), (b, b_self) = _scores_and_self(uri, method), _scores_and_self(copy, method)
     assert a.shape == (40, 240) and a_self.shape == (240,)
     assert np.abs(a).max() > 0 and np.abs(a_self).max() > 0
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * np.abs(b).max())
     np.testing.assert_allclose(a_self, b_self, rtol=1e-4, atol=1e-6 * np.abs(b_self).max())
     parts = Path(uri) / "_parts"
-    mine = [p.name for p in parts.iterdir() if p.name.startswith(f"{method}-")]
-    assert mine == [f"{plan_job(sharded, Run(uri), method).part_dir.split('/')[-1]}.done"]  # parts removed
+    assert not [
+        p.name for p in parts.iterdir() if p.name.startswith(f"estimate-{method}-")
+    ]  # parts removed
+    assert (Path(uri) / "_stages" / f"estimate-{method}.json").is_file()
     # finished: the same settings again (sharded differently, too) change nothing
     stamp = (Path(uri) / "scores" / f"{method}.parquet").stat().st_mtime_ns
-    estimate_gradients(whole, uri, method, show_progress=False)
+    estimate(whole, uri, method, show_progress=False)
     assert (Path(uri) / "scores" / f"{method}.parquet").stat().st_mtime_ns == stamp
 
 
@@ -170,51 +194,103 @@ def test_the_newest_index_row_of_a_checkpoint_wins(tmp_path):
     write_checkpoints(fs, "mlp", [(0, 4, 0.5, layers), (1, 4, 0.5, layers)])
     first = sorted((tmp_path / "checkpoints/index").iterdir())[0]
     os.utime(first, ns=(1, 1))  # written long ago
-    write_checkpoints(fs, "mlp", [(0, 4, 0.25, layers)])  # the same checkpoint saved again, another lr
+    write_checkpoints(
+        fs, "mlp", [(0, 4, 0.25, layers)]
+    )  # the same checkpoint saved again, another lr
     index = read_checkpoint_index(fs)
     assert index[["model_id", "epoch", "lr"]].values.tolist() == [[0, 4, 0.25], [1, 4, 0.5]]
 
 
 def _models(config, uri, ids):
     run = Run(uri)
-    data, _ = load_context(uri, config, "cpu")
+    data = Context().data(run, config)
     index = read_checkpoint_index(run.fs)
     paths = [index[index.model_id == m].path.iloc[-1] for m in ids]
-    return data, [functional_model(config, data, load_checkpoint(run.fs, p)["layers"]) for p in paths], index
+    return (
+        data,
+        [functional_model(config, data, load_checkpoint(run.fs, p)["layers"]) for p in paths],
+        index,
+    )
 
 
 def test_stage_equals_the_estimator_functions(logreg_run):
-    """Each stage table is the pure estimator on the checkpointed models (wiring, subsets, averaging)."""
+    """Each stage table is the pure estimator on the checkpointed models
+    (wiring, subsets, averaging)."""
     config, uri = logreg_run
     run = Run(uri)
     planned = plan_models(config, run.n_train)
     ids = planned.model_id[planned.plan == "train"][:2].tolist()
     data, models, index = _models(config, uri, ids)
-    targets = torch.from_numpy(_positions(run, "test"))
+    targets = torch.from_numpy(eval_positions(run, "test"))
     tx, ty = data.eval_x[targets], data.eval_y[targets]
     x, y = data.train_x, data.train_y
     masks = masks_for(config, planned.select_ids(np.array(ids)), run.n_train)
-    settings = config_from_dict(LOGREG, ["gradients.models=2", "gradients.trak_models=2", "gradients.proj_dim=200",
-                                         "gradients.damping=0.0", "gradients.targets_per_task=30"])
+    settings = config_from_dict(
+        LOGREG,
+        [
+            "gradients.models=2",
+            "gradients.trak_models=2",
+            "gradients.proj_dim=200",
+            "gradients.damping=0.0",
+            "gradients.targets_per_task=30",
+        ],
+    )
     expected = {
-        "influence": np.mean([influence_scores(m, x[mk], y[mk], tx, ty, solver=Exact(), points_x=x, points_y=y).numpy()
-                              for m, mk in zip(models, torch.from_numpy(masks), strict=True)], axis=0),
-        "representer": np.mean([representer_scores(m, x, y, tx, ty, n_train=int(mk.sum())).numpy()
-                                for m, mk in zip(models, masks, strict=True)], axis=0),
-        "tracin": np.mean([tracin_scores(m, [(m.params, float(index[index.model_id == i].lr.iloc[0]))], x, y, tx, ty,
-                                         utility="margin").numpy() for m, i in zip(models, ids, strict=True)], axis=0),
+        "influence": np.mean(
+            [
+                influence_scores(
+                    m, x[mk], y[mk], tx, ty, solver=Exact(), points_x=x, points_y=y
+                ).numpy()
+                for m, mk in zip(models, torch.from_numpy(masks), strict=True)
+            ],
+            axis=0,
+        ),
+        "representer": np.mean(
+            [
+                representer_scores(m, x, y, tx, ty, n_train=int(mk.sum())).numpy()
+                for m, mk in zip(models, masks, strict=True)
+            ],
+            axis=0,
+        ),
+        "tracin": np.mean(
+            [
+                tracin_scores(
+                    m,
+                    [(m.params, float(index[index.model_id == i].lr.iloc[0]))],
+                    x,
+                    y,
+                    tx,
+                    ty,
+                    utility="margin",
+                ).numpy()
+                for m, i in zip(models, ids, strict=True)
+            ],
+            axis=0,
+        ),
         "trak": trak_scores(models, x, y, tx, ty, proj_dim=200, seed=config.seed).numpy(),
     }
     for method, want in expected.items():
-        estimate_gradients(settings, uri, method, show_progress=False)
+        estimate(settings, uri, method, show_progress=False)
         got = run.scores(method)[1]
-        np.testing.assert_allclose(got, want, rtol=2e-3, atol=1e-5 * np.abs(want).max(), err_msg=method)
+        np.testing.assert_allclose(
+            got, want, rtol=2e-3, atol=1e-5 * np.abs(want).max(), err_msg=method
+        )
     # the solver is a setting: conjugate gradients through the stage gives the exact answer too
-    cg = config_from_dict(LOGREG, ["gradients.models=2", "gradients.solver=cg", "gradients.damping=0.0",
-                                   "gradients.cg_tol=1e-10", "gradients.cg_max_iter=2000"])
-    estimate_gradients(cg, uri, "influence", show_progress=False)
+    cg = config_from_dict(
+        LOGREG,
+        [
+            "gradients.models=2",
+            "gradients.solver=cg",
+            "gradients.damping=0.0",
+            "gradients.cg_tol=1e-10",
+            "gradients.cg_max_iter=2000",
+        ],
+    )
+    estimate(cg, uri, "influence", show_progress=False)
     want = expected["influence"]
-    np.testing.assert_allclose(run.scores("influence")[1], want, rtol=1e-3, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_allclose(
+        run.scores("influence")[1], want, rtol=1e-3, atol=1e-5 * np.abs(want).max()
+    )
 
 
 def test_finished_parts_are_reused_on_resume(logreg_run, tmp_path):
@@ -223,20 +299,21 @@ def test_finished_parts_are_reused_on_resume(logreg_run, tmp_path):
     shutil.copytree(uri, copy)
     settings = config_from_dict(LOGREG, ["gradients.models=1", "gradients.train_per_task=20"])
     run = Run(copy)
-    job = plan_job(settings, run, "representer")
-    first_self = next(u for u in job.units if u.kind == "self")
+    stage = GradientStage(settings, run, "representer")
+    first_self = next(u for u in stage.units() if u.payload[0] == "self")
+    _, _, _, start, stop = first_self.payload
     # a task that finished before the driver died: its part is on disk (here, recognisable values)
-    run_unit(copy, settings.to_yaml(), job, first_self)
-    marker = np.full(first_self.stop - first_self.start, 123.0)
+    stage.compute(context(), first_self)
+    marker = np.full(stop - start, 123.0)
     import io
 
     buffer = io.BytesIO()
     np.save(buffer, marker)
-    run.fs.write_bytes_atomic(job.part_path(first_self), buffer.getvalue())
-    estimate_gradients(settings, copy, "representer", show_progress=False)
-    self_scores = read_self_scores(run)["representer"]
-    np.testing.assert_array_equal(self_scores[first_self.start : first_self.stop], 123.0)
-    assert not np.any(self_scores[first_self.stop :] == 123.0)
+    run.fs.write_bytes_atomic(stage.part_path(first_self), buffer.getvalue())
+    estimate(settings, copy, "representer", show_progress=False)
+    self_scores = run.self_scores()["representer"]
+    np.testing.assert_array_equal(self_scores[start:stop], 123.0)
+    assert not np.any(self_scores[stop:] == 123.0)
 
 
 def test_attack_command_flips_a_retrained_logreg(tmp_path, ray_local):
@@ -244,7 +321,9 @@ def test_attack_command_flips_a_retrained_logreg(tmp_path, ray_local):
     uri = str(tmp_path / "run")
     train(config, uri, show_progress=False)
     run = Run(uri)
-    margins = run.margins(plan="full")[0][: run.n_eval - run.n_train]  # test targets of the full-data model
+    margins = run.margins(plan="full")[0][
+        : run.n_eval - run.n_train
+    ]  # test targets of the full-data model
     target = int(np.where(margins > 0.5, margins, np.inf).argmin())
     result = CliRunner().invoke(app, ["attack", uri, "--target", str(target), "--budget", "1.0"])
     assert result.exit_code == 0, result.output
@@ -252,7 +331,9 @@ def test_attack_command_flips_a_retrained_logreg(tmp_path, ray_local):
     table = run.read_table(f"attacks/target_{target}.parquet").to_pylist()[0]
     assert table["flipped"] and table["margins"][0] > 0 > table["margins"][-1]
     assert max(abs(v) for v in table["delta"]) <= 1.0 + 1e-6
-    bad = CliRunner().invoke(app, ["attack", uri, "--target", str(run.n_eval + 5), "--budget", "1.0"])
+    bad = CliRunner().invoke(
+        app, ["attack", uri, "--target", str(run.n_eval + 5), "--budget", "1.0"]
+    )
     assert bad.exit_code == 2 and "not an eval position" in bad.output
 
 
@@ -260,7 +341,9 @@ def test_gradient_self_scores_find_flipped_labels(tmp_path, ray_local):
     """Every gradient method's self scores rank flipped training labels far above chance."""
     from datamodels.evaluate.mislabel import mislabel_detection
 
-    config = config_from_dict(LOGREG, ["dataset.flip_fraction=0.2", "checkpoints.plan=full", "gradients.proj_dim=100"])
+    config = config_from_dict(
+        LOGREG, ["dataset.flip_fraction=0.2", "checkpoints.plan=full", "gradients.proj_dim=100"]
+    )
     uri = str(tmp_path / "run")
     train(config, uri, show_progress=False)
     run = Run(uri)
@@ -269,7 +352,7 @@ def test_gradient_self_scores_find_flipped_labels(tmp_path, ray_local):
     assert flipped.sum() == 12
     found = {}
     for method in ("influence", "tracin", "representer", "trak"):
-        estimate_gradients(config, uri, method, show_progress=False)
-        found[method] = mislabel_detection(read_self_scores(run)[method], flipped).found_at(0.2)
+        estimate(config, uri, method, show_progress=False)
+        found[method] = mislabel_detection(run.self_scores()[method], flipped).found_at(0.2)
     print(found)
     assert min(found.values()) >= 0.5, found  # chance: 0.2

@@ -292,14 +292,14 @@ def test_cuda_matches_cpu():
 def test_cached_gram_matches_chunked_passes(monkeypatch):
     """The cached Gram matrix (upper panels mirrored, refit Gram summed from train + val)
     is exact, and a selection through it matches one that reads the masks every pass."""
-    from datamodels.regress import _chunks
+    from datamodels.regress import design
 
     masks, margins = _random_problem(200, 300, 4, seed=11, density=0.05)
     train, val = split_rows(200, 0.2, seed=1)
     dev = torch.device("cpu")
-    part_a = _chunks.MaskRows(masks, train, device=dev, dtype=torch.float64, chunk_rows=64)
-    part_b = _chunks.MaskRows(masks, val, device=dev, dtype=torch.float64, chunk_rows=64)
-    pooled = _chunks.MaskRows(masks, None, device=dev, dtype=torch.float64)
+    part_a = design.MaskRows(masks, train, device=dev, dtype=torch.float64, chunk_rows=64)
+    part_b = design.MaskRows(masks, val, device=dev, dtype=torch.float64, chunk_rows=64)
+    pooled = design.MaskRows(masks, None, device=dev, dtype=torch.float64)
     pooled.adopt_gram(part_a, part_b)
     x = masks.astype(np.float64)
     np.testing.assert_array_equal(part_a.raw_gram().numpy(), x[train].T @ x[train])
@@ -307,7 +307,7 @@ def test_cached_gram_matches_chunked_passes(monkeypatch):
 
     kwargs = dict(n_lambdas=8, eps=1e-2, tol=1e-8, dtype=torch.float64)
     cached = lasso_select(masks, margins, (train, val), **kwargs)
-    monkeypatch.setattr(_chunks, "GRAM_BYTES_CACHED", 0)
+    monkeypatch.setattr(design, "GRAM_BYTES_CACHED", 0)
     passes = lasso_select(masks, margins, (train, val), **kwargs)
     np.testing.assert_allclose(cached.weights, passes.weights, atol=1e-5)
     np.testing.assert_allclose(cached.val_mse_path, passes.val_mse_path, rtol=1e-6)

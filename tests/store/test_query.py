@@ -15,7 +15,8 @@ def test_design_duckdb_example_verbatim(synthetic):
     """`mask[43]` is train_position 42 and `margins[18]` eval_position 17 (1-based lists)."""
     run_dir = synthetic.run.fs.root
     result = duckdb.sql(
-        f"SELECT mask[43] AS included, avg(margins[18]) FROM '{run_dir}/models/*.parquet' GROUP BY 1"
+        "SELECT mask[43] AS included, avg(margins[18]) "
+        f"FROM '{run_dir}/models/*.parquet' GROUP BY 1"
     ).df()
     result = result.set_index("included").iloc[:, 0]
     included = synthetic.masks[:, 42]

@@ -1,6 +1,8 @@
 """Trainer contract: batched == one-at-a-time for the same seeds, FFCV paths equivalent,
 logreg converged and deterministic, non-finite models flagged."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -59,25 +61,40 @@ def test_ffcv_per_model_loader_is_statistically_equivalent(digits_data):
     assert corr > 0.9
 
 
-def test_nonfinite_models_are_flagged_not_returned(digits_data):
+@pytest.mark.parametrize("trainer", ["batched", "sequential"])
+def test_nonfinite_models_are_flagged_not_returned(digits_data, trainer):
+    """A NaN in one training example fails only the model that trains on it; the others are
+    returned exactly as they are trained on clean data."""
     config, data = digits_data
+    config = _with(config, f"resources.trainer={trainer}")
     masks, seeds = _models(config, data, 4)
-    scale = np.array([1.0, np.inf, 1.0, 1.0])
-    out = train_batch(masks, seeds, data, config, lr_scale=scale)
+    # The batched trainer pads a short batch with the model's excluded examples (weight 0) in
+    # index order, so the last example is never padding: only model 1 ever reads it.
+    bad = data.n_train - 1
+    masks[:, bad] = False
+    masks[1, bad] = True
+    faulty = dataclasses.replace(data, train_x=data.train_x.clone())
+    faulty.train_x[bad] = float("nan")
+    out = train_batch(masks, seeds, faulty, config)
     assert out.failed.tolist() == [False, True, False, False]
+    assert not np.isfinite(out.margins[1]).all()
     clean = train_batch(masks[[0, 2, 3]], seeds[[0, 2, 3]], data, config)
+    assert not clean.failed.any()
     np.testing.assert_allclose(out.margins[[0, 2, 3]], clean.margins, atol=1e-4)
 
 
 def test_logreg_converges_to_the_unique_optimum(digits_data):
     _, data = digits_data
-    config = config_from_dict({**SMALL_DIGITS, "model": {"arch": "logreg"}, "train": {"weight_decay": 0.01}})
+    config = config_from_dict(
+        {**SMALL_DIGITS, "model": {"arch": "logreg"}, "train": {"weight_decay": 0.01}}
+    )
     masks, seeds = _models(config, data, 4)
     masks[3] = False  # empty subset: the all-zero model
     batched = train_batch(masks, seeds, data, config)
     assert not batched.failed.any()
     np.testing.assert_array_equal(batched.margins[3], 0.0)
-    reference = train_batch(masks[:3], seeds[:3], data, _with(config, "resources.trainer=sequential"))
+    sequential = _with(config, "resources.trainer=sequential")
+    reference = train_batch(masks[:3], seeds[:3], data, sequential)
     np.testing.assert_allclose(batched.margins[:3], reference.margins, atol=2e-3)
     # seeds do not matter for a convex model trained to convergence
     reseeded = train_batch(masks[:3], seeds[:3] + 17, data, config)
@@ -85,8 +102,9 @@ def test_logreg_converges_to_the_unique_optimum(digits_data):
 
 
 def test_resnet9_trains_on_images(tmp_path, cifar_archive):
-    from datamodels.stages import BETON_PATH, num_classes, open_run, prepare
-    from datamodels.train.data import load_train_data
+    from datamodels import api
+    from datamodels.orchestrate.context import Context
+    from datamodels.store import Run
 
     config = config_from_dict(
         {
@@ -96,10 +114,9 @@ def test_resnet9_trains_on_images(tmp_path, cifar_archive):
             "plans": [{"name": "train", "count": 2}],
         }
     )
-    run = open_run(config, str(tmp_path / "run"))
-    prepare(config, run)
-    examples = run.examples()
-    data = load_train_data(run.local_path(BETON_PATH), examples, num_classes(examples))
+    out = str(tmp_path / "run")
+    api.prepare(config, out)
+    data = Context().data(Run(out), config)
     assert data.train_x.shape == (100, 3, 32, 32)
     masks, seeds = _models(config, data, 2)
     out = train_batch(masks, seeds, data, config)

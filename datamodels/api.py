@@ -1,0 +1,176 @@
+"""The Python API: the same verbs as the command line, on a config and a run directory.
+
+    import datamodels as dm
+    config = dm.load_config("configs/digits.yaml", ["plans.train.count=500"])
+    dm.run(config, "runs/digits")            # prepare, train, fit, estimate, evaluate
+    dm.Run("runs/digits").scores("datamodels")
+
+Each verb runs one stage through `stages.base.run_stage`: it does nothing when its outputs
+are current, and finishes what an interrupted call left. Training and the gradient
+estimators run as Ray tasks (``address``: a cluster, default RAY_ADDRESS or a local one);
+pass ``executor=SerialExecutor()`` to run them in this process instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+
+from datamodels.config import Config
+from datamodels.store import Run
+
+
+def _run(run: str | Run) -> Run:
+    return run if isinstance(run, Run) else Run(run)
+
+
+def _ray(executor: Any, address: str | None) -> Any:
+    from datamodels.orchestrate.executor import RayExecutor
+
+    return executor or RayExecutor(address)
+
+
+def prepare(
+    config: Config, out: str | Run, show_progress: bool = False, console: Console | None = None
+) -> bool:
+    """Write the beton and ``examples.parquet`` (False when they exist); creates a new run."""
+    from datamodels.stages.base import run_stage
+    from datamodels.stages.prepare import PrepareStage, open_run
+
+    return run_stage(
+        PrepareStage(config, open_run(config, out)), show_progress=show_progress, console=console
+    )
+
+
+def train(
+    config: Config,
+    out: str | Run,
+    address: str | None = None,
+    executor: Any = None,
+    show_progress: bool = True,
+    console: Console | None = None,
+):
+    """Train every planned model not yet in the run; returns a `TrainSummary`."""
+    from datamodels.stages.base import run_stage
+    from datamodels.stages.prepare import open_run
+    from datamodels.stages.train import TrainStage
+
+    run = open_run(config, out)
+    prepare(config, run, console=console)
+    return run_stage(TrainStage(config, run), _ray(executor, address), show_progress, console)
+
+
+def fit(
+    config: Config, run: str | Run, show_progress: bool = True, console: Console | None = None
+) -> bool:
+    """Fit the datamodels; False when they are current for these settings."""
+    from datamodels.stages.base import run_stage
+    from datamodels.stages.fit import FitStage
+
+    return run_stage(FitStage(config, _run(run)), show_progress=show_progress, console=console)
+
+
+def estimate(
+    config: Config,
+    run: str | Run,
+    method: str,
+    address: str | None = None,
+    executor: Any = None,
+    show_progress: bool = True,
+    console: Console | None = None,
+) -> dict[str, int]:
+    """One estimator's ``scores/<method>.parquet`` (+ self scores); returns the rows written
+    (empty when they were current)."""
+    from datamodels.stages.base import run_stage
+    from datamodels.stages.estimate import EstimateStage
+    from datamodels.stages.gradients import GRADIENT_METHODS, GradientStage
+
+    if method in GRADIENT_METHODS:
+        stage, executor = GradientStage(config, _run(run), method), _ray(executor, address)
+    else:
+        stage = EstimateStage(config, _run(run), method)
+    return run_stage(stage, executor, show_progress, console)
+
+
+def evaluate(config: Config, run: str | Run, console: Console | None = None) -> pd.DataFrame:
+    """``evaluation.parquet`` as a frame (computed when the scores changed)."""
+    from datamodels.stages.base import run_stage
+    from datamodels.stages.evaluate import EvaluateStage
+
+    return run_stage(EvaluateStage(config, _run(run)), show_progress=False, console=console)
+
+
+def attack(
+    config: Config,
+    run: str | Run,
+    target: int,
+    budget: float,
+    point: int | None = None,
+    max_iter: int = 20,
+    console: Console | None = None,
+) -> dict:
+    """A training-set attack on eval position ``target``; returns its ``attacks/`` row."""
+    from datamodels.stages.attack import AttackStage
+    from datamodels.stages.base import run_stage
+
+    stage = AttackStage(config, _run(run), target, budget, point, max_iter)
+    return run_stage(stage, show_progress=False, console=console)
+
+
+def methods() -> tuple[str, ...]:
+    """Every estimator name ``estimate`` accepts."""
+    from datamodels.stages.estimate import METHODS
+    from datamodels.stages.gradients import GRADIENT_METHODS
+
+    return METHODS + GRADIENT_METHODS
+
+
+def estimate_many(
+    config: Config,
+    run: str | Run,
+    names: list[str] | None = None,
+    address: str | None = None,
+    show_progress: bool = True,
+    console: Console | None = None,
+    report: Any = None,
+) -> dict:
+    """Named estimators (their errors are the caller's), or every one whose models or
+    checkpoints the run has (the others are skipped with a line on ``console``).
+    ``report(name, written, seconds)`` is called after each. Returns name -> rows written."""
+    import time
+
+    from datamodels.errors import EstimateError
+
+    unknown = [n for n in names or () if n not in methods()]
+    if unknown:
+        raise EstimateError(f"unknown method {unknown[0]!r}; choose from: {', '.join(methods())}")
+    console = console or Console(stderr=True)
+    results = {}
+    for name in names or methods():
+        start = time.perf_counter()
+        try:
+            results[name] = estimate(config, run, name, address, None, show_progress, console)
+        except EstimateError as err:
+            if names:
+                raise
+            console.print(f"estimate: skipped {name}: {err}", highlight=False)
+            continue
+        if report:
+            report(name, results[name], time.perf_counter() - start)
+    return results
+
+
+def run(
+    config: Config,
+    out: str | Run,
+    address: str | None = None,
+    show_progress: bool = True,
+    console: Console | None = None,
+) -> pd.DataFrame:
+    """Every stage: prepare, train, fit, every estimator the run has models for, evaluate."""
+    train(config, out, address, show_progress=show_progress, console=console)
+    fit(config, out, show_progress, console)
+    estimate_many(config, out, address=address, show_progress=show_progress, console=console)
+    return evaluate(config, out, console)

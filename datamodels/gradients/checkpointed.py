@@ -1,0 +1,200 @@
+"""Gradient estimators on a saved checkpoint: one call computes one block of one method.
+
+The glue between a checkpoint (its layers) and the pure estimators of this package: the
+checkpoint as a `FunctionalModel`, the inverse-HVP solver the config names, and the block
+of scores or self scores a work unit asks for (see ``datamodels.stages.gradients``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from datamodels.config import Config
+from datamodels.gradients.grads import exact_hessian
+from datamodels.gradients.ihvp import ConjugateGradient, Exact, FactoredHessian, Lissa, Solver
+from datamodels.gradients.influence import influence_scores, influence_self_scores
+from datamodels.gradients.influence_pert import influence_pert_scores, influence_pert_self_scores
+from datamodels.gradients.model import FunctionalModel, logreg_model, mlp_model
+from datamodels.gradients.representer import representer_scores, representer_self_scores
+from datamodels.gradients.tracin import tracin_scores, tracin_self_scores
+from datamodels.gradients.trak import (
+    kernel_inverse,
+    model_projection,
+    one_minus_p,
+    trak_attribution,
+    trak_features,
+    trak_leverage,
+)
+
+PERT_ELEMENTS = 1 << 24  # bound on T·points·input_dim per influence_pert chunk
+
+
+def functional_model(config: Config, data, layers: list[torch.Tensor]) -> FunctionalModel:
+    """A checkpoint's layers as a ``FunctionalModel`` on the data's device (float64)."""
+    layers = [t.to(data.train_x.device) for t in layers]
+    if config.model.arch == "logreg":
+        flat = torch.cat([layers[0].reshape(-1), layers[1].reshape(-1)])
+        return logreg_model(flat, data.in_dim, data.num_classes, config.train.weight_decay)
+    return mlp_model(layers, config.train.weight_decay, config.train.label_smoothing)
+
+
+def solver_for(config: Config) -> Solver:
+    g = config.gradients
+    if g.solver == "exact":
+        return Exact(damping=g.damping)
+    if g.solver == "cg":
+        return ConjugateGradient(damping=g.damping, tol=g.cg_tol, max_iter=g.cg_max_iter)
+    return Lissa(
+        damping=g.damping,
+        scale=g.lissa_scale,
+        depth=g.lissa_depth,
+        repeats=g.lissa_repeats,
+        batch_size=g.lissa_batch_size,
+        seed=config.seed,
+    )
+
+
+def factored_hessian(
+    config: Config, model: FunctionalModel, x: torch.Tensor, y: torch.Tensor
+) -> FactoredHessian:
+    """H + λI (H = ∇²J over the model's own training subset ``x, y``), LU-factored."""
+    H = exact_hessian(model, x, y)
+    return FactoredHessian.of(H, config.gradients.damping, model.null_directions)
+
+
+def pert_values(
+    model, x_s, y_s, x_all, y_all, rows: slice, tx, ty, utility, solver, hessian
+) -> torch.Tensor:
+    """scores (``tx`` given): pert[t, i]·x_i over every training point (the first-order change of
+    u_t when x_i goes from the all-mean input, 0 after standardisation, to its actual value);
+    self: ‖∂(−ℓ_i)/∂x_i‖₁ of the training points in ``rows``."""
+    d = int(np.prod(x_all.shape[1:]))
+    if tx is not None:
+        step = max(1, PERT_ELEMENTS // max(1, len(tx) * d))
+        blocks = []
+        for s in range(0, len(x_all), step):
+            px, py = x_all[s : s + step], y_all[s : s + step]
+            pert = influence_pert_scores(
+                model,
+                x_s,
+                y_s,
+                tx,
+                ty,
+                utility=utility,
+                solver=solver,
+                hessian=hessian,
+                points_x=px,
+                points_y=py,
+            ).flatten(2)  # [T, m, d]
+            blocks.append((pert * px.flatten(1).double().unsqueeze(0)).sum(2))
+        return torch.cat(blocks, dim=1)
+    pert = influence_pert_self_scores(
+        model, x_s, y_s, x_all[rows], y_all[rows], utility="loss", solver=solver, hessian=hessian
+    )
+    return pert.flatten(1).abs().sum(1)
+
+
+def trak_values(
+    config: Config, ctx_cached, key, model, x_all, y_all, kind: str, rows: slice, slot: int, tx, ty
+) -> torch.Tensor:
+    """TRAK's reweighting (1 − p), attribution rows or leverage of one model; the projected
+    features and kernel are computed once per process and model (``ctx_cached(key, make)``)."""
+    g = config.gradients
+    if kind == "reweight":
+        return one_minus_p(model, x_all, y_all)
+
+    def features():
+        projection = model_projection(model, g.proj_dim, config.seed + slot)
+        phi = trak_features(model, x_all, y_all, projection, "trak", g.chunk_size)
+        return projection, phi, kernel_inverse(phi, g.trak_damping)
+
+    projection, phi, kernel = ctx_cached(
+        (*key, g.proj_dim, g.trak_damping, config.seed + slot), features
+    )
+    if kind == "scores":
+        return trak_attribution(
+            model, phi, tx, ty, projection, chunk_size=g.chunk_size, kernel=kernel
+        )
+    return trak_leverage(phi, rows, kernel)
+
+
+def block_values(
+    config: Config,
+    method: str,
+    kind: str,
+    model: FunctionalModel,
+    history: list,
+    data,
+    mask: torch.Tensor,
+    rows: slice,
+    tx,
+    ty,
+    hessian,
+    ctx_cached,
+    key,
+    slot: int,
+) -> torch.Tensor:
+    """One unit's values: [rows, n_train] scores (``kind == "scores"``, targets ``tx, ty``) or
+    [rows] self scores / reweighting. ``history``: [(params, lr)] of every checkpoint (TracIn).
+
+    Long only because it is one flat branch per (method, kind): each estimator takes its own
+    arguments, and a table of lambdas would hide them."""
+    g = config.gradients
+    x_all, y_all = data.train_x, data.train_y
+    x_s, y_s, n_s = x_all[mask], y_all[mask], int(mask.sum())
+    solver, chunk = solver_for(config), g.chunk_size
+    scores = kind == "scores"
+    if method == "influence":
+        if scores:
+            return influence_scores(
+                model,
+                x_s,
+                y_s,
+                tx,
+                ty,
+                utility=g.utility,
+                solver=solver,
+                chunk_size=chunk,
+                points_x=x_all,
+                points_y=y_all,
+                hessian=hessian,
+            )
+        return influence_self_scores(
+            model,
+            x_s,
+            y_s,
+            utility="loss",
+            solver=solver,
+            chunk_size=chunk,
+            points_x=x_all[rows],
+            points_y=y_all[rows],
+            hessian=hessian,
+        )
+    if method == "influence_pert":
+        return pert_values(
+            model,
+            x_s,
+            y_s,
+            x_all,
+            y_all,
+            rows,
+            tx if scores else None,
+            ty,
+            g.utility,
+            solver,
+            hessian,
+        )
+    if method == "tracin":
+        if scores:
+            return tracin_scores(
+                model, history, x_all, y_all, tx, ty, utility=g.utility, chunk_size=chunk
+            )
+        return tracin_self_scores(model, history, x_all[rows], y_all[rows], chunk_size=chunk)
+    if method == "representer":
+        if scores:
+            return representer_scores(
+                model, x_all, y_all, tx, ty, output=g.representer_output, n_train=n_s
+            )
+        return representer_self_scores(model, x_all[rows], y_all[rows], n_train=n_s)
+    return trak_values(config, ctx_cached, key, model, x_all, y_all, kind, rows, slot, tx, ty)

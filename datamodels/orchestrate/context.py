@@ -1,0 +1,95 @@
+"""The per-process context that every task of every stage shares: data, device and caches.
+
+A worker process (Ray keeps them alive between tasks) decodes the run's beton once and keeps
+the tensors, loaded checkpoints, factored Hessians and other costly objects across tasks.
+Keys name the run and the config hash, so a process that serves two runs never mixes them.
+No Ray import here: the serial executor and tests use the same context in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from datamodels.config import Config
+from datamodels.data.beton import BETON_NAME
+from datamodels.store import Run
+
+BETON_PATH = f"data/{BETON_NAME}"
+
+
+def resolve_device(choice: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else as given."""
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def num_classes(examples) -> int:
+    return int(max(examples["label"].max(), examples["original_label"].max())) + 1
+
+
+def local_beton(run: Run, config_hash: str) -> str:
+    """A local path of the run's beton: the file itself, or (object stores) a per-host copy."""
+    local = run.local_path(BETON_PATH)
+    if local is not None:
+        return local
+    cached = Path(tempfile.gettempdir()) / "datamodels-cache" / f"{config_hash}.beton"
+    if not cached.exists():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(run.fs.read_bytes(BETON_PATH))
+        os.replace(tmp, cached)
+    return str(cached)
+
+
+class Context:
+    """Caches of one process, bounded (least recently used entries are dropped first)."""
+
+    def __init__(self, max_entries: int = 16) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple, Any] = OrderedDict()
+
+    def cached(self, key: tuple, make: Callable[[], Any]) -> Any:
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        value = make()
+        self._entries[key] = value
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return value
+
+    def data(self, run: Run, config: Config, device: str = "cpu"):
+        """The run's ``TrainData`` on ``device`` (decoded once per process)."""
+        from datamodels.train.data import load_train_data
+
+        def load():
+            examples = run.examples()
+            return load_train_data(
+                local_beton(run, config.hash), examples, num_classes(examples), device
+            )
+
+        return self.cached(("data", run.uri, config.hash, device), load)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+_CONTEXT = Context()
+
+
+def context() -> Context:
+    """This process's context."""
+    return _CONTEXT

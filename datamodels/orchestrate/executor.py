@@ -1,0 +1,171 @@
+"""The executors that run a stage's units: `RayExecutor` (tasks on a local or remote Ray
+cluster) and `SerialExecutor` (in this process, for tests and small reductions).
+
+Both do the same thing: hand every unit to ``stage.compute`` with the process's context,
+pass the result (or the error text) back to ``stage.on_result`` / ``stage.on_failure`` in the
+driver, and run again whatever units those return. A stage's shared inputs
+(``Unit.shared``) are computed once (``stage.compute_shared``): on Ray as a task of their own
+whose result the units take through the object store, submitted with the first unit that
+needs it and one key ahead, and released when the last such unit is done.
+
+Ray specifics: bounded in-flight tasks (``ray.wait``), the stage object sent once through
+the object store (``ray.put``), Ray's own retries for dead workers (``max_retries``; an
+exception raised by the unit is not retried by Ray but reported to the stage), and
+``max_calls=0`` so worker processes live on with their context.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from typing import Any
+
+from datamodels.errors import DatamodelsError
+from datamodels.orchestrate.context import context
+
+
+def error_text(err: BaseException) -> str:
+    """One line for a failed unit: the named error's own message, else the last line."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, DatamodelsError):
+        return str(cause)
+    text = str(err).strip()
+    return text.splitlines()[-1] if text else type(err).__name__
+
+
+def error_type(err: BaseException) -> str:
+    cause = getattr(err, "cause", None)
+    return type(cause).__name__ if isinstance(cause, BaseException) else type(err).__name__
+
+
+def compute_unit(stage, unit, shared=None):
+    """Task body: one unit of ``stage`` in this process's context."""
+    return stage.compute(context(), unit, shared)
+
+
+def compute_shared(stage, key):
+    """Task body: one shared input of ``stage``."""
+    return stage.compute_shared(context(), key)
+
+
+class SerialExecutor:
+    """Runs units one after another in this process (same context, same callbacks)."""
+
+    def run(self, stage, units: list, progress) -> None:
+        queue = deque(units)
+        shared: dict[Any, Any] = {}
+        while queue:
+            unit = queue.popleft()
+            try:
+                if unit.shared is not None and unit.shared not in shared:
+                    shared.clear()  # one at a time: they can be large
+                    shared[unit.shared] = compute_shared(stage, unit.shared)
+                result = compute_unit(stage, unit, shared.get(unit.shared))
+            except DatamodelsError:
+                raise  # a user's mistake: no retry helps, and the message is already one line
+            except Exception as err:  # noqa: BLE001 - the stage decides what a failure means
+                queue.extend(stage.on_failure(unit, error_type(err), error_text(err), progress))
+            else:
+                queue.extend(stage.on_result(unit, result, progress))
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join the cluster at ``address`` (or RAY_ADDRESS), else start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": True}
+    if address is None and num_cpus is not None:
+        kwargs["num_cpus"] = num_cpus
+    ray.init(address=address, **kwargs)
+
+
+class RayExecutor:
+    """Runs units as Ray tasks, at most ``max_in_flight`` at a time (default: 2 per slot)."""
+
+    def __init__(self, address: str | None = None) -> None:
+        self.address = address
+
+    def slots(self, num_cpus: float, num_gpus: float) -> int:
+        import ray
+
+        cpus = float(ray.cluster_resources().get("CPU", 1))
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        slots = (
+            int(cpus // num_cpus) if num_gpus == 0 else int(min(cpus // num_cpus, gpus // num_gpus))
+        )
+        if slots < 1:
+            raise DatamodelsError(
+                f"the Ray cluster ({cpus:g} CPU, {gpus:g} GPU) cannot fit one task of "
+                f"{num_cpus:g} CPU and {num_gpus:g} GPU; lower resources.num_cpus / num_gpus "
+                "(or gradients.num_cpus)"
+            )
+        return slots
+
+    def run(self, stage, units: list, progress) -> None:
+        # One loop on purpose: submission, shared-input lifetimes and callbacks share state
+        # (pending refs, open units per shared key) that helpers would have to pass around.
+        import ray
+
+        init_ray(self.address)
+        res = stage.resources()
+        slots = self.slots(res.num_cpus, res.num_gpus)
+        limit = res.max_in_flight or 2 * slots
+        units = stage.spread(units, slots)
+        options = dict(
+            num_cpus=res.num_cpus,
+            num_gpus=res.num_gpus,
+            max_retries=res.retries,
+            retry_exceptions=False,
+            max_calls=0,
+        )
+        remote_unit = ray.remote(**options)(compute_unit)
+        remote_shared = ray.remote(**options)(compute_shared)
+        stage_ref = ray.put(stage)
+        queue: deque = deque(units)
+        pending: dict = {}
+        shared_refs: dict = {}
+        open_units: dict = {}  # shared key -> units submitted or queued that take it
+
+        def count(unit, change: int) -> None:
+            if unit.shared is not None:
+                open_units[unit.shared] = open_units.get(unit.shared, 0) + change
+                if open_units[unit.shared] == 0:
+                    shared_refs.pop(unit.shared, None)  # frees it in the object store
+
+        def shared_ref(unit):
+            if unit.shared is None:
+                return None
+            upcoming = [unit.shared] + [
+                u.shared for u in queue if u.shared not in (None, unit.shared)
+            ][:1]
+            for key in upcoming:
+                if key not in shared_refs:
+                    shared_refs[key] = remote_shared.remote(stage_ref, key)
+            return shared_refs[unit.shared]
+
+        for unit in units:
+            count(unit, +1)
+        try:
+            while queue or pending:
+                while queue and len(pending) < limit:
+                    unit = queue.popleft()
+                    pending[remote_unit.remote(stage_ref, unit, shared_ref(unit))] = unit
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                unit = pending.pop(ready[0])
+                try:
+                    result = ray.get(ready[0])
+                except Exception as err:  # noqa: BLE001 - worker death, OOM, bugs: the stage decides
+                    again = stage.on_failure(unit, error_type(err), error_text(err), progress)
+                else:
+                    again = stage.on_result(unit, result, progress)
+                for retry in again:
+                    count(retry, +1)
+                queue.extend(again)
+                count(unit, -1)
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref)
+            raise

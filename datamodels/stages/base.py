@@ -1,0 +1,205 @@
+"""The stage contract: every stage of a run is a `Stage`, and `run_stage` runs any of them.
+
+A stage is a pure description of work over one run directory::
+
+    fingerprint()      what changes its results: settings and the inputs it reads (a dict)
+    units()            the pieces of work (pure; the same run and settings give the same units)
+    done(unit)         is this unit's part already written?  (default: its part file exists)
+    compute(ctx, unit) do one unit inside a task and write its part atomically
+    finish()           reduce the parts into the stage's tables (in the driver)
+
+`run_stage` applies one rule to every stage: if the stage's marker ``_stages/<name>.json``
+holds the current fingerprint and its outputs exist, nothing runs; otherwise the units that
+are not ``done`` go to an executor (`datamodels.orchestrate`: Ray tasks, or in-process for
+tests and small reductions), then ``finish`` runs and the marker is written with the
+fingerprint as it stands after finishing. A crash at any point loses at most the units in
+flight: their parts are written by temp name and rename, so a rerun computes only the rest.
+
+Parts live in ``_parts/<name>-<digest>/``: a change of settings gets a new folder, so parts of
+different settings never mix; ``finish`` removes the folders of the stage's earlier settings.
+
+Adding a stage: subclass `Stage`, set ``name``, implement the four methods (``done`` only if
+its parts are not files in `part_dir`), and call ``run_stage(MyStage(config, run), executor)``.
+Stages that need several units to share one expensive object (a model's Hessian) name it in
+``Unit.shared`` and implement ``compute_shared``; the executor computes it once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+
+from datamodels.config import Config
+from datamodels.errors import StageError
+from datamodels.store import Run
+
+PARTS_DIR = "_parts"
+MARKERS_DIR = "_stages"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of a stage's work. ``name`` is unique within the stage and names its part;
+    ``payload`` is whatever the stage needs to find the work (small, picklable); ``shared``
+    names an object several units take (computed once by ``Stage.compute_shared``)."""
+
+    name: str
+    payload: Any = None
+    shared: Any = None
+    size: int = 1  # how much of the progress bar the unit is (models for training)
+
+
+@dataclass(frozen=True)
+class TaskResources:
+    """What one task of the stage asks the executor for."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    retries: int = 3  # re-runs after a worker process dies (infrastructure, not the unit's fault)
+    max_in_flight: int | None = None
+
+
+def digest(value: Any) -> str:
+    """A short stable hash of a JSON-serialisable value."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class Stage:
+    """Base of every stage; see the module docstring for the contract."""
+
+    name: str = "stage"
+    what: str = "units"  # what the progress bar counts
+
+    def __init__(self, config: Config, run: Run) -> None:
+        self.config = config
+        self.run = run
+        self._digest: str | None = None
+
+    # -- the contract --------------------------------------------------------------------
+
+    def fingerprint(self) -> dict:
+        raise NotImplementedError
+
+    def units(self) -> list[Unit]:
+        raise NotImplementedError
+
+    def compute(self, ctx: Any, unit: Unit, shared: Any = None) -> Any:
+        raise NotImplementedError
+
+    def finish(self) -> Any:
+        raise NotImplementedError
+
+    def done(self, unit: Unit) -> bool:
+        return self.run.fs.isfile(self.part_path(unit))
+
+    # -- optional hooks ------------------------------------------------------------------
+
+    def outputs(self) -> list[str]:
+        """Run-relative files that must exist for the stage to count as complete."""
+        return []
+
+    def resources(self) -> TaskResources:
+        return TaskResources(
+            retries=self.config.resources.task_retries,
+            max_in_flight=self.config.resources.max_in_flight,
+        )
+
+    def spread(self, units: list[Unit], slots: int) -> list[Unit]:
+        """The units re-cut for an executor with ``slots`` parallel task slots."""
+        return units
+
+    def compute_shared(self, ctx: Any, key: Any) -> Any:
+        raise NotImplementedError(f"{self.name} has no shared inputs")
+
+    def on_result(self, unit: Unit, result: Any, progress: Any) -> list[Unit]:
+        """Called in the driver with a unit's return value; returns units to run again."""
+        progress.advance(unit.size)
+        return []
+
+    def on_failure(self, unit: Unit, error_type: str, message: str, progress: Any) -> list[Unit]:
+        """Called in the driver when a unit raised (after the executor's own retries)."""
+        raise StageError(
+            f"{self.name}: unit {unit.name} failed ({message}); finished parts are kept "
+            f"in {self.run.fs.display(self.part_dir)}; rerun to resume"
+        )
+
+    def progress_counts(self, units: list[Unit], todo: list[Unit]) -> tuple[int, int]:
+        """(total, already done) for the progress bar."""
+        total = sum(u.size for u in units)
+        return total, total - sum(u.size for u in todo)
+
+    def up_to_date(self) -> Any:
+        """What the stage returns when it finds its outputs complete (it runs nothing)."""
+        return None
+
+    # -- parts and the marker --------------------------------------------------------------
+
+    @property
+    def digest(self) -> str:
+        if self._digest is None:
+            self._digest = digest(self.fingerprint())
+        return self._digest
+
+    @property
+    def part_dir(self) -> str:
+        return f"{PARTS_DIR}/{self.name}-{self.digest}"
+
+    def part_path(self, unit: Unit) -> str:
+        return f"{self.part_dir}/{unit.name}"
+
+    @property
+    def marker_path(self) -> str:
+        return f"{MARKERS_DIR}/{self.name}.json"
+
+    def is_complete(self) -> bool:
+        fs = self.run.fs
+        if not fs.isfile(self.marker_path) or not all(fs.isfile(p) for p in self.outputs()):
+            return False
+        return json.loads(fs.read_bytes(self.marker_path)).get("digest") == self.digest
+
+    def write_marker(self) -> None:
+        self._digest = None  # the fingerprint as it stands now that the stage has finished
+        record = {"stage": self.name, "digest": self.digest, "fingerprint": self.fingerprint()}
+        self.run.fs.write_bytes_atomic(self.marker_path, json.dumps(record, default=str).encode())
+
+    def remove_old_parts(self) -> None:
+        """Delete this stage's part folders, of these settings and of earlier ones."""
+        for entry in self.run.fs.entries(PARTS_DIR):
+            if entry.startswith(f"{self.name}-"):
+                self.run.fs.delete_dir(f"{PARTS_DIR}/{entry}")
+
+
+def run_stage(
+    stage: Stage, executor: Any = None, show_progress: bool = True, console: Console | None = None
+) -> Any:
+    """Run ``stage`` to completion with ``executor`` (default: in-process); returns what its
+    ``finish`` returns, or ``up_to_date()`` when nothing needed doing."""
+    from datamodels.orchestrate.executor import SerialExecutor
+    from datamodels.orchestrate.progress import Progress
+
+    console = console or Console(stderr=True)
+    if stage.is_complete():
+        if show_progress:
+            console.print(
+                f"{stage.name}: up to date with these settings; nothing to do", highlight=False
+            )
+        return stage.up_to_date()
+    units = stage.units()
+    todo = [u for u in units if not stage.done(u)]
+    if todo:
+        total, already = stage.progress_counts(units, todo)
+        with Progress(
+            total,
+            already,
+            enabled=show_progress,
+            console=console,
+            what=f"{stage.name} {stage.what}",
+        ) as progress:
+            (executor or SerialExecutor()).run(stage, todo, progress)
+    result = stage.finish()
+    stage.write_marker()
+    return result

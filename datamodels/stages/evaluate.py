@@ -1,0 +1,131 @@
+"""The ``evaluate`` stage: every ``scores/<method>.parquet`` scored on the same footing.
+
+LDS uses only the held-out ``evaluate.plan`` models (seeds of one subset averaged), never
+the models any estimator was fitted on; mislabel detection ranks the training points by
+each ``self_scores/<method>.parquet`` when the run has flipped labels. One unit writes
+``evaluation.parquet`` (one row per method and metric); the stage returns it as a frame.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from datamodels.errors import EvaluateError
+from datamodels.evaluate.lds import average_replicates, lds
+from datamodels.evaluate.mislabel import mislabel_detection
+from datamodels.stages.base import Stage, Unit
+from datamodels.store import EVALUATION_PATH, EVALUATION_SCHEMA, SCORES_DIR, SELF_SCORES_DIR
+
+
+class EvaluateStage(Stage):
+    name = "evaluate"
+    what = "tables"
+
+    def fingerprint(self) -> dict:
+        fs = self.run.fs
+        return {
+            "evaluate": self.config.evaluate.model_dump(mode="json"),
+            "config": self.config.hash,
+            "models": self.run.listing("models"),
+            "scores": fs.stats(SCORES_DIR, ".parquet"),
+            "self_scores": fs.stats(SELF_SCORES_DIR, ".parquet"),
+        }
+
+    def outputs(self) -> list[str]:
+        return [EVALUATION_PATH]
+
+    def units(self) -> list[Unit]:
+        if not self.run.score_methods() and not self.run.self_scores():
+            raise EvaluateError(
+                f"{self.run.uri}: no scores/*.parquet yet; run `datamodels fit` or "
+                "`datamodels estimate` first"
+            )
+        return [Unit("evaluation")]
+
+    def done(self, unit: Unit) -> bool:
+        return False  # one cheap unit; the stage marker says when it is current
+
+    def compute(self, ctx, unit: Unit, shared=None) -> None:
+        methods = self.run.score_methods()
+        has_plan = self.config.evaluate.plan in {p.name for p in self.config.plans}
+        rows = self.lds_rows(methods) if methods and has_plan else []
+        rows += self.mislabel_rows(self.run.self_scores())
+        self.run.write_table(EVALUATION_PATH, pd.DataFrame(rows), EVALUATION_SCHEMA)
+
+    def finish(self) -> pd.DataFrame:
+        return self.run.evaluation()
+
+    def up_to_date(self) -> pd.DataFrame:
+        return self.run.evaluation()
+
+    def mislabel_rows(self, self_scores: dict[str, np.ndarray]) -> list[dict]:
+        examples = self.run.examples()
+        train = examples[examples["train_position"].notna()].sort_values("train_position")
+        flipped = (train["label"] != train["original_label"]).to_numpy()
+        if not flipped.any():
+            return []
+        rows, every = [], max(1, len(flipped) // 50)
+        for method, scores in sorted(self_scores.items()):
+            result = mislabel_detection(scores, flipped)
+            curve = {
+                "inspected": np.round(result.inspected[::every], 4).tolist(),
+                "found": np.round(result.found[::every], 4).tolist(),
+                "n_flipped": int(flipped.sum()),
+                "n_train": int(len(flipped)),
+            }
+            rows.append(
+                {
+                    "method": method,
+                    "metric": "mislabel_found_at_0.2",
+                    "value": result.found_at(0.2),
+                    "n_targets": int(len(flipped)),
+                    "details": json.dumps({"chance": 0.2}),
+                }
+            )
+            rows.append(
+                {
+                    "method": method,
+                    "metric": "mislabel_auc",
+                    "value": result.auc,
+                    "n_targets": int(len(flipped)),
+                    "details": json.dumps(curve),
+                }
+            )
+        return rows
+
+    def lds_rows(self, methods: list[str]) -> list[dict]:
+        plan = self.config.evaluate.plan
+        masks, margins = self.run.masks_and_margins(plan=plan)
+        if len(masks) < 3:
+            raise EvaluateError(
+                f"LDS needs held-out models in plan '{plan}' (found {len(masks)}); "
+                "train that plan first"
+            )
+        subsets, true_margins = average_replicates(masks, margins)
+        rows = []
+        for method in methods:
+            targets, scores = self.run.scores(method)
+            result = lds(scores, subsets, true_margins[:, targets])
+            per_target = result.per_target[np.isfinite(result.per_target)]
+            details = {
+                "plan": plan,
+                "n_subsets": result.n_subsets,
+                "n_models": int(len(masks)),
+                "n_undefined_targets": int(len(targets) - result.n_targets),
+                "stderr": float(per_target.std(ddof=1) / np.sqrt(len(per_target)))
+                if len(per_target) > 1
+                else None,
+            }
+            rows.append(
+                {
+                    "method": method,
+                    "metric": "lds",
+                    "value": result.value,
+                    "n_targets": result.n_targets,
+                    "details": json.dumps(details),
+                }
+            )
+        return rows

@@ -1,0 +1,152 @@
+"""The ``fit`` stage: one sparse linear datamodel per evaluation target (DESIGN §6).
+
+Reads the masks and margins of the fitting plan, holds out a seeded validation fraction of
+those models, runs the batched LASSO path for a block of targets at a time (one unit per
+``fit.targets_per_block`` targets), picks λ per target by validation error and refits on
+train+validation. Each unit writes its block (targets and weights) as one part; ``finish``
+merges them into ``datamodels/weights.parquet`` (non-zeros), ``datamodels/targets.parquet``
+and a dense ``scores/datamodels.parquet``.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+
+from datamodels.errors import FitError
+from datamodels.orchestrate.context import resolve_device
+from datamodels.regress.lasso import lasso_select, split_rows
+from datamodels.stages.base import Stage, Unit
+from datamodels.store import TARGETS_PATH, TARGETS_SCHEMA, WEIGHTS_PATH, WEIGHTS_SCHEMA, Run
+
+METHOD = "datamodels"
+
+
+def eval_positions(run: Run, which: str) -> np.ndarray:
+    """Sorted eval positions of the ``test`` or ``train`` split, or of all of them (``all``)."""
+    examples = run.examples()
+    chosen = examples[examples["eval_position"].notna()]
+    if which != "all":
+        chosen = chosen[chosen["split"] == which]
+    return np.sort(chosen["eval_position"].to_numpy(np.int64))
+
+
+class FitStage(Stage):
+    name = "fit"
+    what = "targets"
+
+    def fingerprint(self) -> dict:
+        settings = self.config.fit.model_dump(mode="json", exclude={"device", "targets_per_block"})
+        return {"fit": settings, "config": self.config.hash, "models": self.run.listing("models")}
+
+    def outputs(self) -> list[str]:
+        return [TARGETS_PATH, WEIGHTS_PATH, Run.scores_path(METHOD)]
+
+    def targets(self) -> np.ndarray:
+        return eval_positions(self.run, "test" if self.config.fit.targets == "test" else "all")
+
+    def units(self) -> list[Unit]:
+        fit = self.config.fit
+        m, needed = len(self.run.model_ids(plan=fit.plan)), int(np.ceil(2 / fit.val_fraction)) + 2
+        if m < needed:
+            raise FitError(
+                f"fit needs at least {needed} models in plan '{fit.plan}' (validation fraction "
+                f"{fit.val_fraction}); the run has {m}. Train more models first"
+            )
+        targets = self.targets()
+        if len(targets) == 0:
+            raise FitError(
+                f"fit: no evaluation targets for fit.targets={self.config.fit.targets!r}"
+            )
+        block = self.config.fit.targets_per_block
+        return [
+            Unit(
+                f"block-{start:07d}.parquet",
+                (start, min(len(targets), start + block)),
+                size=min(len(targets), start + block) - start,
+            )
+            for start in range(0, len(targets), block)
+        ]
+
+    def table(self, ctx) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """(masks, margins, (train rows, validation rows)) of the fitting plan, read once."""
+
+        def read():
+            fit = self.config.fit
+            masks, margins = self.run.masks_and_margins(plan=fit.plan)
+            return masks, margins, split_rows(len(masks), fit.val_fraction, fit.split_seed)
+
+        return ctx.cached(("fit-table", self.run.uri, self.digest), read)
+
+    def compute(self, ctx, unit: Unit, shared=None) -> None:
+        masks, margins, rows = self.table(ctx)
+        start, stop = unit.payload
+        block_targets = self.targets()[start:stop]
+        fit = self.config.fit
+        selection = lasso_select(
+            masks,
+            margins[:, block_targets],
+            rows,
+            n_lambdas=fit.n_lambdas,
+            eps=fit.eps,
+            patience=fit.patience,
+            tol=fit.tol,
+            device=resolve_device(fit.device),
+        )
+        weights = np.asarray(selection.weights, dtype=np.float32)
+        nz_rows, cols = np.nonzero(weights)
+        frame = pd.DataFrame(
+            {
+                "target": block_targets.astype(np.int64),
+                "bias": selection.bias.astype(np.float32),
+                "lam": selection.lam.astype(np.float32),
+                "val_mse": selection.val_mse.astype(np.float32),
+                "val_spearman": selection.val_spearman.astype(np.float32),
+                "nnz": selection.nnz.astype(np.int64),
+            }
+        )
+        # one part holds both tables: the targets' rows and, nested, each target's non-zeros
+        frame["weights_at"] = [
+            cols[nz_rows == r].astype(np.int64).tolist() for r in range(len(frame))
+        ]
+        frame["weights"] = [weights[r, cols[nz_rows == r]].tolist() for r in range(len(frame))]
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        self.run.fs.write_bytes_atomic(self.part_path(unit), buffer.getvalue())
+
+    def finish(self) -> bool:
+        blocks = [
+            pd.read_parquet(io.BytesIO(self.run.fs.read_bytes(self.part_path(u))))
+            for u in self.units()
+        ]
+        frame = pd.concat(blocks, ignore_index=True)
+        lengths = frame["weights_at"].map(len).to_numpy()
+        weights = pd.DataFrame(
+            {
+                "target": np.repeat(frame["target"].to_numpy(np.int64), lengths),
+                "train_position": np.concatenate(
+                    [np.asarray(v, np.int64) for v in frame["weights_at"]] or [[]]
+                ),
+                "weight": np.concatenate(
+                    [np.asarray(v, np.float32) for v in frame["weights"]] or [[]]
+                ),
+            }
+        )
+        self.run.write_table(WEIGHTS_PATH, weights, WEIGHTS_SCHEMA)
+        targets = frame["target"].to_numpy(np.int64)
+        dense = np.zeros((len(targets), self.run.n_train), dtype=np.float32)
+        row_of = pd.Series(np.arange(len(targets)), index=targets)
+        dense[row_of[weights["target"]].to_numpy(), weights["train_position"].to_numpy()] = weights[
+            "weight"
+        ]
+        self.run.write_scores(METHOD, targets, dense)
+        self.run.write_table(
+            TARGETS_PATH, frame.drop(columns=["weights_at", "weights"]), TARGETS_SCHEMA
+        )
+        self.remove_old_parts()
+        return True
+
+    def up_to_date(self) -> bool:
+        return False

@@ -1,0 +1,314 @@
+"""The ``estimate`` stage for gradient estimators: work units over saved checkpoints, each a
+task that writes its own part, then one reduction into ``scores/<method>.parquet`` and
+``self_scores/<method>.parquet``.
+
+Models: the first ``gradients.models`` by id among those with checkpoints
+(``gradients.trak_models`` for TRAK). Per (target t, training point z):
+
+* influence (last checkpoint): −(1/n)∇u_tᵀ(H+λI)⁻¹∇(ℓ+R)(z)
+* influence_pert (last checkpoint): (∂u_t/∂x_z)·x_z
+* tracin (every checkpoint): −Σ_k η_k Δe_k ∇u_t·∇ℓ(z)
+* representer (last checkpoint): α_z·(f_z·f_t) on the margin classes
+* trak (last checkpoint): TRAK with projection ``gradients.proj_dim``
+
+n and H are each model's own training subset (its mask in ``models/``); every training
+point is scored (a point outside the subset gets the effect of adding it). Scores of several
+models are averaged (stderr = std/√M); TRAK averages attribution and reweighting separately
+(Park et al. 2023, Algorithm 1). ``influence_pert`` scores the first-order change of u_t when
+training input z moves from the mean input (0 after standardisation) to its value. TracIn
+weighs checkpoint k by its mean learning rate η_k times the epochs Δe_k since the previous one.
+
+Self scores (mislabel detection), per method: influence with u = −loss on the point itself,
+influence_pert ‖∂(−ℓ_z)/∂x_z‖₁, TracIn Σ_k η_k Δe_k‖∇ℓ(z)‖², representer α_{z,y_z}‖f_z‖²,
+TRAK τ(z)_z.
+
+Units: (``scores``, model, target block of ``gradients.targets_per_task``), (``self``,
+model, train block of ``gradients.train_per_task``) and, for TRAK, (``reweight``, model).
+With the exact solver the units of one model share its LU-factored Hessian
+(``Unit.shared``): the executor computes it once, as a task of its own.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+
+from datamodels.errors import CheckpointError, EstimateError
+from datamodels.gradients.checkpointed import block_values, factored_hessian, functional_model
+from datamodels.plans import checkpoint_epochs, checkpoint_ids, plan_models
+from datamodels.stages.base import Stage, TaskResources, Unit
+from datamodels.stages.fit import eval_positions
+from datamodels.store import Run
+from datamodels.store.checkpoints import load_checkpoint, read_checkpoint_index
+
+GRADIENT_METHODS = ("influence", "influence_pert", "tracin", "representer", "trak")
+EXECUTION = {
+    "targets_per_task",
+    "train_per_task",
+    "chunk_size",
+    "num_cpus",
+    "num_gpus",
+    "max_exact_params",
+}
+
+
+class GradientStage(Stage):
+    what = "tasks"
+
+    def __init__(self, config, run: Run, method: str) -> None:
+        if method not in GRADIENT_METHODS:
+            raise EstimateError(
+                f"unknown gradient method {method!r}; choose from: {', '.join(GRADIENT_METHODS)}"
+            )
+        if config.model.arch not in ("logreg", "mlp"):
+            raise EstimateError(
+                f"{method}: gradient estimators support model.arch logreg and mlp; "
+                f"got {config.model.arch!r}"
+            )
+        super().__init__(config, run)
+        self.method, self.name = method, f"estimate-{method}"
+        self.checkpoints = self.find_checkpoints()
+        self.model_ids = sorted(self.checkpoints)
+        self.targets = eval_positions(run, config.estimate.targets)
+
+    def find_checkpoints(self) -> dict[int, list[tuple[int, float, str]]]:
+        """model_id -> [(epoch, lr, path)] of the models this method uses, checked present."""
+        run, config = self.run, self.config
+        index = read_checkpoint_index(run.fs)
+        fix = f"`datamodels train {run.uri}/config.yaml --out {run.uri}`"
+        if index.empty:
+            raise EstimateError(
+                f"{self.method} needs saved checkpoints and {run.uri} has none; add them with "
+                f"{fix[:-1]} --set checkpoints.plan=train --set checkpoints.models=20` "
+                "(retrains just those models, same seeds)"
+            )
+        if config.checkpoints.plan is not None:  # only what these settings save (older files stay)
+            planned = plan_models(config, run.n_train)
+            index = index[
+                index["model_id"].isin(checkpoint_ids(config, planned))
+                & index["epoch"].isin(checkpoint_epochs(config))
+            ]
+        wanted = config.gradients.trak_models if self.method == "trak" else config.gradients.models
+        model_ids = sorted(int(m) for m in index["model_id"].unique())[:wanted]
+        if not model_ids:
+            raise EstimateError(
+                f"{self.method}: no checkpoints match "
+                f"checkpoints.plan={config.checkpoints.plan!r}; "
+                f"rerun {fix} to save them"
+            )
+        found = {
+            m: [
+                (int(r.epoch), float(r.lr), str(r.path))
+                for r in index[index["model_id"] == m].itertuples(index=False)
+            ]
+            for m in model_ids
+        }
+        for m, history in found.items():
+            for _, _, path in history:
+                if not run.fs.isfile(path):
+                    raise CheckpointError(
+                        f"checkpoint {run.fs.display(path)} (model {m}) is missing; rerun {fix} "
+                        "with the same checkpoints settings to recreate it (same seeds, same model)"
+                    )
+        return found
+
+    # -- the contract ----------------------------------------------------------------------
+
+    def fingerprint(self) -> dict:
+        return {
+            "method": self.method,
+            "gradients": self.config.gradients.model_dump(mode="json", exclude=EXECUTION),
+            "checkpoints": {str(k): v for k, v in self.checkpoints.items()},
+            "targets": self.targets.tolist(),
+            "config": self.config.hash,
+        }
+
+    def outputs(self) -> list[str]:
+        return [self.run.scores_path(self.method)]
+
+    def resources(self) -> TaskResources:
+        g = self.config.gradients
+        return TaskResources(
+            g.num_cpus, 0.0, self.config.resources.task_retries, self.config.resources.max_in_flight
+        )
+
+    def needs_hessian(self) -> bool:
+        return (
+            self.method in ("influence", "influence_pert")
+            and self.config.gradients.solver == "exact"
+        )
+
+    def units(self) -> list[Unit]:
+        g, n_train, n_targets = self.config.gradients, self.run.n_train, len(self.targets)
+        shared = self.needs_hessian()
+        blocks = [
+            ("scores", s, min(n_targets, s + g.targets_per_task))
+            for s in range(0, n_targets, g.targets_per_task)
+        ]
+        blocks += [
+            ("self", s, min(n_train, s + g.train_per_task))
+            for s in range(0, n_train, g.train_per_task)
+        ]
+        if self.method == "trak":
+            blocks.append(("reweight", 0, n_train))
+        return [
+            Unit(
+                f"{kind}-{m:09d}-{start:07d}-{stop:07d}.npy",
+                (kind, m, slot, start, stop),
+                shared=m if shared else None,
+            )
+            for slot, m in enumerate(self.model_ids)
+            for kind, start, stop in blocks
+        ]
+
+    def on_failure(self, unit: Unit, error_type: str, message: str, progress) -> list[Unit]:
+        raise EstimateError(
+            f"{self.method}: task {unit.name} failed ({message}); finished parts are kept in "
+            f"{self.run.fs.display(self.part_dir)}, rerun to resume"
+        )
+
+    # -- inside a task -----------------------------------------------------------------------
+
+    def setup(self, ctx):
+        torch.set_num_threads(max(1, int(self.config.gradients.num_cpus)))
+        return ctx.data(self.run, self.config, "cpu")  # the gradient tasks run on CPU
+
+    def model_at(self, ctx, data, path: str):
+        layers = lambda: load_checkpoint(self.run.fs, path)["layers"]  # noqa: E731
+        return ctx.cached(
+            ("checkpoint", self.run.uri, path),
+            lambda: functional_model(self.config, data, layers()),
+        )
+
+    def subset(self, ctx, data, model_id: int) -> torch.Tensor:
+        """bool[n_train] training subset of the model, read from its row in ``models/``."""
+        mask = ctx.cached(
+            ("mask", self.run.uri, model_id), lambda: self.run.masks_of(np.array([model_id]))[0]
+        )
+        return torch.from_numpy(mask).to(data.train_x.device)
+
+    def compute_shared(self, ctx, model_id: int):
+        """The model's factored exact Hessian (``Unit.shared``), handed to its units."""
+        data = self.setup(ctx)
+        model = self.model_at(ctx, data, self.checkpoints[model_id][-1][2])
+        limit = self.config.gradients.max_exact_params
+        if model.num_params > limit:
+            raise EstimateError(
+                f"the model has {model.num_params} parameters, above gradients.max_exact_params="
+                f"{limit} for the exact Hessian; use --set gradients.solver=cg (or lissa)"
+            )
+        mask = self.subset(ctx, data, model_id)
+        return factored_hessian(self.config, model, data.train_x[mask], data.train_y[mask])
+
+    def compute(self, ctx, unit: Unit, shared=None) -> str:
+        kind, model_id, slot, start, stop = unit.payload
+        data = self.setup(ctx)
+        history = self.checkpoints[model_id]
+        path = history[-1][2]
+        model = self.model_at(ctx, data, path)
+        if shared is None and self.needs_hessian():
+            shared = ctx.cached(
+                ("hessian", self.run.uri, path, self.config.gradients.damping),
+                lambda: self.compute_shared(ctx, model_id),
+            )
+        tx = ty = None
+        if kind == "scores":
+            t = torch.as_tensor(np.array(self.targets[start:stop]), device=data.train_x.device)
+            tx, ty = data.eval_x[t], data.eval_y[t]
+        ckpts = (
+            [(self.model_at(ctx, data, p).params, lr) for _, lr, p in history]
+            if self.method == "tracin"
+            else None
+        )
+        values = block_values(
+            self.config,
+            self.method,
+            kind,
+            model,
+            ckpts,
+            data,
+            self.subset(ctx, data, model_id),
+            slice(start, stop),
+            tx,
+            ty,
+            shared,
+            ctx.cached,
+            ("trak", self.run.uri, path),
+            slot,
+        )
+        buffer = io.BytesIO()
+        np.save(
+            buffer, values.detach().double().cpu().numpy().astype(np.float32)
+        )  # what the tables keep
+        self.run.fs.write_bytes_atomic(self.part_path(unit), buffer.getvalue())
+        return unit.name
+
+    # -- the reduction -----------------------------------------------------------------------
+
+    def part(self, unit: Unit) -> np.ndarray:
+        return np.load(io.BytesIO(self.run.fs.read_bytes(self.part_path(unit))))
+
+    def finish(self) -> dict[str, int]:
+        """Average the parts over models (running sums: one model's table in memory at a
+        time), write scores/ and self_scores/, remove the parts."""
+        units = self.units()
+        missing = [u for u in units if not self.done(u)]
+        if missing:
+            raise EstimateError(
+                f"{self.method}: {len(missing)} of {len(units)} parts missing in "
+                f"{self.run.fs.display(self.part_dir)}; rerun `datamodels estimate {self.run.uri} "
+                f"-m {self.method}`"
+            )
+        n, T = self.run.n_train, len(self.targets)
+        q = np.ones(n)
+        if self.method == "trak":  # (mean attribution) ⊙ (mean reweighting), Algorithm 1
+            q = np.mean([self.part(u) for u in units if u.payload[0] == "reweight"], axis=0)
+        totals = {"scores": Moments((T, n)), "self": Moments((n,))}
+        for m in self.model_ids:
+            tables = {"scores": np.zeros((T, n)), "self": np.zeros(n)}
+            for u in units:
+                kind, model_id, _, start, stop = u.payload
+                if model_id == m and kind in tables:
+                    tables[kind][start:stop] = self.part(u)
+            for kind, table in tables.items():
+                totals[kind].add(table * q)
+        score_mean, score_err = totals["scores"].result()
+        self_mean, self_err = totals["self"].result()
+        self.run.write_scores(self.method, self.targets, score_mean, score_err)
+        written = {
+            "scores": T,
+            "self_scores": self.run.write_self_scores(self.method, self_mean, self_err),
+            "models": len(self.model_ids),
+        }
+        self.remove_old_parts()
+        return written
+
+    def up_to_date(self) -> dict[str, int]:
+        return {
+            "scores": len(self.targets),
+            "self_scores": self.run.n_train,
+            "models": len(self.model_ids),
+        }
+
+
+class Moments:
+    """Running mean and standard error of the mean over models."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.count, self.total, self.squares = 0, np.zeros(shape), np.zeros(shape)
+
+    def add(self, values: np.ndarray) -> None:
+        self.count += 1
+        self.total += values
+        self.squares += values * values
+
+    def result(self) -> tuple[np.ndarray, np.ndarray | None]:
+        mean = self.total / self.count
+        if self.count < 2:
+            return mean, None
+        var = (
+            np.maximum(self.squares / self.count - mean * mean, 0.0) * self.count / (self.count - 1)
+        )
+        return mean, np.sqrt(var / self.count)

@@ -1,0 +1,100 @@
+"""The ``prepare`` stage, and the one place where a config meets a run directory.
+
+``open_run`` writes ``config.yaml`` into a new run, accepts a run made from the same config
+hash (recording the latest stage settings), and refuses anything else without touching it.
+``prepare`` writes the FFCV beton (``data/examples.beton``) and ``examples.parquet``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import yaml
+
+from datamodels.config import Config, config_from_yaml_text
+from datamodels.data.beton import BETON_NAME, write_beton
+from datamodels.data.examples import examples_frame
+from datamodels.data.sources import load_dataset
+from datamodels.errors import RunMismatchError, StoreError
+from datamodels.orchestrate.context import BETON_PATH
+from datamodels.stages.base import Stage, Unit
+from datamodels.store import EXAMPLES_PATH, Run
+
+
+def open_run(config: Config, uri: str | Run) -> Run:
+    """The run at ``uri`` for ``config``: created if absent, refused if made from another config."""
+    run = uri if isinstance(uri, Run) else Run(uri)
+    if run.has_config():
+        text = run.read_config_text()
+        saved = yaml.safe_load(text) or {}
+        saved_hash = saved.get("config_hash")
+        if saved_hash != config.hash:
+            raise RunMismatchError(
+                f"{run.uri} holds a run of config hash {saved_hash} ('{saved.get('name')}') but "
+                f"this config hashes to {config.hash}; choose a new --out directory, or resume "
+                f"with the run's own config: datamodels train {run.uri}/config.yaml --out {run.uri}"
+            )
+        if text != config.to_yaml():  # same models; record the latest stage settings
+            run.write_config(config.to_yaml())
+        return run
+    existing = [name for name in run.fs.entries("") if not name.startswith(".")]
+    if existing:
+        raise RunMismatchError(
+            f"{run.uri} is not empty and holds no config.yaml ({', '.join(existing[:3])}...); "
+            "choose a new or empty --out directory"
+        )
+    run.write_config(config.to_yaml())
+    return run
+
+
+def load_run_config(run: Run) -> Config:
+    if not run.has_config():
+        raise StoreError(
+            f"{run.uri}: no config.yaml; is this a run directory? "
+            "(create one with datamodels prepare)"
+        )
+    return config_from_yaml_text(run.read_config_text())
+
+
+class PrepareStage(Stage):
+    """One unit: decode the dataset, write the beton and then ``examples.parquet``."""
+
+    name = "prepare"
+    what = "datasets"
+
+    def fingerprint(self) -> dict:
+        return {"dataset": self.config.dataset.model_dump(mode="json"), "config": self.config.hash}
+
+    def outputs(self) -> list[str]:
+        return [EXAMPLES_PATH, BETON_PATH]
+
+    def units(self) -> list[Unit]:
+        return [Unit("examples")]
+
+    def done(self, unit: Unit) -> bool:
+        return all(self.run.fs.isfile(path) for path in self.outputs())
+
+    def compute(self, ctx, unit: Unit, shared=None) -> None:
+        dataset = load_dataset(self.config.dataset)
+        examples = examples_frame(dataset, eval_train=self.config.dataset.eval_train)
+        local = self.run.local_path(BETON_PATH)
+        if local is not None:
+            write_beton(dataset, local)
+        else:  # object store: write locally, then one PUT
+            with tempfile.TemporaryDirectory() as tmp:
+                write_beton(dataset, Path(tmp) / BETON_NAME)
+                self.run.fs.write_bytes_atomic(BETON_PATH, (Path(tmp) / BETON_NAME).read_bytes())
+        self.run.write_examples(pa.Table.from_pandas(examples, preserve_index=False))
+
+    def on_result(self, unit: Unit, result, progress) -> list[Unit]:
+        self.wrote = True
+        return super().on_result(unit, result, progress)
+
+    def finish(self) -> bool:
+        """True when this call wrote the files."""
+        return getattr(self, "wrote", False)
+
+    def up_to_date(self) -> bool:
+        return False

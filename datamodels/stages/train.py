@@ -1,0 +1,397 @@
+"""The ``train`` stage: every planned model trained once, its mask and margins in ``models/``.
+
+Units are batches of model ids not yet stored (``resources.models_per_task``, spread over
+the cluster's slots) and tmc permutation walks (one unit walks one permutation). A unit
+trains its models with ``train_batch`` and writes one shard (`Run.write_models`: temp name,
+validate, rename); its result is a small `Receipt`. Resume lists the ids in valid shards
+(torn or wrong-schema shards are moved to ``models/_invalid/`` first, so their models are
+trained again). A model whose loss or margins are not finite, or whose task raised, spends
+one attempt (``failures.parquet``) and is retried in smaller batches until
+``resources.max_attempts``; a worker that dies is first retried by the executor and costs
+no attempt. Checkpoints (``config.checkpoints``) are written by the task that trains the
+model; a stored model whose checkpoints are missing is retrained (same seed) to save them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from datamodels.config import Config
+from datamodels.orchestrate.context import BETON_PATH, resolve_device, worker_name
+from datamodels.plans import (
+    checkpoint_epochs,
+    checkpoint_ids,
+    masks_for,
+    plan_models,
+    tmc_walk,
+    tmc_walk_state,
+)
+from datamodels.stages.base import Stage, TaskResources, Unit
+from datamodels.store import Run, models_table
+from datamodels.store.checkpoints import complete_models, write_checkpoints
+from datamodels.train.api import TrainOutcome, resolve_loader, train_batch
+from datamodels.train.outcome import CheckpointRequest
+
+
+@dataclass
+class Receipt:
+    """What a task returns: never the data itself (that is in the shard)."""
+
+    shard: str | None = None
+    written: list[int] = field(default_factory=list)
+    failed: list[tuple[int, str, str]] = field(default_factory=list)  # (model_id, type, message)
+    worker: str = ""
+    seconds: float = 0.0
+    checkpointed: list[int] = field(default_factory=list)  # models whose checkpoints were written
+
+
+@dataclass
+class TrainSummary:
+    planned: int
+    already_done: int
+    trained: int = 0
+    failed: int = 0
+    quarantined: list[str] = field(default_factory=list)
+    checkpointed: int = 0  # models whose checkpoints this call wrote
+
+
+class TrainStage(Stage):
+    name = "train"
+    what = "models"
+
+    def __init__(self, config: Config, run: Run) -> None:
+        super().__init__(config, run)
+        self.planned = plan_models(
+            config, run.n_train
+        )  # once per stage; tasks get it with the stage
+        self.loader = resolve_loader(config, run.fs.size(BETON_PATH))
+        self.attempts: Counter = Counter()
+        self.summary = TrainSummary(0, 0)
+        self._counts = (0, 0)
+
+    # -- the contract ----------------------------------------------------------------------
+
+    def fingerprint(self) -> dict:
+        wanted = checkpoint_ids(self.config, self.planned)
+        saved = (
+            complete_models(self.run.fs, wanted, checkpoint_epochs(self.config))
+            if len(wanted)
+            else set()
+        )
+        return {
+            "config": self.config.hash,
+            "checkpoints": self.config.checkpoints.model_dump(mode="json"),
+            "max_attempts": self.config.resources.max_attempts,
+            "checkpointed": sorted(saved),
+            "models": self.run.listing("models"),
+            "failures": self.run.listing("", "failures.parquet"),
+        }
+
+    def outputs(self) -> list[str]:
+        return ["examples.parquet", BETON_PATH]
+
+    def resources(self) -> TaskResources:
+        res = self.config.resources
+        return TaskResources(res.num_cpus, res.num_gpus, res.task_retries, res.max_in_flight)
+
+    def units(self) -> list[Unit]:
+        """The models not yet stored, in batches, and the tmc walks not yet walked (bad shards
+        are quarantined first)."""
+        for problem in self.run.quarantine_bad_shards():
+            self.summary.quarantined.append(problem)
+        done = self.run.done_model_ids()
+        self.attempts = Counter(self.run.failures()["model_id"].astype(int).tolist())
+        budget = self.config.resources.max_attempts
+        plain = self.planned.model_id[~np.isin(self.planned.plan, self.tmc_plans())].tolist()
+        wanted = checkpoint_ids(self.config, self.planned)
+        have = (
+            complete_models(self.run.fs, wanted, checkpoint_epochs(self.config))
+            if len(wanted)
+            else set()
+        )
+        stored = {
+            int(i)
+            for i in wanted
+            if int(i) in done and int(i) not in have and self.attempts[int(i)] < budget
+        }
+        missing = [i for i in plain if (i not in done or i in stored) and self.attempts[i] < budget]
+        walks = tmc_walk_state(self.config, self.planned, self.run.n_train, done)
+        units = self.batches(missing, self.config.resources.models_per_task, stored)
+        units += [
+            self.walk_unit(plan, perm, rep)
+            for (plan, perm), (rep, present) in walks.items()
+            if not present and self.attempts[rep] < budget
+        ]
+        n_done = sum(i in done for i in plain) + sum(present for _, present in walks.values())
+        self._counts = (len(plain) + len(walks) + len(stored), n_done)
+        self.summary.planned, self.summary.already_done = len(plain) + len(walks), n_done
+        return units
+
+    def done(self, unit: Unit) -> bool:
+        return False  # units() lists only the models that are not stored
+
+    def progress_counts(self, units: list[Unit], todo: list[Unit]) -> tuple[int, int]:
+        return self._counts
+
+    def compute(self, ctx, unit: Unit, shared=None) -> Receipt:
+        res = self.config.resources
+        import torch
+
+        torch.set_num_threads(res.threads_per_task or max(1, int(res.num_cpus)))
+        data = ctx.data(self.run, self.config, resolve_device(res.device))
+        receipt = Receipt(worker=worker_name())
+        if unit.payload[0] == "walk":
+            _, plan, perm, _, attempt = unit.payload
+            planned, masks, outcome = walk_permutation(
+                self, data, self.config.plan(plan), perm, receipt
+            )
+            self.write_shard(planned, masks, outcome, np.asarray(attempt), receipt)
+            return receipt
+        _, ids, tries, stored = unit.payload
+        planned = self.planned.select_ids(np.asarray(ids, dtype=np.int64))
+        masks, outcome = self.train_models(data, planned, receipt)
+        fresh = np.flatnonzero(~np.isin(planned.model_id, list(stored)))
+        self.write_shard(
+            planned.take(fresh),
+            masks[fresh],
+            outcome.take(fresh),
+            np.asarray(tries)[fresh],
+            receipt,
+        )
+        return receipt
+
+    def finish(self) -> TrainSummary:
+        return self.summary
+
+    def up_to_date(self) -> TrainSummary:
+        done = self.run.done_model_ids()
+        walks = tmc_walk_state(self.config, self.planned, self.run.n_train, done)
+        plain = self.planned.model_id[~np.isin(self.planned.plan, self.tmc_plans())].tolist()
+        n_done = sum(i in done for i in plain) + sum(present for _, present in walks.values())
+        return TrainSummary(len(plain) + len(walks), n_done)
+
+    # -- in the driver -----------------------------------------------------------------------
+
+    def tmc_plans(self) -> list[str]:
+        return [p.name for p in self.config.plans if p.kind == "tmc"]
+
+    def spread(self, units: list[Unit], slots: int) -> list[Unit]:
+        """Smaller batches when there are fewer models than slots × models_per_task, so that
+        every slot gets work."""
+        ids = [i for u in units if u.payload[0] == "models" for i in u.payload[1]]
+        size = max(1, min(self.config.resources.models_per_task, -(-max(len(ids), 1) // slots)))
+        stored = {i for u in units if u.payload[0] == "models" for i in u.payload[3]}
+        return self.batches(ids, size, stored) + [u for u in units if u.payload[0] == "walk"]
+
+    def walk_unit(self, plan: str, perm: int, rep: int) -> Unit:
+        return Unit(f"walk-{plan}-{perm}", ("walk", plan, perm, rep, self.attempts[rep] + 1))
+
+    def batches(self, ids: list[int], size: int, stored: set[int] = frozenset()) -> list[Unit]:
+        units = []
+        for start in range(0, len(ids), size):
+            chunk = tuple(ids[start : start + size])
+            tries = tuple(self.attempts[i] + 1 for i in chunk)
+            kept = tuple(i for i in chunk if i in stored)
+            units.append(
+                Unit(
+                    f"models-{chunk[0]}-{chunk[-1]}-{len(chunk)}",
+                    ("models", chunk, tries, kept),
+                    size=len(chunk),
+                )
+            )
+        return units
+
+    def model_ids(self, unit: Unit) -> list[int]:
+        return [unit.payload[3]] if unit.payload[0] == "walk" else list(unit.payload[1])
+
+    def record_failures(self, rows: list[tuple[int, str, str, str]]) -> list[int]:
+        """Log failed attempts (model_id, error_type, message, worker); returns the ids that
+        may be tried again."""
+        if not rows:
+            return []
+        plan_of = dict(zip(self.planned.model_id.tolist(), self.planned.plan.tolist(), strict=True))
+        frame = []
+        for model_id, kind, message, worker in rows:
+            self.attempts[model_id] += 1
+            frame.append(
+                {
+                    "model_id": model_id,
+                    "plan": plan_of[model_id],
+                    "attempt": self.attempts[model_id],
+                    "error_type": kind,
+                    "message": message[:2000],
+                    "worker": worker,
+                }
+            )
+        self.run.append_failures(pd.DataFrame(frame))
+        return [m for m, *_ in rows if self.attempts[m] < self.config.resources.max_attempts]
+
+    def retry_units(self, unit: Unit, ids: list[int]) -> list[Unit]:
+        if not ids:
+            return []
+        if unit.payload[0] == "walk":
+            return [self.walk_unit(*unit.payload[1:4])]
+        return self.batches(ids, max(1, len(unit.payload[1]) // 4), set(unit.payload[3]))
+
+    def on_result(self, unit: Unit, receipt: Receipt, progress) -> list[Unit]:
+        self.summary.trained += len(receipt.written)
+        self.summary.checkpointed += len(receipt.checkpointed)
+        rechecked = (
+            len(set(receipt.checkpointed) & set(unit.payload[3]))
+            if unit.payload[0] == "models"
+            else 0
+        )
+        progress.advance(1 if unit.payload[0] == "walk" else len(receipt.written) + rechecked)
+        retry = self.record_failures(
+            [(m, kind, text, receipt.worker) for m, kind, text in receipt.failed]
+        )
+        progress.failed_attempt(len(receipt.failed), len(receipt.failed) - len(retry))
+        self.summary.failed = progress.given_up
+        return self.retry_units(unit, retry)
+
+    def on_failure(self, unit: Unit, error_type: str, message: str, progress) -> list[Unit]:
+        ids = self.model_ids(unit)
+        retry = self.record_failures([(m, error_type, message, "") for m in ids])
+        progress.failed_attempt(len(ids), len(ids) - len(retry))
+        self.summary.failed = progress.given_up
+        return self.retry_units(unit, retry)
+
+    # -- inside a task -----------------------------------------------------------------------
+
+    def train_models(self, data, planned, receipt: Receipt) -> tuple[np.ndarray, TrainOutcome]:
+        """(masks, outcome) of the ``planned`` models, trained; the checkpoints
+        ``config.checkpoints`` asks for are written."""
+        wanted = np.isin(planned.model_id, checkpoint_ids(self.config, self.planned))
+        request = (
+            CheckpointRequest(
+                tuple(np.flatnonzero(wanted).tolist()), checkpoint_epochs(self.config)
+            )
+            if wanted.any()
+            else None
+        )
+        masks = masks_for(self.config, planned, data.n_train)
+        outcome = train_batch(
+            masks, planned.seed, data, self.config, loader=self.loader, checkpoints=request
+        )
+        keep = [s for s in outcome.snapshots if not outcome.failed[s.row]]
+        if keep:
+            write_checkpoints(
+                self.run.fs,
+                self.config.model.arch,
+                [(int(planned.model_id[s.row]), s.epoch, s.lr, s.params) for s in keep],
+            )
+            receipt.checkpointed += sorted({int(planned.model_id[s.row]) for s in keep})
+        receipt.seconds += float(outcome.seconds.sum())
+        for row in np.flatnonzero(outcome.failed):
+            receipt.failed.append(
+                (
+                    int(planned.model_id[row]),
+                    "NonFiniteLoss",
+                    "training produced a non-finite loss or margin "
+                    f"(loss={outcome.train_loss[row]})",
+                )
+            )
+        return masks, outcome
+
+    def write_shard(
+        self,
+        planned,
+        masks: np.ndarray,
+        outcome: TrainOutcome,
+        attempts: np.ndarray,
+        receipt: Receipt,
+    ) -> None:
+        """One shard with the models of ``planned`` that trained cleanly."""
+        ok = ~outcome.failed
+        if not ok.any():
+            return
+        table = models_table(
+            model_ids=planned.model_id[ok],
+            plan=planned.plan[ok],
+            alphas=planned.alpha[ok],
+            seeds=planned.seed[ok],
+            masks=masks[ok],
+            margins=outcome.margins[ok],
+            train_loss=outcome.train_loss[ok],
+            eval_accuracy=outcome.eval_accuracy[ok],
+            seconds=outcome.seconds[ok],
+            attempt=np.broadcast_to(np.asarray(attempts, np.int32), ok.shape)[ok],
+            worker=receipt.worker,
+        )
+        receipt.shard = self.run.write_models(table)
+        receipt.written += [int(i) for i in planned.model_id[ok]]
+
+
+def walk_permutation(stage: TrainStage, data, plan, perm: int, receipt: Receipt):
+    """Walk permutation ``perm`` of a tmc plan: the full-data model first, then prefixes of
+    growing length in chunks, until test accuracy has stayed within ``plan.tolerance`` of the
+    full-data model's for ``plan.patience`` consecutive prefixes. Returns the (planned, masks,
+    outcome) of every model trained, in model-id order."""
+    n, seeds = data.n_train, plan.seeds
+    walk = tmc_walk(stage.config, plan, perm, n, stage.planned)
+    parts: list = []
+
+    def run_steps(steps: np.ndarray) -> np.ndarray:
+        chosen = walk.take((steps[:, None] * seeds + np.arange(seeds)[None, :]).reshape(-1))
+        masks, outcome = stage.train_models(data, chosen, receipt)
+        parts.append((chosen, masks, outcome))
+        accuracy = np.where(outcome.failed, np.nan, outcome.eval_accuracy).reshape(
+            len(steps), seeds
+        )
+        return np.nanmean(accuracy, axis=1) if seeds > 1 else accuracy[:, 0]
+
+    full_accuracy = float(run_steps(np.array([n]))[0])
+    chunk = max(1, stage.config.resources.models_per_task // seeds)
+    within, step = 0, 0
+    while step < n and within < plan.patience:
+        steps = np.arange(step, min(n, step + chunk))
+        for value in run_steps(steps):
+            within = within + 1 if abs(value - full_accuracy) <= plan.tolerance else 0
+            if within >= plan.patience:
+                break
+        step = int(steps[-1]) + 1
+    planned = type(walk)(
+        *(np.concatenate([getattr(p[0], f) for p in parts]) for f in walk.__dataclass_fields__)
+    )
+    masks = np.concatenate([p[1] for p in parts])
+    outcome = TrainOutcome(
+        *(np.concatenate([getattr(p[2], f) for p in parts]) for f in TrainOutcome.ARRAYS)
+    )
+    order = np.argsort(planned.model_id)
+    return planned.take(order), masks[order], outcome.take(order)
+
+
+def plan_status(config: Config, run: Run) -> pd.DataFrame:
+    """One row per plan: planned, done, failed (attempt budget spent), missing. A tmc plan
+    counts permutation walks (a walk stops early, so most of its prefix ids never exist)."""
+    n_train = run.n_train
+    planned = plan_models(config, n_train)
+    done = run.done_model_ids()
+    attempts = Counter(run.failures()["model_id"].astype(int).tolist())
+    budget = config.resources.max_attempts
+    walks = tmc_walk_state(config, planned, n_train, done)
+    rows = []
+    for plan in config.plans:
+        if plan.kind == "tmc":
+            units = [
+                (rep, present) for (name, _), (rep, present) in walks.items() if name == plan.name
+            ]
+        else:
+            units = [(i, i in done) for i in planned.model_id[planned.plan == plan.name].tolist()]
+        n_done = sum(present for _, present in units)
+        n_failed = sum(not present and attempts[i] >= budget for i, present in units)
+        rows.append(
+            {
+                "plan": plan.name,
+                "kind": plan.kind,
+                "planned": len(units),
+                "done": n_done,
+                "failed": n_failed,
+                "missing": len(units) - n_done - n_failed,
+            }
+        )
+    return pd.DataFrame(rows)
