@@ -94,3 +94,15 @@ def test_tmc_prefixes_follow_one_permutation():
     for step in range(1, n + 1):
         added = np.flatnonzero(walk[step] & ~walk[step - 1])
         assert added.tolist() == [order[step - 1]]
+
+
+def test_vectorised_training_seeds_equal_numpy_seed_sequence():
+    from datamodels.plans import training_seed, training_seeds
+
+    rng = np.random.default_rng(3)
+    for config_seed in (0, 1, 987_654, 2**32 - 1, 2**40):  # the last one takes the loop
+        mask_index = rng.integers(0, 2**31, size=200)
+        replicate = rng.integers(0, 8, size=200)
+        pairs = zip(mask_index.tolist(), replicate.tolist(), strict=True)
+        want = [training_seed(config_seed, "eval", j, r) for j, r in pairs]
+        assert training_seeds(config_seed, "eval", mask_index, replicate).tolist() == want

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from datamodels.models.mlp import stacked_forward
-from datamodels.train.batched import _logreg_objective
+from datamodels.train.batched import logreg_objective
 from datamodels.train.lbfgs import batched_lbfgs
 from datamodels.train.outcome import margins_from_logits
 
@@ -205,7 +205,7 @@ def fit_logreg(
     Raises ``RuntimeError`` when the gradient norm does not reach ``tolerance``."""
     flat = x.reshape(len(x), -1).double()
     weights = torch.full((1, len(flat)), 1.0 / len(flat), dtype=torch.float64, device=flat.device)
-    fun = _logreg_objective(flat, y, weights, num_classes, weight_decay)
+    fun = logreg_objective(flat, y, weights, num_classes, weight_decay)
     x0 = torch.zeros(1, (flat.shape[1] + 1) * num_classes, dtype=torch.float64, device=flat.device)
     result = batched_lbfgs(fun, x0, tol=tolerance, max_iter=max_iter)
     if not bool(result.converged[0]):

@@ -19,7 +19,7 @@ from datamodels.errors import EstimateError
 from datamodels.gradients import FunctionalModel, craft_attack, influence_pert_scores
 from datamodels.gradients.checkpointed import functional_model, solver_for
 from datamodels.gradients.influence_pert import most_influential_point
-from datamodels.plans import checkpoint_epochs, plan_models
+from datamodels.plans import checkpoint_epochs
 from datamodels.stages.base import Stage, Unit
 from datamodels.stages.gradients import GradientStage
 from datamodels.store import ATTACKS_DIR, Run, attack_schema
@@ -84,7 +84,7 @@ class AttackStage(Stage):
         config, run = self.config, self.run
         data = ctx.data(run, config, "cpu")
         mask = run.masks_of(np.array([self.model_id]))[0]
-        seeds = plan_models(config, data.n_train).select_ids(np.array([self.model_id])).seed
+        seeds = self.planned.select_ids(np.array([self.model_id])).seed
         members = np.flatnonzero(mask)
         model = functional_model(config, data, load_checkpoint(run.fs, self.checkpoint)["layers"])
         x_s, y_s = data.train_x[members].double(), data.train_y[members]

@@ -78,6 +78,7 @@ class Stage:
         self.config = config
         self.run = run
         self._digest: str | None = None
+        self._planned = None
 
     # -- the contract --------------------------------------------------------------------
 
@@ -135,6 +136,16 @@ class Stage:
     def up_to_date(self) -> Any:
         """What the stage returns when it finds its outputs complete (it runs nothing)."""
         return None
+
+    @property
+    def planned(self):
+        """The run's plan table (`plans.PlannedModels`), built once per stage; tasks receive it
+        with the stage."""
+        if self._planned is None:
+            from datamodels.plans import plan_models
+
+            self._planned = plan_models(self.config, self.run.n_train)
+        return self._planned
 
     # -- parts and the marker --------------------------------------------------------------
 

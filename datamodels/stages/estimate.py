@@ -24,7 +24,7 @@ import numpy as np
 from datamodels import estimators as est
 from datamodels.errors import EstimateError
 from datamodels.orchestrate.context import local_beton
-from datamodels.plans import plan_models, tmc_layout
+from datamodels.plans import tmc_layout
 from datamodels.stages.base import Stage, Unit
 from datamodels.stages.fit import eval_positions
 from datamodels.store import Run
@@ -112,7 +112,7 @@ class EstimateStage(Stage):
                 ids,
                 masks,
                 margins,
-                plan_models(self.config, self.run.n_train).select_ids(ids).alpha,
+                self.planned.select_ids(ids).alpha,
             )
 
         return ctx.cached(("models", self.run.uri, self.plan, self.digest), read)
@@ -194,7 +194,7 @@ class EstimateStage(Stage):
                 "tmc_shapley with seeds > 1: average replicates first (not supported yet)"
             )
         n = masks.shape[1]
-        perm, step = tmc_layout(plan_models(self.config, n).select_ids(ids), n)
+        perm, step = tmc_layout(self.planned.select_ids(ids), n)
         keep = np.zeros(len(step), dtype=bool)
         for p in np.unique(
             perm

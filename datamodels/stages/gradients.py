@@ -37,7 +37,7 @@ import torch
 
 from datamodels.errors import CheckpointError, EstimateError
 from datamodels.gradients.checkpointed import block_values, factored_hessian, functional_model
-from datamodels.plans import checkpoint_epochs, checkpoint_ids, plan_models
+from datamodels.plans import checkpoint_epochs, checkpoint_ids
 from datamodels.stages.base import Stage, TaskResources, Unit
 from datamodels.stages.fit import eval_positions
 from datamodels.store import Run
@@ -85,7 +85,7 @@ class GradientStage(Stage):
                 "(retrains just those models, same seeds)"
             )
         if config.checkpoints.plan is not None:  # only what these settings save (older files stay)
-            planned = plan_models(config, run.n_train)
+            planned = self.planned
             index = index[
                 index["model_id"].isin(checkpoint_ids(config, planned))
                 & index["epoch"].isin(checkpoint_epochs(config))

@@ -65,9 +65,7 @@ class TrainStage(Stage):
 
     def __init__(self, config: Config, run: Run) -> None:
         super().__init__(config, run)
-        self.planned = plan_models(
-            config, run.n_train
-        )  # once per stage; tasks get it with the stage
+        _ = self.planned  # built once here, in the driver; tasks receive it with the stage
         self.loader = resolve_loader(config, run.fs.size(BETON_PATH))
         self.attempts: Counter = Counter()
         self.summary = TrainSummary(0, 0)

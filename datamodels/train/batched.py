@@ -118,7 +118,7 @@ def _sgd_step(
         p.sub_(lr.view(shape) * buf)
 
 
-def _logreg_objective(
+def logreg_objective(
     x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, num_classes: int, weight_decay: float
 ):
     """Closure for ``batched_lbfgs``: params[K, (d+1)*C] -> (f[K], grad[K, P]).
@@ -160,7 +160,7 @@ def train_logreg_batched(
     K = len(seeds)
     x = data.train_x.reshape(data.n_train, -1).double()
     C = data.num_classes
-    fun = _logreg_objective(x, data.train_y, logreg_weights(masks, device), C, recipe.weight_decay)
+    fun = logreg_objective(x, data.train_y, logreg_weights(masks, device), C, recipe.weight_decay)
     x0 = torch.zeros(K, (x.shape[1] + 1) * C, dtype=torch.float64, device=device)
     solution = batched_lbfgs(fun, x0, tol=recipe.tolerance, max_iter=recipe.max_iter)
     params = solution.x

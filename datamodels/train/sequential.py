@@ -19,7 +19,7 @@ from datamodels.config import ModelConfig, TrainConfig
 from datamodels.data.beton import subset_loader
 from datamodels.models.mlp import init_params, layer_sizes, to_module
 from datamodels.models.resnet9 import build_resnet9
-from datamodels.train.batched import _logreg_objective, logreg_snapshot, logreg_weights
+from datamodels.train.batched import logreg_objective, logreg_snapshot, logreg_weights
 from datamodels.train.data import TrainData
 from datamodels.train.orders import EpochOrders, interval_lr, lr_factors
 from datamodels.train.outcome import CheckpointRequest, Snapshot, margins_and_accuracy
@@ -132,7 +132,7 @@ def train_logreg_one(
     x = data.train_x.reshape(data.n_train, -1).double()
     C = data.num_classes
     weights = logreg_weights(mask[None], x.device)
-    fun = _logreg_objective(x, data.train_y, weights, C, recipe.weight_decay)
+    fun = logreg_objective(x, data.train_y, weights, C, recipe.weight_decay)
     params = torch.zeros(1, (x.shape[1] + 1) * C, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS(
         [params], lr=1.0, max_iter=recipe.max_iter * 5, tolerance_grad=recipe.tolerance / 10,
