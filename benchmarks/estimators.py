@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from datamodels.api import estimate, evaluate, train
+from datamodels.api import estimate, evaluate, methods, train
 from datamodels.config import Config, config_from_dict, load_config
 from datamodels.errors import DatamodelsError
 from datamodels.evaluate.mislabel import mislabel_detection
@@ -36,18 +36,7 @@ from datamodels.stages.gradients import GRADIENT_METHODS
 from datamodels.store import Run
 
 CONFIG = Path(__file__).parents[1] / "configs" / "digits.yaml"
-METHODS = (
-    "downsampling",
-    "downsampling_correct",
-    "memorization",
-    "banzhaf",
-    "shapley",
-    "beta_shapley",
-    "tmc_shapley",
-    "loo",
-    "knn_shapley",
-    *GRADIENT_METHODS,
-)
+METHODS = methods()
 
 
 def bench_config(args: argparse.Namespace) -> Config:

@@ -22,7 +22,7 @@ from datamodels.errors import DatamodelsError
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Training-data attribution by mass retraining."
 )
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # one line per message in logs
 out_console = Console()
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config (see configs/)", show_default=False)]
