@@ -22,8 +22,13 @@ from datamodels.config import Config
 from datamodels.store import Run
 
 
-def _run(run: str | Run) -> Run:
-    return run if isinstance(run, Run) else Run(run)
+def _run(config: Config, run: str | Run) -> Run:
+    """The run directory, checked to be made from ``config`` (same hash)."""
+    from datamodels.stages.prepare import check_run
+
+    run = run if isinstance(run, Run) else Run(run)
+    check_run(config, run)
+    return run
 
 
 def _ray(executor: Any, address: str | None) -> Any:
@@ -69,7 +74,8 @@ def fit(
     from datamodels.stages.base import run_stage
     from datamodels.stages.fit import FitStage
 
-    return run_stage(FitStage(config, _run(run)), show_progress=show_progress, console=console)
+    stage = FitStage(config, _run(config, run))
+    return run_stage(stage, show_progress=show_progress, console=console)
 
 
 def estimate(
@@ -88,9 +94,9 @@ def estimate(
     from datamodels.stages.gradients import GRADIENT_METHODS, GradientStage
 
     if method in GRADIENT_METHODS:
-        stage, executor = GradientStage(config, _run(run), method), _ray(executor, address)
+        stage, executor = GradientStage(config, _run(config, run), method), _ray(executor, address)
     else:
-        stage = EstimateStage(config, _run(run), method)
+        stage = EstimateStage(config, _run(config, run), method)
     return run_stage(stage, executor, show_progress, console)
 
 
@@ -99,7 +105,7 @@ def evaluate(config: Config, run: str | Run, console: Console | None = None) -> 
     from datamodels.stages.base import run_stage
     from datamodels.stages.evaluate import EvaluateStage
 
-    return run_stage(EvaluateStage(config, _run(run)), show_progress=False, console=console)
+    return run_stage(EvaluateStage(config, _run(config, run)), show_progress=False, console=console)
 
 
 def attack(
@@ -115,7 +121,7 @@ def attack(
     from datamodels.stages.attack import AttackStage
     from datamodels.stages.base import run_stage
 
-    stage = AttackStage(config, _run(run), target, budget, point, max_iter)
+    stage = AttackStage(config, _run(config, run), target, budget, point, max_iter)
     return run_stage(stage, show_progress=False, console=console)
 
 
@@ -135,6 +141,7 @@ def estimate_many(
     show_progress: bool = True,
     console: Console | None = None,
     report: Any = None,
+    executor: Any = None,
 ) -> dict:
     """Named estimators (their errors are the caller's), or every one whose models or
     checkpoints the run has (the others are skipped with a line on ``console``).
@@ -151,7 +158,7 @@ def estimate_many(
     for name in names or methods():
         start = time.perf_counter()
         try:
-            results[name] = estimate(config, run, name, address, None, show_progress, console)
+            results[name] = estimate(config, run, name, address, executor, show_progress, console)
         except EstimateError as err:
             if names:
                 raise
@@ -168,9 +175,10 @@ def run(
     address: str | None = None,
     show_progress: bool = True,
     console: Console | None = None,
+    executor: Any = None,
 ) -> pd.DataFrame:
     """Every stage: prepare, train, fit, every estimator the run has models for, evaluate."""
-    train(config, out, address, show_progress=show_progress, console=console)
+    train(config, out, address, executor, show_progress, console)
     fit(config, out, show_progress, console)
-    estimate_many(config, out, address=address, show_progress=show_progress, console=console)
+    estimate_many(config, out, None, address, show_progress, console, executor=executor)
     return evaluate(config, out, console)

@@ -80,6 +80,9 @@ def _train(cfg: Config, out: str, address: str | None, quiet: bool) -> None:
     from datamodels import api
 
     summary = api.train(cfg, out, address=address, show_progress=not quiet, console=err_console)
+    for shard in summary.quarantined:
+        err_console.print(f"moved bad shard {shard} to models/_invalid/; its models were retrained",
+                          style="yellow", markup=False, highlight=False)
     if summary.failed:
         err_console.print(
             f"[yellow]{summary.failed} models failed every attempt; see {out}/failures.parquet "

@@ -41,9 +41,6 @@ class EvaluateError(DatamodelsError):
     """Nothing to evaluate, or no held-out models to evaluate on."""
 
 
-class StageError(DatamodelsError):
-    """A unit of a stage failed for a reason no retry can fix; finished parts are kept."""
-
 
 class EstimatorInputError(DatamodelsError, ValueError):
     """The arrays given to an estimator disagree in shape, dtype or content."""

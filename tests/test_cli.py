@@ -56,6 +56,7 @@ def test_output_directory_holding_another_run(tmp_path):
         "prepare", CONFIGS / "digits.yaml", "--out", out, "--set", "dataset.limit_train=60"
     )
     assert code == 2 and "config hash" in text and "new --out" in text
+    assert "differs in dataset.limit_train" in text  # the field that changed, by name
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert (out / "config.yaml").read_text() == config_text
     # a foreign, non-empty directory is refused too

@@ -149,3 +149,24 @@ def test_constant_target_and_always_included_point(tmp_path):
     assert not (weights["train_position"] == 4).any()
     frame = evaluate(config, run)
     assert frame.loc[0, "n_targets"] == N_TEST - 1  # the constant target has no ranking
+
+
+def test_the_api_refuses_a_config_the_run_was_not_made_from(tmp_path):
+    from datamodels.errors import RunMismatchError
+
+    config, run, _ = _synthetic_run(tmp_path / "run")
+    other = config_from_dict(config.model_dump(mode="json"), ["seed=7"])
+    with pytest.raises(RunMismatchError, match="differs in seed"):
+        fit(other, run, show_progress=False)
+
+
+def test_blocks_of_another_size_are_not_mixed_in(tmp_path):
+    from datamodels.orchestrate.context import context
+    from datamodels.stages.fit import FitStage
+
+    config, run, _ = _synthetic_run(tmp_path / "run")
+    threes = FitStage(config, run)
+    threes.compute(context(), threes.units()[0])  # killed after one block of 3 targets
+    twos = config_from_dict(config.model_dump(mode="json"), ["fit.targets_per_block=2"])
+    assert fit(twos, run, show_progress=False)
+    assert run.targets()["target"].tolist() == list(range(N_TEST))

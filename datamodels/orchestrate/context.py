@@ -60,6 +60,7 @@ class Context:
     def __init__(self, max_entries: int = 16) -> None:
         self.max_entries = max_entries
         self._entries: OrderedDict[tuple, Any] = OrderedDict()
+        self._data: tuple[tuple, Any] | None = None  # one decoded dataset, never evicted by others
 
     def cached(self, key: tuple, make: Callable[[], Any]) -> Any:
         if key in self._entries:
@@ -81,10 +82,15 @@ class Context:
                 local_beton(run, config.hash), examples, num_classes(examples), device
             )
 
-        return self.cached(("data", run.uri, config.hash, device), load)
+        key = (run.uri, config.hash, device)
+        if self._data is None or self._data[0] != key:
+            self._data = None  # free the previous run's tensors before decoding the next
+            self._data = (key, load())
+        return self._data[1]
 
     def clear(self) -> None:
         self._entries.clear()
+        self._data = None
 
 
 _CONTEXT = Context()

@@ -21,7 +21,7 @@ from collections import deque
 from typing import Any
 
 from datamodels.errors import DatamodelsError
-from datamodels.orchestrate.context import context
+from datamodels.orchestrate.context import Context, context
 
 
 def error_text(err: BaseException) -> str:
@@ -48,10 +48,19 @@ def compute_shared(stage, key):
     return stage.compute_shared(context(), key)
 
 
+def user_error(err: BaseException) -> DatamodelsError | None:
+    """The named error behind ``err`` (raised in this process or in a task), if any: a user's
+    or the run directory's mistake, which no retry fixes and no model's budget should pay."""
+    cause = getattr(err, "cause", err)
+    return cause if isinstance(cause, DatamodelsError) else None
+
+
 class SerialExecutor:
-    """Runs units one after another in this process (same context, same callbacks)."""
+    """Runs units one after another in this process, with the same callbacks as Ray. Each
+    call gets a fresh context, so what a stage cached (its tables) is freed when it ends."""
 
     def run(self, stage, units: list, progress) -> None:
+        ctx = Context()
         queue = deque(units)
         shared: dict[Any, Any] = {}
         while queue:
@@ -59,17 +68,17 @@ class SerialExecutor:
             try:
                 if unit.shared is not None and unit.shared not in shared:
                     shared.clear()  # one at a time: they can be large
-                    shared[unit.shared] = compute_shared(stage, unit.shared)
-                result = compute_unit(stage, unit, shared.get(unit.shared))
+                    shared[unit.shared] = stage.compute_shared(ctx, unit.shared)
+                result = stage.compute(ctx, unit, shared.get(unit.shared))
             except DatamodelsError:
-                raise  # a user's mistake: no retry helps, and the message is already one line
+                raise  # no retry helps, and the message is already one line
             except Exception as err:  # noqa: BLE001 - the stage decides what a failure means
-                queue.extend(stage.on_failure(unit, error_type(err), error_text(err), progress))
+                queue.extend(stage.on_failure(unit, err, progress))
             else:
                 queue.extend(stage.on_result(unit, result, progress))
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None = None) -> None:
     """Join the cluster at ``address`` (or RAY_ADDRESS), else start a local one."""
     import ray
 
@@ -77,8 +86,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": True}
-    if address is None and num_cpus is not None:
-        kwargs["num_cpus"] = num_cpus
     ray.init(address=address, **kwargs)
 
 
@@ -138,10 +145,10 @@ class RayExecutor:
         def shared_ref(unit):
             if unit.shared is None:
                 return None
-            upcoming = [unit.shared] + [
-                u.shared for u in queue if u.shared not in (None, unit.shared)
-            ][:1]
-            for key in upcoming:
+            ahead = next((u.shared for u in queue if u.shared not in (None, unit.shared)), None)
+            for key in (unit.shared, ahead):
+                if key is None:
+                    continue
                 if key not in shared_refs:
                     shared_refs[key] = remote_shared.remote(stage_ref, key)
             return shared_refs[unit.shared]
@@ -158,7 +165,9 @@ class RayExecutor:
                 try:
                     result = ray.get(ready[0])
                 except Exception as err:  # noqa: BLE001 - worker death, OOM, bugs: the stage decides
-                    again = stage.on_failure(unit, error_type(err), error_text(err), progress)
+                    if user_error(err) is not None:
+                        raise user_error(err) from None  # as the serial executor does
+                    again = stage.on_failure(unit, err, progress)
                 else:
                     again = stage.on_result(unit, result, progress)
                 for retry in again:

@@ -34,7 +34,6 @@ from typing import Any
 from rich.console import Console
 
 from datamodels.config import Config
-from datamodels.errors import StageError
 from datamodels.store import Run
 
 PARTS_DIR = "_parts"
@@ -79,6 +78,7 @@ class Stage:
         self.run = run
         self._digest: str | None = None
         self._planned = None
+        self._present: set[str] | None = None
 
     # -- the contract --------------------------------------------------------------------
 
@@ -95,13 +95,26 @@ class Stage:
         raise NotImplementedError
 
     def done(self, unit: Unit) -> bool:
-        return self.run.fs.isfile(self.part_path(unit))
+        if self._present is None:  # one listing of the part folder, not one request per part
+            self._present = set(self.run.fs.listdir(self.part_dir, ""))
+        return unit.name in self._present
 
     # -- optional hooks ------------------------------------------------------------------
 
     def outputs(self) -> list[str]:
         """Run-relative files that must exist for the stage to count as complete."""
         return []
+
+    def start(self) -> None:
+        """Called once before ``units`` when the stage has work to do (repairs, driver state)."""
+
+    def nothing_to_do(self) -> str:
+        """The line printed when the stage finds its outputs current."""
+        return f"{self.name}: up to date with these settings; nothing to do"
+
+    def idle_message(self) -> str | None:
+        """The line printed when no unit is left but the stage still finishes (None: silent)."""
+        return None
 
     def resources(self) -> TaskResources:
         return TaskResources(
@@ -121,12 +134,12 @@ class Stage:
         progress.advance(unit.size)
         return []
 
-    def on_failure(self, unit: Unit, error_type: str, message: str, progress: Any) -> list[Unit]:
-        """Called in the driver when a unit raised (after the executor's own retries)."""
-        raise StageError(
-            f"{self.name}: unit {unit.name} failed ({message}); finished parts are kept "
-            f"in {self.run.fs.display(self.part_dir)}; rerun to resume"
-        )
+    def on_failure(self, unit: Unit, error: BaseException, progress: Any) -> list[Unit]:
+        """Called in the driver when a unit raised (after the executor's own retries); returns
+        units to run again. By default the error stops the stage: the unit's own exception
+        (as raised in the task) is raised again here; finished parts stay for a rerun."""
+        cause = getattr(error, "cause", None)
+        raise (cause if isinstance(cause, BaseException) else error)
 
     def progress_counts(self, units: list[Unit], todo: list[Unit]) -> tuple[int, int]:
         """(total, already done) for the progress bar."""
@@ -172,8 +185,13 @@ class Stage:
             return False
         return json.loads(fs.read_bytes(self.marker_path)).get("digest") == self.digest
 
+    # train's outputs are its inputs: its marker records them as they are after finishing;
+    # the other stages record the inputs they started from
+    refingerprint_after_finish = False
+
     def write_marker(self) -> None:
-        self._digest = None  # the fingerprint as it stands now that the stage has finished
+        if self.refingerprint_after_finish:
+            self._digest = None
         record = {"stage": self.name, "digest": self.digest, "fingerprint": self.fingerprint()}
         self.run.fs.write_bytes_atomic(self.marker_path, json.dumps(record, default=str).encode())
 
@@ -182,6 +200,7 @@ class Stage:
         for entry in self.run.fs.entries(PARTS_DIR):
             if entry.startswith(f"{self.name}-"):
                 self.run.fs.delete_dir(f"{PARTS_DIR}/{entry}")
+        self._present = None
 
 
 def run_stage(
@@ -195,22 +214,21 @@ def run_stage(
     console = console or Console(stderr=True)
     if stage.is_complete():
         if show_progress:
-            console.print(
-                f"{stage.name}: up to date with these settings; nothing to do", highlight=False
-            )
+            console.print(stage.nothing_to_do(), highlight=False)
         return stage.up_to_date()
+    stage.start()
     units = stage.units()
+    stage._present = None
     todo = [u for u in units if not stage.done(u)]
     if todo:
         total, already = stage.progress_counts(units, todo)
-        with Progress(
-            total,
-            already,
-            enabled=show_progress,
-            console=console,
-            what=f"{stage.name} {stage.what}",
-        ) as progress:
+        with Progress(total, already, enabled=show_progress, console=console,
+                      what=f"{stage.name} {stage.what}") as progress:
             (executor or SerialExecutor()).run(stage, todo, progress)
+    elif show_progress and stage.idle_message():
+        console.print(stage.idle_message(), highlight=False)
+    stage._present = None
     result = stage.finish()
     stage.write_marker()
+    stage.remove_old_parts()  # after the marker: a crash in between keeps the parts
     return result

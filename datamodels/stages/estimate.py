@@ -75,11 +75,17 @@ class EstimateStage(Stage):
         )
 
     def fingerprint(self) -> dict:
+        e = self.config.estimate
+        reads = {"targets": e.targets, "plan": self.plan}  # only what this method reads
+        if self.method == "beta_shapley":
+            reads["beta"] = list(e.beta)
+        if self.method == "knn_shapley":
+            reads["knn_k"] = e.knn_k
         return {
             "method": self.method,
-            "estimate": self.config.estimate.model_dump(mode="json"),
+            "estimate": reads,
             "config": self.config.hash,
-            "models": self.run.listing("models") if self.plan else [],
+            "models": self.run.plan_witness(self.plan) if self.plan else None,
         }
 
     def units(self) -> list[Unit]:
@@ -88,18 +94,22 @@ class EstimateStage(Stage):
                 f"plan '{self.plan}' has fewer than 2 trained models; run `datamodels train` first"
             )
         units = [] if self.method == "memorization" else [Unit("scores")]
-        train_targets = eval_positions(self.run, "train")
-        if len(train_targets) == self.run.n_train and self.method != "knn_shapley":
+        if self.has_self_scores() and self.method != "knn_shapley":
             units.append(Unit("self"))
         return units
 
     def done(self, unit: Unit) -> bool:
-        return (
-            False  # each unit writes its final table; the stage marker says when both are current
-        )
+        return False  # each unit writes its final table; the marker says when both are current
 
     def outputs(self) -> list[str]:
-        return [self.run.scores_path(self.method)] if self.method != "memorization" else []
+        paths = [self.run.scores_path(self.method)] if self.method != "memorization" else []
+        if self.method != "knn_shapley" and self.has_self_scores():
+            paths.append(self.run.self_scores_path(self.method))
+        return paths
+
+    def has_self_scores(self) -> bool:
+        """Whether the run has margins on its own training examples (for the diagonal)."""
+        return len(eval_positions(self.run, "train")) == self.run.n_train
 
     def table(self, ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(model ids, masks, margins, alpha) of the source plan, read once per process."""

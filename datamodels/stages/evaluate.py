@@ -29,7 +29,7 @@ class EvaluateStage(Stage):
         return {
             "evaluate": self.config.evaluate.model_dump(mode="json"),
             "config": self.config.hash,
-            "models": self.run.listing("models"),
+            "models": self.run.plan_witness(self.config.evaluate.plan),
             "scores": fs.stats(SCORES_DIR, ".parquet"),
             "self_scores": fs.stats(SELF_SCORES_DIR, ".parquet"),
         }

@@ -39,7 +39,8 @@ class FitStage(Stage):
 
     def fingerprint(self) -> dict:
         settings = self.config.fit.model_dump(mode="json", exclude={"device", "targets_per_block"})
-        return {"fit": settings, "config": self.config.hash, "models": self.run.listing("models")}
+        return {"fit": settings, "config": self.config.hash,
+                "models": self.run.plan_witness(self.config.fit.plan)}
 
     def outputs(self) -> list[str]:
         return [TARGETS_PATH, WEIGHTS_PATH, Run.scores_path(METHOD)]
@@ -63,7 +64,7 @@ class FitStage(Stage):
         block = self.config.fit.targets_per_block
         return [
             Unit(
-                f"block-{start:07d}.parquet",
+                f"block-{start:07d}-{min(len(targets), start + block):07d}.parquet",
                 (start, min(len(targets), start + block)),
                 size=min(len(targets), start + block) - start,
             )
@@ -78,7 +79,7 @@ class FitStage(Stage):
             masks, margins = self.run.masks_and_margins(plan=fit.plan)
             return masks, margins, split_rows(len(masks), fit.val_fraction, fit.split_seed)
 
-        return ctx.cached(("fit-table", self.run.uri, self.digest), read)
+        return ctx.cached(("models", self.run.uri, self.config.fit.plan, self.digest), read)
 
     def compute(self, ctx, unit: Unit, shared=None) -> None:
         masks, margins, rows = self.table(ctx)
@@ -145,7 +146,8 @@ class FitStage(Stage):
         self.run.write_table(
             TARGETS_PATH, frame.drop(columns=["weights_at", "weights"]), TARGETS_SCHEMA
         )
-        self.remove_old_parts()
+        if self.run.fs.exists("datamodels/blocks"):  # the parts of runs fitted before parts/
+            self.run.fs.delete_dir("datamodels/blocks")
         return True
 
     def up_to_date(self) -> bool:

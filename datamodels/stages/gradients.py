@@ -37,8 +37,9 @@ import torch
 
 from datamodels.errors import CheckpointError, EstimateError
 from datamodels.gradients.checkpointed import block_values, factored_hessian, functional_model
+from datamodels.orchestrate.executor import error_text
 from datamodels.plans import checkpoint_epochs, checkpoint_ids
-from datamodels.stages.base import Stage, TaskResources, Unit
+from datamodels.stages.base import PARTS_DIR, Stage, TaskResources, Unit
 from datamodels.stages.fit import eval_positions
 from datamodels.store import Run
 from datamodels.store.checkpoints import load_checkpoint, read_checkpoint_index
@@ -125,8 +126,6 @@ class GradientStage(Stage):
             "config": self.config.hash,
         }
 
-    def outputs(self) -> list[str]:
-        return [self.run.scores_path(self.method)]
 
     def resources(self) -> TaskResources:
         g = self.config.gradients
@@ -163,11 +162,11 @@ class GradientStage(Stage):
             for kind, start, stop in blocks
         ]
 
-    def on_failure(self, unit: Unit, error_type: str, message: str, progress) -> list[Unit]:
+    def on_failure(self, unit: Unit, error: BaseException, progress) -> list[Unit]:
         raise EstimateError(
-            f"{self.method}: task {unit.name} failed ({message}); finished parts are kept in "
-            f"{self.run.fs.display(self.part_dir)}, rerun to resume"
-        )
+            f"{self.method}: task {unit.name} failed ({error_text(error)}); finished parts are "
+            f"kept in {self.run.fs.display(self.part_dir)}, rerun to resume"
+        ) from error
 
     # -- inside a task -----------------------------------------------------------------------
 
@@ -282,15 +281,23 @@ class GradientStage(Stage):
             "self_scores": self.run.write_self_scores(self.method, self_mean, self_err),
             "models": len(self.model_ids),
         }
-        self.remove_old_parts()
         return written
 
+    def outputs(self) -> list[str]:
+        return [self.run.scores_path(self.method), self.run.self_scores_path(self.method)]
+
+    def remove_old_parts(self) -> None:
+        super().remove_old_parts()
+        for entry in self.run.fs.entries(PARTS_DIR):  # the parts and markers of older runs
+            if entry.startswith(f"{self.method}-"):
+                path = f"{PARTS_DIR}/{entry}"
+                if entry.endswith(".done"):
+                    self.run.fs.filesystem.delete_file(self.run.fs.join(path))
+                else:
+                    self.run.fs.delete_dir(path)
+
     def up_to_date(self) -> dict[str, int]:
-        return {
-            "scores": len(self.targets),
-            "self_scores": self.run.n_train,
-            "models": len(self.model_ids),
-        }
+        return {}
 
 
 class Moments:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import yaml
 
-from datamodels.config import Config, config_from_yaml_text
+from datamodels.config import HASHED_SECTIONS, Config, config_from_yaml_text
 from datamodels.data.beton import BETON_NAME, write_beton
 from datamodels.data.examples import examples_frame
 from datamodels.data.sources import load_dataset
@@ -23,19 +24,49 @@ from datamodels.stages.base import Stage, Unit
 from datamodels.store import EXAMPLES_PATH, Run
 
 
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        return {
+            k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()
+        }
+    if isinstance(tree, list) and tree and all(isinstance(x, dict) and "name" in x for x in tree):
+        return {k: v for x in tree for k, v in _flatten(x, f"{prefix}{x['name']}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
+def differing_fields(saved: dict, config: Config) -> list[str]:
+    """Dotted names of the hashed fields whose values differ between a saved config.yaml and
+    ``config`` (plans addressed by name, as ``--set`` does)."""
+    mine = _flatten(config.model_dump(mode="json", include=set(HASHED_SECTIONS)))
+    theirs = _flatten({k: v for k, v in saved.items() if k in HASHED_SECTIONS})
+    return sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+
+
+def check_run(config: Config, run: Run) -> str | None:
+    """Refuse a run made from another config (naming the fields that differ); returns the saved
+    config.yaml text (None for a run without one)."""
+    if not run.has_config():
+        return None
+    text = run.read_config_text()
+    saved = yaml.safe_load(text) or {}
+    if saved.get("config_hash") != config.hash:
+        fields = differing_fields(saved, config)
+        shown = ", ".join(fields[:4]) + (f" and {len(fields) - 4} more" if len(fields) > 4 else "")
+        raise RunMismatchError(
+            f"{run.uri} holds a run of config hash {saved.get('config_hash')} "
+            f"('{saved.get('name')}') but this config hashes to {config.hash} "
+            f"(differs in {shown or 'its hashed fields'}); "
+            f"choose a new --out directory, or resume with the run's own config: "
+            f"datamodels train {run.uri}/config.yaml --out {run.uri}"
+        )
+    return text
+
+
 def open_run(config: Config, uri: str | Run) -> Run:
     """The run at ``uri`` for ``config``: created if absent, refused if made from another config."""
     run = uri if isinstance(uri, Run) else Run(uri)
-    if run.has_config():
-        text = run.read_config_text()
-        saved = yaml.safe_load(text) or {}
-        saved_hash = saved.get("config_hash")
-        if saved_hash != config.hash:
-            raise RunMismatchError(
-                f"{run.uri} holds a run of config hash {saved_hash} ('{saved.get('name')}') but "
-                f"this config hashes to {config.hash}; choose a new --out directory, or resume "
-                f"with the run's own config: datamodels train {run.uri}/config.yaml --out {run.uri}"
-            )
+    text = check_run(config, run)
+    if text is not None:
         if text != config.to_yaml():  # same models; record the latest stage settings
             run.write_config(config.to_yaml())
         return run

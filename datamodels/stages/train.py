@@ -22,6 +22,7 @@ import pandas as pd
 
 from datamodels.config import Config
 from datamodels.orchestrate.context import BETON_PATH, resolve_device, worker_name
+from datamodels.orchestrate.executor import error_text, error_type
 from datamodels.plans import (
     checkpoint_epochs,
     checkpoint_ids,
@@ -41,11 +42,9 @@ from datamodels.train.outcome import CheckpointRequest
 class Receipt:
     """What a task returns: never the data itself (that is in the shard)."""
 
-    shard: str | None = None
     written: list[int] = field(default_factory=list)
     failed: list[tuple[int, str, str]] = field(default_factory=list)  # (model_id, type, message)
     worker: str = ""
-    seconds: float = 0.0
     checkpointed: list[int] = field(default_factory=list)  # models whose checkpoints were written
 
 
@@ -62,6 +61,7 @@ class TrainSummary:
 class TrainStage(Stage):
     name = "train"
     what = "models"
+    refingerprint_after_finish = True
 
     def __init__(self, config: Config, run: Run) -> None:
         super().__init__(config, run)
@@ -85,9 +85,22 @@ class TrainStage(Stage):
             "checkpoints": self.config.checkpoints.model_dump(mode="json"),
             "max_attempts": self.config.resources.max_attempts,
             "checkpointed": sorted(saved),
-            "models": self.run.listing("models"),
-            "failures": self.run.listing("", "failures.parquet"),
+            "models": self.run.fs.stats("models", ".parquet"),
+            "failures": self.run.fs.stats("", "failures.parquet"),
         }
+
+    def nothing_to_do(self) -> str:
+        return "train: every planned model is done or out of attempts; nothing to do"
+
+    def idle_message(self) -> str:
+        return (f"train: all {self.summary.planned} planned models are done or out of attempts; "
+                "nothing to do")
+
+    def start(self) -> None:
+        """Set aside bad shards (their models are trained again); read the attempts spent."""
+        for problem in self.run.quarantine_bad_shards():
+            self.summary.quarantined.append(f"{problem.file} ({problem.kind}: {problem.message})")
+        self.attempts = Counter(self.run.failures()["model_id"].astype(int).tolist())
 
     def outputs(self) -> list[str]:
         return ["examples.parquet", BETON_PATH]
@@ -97,12 +110,8 @@ class TrainStage(Stage):
         return TaskResources(res.num_cpus, res.num_gpus, res.task_retries, res.max_in_flight)
 
     def units(self) -> list[Unit]:
-        """The models not yet stored, in batches, and the tmc walks not yet walked (bad shards
-        are quarantined first)."""
-        for problem in self.run.quarantine_bad_shards():
-            self.summary.quarantined.append(problem)
+        """The models not yet stored, in batches, and the tmc walks not yet walked."""
         done = self.run.done_model_ids()
-        self.attempts = Counter(self.run.failures()["model_id"].astype(int).tolist())
         budget = self.config.resources.max_attempts
         plain = self.planned.model_id[~np.isin(self.planned.plan, self.tmc_plans())].tolist()
         wanted = checkpoint_ids(self.config, self.planned)
@@ -249,11 +258,28 @@ class TrainStage(Stage):
         )
         progress.failed_attempt(len(receipt.failed), len(receipt.failed) - len(retry))
         self.summary.failed = progress.given_up
+        if unit.payload[0] == "walk":
+            return []  # the walk's shard is written: walking it again would store its ids twice
         return self.retry_units(unit, retry)
 
-    def on_failure(self, unit: Unit, error_type: str, message: str, progress) -> list[Unit]:
+    def on_failure(self, unit: Unit, error: BaseException, progress) -> list[Unit]:
         ids = self.model_ids(unit)
-        retry = self.record_failures([(m, error_type, message, "") for m in ids])
+        if unit.payload[0] == "walk":
+            _, plan, perm, _, _ = unit.payload
+            done = self.run.done_model_ids()
+            walks = tmc_walk_state(self.config, self.planned, self.run.n_train, done)
+            if walks[(plan, perm)][1]:  # its shard made it before the task died
+                progress.advance(1)
+                return []
+        if unit.payload[0] == "models":
+            # the task may have died after its shard was renamed into place (a lost receipt):
+            # those models are stored, so they are neither failures nor trained again
+            stored = self.run.done_model_ids().intersection(ids) - set(unit.payload[3])
+            if stored:
+                self.summary.trained += len(stored)
+                progress.advance(len(stored))
+                ids = [i for i in ids if i not in stored]
+        retry = self.record_failures([(m, error_type(error), error_text(error), "") for m in ids])
         progress.failed_attempt(len(ids), len(ids) - len(retry))
         self.summary.failed = progress.given_up
         return self.retry_units(unit, retry)
@@ -283,7 +309,6 @@ class TrainStage(Stage):
                 [(int(planned.model_id[s.row]), s.epoch, s.lr, s.params) for s in keep],
             )
             receipt.checkpointed += sorted({int(planned.model_id[s.row]) for s in keep})
-        receipt.seconds += float(outcome.seconds.sum())
         for row in np.flatnonzero(outcome.failed):
             receipt.failed.append(
                 (
@@ -320,7 +345,7 @@ class TrainStage(Stage):
             attempt=np.broadcast_to(np.asarray(attempts, np.int32), ok.shape)[ok],
             worker=receipt.worker,
         )
-        receipt.shard = self.run.write_models(table)
+        self.run.write_models(table)
         receipt.written += [int(i) for i in planned.model_id[ok]]
 
 

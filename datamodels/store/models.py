@@ -6,6 +6,7 @@ in a torn, wrong-schema or duplicated shard: they raise `StoreError` naming the 
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 from datetime import datetime, timezone
 
@@ -158,19 +159,21 @@ class ModelsTable:
                 done.update(info.model_ids.tolist())
         return done
 
-    def listing(self, subdir: str, suffix: str = ".parquet") -> list[tuple[str, int]]:
-        """(name, size) of the tables in ``subdir``: what a stage that reads them depends on."""
-        return [(name, size) for name, size, _ in self.fs.stats(subdir, suffix)]
+    def plan_witness(self, plan: str | list[str] | None) -> str:
+        """A short hash of the model ids stored for ``plan``: what a stage that reads those
+        models depends on (a model's row is a pure function of its id)."""
+        ids = self.model_ids(plan)
+        return f"{len(ids)}:{hashlib.sha1(ids.tobytes()).hexdigest()[:16]}"
 
-    def quarantine_bad_shards(self) -> list[str]:
+    def quarantine_bad_shards(self) -> list[Problem]:
         """Move torn, wrong-schema and wrong-length shards to ``models/_invalid/``; returns
-        their names (their models count as not done, so they are trained again)."""
+        their problems (their models count as not done, so they are trained again)."""
         _, problems = valid_shards(self)
         moved = []
         for problem in problems:
             if problem.kind in UNUSABLE_KINDS and problem.file:
                 self.quarantine(problem.file, f"{problem.kind}: {problem.message}")
-                moved.append(problem.file)
+                moved.append(problem)
         return moved
 
     def masks_of(self, model_ids: np.ndarray) -> np.ndarray:

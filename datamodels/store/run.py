@@ -253,9 +253,11 @@ class Run(ModelsTable):
         frame = pd.DataFrame(
             {"train_position": np.arange(len(values)), "score": values, "stderr": stderr}
         )
-        name = self.scores_path(method).split("/")[-1]
-        self.write_table(f"{SELF_SCORES_DIR}/{name}", frame, SELF_SCORES_SCHEMA)
+        self.write_table(self.self_scores_path(method), frame, SELF_SCORES_SCHEMA)
         return len(values)
+
+    def self_scores_path(self, method: str) -> str:
+        return f"{SELF_SCORES_DIR}/{self.scores_path(method).split('/')[-1]}"
 
     def self_scores(self) -> dict[str, np.ndarray]:
         """method -> float32[n_train] self scores, for every ``self_scores/*.parquet``."""

@@ -327,3 +327,58 @@ def test_shipped_cifar10_config_on_a_generated_archive(tmp_path, ray_local):
     run = Run(str(out))
     assert run.sizes() == (40, 50)
     assert np.isfinite(run.margins()).all() and verify(run) == []
+
+
+def test_a_lost_receipt_never_stores_a_model_twice(tmp_path, monkeypatch):
+    """A task that dies after its shard was renamed into place (the driver never hears back):
+    its models are found in models/ and neither retried nor counted as failures."""
+    config = _config("plans.train.count=20", "plans.eval.count=4", "resources.max_attempts=3")
+    real = train_stage.TrainStage.write_shard
+    deaths: list[int] = []
+
+    def write_then_die(self, planned, *args):
+        real(self, planned, *args)
+        if not deaths:
+            deaths.append(len(planned))
+            raise OSError("connection to the worker lost")
+
+    monkeypatch.setattr(train_stage.TrainStage, "write_shard", write_then_die)
+    out = tmp_path / "run"
+    summary = train(config, str(out), executor=SerialExecutor(), show_progress=False)
+    run = Run(str(out))
+    assert deaths and summary.trained == 24 and summary.failed == 0
+    assert run.model_ids().tolist() == list(range(24))  # every model exactly once
+    assert len(run.failures()) == 0 and verify(run) == []
+
+
+def test_a_walk_with_a_failed_model_is_not_walked_twice(tmp_path, monkeypatch):
+    """A tmc walk writes its shard even when one prefix model diverged; walking it again would
+    store the same ids twice."""
+    config = config_from_dict(
+        {
+            "dataset": {"name": "digits", "limit_train": 8, "limit_test": 30},
+            "model": {"arch": "logreg"},
+            "train": {"weight_decay": 0.05},
+            "plans": [
+                {"name": "walks", "kind": "tmc", "count": 2, "tolerance": 0.0, "patience": 2}
+            ],
+            "resources": {"models_per_task": 4, "max_attempts": 3},
+        }
+    )
+    real = train_stage.train_batch
+    calls = {"n": 0}
+
+    def one_divergence(masks, seeds, *args, **kwargs):
+        outcome = real(masks, seeds, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first prefix chunk of the first walk
+            outcome.failed[0], outcome.train_loss[0] = True, np.nan
+        return outcome
+
+    monkeypatch.setattr(train_stage, "train_batch", one_divergence)
+    out = tmp_path / "run"
+    train(config, str(out), executor=SerialExecutor(), show_progress=False)
+    run = Run(str(out))
+    assert verify(run) == []  # no duplicate ids
+    assert len(_shards(out)) == 2 and len(run.failures()) == 1
+    assert plan_status(config, run).set_index("plan").loc["walks", "done"] == 2

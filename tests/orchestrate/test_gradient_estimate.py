@@ -132,7 +132,7 @@ def test_missing_or_corrupt_checkpoint_is_named_and_train_recreates_it(mlp_run, 
         _final_margins(config, str(copy), 1, 4), run.margins(plan="train")[1], atol=2e-4
     )
     (copy / "checkpoints/2/epoch_2.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(EstimateError, match=r"checkpoints/2/epoch_2\.pt is corrupt"):
+    with pytest.raises(CheckpointError, match=r"checkpoints/2/epoch_2\.pt is corrupt"):
         estimate(three, str(copy), "tracin", show_progress=False)
 
 

@@ -18,5 +18,6 @@ def test_plain_lines_when_not_a_terminal():
     lines = sink.getvalue().splitlines()
     assert lines[0].startswith("models 1,050/2,200 (48%) ") and lines[0].endswith("failed 0")
     assert "/min ETA " in lines[0]
-    assert lines[-1].startswith("models: 50 new in ") and lines[-1].endswith("3 failed attempts, 1 given up")
+    assert lines[-1].startswith("models: 50 new in ")
+    assert lines[-1].endswith("3 failed attempts, 1 given up")
     assert all("\x1b[" not in line for line in lines)  # no terminal control codes in a log
