@@ -3,12 +3,21 @@
 #   cluster/submit.sh ADDRESS CONFIG RUN_URI [extra datamodels args...]
 # e.g. cluster/submit.sh http://head:8265 configs/cifar10.yaml s3://bucket/runs/cifar10
 # RUN_URI must be reachable from every node (shared filesystem or object store URI).
+# ADDRESS is the Jobs API, bound to the head's loopback by ray-cluster.yaml: open a tunnel
+# first (`ray dashboard cluster/ray-cluster.yaml` or `ssh -L 8265:localhost:8265 HEAD`) and
+# pass http://127.0.0.1:8265. Where the cluster runs with Ray token authentication, export
+# RAY_AUTH_TOKEN (the cluster's token) before calling this script; Ray's client sends it.
 set -euo pipefail
 if [ $# -lt 3 ]; then
   echo "usage: $0 RAY_DASHBOARD_ADDRESS CONFIG RUN_URI [--set key=value ...]" >&2
   exit 2
 fi
 address=$1 config=$2 run=$3
+case "$address" in
+  http://127.0.0.1:*|http://localhost:*|https://*) ;;
+  *) echo "refusing $address: reach the Jobs API over an SSH tunnel (http://127.0.0.1:8265) or https" >&2
+     exit 2 ;;
+esac
 shift 3
 exec ray job submit --address "$address" --working-dir . \
   -- datamodels run "$config" --out "$run" --quiet "$@"

@@ -37,16 +37,36 @@ def _ray(executor: Any, address: str | None) -> Any:
     return executor or RayExecutor(address)
 
 
+def _locked(
+    run: Run,
+    stage,
+    executor: Any = None,
+    show_progress: bool = True,
+    console: Console | None = None,
+) -> Any:
+    """Run one stage while holding the run's writer lock."""
+    from datamodels.stages.base import run_stage
+    from datamodels.store.lock import writer
+
+    with writer(run.fs):
+        return run_stage(stage, executor, show_progress, console)
+
+
 def prepare(
     config: Config, out: str | Run, show_progress: bool = False, console: Console | None = None
 ) -> bool:
-    """Write the beton and ``examples.parquet`` (False when they exist); creates a new run."""
-    from datamodels.stages.base import run_stage
-    from datamodels.stages.prepare import PrepareStage, open_run
+    """Write the beton and ``examples.parquet`` (False when they exist); a new run's
+    ``config.yaml`` is written only once they are."""
+    from datamodels.stages.prepare import PrepareStage, open_run, record_config
+    from datamodels.store.lock import writer
 
-    return run_stage(
-        PrepareStage(config, open_run(config, out)), show_progress=show_progress, console=console
-    )
+    run = out if isinstance(out, Run) else Run(out)
+    with writer(run.fs):
+        wrote = _locked(
+            open_run(config, run), PrepareStage(config, run), None, show_progress, console
+        )
+        record_config(config, run)
+    return wrote
 
 
 def train(
@@ -56,26 +76,37 @@ def train(
     executor: Any = None,
     show_progress: bool = True,
     console: Console | None = None,
+    retry_failed: bool = False,
 ):
-    """Train every planned model not yet in the run; returns a `TrainSummary`."""
-    from datamodels.stages.base import run_stage
-    from datamodels.stages.prepare import open_run
-    from datamodels.stages.train import TrainStage
+    """Train every planned model not yet in the run; returns a `TrainSummary`.
+    ``retry_failed``: models whose attempts are spent get a fresh budget."""
+    import os
 
-    run = open_run(config, out)
-    prepare(config, run, console=console)
-    return run_stage(TrainStage(config, run), _ray(executor, address), show_progress, console)
+    from datamodels.orchestrate.context import check_device
+    from datamodels.stages.status import clear_failures
+    from datamodels.stages.train import TrainStage
+    from datamodels.store.lock import writer
+
+    cluster = address or (None if executor is not None else os.environ.get("RAY_ADDRESS"))
+    check_device(config.resources.device, config.resources.num_gpus, cluster)
+    run = out if isinstance(out, Run) else Run(out)
+    with writer(run.fs):
+        prepare(config, run, console=console)
+        if retry_failed:
+            clear_failures(run)
+        return _locked(
+            run, TrainStage(config, run), _ray(executor, address), show_progress, console
+        )
 
 
 def fit(
     config: Config, run: str | Run, show_progress: bool = True, console: Console | None = None
 ) -> bool:
     """Fit the datamodels; False when they are current for these settings."""
-    from datamodels.stages.base import run_stage
     from datamodels.stages.fit import FitStage
 
-    stage = FitStage(config, _run(config, run))
-    return run_stage(stage, show_progress=show_progress, console=console)
+    run = _run(config, run)
+    return _locked(run, FitStage(config, run), None, show_progress, console)
 
 
 def estimate(
@@ -89,23 +120,23 @@ def estimate(
 ) -> dict[str, int]:
     """One estimator's ``scores/<method>.parquet`` (+ self scores); returns the rows written
     (empty when they were current)."""
-    from datamodels.stages.base import run_stage
     from datamodels.stages.estimate import EstimateStage
     from datamodels.stages.gradients import GRADIENT_METHODS, GradientStage
 
+    run = _run(config, run)
     if method in GRADIENT_METHODS:
-        stage, executor = GradientStage(config, _run(config, run), method), _ray(executor, address)
+        stage, executor = GradientStage(config, run, method), _ray(executor, address)
     else:
-        stage = EstimateStage(config, _run(config, run), method)
-    return run_stage(stage, executor, show_progress, console)
+        stage = EstimateStage(config, run, method)
+    return _locked(run, stage, executor, show_progress, console)
 
 
 def evaluate(config: Config, run: str | Run, console: Console | None = None) -> pd.DataFrame:
     """``evaluation.parquet`` as a frame (computed when the scores changed)."""
-    from datamodels.stages.base import run_stage
     from datamodels.stages.evaluate import EvaluateStage
 
-    return run_stage(EvaluateStage(config, _run(config, run)), show_progress=False, console=console)
+    run = _run(config, run)
+    return _locked(run, EvaluateStage(config, run), None, False, console)
 
 
 def attack(
@@ -119,10 +150,11 @@ def attack(
 ) -> dict:
     """A training-set attack on eval position ``target``; returns its ``attacks/`` row."""
     from datamodels.stages.attack import AttackStage
-    from datamodels.stages.base import run_stage
 
-    stage = AttackStage(config, _run(config, run), target, budget, point, max_iter)
-    return run_stage(stage, show_progress=False, console=console)
+    run = _run(config, run)
+    return _locked(
+        run, AttackStage(config, run, target, budget, point, max_iter), None, False, console
+    )
 
 
 def methods() -> tuple[str, ...]:

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from datamodels.config import Config, load_config
 from datamodels.errors import DatamodelsError
@@ -39,6 +40,14 @@ AddressOpt = Annotated[
     typer.Option("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)"),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
+RetryOpt = Annotated[
+    bool,
+    typer.Option(
+        "--retry-failed",
+        help="give models whose attempts are spent a fresh budget "
+        "(failures.parquet is moved to _failures/)",
+    ),
+]
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -46,8 +55,8 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except DatamodelsError as err:
-            err_console.print(f"[red]error:[/red] {err}", soft_wrap=True, highlight=False)
+        except DatamodelsError as err:  # printed literally: a message may hold [brackets]
+            err_console.print(Text.assemble(("error: ", "red"), str(err)), soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -76,18 +85,40 @@ def prepare(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None) -> None:
     )
 
 
-def _train(cfg: Config, out: str, address: str | None, quiet: bool) -> None:
+def _train(
+    cfg: Config, out: str, address: str | None, quiet: bool, retry_failed: bool = False
+) -> int:
+    """Train; returns the number of models that failed for good (reported in one line)."""
     from datamodels import api
+    from datamodels.stages.status import plan_status
+    from datamodels.store import Run
 
-    summary = api.train(cfg, out, address=address, show_progress=not quiet, console=err_console)
+    summary = api.train(
+        cfg,
+        out,
+        address=address,
+        show_progress=not quiet,
+        console=err_console,
+        retry_failed=retry_failed,
+    )
     for shard in summary.quarantined:
-        err_console.print(f"moved bad shard {shard} to models/_invalid/; its models were retrained",
-                          style="yellow", markup=False, highlight=False)
-    if summary.failed:
         err_console.print(
-            f"[yellow]{summary.failed} models failed every attempt; see {out}/failures.parquet "
-            '(datamodels query RUN "SELECT * FROM failures")'
+            f"moved bad shard {shard} to models/_invalid/; its models were retrained",
+            style="yellow",
+            markup=False,
+            highlight=False,
         )
+    failed = int(plan_status(cfg, Run(out))["failed"].sum())
+    if failed:
+        err_console.print(
+            f"train: {failed} models failed for good (every attempt spent); see "
+            f'{out}/failures.parquet (datamodels query {out} "SELECT * FROM failures"); '
+            f"fix the cause, then `datamodels train ... --retry-failed`",
+            style="yellow",
+            markup=False,
+            highlight=False,
+        )
+    return failed
 
 
 @app.command()
@@ -98,10 +129,27 @@ def train(
     set_: SetOpt = None,
     address: AddressOpt = None,
     quiet: QuietOpt = False,
+    retry_failed: RetryOpt = False,
 ) -> None:
-    """Train every planned model that is missing from the run (resumes by default)."""
+    """Train every planned model that is missing from the run (resumes by default); exits 1
+    when models failed for good."""
     cfg = _load(config, set_)
-    _train(cfg, _out(cfg, out), address, quiet)
+    if _train(cfg, _out(cfg, out), address, quiet, retry_failed):
+        raise typer.Exit(1)
+
+
+def _existing_run(run: str):
+    """``Run(run)``, refused in one line when the path holds no run."""
+    from datamodels.errors import StoreError
+    from datamodels.store import Run
+
+    handle = Run(run)
+    if not handle.has_config():
+        raise StoreError(
+            f"{run} is not a run directory (no config.yaml); create one with "
+            "`datamodels run CONFIG --out DIR`"
+        )
+    return handle
 
 
 def _run_config(run: str, overrides: list[str] | None) -> Config:
@@ -109,9 +157,8 @@ def _run_config(run: str, overrides: list[str] | None) -> Config:
     from datamodels.config import config_from_dict
     from datamodels.errors import RunMismatchError
     from datamodels.stages.prepare import load_run_config
-    from datamodels.store import Run
 
-    saved = load_run_config(Run(run))
+    saved = load_run_config(_existing_run(run))
     cfg = config_from_dict(saved.model_dump(mode="json"), overrides or [])
     if cfg.hash != saved.hash:
         raise RunMismatchError(
@@ -255,15 +302,19 @@ def run_all(
     set_: SetOpt = None,
     address: AddressOpt = None,
     quiet: QuietOpt = False,
+    retry_failed: RetryOpt = False,
 ) -> None:
-    """Run every stage: prepare, train, fit, estimate, evaluate (each skips work already done)."""
+    """Run every stage: prepare, train, fit, estimate, evaluate (each skips work already done);
+    exits 1 when models failed for good (the later stages still run on the others)."""
     cfg = _load(config, set_)
     target = _out(cfg, out)
-    _train(cfg, target, address, quiet)
+    failed = _train(cfg, target, address, quiet, retry_failed)
     status(target)
     _fit(cfg, target, quiet)
     _estimate(cfg, target, address=address, quiet=quiet)
     _evaluate(cfg, target)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -271,10 +322,9 @@ def run_all(
 def status(run: RunArg) -> None:
     """Per plan: models planned, done, failed (attempts spent) and missing."""
     from datamodels.stages.prepare import load_run_config
-    from datamodels.stages.train import plan_status
-    from datamodels.store import Run
+    from datamodels.stages.status import plan_status
 
-    handle = Run(run)
+    handle = _existing_run(run)
     frame = plan_status(load_run_config(handle), handle)
     table = Table(title=f"{run}")
     for column in frame.columns:
@@ -282,6 +332,12 @@ def status(run: RunArg) -> None:
     for row in frame.itertuples(index=False):
         table.add_row(*(str(v) for v in row))
     out_console.print(table)
+    duplicates = [p for p in handle.valid_shards()[1] if p.kind == "duplicate"]
+    if duplicates:  # done counts each id once; say that some are stored more than once
+        out_console.print(
+            f"warning: {len(duplicates)} duplicate model id problem(s) in {run}/models "
+            f"(first: {duplicates[0].message}); run `datamodels verify {run}`",
+            style="yellow", markup=False, highlight=False)
     from datamodels.store.checkpoints import read_checkpoint_index
 
     index = read_checkpoint_index(handle.fs)
@@ -296,11 +352,11 @@ def status(run: RunArg) -> None:
 @app.command()
 @user_errors
 def verify(run: RunArg) -> None:
-    """Check every table and shard: torn files, wrong schema, duplicate ids, length mismatches."""
-    from datamodels.store import Run
+    """Check every table and shard: torn files, wrong schema, duplicate ids, length mismatches,
+    corrupt pages (checksums), shards of another config, masks that differ from the plan."""
     from datamodels.store import verify as verify_run
 
-    problems = verify_run(Run(run))
+    problems = verify_run(_existing_run(run))
     if not problems:
         out_console.print(f"verify: {run}: OK")
         return
@@ -318,10 +374,9 @@ def query(
     """Run read-only SQL over the run's tables (views: models, examples, failures, ...)."""
     import pandas as pd
 
-    from datamodels.store import Run
     from datamodels.store import query as query_run
 
-    frame = query_run(Run(run), sql)
+    frame = query_run(_existing_run(run), sql)
     with pd.option_context("display.max_rows", 200, "display.width", 200):
         print(frame.to_string(index=False))
 

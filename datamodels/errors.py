@@ -44,3 +44,12 @@ class EvaluateError(DatamodelsError):
 
 class EstimatorInputError(DatamodelsError, ValueError):
     """The arrays given to an estimator disagree in shape, dtype or content."""
+
+
+class RunLockedError(DatamodelsError):
+    """Another process is writing this run directory."""
+
+
+class InfrastructureError(DatamodelsError):
+    """The machine or the cluster failed (disk full, read-only run directory, lost workers);
+    no model's attempt budget was spent."""

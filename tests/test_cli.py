@@ -70,3 +70,58 @@ def test_output_directory_holding_another_run(tmp_path):
 def test_status_and_verify_on_a_missing_run(tmp_path):
     code, text = _invoke("status", tmp_path / "none")
     assert code == 2 and "config.yaml" in text
+
+
+def test_a_failed_prepare_writes_nothing_so_the_fixed_config_is_accepted(tmp_path):
+    bad = _write(tmp_path, {"dataset": {"name": "arrays", "path": str(tmp_path / "nope.npz")}})
+    code, text = _invoke("prepare", bad, "--out", tmp_path / "r")
+    assert code == 2 and "nope.npz" in text
+    assert not (tmp_path / "r" / "config.yaml").exists()
+    code, text = _invoke(
+        "prepare",
+        CONFIGS / "digits.yaml",
+        "--out",
+        tmp_path / "r",
+        "--set",
+        "dataset.limit_train=40",
+    )
+    assert code == 0, text
+    assert (tmp_path / "r" / "config.yaml").exists() and (
+        tmp_path / "r" / "examples.parquet"
+    ).exists()
+
+
+def test_error_messages_are_printed_literally(tmp_path, monkeypatch):
+    from datamodels import api
+    from datamodels.errors import DataError
+
+    def refuse(*args, **kwargs):
+        raise DataError("split may only hold 'train'/'test', found ['unused']")
+
+    monkeypatch.setattr(api, "prepare", refuse)
+    code, text = _invoke("prepare", CONFIGS / "digits.yaml", "--out", tmp_path / "r")
+    assert code == 2 and "found ['unused']" in text  # rich markup would have eaten [...]
+
+
+def test_readers_on_a_path_that_is_not_a_run(tmp_path):
+    (tmp_path / "plain").mkdir()
+    for command in (
+        ["query", tmp_path / "plain", "SELECT 1"],
+        ["verify", tmp_path / "plain"],
+        ["status", tmp_path / "plain"],
+    ):
+        code, text = _invoke(*command)
+        assert code == 2 and "is not a run directory (no config.yaml)" in text, command
+        assert len(text.strip().splitlines()) == 1
+
+
+def test_cuda_on_a_machine_without_it_is_refused_before_training(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        return  # the refusal is for machines without CUDA
+    code, text = _invoke(
+        "train", CONFIGS / "digits.yaml", "--out", tmp_path / "r", "--set", "resources.device=cuda"
+    )
+    assert code == 2 and "resources.device=cuda" in text and "no CUDA device" in text
+    assert not (tmp_path / "r").exists()

@@ -7,6 +7,7 @@ with scikit-learn, CIFAR-10 and ``.npz`` files are read from the path the user g
 
 from __future__ import annotations
 
+import io
 import pickle
 import tarfile
 from dataclasses import dataclass
@@ -64,11 +65,55 @@ def load_digits_dataset(cfg: DatasetConfig) -> ArrayDataset:
     return ArrayDataset("digits", features, labels, is_test, 10)
 
 
+def _cifar_globals() -> dict[tuple[str, str], object]:
+    """The only globals a CIFAR-10 batch may name: what numpy needs to rebuild its arrays
+    (under both numpy 1 and numpy 2 module names, so either era's pickles load)."""
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    import _codecs
+
+    allowed: dict[tuple[str, str], object] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        # protocol <= 2 pickles written by Python 3 spell bytes as _codecs.encode(str, 'latin1')
+        ("_codecs", "encode"): _codecs.encode,
+    }
+    for module in ("numpy.core", "numpy._core"):
+        allowed[(f"{module}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{module}.multiarray", "scalar")] = multiarray.scalar
+        if hasattr(numeric, "_frombuffer"):  # protocol 5 array pickles
+            allowed[(f"{module}.numeric", "_frombuffer")] = numeric._frombuffer
+    return allowed
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR-10 batch without running code: ``find_class`` admits only numpy's
+    array-rebuilding helpers, so a crafted file naming ``os.system`` or ``exec`` is refused."""
+
+    def __init__(self, raw: bytes, where: str) -> None:
+        super().__init__(io.BytesIO(raw), encoding="bytes")
+        self.where = where
+        self.allowed = _cifar_globals()
+
+    def find_class(self, module: str, name: str) -> object:
+        found = self.allowed.get((module, name))
+        if found is None:
+            raise DataError(
+                f"{self.where}: refused to load '{module}.{name}' (a CIFAR-10 batch holds only "
+                "arrays, lists and strings); is this the official archive?"
+            )
+        return found
+
+
 def _read_cifar_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     try:
-        batch = pickle.loads(raw, encoding="bytes")
+        batch = _CifarUnpickler(raw, where).load()
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except DataError:
+        raise
     except Exception as err:  # noqa: BLE001 - any unpickling problem means a bad archive
         raise DataError(
             f"{where}: not a CIFAR-10 python batch ({type(err).__name__}: {err})"
@@ -114,6 +159,29 @@ def load_cifar10_dataset(cfg: DatasetConfig) -> ArrayDataset:
     return ArrayDataset("cifar10", images, labels, is_test, 10)
 
 
+def _first_rows(rows: np.ndarray, show: int = 5) -> str:
+    listed = ", ".join(str(int(r)) for r in rows[:show])
+    return listed + (", ..." if len(rows) > show else "")
+
+
+def _split_column(split: np.ndarray, n: int, path: Path) -> np.ndarray:
+    """``split`` [N] of 'train'/'test' as a bool is-test mask; refuses any other value."""
+    split = np.asarray(split).reshape(-1).astype(str)
+    if len(split) != n:
+        raise DataError(f"{path}: split has {len(split)} rows but y has {n}; give one per row")
+    wrong = ~np.isin(split, ["train", "test"])
+    if wrong.any():
+        # values quoted one by one (no list brackets): the message must survive markup printers
+        values = sorted({str(v) for v in split[wrong]})
+        shown = ", ".join(repr(v) for v in values[:3]) + (", ..." if len(values) > 3 else "")
+        rows = np.flatnonzero(wrong)
+        raise DataError(
+            f"{path}: split may only hold 'train'/'test', found {shown} in {len(rows)} rows "
+            f"(rows {_first_rows(rows)}); relabel those rows 'train' or 'test'"
+        )
+    return split == "test"
+
+
 def load_arrays_dataset(cfg: DatasetConfig) -> ArrayDataset:
     """A user's ``.npz`` with ``X`` (features [N, ...] or uint8 images [N, H, W, C]), integer
     ``y`` [N], and optionally ``split`` [N] of 'train'/'test' strings."""
@@ -134,19 +202,17 @@ def load_arrays_dataset(cfg: DatasetConfig) -> ArrayDataset:
         raise DataError(f"{path}: X has {len(features)} rows but y has {len(labels)}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{path}: y must hold integer class labels, got dtype {labels.dtype}")
-    if labels.min() < 0:
+    if len(labels) and labels.min() < 0:
         raise DataError(f"{path}: y has negative labels; use 0..C-1")
     if not (features.ndim == 4 and features.dtype == np.uint8):
-        features = features.reshape(len(features), -1).astype(np.float32)
+        width = int(np.prod(features.shape[1:]))  # not -1: that cannot reshape zero rows
+        with np.errstate(over="ignore"):  # overflow to inf is refused by check_dataset
+            features = features.reshape(len(features), width).astype(np.float32)
     if "split" in archive.files:
-        split = archive["split"].astype(str)
-        bad = sorted(set(split) - {"train", "test"})
-        if bad:
-            raise DataError(f"{path}: split may only hold 'train'/'test', found {bad[:3]}")
-        is_test = split == "test"
+        is_test = _split_column(archive["split"], len(labels), path)
     else:
         is_test = _seeded_split(len(labels), cfg.test_fraction, cfg.split_seed)
-    num_classes = int(labels.max()) + 1
+    num_classes = int(labels.max()) + 1 if len(labels) else 0
     return ArrayDataset(path.stem, features, labels.astype(np.int64), is_test, num_classes)
 
 
@@ -184,10 +250,52 @@ LOADERS = {
 }
 
 
-def load_dataset(cfg: DatasetConfig) -> ArrayDataset:
-    ds = _limit(LOADERS[cfg.name](cfg), cfg)
-    if ds.is_test.all() or not ds.is_test.any():
+def _source(cfg: DatasetConfig) -> str:
+    """How messages name the dataset: its file, or the built-in's name."""
+    if cfg.name in ("cifar10", "arrays"):
+        return str(Path(str(cfg.path)).expanduser())
+    return f"dataset {cfg.name}"
+
+
+def check_dataset(ds: ArrayDataset, where: str) -> None:
+    """Refuse what no source should hand on: no rows, non-finite features, a single class,
+    labels outside 0..num_classes-1, or an empty train or test split. Every source's dataset
+    passes through here (from ``load_dataset``) before limits and label flips."""
+    n = len(ds.labels)
+    if n == 0:
         raise DataError(
-            f"dataset {ds.name}: needs both train and test examples (check split/test_fraction)"
+            f"{where}: the dataset has no rows; give at least one train and one test example"
         )
+    if np.issubdtype(ds.features.dtype, np.inexact):
+        finite = np.isfinite(ds.features.reshape(n, -1)).all(axis=1)
+        if not finite.all():
+            rows = np.flatnonzero(~finite)
+            raise DataError(
+                f"{where}: X has NaN/inf (or values beyond float32 range) in {len(rows)} of {n} "
+                f"rows (rows {_first_rows(rows)}); drop or impute those rows"
+            )
+    classes = np.unique(ds.labels)
+    if len(classes) < 2:
+        raise DataError(
+            f"{where}: y holds one class only (label {int(classes[0])} in all {n} rows); "
+            "a classifier needs examples of at least two classes"
+        )
+    if classes[0] < 0 or classes[-1] >= ds.num_classes:
+        raise DataError(
+            f"{where}: labels must lie in 0..{ds.num_classes - 1}, found "
+            f"{int(classes[0]) if classes[0] < 0 else int(classes[-1])}; relabel those rows"
+        )
+    n_test = int(ds.is_test.sum())
+    for empty, full, count in (("test", "train", n_test), ("train", "test", n - n_test)):
+        if count == 0:
+            raise DataError(
+                f"{where}: the {empty} split has no rows (all {n} are {full}); mark some rows "
+                f"'{empty}' in split, or without a split array change dataset.test_fraction"
+            )
+
+
+def load_dataset(cfg: DatasetConfig) -> ArrayDataset:
+    ds = LOADERS[cfg.name](cfg)
+    check_dataset(ds, _source(cfg))
+    ds = _limit(ds, cfg)
     return flip_labels(ds, cfg.flip_fraction, cfg.split_seed)

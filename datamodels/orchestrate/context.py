@@ -32,6 +32,26 @@ def resolve_device(choice: str) -> str:
     return choice
 
 
+def check_device(device: str, num_gpus: float, cluster: str | None) -> None:
+    """Refuse ``device: cuda`` where no task could get a GPU: on this machine without CUDA
+    (no ``cluster`` address), or on a cluster with ``num_gpus`` 0 (tasks land on CPU nodes)."""
+    from datamodels.errors import ConfigError
+
+    if device != "cuda":
+        return
+    if cluster and num_gpus == 0:
+        raise ConfigError(
+            "resources.device=cuda needs resources.num_gpus > 0, so that tasks run "
+            "where a GPU is; or use device: auto"
+        )
+    if not cluster and not torch.cuda.is_available():
+        raise ConfigError(
+            "resources.device=cuda but this machine has no CUDA device "
+            "(torch.cuda.is_available() is False); use device: auto or cpu, or "
+            "--address a Ray cluster with GPUs"
+        )
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 

@@ -48,6 +48,24 @@ def compute_shared(stage, key):
     return stage.compute_shared(context(), key)
 
 
+def infrastructure_error(err: BaseException) -> bool:
+    """Whether ``err`` is the machine's or the cluster's fault, not the unit's: an OS error
+    (disk full, read-only or lost files, broken connections), memory exhausted, or a Ray
+    system error (a worker or node died, an object was lost) rather than an exception the
+    unit itself raised."""
+    import sys
+
+    cause = getattr(err, "cause", err)
+    if isinstance(cause, (OSError, MemoryError)):
+        return True
+    ray = sys.modules.get("ray")
+    if ray is None:
+        return False
+    from ray.exceptions import RayError, RayTaskError
+
+    return isinstance(err, RayError) and not isinstance(err, RayTaskError)
+
+
 def user_error(err: BaseException) -> DatamodelsError | None:
     """The named error behind ``err`` (raised in this process or in a task), if any: a user's
     or the run directory's mistake, which no retry fixes and no model's budget should pay."""

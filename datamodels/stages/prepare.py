@@ -62,22 +62,34 @@ def check_run(config: Config, run: Run) -> str | None:
     return text
 
 
+# what a prepare that failed half-way may leave behind: not somebody else's files
+_OWN_ENTRIES = ("data", "examples.parquet")
+
+
 def open_run(config: Config, uri: str | Run) -> Run:
-    """The run at ``uri`` for ``config``: created if absent, refused if made from another config."""
+    """The run at ``uri`` for ``config``: refused if made from another config or if the
+    directory holds something else. Writes nothing: ``record_config`` does, once the run's
+    data is prepared."""
     run = uri if isinstance(uri, Run) else Run(uri)
-    text = check_run(config, run)
-    if text is not None:
-        if text != config.to_yaml():  # same models; record the latest stage settings
-            run.write_config(config.to_yaml())
+    if check_run(config, run) is not None:
         return run
-    existing = [name for name in run.fs.entries("") if not name.startswith(".")]
+    existing = [
+        name for name in run.fs.entries("")
+        if not name.startswith((".", "_")) and name not in _OWN_ENTRIES
+    ]
     if existing:
         raise RunMismatchError(
             f"{run.uri} is not empty and holds no config.yaml ({', '.join(existing[:3])}...); "
             "choose a new or empty --out directory"
         )
-    run.write_config(config.to_yaml())
     return run
+
+
+def record_config(config: Config, run: Run) -> None:
+    """Write ``config.yaml`` (a new run, or the latest stage settings of the same models)."""
+    text = config.to_yaml()
+    if not run.has_config() or run.read_config_text() != text:
+        run.write_config(text)
 
 
 def load_run_config(run: Run) -> Config:

@@ -21,21 +21,23 @@ import numpy as np
 import pandas as pd
 
 from datamodels.config import Config
+from datamodels.errors import InfrastructureError
 from datamodels.orchestrate.context import BETON_PATH, resolve_device, worker_name
-from datamodels.orchestrate.executor import error_text, error_type
+from datamodels.orchestrate.executor import error_text, error_type, infrastructure_error
 from datamodels.plans import (
     checkpoint_epochs,
     checkpoint_ids,
     masks_for,
-    plan_models,
     tmc_walk,
     tmc_walk_state,
 )
 from datamodels.stages.base import Stage, TaskResources, Unit
+from datamodels.stages.status import check_writable
 from datamodels.store import Run, models_table
 from datamodels.store.checkpoints import complete_models, write_checkpoints
 from datamodels.train.api import TrainOutcome, resolve_loader, train_batch
 from datamodels.train.outcome import CheckpointRequest
+from datamodels.train.walk import walk_permutation
 
 
 @dataclass
@@ -68,6 +70,7 @@ class TrainStage(Stage):
         _ = self.planned  # built once here, in the driver; tasks receive it with the stage
         self.loader = resolve_loader(config, run.fs.size(BETON_PATH))
         self.attempts: Counter = Counter()
+        self.infrastructure_failures: Counter = Counter()  # by unit name: never a model's attempt
         self.summary = TrainSummary(0, 0)
         self._counts = (0, 0)
 
@@ -93,11 +96,15 @@ class TrainStage(Stage):
         return "train: every planned model is done or out of attempts; nothing to do"
 
     def idle_message(self) -> str:
-        return (f"train: all {self.summary.planned} planned models are done or out of attempts; "
-                "nothing to do")
+        return (
+            f"train: all {self.summary.planned} planned models are done or out of attempts; "
+            "nothing to do"
+        )
 
     def start(self) -> None:
-        """Set aside bad shards (their models are trained again); read the attempts spent."""
+        """Refuse an unwritable run directory (it would fail every model); set aside bad shards
+        (their models are trained again); read the attempts spent."""
+        check_writable(self.run, "models")
         for problem in self.run.quarantine_bad_shards():
             self.summary.quarantined.append(f"{problem.file} ({problem.kind}: {problem.message})")
         self.attempts = Counter(self.run.failures()["model_id"].astype(int).tolist())
@@ -153,8 +160,14 @@ class TrainStage(Stage):
         receipt = Receipt(worker=worker_name())
         if unit.payload[0] == "walk":
             _, plan, perm, _, attempt = unit.payload
+            spec = self.config.plan(plan)
+            walk = tmc_walk(self.config, spec, perm, data.n_train, self.planned)
             planned, masks, outcome = walk_permutation(
-                self, data, self.config.plan(plan), perm, receipt
+                walk,
+                spec,
+                data.n_train,
+                self.config.resources.models_per_task,
+                lambda chosen: self.train_models(data, chosen, receipt),
             )
             self.write_shard(planned, masks, outcome, np.asarray(attempt), receipt)
             return receipt
@@ -279,10 +292,38 @@ class TrainStage(Stage):
                 self.summary.trained += len(stored)
                 progress.advance(len(stored))
                 ids = [i for i in ids if i not in stored]
+        if not ids:
+            return []
+        if infrastructure_error(error):
+            return self.infrastructure_retry(unit, ids, error)
         retry = self.record_failures([(m, error_type(error), error_text(error), "") for m in ids])
         progress.failed_attempt(len(ids), len(ids) - len(retry))
         self.summary.failed = progress.given_up
         return self.retry_units(unit, retry)
+
+    def infrastructure_retry(self, unit: Unit, ids: list[int], error: BaseException) -> list[Unit]:
+        """The machine failed, not the models: no attempt is spent. A full or read-only disk
+        stops training at once (retrying cannot help); anything else (a lost worker, memory)
+        runs the unit again, up to ``max(3, resources.max_attempts)`` times."""
+        import errno
+
+        cause = getattr(error, "cause", error)
+        text = f"{error_type(error)}: {error_text(error)}"
+        fatal = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+        if isinstance(cause, OSError) and cause.errno in fatal:
+            raise InfrastructureError(
+                f"training stopped: {text} (writing {self.run.fs.display('models')}); no model's "
+                "attempt budget was spent: free space or fix permissions and rerun"
+            ) from None
+        self.infrastructure_failures[unit.name] += 1
+        if self.infrastructure_failures[unit.name] >= max(3, self.config.resources.max_attempts):
+            raise InfrastructureError(
+                f"training stopped: unit {unit.name} met {self.infrastructure_failures[unit.name]} "
+                f"infrastructure errors, the last: {text}; no model's attempt budget was spent"
+            )
+        if unit.payload[0] == "walk":
+            return [unit]
+        return self.batches(ids, len(ids), set(unit.payload[3]))
 
     # -- inside a task -----------------------------------------------------------------------
 
@@ -345,76 +386,5 @@ class TrainStage(Stage):
             attempt=np.broadcast_to(np.asarray(attempts, np.int32), ok.shape)[ok],
             worker=receipt.worker,
         )
-        self.run.write_models(table)
+        self.run.write_models(table, config_hash=self.config.hash)
         receipt.written += [int(i) for i in planned.model_id[ok]]
-
-
-def walk_permutation(stage: TrainStage, data, plan, perm: int, receipt: Receipt):
-    """Walk permutation ``perm`` of a tmc plan: the full-data model first, then prefixes of
-    growing length in chunks, until test accuracy has stayed within ``plan.tolerance`` of the
-    full-data model's for ``plan.patience`` consecutive prefixes. Returns the (planned, masks,
-    outcome) of every model trained, in model-id order."""
-    n, seeds = data.n_train, plan.seeds
-    walk = tmc_walk(stage.config, plan, perm, n, stage.planned)
-    parts: list = []
-
-    def run_steps(steps: np.ndarray) -> np.ndarray:
-        chosen = walk.take((steps[:, None] * seeds + np.arange(seeds)[None, :]).reshape(-1))
-        masks, outcome = stage.train_models(data, chosen, receipt)
-        parts.append((chosen, masks, outcome))
-        accuracy = np.where(outcome.failed, np.nan, outcome.eval_accuracy).reshape(
-            len(steps), seeds
-        )
-        return np.nanmean(accuracy, axis=1) if seeds > 1 else accuracy[:, 0]
-
-    full_accuracy = float(run_steps(np.array([n]))[0])
-    chunk = max(1, stage.config.resources.models_per_task // seeds)
-    within, step = 0, 0
-    while step < n and within < plan.patience:
-        steps = np.arange(step, min(n, step + chunk))
-        for value in run_steps(steps):
-            within = within + 1 if abs(value - full_accuracy) <= plan.tolerance else 0
-            if within >= plan.patience:
-                break
-        step = int(steps[-1]) + 1
-    planned = type(walk)(
-        *(np.concatenate([getattr(p[0], f) for p in parts]) for f in walk.__dataclass_fields__)
-    )
-    masks = np.concatenate([p[1] for p in parts])
-    outcome = TrainOutcome(
-        *(np.concatenate([getattr(p[2], f) for p in parts]) for f in TrainOutcome.ARRAYS)
-    )
-    order = np.argsort(planned.model_id)
-    return planned.take(order), masks[order], outcome.take(order)
-
-
-def plan_status(config: Config, run: Run) -> pd.DataFrame:
-    """One row per plan: planned, done, failed (attempt budget spent), missing. A tmc plan
-    counts permutation walks (a walk stops early, so most of its prefix ids never exist)."""
-    n_train = run.n_train
-    planned = plan_models(config, n_train)
-    done = run.done_model_ids()
-    attempts = Counter(run.failures()["model_id"].astype(int).tolist())
-    budget = config.resources.max_attempts
-    walks = tmc_walk_state(config, planned, n_train, done)
-    rows = []
-    for plan in config.plans:
-        if plan.kind == "tmc":
-            units = [
-                (rep, present) for (name, _), (rep, present) in walks.items() if name == plan.name
-            ]
-        else:
-            units = [(i, i in done) for i in planned.model_id[planned.plan == plan.name].tolist()]
-        n_done = sum(present for _, present in units)
-        n_failed = sum(not present and attempts[i] >= budget for i, present in units)
-        rows.append(
-            {
-                "plan": plan.name,
-                "kind": plan.kind,
-                "planned": len(units),
-                "done": n_done,
-                "failed": n_failed,
-                "missing": len(units) - n_done - n_failed,
-            }
-        )
-    return pd.DataFrame(rows)

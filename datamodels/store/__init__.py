@@ -4,8 +4,12 @@ The run directory is the public contract (DESIGN §3). Start from `Run`::
 
     run = Run("runs/cifar")            # or "s3://bucket/runs/cifar"
     masks, margins = run.masks_and_margins(plan="alpha")   # bool[m, n_train], float32[m, n_eval]
-    problems = verify(run)             # torn / schema / length / duplicate / missing, by file
+    problems = verify(run)             # torn / corrupt / schema / length / foreign / plan /
+                                       # duplicate / missing, by file
     query(run, "SELECT mask[43] AS included, avg(margins[18]) FROM models GROUP BY 1")
+
+Every table is written with Parquet page checksums and every shard may record the run's
+``config_hash`` (key-value metadata); schema_version stays 1 and older files still read.
 """
 
 from datamodels.store.fs import RunFS

@@ -1,7 +1,10 @@
 """The ``models/`` table of a run: its shards read as one sorted table, bad shards set aside.
 
-A mixin of `Run` (it uses the run's ``fs``, ``sizes`` and ``_require``). Readers never mix
-in a torn, wrong-schema or duplicated shard: they raise `StoreError` naming the file.
+A mixin of `Run` (it uses the run's ``fs``, ``sizes``, ``_require`` and
+``recorded_config_hash``). Readers never mix in a torn, corrupt, wrong-schema, foreign or
+duplicated shard: they raise `StoreError` naming the file. Every page read is checked against
+its CRC when the shard has them (shards written before checksums read as before), and a shard
+recording another ``config_hash`` than config.yaml is refused from its footer alone.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from datamodels.store.shards import fixed_size_list_to_numpy, write_model_shard
 from datamodels.store.verify import (
     UNUSABLE_KINDS,
     Problem,
+    first_line,
+    foreign_problems,
     format_problems,
     scan_shards,
     shard_schema_problems,
@@ -45,9 +50,13 @@ class ModelsTable:
             if not name.startswith((".", "_"))
         ]
 
-    def write_models(self, table: pa.Table) -> str:
-        """Write a `models_table` as its deterministic shard; return its relative path."""
-        return write_model_shard(self.fs, table)[0]
+    def write_models(self, table: pa.Table, config_hash: str | None = None) -> str:
+        """Write a `models_table` as its deterministic shard; return its relative path.
+
+        ``config_hash`` (the run's `Config.hash`) is recorded in the shard's metadata so that
+        `verify` and the readers can tell a shard copied from another run.
+        """
+        return write_model_shard(self.fs, table, config_hash=config_hash)[0]
 
     def _models_dataset(self) -> ds.Dataset | None:
         names = self.shard_files()
@@ -55,13 +64,20 @@ class ModelsTable:
             return None
         n_train, n_eval = self.sizes()
         paths = [self.fs.join(MODELS_DIR, name) for name in names]
+        # Every page read is checked against its CRC (pages written without one are not).
+        checked = ds.ParquetFileFormat(
+            default_fragment_scan_options=ds.ParquetFragmentScanOptions(
+                page_checksum_verification=True
+            )
+        )
         dataset = ds.dataset(
             paths,
             schema=models_schema(n_train, n_eval),
-            format="parquet",
+            format=checked,
             filesystem=self.fs.filesystem,
         )
         # The dataset would fill a missing column with nulls; check every footer first.
+        config_hash = self.recorded_config_hash()
         problems: list[Problem] = []
         for fragment in dataset.get_fragments():
             rel_path = f"{MODELS_DIR}/{posixpath.basename(fragment.path)}"
@@ -70,12 +86,42 @@ class ModelsTable:
             except (pa.ArrowException, OSError) as exc:
                 problems.append(Problem(rel_path, "torn", f"not readable Parquet: {exc}"))
                 continue
-            problems.extend(shard_schema_problems(rel_path, physical, n_train, n_eval))
+            problems.extend(
+                shard_schema_problems(rel_path, physical, n_train, n_eval)
+                or foreign_problems(rel_path, physical, config_hash)
+            )
         if problems:
             raise StoreError(
                 f"{self.fs.display(MODELS_DIR)} has bad shards:\n" + format_problems(problems)
             )
         return dataset
+
+    def _scan(self, dataset: ds.Dataset, columns: list[str], row_filter) -> pa.Table:
+        """``dataset.to_table``; a page that fails to read (its checksum, or its encoding) is
+        a one-line `StoreError` naming the shard instead of an anonymous Arrow error."""
+        try:
+            return dataset.to_table(columns=columns, filter=row_filter)
+        except (pa.ArrowException, OSError) as exc:
+            # Rare path: find the shard by reading the same columns shard by shard.
+            for fragment in dataset.get_fragments():
+                try:
+                    fragment.to_table(columns=columns, schema=dataset.schema)
+                except (pa.ArrowException, OSError) as shard_exc:
+                    rel_path = f"{MODELS_DIR}/{posixpath.basename(fragment.path)}"
+                    raise StoreError(
+                        f"{self.fs.display(rel_path)}: corrupt: a data page does not read "
+                        f"({first_line(shard_exc)}); run `datamodels verify {self.uri}` and "
+                        "quarantine the shard (its models are trained again on resume)"
+                    ) from exc
+            raise StoreError(
+                f"reading {self.fs.display(MODELS_DIR)} failed: {first_line(exc)}"
+            ) from exc
+
+    def _check_unique(self, ids: np.ndarray) -> None:
+        """Raise naming the shards when a model_id is stored twice (never pick one silently)."""
+        if np.unique(ids).size != ids.size:
+            problems = [p for p in scan_shards(self)[1] if p.kind == "duplicate"]
+            raise StoreError("duplicate model_ids in models/:\n" + format_problems(problems))
 
     def _read_models(self, plan: str | list[str] | None, columns: list[str]) -> pa.Table:
         """Rows of the selected plans, ``columns`` (model_id first), in file order."""
@@ -84,14 +130,8 @@ class ModelsTable:
             return models_schema(*self.sizes()).empty_table().select(columns)
         plans = _as_list(plan)
         row_filter = None if plans is None else pc.field("plan").isin(plans)
-        try:
-            table = dataset.to_table(columns=columns, filter=row_filter)
-        except (pa.ArrowException, OSError) as exc:
-            raise StoreError(f"reading {self.fs.display(MODELS_DIR)} failed: {exc}") from exc
-        ids = table.column("model_id").to_numpy()
-        if np.unique(ids).size != ids.size:
-            problems = [p for p in scan_shards(self)[1] if p.kind == "duplicate"]
-            raise StoreError("duplicate model_ids in models/:\n" + format_problems(problems))
+        table = self._scan(dataset, columns, row_filter)
+        self._check_unique(table.column("model_id").to_numpy())
         return table
 
     @staticmethod
@@ -184,10 +224,9 @@ class ModelsTable:
             raise StoreError(
                 f"{self.fs.display(MODELS_DIR)} holds no models; run `datamodels train` first"
             )
-        table = dataset.to_table(
-            columns=["model_id", "mask"], filter=pc.field("model_id").isin(model_ids)
-        )
+        table = self._scan(dataset, ["model_id", "mask"], pc.field("model_id").isin(model_ids))
         ids = table.column("model_id").to_numpy()
+        self._check_unique(ids)
         missing = sorted(set(model_ids.tolist()) - set(ids.tolist()))
         if missing:
             raise StoreError(

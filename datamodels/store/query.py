@@ -7,6 +7,12 @@ reader); remote runs (``s3://`` ...) get the same names over pyarrow datasets re
 DuckDB. `query` runs only read statements (SELECT / WITH / DESCRIBE / SHOW / SUMMARIZE /
 EXPLAIN / show-like PRAGMAs) and returns a DataFrame. DuckDB lists are 1-based:
 ``mask[i + 1]`` is train_position i.
+
+The connection reads nothing but the run: extension auto-install and auto-load are off,
+external access is off with only the run directory allowed (``read_csv('/etc/passwd')``,
+``glob('/*')``, ``http://`` / ``s3://`` reads, INSTALL / LOAD / ATTACH / COPY all fail), and the
+configuration is locked so no SQL can set it back. When two shards hold the same model_id the
+``models`` view refuses to return rows (it would count those models twice) and names them.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from datamodels.store.schemas import (
     TARGETS_PATH,
     WEIGHTS_PATH,
 )
-from datamodels.store.verify import UNUSABLE_KINDS, format_problems
+from datamodels.store.verify import UNUSABLE_KINDS, Problem, format_problems
 
 _SINGLE_TABLES = {
     "examples": EXAMPLES_PATH,
@@ -45,6 +51,13 @@ _READ_PRAGMAS = re.compile(
     re.IGNORECASE,
 )
 _EXPLAIN = re.compile(r"\s*explain\s+(?P<analyze>analy[sz]e\s+)?(?P<inner>.*)", re.I | re.S)
+# Set before any view exists: no extension is fetched or loaded behind a query's back.
+_EXTENSION_SETTINGS = {
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+}
+_DUPLICATES_SHOWN = 5
 
 
 def _literal(text: str) -> str:
@@ -55,8 +68,22 @@ def _identifier(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
-def _table_files(run: Run, check: bool) -> dict[str, list[str]]:
-    """View name -> relative Parquet paths, for the tables that exist."""
+def _duplicates_message(duplicates: list[Problem]) -> str:
+    """One line naming the model ids held twice and the shards holding them."""
+    pairs = "; ".join(
+        f"{problem.file}: {problem.message}" for problem in duplicates[:_DUPLICATES_SHOWN]
+    )
+    if len(duplicates) > _DUPLICATES_SHOWN:
+        pairs += f"; and {len(duplicates) - _DUPLICATES_SHOWN} more"
+    return (
+        f"models view refused: the same model_id is in more than one shard, so its rows would "
+        f"be counted twice: {pairs}; run `datamodels verify` and quarantine the extra copies"
+    )
+
+
+def _table_files(run: Run, check: bool) -> tuple[dict[str, list[str]], list[Problem]]:
+    """(view name -> relative Parquet paths for the tables that exist, duplicate-id problems)."""
+    duplicates: list[Problem] = []
     if check:
         _, problems = run.valid_shards()
         unusable = [problem for problem in problems if problem.kind in UNUSABLE_KINDS]
@@ -65,6 +92,7 @@ def _table_files(run: Run, check: bool) -> dict[str, list[str]]:
                 f"{run.fs.display(MODELS_DIR)} has shards SQL cannot read:\n"
                 + format_problems(unusable)
             )
+        duplicates = [problem for problem in problems if problem.kind == "duplicate"]
     files: dict[str, list[str]] = {}
     shards = [f"{MODELS_DIR}/{name}" for name in run.shard_files()]
     if shards:
@@ -76,30 +104,54 @@ def _table_files(run: Run, check: bool) -> dict[str, list[str]]:
         files[f"scores_{method}"] = [f"{SCORES_DIR}/{method}.parquet"]
     for name in run.fs.listdir("self_scores"):
         files[f"self_scores_{name[: -len('.parquet')]}"] = [f"self_scores/{name}"]
-    return files
+    return files, duplicates
 
 
 def connect(run: Run | str, check: bool = True) -> duckdb.DuckDBPyConnection:
-    """In-memory DuckDB connection with a view per existing table of ``run``.
+    """In-memory DuckDB connection with a view per existing table of ``run``, reading nothing else.
 
     With ``check`` (default) a torn or wrong-schema shard raises `StoreError` naming it rather
-    than failing inside a query. The ``models`` view is a snapshot of the shard list.
+    than failing inside a query, and when two shards share a model_id every query that reads a
+    row of the ``models`` view fails naming the ids and shards (``check=False`` skips both
+    checks). The ``models`` view is a snapshot of the shard list. The connection cannot read
+    files outside the run directory, reach the network, install or load extensions, or change
+    its configuration (``SET`` fails: it is locked).
     """
     run = run if isinstance(run, Run) else Run(run)
-    connection = duckdb.connect(":memory:")
-    for view, rel_paths in _table_files(run, check).items():
-        if run.fs.is_local:
-            paths = ", ".join(_literal(run.fs.join(rel_path)) for rel_path in rel_paths)
-            connection.execute(
-                f"CREATE VIEW {_identifier(view)} AS SELECT * FROM read_parquet([{paths}])"
-            )
-        else:
-            dataset = ds.dataset(
-                [run.fs.join(rel_path) for rel_path in rel_paths],
-                format="parquet",
-                filesystem=run.fs.filesystem,
-            )
-            connection.register(view, dataset)
+    files, duplicates = _table_files(run, check)
+    connection = duckdb.connect(":memory:", config=dict(_EXTENSION_SETTINGS))
+    try:
+        # Views read their files at query time, under these settings: only the run directory
+        # (trailing "/", so not a sibling such as "<run>-old"); remote runs no file at all.
+        allowed = [run.fs.root.rstrip("/") + "/"] if run.fs.is_local else []
+        connection.execute("SET allowed_directories = $1", [allowed])
+        connection.execute("SET enable_external_access = false")
+        connection.execute("SET python_enable_replacements = false")
+        for view, rel_paths in files.items():
+            refuse = view == "models" and bool(duplicates)
+            if run.fs.is_local:
+                paths = ", ".join(_literal(run.fs.join(rel_path)) for rel_path in rel_paths)
+                source = f"read_parquet([{paths}])"
+            else:
+                # Remote files are read by pyarrow; DuckDB only sees the registered dataset.
+                name = f"__{view}_with_duplicates" if refuse else view
+                dataset = ds.dataset(
+                    [run.fs.join(rel_path) for rel_path in rel_paths],
+                    format="parquet",
+                    filesystem=run.fs.filesystem,
+                )
+                connection.register(name, dataset)
+                if not refuse:
+                    continue
+                source = _identifier(name)
+            # error() runs on every row that reaches a result, so a models view that would
+            # count a model twice never returns a row; DESCRIBE models still shows its columns.
+            where = f" WHERE error({_literal(_duplicates_message(duplicates))})" if refuse else ""
+            connection.execute(f"CREATE VIEW {_identifier(view)} AS SELECT * FROM {source}{where}")
+        connection.execute("SET lock_configuration = true")
+    except BaseException:
+        connection.close()
+        raise
     return connection
 
 
@@ -135,6 +187,20 @@ def read_statements(sql: str) -> list[duckdb.Statement]:
     return statements
 
 
+def _one_line(exc: duckdb.Error) -> str:
+    """DuckDB's message without its ``LINE 1: ... ^^^`` excerpt, on one line."""
+    lines = []
+    for line in str(exc).splitlines():
+        if line.startswith("LINE "):
+            break
+        if line.strip():
+            lines.append(line.strip())
+    message = " ".join(lines) or type(exc).__name__
+    if isinstance(exc, duckdb.PermissionException):
+        message += " (queries may read only this run's files)"
+    return message
+
+
 def query(
     run: Run | str, sql: str, connection: duckdb.DuckDBPyConnection | None = None
 ) -> pd.DataFrame:
@@ -147,7 +213,7 @@ def query(
             connection.execute(statement)
         return connection.execute(statements[-1]).df()
     except duckdb.Error as exc:
-        raise StoreError(f"query failed: {exc}") from exc
+        raise StoreError(f"query failed: {_one_line(exc)}") from exc
     finally:
         if owned:
             connection.close()

@@ -2,8 +2,10 @@
 
 Every stage reads and writes the run through this class; the table layout and schemas live in
 `datamodels.store.schemas`, the write path in `datamodels.store.shards`, and the checks in
-`datamodels.store.verify`. Readers never mix in a torn, wrong-schema or duplicated shard:
-they raise `StoreError` naming the file instead.
+`datamodels.store.verify`. Readers never mix in a torn, corrupt, wrong-schema, foreign or
+duplicated shard: they raise `StoreError` naming the file instead. Every Parquet page read is
+checked against its CRC where the file has one (files written before page checksums read as
+before; schema_version stays 1: checksums and the shards' ``config_hash`` are metadata only).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
 from datamodels.errors import StoreError
 from datamodels.store.fs import RunFS
@@ -43,6 +46,7 @@ from datamodels.store.shards import (
     fixed_size_list_to_numpy,
     write_table_atomic,
 )
+from datamodels.store.verify import first_line
 
 _METHOD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _ARRAY_DTYPES = {"mask": np.bool_, "margins": np.float32}
@@ -75,6 +79,7 @@ class Run(ModelsTable):
         self.uri: str = os.fspath(uri)
         self.fs: RunFS = RunFS(self.uri)
         self._sizes: tuple[int, int] | None = None
+        self._config_hash: str | None = None
 
     def __repr__(self) -> str:
         return f"Run({self.uri!r})"
@@ -94,7 +99,21 @@ class Run(ModelsTable):
         return self.fs.read_bytes(CONFIG_PATH).decode("utf-8")
 
     def write_config(self, text: str) -> None:
+        self._config_hash = None
         self.fs.write_bytes_atomic(CONFIG_PATH, text.encode("utf-8"))
+
+    def recorded_config_hash(self) -> str | None:
+        """The ``config_hash`` recorded in config.yaml; None when there is no config.yaml, it
+        is not readable YAML or it records none (a found hash is cached: a run's hash never
+        changes, `prepare` refuses another config)."""
+        if self._config_hash is None and self.has_config():
+            try:
+                tree = yaml.safe_load(self.read_config_text())
+            except (yaml.YAMLError, UnicodeDecodeError, StoreError, OSError):
+                return None
+            value = tree.get("config_hash") if isinstance(tree, dict) else None
+            self._config_hash = None if value is None else str(value)
+        return self._config_hash
 
     # -- any table ---------------------------------------------------------------------------
 
@@ -105,11 +124,17 @@ class Run(ModelsTable):
         display = self.fs.display(rel_path)
         try:
             with self.fs.open_input_file(rel_path) as handle:
-                parquet_file = pq.ParquetFile(handle)
+                parquet_file = pq.ParquetFile(handle, page_checksum_verification=True)
                 if schema is not None:
                     check_schema(parquet_file.schema_arrow, schema, display)
                     columns = columns or schema.names
-                return parquet_file.read(columns=columns)
+                try:
+                    return parquet_file.read(columns=columns)
+                except (pa.ArrowException, OSError) as exc:
+                    raise StoreError(
+                        f"{display}: corrupt: a data page does not read ({first_line(exc)}); "
+                        "re-run the stage that writes it"
+                    ) from exc
         except (pa.ArrowException, OSError) as exc:
             raise StoreError(f"{display} is not readable Parquet (torn?): {exc}") from exc
 

@@ -15,6 +15,9 @@ names and types are the public contract that notebooks, SQL and outside checks r
 
 Checks compare column names and types; nullability and list item names are not compared (a
 file written by another Parquet tool is still readable when its types match).
+
+``SCHEMA_VERSION`` stays 1 with page checksums and the shards' ``config_hash`` key-value
+metadata: both are metadata additions (columns unchanged), and files without them still read.
 """
 
 from __future__ import annotations

@@ -5,6 +5,13 @@ K models' rows with `models_table`, and `write_model_shard` writes them to
 ``models/<shard_name>``; the name is a pure function of the model ids, so a retried task
 rewrites the same file instead of adding a second copy. Also owns the reverse conversion of
 fixed-size-list columns to 2-D numpy arrays (`fixed_size_list_to_numpy`).
+
+Integrity (DESIGN §3, "every shard records the run's config hash and is checksummed"): every
+table is written with Parquet page checksums (CRC32 per page, checked by the readers and by
+`verify`), and a model shard records the run's config hash under the Parquet key-value
+metadata key ``config_hash``. Both are metadata additions only: the columns and
+``schema_version`` (1) are unchanged, and files written before them (no checksums, no
+``config_hash``) still read and verify.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from datamodels.store.fs import RunFS
 from datamodels.store.schemas import MODELS_DIR, check_schema, models_schema
 
 COMPRESSION = "zstd"
+CONFIG_HASH_KEY = b"config_hash"
 
 
 def _castable(source: pa.DataType, target: pa.DataType) -> bool:
@@ -92,7 +100,14 @@ def _parquet_options(schema: pa.Schema) -> dict:
     # n_train / n_eval wide list columns they cost time and footer bytes for nothing.
     scalar = [field.name for field in schema if not pa.types.is_fixed_size_list(field.type)]
     strings = [field.name for field in schema if pa.types.is_string(field.type)]
-    return {"compression": COMPRESSION, "use_dictionary": strings, "write_statistics": scalar}
+    return {
+        "compression": COMPRESSION,
+        "use_dictionary": strings,
+        "write_statistics": scalar,
+        # A CRC32 per page: a flipped byte inside a page fails the read instead of decoding
+        # into plausible-looking garbage (readers verify them; old files without are accepted).
+        "write_page_checksum": True,
+    }
 
 
 def serialize_parquet(table: pa.Table, schema: pa.Schema, name: str) -> pa.Buffer:
@@ -205,13 +220,25 @@ def models_table(
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def write_model_shard(runfs: RunFS, table: pa.Table) -> tuple[str, int]:
-    """Write a `models_table` as ``models/<shard_name>``; return (relative path, bytes written)."""
+def write_model_shard(
+    runfs: RunFS, table: pa.Table, config_hash: str | None = None
+) -> tuple[str, int]:
+    """Write a `models_table` as ``models/<shard_name>``; return (relative path, bytes written).
+
+    ``config_hash`` (the run's `Config.hash`) is recorded in the file's key-value metadata
+    (key ``config_hash``), so `verify` can tell a shard copied from another run.
+    """
+    if config_hash is not None and (not isinstance(config_hash, str) or not config_hash):
+        raise StoreError(
+            f"write_model_shard: config_hash must be a non-empty string, got {config_hash!r}"
+        )
     mask_type = table.schema.field("mask").type
     margins_type = table.schema.field("margins").type
     if not (pa.types.is_fixed_size_list(mask_type) and pa.types.is_fixed_size_list(margins_type)):
         raise StoreError("write_model_shard: mask and margins must be fixed_size_list columns")
     schema = models_schema(mask_type.list_size, margins_type.list_size)
+    if config_hash is not None:
+        schema = schema.with_metadata({**schema.metadata, CONFIG_HASH_KEY: config_hash.encode()})
     ids = table.column("model_id").to_numpy()
     rel_path = f"{MODELS_DIR}/{shard_name(ids)}"
     return rel_path, write_table_atomic(runfs, rel_path, table, schema)

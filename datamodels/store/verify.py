@@ -1,22 +1,36 @@
 """Checking a run directory: every problem reported by file name, none silently mixed in.
 
-`verify` reads each file on its own (Parquet footer, plus the ``model_id`` column of each
-shard) so one bad file never hides another, and returns a list of `Problem`:
+`verify` reads each file on its own (the whole file, every page checked against its CRC
+where the writer recorded one) so one bad file never hides another, and returns a list of
+`Problem`:
 
 - ``missing``   ``config.yaml`` or ``examples.parquet`` is absent;
+- ``config``    ``config.yaml`` is not readable, or its ``config_hash`` does not match its content;
 - ``torn``      a file is not readable Parquet (truncated, a partial copy, ...);
+- ``corrupt``   the footer reads but a data page does not (a page checksum fails: bytes changed
+                after the file was written);
 - ``schema``    wrong columns / types, or a schema_version this release cannot read;
 - ``length``    a shard's ``mask`` length differs from n_train or its ``margins`` length from
                 n_eval (both from ``examples.parquet``; read from the schema, not the data);
+- ``foreign``   a shard records another ``config_hash`` than ``config.yaml`` (copied from
+                another run);
+- ``plan``      a shard's model ids are not in the run's plan, or their masks (or plan names)
+                are not what the plan gives them (checked when ``config.yaml`` is a full config:
+                masks are a pure function of (config seed, plan, model_id));
 - ``duplicate`` a model_id in two shards (both named) or twice in one.
 
+Page checksums and ``config_hash`` are metadata added with schema_version 1 unchanged: files
+written before them carry neither, and are accepted (nothing to verify, nothing to compare).
+
 `valid_shards` / `scan_shards` are what the driver uses on resume: which shards it can trust
-and what it should quarantine, without raising.
+and what it should quarantine, without raising. They read footers and the ``model_id`` column
+only (cheap); the full page and plan checks are `verify`'s.
 """
 
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -24,8 +38,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
-from datamodels.errors import StoreError
+from datamodels.errors import ConfigError, StoreError
 from datamodels.store.fs import RunFS
 from datamodels.store.schemas import (
     CONFIG_PATH,
@@ -46,13 +61,20 @@ from datamodels.store.schemas import (
     scores_schema,
     version_problem,
 )
+from datamodels.store.shards import CONFIG_HASH_KEY, fixed_size_list_to_numpy
 
 if TYPE_CHECKING:
+    from datamodels.config import Config
+    from datamodels.plans import PlannedModels
     from datamodels.store.run import Run
 
-KINDS = ("missing", "torn", "schema", "length", "duplicate")
-UNUSABLE_KINDS = frozenset({"torn", "schema", "length"})
+KINDS = ("missing", "config", "torn", "corrupt", "schema", "length", "foreign", "plan", "duplicate")
+UNUSABLE_KINDS = frozenset({"torn", "corrupt", "schema", "length", "foreign", "plan"})
 _MAX_THREADS = 8
+_QUARANTINE = (
+    "move it aside with Run.quarantine (models/_invalid/); its models are then trained again "
+    "on resume"
+)
 
 
 @dataclass(frozen=True)
@@ -130,24 +152,131 @@ def _torn(runfs: RunFS, rel_path: str, exc: Exception) -> Problem:
     return Problem(rel_path, "torn", f"not readable Parquet ({size}): {exc}")
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (Arrow messages can run over several)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def corrupt_problem(rel_path: str, exc: BaseException) -> Problem:
+    shard = rel_path.startswith(f"{MODELS_DIR}/")
+    fix = _QUARANTINE if shard else "re-run the stage that writes it"
+    message = (
+        f"the footer reads but a data page does not ({first_line(exc)}): the file changed "
+        f"after it was written; {fix}"
+    )
+    return Problem(rel_path, "corrupt", message)
+
+
+def recorded_config_hash(schema: pa.Schema) -> str | None:
+    """The ``config_hash`` a shard was written with, or None (written before it was recorded)."""
+    raw = (schema.metadata or {}).get(CONFIG_HASH_KEY)
+    return None if raw is None else raw.decode("utf-8", errors="replace")
+
+
+def foreign_problems(rel_path: str, schema: pa.Schema, config_hash: str | None) -> list[Problem]:
+    """A ``foreign`` problem when the shard records another config hash than the run's
+    (nothing when either is unknown: old shards and hand-written configs are accepted)."""
+    recorded = recorded_config_hash(schema)
+    if config_hash is None or recorded is None or recorded == config_hash:
+        return []
+    message = (
+        f"written for config hash {recorded} but {CONFIG_PATH} has config_hash {config_hash}: "
+        f"copied from another run; {_QUARANTINE}"
+    )
+    return [Problem(rel_path, "foreign", message)]
+
+
+def _shown(ids: np.ndarray | list[int]) -> str:
+    ids = [int(i) for i in ids]
+    return ", ".join(map(str, ids[:10])) + (f", ... ({len(ids)} in all)" if len(ids) > 10 else "")
+
+
+@dataclass(frozen=True)
+class PlanCheck:
+    """Checks stored masks against the run's plan: masks are a pure function of
+    (config seed, plan, model_id), so a shard's rows can be recomputed and compared."""
+
+    config: Config
+    planned: PlannedModels
+    n_train: int
+
+    @classmethod
+    def of(cls, config: Config, n_train: int) -> PlanCheck:
+        from datamodels.plans import plan_models
+
+        return cls(config, plan_models(config, n_train), n_train)
+
+    def problems(self, rel_path: str, table: pa.Table) -> list[Problem]:
+        """``plan`` problems of one shard (``table`` has its model_id, plan and mask columns)."""
+        from datamodels.plans import masks_for
+
+        ids = table.column("model_id").to_numpy().astype(np.int64, copy=False)
+        planned_ids = self.planned.model_id
+        positions = np.minimum(np.searchsorted(planned_ids, ids), max(planned_ids.size - 1, 0))
+        known = planned_ids[positions] == ids if planned_ids.size else np.zeros(ids.size, bool)
+        problems = []
+        if not known.all():
+            unknown = np.sort(ids[~known])
+            message = (
+                f"model_id(s) {_shown(unknown)} are not in the plan of {CONFIG_PATH} "
+                f"({planned_ids.size} models): not this run's; {_QUARANTINE}"
+            )
+            problems.append(Problem(rel_path, "plan", message, tuple(unknown.tolist())))
+        if known.any():
+            planned = self.planned.take(positions[known])
+            expected = masks_for(self.config, planned, self.n_train)
+            stored = fixed_size_list_to_numpy(table.column("mask"), np.bool_)[known]
+            plans = np.asarray(table.column("plan").to_pylist(), dtype=object)[known]
+            wrong = (stored != expected).any(axis=1) | (plans != planned.plan)
+            if wrong.any():
+                bad = np.sort(ids[known][wrong])
+                message = (
+                    f"the masks (or plan names) of model_id(s) {_shown(bad)} are not the ones "
+                    f"{CONFIG_PATH} plans (seed {self.config.seed}): trained for another "
+                    f"config; {_QUARANTINE}"
+                )
+                problems.append(Problem(rel_path, "plan", message, tuple(bad.tolist())))
+        return problems
+
+
 def inspect_shard(
-    runfs: RunFS, name: str, n_train: int | None, n_eval: int | None, read_ids: bool = True
+    runfs: RunFS,
+    name: str,
+    n_train: int | None,
+    n_eval: int | None,
+    read_ids: bool = True,
+    config_hash: str | None = None,
+    full: bool = False,
+    plan: PlanCheck | None = None,
 ) -> ShardInfo:
-    """Read one shard's footer (and ``model_id`` column) and report what is wrong with it."""
+    """Read one shard and report what is wrong with it.
+
+    Always the footer (schema, lengths, recorded ``config_hash`` against ``config_hash``);
+    with ``read_ids`` the ``model_id`` column; with ``full`` (or a ``plan``) every column, so
+    every page is checked against its CRC, and with ``plan`` the masks against the plan.
+    """
     rel_path = f"{MODELS_DIR}/{name}"
     try:
         with runfs.open_input_file(rel_path) as handle:
-            parquet_file = pq.ParquetFile(handle)
-            problems = shard_schema_problems(rel_path, parquet_file.schema_arrow, n_train, n_eval)
+            parquet_file = pq.ParquetFile(handle, page_checksum_verification=True)
+            schema = parquet_file.schema_arrow
+            problems = shard_schema_problems(rel_path, schema, n_train, n_eval)
+            problems = problems or foreign_problems(rel_path, schema, config_hash)
             if problems or not read_ids:
                 return ShardInfo(name, None, problems)
-            ids = parquet_file.read(columns=["model_id"]).column(0).to_numpy()
-            if ids.shape[0] != parquet_file.metadata.num_rows:
-                message = f"read {ids.shape[0]} rows, footer says {parquet_file.metadata.num_rows}"
-                return ShardInfo(name, None, [Problem(rel_path, "torn", message)])
-            return ShardInfo(name, ids.astype(np.int64, copy=False))
+            try:
+                table = parquet_file.read(columns=None if full or plan else ["model_id"])
+            except (pa.ArrowException, OSError) as exc:
+                return ShardInfo(name, None, [corrupt_problem(rel_path, exc)])
+            rows = parquet_file.metadata.num_rows
     except (pa.ArrowException, OSError, StoreError) as exc:
         return ShardInfo(name, None, [_torn(runfs, rel_path, exc)])
+    ids = table.column("model_id").to_numpy().astype(np.int64, copy=False)
+    if ids.shape[0] != rows:
+        message = f"read {ids.shape[0]} rows, footer says {rows}"
+        return ShardInfo(name, None, [Problem(rel_path, "torn", message)])
+    return ShardInfo(name, ids, plan.problems(rel_path, table) if plan is not None else [])
 
 
 def duplicate_problems(infos: list[ShardInfo]) -> list[Problem]:
@@ -190,37 +319,79 @@ def _map_threads(function, items: list) -> list:
         return list(pool.map(function, items))
 
 
-def run_sizes(run: Run) -> tuple[int | None, int | None, list[Problem]]:
-    """(n_train, n_eval, problems of examples.parquet); sizes are None when it is unusable."""
+def read_checked(
+    runfs: RunFS,
+    rel_path: str,
+    schema_problems: Callable[[pa.Schema], list[Problem]],
+    columns: list[str] | None = None,
+) -> tuple[pa.Table | None, list[Problem]]:
+    """(``columns`` of ``rel_path`` (all by default), problems): ``torn`` when the footer does
+    not read, ``schema_problems(schema)`` when they are any, ``corrupt`` when a page does not
+    read (page checksums verified). The table is None whenever there is a problem."""
+    try:
+        with runfs.open_input_file(rel_path) as handle:
+            parquet_file = pq.ParquetFile(handle, page_checksum_verification=True)
+            problems = schema_problems(parquet_file.schema_arrow)
+            if problems:
+                return None, problems
+            try:
+                table = parquet_file.read(columns=columns)
+            except (pa.ArrowException, OSError) as exc:
+                return None, [corrupt_problem(rel_path, exc)]
+            rows = parquet_file.metadata.num_rows
+    except (pa.ArrowException, OSError, StoreError) as exc:
+        return None, [_torn(runfs, rel_path, exc)]
+    if table.num_rows != rows:
+        return None, [Problem(rel_path, "torn", f"read {table.num_rows} rows, footer says {rows}")]
+    return table, []
+
+
+def run_sizes(run: Run, full: bool = False) -> tuple[int | None, int | None, list[Problem]]:
+    """(n_train, n_eval, problems of examples.parquet); sizes are None when it is unusable.
+
+    Reads the two position columns, or (``full``) the whole file, so every page is checked.
+    """
     if not run.fs.isfile(EXAMPLES_PATH):
         message = f"{EXAMPLES_PATH} is absent; run `datamodels prepare` to write it"
         return None, None, [Problem(EXAMPLES_PATH, "missing", message)]
-    try:
-        with run.fs.open_input_file(EXAMPLES_PATH) as handle:
-            parquet_file = pq.ParquetFile(handle)
-            problems = _schema_problems(EXAMPLES_PATH, parquet_file.schema_arrow, EXAMPLES_SCHEMA)
-            if problems:
-                return None, None, problems
-            positions = parquet_file.read(columns=["train_position", "eval_position"])
-    except (pa.ArrowException, OSError) as exc:
-        return None, None, [_torn(run.fs, EXAMPLES_PATH, exc)]
+    positions, problems = read_checked(
+        run.fs,
+        EXAMPLES_PATH,
+        lambda schema: _schema_problems(EXAMPLES_PATH, schema, EXAMPLES_SCHEMA),
+        None if full else ["train_position", "eval_position"],
+    )
+    if positions is None:
+        return None, None, problems
     n_train = len(positions) - positions.column("train_position").null_count
     n_eval = len(positions) - positions.column("eval_position").null_count
     return n_train, n_eval, []
 
 
 def scan_shards(
-    run: Run, n_train: int | None = None, n_eval: int | None = None
+    run: Run,
+    n_train: int | None = None,
+    n_eval: int | None = None,
+    config_hash: str | None = None,
+    full: bool = False,
+    plan: PlanCheck | None = None,
 ) -> tuple[list[ShardInfo], list[Problem]]:
     """Inspect every shard in ``models/``: per-shard infos and all shard problems (duplicates too).
 
     ``n_train``/``n_eval`` default to the sizes in ``examples.parquet`` (length checks are
-    skipped when it is unusable; `verify` reports that separately).
+    skipped when it is unusable; `verify` reports that separately), ``config_hash`` to the one
+    recorded in ``config.yaml``. ``full`` and ``plan``: see `inspect_shard`.
     """
     if n_train is None and n_eval is None:
         n_train, n_eval, _ = run_sizes(run)
+    if config_hash is None:
+        config_hash = read_config_hash(run)
     names = run.shard_files()
-    infos = _map_threads(lambda name: inspect_shard(run.fs, name, n_train, n_eval), names)
+    infos = _map_threads(
+        lambda name: inspect_shard(
+            run.fs, name, n_train, n_eval, config_hash=config_hash, full=full, plan=plan
+        ),
+        names,
+    )
     problems = [problem for info in infos for problem in info.problems]
     problems.extend(duplicate_problems([info for info in infos if info.usable]))
     return infos, problems
@@ -237,33 +408,80 @@ def valid_shards(run: Run) -> tuple[list[str], list[Problem]]:
 
 
 def _table_problems(runfs: RunFS, rel_path: str, expected: pa.Schema) -> list[Problem]:
-    try:
-        with runfs.open_input_file(rel_path) as handle:
-            parquet_file = pq.ParquetFile(handle)
-            return _schema_problems(rel_path, parquet_file.schema_arrow, expected)
-    except (pa.ArrowException, OSError, StoreError) as exc:
-        return [_torn(runfs, rel_path, exc)]
+    return read_checked(
+        runfs, rel_path, lambda schema: _schema_problems(rel_path, schema, expected)
+    )[1]
 
 
 def _scores_problems(runfs: RunFS, rel_path: str, n_train: int | None) -> list[Problem]:
+    def schema_problems(schema: pa.Schema) -> list[Problem]:
+        size = _list_size(schema, "scores")
+        expected = scores_schema(size if size is not None else 0)
+        problems = _schema_problems(rel_path, schema, expected)
+        return problems or _length_problem(rel_path, "scores", size, n_train, "n_train")
+
+    return read_checked(runfs, rel_path, schema_problems)[1]
+
+
+def _config_tree(run: Run) -> tuple[dict | None, list[Problem]]:
+    """config.yaml as a mapping (None when absent or unreadable, with the problem)."""
+    if not run.fs.isfile(CONFIG_PATH):
+        return None, [Problem(CONFIG_PATH, "missing", f"{CONFIG_PATH} is absent")]
     try:
-        with runfs.open_input_file(rel_path) as handle:
-            schema = pq.ParquetFile(handle).schema_arrow
-    except (pa.ArrowException, OSError, StoreError) as exc:
-        return [_torn(runfs, rel_path, exc)]
-    size = _list_size(schema, "scores")
-    problems = _schema_problems(rel_path, schema, scores_schema(size if size is not None else 0))
-    return problems or _length_problem(rel_path, "scores", size, n_train, "n_train")
+        tree = yaml.safe_load(run.read_config_text())
+    except (yaml.YAMLError, UnicodeDecodeError, StoreError, OSError) as exc:
+        return None, [Problem(CONFIG_PATH, "config", f"not readable YAML: {first_line(exc)}")]
+    if not isinstance(tree, dict):
+        return None, [Problem(CONFIG_PATH, "config", "not a mapping of config sections")]
+    return tree, []
+
+
+def read_config_hash(run: Run) -> str | None:
+    """The ``config_hash`` recorded in the run's config.yaml (None when absent or unreadable)."""
+    tree, _ = _config_tree(run)
+    value = None if tree is None else tree.get("config_hash")
+    return None if value is None else str(value)
+
+
+def run_config(run: Run) -> tuple[str | None, Config | None, list[Problem]]:
+    """(recorded config_hash, the full config, problems) of the run's config.yaml.
+
+    The config is None unless config.yaml is a full config this release reads whose content
+    hashes to its recorded ``config_hash`` (as ``prepare`` writes it); shards are then
+    checked against its plan. A config.yaml without ``config_hash`` checks nothing.
+    """
+    from datamodels.config import config_from_dict
+
+    tree, problems = _config_tree(run)
+    if tree is None or tree.get("config_hash") is None:
+        return None, None, problems
+    recorded = str(tree["config_hash"])
+    try:
+        config = config_from_dict(tree)
+    except ConfigError:
+        return recorded, None, []  # not a config of this release: compare hashes only
+    if config.hash != recorded:
+        message = (
+            f"records config_hash {recorded} but its content hashes to {config.hash}: edited by "
+            "hand? restore it (the hash decides which models belong to the run)"
+        )
+        return recorded, None, [Problem(CONFIG_PATH, "config", message)]
+    return recorded, config, []
 
 
 def verify(run: Run) -> list[Problem]:
-    """Every problem in the run directory, each naming its file (empty list: all good)."""
-    problems: list[Problem] = []
-    if not run.fs.isfile(CONFIG_PATH):
-        problems.append(Problem(CONFIG_PATH, "missing", f"{CONFIG_PATH} is absent"))
-    n_train, n_eval, example_problems = run_sizes(run)
+    """Every problem in the run directory, each naming its file (empty list: all good).
+
+    Reads every file whole, checking each page against its checksum, and (when config.yaml
+    is a full config) every shard's masks against the plan.
+    """
+    config_hash, config, problems = run_config(run)
+    n_train, n_eval, example_problems = run_sizes(run, full=True)
     problems.extend(example_problems)
-    problems.extend(scan_shards(run, n_train, n_eval)[1])
+    plan = PlanCheck.of(config, n_train) if config is not None and n_train is not None else None
+    problems.extend(
+        scan_shards(run, n_train, n_eval, config_hash=config_hash, full=True, plan=plan)[1]
+    )
     for rel_path, expected in (
         (FAILURES_PATH, FAILURES_SCHEMA),
         (WEIGHTS_PATH, WEIGHTS_SCHEMA),

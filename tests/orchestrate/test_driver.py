@@ -17,7 +17,7 @@ from datamodels.config import config_from_dict
 from datamodels.orchestrate.executor import SerialExecutor
 from datamodels.plans import masks_for, plan_models
 from datamodels.stages import train as train_stage
-from datamodels.stages.train import plan_status
+from datamodels.stages.status import plan_status
 from datamodels.store import Run, query, verify
 from tests.conftest import SMALL_DIGITS
 

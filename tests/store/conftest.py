@@ -68,3 +68,82 @@ def build_run(directory: Path, seed: int = 0, shards=SHARDS) -> SyntheticRun:
 @pytest.fixture
 def synthetic(tmp_path: Path) -> SyntheticRun:
     return build_run(tmp_path / "run")
+
+
+# -- runs made from a full config (config.yaml as `prepare` writes it) --------------------------
+
+PLANNED_CONFIG = {
+    "seed": 3,
+    "plans": [
+        {"name": "alpha", "kind": "alpha", "alpha": 0.5, "count": 20},
+        {"name": "loo", "kind": "loo", "points": [0, 1, 2, 3], "seeds": 2},
+    ],
+}
+# (first model_id, stop) per shard; the plan above has 30 models: 20 "alpha", 10 "loo".
+PLANNED_SHARDS = ((0, 12), (12, 30))
+
+
+def planned_config(seed: int = 3):
+    from datamodels.config import config_from_dict
+
+    return config_from_dict({**PLANNED_CONFIG, "seed": seed})
+
+
+def planned_shard_table(config, ids: np.ndarray, n_train: int = N_TRAIN, n_eval: int = N_EVAL):
+    """The models/ rows the train stage would write for ``ids`` of ``config`` (fake margins)."""
+    from datamodels.plans import masks_for, plan_models
+
+    planned = plan_models(config, n_train).select_ids(ids)
+    masks = masks_for(config, planned, n_train)
+    margins = np.random.default_rng(int(ids[0])).normal(size=(len(ids), n_eval))
+    return models_table(
+        ids, planned.plan, planned.alpha, planned.seed, masks, margins, 0.1, 0.9, 1.5, 1, "w"
+    )
+
+
+@dataclass
+class PlannedRun:
+    run: Run
+    config: object  # datamodels.config.Config
+    shard_paths: list[str]
+
+
+def build_planned_run(directory: Path, seed: int = 3, shards=PLANNED_SHARDS) -> PlannedRun:
+    config = planned_config(seed)
+    run = Run(directory)
+    run.write_config(config.to_yaml())
+    run.write_examples(examples_frame())
+    paths = [
+        run.write_models(
+            planned_shard_table(config, np.arange(start, stop)), config_hash=config.hash
+        )
+        for start, stop in shards
+    ]
+    return PlannedRun(run, config, paths)
+
+
+@pytest.fixture
+def planned(tmp_path: Path) -> PlannedRun:
+    return build_planned_run(tmp_path / "planned")
+
+
+def corrupt_page(path: str, column: str, fill: bytes = b"\x7e" * 8) -> int:
+    """Overwrite 8 bytes in the middle of ``column``'s first data page, footer left intact.
+
+    Random float32 margins do not compress, so the bytes land in the values themselves and a
+    reader without page checksums returns ~1e38 garbage instead of failing. Returns the offset.
+    """
+    import pyarrow.parquet as pq
+
+    metadata = pq.ParquetFile(path).metadata
+    row_group = metadata.row_group(0)
+    (chunk,) = [
+        row_group.column(i)
+        for i in range(row_group.num_columns)
+        if row_group.column(i).path_in_schema.split(".")[0] == column
+    ]
+    offset = chunk.data_page_offset + chunk.total_compressed_size // 2
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(fill)
+    return offset

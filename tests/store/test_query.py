@@ -77,6 +77,7 @@ def test_views_exist_only_for_tables_that_exist(synthetic):
         "SHOW TABLES",
         "SUMMARIZE SELECT 1",
         "EXPLAIN SELECT * FROM models",
+        "EXPLAIN ANALYZE SELECT count(*) FROM models",
         "PRAGMA show_tables",
     ],
 )

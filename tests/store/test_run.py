@@ -9,7 +9,15 @@ import pytest
 from datamodels.errors import StoreError
 from datamodels.store import FAILURES_SCHEMA, Run, models_schema, query
 
-from .conftest import N_EVAL, N_TRAIN, build_run, examples_frame, shard_table
+from .conftest import (
+    N_EVAL,
+    N_TRAIN,
+    build_planned_run,
+    build_run,
+    corrupt_page,
+    examples_frame,
+    shard_table,
+)
 
 
 def test_sizes_and_examples(synthetic):
@@ -190,3 +198,63 @@ def test_object_store_code_path(tmp_path):
         float(margins[3:].astype(np.float32).sum()), rel=1e-5
     )
     assert sorted(p.name for p in tmp_path.rglob("*") if ".tmp-" in p.name) == []
+
+
+def test_readers_refuse_a_corrupt_page_naming_the_shard(synthetic):
+    """A corrupt margins page (footer intact) raises a one-line error naming the shard, instead
+    of returning ~1e38 margins."""
+    run, shard = synthetic.run, synthetic.shard_paths[2]
+    corrupt_page(run.fs.join(shard), "margins")
+    name = shard.split("/")[1]
+    for read in (run.margins, run.masks_and_margins, lambda: run.models(columns=["margins"])):
+        with pytest.raises(StoreError, match=f"{name}: corrupt") as caught:
+            read()
+        assert "\n" not in str(caught.value) and "checksum" in str(caught.value).lower()
+    # Columns whose pages are intact still read.
+    np.testing.assert_array_equal(run.masks(), synthetic.masks)
+    np.testing.assert_array_equal(run.masks_of(np.array([30, 2])), synthetic.masks[[30, 2]])
+
+
+def test_corrupt_page_in_another_table_is_refused(synthetic):
+    run = synthetic.run
+    run.write_scores("loo", np.arange(3), np.ones((3, N_TRAIN)))
+    corrupt_page(run.fs.join("scores/loo.parquet"), "scores", b"\x00" * 8)
+    with pytest.raises(StoreError, match="scores/loo.parquet.*corrupt"):
+        run.scores("loo")
+
+
+def test_old_shard_without_checksums_or_hash_reads(synthetic):
+    """Shards of older releases (no page checksums, no config_hash) read as before."""
+    run = synthetic.run
+    table = pq.read_table(run.fs.join(synthetic.shard_paths[0]))
+    assert b"config_hash" not in table.schema.metadata
+    run.quarantine(synthetic.shard_paths[0], "replaced by an old-style copy")
+    pq.write_table(table, run.fs.join(synthetic.shard_paths[0]))
+    np.testing.assert_array_equal(run.margins(), synthetic.margins)
+
+
+def test_readers_refuse_a_shard_of_another_config(tmp_path):
+    run = build_planned_run(tmp_path / "a").run
+    other = build_planned_run(tmp_path / "b", seed=4, shards=((12, 14),))
+    path = other.shard_paths[0]
+    run.fs.write_bytes_atomic(path, other.run.fs.read_bytes(path))
+    with pytest.raises(StoreError, match=path.split("/")[1] + ": foreign"):
+        run.masks()
+
+
+def test_readers_refuse_duplicate_model_ids_naming_both_shards(synthetic):
+    """Two shards holding one model_id: readers raise naming both files, whatever the order."""
+    run = synthetic.run
+    ids = np.array([3, 77])  # 3 is in the first shard
+    extra = run.write_models(
+        shard_table(ids, "alpha", np.zeros((2, N_TRAIN), bool), np.zeros((2, N_EVAL)))
+    )
+    for read in (run.masks, run.margins, run.model_ids, run.models):
+        with pytest.raises(StoreError, match="duplicate model_ids") as caught:
+            read()
+        message = str(caught.value)
+        assert extra in message and synthetic.shard_paths[0] in message and "3" in message
+    # Reading a plan without the duplicate is unaffected and deterministic.
+    first, second = run.masks("loo"), run.masks("loo")
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(first, synthetic.masks[25:])

@@ -20,6 +20,8 @@ from datamodels.store import (
     write_table_atomic,
 )
 
+from .conftest import corrupt_page
+
 
 def weights_frame(rows: int = 4) -> pd.DataFrame:
     return pd.DataFrame(
@@ -159,3 +161,35 @@ def test_runfs_paths_and_uris(tmp_path):
     with pytest.raises(StoreError, match="does not exist"):
         runfs.read_bytes("models/a.parquet")
     assert RunFS(os.path.relpath(tmp_path)).root == str(tmp_path)
+
+
+def test_tables_are_written_with_page_checksums(tmp_path):
+    """Every table written through write_table_atomic carries page CRCs: a changed page fails
+    to read when checksums are verified (and reads as silent garbage without them)."""
+    runfs = RunFS(tmp_path)
+    frame = weights_frame(200).assign(weight=np.random.default_rng(0).normal(size=200))
+    write_table_atomic(runfs, "datamodels/weights.parquet", frame, WEIGHTS_SCHEMA)
+    path = str(tmp_path / "datamodels" / "weights.parquet")
+    corrupt_page(path, "weight")
+    garbage = pq.read_table(path)["weight"].to_numpy()
+    assert not np.allclose(garbage, frame["weight"].to_numpy(np.float32))
+    with pytest.raises(OSError, match="(?i)checksum"):
+        pq.read_table(path, page_checksum_verification=True)
+
+
+def test_model_shard_records_config_hash_in_metadata_only(tmp_path):
+    runfs = RunFS(tmp_path)
+    masks, margins = np.ones((2, 5), bool), np.zeros((2, 3))
+    table = models_table([1, 2], "alpha", 0.5, 0, masks, margins, 0, 0, 0, 1, "a")
+    path, _ = write_model_shard(runfs, table, config_hash="0123456789abcdef")
+    parquet_file = pq.ParquetFile(tmp_path / path)
+    assert parquet_file.metadata.metadata[b"config_hash"] == b"0123456789abcdef"
+    schema = parquet_file.schema_arrow
+    assert schema.metadata[b"schema_version"] == b"1"
+    assert schema.remove_metadata().equals(models_schema(5, 3).remove_metadata())
+    unhashed, _ = write_model_shard(
+        runfs, models_table([3], "a", 0.5, 0, masks[:1], margins[:1], 0, 0, 0, 1, "a")
+    )
+    assert b"config_hash" not in pq.ParquetFile(tmp_path / unhashed).metadata.metadata
+    with pytest.raises(StoreError, match="config_hash"):
+        write_model_shard(runfs, table, config_hash="")

@@ -8,7 +8,16 @@ import pyarrow.parquet as pq
 from datamodels.store import Run, verify, write_table_atomic
 from datamodels.store.schemas import WEIGHTS_SCHEMA
 
-from .conftest import N_EVAL, N_TRAIN, build_run, shard_table
+from .conftest import (
+    N_EVAL,
+    N_TRAIN,
+    build_planned_run,
+    build_run,
+    corrupt_page,
+    planned_config,
+    planned_shard_table,
+    shard_table,
+)
 
 
 def truncate_to_half(run: Run, rel_path: str) -> None:
@@ -128,3 +137,109 @@ def test_other_tables_are_checked(synthetic):
         ("evaluation.parquet", "schema"),
         ("scores/broken.parquet", "torn"),
     ]
+
+
+# -- page checksums: a flipped byte inside a page is found, not read as data --------------------
+
+
+def test_corrupt_margins_page_is_reported_by_verify(synthetic):
+    """8 bytes overwritten inside a margins data page, footer intact: the footer checks all pass
+    and the values decode to garbage, so only the page checksum can tell."""
+    run, shard = synthetic.run, synthetic.shard_paths[1]
+    corrupt_page(run.fs.join(shard), "margins")
+    problems = verify(run)
+    assert kinds(problems) == [(shard, "corrupt")]
+    assert "checksum" in problems[0].message.lower()
+    assert shard.split("/")[1] in str(problems[0])
+
+
+def test_corrupt_page_in_any_table_is_reported(synthetic):
+    run = synthetic.run
+    scores = np.random.default_rng(0).normal(size=(4, N_TRAIN))
+    run.write_scores("loo", np.arange(4), scores)
+    assert verify(run) == []
+    corrupt_page(run.fs.join("scores/loo.parquet"), "scores")
+    corrupt_page(run.fs.join("examples.parquet"), "index", b"\x00" * 8)
+    assert kinds(verify(run)) == [
+        ("examples.parquet", "corrupt"),
+        ("scores/loo.parquet", "corrupt"),
+    ]
+
+
+def test_old_shards_without_checksums_or_hash_still_verify(planned):
+    """Shards written before checksums and config hashes (plain pq.write_table) are accepted."""
+    run = planned.run
+    table = run.models()
+    run.quarantine(planned.shard_paths[1], "replaced by an old-style copy")
+    pq.write_table(table.slice(12), run.fs.join("models/part-old.parquet"))
+    assert verify(run) == []
+    assert run.done_model_ids() == set(range(30))
+
+
+# -- foreign shards: recorded config hash, and masks against the plan ---------------------------
+
+
+def test_planned_run_verifies_clean(planned):
+    assert verify(planned.run) == []
+    metadata = pq.ParquetFile(planned.run.fs.join(planned.shard_paths[0])).metadata.metadata
+    assert metadata[b"config_hash"] == planned.config.hash.encode()
+
+
+def test_shard_of_another_config_hash_is_foreign(planned, tmp_path):
+    run = planned.run
+    other = build_planned_run(tmp_path / "other", seed=4, shards=((12, 16),))
+    foreign = other.shard_paths[0]
+    run.fs.write_bytes_atomic(foreign, other.run.fs.read_bytes(foreign))
+    problems = verify(run)
+    assert kinds(problems) == [(foreign, "foreign")]
+    assert planned.config.hash in problems[0].message
+    assert other.config.hash in problems[0].message
+    good, shard_problems = run.valid_shards()
+    assert foreign.split("/")[1] not in good and [p.kind for p in shard_problems] == ["foreign"]
+    assert run.done_model_ids() == set(range(30))
+    (moved,) = run.quarantine_bad_shards()  # what `train` does on resume
+    assert moved.file == foreign and verify(run) == []
+
+
+def test_copied_shard_without_hash_is_caught_by_its_masks(planned, tmp_path):
+    """A shard from a run with another seed, written without a config hash (old release):
+    its model ids are in the plan but its masks are not the plan's."""
+    run = planned.run
+    other = planned_config(seed=4)
+    table = planned_shard_table(other, np.arange(12, 30))
+    run.quarantine(planned.shard_paths[1], "replaced by a foreign copy")
+    copied = run.write_models(table)  # no config_hash recorded
+    problems = verify(run)
+    assert kinds(problems) == [(copied, "plan")]
+    # Every "alpha" mask differs; "loo" masks do not depend on the seed, so they agree.
+    assert problems[0].model_ids == tuple(range(12, 20))
+    assert "12, 13" in problems[0].message
+
+
+def test_one_changed_mask_bit_is_named(planned):
+    run = planned.run
+    table = run.models()
+    masks = table.column("mask").to_pylist()
+    masks[5][7] = not masks[5][7]
+    table = table.set_column(4, "mask", pa.array(masks, type=table.schema.field("mask").type))
+    run.quarantine(planned.shard_paths[0], "replaced by an edited copy")
+    pq.write_table(table.slice(0, 12), run.fs.join("models/part-edited.parquet"))
+    (problem,) = verify(run)
+    assert problem.file == "models/part-edited.parquet"
+    assert (problem.kind, problem.model_ids) == ("plan", (5,))
+
+
+def test_model_ids_outside_the_plan_are_named(planned):
+    run = planned.run
+    table = planned_shard_table(planned.config, np.arange(29, 30))
+    table = table.set_column(0, "model_id", pa.array([45], type=pa.int64()))
+    path = run.write_models(table, config_hash=planned.config.hash)
+    (problem,) = verify(run)
+    assert (problem.file, problem.kind, problem.model_ids) == (path, "plan", (45,))
+    assert "not in the plan" in problem.message
+    assert run.done_model_ids() == set(range(30)) | {45}  # resume reads footers and ids only
+
+
+def test_config_yaml_without_hash_skips_the_plan_check(synthetic):
+    """The synthetic run's config.yaml is not a full config: shards are checked, masks not."""
+    assert verify(synthetic.run) == []
