@@ -11,6 +11,8 @@ Fields: ``x`` (``NDArrayField``: float32 features or uint8 HWC images) and ``y``
 from __future__ import annotations
 
 import os
+import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -43,9 +45,65 @@ def write_beton(ds: ArrayDataset, path: str | Path, num_workers: int = 2) -> Non
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     features = np.ascontiguousarray(ds.features)
     fields = {"x": NDArrayField(dtype=features.dtype, shape=features.shape[1:]), "y": IntField()}
+    needed = features.nbytes + 64 * len(features) + (8 << 20)  # data, per-sample metadata, pages
+    free = shutil.disk_usage(path.parent).free
+    if free < needed:
+        raise DataError(
+            f"{path.parent} has {free / 2**20:,.0f} MiB free; writing {path.name} needs "
+            f"about {needed / 2**20:,.0f} MiB; free space and rerun prepare"
+        )
     writer = DatasetWriter(str(tmp), fields, num_workers=num_workers)
-    writer.from_indexed_dataset(_Indexed(features, ds.labels))
+    try:
+        _watched(lambda: writer.from_indexed_dataset(_Indexed(features, ds.labels)), path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        shared = getattr(writer, "metadata_sm", None)  # FFCV frees it only when it finishes
+        if shared is not None:
+            shared.close()
+            shared.unlink()
+        raise
     os.replace(tmp, path)
+
+
+def _watched(write, path: Path, grace_s: float = 2.0) -> None:
+    """Run FFCV's writer, whose parent loop waits forever for samples from worker processes
+    that may have died (a full disk, the OOM killer): a watcher thread interrupts it when a
+    worker exited abnormally ``grace_s`` seconds ago, and the write fails with one line. (The
+    writer itself stays in the main thread: it forks, which is unsafe from other threads.)"""
+    import _thread
+    import multiprocessing
+    import threading
+
+    stop, fired = threading.Event(), threading.Event()
+
+    def watch() -> None:
+        died_since = None
+        while not stop.wait(0.2):
+            # multiprocessing's own registry of this process's children: a worker that exited
+            # with a non-zero code (or a signal) will never report its samples
+            children = list(multiprocessing.process._children)  # noqa: SLF001
+            if not any(p.exitcode not in (None, 0) for p in children):
+                continue
+            died_since = died_since or time.monotonic()
+            if time.monotonic() - died_since > grace_s:
+                fired.set()
+                _thread.interrupt_main()
+                return
+
+    watcher = threading.Thread(target=watch, name="beton-writer-watch", daemon=True)
+    watcher.start()
+    try:
+        write()
+    except KeyboardInterrupt:
+        if not fired.is_set():
+            raise
+        raise DataError(
+            f"writing {path.name} failed: FFCV's writer processes exited before finishing "
+            "(disk full or out of memory?); free resources and rerun prepare"
+        ) from None
+    finally:
+        stop.set()
+        watcher.join()
 
 
 def _pipelines() -> dict:
@@ -68,8 +126,12 @@ def decode_resident(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     from ffcv.loader import Loader, OrderOption
 
     loader = Loader(
-        str(_check(path)), batch_size=4096, num_workers=1, order=OrderOption.SEQUENTIAL,
-        drop_last=False, pipelines=_pipelines(),
+        str(_check(path)),
+        batch_size=4096,
+        num_workers=1,
+        order=OrderOption.SEQUENTIAL,
+        drop_last=False,
+        pipelines=_pipelines(),
     )
     xs, ys = [], []
     for x, y in loader:
@@ -88,7 +150,12 @@ def subset_loader(
 
     path = _check(path)
     return Loader(
-        str(path), batch_size=batch_size, num_workers=num_workers, order=OrderOption.RANDOM,
-        seed=int(seed) % (2**31), indices=np.asarray(indices, dtype=np.int64), drop_last=False,
+        str(path),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        order=OrderOption.RANDOM,
+        seed=int(seed) % (2**31),
+        indices=np.asarray(indices, dtype=np.int64),
+        drop_last=False,
         pipelines=_pipelines(),
     )

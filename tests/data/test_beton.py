@@ -30,3 +30,42 @@ def test_images_round_trip(tmp_path, cifar_archive):
     features, labels = decode_resident(tmp_path / "c.beton")
     assert features.dtype == np.uint8 and features.shape == ds.features.shape
     np.testing.assert_array_equal(features, ds.features)
+
+
+def test_a_writer_whose_workers_died_is_reported_not_waited_on(tmp_path, monkeypatch):
+    """FFCV's parent loop waits forever for dead workers (seen with a full disk)."""
+    import os
+    import time
+
+    import ffcv.writer
+    import pytest
+
+    from datamodels.data.sources import ArrayDataset
+    from datamodels.errors import DataError
+
+    def die(*args, **kwargs):  # a worker killed mid-write
+        os._exit(1)
+
+    monkeypatch.setattr(ffcv.writer, "worker_job_indexed_dataset", die)
+    ds = ArrayDataset("x", np.zeros((50, 4), np.float32), np.arange(50) % 2, np.zeros(50, bool), 2)
+    start = time.monotonic()
+    with pytest.raises(DataError, match="writer processes exited before finishing"):
+        write_beton(ds, tmp_path / "x.beton")
+    assert time.monotonic() - start < 60
+    assert not list(tmp_path.glob("*x.beton*"))  # no temp file left behind
+
+
+def test_not_enough_disk_space_is_refused_before_writing(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    import pytest
+
+    from datamodels.data.sources import ArrayDataset
+    from datamodels.errors import DataError
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 20, 10 << 20, 1 << 20))
+    ds = ArrayDataset("x", np.zeros((50, 4), np.float32), np.arange(50) % 2, np.zeros(50, bool), 2)
+    with pytest.raises(DataError, match="MiB free; writing x.beton needs"):
+        write_beton(ds, tmp_path / "x.beton")
