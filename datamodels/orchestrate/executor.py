@@ -96,13 +96,47 @@ class SerialExecutor:
                 queue.extend(stage.on_result(unit, result, progress))
 
 
+# Ray's per-node agents outlive a local cluster whose driver was SIGKILLed: the raylet dies,
+# they are re-parented to init and ignore SIGTERM, holding memory until the machine reboots.
+_AGENTS = (b"ray::DashboardAgent", b"ray::RuntimeEnvAgent")
+
+
+def reap_orphaned_ray_agents() -> list[int]:
+    """SIGKILL this user's Ray agents whose raylet is gone (parent pid 1); returns their pids.
+    Linux only (reads /proc); elsewhere nothing is done."""
+    import signal
+
+    reaped = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+            with open(f"/proc/{entry}/stat") as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            owner = os.stat(f"/proc/{entry}").st_uid
+        except (OSError, ValueError, IndexError):
+            continue
+        if cmdline.startswith(_AGENTS) and parent == 1 and owner == os.getuid():
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+                reaped.append(int(entry))
+            except OSError:
+                continue
+    return reaped
+
+
 def init_ray(address: str | None = None) -> None:
-    """Join the cluster at ``address`` (or RAY_ADDRESS), else start a local one."""
+    """Join the cluster at ``address`` (or RAY_ADDRESS), else start a local one (first
+    reaping the agents a killed local cluster left behind)."""
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        reap_orphaned_ray_agents()
     kwargs: dict = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": True}
     ray.init(address=address, **kwargs)
 
