@@ -104,3 +104,17 @@ def test_an_unwritable_run_directory_is_refused_before_training(tmp_path, monkey
     with pytest.raises(InfrastructureError, match="models is not writable .*Read-only file system"):
         train(_config(), str(tmp_path / "run"), executor=SerialExecutor(), show_progress=False)
     assert not calls  # nothing was trained
+
+
+def test_status_and_query_flag_a_model_stored_twice(tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    train(_config(), str(out), executor=SerialExecutor(), show_progress=False)
+    first = sorted((out / "models").glob("*.parquet"))[0]
+    shutil.copy(first, out / "models" / "part-copy.parquet")  # the same models, twice
+    status = CliRunner().invoke(app, ["status", str(out)])
+    assert status.exit_code == 0 and "warning: " in status.output and "duplicate" in status.output
+    assert " 12 " in status.output  # done counts each model once
+    query = CliRunner().invoke(app, ["query", str(out), "SELECT count(*) AS n FROM models"])
+    assert query.exit_code == 2 and "models view refused" in query.output
