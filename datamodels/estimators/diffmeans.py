@@ -186,7 +186,7 @@ def accumulate_moments(
 
 
 def moments_to_difference(
-    moments: InclusionMoments, covariate_at: float | None = None
+    moments: InclusionMoments, covariate_at: float | None = None, prior_df: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """`InclusionMoments` → (D, SE), float64 of the shape of ``moments.sum_in``.
 
@@ -199,7 +199,15 @@ def moments_to_difference(
     which removes the bias of pooling models with different x in one group (models with i
     are tilted towards large α), and SE² = Σ_g s_g² (1/n_g + (x* − x̄_g)² / Sxx_g). A group
     whose x does not vary (or with < 3 models) gets b_g = 0, i.e. the plain mean.
-    D = 0 where a group is empty; SE = inf where a group has fewer than two models.
+
+    ``prior_df`` = d₀ > 0 moderates each group's (residual) variance towards the pooled one
+    of both groups: s̃_g² = (ν_g s_g² + d₀ s_p²) / (ν_g + d₀), with ν_g the group's degrees
+    of freedom and s_p² = Σ_g ν_g s_g² / Σ_g ν_g. A group of a few models then no longer
+    reports a variance near zero because its few models happen to agree (as they do when
+    the events that move the margin are rare); a group with ν_g ≫ d₀ keeps its own.
+
+    D = 0 where a group is empty; SE = inf there and where a group has fewer than two
+    models (d₀ = 0) or the two groups have no degree of freedom between them (d₀ > 0).
     """
     n1 = moments.n_in
     n0 = moments.n_rows - n1
@@ -212,10 +220,9 @@ def moments_to_difference(
     both = (n1 > 0) & (n0 > 0)
     if moments.x_in is None:
         diff = np.where(both, mean1 - mean0, 0.0)
-        var_of_mean = (
-            ss1 / (np.maximum(n1 - 1.0, 1.0) * safe1) + ss0 / (np.maximum(n0 - 1.0, 1.0) * safe0)
-        )
-        return diff, np.where((n1 >= 2) & (n0 >= 2), np.sqrt(var_of_mean), np.inf)
+        var1, var0, usable = _group_variances(ss1, ss0, n1 - 1.0, n0 - 1.0, prior_df)
+        var_of_mean = var1 / safe1 + var0 / safe0
+        return diff, np.where(both & usable, np.sqrt(var_of_mean), np.inf)
 
     at = 0.0 if covariate_at is None else covariate_at - moments.x_shift
     x0_sum = moments.x_all - moments.x_in
@@ -234,15 +241,34 @@ def moments_to_difference(
     level0 = mean0 + slope0 * (at - xbar0)
     diff = np.where(both, level1 - level0, 0.0)
 
-    def level_variance(ss, sxy, slope, n, fit, sxx, xbar):
-        residual = np.maximum(ss - slope * sxy, 0.0) / np.maximum(n - 1.0 - fit, 1.0)
-        leverage = np.where(fit, (at - xbar) ** 2 / np.where(fit, sxx, 1.0), 0.0)
-        return residual * (1.0 / np.maximum(n, 1.0) + leverage)
+    # Residual sums of squares about each group's line, with n_g − 1 − (slope fitted) df.
+    rss1 = np.maximum(ss1 - slope1 * sxy1, 0.0)
+    rss0 = np.maximum(ss0 - slope0 * sxy0, 0.0)
+    var1, var0, usable = _group_variances(rss1, rss0, n1 - 1.0 - fit1, n0 - 1.0 - fit0, prior_df)
 
-    variance = level_variance(ss1, sxy1, slope1, n1, fit1, sxx1, xbar1) + level_variance(
-        ss0, sxy0, slope0, n0, fit0, sxx0, xbar0
-    )
-    return diff, np.where((n1 >= 2) & (n0 >= 2), np.sqrt(variance), np.inf)
+    def leverage(n, fit, sxx, xbar):
+        extra = np.where(fit, (at - xbar) ** 2 / np.where(fit, sxx, 1.0), 0.0)
+        return 1.0 / np.maximum(n, 1.0) + extra
+
+    variance = var1 * leverage(n1, fit1, sxx1, xbar1) + var0 * leverage(n0, fit0, sxx0, xbar0)
+    return diff, np.where(both & usable, np.sqrt(variance), np.inf)
+
+
+def _group_variances(
+    ss1: np.ndarray, ss0: np.ndarray, df1: np.ndarray, df0: np.ndarray, prior_df: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(s̃1², s̃0², usable) from the groups' sums of squares ``ss_g`` on ``df_g`` degrees of
+    freedom: plain s_g² = ss_g / df_g (usable where both df_g ≥ 1) for ``prior_df`` = 0, else
+    moderated towards the pooled variance (`moments_to_difference`; usable where
+    df1 + df0 ≥ 1)."""
+    df1, df0 = np.maximum(df1, 0.0), np.maximum(df0, 0.0)
+    if prior_df <= 0.0:
+        var1, var0 = ss1 / np.maximum(df1, 1.0), ss0 / np.maximum(df0, 1.0)
+        return var1, var0, (df1 >= 1) & (df0 >= 1)
+    pooled = (ss1 + ss0) / np.maximum(df1 + df0, 1.0)
+    var1 = (ss1 + prior_df * pooled) / (df1 + prior_df)
+    var0 = (ss0 + prior_df * pooled) / (df0 + prior_df)
+    return var1, var0, (df1 + df0) >= 1
 
 
 def target_blocks(n_targets: int, n_train: int) -> list[slice]:

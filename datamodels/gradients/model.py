@@ -4,18 +4,22 @@ A ``FunctionalModel`` holds ``params: float64[P]`` and ``logits_fn(params[P], x[
 logits[B, C]``, so ``torch.func`` can differentiate with respect to parameters *and* inputs.
 The objective is the trainer's (DESIGN §4), written as a mean of per-example terms:
 
-    J(θ) = (1/n) Σ_i [ ℓ(z_i; θ) + R(θ) ],   ℓ = cross-entropy,   R(θ) = (λ_wd/2)·||θ ⊙ m||²
+    J(θ) = (1/n) Σ_i [ ℓ(z_i; θ) + R(θ) ],   ℓ = cross-entropy,
+    R(θ) = (λ_wd/2)·||θ ⊙ m||² + (λ_b/2)·||b − mean(b)·1||²
 
-with ``m`` the penalty mask: ``logreg`` penalises W and not the bias (as
-``train_logreg_batched``); ``mlp`` penalises every parameter (``train_mlp_batched`` adds
+with ``m`` the penalty mask: ``logreg`` penalises W with λ_wd and its *centred* bias with
+λ_b = ``logreg_bias_decay(λ_wd)`` (exactly ``train_logreg_batched``'s objective, which has a
+finite optimum on every subset, single-class ones included; ``datamodels.train.batched``);
+``mlp`` penalises every parameter with λ_wd and has λ_b = 0 (``train_mlp_batched`` adds
 ``weight_decay * p`` to every gradient). Writing R inside each example's term makes "drop
 example z and re-solve the mean objective over the n − 1 others" exactly an ε = −1/n
 up-weighting of z's term ``ℓ(z) + R`` (arg-min is invariant to the 1/(n−1) vs 1/n scale).
 
 ``null_directions`` (float64[r, P], orthonormal) are directions in which J is exactly flat:
 for ``logreg`` adding one constant to every class bias changes no softmax and is not
-penalised, so H has a zero eigenvalue there. Every per-example gradient of the loss or of
-the margin is orthogonal to it, so inverse-HVPs are taken on its orthogonal complement.
+penalised (the bias penalty acts on the centred bias only), so H has a zero eigenvalue
+there. Every per-example gradient of the loss, of the margin and of R is orthogonal to it,
+so inverse-HVPs are taken on its orthogonal complement.
 
 Flat layouts: ``logreg``: [W (d×C, row-major), b (C)]; ``mlp``: [W1 (d×h), b1 (h), …,
 Wout (h×C), bout (C)], each row-major, the order of ``datamodels.models.mlp``.
@@ -31,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from datamodels.models.mlp import stacked_forward
-from datamodels.train.batched import logreg_objective
+from datamodels.train.batched import logreg_bias_decay, logreg_objective
 from datamodels.train.lbfgs import batched_lbfgs
 from datamodels.train.outcome import margins_from_logits
 
@@ -42,7 +46,8 @@ LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class FunctionalModel:
     """A trained model: ``params`` float64[P], ``logits_fn(params, x[B, ...]) -> [B, C]``,
     ``features_fn(params, x) -> [B, h]`` (input of the last linear layer), the last layer's
-    weight at ``params[last_weight]`` viewed as [h, C], ``penalty_mask`` float64[P]."""
+    weight at ``params[last_weight]`` viewed as [h, C], ``penalty_mask`` float64[P];
+    ``bias_decay`` λ_b on the centred ``params[bias]`` (``logreg``; 0 and None otherwise)."""
 
     params: torch.Tensor
     logits_fn: LogitsFn
@@ -56,6 +61,8 @@ class FunctionalModel:
     # (params, x[B, ...]) -> (logits, inputs a_l [B, in_l], pre-activations z_l = a_l W_l + b_l):
     # for models that are a chain of dense layers, per-example gradients factor as a_l ⊗ ∂f/∂z_l
     layer_io: Callable | None = None
+    bias_decay: float = 0.0
+    bias: slice | None = None
 
     @property
     def num_params(self) -> int:
@@ -79,7 +86,8 @@ def _bias_null_direction(P: int, bias_start: int, C: int) -> torch.Tensor:
 def logreg_model(
     params: torch.Tensor, in_dim: int, num_classes: int, weight_decay: float
 ) -> FunctionalModel:
-    """``params``: float[(d+1)·C] in the trainer's layout [W (d×C), b (C)]."""
+    """``params``: float[(d+1)·C] in the trainer's layout [W (d×C), b (C)]; the objective
+    penalises W with ``weight_decay`` and the centred b with ``logreg_bias_decay``."""
     d, C = in_dim, num_classes
     P = (d + 1) * C
     if params.numel() != P:
@@ -103,7 +111,8 @@ def logreg_model(
     mask[: d * C] = 1.0
     null = _bias_null_direction(P, d * C, C)
     return FunctionalModel(params.detach().double().reshape(-1).clone(), logits_fn, features_fn,
-                           slice(0, d * C), C, float(weight_decay), mask, null, layer_io=layer_io)
+                           slice(0, d * C), C, float(weight_decay), mask, null, layer_io=layer_io,
+                           bias_decay=logreg_bias_decay(weight_decay), bias=slice(d * C, P))
 
 
 def mlp_model(
@@ -148,8 +157,12 @@ def mlp_model(
 
 
 def regulariser(model: FunctionalModel, params: torch.Tensor) -> torch.Tensor:
-    """R(θ) = (λ_wd/2)·||θ ⊙ m||² (scalar)."""
-    return 0.5 * model.weight_decay * (model.penalty_mask * params * params).sum()
+    """R(θ) = (λ_wd/2)·||θ ⊙ m||² + (λ_b/2)·||b − mean(b)||² (scalar)."""
+    value = 0.5 * model.weight_decay * (model.penalty_mask * params * params).sum()
+    if model.bias is None or model.bias_decay == 0.0:
+        return value
+    centred = params[model.bias] - params[model.bias].mean()
+    return value + 0.5 * model.bias_decay * (centred * centred).sum()
 
 
 def example_loss(
@@ -200,7 +213,8 @@ def fit_logreg(
     tolerance: float = 1e-8, max_iter: int = 5000,
 ) -> torch.Tensor:
     """Solve the trainer's ``logreg`` objective on all of ``x[n, ...]``, ``y[n]`` (the same
-    closure and L-BFGS as ``train_logreg_batched``) -> params float64[(d+1)·C].
+    closure, centred-bias penalty included, and L-BFGS as ``train_logreg_batched``) -> params
+    float64[(d+1)·C].
 
     Raises ``RuntimeError`` when the gradient norm does not reach ``tolerance``."""
     flat = x.reshape(len(x), -1).double()

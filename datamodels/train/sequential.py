@@ -128,7 +128,11 @@ def module_layers(module: nn.Module, model: ModelConfig) -> list[torch.Tensor]:
 def train_logreg_one(
     data: TrainData, mask: np.ndarray, recipe: TrainConfig
 ) -> tuple[torch.Tensor, float, bool]:
-    """``torch.optim.LBFGS`` (strong Wolfe, float64) on one subset: (params[P], loss, converged)."""
+    """``torch.optim.LBFGS`` (strong Wolfe, float64) on one subset: (params[P], loss, converged).
+
+    The objective is the batched trainer's (``logreg_objective`` with its default centred-bias
+    penalty λ_b = ``logreg_bias_decay(weight_decay)``), so both paths share one optimum per
+    subset, single-class subsets included."""
     x = data.train_x.reshape(data.n_train, -1).double()
     C = data.num_classes
     weights = logreg_weights(mask[None], x.device)

@@ -161,3 +161,32 @@ def test_bad_inputs_are_named():
     np.testing.assert_array_equal(
         downsampling(masks.astype(np.uint8), margins).values, downsampling(masks, margins).values
     )
+
+
+def test_prior_df_moderates_small_groups_towards_the_pooled_variance():
+    # Point 0 is in 3 models whose margins agree: Welch reports a near-zero variance for that
+    # group; moderation borrows the other group's (s_p² = Σ ss / Σ df), by the stated formula.
+    rng = np.random.default_rng(4)
+    masks = np.zeros((200, 2), dtype=bool)
+    masks[:3, 0] = True
+    masks[:, 1] = rng.random(200) < 0.5
+    margins = rng.normal(size=(200, 1))
+    margins[:3] = 1.0
+    moments = accumulate_moments(masks, margins)
+    diff, welch = moments_to_difference(moments)
+    same_diff, moderated = moments_to_difference(moments, prior_df=10.0)
+    np.testing.assert_array_equal(same_diff, diff)
+    y1, y0 = margins[:3, 0], margins[3:, 0]
+    ss1, ss0 = ((y1 - y1.mean()) ** 2).sum(), ((y0 - y0.mean()) ** 2).sum()
+    pooled = (ss1 + ss0) / (2 + 196)
+    expected = np.sqrt(
+        (ss1 + 10 * pooled) / (2 + 10) / 3 + (ss0 + 10 * pooled) / (196 + 10) / 197
+    )
+    assert welch[0, 0] < 0.2 * moderated[0, 0]  # 0.074 (group 0 only) vs 0.55
+    np.testing.assert_allclose(moderated[0, 0], expected, rtol=1e-10)
+    # A balanced contrast of many models barely moves (< 1%); a one-model group gets s_p².
+    assert abs(moderated[0, 1] / welch[0, 1] - 1) < 0.01
+    masks[1:3, 0] = False
+    _, single = moments_to_difference(accumulate_moments(masks, margins), prior_df=10.0)
+    assert np.isfinite(single[0, 0]) and np.isinf(moments_to_difference(
+        accumulate_moments(masks, margins))[1][0, 0])

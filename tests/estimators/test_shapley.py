@@ -89,3 +89,40 @@ def test_bad_arguments_are_named():
     with pytest.raises(EstimatorInputError, match="grid nodes"):
         grid = (np.array([0.0, 0.5]), np.array([0.5, 0.5]))
         shapley(masks, np.ones(4), np.full(4, 0.5), grid=grid)
+
+
+def test_thin_bins_are_merged_until_both_sides_expect_enough_models():
+    from scipy import stats
+
+    alpha = np.random.default_rng(5).random(2_000)
+    level, mass, centre = _binned_levels(alpha, 32, stats.beta(1.0, 16.0), min_group=15.0)
+    expected_in = np.bincount(level, weights=alpha)
+    expected_out = np.bincount(level, weights=1.0 - alpha)
+    assert (expected_in >= 15).all() and (expected_out >= 15).all()
+    assert 3 < len(mass) < 32 and mass.sum() == pytest.approx(1.0)
+    # Bins stay runs of sorted α, and only the thin ends were merged.
+    assert (np.diff(level[np.argsort(alpha)]) >= 0).all() and (np.diff(centre) > 0).all()
+    unmerged, _, _ = _binned_levels(alpha, 32, stats.beta(1.0, 16.0))
+    assert unmerged.max() == 31
+
+
+def test_grid_weights_for_a_beta_law_are_its_interpolatory_weights():
+    from scipy import stats
+
+    from datamodels.estimators.shapley import _grid_weights
+
+    nodes, weights = owen_grid(4)
+    law = stats.beta(1.0, 16.0)
+    v = _grid_weights(nodes, weights, law)
+    # Exact for polynomials of degree < 4 against the law: E[p^j] = Π_{r<j} (1 + r) / (17 + r).
+    for degree in range(4):
+        assert v @ nodes**degree == pytest.approx(law.moment(degree), rel=1e-10)
+    # The product rule does not even integrate a constant (its weights sum to 0.958).
+    assert (weights * law.pdf(nodes)).sum() == pytest.approx(0.958, abs=1e-3)
+    # The uniform law keeps the rule as given (Shapley); so do unstable interpolatory weights
+    # (Σ|v| > 2: 24 equispaced nodes), which fall back to w_k · density(p_k).
+    uniform = _grid_weights(nodes, weights, stats.beta(1.0, 1.0))
+    np.testing.assert_allclose(uniform, weights, rtol=1e-12)
+    midpoint, equal = owen_grid(24, "midpoint")
+    steep = stats.beta(1.0, 4.0)
+    np.testing.assert_allclose(_grid_weights(midpoint, equal, steep), equal * steep.pdf(midpoint))
