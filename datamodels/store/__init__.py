@@ -13,6 +13,7 @@ Every table is written with Parquet page checksums and every shard may record th
 """
 
 from datamodels.store.fs import RunFS
+from datamodels.store.problems import UNUSABLE_KINDS, Problem
 from datamodels.store.query import connect, query, read_statements
 from datamodels.store.run import Run
 from datamodels.store.schemas import (
@@ -52,7 +53,7 @@ from datamodels.store.shards import (
     write_model_shard,
     write_table_atomic,
 )
-from datamodels.store.verify import UNUSABLE_KINDS, Problem, valid_shards, verify
+from datamodels.store.verify import valid_shards, verify
 
 __all__ = [
     "ATTACKS_DIR",

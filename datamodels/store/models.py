@@ -19,14 +19,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from datamodels.errors import StoreError
+from datamodels.store.problems import UNUSABLE_KINDS, Problem, first_line, format_problems
+from datamodels.store.provenance import foreign_problems
 from datamodels.store.schemas import INVALID_DIR, MODELS_DIR, models_schema
 from datamodels.store.shards import fixed_size_list_to_numpy, write_model_shard
 from datamodels.store.verify import (
-    UNUSABLE_KINDS,
-    Problem,
-    first_line,
-    foreign_problems,
-    format_problems,
     scan_shards,
     shard_schema_problems,
     valid_shards,

@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from datamodels.errors import StoreError
+from datamodels.store.problems import UNUSABLE_KINDS, Problem, format_problems
 from datamodels.store.run import Run
 from datamodels.store.schemas import (
     EVALUATION_PATH,
@@ -34,7 +35,6 @@ from datamodels.store.schemas import (
     TARGETS_PATH,
     WEIGHTS_PATH,
 )
-from datamodels.store.verify import UNUSABLE_KINDS, Problem, format_problems
 
 _SINGLE_TABLES = {
     "examples": EXAMPLES_PATH,

@@ -22,6 +22,7 @@ import yaml
 from datamodels.errors import StoreError
 from datamodels.store.fs import RunFS
 from datamodels.store.models import ModelsTable
+from datamodels.store.problems import first_line
 from datamodels.store.schemas import (
     CONFIG_PATH,
     EVALUATION_PATH,
@@ -46,7 +47,6 @@ from datamodels.store.shards import (
     fixed_size_list_to_numpy,
     write_table_atomic,
 )
-from datamodels.store.verify import first_line
 
 _METHOD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _ARRAY_DTYPES = {"mask": np.bool_, "margins": np.float32}

@@ -38,12 +38,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
-from datamodels.errors import ConfigError, StoreError
+from datamodels.errors import StoreError
 from datamodels.store.fs import RunFS
+from datamodels.store.problems import (
+    QUARANTINE_FIX,
+    UNUSABLE_KINDS,
+    Problem,
+    first_line,
+)
+from datamodels.store.provenance import PlanCheck, foreign_problems, read_config_hash, run_config
 from datamodels.store.schemas import (
-    CONFIG_PATH,
     EVALUATION_PATH,
     EVALUATION_SCHEMA,
     EXAMPLES_PATH,
@@ -61,35 +66,11 @@ from datamodels.store.schemas import (
     scores_schema,
     version_problem,
 )
-from datamodels.store.shards import CONFIG_HASH_KEY, fixed_size_list_to_numpy
 
 if TYPE_CHECKING:
-    from datamodels.config import Config
-    from datamodels.plans import PlannedModels
     from datamodels.store.run import Run
 
-KINDS = ("missing", "config", "torn", "corrupt", "schema", "length", "foreign", "plan", "duplicate")
-UNUSABLE_KINDS = frozenset({"torn", "corrupt", "schema", "length", "foreign", "plan"})
 _MAX_THREADS = 8
-_QUARANTINE = (
-    "move it aside with Run.quarantine (models/_invalid/); its models are then trained again "
-    "on resume"
-)
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with one file of a run (``file`` is relative to the run directory)."""
-
-    file: str
-    kind: str
-    message: str
-    model_ids: tuple[int, ...] | None = None
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.kind}: {self.message}"
-
-
 @dataclass
 class ShardInfo:
     """What reading one shard found: its model ids (when readable) and its problems."""
@@ -152,92 +133,14 @@ def _torn(runfs: RunFS, rel_path: str, exc: Exception) -> Problem:
     return Problem(rel_path, "torn", f"not readable Parquet ({size}): {exc}")
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (Arrow messages can run over several)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def corrupt_problem(rel_path: str, exc: BaseException) -> Problem:
     shard = rel_path.startswith(f"{MODELS_DIR}/")
-    fix = _QUARANTINE if shard else "re-run the stage that writes it"
+    fix = QUARANTINE_FIX if shard else "re-run the stage that writes it"
     message = (
         f"the footer reads but a data page does not ({first_line(exc)}): the file changed "
         f"after it was written; {fix}"
     )
     return Problem(rel_path, "corrupt", message)
-
-
-def recorded_config_hash(schema: pa.Schema) -> str | None:
-    """The ``config_hash`` a shard was written with, or None (written before it was recorded)."""
-    raw = (schema.metadata or {}).get(CONFIG_HASH_KEY)
-    return None if raw is None else raw.decode("utf-8", errors="replace")
-
-
-def foreign_problems(rel_path: str, schema: pa.Schema, config_hash: str | None) -> list[Problem]:
-    """A ``foreign`` problem when the shard records another config hash than the run's
-    (nothing when either is unknown: old shards and hand-written configs are accepted)."""
-    recorded = recorded_config_hash(schema)
-    if config_hash is None or recorded is None or recorded == config_hash:
-        return []
-    message = (
-        f"written for config hash {recorded} but {CONFIG_PATH} has config_hash {config_hash}: "
-        f"copied from another run; {_QUARANTINE}"
-    )
-    return [Problem(rel_path, "foreign", message)]
-
-
-def _shown(ids: np.ndarray | list[int]) -> str:
-    ids = [int(i) for i in ids]
-    return ", ".join(map(str, ids[:10])) + (f", ... ({len(ids)} in all)" if len(ids) > 10 else "")
-
-
-@dataclass(frozen=True)
-class PlanCheck:
-    """Checks stored masks against the run's plan: masks are a pure function of
-    (config seed, plan, model_id), so a shard's rows can be recomputed and compared."""
-
-    config: Config
-    planned: PlannedModels
-    n_train: int
-
-    @classmethod
-    def of(cls, config: Config, n_train: int) -> PlanCheck:
-        from datamodels.plans import plan_models
-
-        return cls(config, plan_models(config, n_train), n_train)
-
-    def problems(self, rel_path: str, table: pa.Table) -> list[Problem]:
-        """``plan`` problems of one shard (``table`` has its model_id, plan and mask columns)."""
-        from datamodels.plans import masks_for
-
-        ids = table.column("model_id").to_numpy().astype(np.int64, copy=False)
-        planned_ids = self.planned.model_id
-        positions = np.minimum(np.searchsorted(planned_ids, ids), max(planned_ids.size - 1, 0))
-        known = planned_ids[positions] == ids if planned_ids.size else np.zeros(ids.size, bool)
-        problems = []
-        if not known.all():
-            unknown = np.sort(ids[~known])
-            message = (
-                f"model_id(s) {_shown(unknown)} are not in the plan of {CONFIG_PATH} "
-                f"({planned_ids.size} models): not this run's; {_QUARANTINE}"
-            )
-            problems.append(Problem(rel_path, "plan", message, tuple(unknown.tolist())))
-        if known.any():
-            planned = self.planned.take(positions[known])
-            expected = masks_for(self.config, planned, self.n_train)
-            stored = fixed_size_list_to_numpy(table.column("mask"), np.bool_)[known]
-            plans = np.asarray(table.column("plan").to_pylist(), dtype=object)[known]
-            wrong = (stored != expected).any(axis=1) | (plans != planned.plan)
-            if wrong.any():
-                bad = np.sort(ids[known][wrong])
-                message = (
-                    f"the masks (or plan names) of model_id(s) {_shown(bad)} are not the ones "
-                    f"{CONFIG_PATH} plans (seed {self.config.seed}): trained for another "
-                    f"config; {_QUARANTINE}"
-                )
-                problems.append(Problem(rel_path, "plan", message, tuple(bad.tolist())))
-        return problems
 
 
 def inspect_shard(
@@ -423,52 +326,6 @@ def _scores_problems(runfs: RunFS, rel_path: str, n_train: int | None) -> list[P
     return read_checked(runfs, rel_path, schema_problems)[1]
 
 
-def _config_tree(run: Run) -> tuple[dict | None, list[Problem]]:
-    """config.yaml as a mapping (None when absent or unreadable, with the problem)."""
-    if not run.fs.isfile(CONFIG_PATH):
-        return None, [Problem(CONFIG_PATH, "missing", f"{CONFIG_PATH} is absent")]
-    try:
-        tree = yaml.safe_load(run.read_config_text())
-    except (yaml.YAMLError, UnicodeDecodeError, StoreError, OSError) as exc:
-        return None, [Problem(CONFIG_PATH, "config", f"not readable YAML: {first_line(exc)}")]
-    if not isinstance(tree, dict):
-        return None, [Problem(CONFIG_PATH, "config", "not a mapping of config sections")]
-    return tree, []
-
-
-def read_config_hash(run: Run) -> str | None:
-    """The ``config_hash`` recorded in the run's config.yaml (None when absent or unreadable)."""
-    tree, _ = _config_tree(run)
-    value = None if tree is None else tree.get("config_hash")
-    return None if value is None else str(value)
-
-
-def run_config(run: Run) -> tuple[str | None, Config | None, list[Problem]]:
-    """(recorded config_hash, the full config, problems) of the run's config.yaml.
-
-    The config is None unless config.yaml is a full config this release reads whose content
-    hashes to its recorded ``config_hash`` (as ``prepare`` writes it); shards are then
-    checked against its plan. A config.yaml without ``config_hash`` checks nothing.
-    """
-    from datamodels.config import config_from_dict
-
-    tree, problems = _config_tree(run)
-    if tree is None or tree.get("config_hash") is None:
-        return None, None, problems
-    recorded = str(tree["config_hash"])
-    try:
-        config = config_from_dict(tree)
-    except ConfigError:
-        return recorded, None, []  # not a config of this release: compare hashes only
-    if config.hash != recorded:
-        message = (
-            f"records config_hash {recorded} but its content hashes to {config.hash}: edited by "
-            "hand? restore it (the hash decides which models belong to the run)"
-        )
-        return recorded, None, [Problem(CONFIG_PATH, "config", message)]
-    return recorded, config, []
-
-
 def verify(run: Run) -> list[Problem]:
     """Every problem in the run directory, each naming its file (empty list: all good).
 
@@ -495,10 +352,3 @@ def verify(run: Run) -> list[Problem]:
     return problems
 
 
-def format_problems(problems: list[Problem], limit: int = 20) -> str:
-    """Problems as lines for an error message, with the fix."""
-    lines = [str(problem) for problem in problems[:limit]]
-    if len(problems) > limit:
-        lines.append(f"... and {len(problems) - limit} more")
-    lines.append("run `datamodels verify` for the full list; quarantine torn or wrong shards")
-    return "\n".join(lines)
