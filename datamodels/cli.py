@@ -24,7 +24,7 @@ app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Training-data attribution by mass retraining."
 )
 err_console = Console(stderr=True, soft_wrap=True)  # one line per message in logs
-out_console = Console()
+out_console = Console(soft_wrap=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config (see configs/)", show_default=False)]
 RunArg = Annotated[str, typer.Argument(help="run directory (local path or pyarrow filesystem URI)")]
@@ -215,11 +215,13 @@ def _estimate(
     from datamodels import api
 
     def report(name: str, written: dict, seconds: float) -> None:
+        if not written:
+            return  # the stage said it was up to date
         parts = ", ".join(
             f"{k}: {v}" + ("" if k == "models" else " rows") for k, v in written.items()
         )
         err_console.print(
-            f"estimate: {name} in {seconds:.1f}s ({parts or 'up to date'})", highlight=False
+            f"estimate: {name} in {seconds:.1f}s ({parts})", highlight=False
         )
 
     api.estimate_many(
