@@ -65,16 +65,28 @@ def write_beton(ds: ArrayDataset, path: str | Path, num_workers: int = 2) -> Non
     os.replace(tmp, path)
 
 
+class _WritersDied(Exception):
+    """Raised in the main thread by the watcher of FFCV's writer processes."""
+
+
 def _watched(write, path: Path, grace_s: float = 2.0) -> None:
     """Run FFCV's writer, whose parent loop waits forever for samples from worker processes
-    that may have died (a full disk, the OOM killer): a watcher thread interrupts it when a
-    worker exited abnormally ``grace_s`` seconds ago, and the write fails with one line. (The
-    writer itself stays in the main thread: it forks, which is unsafe from other threads.)"""
-    import _thread
+    that may have died (a full disk, the OOM killer): a watcher thread signals the main
+    thread when a worker exited abnormally ``grace_s`` seconds ago, and the write fails with
+    one line. The writer stays in the main thread (it forks, which is unsafe from other
+    threads); the signal is SIGUSR2 with a handler of ours, since SIGINT may be ignored (a
+    background job). Off the main thread no handler can be installed: the write runs as is."""
     import multiprocessing
+    import signal
     import threading
 
+    if threading.current_thread() is not threading.main_thread():
+        write()
+        return
     stop, fired = threading.Event(), threading.Event()
+
+    def raise_in_main(signum, frame):
+        raise _WritersDied
 
     def watch() -> None:
         died_since = None
@@ -87,16 +99,15 @@ def _watched(write, path: Path, grace_s: float = 2.0) -> None:
             died_since = died_since or time.monotonic()
             if time.monotonic() - died_since > grace_s:
                 fired.set()
-                _thread.interrupt_main()
+                os.kill(os.getpid(), signal.SIGUSR2)
                 return
 
+    previous = signal.signal(signal.SIGUSR2, raise_in_main)
     watcher = threading.Thread(target=watch, name="beton-writer-watch", daemon=True)
     watcher.start()
     try:
         write()
-    except KeyboardInterrupt:
-        if not fired.is_set():
-            raise
+    except _WritersDied:
         raise DataError(
             f"writing {path.name} failed: FFCV's writer processes exited before finishing "
             "(disk full or out of memory?); free resources and rerun prepare"
@@ -104,6 +115,7 @@ def _watched(write, path: Path, grace_s: float = 2.0) -> None:
     finally:
         stop.set()
         watcher.join()
+        signal.signal(signal.SIGUSR2, previous)
 
 
 def _pipelines() -> dict:
