@@ -68,3 +68,14 @@ def digits_data(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("digits_run") / "run")
     api.prepare(config, out)
     return config, Context().data(Run(out), config)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test (solver-tolerance comparisons repeat exactly)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -20,7 +20,6 @@ from math import comb
 
 import numpy as np
 import pytest
-import torch
 
 from datamodels.estimators import owen_grid, shapley
 from datamodels.train.api import train_batch
@@ -32,12 +31,7 @@ PER_LEVEL = (40, 160, 640, 2560)  # x 5 levels: 200 ... 12,800 models, 4x apart
 SEEDS = (0, 1, 2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def exact_shapley(utility: np.ndarray, n: int) -> np.ndarray:

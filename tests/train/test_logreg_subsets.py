@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from datamodels.train.api import train_batch
 from datamodels.train.batched import logreg_bias_decay
@@ -23,12 +22,7 @@ from tests.train.digits_arrays import digits_data, logreg_config
 WEIGHT_DECAY = 0.05
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
