@@ -295,35 +295,49 @@ class TrainStage(Stage):
         if not ids:
             return []
         if infrastructure_error(error):
-            return self.infrastructure_retry(unit, ids, error)
+            return self.infrastructure_retry(unit, ids, error, progress)
         retry = self.record_failures([(m, error_type(error), error_text(error), "") for m in ids])
         progress.failed_attempt(len(ids), len(ids) - len(retry))
         self.summary.failed = progress.given_up
         return self.retry_units(unit, retry)
 
-    def infrastructure_retry(self, unit: Unit, ids: list[int], error: BaseException) -> list[Unit]:
-        """The machine failed, not the models: no attempt is spent. A full or read-only disk
-        stops training at once (retrying cannot help); anything else (a lost worker, memory)
-        runs the unit again, up to ``max(3, resources.max_attempts)`` times."""
+    def infrastructure_retry(
+        self, unit: Unit, ids: list[int], error: BaseException, progress
+    ) -> list[Unit]:
+        """The machine failed, not (yet) the models. A full or read-only disk stops training at
+        once (retrying cannot help). Anything else (a lost worker, memory, a crash) runs the
+        unit again in halves, spending no attempt, so an oversized batch heals itself; a
+        single model that keeps crashing its worker (``max(3, max_attempts)`` times) is
+        charged one attempt each further time, so it fails for good in the end."""
         import errno
 
         cause = getattr(error, "cause", error)
         text = f"{error_type(error)}: {error_text(error)}"
         fatal = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
         if isinstance(cause, OSError) and cause.errno in fatal:
+            where = cause.filename or self.run.fs.display("models")
             raise InfrastructureError(
-                f"training stopped: {text} (writing {self.run.fs.display('models')}); no model's "
-                "attempt budget was spent: free space or fix permissions and rerun"
+                f"training stopped: {text} (writing {where}); no model's attempt budget was "
+                "spent: free space or fix permissions and rerun"
             ) from None
-        self.infrastructure_failures[unit.name] += 1
-        if self.infrastructure_failures[unit.name] >= max(3, self.config.resources.max_attempts):
-            raise InfrastructureError(
-                f"training stopped: unit {unit.name} met {self.infrastructure_failures[unit.name]} "
-                f"infrastructure errors, the last: {text}; no model's attempt budget was spent"
-            )
         if unit.payload[0] == "walk":
-            return [unit]
-        return self.batches(ids, len(ids), set(unit.payload[3]))
+            key = unit.name
+        elif len(ids) > 1:
+            half = -(-len(ids) // 2)
+            return self.batches(ids, half, set(unit.payload[3]))
+        else:
+            key = f"model-{ids[0]}"
+        self.infrastructure_failures[key] += 1
+        if self.infrastructure_failures[key] < max(3, self.config.resources.max_attempts):
+            return (
+                [self.walk_unit(*unit.payload[1:4])]
+                if unit.payload[0] == "walk"
+                else (self.batches(ids, 1, set(unit.payload[3])))
+            )
+        retry = self.record_failures([(m, error_type(error), error_text(error), "") for m in ids])
+        progress.failed_attempt(len(ids), len(ids) - len(retry))
+        self.summary.failed = progress.given_up
+        return self.retry_units(unit, retry)
 
     # -- inside a task -----------------------------------------------------------------------
 

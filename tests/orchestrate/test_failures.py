@@ -118,3 +118,43 @@ def test_status_and_query_flag_a_model_stored_twice(tmp_path):
     assert " 12 " in status.output  # done counts each model once
     query = CliRunner().invoke(app, ["query", str(out), "SELECT count(*) AS n FROM models"])
     assert query.exit_code == 2 and "models view refused" in query.output
+
+
+def test_out_of_memory_batches_are_halved_without_spending_attempts(tmp_path, monkeypatch):
+    real = train_stage.train_batch
+    sizes: list[int] = []
+
+    def small_memory(masks, seeds, *args, **kwargs):  # more than 4 models at once do not fit
+        sizes.append(len(seeds))
+        if len(seeds) > 4:
+            raise MemoryError("out of memory")
+        return real(masks, seeds, *args, **kwargs)
+
+    monkeypatch.setattr(train_stage, "train_batch", small_memory)
+    out = str(tmp_path / "run")
+    summary = train(
+        _config("resources.max_attempts=1"), out, executor=SerialExecutor(), show_progress=False
+    )
+    assert summary.trained == 16 and summary.failed == 0 and len(Run(out).failures()) == 0
+    assert max(sizes) == 16 and min(sizes) <= 4
+
+
+def test_a_model_that_always_crashes_its_worker_fails_for_good(tmp_path, monkeypatch):
+    real = train_stage.train_batch
+    planned_seed = {}
+
+    def crash_on_one(masks, seeds, *args, **kwargs):
+        if planned_seed["bad"] in seeds:
+            raise MemoryError("killed")
+        return real(masks, seeds, *args, **kwargs)
+
+    from datamodels.plans import plan_models
+
+    config = _config("resources.max_attempts=2")
+    planned_seed["bad"] = int(plan_models(config, 1438).seed[5])
+    monkeypatch.setattr(train_stage, "train_batch", crash_on_one)
+    out = str(tmp_path / "run")
+    summary = train(config, out, executor=SerialExecutor(), show_progress=False)
+    run = Run(out)
+    assert summary.trained == 15 and summary.failed == 1
+    assert set(run.failures()["model_id"]) == {5} and 5 not in run.model_ids().tolist()
