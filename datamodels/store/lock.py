@@ -32,7 +32,7 @@ LOCK_PATH = "_lock.json"
 HEARTBEAT_S = 10.0
 STALE_S = 60.0
 
-_held: dict[str, tuple[str, int]] = {}  # run root -> (token, depth) for this process
+_held: dict[tuple[str, int], tuple[str, int]] = {}  # (run root, thread) -> (token, depth)
 _guard = threading.Lock()
 
 
@@ -47,20 +47,40 @@ def _process_alive(pid: int) -> bool:
 
 
 def read_lock(fs: RunFS) -> dict | None:
-    """The lock record, or None when the run is not locked (or the file is unreadable)."""
+    """The lock record; None when the run is not locked. A lock file that does not parse (a
+    writer died between creating and filling it) reads as ``{"torn": True}`` with its
+    modification time as heartbeat, so it turns stale like any other."""
     try:
-        return json.loads(fs.read_bytes(LOCK_PATH))
-    except Exception:  # noqa: BLE001 - missing, torn or foreign: treated as no lock
+        raw = fs.read_bytes(LOCK_PATH)
+    except Exception:  # noqa: BLE001 - absent (or vanished while read)
         return None
+    try:
+        record = json.loads(raw)
+        if isinstance(record, dict) and "token" in record:
+            return record
+    except ValueError:
+        pass
+    try:
+        mtime = fs.filesystem.get_file_info(fs.join(LOCK_PATH)).mtime.timestamp()
+    except Exception:  # noqa: BLE001
+        mtime = 0.0
+    return {
+        "torn": True,
+        "heartbeat": mtime,
+        "user": "?",
+        "host": "?",
+        "pid": "?",
+        "command": "a lock file that does not parse",
+    }
 
 
 def is_stale(record: dict, now: float | None = None) -> bool:
     """A holder that is a dead process on this host, or whose heartbeat stopped."""
     now = time.time() if now is None else now
-    if record.get("host") == socket.gethostname() and not _process_alive(
-        int(record.get("pid", -1))
-    ):
-        return True
+    if record.get("host") == socket.gethostname() and not record.get("torn"):
+        # on this host the process table is the truth: a live holder (even one stopped with
+        # Ctrl-Z, whose heartbeat paused) keeps the lock; a dead one has lost it
+        return not _process_alive(int(record.get("pid", -1)))
     return now - float(record.get("heartbeat", 0)) > STALE_S
 
 
@@ -80,6 +100,7 @@ class RunLock:
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._writing = threading.Lock()  # a heartbeat write and the release never interleave
 
     def record(self) -> dict:
         now = time.time()
@@ -94,14 +115,19 @@ class RunLock:
         }
 
     def _create_local(self, payload: bytes) -> bool:
+        """Create the lock with its content in one step: a filled temp file hard-linked into
+        place (``link`` fails when the lock exists), so no one ever sees an empty lock."""
         path = self.fs.join(LOCK_PATH)
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        temp = f"{path}.{self.token}"
+        with open(temp, "wb") as handle:
+            handle.write(payload)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.link(temp, path)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
+        finally:
+            os.unlink(temp)
         return True
 
     def _try_create(self) -> bool:
@@ -125,14 +151,21 @@ class RunLock:
             if not is_stale(holder):
                 raise RunLockedError(
                     f"{self.fs.display('')} is being written by {describe(holder)}; wait for it to "
-                    f"finish (a lock whose holder died is taken over after {STALE_S:.0f}s)"
+                    f"finish (a dead holder's lock is taken over: at once on this host, after "
+                    f"{STALE_S:.0f}s without a heartbeat from another)"
                 )
-            self._remove_if(holder.get("token"))  # stale: take it over
+            self._remove_if(holder)  # stale: take it over
         raise RunLockedError(f"{self.fs.display(LOCK_PATH)}: could not take the run lock; retry")
 
-    def _remove_if(self, token: str | None) -> None:
+    def _remove_if(self, expected: dict) -> None:
+        """Delete the lock only if it still holds ``expected`` (as judged a moment ago)."""
         current = read_lock(self.fs)
-        if current is None or current.get("token") == token:
+        same = current is not None and (
+            current.get("token") == expected.get("token")
+            if "token" in expected
+            else current.get("torn") and current.get("heartbeat") == expected.get("heartbeat")
+        )
+        if same:
             try:
                 self.fs.filesystem.delete_file(self.fs.join(LOCK_PATH))
             except FileNotFoundError:
@@ -141,26 +174,35 @@ class RunLock:
     def _start_heartbeat(self) -> None:
         def beat() -> None:
             while not self._stop.wait(HEARTBEAT_S):
-                current = read_lock(self.fs)
-                if current is None or current.get("token") != self.token:
-                    return  # taken over (we were presumed dead): stop touching it
-                current["heartbeat"] = time.time()
-                self.fs.write_bytes_atomic(LOCK_PATH, json.dumps(current).encode())
+                with self._writing:
+                    if self._stop.is_set():
+                        return
+                    try:
+                        current = read_lock(self.fs)
+                        if current is None or current.get("token") != self.token:
+                            return  # taken over (we were presumed dead): stop touching it
+                        current["heartbeat"] = time.time()
+                        self.fs.write_bytes_atomic(LOCK_PATH, json.dumps(current).encode())
+                    except OSError:
+                        continue  # a full disk or a network hiccup: try again next beat
 
         self._thread = threading.Thread(target=beat, name="datamodels-run-lock", daemon=True)
         self._thread.start()
 
     def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._remove_if(self.token)
+        with self._writing:
+            self._stop.set()
+            try:
+                self._remove_if({"token": self.token})
+            except OSError:
+                pass  # a read-only or full disk: the error that stopped the stage matters more
 
 
 @contextmanager
 def writer(fs: RunFS):
-    """Hold the run's writer lock for the block (re-entrant within this process)."""
-    key = fs.root
+    """Hold the run's writer lock for the block (re-entrant within one thread; another thread
+    of the same process is refused like another process)."""
+    key = (fs.root, threading.get_ident())
     with _guard:
         if key in _held:
             _held[key] = (_held[key][0], _held[key][1] + 1)

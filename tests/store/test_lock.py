@@ -81,3 +81,56 @@ def test_the_lock_is_reentrant_in_one_process(tmp_path):
             assert read_lock(fs)["token"] == token
         assert read_lock(fs)["token"] == token  # still held by the outer block
     assert read_lock(fs) is None
+
+
+def test_a_live_holder_on_this_host_keeps_the_lock_however_old_its_heartbeat(tmp_path):
+    import os
+
+    fs = RunFS(str(tmp_path / "run"))
+    paused = {
+        "token": "t",
+        "user": "u",
+        "host": socket.gethostname(),
+        "pid": os.getppid(),
+        "command": "datamodels train",
+        "started": 0.0,
+        "heartbeat": 0.0,
+    }  # Ctrl-Z'd
+    fs.write_bytes_atomic(LOCK_PATH, json.dumps(paused).encode())
+    with pytest.raises(RunLockedError, match=f"pid {os.getppid()}"):
+        with writer(fs):
+            pass
+
+
+def test_a_torn_lock_file_is_taken_over_once_stale(tmp_path):
+    import os
+
+    fs = RunFS(str(tmp_path / "run"))
+    fs.write_bytes_atomic(LOCK_PATH, b"")  # its writer died between create and write
+    with pytest.raises(RunLockedError, match="does not parse"):
+        with writer(fs):
+            pass
+    old = time.time() - STALE_S - 5
+    os.utime(fs.join(LOCK_PATH), (old, old))
+    with writer(fs):
+        assert read_lock(fs)["pid"] == os.getpid()
+
+
+def test_another_thread_of_the_same_process_is_refused(tmp_path):
+    import threading
+
+    fs = RunFS(str(tmp_path / "run"))
+    errors = []
+
+    def second_writer():
+        try:
+            with writer(fs):
+                pass
+        except RunLockedError as err:
+            errors.append(err)
+
+    with writer(fs):
+        thread = threading.Thread(target=second_writer)
+        thread.start()
+        thread.join()
+    assert len(errors) == 1
