@@ -81,13 +81,21 @@ def train(
     """Train every planned model not yet in the run; returns a `TrainSummary`.
     ``retry_failed``: models whose attempts are spent get a fresh budget."""
     import os
+    import sys
 
     from datamodels.orchestrate.context import check_device
     from datamodels.stages.status import clear_failures
     from datamodels.stages.train import TrainStage
     from datamodels.store.lock import writer
 
-    cluster = address or (None if executor is not None else os.environ.get("RAY_ADDRESS"))
+    ray = sys.modules.get("ray")
+    joined = "ray" if ray is not None and ray.is_initialized() else None  # a notebook's cluster
+    cluster = (
+        address
+        or getattr(executor, "address", None)
+        or joined
+        or (None if executor is not None else os.environ.get("RAY_ADDRESS"))
+    )
     check_device(config.resources.device, config.resources.num_gpus, cluster)
     run = out if isinstance(out, Run) else Run(out)
     with writer(run.fs):

@@ -36,15 +36,18 @@ class _Indexed:
 
 
 def write_beton(ds: ArrayDataset, path: str | Path, num_workers: int = 2) -> None:
-    """Write every example (in index order) to ``path``; atomic (temp file + rename)."""
-    from ffcv.fields import IntField, NDArrayField
-    from ffcv.writer import DatasetWriter
+    """Write every example (in index order) to ``path``; atomic (temp file + rename).
+
+    FFCV's writer runs in a child process of its own: its parent loop waits forever for
+    samples from worker processes that died (a full disk, the OOM killer), and its queues
+    then keep the interpreter from exiting. The child watches its workers and gives up with
+    one line; this process only waits for the child, so it is never stuck."""
+    import multiprocessing
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     features = np.ascontiguousarray(ds.features)
-    fields = {"x": NDArrayField(dtype=features.dtype, shape=features.shape[1:]), "y": IntField()}
     needed = features.nbytes + 64 * len(features) + (8 << 20)  # data, per-sample metadata, pages
     free = shutil.disk_usage(path.parent).free
     if free < needed:
@@ -52,70 +55,71 @@ def write_beton(ds: ArrayDataset, path: str | Path, num_workers: int = 2) -> Non
             f"{path.parent} has {free / 2**20:,.0f} MiB free; writing {path.name} needs "
             f"about {needed / 2**20:,.0f} MiB; free space and rerun prepare"
         )
-    writer = DatasetWriter(str(tmp), fields, num_workers=num_workers)
-    try:
-        _watched(lambda: writer.from_indexed_dataset(_Indexed(features, ds.labels)), path)
-    except BaseException:
+    context = multiprocessing.get_context("fork")
+    reader, sender = context.Pipe(duplex=False)
+    child = context.Process(
+        target=_write_child,
+        args=(features, ds.labels, str(tmp), num_workers, sender),
+        name="beton-writer",
+    )
+    child.start()
+    sender.close()
+    child.join()
+    if child.exitcode != 0:
+        try:
+            reason = reader.recv() if reader.poll() else None
+        except EOFError:
+            reason = None
         tmp.unlink(missing_ok=True)
-        shared = getattr(writer, "metadata_sm", None)  # FFCV frees it only when it finishes
-        if shared is not None:
-            shared.close()
-            shared.unlink()
-        raise
+        reason = reason or f"the writer process exited with code {child.exitcode}"
+        raise DataError(f"writing {path.name} failed: {reason}; rerun prepare")
     os.replace(tmp, path)
 
 
-class _WritersDied(Exception):
-    """Raised in the main thread by the watcher of FFCV's writer processes."""
-
-
-def _watched(write, path: Path, grace_s: float = 2.0) -> None:
-    """Run FFCV's writer, whose parent loop waits forever for samples from worker processes
-    that may have died (a full disk, the OOM killer): a watcher thread signals the main
-    thread when a worker exited abnormally ``grace_s`` seconds ago, and the write fails with
-    one line. The writer stays in the main thread (it forks, which is unsafe from other
-    threads); the signal is SIGUSR2 with a handler of ours, since SIGINT may be ignored (a
-    background job). Off the main thread no handler can be installed: the write runs as is."""
+def _write_child(
+    features: np.ndarray,
+    labels: np.ndarray,
+    tmp: str,
+    num_workers: int,
+    sender,
+    grace_s: float = 2.0,
+) -> None:
+    """In the writer process: run FFCV, and leave with a reason when one of its workers
+    exited abnormally (it will never report its samples)."""
     import multiprocessing
-    import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread():
-        write()
-        return
-    stop, fired = threading.Event(), threading.Event()
-
-    def raise_in_main(signum, frame):
-        raise _WritersDied
+    from ffcv.fields import IntField, NDArrayField
+    from ffcv.writer import DatasetWriter
 
     def watch() -> None:
         died_since = None
-        while not stop.wait(0.2):
-            # multiprocessing's own registry of this process's children: a worker that exited
-            # with a non-zero code (or a signal) will never report its samples
+        while True:
+            time.sleep(0.2)
+            # multiprocessing's own registry of this process's children, read without
+            # cleaning it (active_children() would drop the dead ones we look for)
             children = list(multiprocessing.process._children)  # noqa: SLF001
             if not any(p.exitcode not in (None, 0) for p in children):
                 continue
             died_since = died_since or time.monotonic()
             if time.monotonic() - died_since > grace_s:
-                fired.set()
-                os.kill(os.getpid(), signal.SIGUSR2)
-                return
+                sender.send(
+                    "FFCV's writer processes exited before finishing (disk full or out "
+                    "of memory?); free resources"
+                )
+                for process in multiprocessing.active_children():
+                    process.kill()
+                os._exit(3)  # FFCV's queues would wait for the dead workers forever
 
-    previous = signal.signal(signal.SIGUSR2, raise_in_main)
-    watcher = threading.Thread(target=watch, name="beton-writer-watch", daemon=True)
-    watcher.start()
+    threading.Thread(target=watch, name="beton-writer-watch", daemon=True).start()
+    fields = {"x": NDArrayField(dtype=features.dtype, shape=features.shape[1:]), "y": IntField()}
     try:
-        write()
-    except _WritersDied:
-        raise DataError(
-            f"writing {path.name} failed: FFCV's writer processes exited before finishing "
-            "(disk full or out of memory?); free resources and rerun prepare"
-        ) from None
-    finally:
-        stop.set()
-        watcher.join()
-        signal.signal(signal.SIGUSR2, previous)
+        DatasetWriter(tmp, fields, num_workers=num_workers).from_indexed_dataset(
+            _Indexed(features, labels)
+        )
+    except BaseException as err:  # noqa: BLE001 - reported to the parent in one line
+        sender.send(f"{type(err).__name__}: {err}")
+        os._exit(1)
 
 
 def _pipelines() -> dict:

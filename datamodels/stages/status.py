@@ -20,7 +20,7 @@ def clear_failures(run: Run) -> str | None:
 
     if not run.fs.isfile(FAILURES_PATH):
         return None
-    target = f"_failures/cleared-{time.strftime('%Y%m%dT%H%M%S')}.parquet"
+    target = f"_failures/cleared-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}.parquet"
     run.fs.write_bytes_atomic(target, run.fs.read_bytes(FAILURES_PATH))
     run.fs.filesystem.delete_file(run.fs.join(FAILURES_PATH))
     return target

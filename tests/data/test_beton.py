@@ -69,3 +69,27 @@ def test_not_enough_disk_space_is_refused_before_writing(tmp_path, monkeypatch):
     ds = ArrayDataset("x", np.zeros((50, 4), np.float32), np.arange(50) % 2, np.zeros(50, bool), 2)
     with pytest.raises(DataError, match="MiB free; writing x.beton needs"):
         write_beton(ds, tmp_path / "x.beton")
+
+
+def test_a_failed_beton_write_lets_the_process_exit(tmp_path):
+    """After the writers died, FFCV's queues used to keep the interpreter from exiting."""
+    import subprocess
+    import sys
+
+    script = f"""
+import os, numpy as np, ffcv.writer
+from datamodels.data.beton import write_beton
+from datamodels.data.sources import ArrayDataset
+from datamodels.errors import DataError
+ffcv.writer.worker_job_indexed_dataset = lambda *a, **k: os._exit(1)
+n = 2000
+ds = ArrayDataset("x", np.zeros((n, 4), np.float32), np.arange(n) % 2, np.zeros(n, bool), 2)
+try:
+    write_beton(ds, {str(tmp_path / "x.beton")!r})
+except DataError as err:
+    print("refused:", err)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and "refused: writing x.beton failed" in result.stdout
