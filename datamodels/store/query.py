@@ -207,7 +207,10 @@ def query(
     """Run read-only ``sql`` against ``run``'s views; the last statement's result as a DataFrame."""
     statements = read_statements(sql)
     owned = connection is None
-    connection = connect(run) if connection is None else connection
+    try:
+        connection = connect(run) if connection is None else connection
+    except duckdb.Error as exc:  # e.g. a view over a file outside the run (a symlinked folder)
+        raise StoreError(f"query failed: {_one_line(exc)}") from exc
     try:
         for statement in statements[:-1]:
             connection.execute(statement)
