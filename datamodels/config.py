@@ -50,7 +50,12 @@ class DatasetConfig(_Section):
 
 
 class ModelConfig(_Section):
-    arch: Literal["logreg", "mlp", "resnet9"] = "mlp"
+    """The network. ``fastnet`` is the airbench-style CIFAR network trained K models per pass
+    as one grouped network (``datamodels.train.grouped``); ``width`` is its first block's width
+    (the later blocks are 4x). ``null`` trains nothing: deterministic pseudo-margins at no cost,
+    for exercising the driver and store at scale."""
+
+    arch: Literal["logreg", "mlp", "resnet9", "fastnet", "null"] = "mlp"
     hidden: int = Field(64, ge=1)
     depth: int = Field(1, ge=1, le=8)
     width: int = Field(64, ge=4)
@@ -65,10 +70,22 @@ class TrainConfig(_Section):
     lr: float = Field(0.1, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(5e-4, ge=0.0)
-    schedule: Literal["constant", "linear", "triangle"] = "linear"
+    schedule: Literal["constant", "linear", "triangle", "airbench"] = "linear"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     tolerance: float = Field(1e-6, gt=0.0)
     max_iter: int = Field(500, ge=1)
+    # fastnet only (the airbench recipe): lr and weight_decay are per 1024 examples and
+    # decoupled from momentum; BatchNorm biases step ``bias_scaler`` times faster; the
+    # whitening layer's bias trains for the first ``whiten_bias_epochs``; parameters are
+    # averaged (lookahead) every 5 steps; flip + ``translate``-pixel augmentation on the
+    # device; ``tta``: margins from 0 plain, 1 mirror, 2 mirror + translate test-time
+    # augmentation; ``precision`` auto: bf16 autocast on CUDA, float32 on CPU.
+    bias_scaler: float = Field(64.0, gt=0.0)
+    whiten_bias_epochs: int = Field(3, ge=0)
+    lookahead: bool = True
+    translate: int = Field(2, ge=0, le=8)
+    tta: int = Field(0, ge=0, le=2)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 class PlanConfig(_Section):
@@ -120,6 +137,10 @@ class ResourcesConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     trainer: Literal["batched", "sequential"] = "batched"
     threads_per_task: int = Field(0, ge=0)  # 0: num_cpus
+    # fastnet: models trained at once as one grouped network (0: all of a task's models,
+    # up to 16); torch.compile the network (kept per worker across tasks)
+    models_per_pass: int = Field(0, ge=0)
+    compile: bool = False
 
 
 class FitConfig(_Section):
