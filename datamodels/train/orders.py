@@ -46,6 +46,11 @@ def lr_factors(schedule: str, step: np.ndarray, total: np.ndarray) -> np.ndarray
         peak = 0.2
         warm_up = (frac + 1.0 / np.maximum(total, 1)) / peak
         return np.where(frac < peak, warm_up, (1.0 - frac) / (1.0 - peak))
+    if schedule == "airbench":  # 0.2 -> 1 over the first 23%, then down to 0.07 (airbench94)
+        peak = 0.23
+        return np.where(
+            frac < peak, 0.2 + 0.8 * frac / peak, 1.0 - 0.93 * (frac - peak) / (1.0 - peak)
+        )
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
