@@ -86,7 +86,12 @@ def prepare(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None) -> None:
 
 
 def _train(
-    cfg: Config, out: str, address: str | None, quiet: bool, retry_failed: bool = False
+    cfg: Config,
+    out: str,
+    address: str | None,
+    quiet: bool,
+    retry_failed: bool = False,
+    shard: str | None = None,
 ) -> int:
     """Train; returns the number of models that failed for good (reported in one line)."""
     from datamodels import api
@@ -100,6 +105,7 @@ def _train(
         show_progress=not quiet,
         console=err_console,
         retry_failed=retry_failed,
+        shard=shard,
     )
     for shard in summary.quarantined:
         err_console.print(
@@ -130,11 +136,19 @@ def train(
     address: AddressOpt = None,
     quiet: QuietOpt = False,
     retry_failed: RetryOpt = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            help="I/N (0-based): train only the missing models with model_id % N == I, in "
+            "this process without Ray; N such workers (array jobs) may run at once",
+        ),
+    ] = None,
 ) -> None:
     """Train every planned model that is missing from the run (resumes by default); exits 1
     when models failed for good."""
     cfg = _load(config, set_)
-    if _train(cfg, _out(cfg, out), address, quiet, retry_failed):
+    if _train(cfg, _out(cfg, out), address, quiet, retry_failed, shard):
         raise typer.Exit(1)
 
 
@@ -349,6 +363,27 @@ def status(run: RunArg) -> None:
             f"checkpoints: {index['model_id'].nunique()} models (epochs {epochs}), "
             f"{len(index)} files in {run}/checkpoints/"
         )
+
+
+@app.command()
+@user_errors
+def compact(
+    run: RunArg,
+    rows: Annotated[
+        int | None,
+        typer.Option("--rows", help="models per merged shard (default: ~256 MiB shards)"),
+    ] = None,
+) -> None:
+    """Merge the small shards of models/ into large ones (atomically: old shards are removed
+    only after the merged one is written and read back; a crash loses nothing)."""
+    from datamodels import api
+
+    summary = api.compact(_existing_run(run), target_rows=rows, console=err_console)
+    out_console.print(
+        f"compact: {run}/models: {summary.shards_before} -> {summary.shards_after} shards "
+        f"({summary.models} models, {summary.merged} merged files written)",
+        highlight=False,
+    )
 
 
 @app.command()

@@ -29,7 +29,7 @@ class PlannedModels:
     """Planned models (one entry per model), arrays of length m sorted by ``model_id``."""
 
     model_id: np.ndarray  # int64[m]
-    plan: np.ndarray  # object[m] plan names
+    plan: np.ndarray  # str[m] plan names (a fixed-width unicode array: no per-model objects)
     alpha: np.ndarray  # float64[m] inclusion probability the mask was drawn with
     seed: np.ndarray  # int64[m] training seed
     mask_index: np.ndarray  # int64[m] index of the mask within its plan
@@ -192,7 +192,7 @@ def plan_models(config: Config, n_train: int) -> PlannedModels:
         local = np.arange(n, dtype=np.int64)
         masks_of = local // plan.seeds
         ids.append(offset + local)
-        plans.append(np.full(n, plan.name, dtype=object))
+        plans.append(np.full(n, plan.name))
         alphas.append(mask_alpha(config.seed, plan, masks_of, n_train))
         mask_idx.append(masks_of)
         seeds.append(

@@ -10,6 +10,13 @@ one attempt (``failures.parquet``) and is retried in smaller batches until
 ``resources.max_attempts``; a worker that dies is first retried by the executor and costs
 no attempt. Checkpoints (``config.checkpoints``) are written by the task that trains the
 model; a stored model whose checkpoints are missing is retrained (same seed) to save them.
+
+**Shards of the plan** (``shard=(I, N)``, ``datamodels train --shard I/N``, 0-based): the stage
+takes only the planned models with ``model_id % N == I`` (a tmc walk by its first id), so N
+workers that run at once (array jobs, no Ray) never train the same model, and their shards
+are the ones a Ray run writes: either can finish the run. A shard worker holds the run's
+lock in shared mode, writes no stage marker (the run is complete only when every shard is),
+and serialises its appends to ``failures.parquet`` with the other workers.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from datamodels.config import Config
-from datamodels.errors import InfrastructureError
+from datamodels.errors import InfrastructureError, StoreError
 from datamodels.orchestrate.context import BETON_PATH, resolve_device, worker_name
 from datamodels.orchestrate.executor import error_text, error_type, infrastructure_error
 from datamodels.plans import (
@@ -35,7 +42,10 @@ from datamodels.stages.base import Stage, TaskResources, Unit
 from datamodels.stages.status import check_writable
 from datamodels.store import Run, models_table
 from datamodels.store.checkpoints import complete_models, write_checkpoints
+from datamodels.store.compact import recover_compaction
+from datamodels.store.lock import mutex
 from datamodels.train.api import TrainOutcome, resolve_loader, train_batch
+from datamodels.train.null import NullData
 from datamodels.train.outcome import CheckpointRequest
 from datamodels.train.walk import walk_permutation
 
@@ -65,8 +75,9 @@ class TrainStage(Stage):
     what = "models"
     refingerprint_after_finish = True
 
-    def __init__(self, config: Config, run: Run) -> None:
+    def __init__(self, config: Config, run: Run, shard: tuple[int, int] | None = None) -> None:
         super().__init__(config, run)
+        self.shard = shard
         _ = self.planned  # built once here, in the driver; tasks receive it with the stage
         self.loader = resolve_loader(config, run.fs.size(BETON_PATH))
         self.attempts: Counter = Counter()
@@ -101,11 +112,26 @@ class TrainStage(Stage):
             "nothing to do"
         )
 
+    def is_complete(self) -> bool:
+        return self.shard is None and super().is_complete()
+
+    def write_marker(self) -> None:
+        if self.shard is None:  # one shard done is not the run done
+            super().write_marker()
+
     def start(self) -> None:
         """Refuse an unwritable run directory (it would fail every model); set aside bad shards
         (their models are trained again); read the attempts spent."""
         check_writable(self.run, "models")
-        for problem in self.run.quarantine_bad_shards():
+        if self.shard is None:  # models an interrupted compaction stashed count as stored
+            recover_compaction(self.run)
+        try:
+            moved = self.run.quarantine_bad_shards()
+        except (StoreError, OSError):
+            if self.shard is None:
+                raise
+            moved = []  # another shard worker moved it first; the next listing shows that
+        for problem in moved:
             self.summary.quarantined.append(f"{problem.file} ({problem.kind}: {problem.message})")
         self.attempts = Counter(self.run.failures()["model_id"].astype(int).tolist())
 
@@ -116,34 +142,61 @@ class TrainStage(Stage):
         res = self.config.resources
         return TaskResources(res.num_cpus, res.num_gpus, res.task_retries, res.max_in_flight)
 
-    def units(self) -> list[Unit]:
-        """The models not yet stored, in batches, and the tmc walks not yet walked."""
-        done = self.run.done_model_ids()
+    def mine(self, model_ids: np.ndarray) -> np.ndarray:
+        """bool[k]: which of ``model_ids`` this stage trains (all, or those of its shard)."""
+        model_ids = np.asarray(model_ids, dtype=np.int64)
+        if self.shard is None:
+            return np.ones(len(model_ids), dtype=bool)
+        index, count = self.shard
+        return model_ids % count == index
+
+    def out_of_attempts(self, model_ids: np.ndarray) -> np.ndarray:
+        """bool[k]: models whose attempt budget is spent (the failures table is small)."""
         budget = self.config.resources.max_attempts
-        plain = self.planned.model_id[~np.isin(self.planned.plan, self.tmc_plans())].tolist()
+        spent = np.array([m for m, n in self.attempts.items() if n >= budget], dtype=np.int64)
+        return np.isin(model_ids, spent)
+
+    def units(self) -> list[Unit]:
+        """The models not yet stored, in batches, and the tmc walks not yet walked. Array
+        operations over the plan: no Python object per planned model."""
+        done = self.run.stored_model_ids()
+        ids = self.planned.model_id
+        plain = ids[~np.isin(self.planned.plan, self.tmc_plans()) & self.mine(ids)]
         wanted = checkpoint_ids(self.config, self.planned)
+        wanted = wanted[self.mine(wanted)]
         have = (
             complete_models(self.run.fs, wanted, checkpoint_epochs(self.config))
             if len(wanted)
             else set()
         )
-        stored = {
-            int(i)
-            for i in wanted
-            if int(i) in done and int(i) not in have and self.attempts[int(i)] < budget
+        stored_ids = wanted[
+            np.isin(wanted, done)
+            & ~np.isin(wanted, np.fromiter(have, np.int64, len(have)))
+            & ~self.out_of_attempts(wanted)
+        ]
+        stored = set(stored_ids.tolist())  # checkpointed models only: a few
+        is_done = np.isin(plain, done)
+        missing = plain[(~is_done | np.isin(plain, stored_ids)) & ~self.out_of_attempts(plain)]
+        walks = {
+            key: state
+            for key, state in self.walk_state(set(done.tolist()) if self.tmc_plans() else set())
+            .items()
+            if self.mine(np.array([state[0]]))[0]
         }
-        missing = [i for i in plain if (i not in done or i in stored) and self.attempts[i] < budget]
-        walks = tmc_walk_state(self.config, self.planned, self.run.n_train, done)
+        budget = self.config.resources.max_attempts
         units = self.batches(missing, self.config.resources.models_per_task, stored)
         units += [
             self.walk_unit(plan, perm, rep)
             for (plan, perm), (rep, present) in walks.items()
             if not present and self.attempts[rep] < budget
         ]
-        n_done = sum(i in done for i in plain) + sum(present for _, present in walks.values())
+        n_done = int(is_done.sum()) + sum(present for _, present in walks.values())
         self._counts = (len(plain) + len(walks) + len(stored), n_done)
         self.summary.planned, self.summary.already_done = len(plain) + len(walks), n_done
         return units
+
+    def walk_state(self, done: set[int]) -> dict:
+        return tmc_walk_state(self.config, self.planned, self.run.n_train, done)
 
     def done(self, unit: Unit) -> bool:
         return False  # units() lists only the models that are not stored
@@ -156,7 +209,10 @@ class TrainStage(Stage):
         import torch
 
         torch.set_num_threads(res.threads_per_task or max(1, int(res.num_cpus)))
-        data = ctx.data(self.run, self.config, resolve_device(res.device))
+        if self.config.model.arch == "null":  # sizes only: never decode the beton
+            data = NullData(*self.run.sizes())
+        else:
+            data = ctx.data(self.run, self.config, resolve_device(res.device))
         receipt = Receipt(worker=worker_name())
         if unit.payload[0] == "walk":
             _, plan, perm, _, attempt = unit.payload
@@ -188,10 +244,10 @@ class TrainStage(Stage):
         return self.summary
 
     def up_to_date(self) -> TrainSummary:
-        done = self.run.done_model_ids()
-        walks = tmc_walk_state(self.config, self.planned, self.run.n_train, done)
-        plain = self.planned.model_id[~np.isin(self.planned.plan, self.tmc_plans())].tolist()
-        n_done = sum(i in done for i in plain) + sum(present for _, present in walks.values())
+        done = self.run.stored_model_ids()
+        walks = self.walk_state(set(done.tolist()) if self.tmc_plans() else set())
+        plain = self.planned.model_id[~np.isin(self.planned.plan, self.tmc_plans())]
+        n_done = int(np.isin(plain, done).sum()) + sum(p for _, p in walks.values())
         return TrainSummary(len(plain) + len(walks), n_done)
 
     # -- in the driver -----------------------------------------------------------------------
@@ -202,20 +258,27 @@ class TrainStage(Stage):
     def spread(self, units: list[Unit], slots: int) -> list[Unit]:
         """Smaller batches when there are fewer models than slots × models_per_task, so that
         every slot gets work."""
-        ids = [i for u in units if u.payload[0] == "models" for i in u.payload[1]]
+        batches = [u.payload for u in units if u.payload[0] == "models"]
+        ids = np.concatenate([p[1] for p in batches]) if batches else np.zeros(0, np.int64)
         size = max(1, min(self.config.resources.models_per_task, -(-max(len(ids), 1) // slots)))
-        stored = {i for u in units if u.payload[0] == "models" for i in u.payload[3]}
+        stored = {int(i) for p in batches for i in p[3]}
         return self.batches(ids, size, stored) + [u for u in units if u.payload[0] == "walk"]
 
     def walk_unit(self, plan: str, perm: int, rep: int) -> Unit:
         return Unit(f"walk-{plan}-{perm}", ("walk", plan, perm, rep, self.attempts[rep] + 1))
 
-    def batches(self, ids: list[int], size: int, stored: set[int] = frozenset()) -> list[Unit]:
+    def batches(self, ids, size: int, stored: set[int] = frozenset()) -> list[Unit]:
+        """Units of at most ``size`` of ``ids``; their ids (and attempt numbers) are int64 and
+        int32 arrays, so a million planned models are a few arrays, not a million objects."""
+        ids = np.asarray(ids, dtype=np.int64)
+        failed = np.fromiter(self.attempts.keys(), np.int64, len(self.attempts))
         units = []
         for start in range(0, len(ids), size):
-            chunk = tuple(ids[start : start + size])
-            tries = tuple(self.attempts[i] + 1 for i in chunk)
-            kept = tuple(i for i in chunk if i in stored)
+            chunk = ids[start : start + size]
+            tries = np.ones(len(chunk), dtype=np.int32)
+            for row in np.flatnonzero(np.isin(chunk, failed)):
+                tries[row] += self.attempts[int(chunk[row])]
+            kept = tuple(int(i) for i in chunk if int(i) in stored) if stored else ()
             units.append(
                 Unit(
                     f"models-{chunk[0]}-{chunk[-1]}-{len(chunk)}",
@@ -233,21 +296,26 @@ class TrainStage(Stage):
         may be tried again."""
         if not rows:
             return []
-        plan_of = dict(zip(self.planned.model_id.tolist(), self.planned.plan.tolist(), strict=True))
         frame = []
         for model_id, kind, message, worker in rows:
+            model_id = int(model_id)
             self.attempts[model_id] += 1
+            row = int(np.searchsorted(self.planned.model_id, model_id))
             frame.append(
                 {
                     "model_id": model_id,
-                    "plan": plan_of[model_id],
+                    "plan": str(self.planned.plan[row]),
                     "attempt": self.attempts[model_id],
                     "error_type": kind,
                     "message": message[:2000],
                     "worker": worker,
                 }
             )
-        self.run.append_failures(pd.DataFrame(frame))
+        if self.shard is None:
+            self.run.append_failures(pd.DataFrame(frame))
+        else:  # other shard workers append too: one read-modify-write at a time
+            with mutex(self.run.fs, "failures"):
+                self.run.append_failures(pd.DataFrame(frame))
         return [m for m, *_ in rows if self.attempts[m] < self.config.resources.max_attempts]
 
     def retry_units(self, unit: Unit, ids: list[int]) -> list[Unit]:
@@ -279,8 +347,7 @@ class TrainStage(Stage):
         ids = self.model_ids(unit)
         if unit.payload[0] == "walk":
             _, plan, perm, _, _ = unit.payload
-            done = self.run.done_model_ids()
-            walks = tmc_walk_state(self.config, self.planned, self.run.n_train, done)
+            walks = self.walk_state(self.run.done_model_ids())
             if walks[(plan, perm)][1]:  # its shard made it before the task died
                 progress.advance(1)
                 return []

@@ -11,6 +11,15 @@ it (the later write wins and the loser backs off).
 
 Readers (``status``, ``query``, ``verify``) never take the lock. A process that holds the
 lock may take it again (nested stages, ``datamodels run``).
+
+**Shared holders** (``writer(fs, shared=True)``): ``datamodels train --shard I/N`` workers
+write disjoint models (and only shards of ``models/``), so any number of them may write one
+run at once. Each holds its own ``_locks/shared-<token>.json`` (same record, heartbeat and
+staleness rules). Exclusion with the one exclusive writer is two-sided, each side first
+publishing its own lock and then looking for the other's: a shared holder backs off when a
+live ``_lock.json`` exists, an exclusive writer when a live shared lock exists (both may back
+off in a race; neither ever proceeds while the other writes). ``wait_s`` retries a refused
+writer until the holder is gone (array jobs that start together queue behind one prepare).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from datamodels.errors import RunLockedError
 from datamodels.store.fs import RunFS
 
 LOCK_PATH = "_lock.json"
+SHARED_DIR = "_locks"
 HEARTBEAT_S = 10.0
 STALE_S = 60.0
 
@@ -46,12 +56,12 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def read_lock(fs: RunFS) -> dict | None:
-    """The lock record; None when the run is not locked. A lock file that does not parse (a
-    writer died between creating and filling it) reads as ``{"torn": True}`` with its
+def read_lock(fs: RunFS, path: str = LOCK_PATH) -> dict | None:
+    """The lock record at ``path``; None when the run is not locked. A lock file that does not
+    parse (a writer died between creating and filling it) reads as ``{"torn": True}`` with its
     modification time as heartbeat, so it turns stale like any other."""
     try:
-        raw = fs.read_bytes(LOCK_PATH)
+        raw = fs.read_bytes(path)
     except Exception:  # noqa: BLE001 - absent (or vanished while read)
         return None
     try:
@@ -61,7 +71,7 @@ def read_lock(fs: RunFS) -> dict | None:
     except ValueError:
         pass
     try:
-        mtime = fs.filesystem.get_file_info(fs.join(LOCK_PATH)).mtime.timestamp()
+        mtime = fs.filesystem.get_file_info(fs.join(path)).mtime.timestamp()
     except Exception:  # noqa: BLE001
         mtime = 0.0
     return {
@@ -92,12 +102,25 @@ def describe(record: dict) -> str:
     )
 
 
-class RunLock:
-    """The exclusive writer lock of one run directory (see the module docstring)."""
+def shared_holders(fs: RunFS) -> list[tuple[str, dict]]:
+    """(path, record) of every shared lock in ``_locks/``, stale ones included."""
+    holders = []
+    for name in fs.listdir(SHARED_DIR, ".json"):
+        path = f"{SHARED_DIR}/{name}"
+        record = read_lock(fs, path)
+        if record is not None:
+            holders.append((path, record))
+    return holders
 
-    def __init__(self, fs: RunFS) -> None:
+
+class RunLock:
+    """The writer lock of one run directory, exclusive or shared (see the module docstring)."""
+
+    def __init__(self, fs: RunFS, shared: bool = False) -> None:
         self.fs = fs
         self.token = uuid.uuid4().hex
+        self.shared = shared
+        self.path = f"{SHARED_DIR}/shared-{self.token}.json" if shared else LOCK_PATH
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._writing = threading.Lock()  # a heartbeat write and the release never interleave
@@ -110,6 +133,7 @@ class RunLock:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "command": " ".join(sys.argv[:3]),
+            "shared": self.shared,
             "started": now,
             "heartbeat": now,
         }
@@ -117,7 +141,7 @@ class RunLock:
     def _create_local(self, payload: bytes) -> bool:
         """Create the lock with its content in one step: a filled temp file hard-linked into
         place (``link`` fails when the lock exists), so no one ever sees an empty lock."""
-        path = self.fs.join(LOCK_PATH)
+        path = self.fs.join(self.path)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         temp = f"{path}.{self.token}"
         with open(temp, "wb") as handle:
@@ -134,18 +158,48 @@ class RunLock:
         payload = json.dumps(self.record()).encode()
         if self.fs.is_local:
             return self._create_local(payload)
-        if read_lock(self.fs) is not None:
+        if self.shared:  # a name of its own: nobody races it
+            self.fs.write_bytes_atomic(self.path, payload)
+            return True
+        if read_lock(self.fs, self.path) is not None:
             return False
-        self.fs.write_bytes_atomic(LOCK_PATH, payload)
+        self.fs.write_bytes_atomic(self.path, payload)
         time.sleep(0.2)  # a writer racing us overwrites within this window; read back who won
-        return (read_lock(self.fs) or {}).get("token") == self.token
+        return (read_lock(self.fs, self.path) or {}).get("token") == self.token
+
+    def _other_side(self) -> str | None:
+        """Who of the other kind holds the run (described), once ours is published; stale
+        shared locks are removed on the way."""
+        if self.path not in (LOCK_PATH, f"{SHARED_DIR}/shared-{self.token}.json"):
+            return None  # a mutex: nobody else to exclude
+        if self.shared:
+            holder = read_lock(self.fs)
+            if holder is not None and not is_stale(holder):
+                return f"{describe(holder)} (an exclusive writer)"
+            return None
+        live = []
+        for path, record in shared_holders(self.fs):
+            if is_stale(record):
+                self._remove_if(record, path)
+            else:
+                live.append(record)
+        if live:
+            return f"{len(live)} shard worker(s), e.g. {describe(live[0])}"
+        return None
 
     def acquire(self) -> None:
         for _ in range(3):
             if self._try_create():
+                other = self._other_side()
+                if other is not None:
+                    self._remove_if({"token": self.token}, self.path)
+                    raise RunLockedError(
+                        f"{self.fs.display('')} is being written by {other}; wait for it to "
+                        "finish"
+                    )
                 self._start_heartbeat()
                 return
-            holder = read_lock(self.fs)
+            holder = read_lock(self.fs, self.path)
             if holder is None:
                 continue  # released (or torn) between our attempt and the read: try again
             if not is_stale(holder):
@@ -154,12 +208,13 @@ class RunLock:
                     f"finish (a dead holder's lock is taken over: at once on this host, after "
                     f"{STALE_S:.0f}s without a heartbeat from another)"
                 )
-            self._remove_if(holder)  # stale: take it over
+            self._remove_if(holder, self.path)  # stale: take it over
         raise RunLockedError(f"{self.fs.display(LOCK_PATH)}: could not take the run lock; retry")
 
-    def _remove_if(self, expected: dict) -> None:
-        """Delete the lock only if it still holds ``expected`` (as judged a moment ago)."""
-        current = read_lock(self.fs)
+    def _remove_if(self, expected: dict, path: str = LOCK_PATH) -> None:
+        """Delete the lock at ``path`` only if it still holds ``expected`` (as judged a moment
+        ago)."""
+        current = read_lock(self.fs, path)
         same = current is not None and (
             current.get("token") == expected.get("token")
             if "token" in expected
@@ -167,7 +222,7 @@ class RunLock:
         )
         if same:
             try:
-                self.fs.filesystem.delete_file(self.fs.join(LOCK_PATH))
+                self.fs.filesystem.delete_file(self.fs.join(path))
             except FileNotFoundError:
                 pass
 
@@ -178,11 +233,11 @@ class RunLock:
                     if self._stop.is_set():
                         return
                     try:
-                        current = read_lock(self.fs)
+                        current = read_lock(self.fs, self.path)
                         if current is None or current.get("token") != self.token:
                             return  # taken over (we were presumed dead): stop touching it
                         current["heartbeat"] = time.time()
-                        self.fs.write_bytes_atomic(LOCK_PATH, json.dumps(current).encode())
+                        self.fs.write_bytes_atomic(self.path, json.dumps(current).encode())
                     except OSError:
                         continue  # a full disk or a network hiccup: try again next beat
 
@@ -193,24 +248,34 @@ class RunLock:
         with self._writing:
             self._stop.set()
             try:
-                self._remove_if({"token": self.token})
+                self._remove_if({"token": self.token}, self.path)
             except OSError:
                 pass  # a read-only or full disk: the error that stopped the stage matters more
 
 
 @contextmanager
-def writer(fs: RunFS):
-    """Hold the run's writer lock for the block (re-entrant within one thread; another thread
-    of the same process is refused like another process)."""
+def writer(fs: RunFS, shared: bool = False, wait_s: float = 0.0):
+    """Hold the run's writer lock for the block: exclusive, or ``shared`` with other shard
+    workers. Re-entrant within one thread (an exclusive holder may also enter a shared block);
+    another thread of the same process is refused like another process. A refused writer
+    retries for ``wait_s`` seconds before raising `RunLockedError`."""
     key = (fs.root, threading.get_ident())
     with _guard:
         if key in _held:
             _held[key] = (_held[key][0], _held[key][1] + 1)
             lock = None
         else:
-            lock = RunLock(fs)
+            lock = RunLock(fs, shared=shared)
     if lock is not None:
-        lock.acquire()
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                lock.acquire()
+                break
+            except RunLockedError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
         with _guard:
             _held[key] = (lock.token, 1)
     try:
@@ -224,3 +289,24 @@ def writer(fs: RunFS):
                 del _held[key]
         if lock is not None:
             lock.release()
+
+
+@contextmanager
+def mutex(fs: RunFS, name: str, wait_s: float = 120.0):
+    """Hold ``_locks/<name>.mutex`` for a short read-modify-write among shard workers (same
+    record and staleness rules as the run lock; waits up to ``wait_s`` for its holder)."""
+    lock = RunLock(fs)
+    lock.path = f"{SHARED_DIR}/{name}.mutex"
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            lock.acquire()
+            break
+        except RunLockedError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+    try:
+        yield
+    finally:
+        lock.release()

@@ -196,6 +196,13 @@ class ModelsTable:
                 done.update(info.model_ids.tolist())
         return done
 
+    def stored_model_ids(self) -> np.ndarray:
+        """``int64[k]``: sorted unique model ids in usable shards (`done_model_ids` as one
+        array: no Python object per model)."""
+        infos, _ = scan_shards(self)
+        arrays = [i.model_ids for i in infos if i.usable and i.model_ids is not None]
+        return np.unique(np.concatenate(arrays)) if arrays else np.zeros(0, dtype=np.int64)
+
     def plan_witness(self, plan: str | list[str] | None) -> str:
         """A short hash of the model ids stored for ``plan``: what a stage that reads those
         models depends on (a model's row is a pure function of its id)."""

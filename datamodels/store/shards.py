@@ -110,10 +110,12 @@ def _parquet_options(schema: pa.Schema) -> dict:
     }
 
 
-def serialize_parquet(table: pa.Table, schema: pa.Schema, name: str) -> pa.Buffer:
+def serialize_parquet(
+    table: pa.Table, schema: pa.Schema, name: str, row_group_size: int | None = None
+) -> pa.Buffer:
     """Parquet bytes of ``table`` (already conformed), re-read to check row count and schema."""
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, **_parquet_options(schema))
+    pq.write_table(table, sink, row_group_size=row_group_size, **_parquet_options(schema))
     buffer = sink.getvalue()
     parquet_file = pq.ParquetFile(pa.BufferReader(buffer))
     if parquet_file.metadata.num_rows != table.num_rows:

@@ -17,7 +17,9 @@ where the writer recorded one) so one bad file never hides another, and returns 
 - ``plan``      a shard's model ids are not in the run's plan, or their masks (or plan names)
                 are not what the plan gives them (checked when ``config.yaml`` is a full config:
                 masks are a pure function of (config seed, plan, model_id));
-- ``duplicate`` a model_id in two shards (both named) or twice in one.
+- ``duplicate`` a model_id in two shards (both named) or twice in one;
+- ``interrupted`` a ``datamodels compact`` stopped half way (its shards wait in
+                ``models/_compacting/``; `compact` or `train` finishes or undoes it).
 
 Page checksums and ``config_hash`` are metadata added with schema_version 1 unchanged: files
 written before them carry neither, and are accepted (nothing to verify, nothing to compare).
@@ -339,6 +341,9 @@ def verify(run: Run) -> list[Problem]:
     problems.extend(
         scan_shards(run, n_train, n_eval, config_hash=config_hash, full=True, plan=plan)[1]
     )
+    from datamodels.store.compact import interrupted_problems
+
+    problems.extend(interrupted_problems(run))
     for rel_path, expected in (
         (FAILURES_PATH, FAILURES_SCHEMA),
         (WEIGHTS_PATH, WEIGHTS_SCHEMA),

@@ -66,7 +66,11 @@ def train_batch(
             f"got {masks.shape} and {len(seeds)} seeds"
         )
     start = time.perf_counter()
-    if config.model.arch == "logreg" and config.resources.trainer == "batched":
+    if config.model.arch == "null":  # pseudo-margins from the sizes alone (train/null.py)
+        from datamodels.train.null import train_null
+
+        margins, loss, accuracy, snapshots = train_null(masks, seeds, data, config)
+    elif config.model.arch == "logreg" and config.resources.trainer == "batched":
         margins, loss, accuracy, snapshots = train_logreg_batched(
             data, masks, seeds, config.train, checkpoints
         )
