@@ -81,6 +81,10 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=2)
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--compare-cpu", action="store_true",
+        help="also fit on the CPU in the same run: time ratio and max |w_device - w_cpu|",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -106,6 +110,21 @@ def main() -> None:
     t_fit = time.perf_counter() - t0
     # The machines are shared: time the baseline on both sides of the fit, keep the faster.
     t_pass = min(t_before, one_pass_seconds(masks, margins, train_rows, device))
+
+    if args.compare_cpu:
+        t0 = time.perf_counter()
+        on_cpu = lasso_select(masks, margins, (train_rows, val_rows), **(fit_args | {
+            "device": torch.device("cpu")
+        }))
+        t_cpu = time.perf_counter() - t0
+        diff = np.abs(fit.weights - on_cpu.weights).max()
+        scale = np.abs(on_cpu.weights).max()
+        same_support = ((fit.weights != 0) == (on_cpu.weights != 0)).mean()
+        print(
+            f"cpu ({torch.get_num_threads()} threads): {t_cpu:.1f} s = {t_cpu / t_fit:.1f}x the "
+            f"{args.device} fit; max |w_{args.device} - w_cpu| = {diff:.2e} (max |w| {scale:.2f}); "
+            f"same support on {100 * same_support:.3f}% of weights"
+        )
 
     truth = true_w != 0
     found = fit.weights != 0

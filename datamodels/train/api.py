@@ -1,8 +1,10 @@
 """``train_batch``: K masks in, K margin vectors out (the trainer contract, DESIGN §4).
 
-Chooses the path from the config: the batched fast path (stacked parameters, resident data)
-for ``logreg`` and ``mlp``; the one-model-at-a-time path for ``resnet9``, for
-``resources.trainer: sequential``, and whenever data comes through one FFCV loader per model.
+Chooses the path from the config: ``fastnet`` trains K models per pass as one grouped
+network (``train.grouped``, resident data, the GPU fast path); the batched fast path (stacked
+parameters, resident data) for ``logreg`` and ``mlp``; the one-model-at-a-time path for
+``resnet9``, for ``resources.trainer: sequential``, and whenever data comes through one FFCV
+loader per model.
 A model whose loss or margins are not finite is reported as failed, not returned as data.
 """
 
@@ -16,6 +18,7 @@ import numpy as np
 from datamodels.config import Config
 from datamodels.train.batched import train_logreg_batched, train_mlp_batched
 from datamodels.train.data import TrainData
+from datamodels.train.grouped import train_fastnet
 from datamodels.train.outcome import CheckpointRequest, Snapshot
 from datamodels.train.sequential import train_sequential
 
@@ -70,6 +73,10 @@ def train_batch(
         from datamodels.train.null import train_null
 
         margins, loss, accuracy, snapshots = train_null(masks, seeds, data, config)
+    elif config.model.arch == "fastnet":
+        margins, loss, accuracy, snapshots = train_fastnet(
+            data, masks, seeds, config.model, config.train, config.resources, checkpoints
+        )
     elif config.model.arch == "logreg" and config.resources.trainer == "batched":
         margins, loss, accuracy, snapshots = train_logreg_batched(
             data, masks, seeds, config.train, checkpoints

@@ -17,6 +17,7 @@ from torch import nn
 
 from datamodels.config import ModelConfig, TrainConfig
 from datamodels.data.beton import subset_loader
+from datamodels.models.fastnet import build_fastnet
 from datamodels.models.mlp import init_params, layer_sizes, to_module
 from datamodels.models.resnet9 import build_resnet9
 from datamodels.train.batched import logreg_objective, logreg_snapshot, logreg_weights
@@ -31,6 +32,8 @@ def build_module(model: ModelConfig, data: TrainData, seed: int) -> nn.Module:
         return nn.Sequential(nn.Flatten(), to_module(init_params(seed, sizes)))
     if model.arch == "resnet9":
         return build_resnet9(seed, data.num_classes, model.width, in_channels=data.train_x.shape[1])
+    if model.arch == "fastnet":
+        return build_fastnet(seed, data.num_classes, model.width, in_channels=data.train_x.shape[1])
     raise ValueError(f"no nn.Module path for arch {model.arch!r}")
 
 
