@@ -5,6 +5,10 @@
   shared across models).
 * A plain ``torch.nn.Sequential`` for the one-model-at-a-time path, built from the same
   initial values so both paths start every model from the same point.
+* ``accumulate_gradients``: the batched trainer's forward and backward pass written out by
+  hand (a few batched matmuls; no autograd graph), on the same stacked parameters except that
+  the output weight is kept transposed (``output_transposed``), which makes the thin
+  ``C``-column products of the output layer about 3x faster on CPU.
 
 Initialisation follows ``torch.nn.Linear``: weights and biases ~ U(-1/sqrt(fan_in), +).
 """
@@ -51,6 +55,64 @@ def stacked_forward(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor
         if layer < last:
             h = torch.relu(h)
     return h
+
+
+def output_transposed(layers: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``[W1, b1, ..., Wout [K, h, C], bout]`` -> the same list with ``WoutT [K, C, h]``
+    (contiguous); applied twice it gives the original layout back."""
+    return [*layers[:-2], layers[-2].transpose(1, 2).contiguous(), layers[-1]]
+
+
+def accumulate_gradients(
+    layers: list[torch.Tensor], x: torch.Tensor, targets: torch.Tensor,
+    example_weight: torch.Tensor, grads: list[torch.Tensor], beta: float,
+    want_loss: bool = False,
+) -> torch.Tensor | None:
+    """``grads ← beta·grads + ∇L`` for K MLPs at once, each on its own batch, in place (with
+    ``beta = 0`` the old ``grads`` are ignored, NaN included; with ``beta = momentum`` this
+    is the momentum update of SGD fused into the gradient matmuls).
+
+    ``layers``: ``[W1 [K, d, h], b1 [K, h], ..., WoutT [K, C, h], bout [K, C]]`` (output
+    weight transposed) and ``grads`` the same shapes; ``x``: float[K, B, d];
+    ``example_weight`` w: float[K, 1, B]; ``targets``: float[K, C, B], w_i·q_i with q_i the
+    (label-smoothed) target distribution of example i (Σ_c q_ic = 1). The objective is
+
+        L_k = Σ_i w_i · CE(z_i, q_i),   CE(z, q) = logsumexp(z) − q·z,
+        ∂L_k/∂z_i = w_i·softmax(z_i) − w_i·q_i,
+
+    with z_i the logits of model k on its example i; back through the layers:
+    ∂W = Aᵀ·∂Z, ∂b = Σ_i ∂Z_i, ∂A_prev = ∂Z·Wᵀ and ∂Z = ∂A ⊙ [Z > 0] at a ReLU.
+    Returns L: float[K] when ``want_loss``."""
+    n_layers = len(layers) // 2
+    activations = [x]
+    for layer in range(n_layers - 1):
+        weight, bias = layers[2 * layer], layers[2 * layer + 1]
+        hidden = torch.baddbmm(bias.unsqueeze(1), activations[-1], weight)
+        activations.append(hidden.clamp_(min=0))
+    # logits transposed, [K, C, B]: the product with C rows is the fast one
+    logits = torch.baddbmm(layers[-1].unsqueeze(2), layers[-2], activations[-1].transpose(1, 2))
+    loss = None
+    if want_loss:
+        loss = (torch.logsumexp(logits, 1, keepdim=True) * example_weight).sum((1, 2))
+        loss -= (logits * targets).sum((1, 2))
+    delta = torch.softmax(logits, 1).mul_(example_weight).sub_(targets)  # ∂L/∂zᵀ [K, C, B]
+    grads[-2].baddbmm_(delta, activations[-1], beta=beta)
+    _accumulate(grads[-1], delta.sum(2), beta)
+    upstream = torch.bmm(delta.transpose(1, 2), layers[-2])  # ∂L/∂A [K, B, h]
+    for layer in reversed(range(n_layers - 1)):
+        delta = torch.ops.aten.threshold_backward(upstream, activations[layer + 1], 0)
+        grads[2 * layer].baddbmm_(activations[layer].transpose(1, 2), delta, beta=beta)
+        _accumulate(grads[2 * layer + 1], delta.sum(1), beta)
+        if layer:
+            upstream = torch.bmm(delta, layers[2 * layer].transpose(1, 2))
+    return loss
+
+
+def _accumulate(out: torch.Tensor, value: torch.Tensor, beta: float) -> None:
+    if beta == 0:
+        out.copy_(value)
+    else:
+        out.mul_(beta).add_(value)
 
 
 def to_module(params: list[torch.Tensor]) -> nn.Sequential:
