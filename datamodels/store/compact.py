@@ -230,5 +230,7 @@ def compact_models(
             recover_compaction(run)
             continue
         summary.merged += 1
+    if not run.fs.entries(COMPACTING_DIR):
+        run.fs.delete_dir(COMPACTING_DIR)
     summary.shards_after = len(run.shard_files())
     return summary
