@@ -278,7 +278,9 @@ def estimate_many(
     unknown = [n for n in names or () if n not in methods()]
     if unknown:
         raise EstimateError(f"unknown method {unknown[0]!r}; choose from: {', '.join(methods())}")
-    console = console or Console(stderr=True)
+    from datamodels.orchestrate.progress import log_console
+
+    console = console or log_console()
     results = {}
     for name in names or methods():
         start = time.perf_counter()

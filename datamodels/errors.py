@@ -46,6 +46,11 @@ class EstimatorInputError(DatamodelsError, ValueError):
     """The arrays given to an estimator disagree in shape, dtype or content."""
 
 
+class JobError(DatamodelsError):
+    """A Ray job cannot be submitted, found or followed (unreachable Jobs API, unknown id), or
+    its run directory is one the cluster's workers cannot see."""
+
+
 class RunLockedError(DatamodelsError):
     """Another process is writing this run directory."""
 

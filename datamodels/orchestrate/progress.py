@@ -1,23 +1,62 @@
 """Progress of long stages: a live bar on a terminal, plain lines in logs.
 
 On a terminal (rich): done / total, rate, ETA, failures. Anywhere else (a Ray job's log, a
-file, CI) a live bar would print nothing useful, so one plain line is printed at most every
-``interval`` seconds, e.g. ``models 1,050/2,200 (48%) 2,971/min ETA 0:00:25 failed 0``,
-and one at the end.
+file, CI) a live bar would print nothing useful, so a plain line is printed every
+``interval`` seconds (default 10, or ``DATAMODELS_PROGRESS_INTERVAL``), whether or not a unit
+finished in between, e.g. ``models 1,050/2,200 (48%) 2,971/min ETA 0:25 failed 0``, and one
+summary line at the end. `log_console` is the console for such output: it never wraps a
+message at 80 columns when stderr is not a terminal.
 """
 
 from __future__ import annotations
 
-import datetime
+import os
+import threading
 import time
 
 import rich.progress as rp
 from rich.console import Console
 
+INTERVAL_ENV = "DATAMODELS_PROGRESS_INTERVAL"
+DEFAULT_INTERVAL_S = 10.0
+# Wide enough that a table or a long path is never folded; rich only pads to the content.
+_LOG_WIDTH = 1000
+
+
+def log_console(stderr: bool = True) -> Console:
+    """A console for messages: soft-wrapped (one line per message) and, when its stream is not
+    a terminal (job logs, files, CI), as wide as the content instead of rich's 80 columns."""
+    console = Console(stderr=stderr, soft_wrap=True)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console = Console(stderr=stderr, soft_wrap=True, width=_LOG_WIDTH)
+    return console
+
+
+def progress_interval(default: float = DEFAULT_INTERVAL_S) -> float:
+    """Seconds between plain progress lines: ``DATAMODELS_PROGRESS_INTERVAL`` or ``default``."""
+    text = os.environ.get(INTERVAL_ENV, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        return default
+    return value if value >= 0 else default
+
+
+def format_eta(seconds: float | None) -> str:
+    """``0:25`` (m:ss) under an hour, ``1:02:03`` (h:mm:ss) above, ``?`` when unknown."""
+    if seconds is None:
+        return "?"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
 
 class Progress:
     """Counts work done (models, targets, tasks); ``failed_attempt(n, given_up)`` counts failed
-    attempts and the models given up."""
+    attempts and the models given up. ``interval``: seconds between plain lines (None: from
+    the environment, see `progress_interval`)."""
 
     def __init__(
         self,
@@ -26,16 +65,20 @@ class Progress:
         enabled: bool = True,
         console: Console | None = None,
         what: str = "models",
-        interval: float = 10.0,
+        interval: float | None = None,
     ) -> None:
         self.total, self.start_done, self.done, self.what = total, done, done, what
         self.attempts_failed = 0
         self.given_up = 0
         self.enabled = enabled
-        self.console = console or Console(stderr=True)
+        self.console = console or log_console()
         self.plain = enabled and not self.console.is_terminal
-        self.interval, self.last_line = interval, time.perf_counter()
+        self.interval = progress_interval() if interval is None else interval
+        self.last_line = time.perf_counter()
         self.started = time.perf_counter()
+        self._printing = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
         self.progress = rp.Progress(
             rp.TextColumn("[bold]{task.description}"),
             rp.BarColumn(),
@@ -52,21 +95,35 @@ class Progress:
 
     def __enter__(self) -> Progress:
         self.progress.__enter__()
+        if self.plain and self.interval > 0:
+            # A unit can take longer than the interval (a batch of big models): the ticker
+            # keeps a job's log saying where the stage is while nothing finishes.
+            self._ticker = threading.Thread(target=self._tick, name="progress", daemon=True)
+            self._ticker.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
         self._refresh()
         self.progress.__exit__(*exc)
         if self.enabled:
             elapsed = time.perf_counter() - self.started
             new = self.done - self.start_done
             rate = 60 * new / elapsed if elapsed > 0 else 0.0
-            self.console.print(
+            self._print(
                 f"{self.what}: {new:,} new in {elapsed:.1f}s ({rate:,.0f}/min); "
-                f"{self.attempts_failed} failed attempts, {self.given_up} given up",
-                highlight=False,
-                soft_wrap=True,
+                f"{self.attempts_failed} failed attempts, {self.given_up} given up"
             )
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.interval / 4):
+            self._plain_line_if_due()
+
+    def _print(self, text: str) -> None:
+        with self._printing:
+            self.console.print(text, highlight=False, markup=False, soft_wrap=True)
 
     def rate(self) -> float:
         """Units per minute since the start."""
@@ -74,22 +131,26 @@ class Progress:
         return 60 * (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
 
     def line(self) -> str:
-        """``models 1,050/2,200 (48%) 2,971/min ETA 0:00:25 failed 0``."""
+        """``models 1,050/2,200 (48%) 2,971/min ETA 0:25 failed 0``."""
         share = 100 * self.done / self.total if self.total else 100.0
         rate = self.rate()
         left = (self.total - self.done) / rate * 60 if rate > 0 else None
-        eta = str(datetime.timedelta(seconds=round(left))) if left is not None else "?"
         return (
-            f"{self.what} {self.done:,}/{self.total:,} ({share:.0f}%) {rate:,.0f}/min ETA {eta} "
-            f"failed {self.given_up}"
+            f"{self.what} {self.done:,}/{self.total:,} ({share:.0f}%) {rate:,.0f}/min "
+            f"ETA {format_eta(left)} failed {self.given_up}"
         )
+
+    def _plain_line_if_due(self) -> None:
+        with self._printing:  # the ticker and the stage's thread never both print one line
+            now = time.perf_counter()
+            if now - self.last_line < self.interval:
+                return
+            self.last_line = now
+            self.console.print(self.line(), highlight=False, markup=False, soft_wrap=True)
 
     def _refresh(self) -> None:
         if self.plain:
-            now = time.perf_counter()
-            if now - self.last_line >= self.interval:
-                self.last_line = now
-                self.console.print(self.line(), highlight=False, soft_wrap=True)
+            self._plain_line_if_due()
             return
         rate = f"{self.rate():,.0f}/min" if self.done > self.start_done else ""
         failures = (

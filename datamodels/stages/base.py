@@ -209,9 +209,9 @@ def run_stage(
     """Run ``stage`` to completion with ``executor`` (default: in-process); returns what its
     ``finish`` returns, or ``up_to_date()`` when nothing needed doing."""
     from datamodels.orchestrate.executor import SerialExecutor
-    from datamodels.orchestrate.progress import Progress
+    from datamodels.orchestrate.progress import Progress, log_console
 
-    console = console or Console(stderr=True)
+    console = console or log_console()
     if stage.is_complete():
         if show_progress:
             console.print(stage.nothing_to_do(), highlight=False)
