@@ -201,9 +201,15 @@ class GradientsConfig(_Section):
       trainer records, and what LDS compares with) or its ``loss`` (Koh & Liang's I_up,loss).
     * ``solver``: inverse-HVPs by the ``exact`` Hessian, ``cg`` or ``lissa``; ``damping`` λ
       is added to the Hessian (needed for non-convex models such as the MLP).
-    * ``proj_dim``: TRAK's random projection dimension.
+    * ``proj_dim``: TRAK's random projection dimension; the projection is applied block by
+      block, never held whole, in ``proj_precision`` (auto: bf16 on CUDA, fp32 on CPU).
     * ``targets_per_task`` / ``train_per_task``: how score rows / self-score rows are split
-      into Ray tasks (CPU tasks of ``num_cpus``; the CUDA path of these tasks is not built yet).
+      into Ray tasks of ``num_cpus`` CPUs and ``num_gpus`` GPUs; ``chunk_size`` examples per
+      vmapped per-example-gradient (and HVP) pass.
+    * ``device``: where the tasks compute: ``auto`` = CUDA when ``num_gpus`` > 0 (and the
+      task sees a GPU), else CPU; ``cuda`` refuses a machine without one (one line).
+    * ``precision``: dtype of ``nn.Module`` architectures (resnet9, fastnet) in these tasks;
+      ``logreg`` and ``mlp`` always run in float64 (the exact references).
     """
 
     models: int = Field(1, ge=1)
@@ -224,10 +230,20 @@ class GradientsConfig(_Section):
     train_per_task: int = Field(512, ge=1)
     chunk_size: int = Field(256, ge=1)
     num_cpus: float = Field(1.0, gt=0.0)
-    num_gpus: float = Field(
-        0.0, ge=0.0, le=0.0
-    )  # the gradient tasks run on CPU (their CUDA path is not built)
+    num_gpus: float = Field(0.0, ge=0.0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "fp64"] = "fp32"
+    proj_precision: Literal["auto", "fp32", "bf16"] = "auto"
     max_exact_params: int = Field(20_000, ge=1)  # larger models need solver cg or lissa
+
+    @model_validator(mode="after")
+    def _gpus_used(self) -> GradientsConfig:
+        if self.device == "cpu" and self.num_gpus > 0:
+            raise ValueError(
+                f"gradients.num_gpus={self.num_gpus:g} reserves GPUs that gradients.device=cpu "
+                "never uses; set gradients.device to auto (or cuda), or gradients.num_gpus to 0"
+            )
+        return self
 
 
 class EvaluateConfig(_Section):

@@ -11,11 +11,13 @@ import numpy as np
 import torch
 
 from datamodels.config import Config
+from datamodels.errors import CheckpointError
 from datamodels.gradients.grads import exact_hessian
 from datamodels.gradients.ihvp import ConjugateGradient, Exact, FactoredHessian, Lissa, Solver
 from datamodels.gradients.influence import influence_scores, influence_self_scores
 from datamodels.gradients.influence_pert import influence_pert_scores, influence_pert_self_scores
 from datamodels.gradients.model import FunctionalModel, logreg_model, mlp_model
+from datamodels.gradients.module import module_model
 from datamodels.gradients.representer import representer_scores, representer_self_scores
 from datamodels.gradients.tracin import tracin_scores, tracin_self_scores
 from datamodels.gradients.trak import (
@@ -31,12 +33,42 @@ PERT_ELEMENTS = 1 << 24  # bound on T·points·input_dim per influence_pert chun
 
 
 def functional_model(config: Config, data, layers: list[torch.Tensor]) -> FunctionalModel:
-    """A checkpoint's layers as a ``FunctionalModel`` on the data's device (float64)."""
-    layers = [t.to(data.train_x.device) for t in layers]
+    """A checkpoint's layers as a ``FunctionalModel`` on the data's device: ``logreg`` and
+    ``mlp`` in float64; any other architecture as the ``nn.Module`` that
+    ``train.sequential.build_module`` builds, its ``state_dict`` filled from the checkpoint
+    (the tensors in order), in ``gradients.precision`` (``gradients.module``)."""
+    device = data.train_x.device
     if config.model.arch == "logreg":
+        layers = [t.to(device) for t in layers]
         flat = torch.cat([layers[0].reshape(-1), layers[1].reshape(-1)])
         return logreg_model(flat, data.in_dim, data.num_classes, config.train.weight_decay)
-    return mlp_model(layers, config.train.weight_decay, config.train.label_smoothing)
+    if config.model.arch == "mlp":
+        layers = [t.to(device) for t in layers]
+        return mlp_model(layers, config.train.weight_decay, config.train.label_smoothing)
+    from datamodels.train.sequential import build_module
+
+    module = build_module(config.model, data, 0)  # the seed is moot: every tensor is loaded
+    names = list(module.state_dict())
+    if len(names) != len(layers):
+        raise CheckpointError(
+            f"the checkpoint holds {len(layers)} tensors but model.arch={config.model.arch!r} "
+            f"(width {config.model.width}) has {len(names)} in its state_dict; was it saved "
+            "with other model settings?"
+        )
+    module.load_state_dict(dict(zip(names, layers, strict=True)))
+    dtype = torch.float64 if config.gradients.precision == "fp64" else torch.float32
+    return module_model(
+        module, data.num_classes, config.train.weight_decay, config.train.label_smoothing,
+        dtype=dtype, device=device,
+    )
+
+
+def projection_precision(config: Config, device: torch.device | str) -> str:
+    """``gradients.proj_precision`` resolved: auto = bf16 on CUDA, fp32 on CPU."""
+    choice = config.gradients.proj_precision
+    if choice == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return choice
 
 
 def solver_for(config: Config) -> Solver:
@@ -44,7 +76,9 @@ def solver_for(config: Config) -> Solver:
     if g.solver == "exact":
         return Exact(damping=g.damping)
     if g.solver == "cg":
-        return ConjugateGradient(damping=g.damping, tol=g.cg_tol, max_iter=g.cg_max_iter)
+        return ConjugateGradient(
+            damping=g.damping, tol=g.cg_tol, max_iter=g.cg_max_iter, hvp_chunk=g.chunk_size
+        )
     return Lissa(
         damping=g.damping,
         scale=g.lissa_scale,
@@ -52,6 +86,7 @@ def solver_for(config: Config) -> Solver:
         repeats=g.lissa_repeats,
         batch_size=g.lissa_batch_size,
         seed=config.seed,
+        hvp_chunk=g.chunk_size,
     )
 
 
@@ -102,15 +137,19 @@ def trak_values(
     features and kernel are computed once per process and model (``ctx_cached(key, make)``)."""
     g = config.gradients
     if kind == "reweight":
-        return one_minus_p(model, x_all, y_all)
+        return one_minus_p(model, x_all, y_all, g.chunk_size)
+
+    precision = projection_precision(config, model.device)
 
     def features():
-        projection = model_projection(model, g.proj_dim, config.seed + slot)
+        projection = model_projection(
+            model, g.proj_dim, config.seed + slot, precision=precision
+        )
         phi = trak_features(model, x_all, y_all, projection, "trak", g.chunk_size)
         return projection, phi, kernel_inverse(phi, g.trak_damping)
 
     projection, phi, kernel = ctx_cached(
-        (*key, g.proj_dim, g.trak_damping, config.seed + slot), features
+        (*key, g.proj_dim, g.trak_damping, config.seed + slot, precision), features
     )
     if kind == "scores":
         return trak_attribution(
@@ -194,7 +233,10 @@ def block_values(
     if method == "representer":
         if scores:
             return representer_scores(
-                model, x_all, y_all, tx, ty, output=g.representer_output, n_train=n_s
+                model, x_all, y_all, tx, ty, output=g.representer_output, n_train=n_s,
+                chunk_size=chunk,
             )
-        return representer_self_scores(model, x_all[rows], y_all[rows], n_train=n_s)
+        return representer_self_scores(
+            model, x_all[rows], y_all[rows], n_train=n_s, chunk_size=chunk
+        )
     return trak_values(config, ctx_cached, key, model, x_all, y_all, kind, rows, slot, tx, ty)

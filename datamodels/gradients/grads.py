@@ -56,43 +56,75 @@ def per_example_grads(
     model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, output: Output = "loss",
     params: torch.Tensor | None = None, chunk_size: int = 256,
 ) -> torch.Tensor:
-    """x[n, ...], y int64[n] -> ∇_θ f(z_i; θ): float64[n, P]."""
+    """x[n, ...], y int64[n] -> ∇_θ f(z_i; θ): [n, P] in the params' dtype and device."""
     params = model.params if params is None else params
     batched = vmap(grad(output_fn(model, output)), in_dims=(None, 0, 0))
     chunks = [
         batched(params, x[s : s + chunk_size], y[s : s + chunk_size])
         for s in range(0, len(x), chunk_size)
     ]
-    return torch.cat(chunks) if chunks else torch.zeros(0, model.num_params, dtype=params.dtype)
+    if chunks:
+        return torch.cat(chunks)
+    return torch.zeros(0, model.num_params, dtype=params.dtype, device=params.device)
 
 
 def per_example_outputs(
     model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, output: Output = "loss",
-    params: torch.Tensor | None = None,
+    params: torch.Tensor | None = None, chunk_size: int = 1024,
 ) -> torch.Tensor:
-    """x[n, ...], y[n] -> f(z_i; θ): float64[n]."""
+    """x[n, ...], y[n] -> f(z_i; θ): [n] (``chunk_size`` examples per forward)."""
     params = model.params if params is None else params
-    return vmap(output_fn(model, output), in_dims=(None, 0, 0))(params, x, y)
+    batched = vmap(output_fn(model, output), in_dims=(None, 0, 0))
+    chunks = [
+        batched(params, x[s : s + chunk_size], y[s : s + chunk_size])
+        for s in range(0, len(x), chunk_size)
+    ]
+    return torch.cat(chunks) if chunks else torch.zeros(0, dtype=params.dtype, device=params.device)
 
 
 def hvp_fn(
     model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, params: torch.Tensor | None = None,
+    chunk_size: int | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Returns v[T, P] -> H v[T, P] with H = ∇²J(θ) over ``x[n, ...]``, ``y[n]``."""
+    """Returns v[T, P] -> H v[T, P] with H = ∇²J(θ) over ``x[n, ...]``, ``y[n]``.
+
+    Up to ``chunk_size`` examples (None: any number) the vjp of ∇J is taken once and its saved
+    graph serves every call. More examples are summed chunk by chunk, H = Σ_c (n_c/n)·∇²J_c,
+    each chunk's graph rebuilt per call: memory bound by one chunk's activations (times T),
+    at the cost of a forward and backward per chunk and call (conv nets on many examples)."""
     params = model.params if params is None else params
-    # vjp of ∇J taken once: its saved graph serves every later call (Hᵀv = Hv, H symmetric)
-    _, vjp_fn = vjp(grad(lambda p: objective(model, p, x, y)), params)
-    return vmap(lambda v: vjp_fn(v)[0])
+
+    def products(vjp_fn) -> Callable[[torch.Tensor], torch.Tensor]:
+        if model.vmap_hvp:
+            return vmap(lambda v: vjp_fn(v)[0])
+        return lambda vs: torch.stack([vjp_fn(v)[0] for v in vs]) if len(vs) else vs.clone()
+
+    if chunk_size is None or len(x) <= chunk_size:
+        # vjp of ∇J taken once: its saved graph serves every later call (Hᵀv = Hv, H symmetric)
+        _, vjp_fn = vjp(grad(lambda p: objective(model, p, x, y)), params)
+        return products(vjp_fn)
+    n = len(x)
+
+    def chunked(v: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros_like(v)
+        for s in range(0, n, chunk_size):
+            xc, yc = x[s : s + chunk_size], y[s : s + chunk_size]
+            weight = len(xc) / n  # J = Σ_c (n_c/n)·J_c: mean loss and R both split exactly
+            _, vjp_fn = vjp(grad(lambda p, xc=xc, yc=yc: objective(model, p, xc, yc)), params)
+            total = total + weight * products(vjp_fn)(v)
+        return total
+
+    return chunked
 
 
 def exact_hessian(
     model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, params: torch.Tensor | None = None,
     chunk_size: int = 1024,
 ) -> torch.Tensor:
-    """H = ∇²J(θ): float64[P, P], as HVPs with the unit vectors (``chunk_size`` at a time; the
+    """H = ∇²J(θ): [P, P], as HVPs with the unit vectors (``chunk_size`` at a time; the
     same numbers as ``torch.func.hessian``, much faster), symmetrised against round-off."""
     hvp = hvp_fn(model, x, y, params)
-    eye = torch.eye(model.num_params, dtype=torch.float64, device=model.params.device)
+    eye = torch.eye(model.num_params, dtype=model.params.dtype, device=model.params.device)
     H = torch.cat([hvp(eye[s : s + chunk_size]) for s in range(0, model.num_params, chunk_size)])
     return 0.5 * (H + H.T)
 

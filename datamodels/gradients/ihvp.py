@@ -38,6 +38,7 @@ class ConjugateGradient:
     damping: float = 0.0
     tol: float = 1e-10  # stop when ||r|| <= tol·||v|| for every vector
     max_iter: int = 2000
+    hvp_chunk: int | None = None  # examples per HVP pass (``grads.hvp_fn``); None: all at once
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Lissa:
     repeats: int = 1
     batch_size: int | None = None
     seed: int = 0
+    hvp_chunk: int | None = None  # examples per HVP pass (``grads.hvp_fn``); None: all at once
 
 
 Solver = Exact | ConjugateGradient | Lissa
@@ -124,10 +126,10 @@ def _cg(matvec, rhs: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
 
 
 def _top_eigenvalue(
-    matvec, P: int, dtype: torch.dtype, iterations: int = 30, seed: int = 0
+    matvec, P: int, dtype: torch.dtype, iterations: int = 30, seed: int = 0, device=None
 ) -> float:
     gen = torch.Generator().manual_seed(seed)
-    v = torch.randn(1, P, generator=gen, dtype=dtype)
+    v = torch.randn(1, P, generator=gen, dtype=dtype).to(device)
     value = 0.0
     for _ in range(iterations):
         w = matvec(v / v.norm())
@@ -139,10 +141,12 @@ def _top_eigenvalue(
 def _lissa(
     model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, rhs: torch.Tensor, solver: Lissa
 ) -> torch.Tensor:
-    full = hvp_fn(model, x, y)
+    full = hvp_fn(model, x, y, chunk_size=solver.hvp_chunk)
     scale = solver.scale
     if scale is None:
-        top = _top_eigenvalue(full, model.num_params, rhs.dtype, seed=solver.seed)
+        top = _top_eigenvalue(
+            full, model.num_params, rhs.dtype, seed=solver.seed, device=rhs.device
+        )
         scale = 1.2 * (top + solver.damping)
     gen = torch.Generator().manual_seed(solver.seed)
     total = torch.zeros_like(rhs)
@@ -153,7 +157,7 @@ def _lissa(
                 hvp = full
             else:
                 batch = torch.randperm(len(x), generator=gen)[: solver.batch_size].to(x.device)
-                hvp = hvp_fn(model, x[batch], y[batch])
+                hvp = hvp_fn(model, x[batch], y[batch], chunk_size=solver.hvp_chunk)
             h = rhs + h - (hvp(h) + solver.damping * h) / scale
         total = total + h / scale
     return total / solver.repeats
@@ -163,9 +167,9 @@ def inverse_hvp(
     model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, vectors: torch.Tensor,
     solver: Solver = Exact(), hessian: torch.Tensor | FactoredHessian | None = None,
 ) -> torch.Tensor:
-    """(H + λI)⁺ v for v float64[T, P], H the Hessian of J over ``x[n, ...]``, ``y[n]`` ->
-    float64[T, P]. ``hessian`` (``Exact`` only) reuses a precomputed H or its factorisation
-    (which must have been made with the solver's damping)."""
+    """(H + λI)⁺ v for v [T, P], H the Hessian of J over ``x[n, ...]``, ``y[n]`` -> [T, P]
+    in the model's dtype and device. ``hessian`` (``Exact`` only) reuses a precomputed H or
+    its factorisation (which must have been made with the solver's damping)."""
     rhs = project_out(vectors.to(model.params), model.null_directions)
     if isinstance(solver, Exact):
         if isinstance(hessian, FactoredHessian):
@@ -177,7 +181,7 @@ def inverse_hvp(
         H = exact_hessian(model, x, y) if hessian is None else hessian
         return solve_with_hessian(H, rhs, solver.damping, model.null_directions)
     if isinstance(solver, ConjugateGradient):
-        hvp = hvp_fn(model, x, y)
+        hvp = hvp_fn(model, x, y, chunk_size=solver.hvp_chunk)
         matvec = lambda v: project_out(hvp(v), model.null_directions) + solver.damping * v  # noqa: E731
         return _cg(matvec, rhs, solver.tol, solver.max_iter)
     if isinstance(solver, Lissa):

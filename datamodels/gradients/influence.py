@@ -43,7 +43,7 @@ def utility_grads(
     model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, utility: Utility = "margin",
     chunk_size: int = 256,
 ) -> torch.Tensor:
-    """∇_θ u(z) for x[T, ...], y[T]: float64[T, P]; u = margin, or −loss."""
+    """∇_θ u(z) for x[T, ...], y[T]: [T, P] (the params' dtype); u = margin, or −loss."""
     if utility == "margin":
         return per_example_grads(model, x, y, "margin", chunk_size=chunk_size)
     if utility == "loss":
@@ -56,7 +56,7 @@ def target_directions(
     target_y: torch.Tensor, utility: Utility = "margin", solver: Solver = Exact(),
     chunk_size: int = 256, hessian: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """s_t = (H + λI)⁺ ∇u_t: float64[T, P] (the per-target inverse-HVP every score reuses)."""
+    """s_t = (H + λI)⁺ ∇u_t: [T, P] (the per-target inverse-HVP every score reuses)."""
     grads = utility_grads(model, target_x, target_y, utility, chunk_size)
     return inverse_hvp(model, train_x, train_y, grads, solver, hessian=hessian)
 
@@ -78,7 +78,9 @@ def influence_scores(
     directions = target_directions(
         model, train_x, train_y, target_x, target_y, utility, solver, chunk_size, hessian
     )
-    scores = torch.empty(len(target_x), len(points_x), dtype=torch.float64)
+    scores = torch.empty(
+        len(target_x), len(points_x), dtype=torch.float64, device=model.params.device
+    )
     for start in range(0, len(points_x), chunk_size):
         stop = min(len(points_x), start + chunk_size)
         grads = per_example_grads(
@@ -103,7 +105,7 @@ def influence_self_scores(
     if isinstance(solver, Exact) and not isinstance(hessian, FactoredHessian):
         H = exact_hessian(model, train_x, train_y) if hessian is None else hessian
         hessian = FactoredHessian.of(H, solver.damping, model.null_directions)
-    out = torch.empty(len(points_x), dtype=torch.float64)
+    out = torch.empty(len(points_x), dtype=torch.float64, device=model.params.device)
     for start in range(0, len(points_x), chunk_size):
         sl = slice(start, min(len(points_x), start + chunk_size))
         s = target_directions(

@@ -1,6 +1,6 @@
 """One trained model as flat parameters plus a functional forward, and its training objective.
 
-A ``FunctionalModel`` holds ``params: float64[P]`` and ``logits_fn(params[P], x[B, ...]) ->
+A ``FunctionalModel`` holds ``params: float[P]`` and ``logits_fn(params[P], x[B, ...]) ->
 logits[B, C]``, so ``torch.func`` can differentiate with respect to parameters *and* inputs.
 The objective is the trainer's (DESIGN §4), written as a mean of per-example terms:
 
@@ -22,7 +22,10 @@ there. Every per-example gradient of the loss, of the margin and of R is orthogo
 so inverse-HVPs are taken on its orthogonal complement.
 
 Flat layouts: ``logreg``: [W (d×C, row-major), b (C)]; ``mlp``: [W1 (d×h), b1 (h), …,
-Wout (h×C), bout (C)], each row-major, the order of ``datamodels.models.mlp``.
+Wout (h×C), bout (C)], each row-major, the order of ``datamodels.models.mlp``. Any other
+``nn.Module`` (``resnet9``, ``fastnet``, a user's): ``datamodels.gradients.module``, its
+trainable parameters in ``named_parameters`` order, every parameter penalised with λ_wd
+(SGD's coupled weight decay).
 """
 
 from __future__ import annotations
@@ -44,15 +47,19 @@ LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class FunctionalModel:
-    """A trained model: ``params`` float64[P], ``logits_fn(params, x[B, ...]) -> [B, C]``,
-    ``features_fn(params, x) -> [B, h]`` (input of the last linear layer), the last layer's
-    weight at ``params[last_weight]`` viewed as [h, C], ``penalty_mask`` float64[P];
-    ``bias_decay`` λ_b on the centred ``params[bias]`` (``logreg``; 0 and None otherwise)."""
+    """A trained model: ``params`` float[P] (float64 for ``logreg`` / ``mlp``; a module's own
+    precision otherwise), ``logits_fn(params, x[B, ...]) -> [B, C]``, ``penalty_mask`` [P];
+    ``bias_decay`` λ_b on the centred ``params[bias]`` (``logreg``; 0 and None otherwise).
+
+    ``head_io(params, x) -> (logits [B, C], features f [B, h], z [B, C])``: one forward that
+    also returns the last linear layer's input f (detached) and its output z as a leaf that
+    requires grad, the logits computed from it (so ∂logits/∂z comes from autograd): what
+    representer points need. None where the model has no usable last linear layer
+    (``head_problem`` says why). ``features_fn`` / ``last_weight`` (the last layer's weight
+    at ``params[last_weight]`` viewed as [h, C]) exist for the dense models only."""
 
     params: torch.Tensor
     logits_fn: LogitsFn
-    features_fn: LogitsFn
-    last_weight: slice
     num_classes: int
     weight_decay: float
     penalty_mask: torch.Tensor
@@ -63,22 +70,44 @@ class FunctionalModel:
     layer_io: Callable | None = None
     bias_decay: float = 0.0
     bias: slice | None = None
+    head_io: Callable | None = None
+    head_problem: str = ""
+    # HVPs of several vectors at once by vmap over the pullback; False: one vector at a time
+    # (conv backward kernels cannot run under vmap, and it bounds memory by one pullback)
+    vmap_hvp: bool = True
+    features_fn: LogitsFn | None = None
+    last_weight: slice | None = None
 
     @property
     def num_params(self) -> int:
         return int(self.params.numel())
 
+    @property
+    def device(self) -> torch.device:
+        return self.params.device
+
     def with_params(self, params: torch.Tensor) -> FunctionalModel:
         return FunctionalModel(**{**self.__dict__, "params": params})
 
     def last_layer_weight(self, params: torch.Tensor | None = None) -> torch.Tensor:
-        """float64[h, C]."""
+        """float64[h, C] (dense models)."""
         p = self.params if params is None else params
         return p[self.last_weight].view(-1, self.num_classes)
 
 
-def _bias_null_direction(P: int, bias_start: int, C: int) -> torch.Tensor:
-    u = torch.zeros(1, P, dtype=torch.float64)
+def dense_head(features_fn: LogitsFn, weight: slice, bias: slice, C: int) -> Callable:
+    """``head_io`` of a model whose logits are its last dense layer's output: z = f W + b."""
+
+    def head_io(p: torch.Tensor, x: torch.Tensor):
+        f = features_fn(p, x).detach()
+        z = (f @ p[weight].view(-1, C) + p[bias]).detach().requires_grad_(True)
+        return z, f, z
+
+    return head_io
+
+
+def _bias_null_direction(P: int, bias_start: int, C: int, device=None) -> torch.Tensor:
+    u = torch.zeros(1, P, dtype=torch.float64, device=device)
     u[0, bias_start : bias_start + C] = C**-0.5
     return u
 
@@ -107,12 +136,15 @@ def logreg_model(
         z = a @ p[: d * C].view(d, C) + p[d * C :]
         return z, [a], [z]
 
-    mask = torch.zeros(P, dtype=torch.float64)
+    mask = torch.zeros(P, dtype=torch.float64, device=params.device)
     mask[: d * C] = 1.0
-    null = _bias_null_direction(P, d * C, C)
-    return FunctionalModel(params.detach().double().reshape(-1).clone(), logits_fn, features_fn,
-                           slice(0, d * C), C, float(weight_decay), mask, null, layer_io=layer_io,
-                           bias_decay=logreg_bias_decay(weight_decay), bias=slice(d * C, P))
+    null = _bias_null_direction(P, d * C, C, params.device)
+    return FunctionalModel(
+        params.detach().double().reshape(-1).clone(), logits_fn, C, float(weight_decay), mask,
+        null, layer_io=layer_io, bias_decay=logreg_bias_decay(weight_decay), bias=slice(d * C, P),
+        head_io=dense_head(features_fn, slice(0, d * C), slice(d * C, P), C),
+        features_fn=features_fn, last_weight=slice(0, d * C),
+    )
 
 
 def mlp_model(
@@ -137,10 +169,10 @@ def mlp_model(
         return torch.relu(h)
 
     flat = torch.cat([t.detach().double().reshape(-1) for t in layers])
-    mask = torch.ones(P, dtype=torch.float64)
-    null = torch.zeros(0, P, dtype=torch.float64)
+    mask = torch.ones(P, dtype=torch.float64, device=flat.device)
+    null = torch.zeros(0, P, dtype=torch.float64, device=flat.device)
     if weight_decay == 0.0:
-        null = _bias_null_direction(P, offsets[-2], C)
+        null = _bias_null_direction(P, offsets[-2], C, flat.device)
     def layer_io(p: torch.Tensor, x: torch.Tensor):
         parts = unflatten(p)
         h = x.reshape(x.shape[0], -1).to(p.dtype)
@@ -152,8 +184,12 @@ def mlp_model(
             h = torch.relu(z) if layer < len(parts) // 2 - 1 else z
         return h, inputs, pre
 
-    return FunctionalModel(flat, logits_fn, features_fn, slice(offsets[-3], offsets[-2]), C,
-                           float(weight_decay), mask, null, float(label_smoothing), layer_io)
+    weight, bias = slice(offsets[-3], offsets[-2]), slice(offsets[-2], offsets[-1])
+    return FunctionalModel(
+        flat, logits_fn, C, float(weight_decay), mask, null, float(label_smoothing), layer_io,
+        head_io=dense_head(features_fn, weight, bias, C), features_fn=features_fn,
+        last_weight=weight,
+    )
 
 
 def regulariser(model: FunctionalModel, params: torch.Tensor) -> torch.Tensor:

@@ -46,9 +46,9 @@ def tracin_scores(
     if not checkpoints:
         raise ValueError("checkpoints is empty: pass at least one (params, learning_rate) pair")
     n = len(train_x)
-    scores = torch.zeros(len(target_x), n, dtype=torch.float64)
+    scores = torch.zeros(len(target_x), n, dtype=torch.float64, device=model.params.device)
     for params, lr in checkpoints:
-        at = model.with_params(params.detach().double().reshape(-1))
+        at = model.with_params(params.detach().to(model.params).reshape(-1))
         if at.layer_io is not None:  # dense layers: dot products from per-layer factors
             if utility not in ("loss", "margin"):
                 raise ValueError(f"utility must be 'margin' or 'loss'; got {utility!r}")
@@ -76,9 +76,9 @@ def tracin_self_scores(
     """Σ_k η_k ||∇ℓ(z_i; θ_k)||²: float64[n]."""
     if not checkpoints:
         raise ValueError("checkpoints is empty: pass at least one (params, learning_rate) pair")
-    out = torch.zeros(len(train_x), dtype=torch.float64)
+    out = torch.zeros(len(train_x), dtype=torch.float64, device=model.params.device)
     for params, lr in checkpoints:
-        at = model.with_params(params.detach().double().reshape(-1))
+        at = model.with_params(params.detach().to(model.params).reshape(-1))
         for start in range(0, len(train_x), chunk_size):
             sl = slice(start, min(len(train_x), start + chunk_size))
             if at.layer_io is not None:

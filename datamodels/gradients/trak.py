@@ -4,8 +4,10 @@ For each of M models θ_m (e.g. trained on α-subsets of the training set):
 
 * output function f(z; θ) = log(p_y / (1 − p_y)) (the paper's multi-class margin, §3.2;
   ``output="margin"`` uses the project's correct − largest-other logit instead);
-* features φ_m(z) = Pᵀ ∇_θ f(z; θ_m), P ∈ R^{P×k} a seeded random projection with i.i.d.
-  N(0, 1/k) (``"gaussian"``) or ±1/√k (``"rademacher"``) entries (a fresh one per model);
+* features φ_m(z) = Rᵀ ∇_θ f(z; θ_m), R ∈ R^{P×k} a seeded random projection with i.i.d.
+  N(0, 1/k) (``"gaussian"``) or ±1/√k (``"rademacher"``) entries (a fresh one per model),
+  applied block by block and never held whole (``projection.py``: memory O(block × k), in
+  float32 or bfloat16 for modules, float64 products for the exact references);
 * Φ_m = [φ_m(z_1); …; φ_m(z_n)] ∈ R^{n×k}, Q_m = diag(1 − p_y(z_i; θ_m)) (the
   "one minus correct-class probability" reweighting).
 
@@ -14,12 +16,12 @@ For each of M models θ_m (e.g. trained on α-subsets of the training set):
 (Algorithm 1 averages the two factors separately; the soft-thresholding step is left out:
 scores are dense). λ = 0 uses the pseudo-inverse, which is the λ → 0 limit.
 
-Sign: for the TRAK output f, ∇ℓ(z) = −(1 − p_y)∇f(z), so Φᵀ Q has columns −Pᵀ∇ℓ(z_i) and
-τ(z_t)ᵢ = −φ(z_t)ᵀ(ΦᵀΦ)⁻¹Pᵀ∇ℓ(z_i): the influence score of ``influence.py``,
+Sign: for the TRAK output f, ∇ℓ(z) = −(1 − p_y)∇f(z), so Φᵀ Q has columns −Rᵀ∇ℓ(z_i) and
+τ(z_t)ᵢ = −φ(z_t)ᵀ(ΦᵀΦ)⁻¹Rᵀ∇ℓ(z_i): the influence score of ``influence.py``,
 −(1/n)·∇u_tᵀH⁻¹∇ℓ(z_i), with u = f and H replaced by the projected ΦᵀΦ/n, so positive =
 including z_i raises f(z_t) (helpful).
 
-Exact identity (tested): with one model, k ≥ P (P full row rank a.s.) and λ → 0, the
+Exact identity (tested): with one model, k ≥ P (R full row rank a.s.) and λ → 0, the
 projection drops out on the span G of the training gradients:
 τ(z_t)ᵢ = −∇f_tᵀ (GᵀG)⁺ ∇ℓ(z_i), G = [∇f(z_1); …; ∇f(z_n)], whenever ∇f_t lies in span(Gᵀ)
 (e.g. n ≥ P); that is the influence score with utility f and the Hessian replaced by the
@@ -37,63 +39,58 @@ import torch
 
 from datamodels.gradients.grads import per_example_grads, per_example_outputs
 from datamodels.gradients.model import FunctionalModel
+from datamodels.gradients.projection import Projection, ProjectionKind, ProjectionPrecision
 
-ProjectionKind = Literal["gaussian", "rademacher"]
 TrakOutput = Literal["trak", "margin"]
 
 
-def projection_matrix(
-    num_params: int, dim: int, seed: int, kind: ProjectionKind = "gaussian"
-) -> torch.Tensor:
-    """float64[P, k] with E[P Pᵀ] = I."""
-    gen = torch.Generator().manual_seed(int(seed))
-    if kind == "gaussian":
-        return torch.randn(num_params, dim, generator=gen, dtype=torch.float64) / dim**0.5
-    if kind == "rademacher":
-        signs = torch.randint(0, 2, (num_params, dim), generator=gen).to(torch.float64) * 2 - 1
-        return signs / dim**0.5
-    raise ValueError(f"projection kind must be 'gaussian' or 'rademacher'; got {kind!r}")
-
-
 def trak_features(
-    model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, projection: torch.Tensor,
+    model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, projection: Projection,
     output: TrakOutput = "trak", chunk_size: int = 256,
 ) -> torch.Tensor:
-    """φ(z_i) = Pᵀ ∇_θ f(z_i): float64[n, k] (gradients projected chunk by chunk)."""
+    """φ(z_i) = Rᵀ ∇_θ f(z_i): float64[n, k] (``chunk_size`` per-example gradients at a
+    time, each chunk projected block by block)."""
     chunks = [
-        per_example_grads(
-            model, x[s : s + chunk_size], y[s : s + chunk_size], output, chunk_size=chunk_size
-        )
-        @ projection
+        projection.project(
+            per_example_grads(
+                model, x[s : s + chunk_size], y[s : s + chunk_size], output, chunk_size=chunk_size
+            )
+        ).double()
         for s in range(0, len(x), chunk_size)
     ]
-    return torch.cat(chunks) if chunks else torch.zeros(0, projection.shape[1], dtype=torch.float64)
+    if chunks:
+        return torch.cat(chunks)
+    return torch.zeros(0, projection.dim, dtype=torch.float64, device=model.params.device)
 
 
 def kernel_inverse(features: torch.Tensor, damping: float) -> torch.Tensor:
     """(ΦᵀΦ + λI)⁻¹ (pseudo-inverse at λ = 0) for Φ = ``features[n, k]``: float64[k, k]."""
     gram = features.T @ features
     if damping > 0:
-        return torch.linalg.inv(gram + damping * torch.eye(gram.shape[0], dtype=gram.dtype))
+        eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        return torch.linalg.inv(gram + damping * eye)
     return torch.linalg.pinv(gram, hermitian=True)
 
 
-def one_minus_p(model: FunctionalModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def one_minus_p(
+    model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 1024
+) -> torch.Tensor:
     """Q's diagonal: 1 − p_y(z_i; θ): float64[n]."""
-    return 1.0 - torch.exp(-per_example_outputs(model, x, y, "loss"))
+    loss = per_example_outputs(model, x, y, "loss", chunk_size=chunk_size).double()
+    return 1.0 - torch.exp(-loss)
 
 
 def model_projection(
-    model: FunctionalModel, proj_dim: int, seed: int, kind: ProjectionKind = "gaussian"
-) -> torch.Tensor:
-    if proj_dim < 1:
-        raise ValueError(f"proj_dim must be >= 1; got {proj_dim}")
-    return projection_matrix(model.num_params, proj_dim, seed, kind)
+    model: FunctionalModel, proj_dim: int, seed: int, kind: ProjectionKind = "gaussian",
+    precision: ProjectionPrecision = "fp32",
+) -> Projection:
+    """The model's projection R: ``num_params`` × ``proj_dim``, seeded by ``seed``."""
+    return Projection(model.num_params, proj_dim, seed, kind, precision=precision)
 
 
 def trak_attribution(
     model: FunctionalModel, train_features: torch.Tensor, target_x: torch.Tensor,
-    target_y: torch.Tensor, projection: torch.Tensor, *, damping: float = 0.0,
+    target_y: torch.Tensor, projection: Projection, *, damping: float = 0.0,
     output: TrakOutput = "trak", chunk_size: int = 256, kernel: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One model's φ(z_t)ᵀ (ΦᵀΦ + λI)⁻¹ Φᵀ: float64[T, n], Φ = ``train_features`` [n, k]
@@ -120,15 +117,16 @@ def trak_scores(
     models: Sequence[FunctionalModel], train_x: torch.Tensor, train_y: torch.Tensor,
     target_x: torch.Tensor, target_y: torch.Tensor, *, proj_dim: int, seed: int = 0,
     kind: ProjectionKind = "gaussian", damping: float = 0.0, output: TrakOutput = "trak",
-    chunk_size: int = 256,
+    chunk_size: int = 256, precision: ProjectionPrecision = "fp32",
 ) -> torch.Tensor:
     """τ: float64[T, n] for train_x[n, ...], train_y[n], target_x[T, ...], target_y[T],
     ensembled over ``models`` (projection seed ``seed + m`` for model m)."""
     _check(models)
-    attribution = torch.zeros(len(target_x), len(train_x), dtype=torch.float64)
-    reweight = torch.zeros(len(train_x), dtype=torch.float64)
+    device = models[0].params.device
+    attribution = torch.zeros(len(target_x), len(train_x), dtype=torch.float64, device=device)
+    reweight = torch.zeros(len(train_x), dtype=torch.float64, device=device)
     for m, model in enumerate(models):
-        projection = model_projection(model, proj_dim, seed + m, kind)
+        projection = model_projection(model, proj_dim, seed + m, kind, precision)
         phi_train = trak_features(model, train_x, train_y, projection, output, chunk_size)
         attribution += trak_attribution(
             model, phi_train, target_x, target_y, projection, damping=damping, output=output,
@@ -141,14 +139,15 @@ def trak_scores(
 def trak_self_scores(
     models: Sequence[FunctionalModel], train_x: torch.Tensor, train_y: torch.Tensor, *,
     proj_dim: int, seed: int = 0, kind: ProjectionKind = "gaussian", damping: float = 0.0,
-    output: TrakOutput = "trak", chunk_size: int = 256,
+    output: TrakOutput = "trak", chunk_size: int = 256, precision: ProjectionPrecision = "fp32",
 ) -> torch.Tensor:
     """τ(z_i)ᵢ: float64[n]."""
     _check(models)
-    leverage = torch.zeros(len(train_x), dtype=torch.float64)
-    reweight = torch.zeros(len(train_x), dtype=torch.float64)
+    device = models[0].params.device
+    leverage = torch.zeros(len(train_x), dtype=torch.float64, device=device)
+    reweight = torch.zeros(len(train_x), dtype=torch.float64, device=device)
     for m, model in enumerate(models):
-        projection = model_projection(model, proj_dim, seed + m, kind)
+        projection = model_projection(model, proj_dim, seed + m, kind, precision)
         phi = trak_features(model, train_x, train_y, projection, output, chunk_size)
         leverage += trak_leverage(phi, slice(None), kernel_inverse(phi, damping))
         reweight += one_minus_p(model, train_x, train_y)

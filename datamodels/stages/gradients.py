@@ -26,6 +26,11 @@ Units: (``scores``, model, target block of ``gradients.targets_per_task``), (``s
 model, train block of ``gradients.train_per_task``) and, for TRAK, (``reweight``, model).
 With the exact solver the units of one model share its LU-factored Hessian
 (``Unit.shared``): the executor computes it once, as a task of its own.
+
+Models: ``logreg`` and ``mlp`` as flat float64 functions; every other architecture as the
+``nn.Module`` of ``build_module`` through ``torch.func.functional_call`` in eval mode
+(``gradients.module``). Devices: tasks ask Ray for ``gradients.num_gpus`` GPUs and compute
+on CUDA when they get one (``gradients.device`` auto), on CPU otherwise.
 """
 
 from __future__ import annotations
@@ -35,8 +40,14 @@ import io
 import numpy as np
 import torch
 
-from datamodels.errors import CheckpointError, EstimateError
-from datamodels.gradients.checkpointed import block_values, factored_hessian, functional_model
+from datamodels.errors import CheckpointError, ConfigError, EstimateError
+from datamodels.gradients.checkpointed import (
+    block_values,
+    factored_hessian,
+    functional_model,
+    projection_precision,
+)
+from datamodels.orchestrate.context import worker_name
 from datamodels.orchestrate.executor import error_text
 from datamodels.plans import checkpoint_epochs, checkpoint_ids
 from datamodels.stages.base import PARTS_DIR, Stage, TaskResources, Unit
@@ -51,8 +62,39 @@ EXECUTION = {
     "chunk_size",
     "num_cpus",
     "num_gpus",
+    "device",
     "max_exact_params",
 }
+
+
+def planned_device(gradients) -> str:
+    """The device the tasks are meant to use (auto: CUDA exactly when they ask for GPUs)."""
+    if gradients.device == "auto":
+        return "cuda" if gradients.num_gpus > 0 else "cpu"
+    return gradients.device
+
+
+def check_gradient_device(gradients) -> None:
+    """Refuse ``gradients.device=cuda`` where no task could get a GPU: no CUDA here and no
+    GPU asked of Ray (the driver of a cluster with GPU workers may itself have none)."""
+    if gradients.device == "cuda" and gradients.num_gpus == 0 and not torch.cuda.is_available():
+        raise ConfigError(
+            "gradients.device=cuda but this machine has no CUDA device and gradients.num_gpus "
+            "is 0; use gradients.device auto or cpu, or set gradients.num_gpus > 0 on a Ray "
+            "cluster with GPUs"
+        )
+
+
+def task_device(gradients) -> str:
+    """The device of this task: auto = CUDA when GPUs were asked for and one is visible."""
+    if gradients.device == "auto":
+        return "cuda" if gradients.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+    if gradients.device == "cuda" and not torch.cuda.is_available():
+        raise EstimateError(
+            f"gradients.device=cuda but worker {worker_name()} sees no CUDA device; set "
+            "gradients.num_gpus > 0 so that Ray places the tasks on GPUs, or use device auto"
+        )
+    return gradients.device
 
 
 class GradientStage(Stage):
@@ -63,11 +105,12 @@ class GradientStage(Stage):
             raise EstimateError(
                 f"unknown gradient method {method!r}; choose from: {', '.join(GRADIENT_METHODS)}"
             )
-        if config.model.arch not in ("logreg", "mlp"):
+        if config.model.arch == "null":
             raise EstimateError(
-                f"{method}: gradient estimators support model.arch logreg and mlp; "
-                f"got {config.model.arch!r}"
+                f"{method}: model.arch null trains no model, so there is nothing to "
+                "differentiate; use a real architecture"
             )
+        check_gradient_device(config.gradients)
         super().__init__(config, run)
         self.method, self.name = method, f"estimate-{method}"
         self.checkpoints = self.find_checkpoints()
@@ -118,19 +161,26 @@ class GradientStage(Stage):
     # -- the contract ----------------------------------------------------------------------
 
     def fingerprint(self) -> dict:
-        return {
+        fingerprint = {
             "method": self.method,
             "gradients": self.config.gradients.model_dump(mode="json", exclude=EXECUTION),
             "checkpoints": {str(k): v for k, v in self.checkpoints.items()},
             "targets": self.targets.tolist(),
             "config": self.config.hash,
         }
+        if self.method == "trak":  # CPU and CUDA generators draw different projections
+            device = planned_device(self.config.gradients)
+            fingerprint["projection"] = [device, projection_precision(self.config, device)]
+        return fingerprint
 
 
     def resources(self) -> TaskResources:
         g = self.config.gradients
         return TaskResources(
-            g.num_cpus, 0.0, self.config.resources.task_retries, self.config.resources.max_in_flight
+            g.num_cpus,
+            g.num_gpus,
+            self.config.resources.task_retries,
+            self.config.resources.max_in_flight,
         )
 
     def needs_hessian(self) -> bool:
@@ -172,7 +222,7 @@ class GradientStage(Stage):
 
     def setup(self, ctx):
         torch.set_num_threads(max(1, int(self.config.gradients.num_cpus)))
-        return ctx.data(self.run, self.config, "cpu")  # the gradient tasks run on CPU
+        return ctx.data(self.run, self.config, task_device(self.config.gradients))
 
     def model_at(self, ctx, data, path: str):
         layers = lambda: load_checkpoint(self.run.fs, path)["layers"]  # noqa: E731
@@ -195,8 +245,9 @@ class GradientStage(Stage):
         limit = self.config.gradients.max_exact_params
         if model.num_params > limit:
             raise EstimateError(
-                f"the model has {model.num_params} parameters, above gradients.max_exact_params="
-                f"{limit} for the exact Hessian; use --set gradients.solver=cg (or lissa)"
+                f"{self.method}: the model has {model.num_params} parameters, above "
+                f"gradients.max_exact_params={limit} for the exact Hessian; use --set "
+                "gradients.solver=cg (or lissa)"
             )
         mask = self.subset(ctx, data, model_id)
         return factored_hessian(self.config, model, data.train_x[mask], data.train_y[mask])
@@ -207,6 +258,12 @@ class GradientStage(Stage):
         history = self.checkpoints[model_id]
         path = history[-1][2]
         model = self.model_at(ctx, data, path)
+        if self.method == "representer" and model.head_io is None:
+            raise EstimateError(
+                f"representer: model.arch={self.config.model.arch!r} has no usable last linear "
+                f"layer ({model.head_problem}); representer points decompose that layer, use "
+                "tracin or trak for this model"
+            )
         if shared is None and self.needs_hessian():
             shared = ctx.cached(
                 ("hessian", self.run.uri, path, self.config.gradients.damping),

@@ -356,3 +356,166 @@ def test_gradient_self_scores_find_flipped_labels(tmp_path, ray_local):
         found[method] = mislabel_detection(run.self_scores()[method], flipped).found_at(0.2)
     print(found)
     assert min(found.values()) >= 0.5, found  # chance: 0.2
+
+
+# -- conv nets: resnet9 at width 4 on 8×8 images, through the same stage ------------------
+
+RESNET = {
+    "name": "resnet_tiny",
+    "model": {"arch": "resnet9", "width": 4},
+    "train": {"epochs": 2, "batch_size": 16, "lr": 0.05, "weight_decay": 5e-3},
+    "plans": [
+        {"name": "train", "alpha": 0.5, "count": 2},
+        {"name": "eval", "alpha": 0.5, "count": 2},
+    ],
+    "checkpoints": {"plan": "train", "epochs": [1]},
+    "resources": {"models_per_task": 4},
+}
+RESNET_GRADIENTS = [
+    "gradients.models=2",
+    "gradients.trak_models=2",
+    "gradients.proj_dim=24",
+    "gradients.chunk_size=16",
+    "gradients.targets_per_task=6",
+    "gradients.train_per_task=25",
+]
+
+
+@pytest.fixture(scope="module")
+def resnet_run(tmp_path_factory):
+    """32 train + 8 test CIFAR-shaped 8×8 images, 2 resnet9 models with 2 checkpoints each."""
+    from datamodels.orchestrate.executor import SerialExecutor
+
+    root = tmp_path_factory.mktemp("resnet")
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 40)
+    images = rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
+    images[..., 0] = images[..., 0] // 2 + 60 * labels[:, None, None]  # learnable
+    split = np.array(["train"] * 32 + ["test"] * 8)
+    np.savez(root / "images.npz", X=images, y=labels, split=split)
+    data = {"dataset": {"name": "arrays", "path": str(root / "images.npz")}}
+    uri = str(root / "run")
+    train(config_from_dict(RESNET | data), uri, executor=SerialExecutor(), show_progress=False)
+    return RESNET | data, uri
+
+
+def _resnet_estimate(spec, uri, method, overrides=()):
+    from datamodels.orchestrate.executor import SerialExecutor
+
+    config = config_from_dict(spec, RESNET_GRADIENTS + list(overrides))
+    estimate(config, uri, method, executor=SerialExecutor(), show_progress=False)
+    scores, own = _scores_and_self(uri, method)
+    assert scores.shape == (8, 32) and own.shape == (32,)
+    assert np.isfinite(scores).all() and np.isfinite(own).all() and np.abs(scores).max() > 0
+    return config, scores
+
+
+def test_conv_net_through_every_gradient_estimator(resnet_run):
+    """influence (CG, LiSSA), tracin, representer and trak on resnet9 via functional_call:
+    each stage table is the pure estimator on the checkpointed modules."""
+    from datamodels.gradients import ConjugateGradient, Lissa
+
+    spec, uri = resnet_run
+    run = Run(uri)
+    config, _ = _resnet_estimate(spec, uri, "tracin")  # settle the models the others use
+    ids = sorted(read_checkpoint_index(run.fs).model_id.unique().tolist())[:2]
+    data, models, index = _models(config, uri, ids)
+    assert models[0].num_params == 26_116 and models[0].params.dtype == torch.float32
+    x, y = data.train_x, data.train_y
+    targets = torch.from_numpy(eval_positions(run, "test"))
+    tx, ty = data.eval_x[targets], data.eval_y[targets]
+    masks = torch.from_numpy(run.masks_of(np.array(ids)))
+
+    def mean(values):
+        return np.mean([v.numpy() for v in values], axis=0)
+
+    def history(m):
+        rows = index[index.model_id == m].sort_values("epoch")
+        return [
+            (functional_model(config, data, load_checkpoint(run.fs, p)["layers"]).params, lr)
+            for p, lr in zip(rows.path, rows.lr, strict=True)
+        ]
+
+    cg = ["gradients.solver=cg", "gradients.cg_max_iter=2", "gradients.damping=0.1"]
+    lissa = ["gradients.solver=lissa", "gradients.lissa_depth=2", "gradients.damping=0.1"]
+    lissa += ["gradients.lissa_scale=50"]
+    expected = {
+        "tracin": mean(
+            tracin_scores(m, history(i), x, y, tx, ty, utility="margin")
+            for m, i in zip(models, ids, strict=True)
+        ),
+        "representer": mean(
+            representer_scores(m, x, y, tx, ty, n_train=int(mk.sum()))
+            for m, mk in zip(models, masks, strict=True)
+        ),
+        "trak": trak_scores(models, x, y, tx, ty, proj_dim=24, seed=config.seed).numpy(),
+    }
+    solvers = {
+        "cg": (cg, ConjugateGradient(damping=0.1, tol=1e-8, max_iter=2, hvp_chunk=16)),
+        "lissa": (lissa, Lissa(damping=0.1, scale=50.0, depth=2, seed=config.seed, hvp_chunk=16)),
+    }
+    for name, (_, solver) in solvers.items():
+        expected[f"influence-{name}"] = mean(
+            influence_scores(m, x[mk], y[mk], tx, ty, solver=solver, points_x=x, points_y=y)
+            for m, mk in zip(models, masks, strict=True)
+        )
+    for key, want in expected.items():
+        method, _, solver = key.partition("-")
+        overrides = solvers[solver][0] if solver else []
+        _, got = _resnet_estimate(spec, uri, method, overrides)
+        np.testing.assert_allclose(
+            got, want, rtol=1e-3, atol=1e-4 * np.abs(want).max(), err_msg=key
+        )
+
+
+def test_conv_net_refusals_are_one_line(resnet_run, monkeypatch):
+    from datamodels.orchestrate.executor import SerialExecutor
+    from datamodels.train import sequential
+
+    spec, uri = resnet_run
+    # solver: exact; a representer setting of its own, so that its table is not up to date
+    config = config_from_dict(spec, RESNET_GRADIENTS + ["gradients.representer_output=true_class"])
+    with pytest.raises(EstimateError) as exact:
+        estimate(config, uri, "influence", executor=SerialExecutor(), show_progress=False)
+    assert "above gradients.max_exact_params=20000" in str(exact.value)
+    assert "gradients.solver=cg (or lissa)" in str(exact.value)
+
+    class Head(torch.nn.Module):  # the same tensor as resnet9's last layer, not an nn.Linear
+        def __init__(self, linear):
+            super().__init__()
+            self.weight = linear.weight
+
+        def forward(self, features):
+            return features @ self.weight.T
+
+    def without_linear(model, data, seed):
+        net = sequential.build_resnet9(seed, data.num_classes, model.width)
+        net.net[-1] = Head(net.net[-1])
+        return net
+
+    monkeypatch.setattr(sequential, "build_module", without_linear)
+    with pytest.raises(EstimateError) as refused:
+        estimate(config, uri, "representer", executor=SerialExecutor(), show_progress=False)
+    message = str(refused.value)
+    assert message.startswith(
+        "representer: model.arch='resnet9' has no usable last linear layer (the module has "
+        "no nn.Linear layer"
+    )
+    assert "use tracin or trak" in message and "\n" not in message
+
+
+def test_gradient_devices_are_checked_in_one_line():
+    from datamodels.errors import ConfigError
+    from datamodels.stages.gradients import check_gradient_device, task_device
+
+    with pytest.raises(ConfigError, match="gradients.device=cpu never uses"):
+        config_from_dict(MLP, ["gradients.device=cpu", "gradients.num_gpus=1"])
+    gpus = config_from_dict(MLP, ["gradients.num_gpus=0.5"]).gradients
+    assert task_device(gpus) == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert task_device(config_from_dict(MLP).gradients) == "cpu"
+    if not torch.cuda.is_available():
+        cuda = config_from_dict(MLP, ["gradients.device=cuda"]).gradients
+        with pytest.raises(ConfigError, match="no CUDA device and gradients.num_gpus is 0"):
+            check_gradient_device(cuda)
+        with pytest.raises(EstimateError, match="sees no CUDA device"):
+            task_device(cuda)
