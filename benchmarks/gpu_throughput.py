@@ -64,14 +64,14 @@ def train_data(xtr, ytr, xte, yte, device) -> TrainData:
     return data.to(device)
 
 
-def config(args, K: int) -> Config:
+def config(args, K: int, **resources) -> Config:
     return Config.model_validate({
         "model": {"arch": "fastnet", "width": args.width},
         "train": {
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": 11.5, "momentum": 0.85,
             "weight_decay": 0.0153, "schedule": "airbench", "label_smoothing": 0.2, "tta": 2,
         },
-        "resources": {"models_per_pass": K, "compile": args.compile},
+        "resources": {"models_per_pass": K, "compile": args.compile} | resources,
     })
 
 
@@ -93,9 +93,40 @@ def run_ours(data, masks, seeds, args, K: int) -> tuple[float, np.ndarray]:
     return seconds / len(seeds), outcome.eval_accuracy
 
 
+def check_graphs(data, masks, seeds, args, K: int) -> str:
+    """The same K models stepped by CUDA-graph replays and eagerly: max margin difference."""
+    graphed = train_batch(masks[:K], seeds[:K], data, config(args, K))
+    eager = train_batch(masks[:K], seeds[:K], data, config(args, K, cuda_graphs=False))
+    diff = np.abs(graphed.margins - eager.margins).max()
+    return (
+        f"CUDA graph vs eager, K={K}: max |margin diff| {diff:.2e} "
+        f"(margins up to {np.abs(eager.margins).max():.1f}; bf16 autocast)"
+    )
+
+
+def profile(data, masks, seeds, args, K: int) -> None:
+    """Where one pass of K models spends its time (torch.profiler, after a warm-up)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    cfg = config(args, K)
+    train_batch(masks[:K], seeds[:K], data, cfg)
+    sync(args.device)
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        train_batch(masks[:K], seeds[:K], data, cfg)
+        sync(args.device)
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+    gpu = sum(e.self_device_time_total for e in events) / 1e6
+    print(f"profile K={K}: wall {wall:.2f} s, GPU busy {gpu:.2f} s ({100 * gpu / wall:.0f}%)")
+    print(events.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=60))
+
+
 def run_airbench(xtr, ytr, xte, yte, masks, args) -> tuple[float, np.ndarray]:
     """airbench94's own trainer (its CifarLoader over our arrays, its defaults), one model per
-    subset; accuracy with its TTA level 2."""
+    subset, timed with its test-set logits at TTA level 2 (a datamodels run records every
+    model's margins, so both sides include that pass)."""
     import airbench
 
     work = Path(tempfile.mkdtemp(prefix="airbench-"))
@@ -126,9 +157,10 @@ def run_airbench(xtr, ytr, xte, yte, masks, args) -> tuple[float, np.ndarray]:
         torch.cuda.synchronize()
         start = time.perf_counter()
         net = airbench.train94(train, verbose=False)
+        logits = airbench.infer(net, test_loader, tta_level=2)
         torch.cuda.synchronize()
         seconds += time.perf_counter() - start
-        accuracy.append(airbench.evaluate(net, test_loader, tta_level=2))
+        accuracy.append((logits.argmax(1) == test_loader.labels).float().mean().item())
     return seconds / max(args.airbench, 1), np.array(accuracy)
 
 
@@ -157,6 +189,10 @@ def main() -> None:
     parser.add_argument("--airbench", type=int, default=8, help="airbench models (0: skip)")
     parser.add_argument("--full", type=int, default=0, help="also train N full-data models")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--profile", type=int, default=0, help="profile one pass of K models")
+    parser.add_argument(
+        "--check-graphs", type=int, default=0, help="compare graph and eager steps at K"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.device == "cuda":
@@ -175,6 +211,10 @@ def main() -> None:
     masks = rng.random((args.models, len(ytr))) < args.alpha
     seeds = np.arange(args.models, dtype=np.int64)
 
+    if args.check_graphs and args.device == "cuda":
+        print(check_graphs(data, masks, seeds, args, args.check_graphs), flush=True)
+    if args.profile:
+        profile(data, masks, seeds, args, args.profile)
     results: list[tuple[str, str, float, np.ndarray]] = []
     if args.airbench and args.device == "cuda":
         per_model, acc = run_airbench(xtr, ytr, xte, yte, masks, args)

@@ -141,6 +141,7 @@ class ResourcesConfig(_Section):
     # up to 16); torch.compile the network (kept per worker across tasks)
     models_per_pass: int = Field(0, ge=0)
     compile: bool = False
+    cuda_graphs: bool = True  # fastnet on CUDA: one training step is one CUDA-graph replay
 
 
 class FitConfig(_Section):

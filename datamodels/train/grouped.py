@@ -84,7 +84,8 @@ def train_fastnet(
             tuple(int(r - start) for r in rows if r in wanted), checkpoints.epochs
         ) if checkpoints else None
         m, loss, snaps = train_pass(
-            data, masks[rows], seeds[rows], model, recipe, resources.compile, request
+            data, masks[rows], seeds[rows], model, recipe, resources.compile, request,
+            resources.cuda_graphs,
         )
         margins[rows], losses[rows] = m, loss
         for snap in snaps:
@@ -151,26 +152,6 @@ def initial_state(
     return pack(states)
 
 
-_NETS: OrderedDict[tuple, tuple[FastNet, torch.nn.Module]] = OrderedDict()
-
-
-def grouped_net(
-    K: int, data: TrainData, model: ModelConfig, device: torch.device, compile_: bool
-) -> tuple[FastNet, torch.nn.Module]:
-    """A worker keeps its grouped network (and its compiled form) across tasks; each pass
-    loads fresh weights into it."""
-    key = (K, data.num_classes, model.width, data.train_x.shape[1], str(device), compile_)
-    if key not in _NETS:
-        net = FastNet(K, data.num_classes, model.width, data.train_x.shape[1]).to(device)
-        if device.type == "cuda":
-            net = net.to(memory_format=torch.channels_last)
-        _NETS[key] = (net, torch.compile(net) if compile_ else net)
-        while len(_NETS) > 4:
-            _NETS.popitem(last=False)
-    _NETS.move_to_end(key)
-    return _NETS[key]
-
-
 def crop(padded: torch.Tensor, shift: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Per-image crops of ``padded`` [N, c, H+2r, W+2r] at offsets ``shift`` int64[N, 2]."""
     N, c, Hp, Wp = padded.shape
@@ -182,57 +163,233 @@ def crop(padded: torch.Tensor, shift: torch.Tensor, size: tuple[int, int]) -> to
     return padded.reshape(N, c, Hp * Wp).gather(2, index).view(N, c, H, W)
 
 
+def _flatten(tensors: list[torch.Tensor], K: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-seat ``tensors`` as views of one flat float32 buffer (returned) and give the model
+    each element belongs to (int64, same length): every tensor holds K blocks along dim 0."""
+    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+    owner, offset = [], 0
+    for t in tensors:
+        n = t.numel()
+        t.data = flat[offset : offset + n].view(t.shape)
+        owner.append(torch.arange(K, device=flat.device).repeat_interleave(n // K))
+        offset += n
+    return flat, torch.cat(owner)
+
+
+class GroupTrainer:
+    """One grouped network and everything its training step touches, kept by a worker across
+    passes: parameters and BatchNorm statistics as views of two flat buffers (so the SGD
+    step, the lookahead average and the idle-model restore are a handful of kernels), and
+    static input buffers, so that on CUDA one step is one CUDA-graph replay."""
+
+    def __init__(
+        self, K: int, data: TrainData, model: ModelConfig, recipe: TrainConfig,
+        device: torch.device, compile_: bool, cuda_graphs: bool = True,
+    ) -> None:
+        self.K, self.B, self.r = K, recipe.batch_size, recipe.translate
+        self.c, self.H, self.W = data.train_x.shape[1:]
+        self.device = device
+        self.cast = autocast_dtype(recipe, device)
+        self.momentum, self.smoothing = recipe.momentum, recipe.label_smoothing
+        net = FastNet(K, data.num_classes, model.width, self.c).to(device)
+        self.net = net
+        self.forward = torch.compile(net) if compile_ else net
+        self.params = [p for p in net.parameters() if p.requires_grad]
+        self.flat, self.owner = _flatten(self.params, K)
+        buffers = [b for name, b in net.named_buffers() if "running" in name]
+        self.bn, self.bn_owner = _flatten(buffers, K)
+        # decoupled hyperparameters, as airbench94 converts them for torch.optim.SGD
+        kilostep = 1024 * (1 + 1 / (1 - recipe.momentum))
+        self.lr = recipe.lr / kilostep
+        decay = recipe.weight_decay * self.B / kilostep
+        shifts = {id(p) for name, p in net.named_parameters() if ".norm" in name}
+        rate = [self.lr * (recipe.bias_scaler if id(p) in shifts else 1.0) for p in self.params]
+        self.rate_all = self._per_element(rate)
+        self.rate_frozen_whiten = self._per_element([
+            0.0 if p is net.whiten.bias else v for p, v in zip(self.params, rate, strict=True)
+        ])
+        self.wd = self._per_element([decay / v for v in rate])
+        self.momenta = torch.zeros_like(self.flat)
+        self.average = self.flat.clone()
+        self.bn_average = self.bn.clone()
+        self.bn_saved = self.bn.clone()
+        # static inputs of one step
+        n = data.n_train
+        store = self.cast or torch.float32
+        r = self.r
+        self.padded = torch.zeros(n, self.c, self.H + 2 * r, self.W + 2 * r, dtype=store,
+                                  device=device)
+        self.labels = torch.zeros(n, dtype=torch.long, device=device)
+        self.index = torch.zeros(K * self.B, dtype=torch.long, device=device)
+        self.flip = torch.zeros(K * self.B, dtype=torch.bool, device=device)
+        self.shift = torch.zeros(K * self.B, 2, dtype=torch.long, device=device)
+        self.factor = torch.zeros(K, device=device)
+        self.on = torch.ones(K, dtype=torch.bool, device=device)
+        self.rate = self.rate_all.clone()
+        self.loss = torch.zeros(K, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        if device.type == "cuda" and cuda_graphs:
+            self._capture()
+
+    def _per_element(self, values: list[float]) -> torch.Tensor:
+        """One value per parameter -> one per element of the flat buffer."""
+        return torch.cat([
+            torch.full((p.numel(),), float(v), device=self.device)
+            for p, v in zip(self.params, values, strict=True)
+        ])
+
+    def _step(self) -> None:
+        K, B, c, H, W = self.K, self.B, self.c, self.H, self.W
+        x = torch.index_select(self.padded, 0, self.index)
+        if self.r:
+            x = crop(x, self.shift, (H, W))
+        x = torch.where(self.flip.view(-1, 1, 1, 1), x.flip(3), x)
+        # [K·B, c, H, W] -> [B, K·c, H, W]: model k's batch in channel block k
+        x = x.view(K, B, c, H, W).transpose(0, 1).reshape(B, K * c, H, W)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.index_select(self.labels, 0, self.index).view(K, B)
+        self.bn_saved.copy_(self.bn)
+        with torch.autocast(
+            self.device.type, dtype=self.cast, enabled=self.cast is not None, cache_enabled=False
+        ):
+            logits = self.forward(x)
+        logits = logits.view(B, K, -1).transpose(0, 1).float()
+        per_model = F.cross_entropy(
+            logits.reshape(K * B, -1), y.reshape(-1), reduction="none",
+            label_smoothing=self.smoothing,
+        ).view(K, B).sum(1)
+        grads = torch.autograd.grad((per_model * self.on).sum(), self.params)
+        with torch.no_grad():
+            self.loss.copy_(per_model)
+            on = self.on[self.owner]
+            g = torch.cat([t.reshape(-1) for t in grads]).add_(self.wd * self.flat)
+            self.momenta.copy_(torch.where(on, self.momenta * self.momentum + g, self.momenta))
+            step = self.rate * self.factor[self.owner]
+            self.flat.sub_(step * g.add_(self.momenta, alpha=self.momentum))
+            # an idle model's BatchNorm statistics stay as they were
+            self.bn.copy_(torch.where(self.on[self.bn_owner], self.bn, self.bn_saved))
+
+    def _capture(self) -> None:
+        """Record one step as a CUDA graph (warm-up steps first, on a side stream, as
+        torch.cuda.graphs requires; their effect is overwritten when a pass starts)."""
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self._step()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._step()
+            self.graph = graph
+        except Exception as err:  # noqa: BLE001 - eager steps are the same computation
+            import warnings
+
+            warnings.warn(
+                f"fastnet: CUDA graph capture failed ({err}); stepping eagerly", stacklevel=2
+            )
+            self.graph = None
+
+    def start(self, state: dict[str, torch.Tensor], data: TrainData) -> None:
+        """A pass begins: fresh models, momenta and averages; this pass's data."""
+        with torch.no_grad():
+            self.net.load_state_dict(state)
+            self.momenta.zero_()
+            self.average.copy_(self.flat)
+            self.bn_average.copy_(self.bn)
+            r = self.r
+            padded = F.pad(data.train_x, (r,) * 4, mode="reflect") if r else data.train_x
+            self.padded.copy_(padded)
+            self.labels.copy_(data.train_y)
+        self.net.train()
+
+    def step(self, index, flip, shift, factor, on, train_whiten_bias: bool) -> torch.Tensor:
+        """One SGD step of every model; returns the per-model summed batch loss (device)."""
+        self.index.copy_(index, non_blocking=True)
+        self.flip.copy_(flip, non_blocking=True)
+        self.shift.copy_(shift, non_blocking=True)
+        self.factor.copy_(factor, non_blocking=True)
+        self.on.copy_(on, non_blocking=True)
+        self.rate.copy_(self.rate_all if train_whiten_bias else self.rate_frozen_whiten)
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._step()
+        return self.loss
+
+    @torch.no_grad()
+    def lookahead(self, decay: torch.Tensor) -> None:
+        """airbench's LookaheadState.update per model: average ← lerp(average, current,
+        1 − decay); current ← average (decay 1 for an idle model: nothing moves)."""
+        for average, current, owner in (
+            (self.average, self.flat, self.owner), (self.bn_average, self.bn, self.bn_owner)
+        ):
+            average.add_((1.0 - decay)[owner] * (current - average))
+            current.copy_(average)
+
+    @torch.no_grad()
+    def finish(self, lookahead: bool) -> None:
+        if lookahead:  # the final model is the average (airbench)
+            self.flat.copy_(self.average)
+            self.bn.copy_(self.bn_average)
+
+
+_TRAINERS: OrderedDict[tuple, GroupTrainer] = OrderedDict()
+
+
+def group_trainer(
+    K: int, data: TrainData, model: ModelConfig, recipe: TrainConfig, compile_: bool,
+    cuda_graphs: bool = True,
+) -> GroupTrainer:
+    """A worker keeps its trainers (network, compiled form, CUDA graph) across tasks."""
+    device = data.train_x.device
+    key = (
+        K, data.num_classes, model.width, tuple(data.train_x.shape), str(device), compile_,
+        cuda_graphs,
+        recipe.batch_size, recipe.translate, recipe.momentum, recipe.lr, recipe.weight_decay,
+        recipe.bias_scaler, recipe.label_smoothing, autocast_dtype(recipe, device),
+    )
+    if key not in _TRAINERS:
+        while len(_TRAINERS) >= 2:
+            _TRAINERS.popitem(last=False)
+        _TRAINERS[key] = GroupTrainer(K, data, model, recipe, device, compile_, cuda_graphs)
+    _TRAINERS.move_to_end(key)
+    return _TRAINERS[key]
+
+
 def train_pass(
     data: TrainData, masks: np.ndarray, seeds: np.ndarray, model: ModelConfig,
     recipe: TrainConfig, compile_: bool = False, checkpoints: CheckpointRequest | None = None,
+    cuda_graphs: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, list[Snapshot]]:
     """K models in one grouped network -> (margins float32[K, n_eval], last-epoch mean loss
     float32[K], snapshots)."""
     device = data.train_x.device
-    K, B, r = len(seeds), recipe.batch_size, recipe.translate
-    c, H, W = data.train_x.shape[1:]
-    plan = PassPlan(masks, seeds, B, r)
-    net, forward = grouped_net(K, data, model, device, compile_)
-    net.load_state_dict(initial_state(data, plan, seeds, model))
-    cast = autocast_dtype(recipe, device)
-    store_dtype = cast or torch.float32
-    padded = F.pad(data.train_x, (r,) * 4, mode="reflect") if r else data.train_x
-    padded = padded.to(store_dtype)
-
-    # decoupled hyperparameters, as airbench94 converts them for torch.optim.SGD
-    kilostep = 1024 * (1 + 1 / (1 - recipe.momentum))
-    lr = recipe.lr / kilostep
-    decay = recipe.weight_decay * B / kilostep
-    bias_lr = lr * recipe.bias_scaler
-    params = [p for p in net.parameters() if p.requires_grad]
-    shifts_ids = {id(p) for name, p in net.named_parameters() if ".norm" in name}
-    whiten_bias = net.whiten.bias
-    rates = [bias_lr if id(p) in shifts_ids else lr for p in params]
-    groups = [(p, rate, decay / rate) for p, rate in zip(params, rates, strict=True)]
-    momenta = [torch.zeros_like(p) for p in params]
-    averaged = [t.detach().clone() for t in _averaged_tensors(net)]
+    K, B = len(seeds), recipe.batch_size
+    plan = PassPlan(masks, seeds, B, recipe.translate)
+    trainer = group_trainer(K, data, model, recipe, compile_, cuda_graphs)
+    trainer.start(initial_state(data, plan, seeds, model), data)
+    net = trainer.net
 
     totals = plan.steps * recipe.epochs
-    S_total = plan.max_steps * recipe.epochs
-    global_step = np.arange(S_total)
-    active = global_step[:, None] < totals[None, :]  # [S_total, K]
+    global_step = np.arange(plan.max_steps * recipe.epochs)
+    active = global_step[:, None] < totals[None, :]  # [steps, K]
     factors = np.where(
         active, lr_factors(recipe.schedule, global_step[:, None], totals[None, :]), 0.0
     )
     factors_t = torch.from_numpy(factors).to(device, torch.float32)
     active_t = torch.from_numpy(active).to(device)
-    any_idle = ~active.all(1)
     local = (global_step + 1)[:, None] / np.maximum(totals, 1)[None, :]
-    ema_decay = np.where(active, 0.95**5 * local**3, 1.0)
-    ema_decay_t = torch.from_numpy(ema_decay).to(device, torch.float32)
-    bn_buffers = [b for name, b in net.named_buffers() if "running" in name]
+    ema_decay_t = torch.from_numpy(np.where(active, 0.95**5 * local**3, 1.0)).to(
+        device, torch.float32
+    )
 
     save_after = set(checkpoints.epochs) if checkpoints else set()
     snapshots: list[Snapshot] = []
     loss_sum = torch.zeros(K, dtype=torch.float64, device=device)
-    last_epoch_steps = 0
     previous = 0
-    net.train()
     step = 0
     for epoch in range(recipe.epochs):
         index_np, flip_np, shift_np = plan.epoch()
@@ -243,102 +400,28 @@ def train_pass(
         last = epoch == recipe.epochs - 1
         for s in range(plan.max_steps):
             cols = slice(s * B, (s + 1) * B)
-            batch = index[:, cols].reshape(-1)
-            x = padded[batch]
-            if r:
-                x = crop(x, shift[:, cols].reshape(-1, 2), (H, W))
-            x = torch.where(flip[:, cols].reshape(-1, 1, 1, 1), x.flip(3), x)
-            # [K·B, c, H, W] -> [B, K·c, H, W]: model k's batch in channel block k
-            x = x.view(K, B, c, H, W).transpose(0, 1).reshape(B, K * c, H, W)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = data.train_y[batch].view(K, B)
-            on = active_t[step]
-            saved = [b.clone() for b in bn_buffers] if any_idle[step] else None
-            with torch.autocast(device.type, dtype=cast, enabled=cast is not None):
-                logits = forward(x)
-            logits = logits.view(B, K, -1).transpose(0, 1).float()
-            per_model = F.cross_entropy(
-                logits.reshape(K * B, -1), y.reshape(-1), reduction="none",
-                label_smoothing=recipe.label_smoothing,
-            ).view(K, B).sum(1)
-            loss = (per_model * on).sum()
-            grads = torch.autograd.grad(loss, params)
-            _nesterov_step(
-                groups, grads, momenta, factors_t[step], on, K, recipe.momentum,
-                skip=None if train_whiten_bias else whiten_bias,
+            loss = trainer.step(
+                index[:, cols].reshape(-1), flip[:, cols].reshape(-1),
+                shift[:, cols].reshape(-1, 2), factors_t[step], active_t[step],
+                train_whiten_bias,
             )
-            if saved is not None:
-                _restore_idle(bn_buffers, saved, on, K)
             if recipe.lookahead and (step + 1) % LOOKAHEAD_EVERY == 0:
-                _lookahead(net, averaged, ema_decay_t[step], K)
+                trainer.lookahead(ema_decay_t[step])
             if last:
-                loss_sum += per_model.detach().double() * on / B
+                loss_sum += loss.double() * active_t[step] / B
             step += 1
-        if last:
-            last_epoch_steps = plan.steps
         if epoch + 1 in save_after and epoch + 1 != recipe.epochs:
-            snapshots += _snapshots(net, checkpoints, K, epoch + 1, previous, recipe, plan, lr)
+            snapshots += _snapshots(net, checkpoints, K, epoch + 1, previous, recipe, plan,
+                                    trainer.lr)
             previous = epoch + 1
-    if recipe.lookahead:
-        _copy_averaged(net, averaged)  # the final model is the average (airbench)
+    trainer.finish(recipe.lookahead)
     if recipe.epochs in save_after:
-        snapshots += _snapshots(net, checkpoints, K, recipe.epochs, previous, recipe, plan, lr)
-    train_loss = (loss_sum.cpu().numpy() / np.maximum(last_epoch_steps, 1)).astype(np.float32)
-    margins = eval_margins(net, forward, data, K, recipe.tta, cast)
+        snapshots += _snapshots(net, checkpoints, K, recipe.epochs, previous, recipe, plan,
+                                trainer.lr)
+    train_loss = (loss_sum.cpu().numpy() / np.maximum(plan.steps, 1)).astype(np.float32)
+    margins = eval_margins(net, trainer.forward, data, K, recipe.tta, trainer.cast)
     return margins, train_loss, snapshots
 
-
-def _averaged_tensors(net: FastNet) -> list[torch.Tensor]:
-    return [t for t in net.state_dict().values() if t.is_floating_point()]
-
-
-@torch.no_grad()
-def _nesterov_step(groups, grads, momenta, factor, on, K, momentum, skip) -> None:
-    """torch.optim.SGD(nesterov=True)'s step with per-model lr ``lr·factor[k]`` (0 for an
-    idle model, which also keeps its momentum)."""
-    for (p, lr, wd), g, buf in zip(groups, grads, momenta, strict=True):
-        if p is skip:
-            continue
-        pk, gk, bk = blocks(p, K), blocks(g, K), blocks(buf, K)
-        g2 = gk + wd * pk
-        bk.copy_(torch.where(per_model(on, pk), bk * momentum + g2, bk))
-        pk.sub_(per_model(lr * factor, pk) * (g2 + momentum * bk))
-
-
-def blocks(t: torch.Tensor, K: int) -> torch.Tensor:
-    """``t`` viewed as [K, ...]: model k's block first (a view in any memory format)."""
-    return t.view(K, t.shape[0] // K, *t.shape[1:])
-
-
-def per_model(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """float/bool[K] shaped to broadcast over ``blocks(t, K)``."""
-    return values.view(-1, *(1,) * (like.ndim - 1))
-
-
-@torch.no_grad()
-def _restore_idle(buffers, saved, on, K) -> None:
-    for b, old in zip(buffers, saved, strict=True):
-        b.copy_(torch.where(per_model(on, blocks(b, K)), blocks(b, K), blocks(old, K)).view_as(b))
-
-
-@torch.no_grad()
-def _lookahead(net: FastNet, averaged: list[torch.Tensor], decay: torch.Tensor, K: int) -> None:
-    """airbench's LookaheadState.update per model: average ← lerp(average, current, 1 − decay);
-    current ← average (decay 1 for an idle model: nothing moves)."""
-    for avg, cur in zip(averaged, _averaged_tensors(net), strict=True):
-        if cur.ndim == 0:
-            continue
-        a, x = blocks(avg, K), blocks(cur, K)
-        a.add_(per_model(1.0 - decay, a) * (x - a))
-        x.copy_(a)
-
-
-@torch.no_grad()
-def _copy_averaged(net: FastNet, averaged: list[torch.Tensor]) -> None:
-    for avg, cur in zip(averaged, _averaged_tensors(net), strict=True):
-        if cur.ndim:
-            cur.copy_(avg)
 
 
 def _snapshots(net, checkpoints, K, epoch, previous, recipe, plan, lr) -> list[Snapshot]:
