@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Submit a datamodels job to a running Ray cluster through Ray Jobs.
-#   cluster/submit.sh ADDRESS CONFIG RUN_URI [extra datamodels args...]
-# e.g. cluster/submit.sh http://head:8265 configs/cifar10.yaml s3://bucket/runs/cifar10
-# RUN_URI must be reachable from every node (shared filesystem or object store URI).
-# ADDRESS is the Jobs API, bound to the head's loopback by ray-cluster.yaml: open a tunnel
-# first (`ray dashboard cluster/ray-cluster.yaml` or `ssh -L 8265:localhost:8265 HEAD`) and
-# pass http://127.0.0.1:8265. Where the cluster runs with Ray token authentication, export
-# RAY_AUTH_TOKEN (the cluster's token) before calling this script; Ray's client sends it.
+# Submit a datamodels job to a running Ray cluster through Ray Jobs (`datamodels submit`).
+#   cluster/submit.sh ADDRESS CONFIG RUN_URI [datamodels submit options...]
+# e.g. cluster/submit.sh http://127.0.0.1:8265 configs/cifar10.yaml s3://bucket/runs/cifar10
+# RUN_URI must be reachable from every node: an object-store URI, or an absolute path on a
+# shared filesystem with --shared-fs. ADDRESS is the Jobs API, bound to the head's loopback by
+# ray-cluster.yaml: open a tunnel first (`ray dashboard cluster/ray-cluster.yaml` or
+# `ssh -L 8265:localhost:8265 HEAD`) and pass http://127.0.0.1:8265. Where the cluster runs
+# with Ray token authentication, export RAY_AUTH_TOKEN (the cluster's token) first.
 set -euo pipefail
 if [ $# -lt 3 ]; then
-  echo "usage: $0 RAY_DASHBOARD_ADDRESS CONFIG RUN_URI [--set key=value ...]" >&2
+  echo "usage: $0 RAY_DASHBOARD_ADDRESS CONFIG RUN_URI [--set key=value ...] [--no-wait]" >&2
   exit 2
 fi
 address=$1 config=$2 run=$3
@@ -19,5 +19,4 @@ case "$address" in
      exit 2 ;;
 esac
 shift 3
-exec ray job submit --address "$address" --working-dir . \
-  -- datamodels run "$config" --out "$run" --quiet "$@"
+exec datamodels submit "$config" --address "$address" --out "$run" "$@"

@@ -1,11 +1,16 @@
-"""The cluster definitions parse, and do not expose the dashboard or talk plain HTTP."""
+"""The cluster definitions parse, fit together (one image, one Ray version, the token on every
+pod), do not expose the dashboard or talk plain HTTP, and the scripts build the right commands
+(run here with stub ``srun``/``ray``/``datamodels`` on PATH)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
+import time
 from pathlib import Path
 
 import yaml
+from packaging.requirements import Requirement
 
 CLUSTER = Path(__file__).parents[1] / "cluster"
 
@@ -31,3 +36,215 @@ def test_submit_refuses_plain_http_to_a_remote_address():
         timeout=30,
     )
     assert result.returncode == 2 and "SSH tunnel" in result.stderr
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of cluster/Dockerfile, continuation lines joined."""
+    text = (CLUSTER / "Dockerfile").read_text()
+    logical, current = [], ""
+    for line in text.splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        current += line.rstrip("\\").rstrip() + " " if line.endswith("\\") else line
+        if not line.endswith("\\"):
+            logical.append(current)
+            current = ""
+    return [(entry.split(None, 1)[0].upper(), entry.split(None, 1)[1]) for entry in logical]
+
+
+def _stub(bin_dir: Path, name: str, body: str) -> None:
+    path = bin_dir / name
+    path.write_text("#!/usr/bin/env bash\n" + body)
+    path.chmod(0o755)
+
+
+def _record_args(bin_dir: Path, name: str, log: Path) -> None:
+    """A stub ``name`` that appends its command line to ``log`` and succeeds."""
+    _stub(bin_dir, name, f'echo "{name} $*" >> {log}\n')
+
+
+def _ray_version_pins() -> tuple[str, set[str]]:
+    docker_args = dict(
+        arg.split("=", 1) for kind, arg in _dockerfile() if kind == "ARG" and "=" in arg
+    )
+    manifests = {
+        yaml.safe_load((CLUSTER / "kuberay" / name).read_text())["spec"].get("rayVersion")
+        for name in ("raycluster.yaml",)
+    }
+    return docker_args["RAY_VERSION"], manifests
+
+
+# -- Dockerfile ------------------------------------------------------------------------------
+
+
+def test_dockerfile_builds_cuda_torch_ffcv_ray_and_this_package():
+    instructions = _dockerfile()
+    kinds = [kind for kind, _ in instructions]
+    args = dict(arg.split("=", 1) for kind, arg in instructions if kind == "ARG" and "=" in arg)
+    assert kinds.count("FROM") == 1
+    base = next(arg for kind, arg in instructions if kind == "FROM")
+    assert base == "${BASE_IMAGE}" and "cuda" in args["BASE_IMAGE"]
+    assert args["BASE_IMAGE"].startswith("pytorch/pytorch:")  # torch comes with the base
+    runs = [arg for kind, arg in instructions if kind == "RUN"]
+    apt = next(run for run in runs if "apt-get install" in run)
+    makefile = (CLUSTER.parent / "Makefile").read_text()
+    ffcv_packages = re.search(r"APT_PKGS := (.+)", makefile).group(1).split()
+    assert all(package in apt.split() for package in ffcv_packages)
+    pip = next(run for run in runs if "pip install" in run)
+    assert '"ray[default]==${RAY_VERSION}"' in pip and "pip install ." in pip
+    assert pip.index("ray[default]") < pip.index("pip install .")  # ray pinned first
+    copies = [arg.split()[0] for kind, arg in instructions if kind == "COPY"]
+    assert {"pyproject.toml", "datamodels", "configs"} <= set(copies)
+    assert kinds.index("COPY") < kinds.index("RUN", kinds.index("COPY"))
+
+
+def test_ray_version_is_one_pin_that_pyproject_allows():
+    docker, manifests = _ray_version_pins()
+    assert manifests == {docker}
+    pyproject = (CLUSTER.parent / "pyproject.toml").read_text()
+    ray_requirement = Requirement(re.search(r'"(ray\[default\][^"]*)"', pyproject).group(1))
+    assert ray_requirement.specifier.contains(docker)
+
+
+# -- KubeRay ---------------------------------------------------------------------------------
+
+
+def _containers(pod_template: dict) -> list[dict]:
+    return pod_template["spec"]["containers"]
+
+
+def _env(container: dict) -> dict:
+    return {item["name"]: item for item in container.get("env", [])}
+
+
+def test_kuberay_raycluster_and_rayjob_fit_together():
+    cluster = yaml.safe_load((CLUSTER / "kuberay" / "raycluster.yaml").read_text())
+    job = yaml.safe_load((CLUSTER / "kuberay" / "rayjob.yaml").read_text())
+    assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    spec = cluster["spec"]
+    head = spec["headGroupSpec"]
+    workers = spec["workerGroupSpecs"]
+    containers = _containers(head["template"]) + [
+        c for group in workers for c in _containers(group["template"])
+    ]
+    submitter = _containers(job["spec"]["submitterPodTemplate"])
+    images = {c["image"] for c in containers + submitter}
+    assert len(images) == 1 and not images.pop().endswith(":latest")
+    # the Jobs API stays inside the cluster network and asks for the token
+    assert head["serviceType"] == "ClusterIP"
+    for container in containers + submitter:
+        env = _env(container)
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
+    for container in containers:
+        assert "secretKeyRef" in _env(container)["AWS_SECRET_ACCESS_KEY"]["valueFrom"]
+    assert head["rayStartParams"]["num-gpus"] == "0"  # the driver's node trains nothing
+    for group in workers:
+        (worker,) = _containers(group["template"])
+        gpus = worker["resources"]["limits"]["nvidia.com/gpu"]
+        assert group["rayStartParams"]["num-gpus"] == str(gpus)
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    # the job runs on that cluster, and writes where every pod can read
+    assert job["spec"]["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}
+    words = job["spec"]["entrypoint"].split()
+    assert words[:2] == ["datamodels", "run"]
+    assert words[words.index("--out") + 1].startswith("s3://")
+    assert (CLUSTER.parent / words[2]).is_file()  # the config ships in the image
+
+
+# -- SLURM -----------------------------------------------------------------------------------
+
+
+def test_slurm_scripts_parse():
+    for name in ("ray.sbatch", "array.sbatch"):
+        script = CLUSTER / "slurm" / name
+        assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+        lines = script.read_text().splitlines()
+        directives = [line for line in lines if line.startswith("#SBATCH")]
+        assert directives and all(re.fullmatch(r"#SBATCH --[a-z-]+=\S+", d) for d in directives)
+
+
+def test_array_task_trains_its_shard_without_ray(tmp_path):
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    _record_args(bin_dir, "datamodels", log)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "SLURM_ARRAY_TASK_ID": "5",
+        "SLURM_ARRAY_TASK_MIN": "2",
+        "SLURM_ARRAY_TASK_COUNT": "8",
+    }
+    script = str(CLUSTER / "slurm" / "array.sbatch")
+    result = subprocess.run(
+        ["bash", script, "c.yaml", "s3://b/run", "--set", "train.epochs=2"],
+        env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert log.read_text().splitlines() == [
+        "datamodels train c.yaml --out s3://b/run --shard 3/8 --set train.epochs=2"
+    ]
+    relative = subprocess.run(
+        ["bash", script, "c.yaml", "runs/x"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert relative.returncode == 2 and "absolute path" in relative.stderr
+
+
+def test_ray_sbatch_starts_a_head_and_workers_then_the_driver(tmp_path):
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    _stub(bin_dir, "scontrol", "printf 'node1\\nnode2\\nnode3\\n'\n")
+    # srun: drop its own options, run the command "on" the node named by -w
+    _stub(
+        bin_dir,
+        "srun",
+        f"""node=
+while [ $# -gt 0 ]; do
+  case "$1" in -w) node=$2; shift 2 ;; -*) shift ;; *) break ;; esac
+done
+if [ "$1" = hostname ]; then echo 10.0.0.1; exit 0; fi
+echo "on $node: $*" >> {log}
+""",
+    )
+    _record_args(bin_dir, "ray", log)
+    _record_args(bin_dir, "datamodels", log)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "SLURM_JOB_NODELIST": "node[1-3]",
+        "SLURM_CPUS_PER_TASK": "16",
+        "SLURM_GPUS_ON_NODE": "4",
+    }
+    result = subprocess.run(
+        ["bash", str(CLUSTER / "slurm" / "ray.sbatch"), "c.yaml", "/shared/run", "--set", "a=1"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    deadline = time.monotonic() + 10  # the srun's run in the background: let them write
+    while log.read_text().count("ray start") < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    calls = log.read_text().splitlines()
+    head = next(call for call in calls if call.startswith("on node1: ray start --head"))
+    assert "--dashboard-host=127.0.0.1" in head and "--port=6379" in head
+    assert "--num-cpus=16" in head and "--num-gpus=4" in head
+    joined = sorted(call.split(":")[0] for call in calls if "--address=10.0.0.1:6379" in call)
+    assert joined == ["on node2", "on node3"]
+    drivers = [call for call in calls if call.startswith("datamodels")]  # srun's run in background
+    assert drivers == ["datamodels run c.yaml --out /shared/run --address 10.0.0.1:6379 --set a=1"]
+
+
+def test_submit_sh_calls_the_cli(tmp_path):
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    _record_args(bin_dir, "datamodels", log)
+    result = subprocess.run(
+        ["bash", str(CLUSTER / "submit.sh"), "http://127.0.0.1:8265", "c.yaml", "s3://b/r",
+         "--no-wait"],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert log.read_text().splitlines() == [
+        "datamodels submit c.yaml --address http://127.0.0.1:8265 --out s3://b/r --no-wait"
+    ]
