@@ -32,6 +32,7 @@ import torch
 
 from datamodels.config import Config
 from datamodels.data.synthetic import synthetic_cifar
+from datamodels.train import grouped
 from datamodels.train.api import train_batch
 from datamodels.train.data import TrainData, _stats
 
@@ -80,8 +81,11 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_ours(data, masks, seeds, args, K: int) -> tuple[float, np.ndarray]:
-    cfg = config(args, K)
+def run_ours(data, masks, seeds, args, K: int, mode: str = "grouped") -> tuple[float, np.ndarray]:
+    grouped._TRAINERS.clear()  # free the previous variant's networks and graphs
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+    cfg = config(args, K, pass_mode=mode)
     train_batch(masks[:K], seeds[:K] + 10**6, data, cfg)  # warm-up pass (autotune, compile)
     sync(args.device)
     start = time.perf_counter()
@@ -181,7 +185,11 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=10_000)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--models", type=int, default=16, help="timed models per K")
-    parser.add_argument("--ks", default="1,4,8", help="models per pass to measure")
+    parser.add_argument("--ks", default="1,4,8", help="models per pass to measure (grouped)")
+    parser.add_argument(
+        "--streams", default="", help="models per pass to measure as one network per model on "
+        "CUDA streams (pass_mode streams)",
+    )
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=1024)
@@ -220,10 +228,13 @@ def main() -> None:
         per_model, acc = run_airbench(xtr, ytr, xte, yte, masks, args)
         results.append(("airbench94 (package)", "1", per_model, acc))
         print(f"  airbench: {per_model:.3f} s/model, accuracy {acc.mean():.4f}", flush=True)
-    for K in (int(k) for k in args.ks.split(",")):
-        per_model, acc = run_ours(data, masks, seeds, args, K)
-        results.append(("datamodels fastnet", str(K), per_model, acc))
-        print(f"  fastnet K={K}: {per_model:.3f} s/model, accuracy {acc.mean():.4f}", flush=True)
+    variants = [(int(k), "grouped") for k in args.ks.split(",") if k]
+    variants += [(int(k), "streams") for k in args.streams.split(",") if k]
+    for K, mode in variants:
+        per_model, acc = run_ours(data, masks, seeds, args, K, mode)
+        name = "datamodels fastnet" + (" streams" if mode == "streams" else "")
+        results.append((name, str(K), per_model, acc))
+        print(f"  {name} K={K}: {per_model:.3f} s/model, accuracy {acc.mean():.4f}", flush=True)
     if args.full:
         full = np.ones((args.full, len(ytr)), bool)
         per_model, acc = run_ours(data, full, np.arange(args.full) + 500, args, args.full)

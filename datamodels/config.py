@@ -142,6 +142,9 @@ class ResourcesConfig(_Section):
     models_per_pass: int = Field(0, ge=0)
     compile: bool = False
     cuda_graphs: bool = True  # fastnet on CUDA: one training step is one CUDA-graph replay
+    # fastnet: a pass's models as one grouped network, or as one network each with their
+    # steps interleaved on CUDA streams
+    pass_mode: Literal["grouped", "streams"] = "grouped"
 
 
 class FitConfig(_Section):

@@ -37,6 +37,7 @@ from datamodels.train.outcome import CheckpointRequest, Snapshot, margins_from_l
 AUTO_MODELS_PER_PASS = 8
 WHITEN_IMAGES = 5000  # airbench whitens from 5,000 training images
 LOOKAHEAD_EVERY = 5
+MAX_TRAINERS = 17  # networks a worker keeps (a streams pass of 16 uses 16)
 
 
 def check_fastnet_data(data: TrainData) -> None:
@@ -77,20 +78,33 @@ def train_fastnet(
     margins = np.empty((K, len(data.eval_y)), np.float32)
     losses = np.empty(K, np.float32)
     snapshots: list[Snapshot] = []
-    for start in range(0, K, step):
-        rows = np.arange(start, min(K, start + step))
-        wanted = checkpoints.rows if checkpoints else ()
-        request = CheckpointRequest(
-            tuple(int(r - start) for r in rows if r in wanted), checkpoints.epochs
-        ) if checkpoints else None
-        m, loss, snaps = train_pass(
-            data, masks[rows], seeds[rows], model, recipe, resources.compile, request,
-            resources.cuda_graphs,
+    wanted = set(checkpoints.rows) if checkpoints else set()
+
+    def request(rows: np.ndarray) -> CheckpointRequest | None:
+        if checkpoints is None:
+            return None
+        return CheckpointRequest(
+            tuple(i for i, r in enumerate(rows) if int(r) in wanted), checkpoints.epochs
         )
-        margins[rows], losses[rows] = m, loss
-        for snap in snaps:
-            snap.row += start
-        snapshots += snaps
+
+    for start in range(0, K, step):
+        group = np.arange(start, min(K, start + step))
+        # grouped: one network of len(group) models; streams: one network per model, their
+        # steps interleaved on CUDA streams (in turn, on the CPU)
+        parts = [group] if resources.pass_mode == "grouped" else [group[i : i + 1] for i in
+                                                                 range(len(group))]
+        passes = [
+            pass_steps(
+                data, masks[rows], seeds[rows], model, recipe, resources.compile,
+                request(rows), resources.cuda_graphs, slot=slot,
+            )
+            for slot, rows in enumerate(parts)
+        ]
+        for rows, (m, loss, snaps) in zip(parts, interleave(passes, data), strict=True):
+            margins[rows], losses[rows] = m, loss
+            for snap in snaps:
+                snap.row = int(rows[snap.row])
+            snapshots += snaps
     if data.n_test:
         accuracy = (margins[:, : data.n_test] > 0).mean(1).astype(np.float32)
     else:
@@ -214,12 +228,8 @@ class GroupTrainer:
         self.bn_average = self.bn.clone()
         self.bn_saved = self.bn.clone()
         # static inputs of one step
-        n = data.n_train
-        store = self.cast or torch.float32
-        r = self.r
-        self.padded = torch.zeros(n, self.c, self.H + 2 * r, self.W + 2 * r, dtype=store,
-                                  device=device)
-        self.labels = torch.zeros(n, dtype=torch.long, device=device)
+        self.data = _static_data(data, self.r, self.cast or torch.float32)
+        self.padded, self.labels = self.data.padded, self.data.labels
         self.index = torch.zeros(K * self.B, dtype=torch.long, device=device)
         self.flip = torch.zeros(K * self.B, dtype=torch.bool, device=device)
         self.shift = torch.zeros(K * self.B, 2, dtype=torch.long, device=device)
@@ -299,10 +309,7 @@ class GroupTrainer:
             self.momenta.zero_()
             self.average.copy_(self.flat)
             self.bn_average.copy_(self.bn)
-            r = self.r
-            padded = F.pad(data.train_x, (r,) * 4, mode="reflect") if r else data.train_x
-            self.padded.copy_(padded)
-            self.labels.copy_(data.train_y)
+            self.data.load(data)
         self.net.train()
 
     def step(self, index, flip, shift, factor, on, train_whiten_bias: bool) -> torch.Tensor:
@@ -339,37 +346,115 @@ class GroupTrainer:
 _TRAINERS: OrderedDict[tuple, GroupTrainer] = OrderedDict()
 
 
+class _StaticData:
+    """The training images, padded for translation, in the buffers every step reads; shared
+    by a worker's networks of the same shapes (a streams pass reads one copy)."""
+
+    def __init__(self, shape: tuple, r: int, dtype: torch.dtype, device: torch.device) -> None:
+        n, c, H, W = shape
+        self.r = r
+        self.padded = torch.zeros(n, c, H + 2 * r, W + 2 * r, dtype=dtype, device=device)
+        self.labels = torch.zeros(n, dtype=torch.long, device=device)
+        self.source: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def load(self, data: TrainData) -> None:
+        if self.source is data.train_x:
+            return
+        r = self.r
+        self.padded.copy_(F.pad(data.train_x, (r,) * 4, mode="reflect") if r else data.train_x)
+        self.labels.copy_(data.train_y)
+        self.source = data.train_x
+        if self.padded.is_cuda:  # passes on other streams read it next
+            torch.cuda.synchronize()
+
+
+_STATIC: OrderedDict[tuple, _StaticData] = OrderedDict()
+
+
+def _static_data(data: TrainData, r: int, dtype: torch.dtype) -> _StaticData:
+    key = (tuple(data.train_x.shape), r, dtype, str(data.train_x.device))
+    if key not in _STATIC:
+        while len(_STATIC) >= 2:
+            _STATIC.popitem(last=False)
+        _STATIC[key] = _StaticData(tuple(data.train_x.shape), r, dtype, data.train_x.device)
+    _STATIC.move_to_end(key)
+    return _STATIC[key]
+
+
 def group_trainer(
     K: int, data: TrainData, model: ModelConfig, recipe: TrainConfig, compile_: bool,
-    cuda_graphs: bool = True,
+    cuda_graphs: bool = True, slot: int = 0,
 ) -> GroupTrainer:
     """A worker keeps its trainers (network, compiled form, CUDA graph) across tasks."""
     device = data.train_x.device
     key = (
         K, data.num_classes, model.width, tuple(data.train_x.shape), str(device), compile_,
-        cuda_graphs,
+        cuda_graphs, slot,
         recipe.batch_size, recipe.translate, recipe.momentum, recipe.lr, recipe.weight_decay,
         recipe.bias_scaler, recipe.label_smoothing, autocast_dtype(recipe, device),
     )
     if key not in _TRAINERS:
-        while len(_TRAINERS) >= 2:
+        while len(_TRAINERS) >= MAX_TRAINERS:
             _TRAINERS.popitem(last=False)
         _TRAINERS[key] = GroupTrainer(K, data, model, recipe, device, compile_, cuda_graphs)
     _TRAINERS.move_to_end(key)
     return _TRAINERS[key]
 
 
+PassResult = tuple[np.ndarray, np.ndarray, list[Snapshot]]
+
+
+def interleave(passes: list, data: TrainData) -> list[PassResult]:
+    """Run pass generators step by step in turn (each on its own CUDA stream on a GPU, so
+    their kernels overlap); their results in order."""
+    cuda = data.train_x.device.type == "cuda"
+    streams = [torch.cuda.Stream() if cuda and len(passes) > 1 else None for _ in passes]
+    results: list[PassResult | None] = [None] * len(passes)
+    pending = set(range(len(passes)))
+    while pending:
+        for i in sorted(pending):
+            with torch.cuda.stream(streams[i]) if streams[i] is not None else _nothing():
+                try:
+                    next(passes[i])
+                except StopIteration as done:
+                    results[i] = done.value
+                    pending.discard(i)
+    if cuda:
+        torch.cuda.synchronize()
+    return results  # type: ignore[return-value]
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
 def train_pass(
     data: TrainData, masks: np.ndarray, seeds: np.ndarray, model: ModelConfig,
     recipe: TrainConfig, compile_: bool = False, checkpoints: CheckpointRequest | None = None,
     cuda_graphs: bool = True,
-) -> tuple[np.ndarray, np.ndarray, list[Snapshot]]:
+) -> PassResult:
     """K models in one grouped network -> (margins float32[K, n_eval], last-epoch mean loss
     float32[K], snapshots)."""
+    steps = pass_steps(data, masks, seeds, model, recipe, compile_, checkpoints, cuda_graphs)
+    return interleave([steps], data)[0]
+
+
+def pass_steps(
+    data: TrainData, masks: np.ndarray, seeds: np.ndarray, model: ModelConfig,
+    recipe: TrainConfig, compile_: bool = False, checkpoints: CheckpointRequest | None = None,
+    cuda_graphs: bool = True, slot: int = 0,
+):
+    """``train_pass`` as a generator that yields after every training step and returns the
+    pass's result; ``slot`` tells apart the networks of passes that run side by side."""
     device = data.train_x.device
     K, B = len(seeds), recipe.batch_size
     plan = PassPlan(masks, seeds, B, recipe.translate)
-    trainer = group_trainer(K, data, model, recipe, compile_, cuda_graphs)
+    trainer = group_trainer(K, data, model, recipe, compile_, cuda_graphs, slot)
     trainer.start(initial_state(data, plan, seeds, model), data)
     net = trainer.net
 
@@ -410,6 +495,7 @@ def train_pass(
             if last:
                 loss_sum += loss.double() * active_t[step] / B
             step += 1
+            yield
         if epoch + 1 in save_after and epoch + 1 != recipe.epochs:
             snapshots += _snapshots(net, checkpoints, K, epoch + 1, previous, recipe, plan,
                                     trainer.lr)

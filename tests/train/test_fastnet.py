@@ -87,6 +87,23 @@ def test_grouped_pass_equals_one_model_passes(data, masks, one_torch_thread):
     assert np.abs(both.margins[0] - both.margins[1]).max() > 1e-2
 
 
+def test_streams_mode_trains_the_same_models(data, masks, one_torch_thread):
+    """``pass_mode: streams`` (one network per model, steps interleaved) gives the grouped
+    pass's models, checkpoints mapped to the right rows."""
+    grouped_cfg = _config(epochs=2)
+    streams_cfg = Config.model_validate(
+        grouped_cfg.model_dump() | {"resources": {"models_per_pass": 3, "pass_mode": "streams"}}
+    )
+    seeds = np.array([21, 22, 23])
+    request = CheckpointRequest((0, 2), (2,))
+    a = train_batch(masks, seeds, data, grouped_cfg, checkpoints=request)
+    b = train_batch(masks, seeds, data, streams_cfg, checkpoints=request)
+    np.testing.assert_allclose(b.margins, a.margins, atol=TOL)
+    assert [s.row for s in b.snapshots] == [s.row for s in a.snapshots] == [0, 2]
+    for x, y in zip(a.snapshots, b.snapshots, strict=True):
+        torch.testing.assert_close(x.params[0], y.params[0], atol=TOL, rtol=1e-3)
+
+
 def test_a_model_sees_nothing_outside_its_subset(data, masks, one_torch_thread):
     """Whitening, batches and augmentation come from the model's own subset only: changing
     every training image outside it leaves the model unchanged."""
