@@ -12,10 +12,15 @@ on the same kind of device always gives the same R; CPU and CUDA generators give
 (equally distributed) matrices, so a model's features are comparable only with features
 computed on the same kind of device — every task of one stage run is.
 
-Precision: blocks are generated in float32; the product runs in the gradients' dtype
+Precision: blocks are drawn in float32 and the product runs in the gradients' dtype
 (float64 for the exact ``logreg`` / ``mlp`` references, float32 for modules) or, with
-``precision="bf16"``, in bfloat16 (tensor cores on a GPU) accumulated in float32 across
-blocks; ±1 and N(0, 1) are generated unscaled and the 1/√k applied once at the end.
+``precision="bf16"``, blocks are drawn in bfloat16 and multiplied in bfloat16 (tensor cores
+on a GPU), accumulated in float32 across blocks; ±1 and N(0, 1) are drawn unscaled and the
+1/√k applied once at the end.
+
+Cost: drawing the P×k entries again for every chunk of examples is what the memory bound
+costs (a ``chunk_size`` of B examples shares one pass over the blocks: drawing is amortised
+over B, and the B × P gradients bound B).
 """
 
 from __future__ import annotations
@@ -64,16 +69,20 @@ class Projection:
     def rows(self) -> int:
         return self.block_rows or max(1, BLOCK_ENTRIES // self.dim)
 
-    def block(self, index: int, device: torch.device | str = "cpu") -> torch.Tensor:
-        """Block ``index`` unscaled (N(0, 1) or ±1 entries): float32[rows_b, k] on ``device``."""
+    def block(
+        self, index: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """Block ``index`` unscaled (N(0, 1) or ±1 entries): [rows_b, k] on ``device``, drawn
+        in float32 or directly in bfloat16 (half the memory traffic; on CPU the bfloat16
+        block is the float32 one rounded)."""
         start = index * self.rows
         rows = min(self.rows, self.num_params - start)
         gen = torch.Generator(device=device)
         gen.manual_seed(_block_seed(self.seed, index))
         shape = (rows, self.dim)
         if self.kind == "gaussian":
-            return torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
-        signs = torch.randint(0, 2, shape, generator=gen, device=device, dtype=torch.float32)
+            return torch.randn(shape, generator=gen, device=device, dtype=dtype)
+        signs = torch.randint(0, 2, shape, generator=gen, device=device, dtype=dtype)
         return signs.mul_(2.0).sub_(1.0)
 
     def project(self, grads: torch.Tensor) -> torch.Tensor:
@@ -88,7 +97,8 @@ class Projection:
         g = grads.to(compute)
         out = torch.zeros(len(grads), self.dim, dtype=result, device=grads.device)
         for index, start in enumerate(range(0, self.num_params, self.rows)):
-            block = self.block(index, grads.device).to(compute)
+            drawn = torch.bfloat16 if low else torch.float32
+            block = self.block(index, grads.device, drawn).to(compute)
             out += (g[:, start : start + len(block)] @ block).to(result)
         return out / self.dim**0.5
 

@@ -160,3 +160,39 @@ def test_a_module_without_a_last_linear_layer_is_refused_in_one_line():
         representer_self_scores(module_model(wrong, C, WEIGHT_DECAY), x, y)
     # the other estimators do not need it
     assert per_example_grads(model, x, y).shape == (len(x), model.num_params)
+
+
+@pytest.mark.gpu
+def test_cuda_gives_the_cpu_numbers():
+    """The same module on CUDA: per-example gradients, HVPs, representer scores and the
+    block projection (fp32 exact against its dense matrix, bf16 within its rounding)."""
+    from datamodels.gradients.projection import Projection
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    net = nets()["resnet9"]
+    cpu = module_model(copy.deepcopy(net), C, WEIGHT_DECAY)
+    gpu = module_model(copy.deepcopy(net), C, WEIGHT_DECAY, device="cuda")
+    x, y = images(8)
+    xc, yc = x.cuda(), y.cuda()
+    grads = per_example_grads(gpu, xc, yc, "trak", chunk_size=4)
+    torch.testing.assert_close(
+        grads.cpu(), per_example_grads(cpu, x, y, "trak"), rtol=1e-3, atol=1e-5
+    )
+    v = torch.randn(2, cpu.num_params, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(
+        hvp_fn(gpu, xc, yc, chunk_size=3)(v.cuda()).cpu(), hvp_fn(cpu, x, y)(v),
+        rtol=1e-3, atol=1e-4,
+    )
+    torch.testing.assert_close(
+        representer_scores(gpu, xc, yc, xc[:3], yc[:3]).cpu(),
+        representer_scores(cpu, x, y, x[:3], y[:3]), rtol=1e-3, atol=1e-6,
+    )
+    projection = Projection(gpu.num_params, 64, seed=0, block_rows=4096)
+    dense = projection.dense("cuda", torch.float64)
+    torch.testing.assert_close(
+        projection.project(grads.double()), grads.double() @ dense, rtol=1e-9, atol=1e-9
+    )
+    low = Projection(gpu.num_params, 64, seed=0, block_rows=4096, precision="bf16")
+    exact = grads.double() @ dense
+    assert float((low.project(grads).double() - exact).norm() / exact.norm()) < 2e-2

@@ -519,3 +519,20 @@ def test_gradient_devices_are_checked_in_one_line():
             check_gradient_device(cuda)
         with pytest.raises(EstimateError, match="sees no CUDA device"):
             task_device(cuda)
+
+
+@pytest.mark.gpu
+def test_conv_net_estimators_on_cuda_match_cpu(resnet_run):
+    """The stage's tasks on CUDA (``gradients.device=cuda``): the CPU tables within float32
+    round-off; TRAK draws its projection from the CUDA generator, so it is checked to run."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    spec, uri = resnet_run
+    cg = ["gradients.solver=cg", "gradients.cg_max_iter=2", "gradients.damping=0.1"]
+    for method, overrides in (("tracin", []), ("representer", []), ("influence", cg)):
+        _, on_cpu = _resnet_estimate(spec, uri, method, overrides)
+        _, on_gpu = _resnet_estimate(spec, uri, method, overrides + ["gradients.device=cuda"])
+        np.testing.assert_allclose(
+            on_gpu, on_cpu, rtol=1e-3, atol=1e-4 * np.abs(on_cpu).max(), err_msg=method
+        )
+    _resnet_estimate(spec, uri, "trak", ["gradients.device=cuda"])
