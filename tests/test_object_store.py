@@ -266,3 +266,13 @@ def test_duplicate_ids_on_s3_are_named_by_verify_and_refused_by_sql(s3_run):
         query(duplicate, "SELECT count(*) FROM models")
     result = CliRunner().invoke(app, ["verify", f"s3://{copy}"])
     assert result.exit_code == 1 and "duplicate" in result.output
+
+
+def test_an_endpoint_given_in_the_uri_reads_the_same_run(s3_run, s3_endpoint):
+    _, uri, _, _ = s3_run
+    host = s3_endpoint.split("://", 1)[1]
+    run = Run(f"{uri}?endpoint_override={host}&scheme=http&region=us-east-1")
+    np.testing.assert_array_equal(run.model_ids(), Run(uri).model_ids())
+    assert run.fs.display("models/x.parquet") == f"{uri}/models/x.parquet"
+    with pytest.raises(StoreError, match=f"{uri}/nope.parquet does not exist"):
+        run.fs.read_bytes("nope.parquet")

@@ -35,7 +35,9 @@ class RunFS:
 
     ``RunFS("runs/a")`` and ``RunFS("file:///abs/runs/a")`` are local;
     ``RunFS("s3://bucket/runs/a")`` uses ``pyarrow.fs.S3FileSystem`` (credentials from the
-    environment, as pyarrow resolves them). Relative paths use ``/`` on every platform.
+    environment, as pyarrow resolves them; an S3-compatible server from ``AWS_ENDPOINT_URL``
+    or the URI's ``?endpoint_override=HOST:PORT&scheme=http``). Relative paths use ``/`` on
+    every platform.
     """
 
     def __init__(self, uri: str | os.PathLike[str]) -> None:
@@ -49,6 +51,8 @@ class RunFS:
             filesystem = pafs.LocalFileSystem()
             root = str(Path(location).expanduser().resolve())
         self.uri: str = location
+        # Messages name files by the URI without its options (``?endpoint_override=...``).
+        self.display_root: str = location.split("?", 1)[0].rstrip("/")
         self.filesystem: pafs.FileSystem = filesystem
         self.root: str = root.rstrip("/") or "/"
         self.is_local: bool = isinstance(filesystem, pafs.LocalFileSystem)
@@ -67,7 +71,7 @@ class RunFS:
         """A path for messages: the URI or local path of ``rel_path``."""
         if self.is_local:
             return self.join(rel_path)
-        return self.uri.rstrip("/") + "/" + rel_path.strip("/")
+        return self.display_root + "/" + rel_path.strip("/")
 
     def _info(self, rel_path: str) -> pafs.FileInfo:
         return self.filesystem.get_file_info(self.join(rel_path))
