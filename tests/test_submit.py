@@ -178,6 +178,21 @@ def test_an_out_the_workers_cannot_see_is_refused_before_submitting(tmp_path):
         ],
     )
     assert unreachable.exit_code == 2 and "cannot reach the Ray Jobs API" in unreachable.output
+    (tmp_path / "elsewhere").mkdir()
+    outside = CliRunner().invoke(
+        app,
+        [
+            "submit",
+            str(config),
+            "--out",
+            "s3://b/run",
+            "--working-dir",
+            str(tmp_path / "elsewhere"),
+            "--address",
+            nowhere,
+        ],
+    )
+    assert outside.exit_code == 2 and "outside the working directory" in outside.output
 
 
 def test_submit_follows_the_job_to_its_end(ray_head, tmp_path):
