@@ -65,12 +65,13 @@ def train_data(xtr, ytr, xte, yte, device) -> TrainData:
     return data.to(device)
 
 
-def config(args, K: int, **resources) -> Config:
+def config(args, K: int, precision: str | None = None, **resources) -> Config:
     return Config.model_validate({
         "model": {"arch": "fastnet", "width": args.width},
         "train": {
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": 11.5, "momentum": 0.85,
             "weight_decay": 0.0153, "schedule": "airbench", "label_smoothing": 0.2, "tta": 2,
+            "precision": precision or args.precision,
         },
         "resources": {"models_per_pass": K, "compile": args.compile} | resources,
     })
@@ -81,11 +82,13 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_ours(data, masks, seeds, args, K: int, mode: str = "grouped") -> tuple[float, np.ndarray]:
+def run_ours(
+    data, masks, seeds, args, K: int, mode: str = "grouped", precision: str | None = None
+) -> tuple[float, np.ndarray]:
     grouped._TRAINERS.clear()  # free the previous variant's networks and graphs
     if args.device == "cuda":
         torch.cuda.empty_cache()
-    cfg = config(args, K, pass_mode=mode)
+    cfg = config(args, K, precision, pass_mode=mode)
     train_batch(masks[:K], seeds[:K] + 10**6, data, cfg)  # warm-up pass (autotune, compile)
     sync(args.device)
     start = time.perf_counter()
@@ -194,6 +197,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--precision", default="auto", help="train.precision of every variant")
+    parser.add_argument(
+        "--try-precisions", default="",
+        help="e.g. bf16,fp16: time the first K in each, then use the fastest for the rest",
+    )
     parser.add_argument("--airbench", type=int, default=8, help="airbench models (0: skip)")
     parser.add_argument("--full", type=int, default=0, help="also train N full-data models")
     parser.add_argument("--device", default="cuda")
@@ -228,11 +236,23 @@ def main() -> None:
         per_model, acc = run_airbench(xtr, ytr, xte, yte, masks, args)
         results.append(("airbench94 (package)", "1", per_model, acc))
         print(f"  airbench: {per_model:.3f} s/model, accuracy {acc.mean():.4f}", flush=True)
-    variants = [(int(k), "grouped") for k in args.ks.split(",") if k]
+    ks = [int(k) for k in args.ks.split(",") if k]
+    if args.try_precisions:
+        timed = []
+        for precision in args.try_precisions.split(","):
+            per_model, acc = run_ours(data, masks, seeds, args, ks[0], "grouped", precision)
+            results.append((f"datamodels fastnet {precision}", str(ks[0]), per_model, acc))
+            print(f"  fastnet {precision} K={ks[0]}: {per_model:.3f} s/model, accuracy "
+                  f"{acc.mean():.4f}", flush=True)
+            timed.append((per_model, precision))
+        args.precision = min(timed)[1]
+        ks = ks[1:]
+        print(f"  using precision {args.precision} for the rest", flush=True)
+    variants = [(K, "grouped") for K in ks]
     variants += [(int(k), "streams") for k in args.streams.split(",") if k]
     for K, mode in variants:
         per_model, acc = run_ours(data, masks, seeds, args, K, mode)
-        name = "datamodels fastnet" + (" streams" if mode == "streams" else "")
+        name = f"datamodels fastnet {args.precision}" + (" streams" if mode == "streams" else "")
         results.append((name, str(K), per_model, acc))
         print(f"  {name} K={K}: {per_model:.3f} s/model, accuracy {acc.mean():.4f}", flush=True)
     if args.full:

@@ -79,13 +79,14 @@ class TrainConfig(_Section):
     # whitening layer's bias trains for the first ``whiten_bias_epochs``; parameters are
     # averaged (lookahead) every 5 steps; flip + ``translate``-pixel augmentation on the
     # device; ``tta``: margins from 0 plain, 1 mirror, 2 mirror + translate test-time
-    # augmentation; ``precision`` auto: bf16 autocast on CUDA, float32 on CPU.
+    # augmentation; ``precision`` auto: bf16 autocast on CUDA, float32 on CPU (fp16: fp16
+    # autocast without loss scaling, as airbench trains; the summed loss keeps gradients large).
     bias_scaler: float = Field(64.0, gt=0.0)
     whiten_bias_epochs: int = Field(3, ge=0)
     lookahead: bool = True
     translate: int = Field(2, ge=0, le=8)
     tta: int = Field(0, ge=0, le=2)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
 
 class PlanConfig(_Section):

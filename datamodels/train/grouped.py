@@ -61,6 +61,8 @@ def models_per_pass(resources: ResourcesConfig, K: int) -> int:
 
 
 def autocast_dtype(recipe: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if recipe.precision == "fp16":
+        return torch.float16
     if recipe.precision == "bf16" or (recipe.precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
