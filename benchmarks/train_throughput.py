@@ -9,7 +9,9 @@ On the digits default (configs/digits.yaml: MLP, alpha = 0.5, its default epochs
 * ``--trainer-only``: ``train_mlp_batched`` alone on the resident data (no Ray, no store),
   ``--procs`` processes of ``--threads`` threads each (default 2 x 1: how Ray runs it on
   2 cores), each training ``--models`` models in calls of ``resources.models_per_task``;
-  the rate is all models over the span from the first start to the last finish.
+  the rate is all models over the span from the first start to the last finish (wall
+  clock), and beside it the sum of each process's models over its own CPU time: the rate
+  of an otherwise idle machine, less disturbed when others share the cores.
 
 GFLOP/s counts the matmul FLOPs of the work asked for, honestly: for every real training
 example of every step a model takes, 2·Σ in·out (forward) + 2·Σ in·out (weight gradients)
@@ -100,7 +102,7 @@ def measure_ray(batched: int, sequential: int, extra: list[str]) -> dict:
     from datamodels.orchestrate.executor import init_ray
 
     wall_start = time.perf_counter()
-    init_ray()
+    init_ray("local")  # a fresh cluster of this machine's cores, never one already running
     ray_start = time.perf_counter() - wall_start
     import ray
 
@@ -141,15 +143,16 @@ def measure_trainer_process(spec_path: str, rows: list[int], threads: int) -> di
     masks, seeds = spec["masks"][rows[0] : rows[1]], spec["seeds"][rows[0] : rows[1]]
     per_call = config.resources.models_per_task
     train_mlp_batched(data, masks[:8], seeds[:8], config.model, config.train)  # warm-up
-    start_wall, start = time.time(), time.perf_counter()
+    start_wall, start, start_cpu = time.time(), time.perf_counter(), time.process_time()
     for first in range(0, len(seeds), per_call):
         train_mlp_batched(
             data, masks[first : first + per_call], seeds[first : first + per_call],
             config.model, config.train,
         )
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     return {"models": len(seeds), "start": start_wall, "end": start_wall + seconds,
-            "seconds": seconds, "trainer": __import__("datamodels").__file__}
+            "seconds": seconds, "cpu_seconds": cpu_seconds,
+            "trainer": __import__("datamodels").__file__}
 
 
 # ---- the parent: children per source tree, alternated ----
@@ -176,8 +179,10 @@ def trainer_round(source: Path, spec: str, models: int, procs: int, threads: int
     ]
     parts = [_result(c) for c in children]
     span = max(p["end"] for p in parts) - min(p["start"] for p in parts)
+    # each process alone on its core: the rate an idle machine would give
+    cpu_rate = sum(p["models"] / p["cpu_seconds"] for p in parts)
     return {"models": sum(p["models"] for p in parts), "seconds": span,
-            "trainer": parts[0]["trainer"]}
+            "cpu_models_per_s": cpu_rate, "trainer": parts[0]["trainer"]}
 
 
 def worktree(rev: str) -> Path:
@@ -277,8 +282,14 @@ def child_main(argv: list[str]) -> None:
 
 
 def _rate(result: dict) -> tuple[float, float]:
-    """(models/min, GFLOP/s)."""
+    """(models/min, GFLOP/s) over wall-clock time."""
     return 60 * result["models"] / result["seconds"], result["flops"] / result["seconds"] / 1e9
+
+
+def _cpu_rate(result: dict) -> tuple[float, float]:
+    """(models/min, GFLOP/s) over each process's CPU time (``--trainer-only``)."""
+    per_s = result["cpu_models_per_s"]
+    return 60 * per_s, per_s * result["flops"] / result["models"] / 1e9
 
 
 def _summary(result: dict) -> str:
@@ -288,8 +299,12 @@ def _summary(result: dict) -> str:
             f"{_rate(r)[1]:.1f} GFLOP/s" for t, r in result["trainers"].items()
         )
     rate, gflops = _rate(result)
+    cpu_rate, cpu_gflops = _cpu_rate(result)
     models, seconds = result["models"], result["seconds"]
-    return f"{models} models {seconds:.1f}s {rate:,.0f}/min {gflops:.1f} GFLOP/s"
+    return (
+        f"{models} models {seconds:.1f}s {rate:,.0f}/min {gflops:.1f} GFLOP/s; "
+        f"by CPU time {cpu_rate:,.0f}/min {cpu_gflops:.1f} GFLOP/s"
+    )
 
 
 def _report_trainer(runs: dict[str, list[dict]], args) -> None:
@@ -297,16 +312,21 @@ def _report_trainer(runs: dict[str, list[dict]], args) -> None:
         f"train_mlp_batched alone, digits MLP ({CONFIG_NAME} defaults), {args.procs} processes"
         f" x {args.threads} threads, {args.models} models each; median of {len(runs['new'])}"
     )
-    print(f"{'tree':<22}{'models/min':>12}{'GFLOP/s':>10}")
+    print(f"{'':<22}{'wall clock':>22}{'CPU time (idle machine)':>26}")
+    print(f"{'tree':<22}{'models/min':>12}{'GFLOP/s':>10}{'models/min':>16}{'GFLOP/s':>10}")
     medians = {}
     for name, results in runs.items():
-        rate = statistics.median(_rate(r)[0] for r in results)
-        gflops = statistics.median(_rate(r)[1] for r in results)
-        medians[name] = rate
-        print(f"{name:<22}{rate:>12,.0f}{gflops:>10.1f}")
+        figures = [
+            statistics.median(rate(r)[i] for r in results)
+            for rate in (_rate, _cpu_rate) for i in (0, 1)
+        ]
+        medians[name] = figures
+        print(f"{name:<22}{figures[0]:>12,.0f}{figures[1]:>10.1f}{figures[2]:>16,.0f}"
+              f"{figures[3]:>10.1f}")
     if len(medians) == 2:
         new, base = medians.values()
-        print(f"new / baseline: {new / base:.2f}x")
+        print(f"new / baseline: {new[0] / base[0]:.2f}x wall clock, "
+              f"{new[2] / base[2]:.2f}x CPU time")
 
 
 def _report_ray(runs: dict[str, list[dict]]) -> None:
@@ -329,7 +349,7 @@ def _report_ray(runs: dict[str, list[dict]]) -> None:
             if trainer == "batched":
                 batched[name] = rate
         trainers = results[0]["trainers"]
-        if "sequential" in trainers and "batched" in trainers:
+        if "sequential" in trainers and "batched" in trainers and trainers["sequential"]["models"]:
             ratio = _rate(trainers["batched"])[0] / _rate(trainers["sequential"])[0]
             r = trainers["batched"]
             end_to_end = 60 * r["models"] / (r["seconds"] + results[0]["ray_start"])

@@ -16,6 +16,7 @@ from datamodels.models.mlp import (
 )
 from datamodels.train.batched import train_mlp_batched
 from datamodels.train.outcome import CheckpointRequest
+from datamodels.train.sequential import train_sequential
 from tests.train.digits_arrays import digits_data
 
 
@@ -104,3 +105,31 @@ def test_chunks_do_not_change_the_models():
     correct = logits.gather(1, data.eval_y.view(-1, 1)).squeeze(1)
     others = torch.where(correct == top2[:, 0], top2[:, 1], top2[:, 0])
     np.testing.assert_allclose(together[0][3], (correct - others).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        {"momentum": 0.0, "schedule": "constant", "label_smoothing": 0.1},
+        {"momentum": 0.9, "schedule": "airbench", "label_smoothing": 0.0, "weight_decay": 0.0},
+    ],
+)
+def test_depth_two_matches_one_at_a_time(recipe):
+    """The recipe's corners (no momentum, label smoothing, no weight decay, uneven epochs,
+    two hidden layers) give the same models as ``torch.optim.SGD`` one at a time."""
+    torch.set_num_threads(1)
+    data = digits_data(120, 40, 3)
+    config = _mlp_config(**recipe)
+    rng = np.random.default_rng(1)
+    masks = rng.random((4, data.n_train)) < rng.uniform(0.3, 0.9, (4, 1))
+    seeds = np.arange(4)
+    request = CheckpointRequest((0, 2), (2,))
+    fast = train_mlp_batched(data, masks, seeds, config.model, config.train, request,
+                             models_per_chunk=3)
+    slow = train_sequential(data, masks, seeds, config.model, config.train, "resident", request)
+    np.testing.assert_allclose(fast[0], slow[0], atol=1e-4)  # margins
+    np.testing.assert_allclose(fast[1], slow[1], rtol=1e-4)  # last-epoch loss
+    for a, b in zip(fast[3], slow[3], strict=True):
+        assert (a.row, a.epoch) == (b.row, b.epoch) and a.lr == pytest.approx(b.lr)
+        for p, q in zip(a.params, b.params, strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
