@@ -266,6 +266,11 @@ def test_duplicate_ids_on_s3_are_named_by_verify_and_refused_by_sql(s3_run):
         query(duplicate, "SELECT count(*) FROM models")
     result = CliRunner().invoke(app, ["verify", f"s3://{copy}"])
     assert result.exit_code == 1 and "duplicate" in result.output
+    with filesystem.open_output_stream(f"{copy}/models/torn.parquet") as stream:
+        stream.write(b"PAR1 not a parquet file")  # as a foreign tool's interrupted upload
+    assert any(p.file.endswith("torn.parquet") for p in verify(duplicate))
+    with pytest.raises(StoreError, match="torn.parquet"):
+        query(duplicate, "SELECT count(*) FROM models")
 
 
 def test_an_endpoint_given_in_the_uri_reads_the_same_run(s3_run, s3_endpoint):
