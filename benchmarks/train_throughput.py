@@ -339,6 +339,7 @@ def _report_ray(runs: dict[str, list[dict]]) -> None:
           f"{'GFLOP/s':>10}")
     batched = {}
     for name, results in runs.items():
+        sequential = 0.0
         for trainer in results[0]["trainers"]:
             rows = [r["trainers"][trainer] for r in results]
             seconds = statistics.median(r["seconds"] for r in rows)
@@ -348,13 +349,16 @@ def _report_ray(runs: dict[str, list[dict]]) -> None:
                   f"{gflops:>10.1f}")
             if trainer == "batched":
                 batched[name] = rate
-        trainers = results[0]["trainers"]
-        if "sequential" in trainers and "batched" in trainers and trainers["sequential"]["models"]:
-            ratio = _rate(trainers["batched"])[0] / _rate(trainers["sequential"])[0]
-            r = trainers["batched"]
-            end_to_end = 60 * r["models"] / (r["seconds"] + results[0]["ray_start"])
-            print(f"{name}: batched / one-at-a-time {ratio:.1f}x; batched end to end incl. "
-                  f"Ray start-up {end_to_end:,.0f} models/min")
+            else:
+                sequential = rate
+        if "sequential" in results[0]["trainers"] and name in batched and sequential:
+            end_to_end = statistics.median(
+                60 * r["trainers"]["batched"]["models"]
+                / (r["trainers"]["batched"]["seconds"] + r["ray_start"])
+                for r in results
+            )
+            print(f"{name}: batched / one-at-a-time {batched[name] / sequential:.1f}x; batched "
+                  f"end to end incl. Ray start-up {end_to_end:,.0f} models/min")
     if len(batched) == 2:
         new, base = batched.values()
         print(f"batched, new / baseline: {new / base:.2f}x")
