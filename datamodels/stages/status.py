@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 
+import numpy as np
 import pandas as pd
 
 from datamodels.config import Config
@@ -31,20 +32,23 @@ def plan_status(config: Config, run: Run) -> pd.DataFrame:
     counts permutation walks (a walk stops early, so most of its prefix ids never exist)."""
     n_train = run.n_train
     planned = plan_models(config, n_train)
-    done = run.done_model_ids()
+    done = run.stored_model_ids()
     attempts = Counter(run.failures()["model_id"].astype(int).tolist())
     budget = config.resources.max_attempts
-    walks = tmc_walk_state(config, planned, n_train, done)
+    spent = np.array([i for i, n in attempts.items() if n >= budget], dtype=np.int64)
+    has_tmc = any(plan.kind == "tmc" for plan in config.plans)
+    walks = tmc_walk_state(config, planned, n_train, set(done.tolist()) if has_tmc else set())
     rows = []
     for plan in config.plans:
-        if plan.kind == "tmc":
-            units = [
-                (rep, present) for (name, _), (rep, present) in walks.items() if name == plan.name
-            ]
-        else:
-            units = [(i, i in done) for i in planned.model_id[planned.plan == plan.name].tolist()]
-        n_done = sum(present for _, present in units)
-        n_failed = sum(not present and attempts[i] >= budget for i, present in units)
+        if plan.kind == "tmc":  # one unit per walk: a few, not one per model
+            pairs = [(rep, p) for (name, _), (rep, p) in walks.items() if name == plan.name]
+            units = np.array([rep for rep, _ in pairs], dtype=np.int64)
+            present = np.array([p for _, p in pairs], dtype=bool)
+        else:  # arrays over the plan: no Python object per model
+            units = planned.model_id[planned.plan == plan.name]
+            present = np.isin(units, done)
+        n_done = int(present.sum())
+        n_failed = int((~present & np.isin(units, spent)).sum())
         rows.append(
             {
                 "plan": plan.name,

@@ -354,7 +354,9 @@ class TrainStage(Stage):
         if unit.payload[0] == "models":
             # the task may have died after its shard was renamed into place (a lost receipt):
             # those models are stored, so they are neither failures nor trained again
-            stored = self.run.done_model_ids().intersection(ids) - set(unit.payload[3])
+            now = np.asarray(ids, dtype=np.int64)
+            now = now[np.isin(now, self.run.stored_model_ids())]
+            stored = set(now.tolist()) - set(unit.payload[3])
             if stored:
                 self.summary.trained += len(stored)
                 progress.advance(len(stored))
