@@ -151,3 +151,19 @@ def test_a_shard_worker_never_trains_another_shards_model(tmp_path, monkeypatch)
     api.train(_config(), str(tmp_path / "run"), shard="2/5", show_progress=False)
     assert seen and all(i % 5 == 2 for i in seen) and len(seen) == len(set(seen))
     assert sorted(seen) == list(range(2, 52, 5))
+
+
+def test_a_shard_worker_records_failures_under_the_mutex(tmp_path, monkeypatch):
+    from datamodels.train import null
+
+    def not_finite(masks, seeds, n_eval, config_seed):
+        return np.full((len(masks), n_eval), np.nan, dtype=np.float32)
+
+    monkeypatch.setattr(null, "null_margins", not_finite)
+    out = str(tmp_path / "run")
+    config = _config("resources.max_attempts=1")
+    summary = api.train(config, out, shard="1/2", show_progress=False)
+    assert summary.trained == 0 and summary.failed == 26
+    failures = Run(out).failures()
+    assert sorted(failures["model_id"]) == list(range(1, 52, 2))
+    assert not (tmp_path / "run" / "_locks" / "failures.mutex").exists()  # released
