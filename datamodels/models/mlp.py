@@ -64,18 +64,18 @@ def output_transposed(layers: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def accumulate_gradients(
-    layers: list[torch.Tensor], x: torch.Tensor, targets: torch.Tensor,
-    example_weight: torch.Tensor, grads: list[torch.Tensor], beta: float,
-    want_loss: bool = False,
+    layers: list[torch.Tensor], x: torch.Tensor, labels: torch.Tensor,
+    example_weight: torch.Tensor, label_smoothing: float, grads: list[torch.Tensor],
+    beta: float, want_loss: bool = False,
 ) -> torch.Tensor | None:
     """``grads ← beta·grads + ∇L`` for K MLPs at once, each on its own batch, in place (with
     ``beta = 0`` the old ``grads`` are ignored, NaN included; with ``beta = momentum`` this
     is the momentum update of SGD fused into the gradient matmuls).
 
     ``layers``: ``[W1 [K, d, h], b1 [K, h], ..., WoutT [K, C, h], bout [K, C]]`` (output
-    weight transposed) and ``grads`` the same shapes; ``x``: float[K, B, d];
-    ``example_weight`` w: float[K, 1, B]; ``targets``: float[K, C, B], w_i·q_i with q_i the
-    (label-smoothed) target distribution of example i (Σ_c q_ic = 1). The objective is
+    weight transposed) and ``grads`` the same shapes; ``x``: float[K, B, d]; ``labels``:
+    int64[K, 1, B]; ``example_weight`` w: float[K, 1, B]. With ε = ``label_smoothing`` and
+    q_i = (1 − ε)·onehot(y_i) + ε/C the target distribution of example i, the objective is
 
         L_k = Σ_i w_i · CE(z_i, q_i),   CE(z, q) = logsumexp(z) − q·z,
         ∂L_k/∂z_i = w_i·softmax(z_i) − w_i·q_i,
@@ -91,11 +91,18 @@ def accumulate_gradients(
         activations.append(hidden.clamp_(min=0))
     # logits transposed, [K, C, B]: the product with C rows is the fast one
     logits = torch.baddbmm(layers[-1].unsqueeze(2), layers[-2], activations[-1].transpose(1, 2))
+    num_classes = logits.shape[1]
     loss = None
     if want_loss:
-        loss = (torch.logsumexp(logits, 1, keepdim=True) * example_weight).sum((1, 2))
-        loss -= (logits * targets).sum((1, 2))
-    delta = torch.softmax(logits, 1).mul_(example_weight).sub_(targets)  # ∂L/∂zᵀ [K, C, B]
+        per_example = torch.logsumexp(logits, 1, keepdim=True)
+        per_example -= (1 - label_smoothing) * logits.gather(1, labels)
+        if label_smoothing:
+            per_example -= (label_smoothing / num_classes) * logits.sum(1, keepdim=True)
+        loss = (per_example * example_weight).sum((1, 2))
+    delta = torch.softmax(logits, 1).mul_(example_weight)  # ∂L/∂zᵀ [K, C, B] from here
+    delta.scatter_add_(1, labels, example_weight * (label_smoothing - 1))
+    if label_smoothing:
+        delta -= example_weight * (label_smoothing / num_classes)
     grads[-2].baddbmm_(delta, activations[-1], beta=beta)
     _accumulate(grads[-1], delta.sum(2), beta)
     upstream = torch.bmm(delta.transpose(1, 2), layers[-2])  # ∂L/∂A [K, B, h]

@@ -142,9 +142,8 @@ def _train_mlp_chunk(
     previous_save = 0
     for epoch in range(recipe.epochs):
         index_np, valid_np = orders.next_epoch()
-        batch_index, weight, targets = _epoch_batches(
-            index_np, valid_np, data.train_y, B, data.num_classes, recipe.label_smoothing,
-            train_x.dtype,
+        batch_index, weight, labels = _epoch_batches(
+            index_np, valid_np, data.train_y, B, train_x.dtype
         )
         lrs = _epoch_lrs(recipe, steps_per_epoch, epoch, S).to(device, train_x.dtype)
         active = torch.from_numpy(np.arange(S)[:, None] < steps_per_epoch[None, :]).to(device)
@@ -153,7 +152,7 @@ def _train_mlp_chunk(
             torch.index_select(train_x, 0, batch_index[step], out=batch_x.view(K * B, -1))
             fused = step < all_step
             loss = accumulate_gradients(
-                layers, batch_x, targets[step], weight[step],
+                layers, batch_x, labels[step], weight[step], recipe.label_smoothing,
                 momentum_layers if fused else grad_layers,
                 recipe.momentum if fused else 0.0, want_loss=last_epoch,
             )
@@ -197,14 +196,13 @@ def _flat_buffer(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.
 
 def _epoch_batches(
     index: np.ndarray, valid: np.ndarray, train_y: torch.Tensor, batch_size: int,
-    num_classes: int, label_smoothing: float, dtype: torch.dtype,
+    dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One epoch of ``EpochOrders`` (index int64[K, S·B], valid bool[K, S·B]) as per-step
     contiguous tensors: (train positions int64[S, K·B], example weights float[S, K, 1, B]:
-    1/(real examples in the batch) or 0 for padding, targets float[S, K, C, B]: weight ×
-    label-smoothed one-hot)."""
+    1/(real examples in the batch) or 0 for padding, labels int64[S, K, 1, B])."""
     K, width = index.shape
-    S, B, C = width // batch_size, batch_size, num_classes
+    S, B = width // batch_size, batch_size
     device = train_y.device
     by_step = torch.from_numpy(index.reshape(K, S, B).transpose(1, 0, 2).copy()).to(device)
     real = torch.from_numpy(valid.reshape(K, S, B).transpose(1, 0, 2).copy()).to(device)
@@ -212,11 +210,7 @@ def _epoch_batches(
     weight /= weight.sum(2, keepdim=True).clamp_(min=1)
     weight = weight.unsqueeze(2)  # [S, K, 1, B]
     labels = train_y[by_step].unsqueeze(2)  # [S, K, 1, B]
-    targets = torch.zeros(S, K, C, B, dtype=dtype, device=device)
-    targets.scatter_(2, labels, weight * (1.0 - label_smoothing))
-    if label_smoothing:
-        targets += weight * (label_smoothing / C)
-    return by_step.view(S, K * B), weight, targets
+    return by_step.view(S, K * B), weight, labels
 
 
 def _epoch_lrs(

@@ -48,18 +48,18 @@ def test_hand_written_gradients_equal_autograd(depth, smoothing):
     loss, expected = _autograd_reference(layers, x, labels, real, smoothing)
 
     weight = (real / real.sum(1, keepdim=True).clamp(min=1)).unsqueeze(1)  # [K, 1, B]
-    onehot = F.one_hot(labels, C).double().transpose(1, 2)  # [K, C, B]
-    targets = weight * ((1 - smoothing) * onehot + smoothing / C)
     stored = output_transposed(layers)
     grads = [torch.full_like(p, float("nan")) for p in stored]  # beta = 0 ignores them
-    got = accumulate_gradients(stored, x, targets, weight, grads, 0.0, want_loss=True)
+    got = accumulate_gradients(
+        stored, x, labels.unsqueeze(1), weight, smoothing, grads, 0.0, want_loss=True
+    )
     torch.testing.assert_close(got, loss, rtol=1e-12, atol=1e-12)
     for ours, theirs in zip(output_transposed(grads), expected, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
 
     # beta accumulates: grads ← beta·grads + ∇ (the fused momentum update)
     previous = [g.clone() for g in grads]
-    accumulate_gradients(stored, x, targets, weight, grads, 0.9)
+    accumulate_gradients(stored, x, labels.unsqueeze(1), weight, smoothing, grads, 0.9)
     for now, before in zip(grads, previous, strict=True):
         torch.testing.assert_close(now, 1.9 * before, rtol=1e-10, atol=1e-12)
 
