@@ -224,10 +224,15 @@ class GradientStage(Stage):
         torch.set_num_threads(max(1, int(self.config.gradients.num_cpus)))
         return ctx.data(self.run, self.config, task_device(self.config.gradients))
 
+    def model_key(self, data, path: str) -> tuple:
+        """What a cached model depends on: the checkpoint, the device and the precision (a
+        worker process may serve CPU and CUDA, fp32 and fp64 settings one after another)."""
+        return (self.run.uri, path, str(data.train_x.device), self.config.gradients.precision)
+
     def model_at(self, ctx, data, path: str):
         layers = lambda: load_checkpoint(self.run.fs, path)["layers"]  # noqa: E731
         return ctx.cached(
-            ("checkpoint", self.run.uri, path),
+            ("checkpoint", *self.model_key(data, path)),
             lambda: functional_model(self.config, data, layers()),
         )
 
@@ -266,7 +271,7 @@ class GradientStage(Stage):
             )
         if shared is None and self.needs_hessian():
             shared = ctx.cached(
-                ("hessian", self.run.uri, path, self.config.gradients.damping),
+                ("hessian", *self.model_key(data, path), self.config.gradients.damping),
                 lambda: self.compute_shared(ctx, model_id),
             )
         tx = ty = None
@@ -291,7 +296,7 @@ class GradientStage(Stage):
             ty,
             shared,
             ctx.cached,
-            ("trak", self.run.uri, path),
+            ("trak", *self.model_key(data, path)),
             slot,
         )
         buffer = io.BytesIO()
