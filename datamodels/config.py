@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,12 +30,38 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"  # "package.module:function"
+
+
+def _name_from_factory(values: Any, field: str, implied: str) -> Any:
+    """A section that gives ``factory`` but no ``field`` (``name`` / ``arch``) means
+    ``implied``, so ``model: {factory: ...}`` needs nothing else."""
+    if isinstance(values, dict) and values.get("factory") and field not in values:
+        return {**values, field: implied}
+    return values
+
+
+def _import_path(value: str | None, field: str) -> str | None:
+    if value is not None and not re.match(IMPORT_PATH, value):
+        raise ValueError(
+            f"{field} must be an import path 'package.module:name' (a colon before the "
+            "function's name)"
+        )
+    return value
+
+
 class DatasetConfig(_Section):
     """Where the examples come from. ``digits`` ships with scikit-learn; ``cifar10`` reads the
-    standard python-pickle archive at ``path``; ``arrays`` reads a user's ``.npz``."""
+    standard python-pickle archive at ``path``; ``arrays`` reads a user's ``.npz``;
+    ``imagefolder`` reads a folder of class sub-folders of images at ``path`` (its own
+    ``train/`` and ``test/`` sub-folders when present); ``factory`` (``"package.module:load"``,
+    called with ``kwargs``; ``name`` is then ``custom``) returns arrays or a
+    ``torch.utils.data.Dataset`` (see ``datamodels.data.sources.load_factory_dataset``)."""
 
-    name: Literal["digits", "cifar10", "arrays"] = "digits"
+    name: Literal["digits", "cifar10", "arrays", "imagefolder", "custom"] = "digits"
     path: str | None = None
+    factory: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     split_seed: int = 0
     limit_train: int | None = Field(None, ge=1)
@@ -42,10 +69,30 @@ class DatasetConfig(_Section):
     eval_train: bool = True
     flip_fraction: float = Field(0.0, ge=0.0, lt=1.0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _custom_from_factory(cls, values: Any) -> Any:
+        return _name_from_factory(values, "name", "custom")
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_path(cls, factory: str | None) -> str | None:
+        return _import_path(factory, "dataset.factory")
+
     @model_validator(mode="after")
     def _path_needed(self) -> DatasetConfig:
-        if self.name in ("cifar10", "arrays") and not self.path:
+        if self.name in ("cifar10", "arrays", "imagefolder") and not self.path:
             raise ValueError(f"dataset.path is required for dataset.name={self.name!r}")
+        if self.name == "custom" and not self.factory:
+            raise ValueError(
+                "dataset.factory is required for dataset.name='custom' "
+                "(e.g. factory: mypackage.data:load)"
+            )
+        if self.factory and self.name != "custom":
+            raise ValueError(
+                f"dataset.factory loads the data itself: leave dataset.name out (or set it to "
+                f"custom), not {self.name!r}"
+            )
         return self
 
 
@@ -53,12 +100,41 @@ class ModelConfig(_Section):
     """The network. ``fastnet`` is the airbench-style CIFAR network trained K models per pass
     as one grouped network (``datamodels.train.grouped``); ``width`` is its first block's width
     (the later blocks are 4x). ``null`` trains nothing: deterministic pseudo-margins at no cost,
-    for exercising the driver and store at scale."""
+    for exercising the driver and store at scale. ``custom``: the ``nn.Module`` (inputs to
+    logits) that ``factory`` (``"package.module:make_model"``) returns, called with ``kwargs``
+    plus ``num_classes`` and ``input_shape`` when it takes them and ``kwargs`` does not give
+    them; a config that gives ``factory`` may leave ``arch`` out."""
 
-    arch: Literal["logreg", "mlp", "resnet9", "fastnet", "null"] = "mlp"
+    arch: Literal["logreg", "mlp", "resnet9", "fastnet", "null", "custom"] = "mlp"
     hidden: int = Field(64, ge=1)
     depth: int = Field(1, ge=1, le=8)
     width: int = Field(64, ge=4)
+    factory: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _custom_from_factory(cls, values: Any) -> Any:
+        return _name_from_factory(values, "arch", "custom")
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_path(cls, factory: str | None) -> str | None:
+        return _import_path(factory, "model.factory")
+
+    @model_validator(mode="after")
+    def _factory_for_custom(self) -> ModelConfig:
+        if self.arch == "custom" and not self.factory:
+            raise ValueError(
+                "model.factory is required for model.arch='custom' "
+                "(e.g. factory: mypackage.models:make_cnn)"
+            )
+        if self.factory and self.arch != "custom":
+            raise ValueError(
+                f"model.factory builds the network itself: leave model.arch out (or set it to "
+                f"custom), not {self.arch!r}"
+            )
+        return self
 
 
 class TrainConfig(_Section):
@@ -74,6 +150,13 @@ class TrainConfig(_Section):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     tolerance: float = Field(1e-6, gt=0.0)
     max_iter: int = Field(500, ge=1)
+    # ``recipe``: "package.module:train_one", a user's training function used instead of the
+    # steps above, one model at a time (its contract: ``datamodels.train.custom``).
+    # ``output``: what ``margins`` records per evaluation example: ``margin`` (correct logit
+    # minus the largest other), ``loss`` (cross-entropy) or "package.module:f" with
+    # f(logits float[n, C], labels int64[n]) -> float[n]
+    recipe: str | None = None
+    output: str = "margin"
     # fastnet only (the airbench recipe): lr and weight_decay are per 1024 examples and
     # decoupled from momentum; BatchNorm biases step ``bias_scaler`` times faster; the
     # whitening layer's bias trains for the first ``whiten_bias_epochs``; parameters are
@@ -87,6 +170,21 @@ class TrainConfig(_Section):
     translate: int = Field(2, ge=0, le=8)
     tta: int = Field(0, ge=0, le=2)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+    @field_validator("recipe")
+    @classmethod
+    def _recipe_path(cls, recipe: str | None) -> str | None:
+        return _import_path(recipe, "train.recipe")
+
+    @field_validator("output")
+    @classmethod
+    def _output_kind(cls, output: str) -> str:
+        if output not in ("margin", "loss") and not re.match(IMPORT_PATH, output):
+            raise ValueError(
+                "train.output must be margin, loss or a function 'package.module:name' "
+                "taking (logits, labels)"
+            )
+        return output
 
 
 class PlanConfig(_Section):

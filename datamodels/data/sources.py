@@ -1,8 +1,13 @@
-"""Dataset sources: scikit-learn digits, the CIFAR-10 python archive, and a user's ``.npz``.
+"""Dataset sources: scikit-learn digits, the CIFAR-10 python archive, a user's ``.npz``, a
+folder of class sub-folders of images, and a user's loader function (``dataset.factory``).
 
 Every source returns an ``ArrayDataset``: all examples in one array in a fixed order (the
 example ``index``), their labels, and each one's split. Nothing is downloaded: digits ships
-with scikit-learn, CIFAR-10 and ``.npz`` files are read from the path the user gives.
+with scikit-learn, CIFAR-10, ``.npz`` files and image folders are read from the path the user
+gives, and a factory loads what it likes. ``prepare`` writes the result to the beton once.
+
+Features are images (uint8 [N, H, W, C]; [N, H, W] gets C = 1) or anything else, flattened to
+float32 [N, d] (a module that wants a shape back reshapes, e.g. ``nn.Unflatten``).
 """
 
 from __future__ import annotations
@@ -216,6 +221,206 @@ def load_arrays_dataset(cfg: DatasetConfig) -> ArrayDataset:
     return ArrayDataset(path.stem, features, labels.astype(np.int64), is_test, num_classes)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+def _read_images(files: list[Path], root: Path) -> np.ndarray:
+    """uint8 [N, H, W, C]: grayscale when every image is (C = 1), else RGB (C = 3)."""
+    from PIL import Image, UnidentifiedImageError
+
+    images = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                image.load()
+                images.append(image.copy())
+        except (UnidentifiedImageError, OSError) as err:
+            raise DataError(f"dataset.path: {path} is not a readable image ({err})") from None
+    gray = all(image.mode in ("1", "L", "I;16", "I", "F") for image in images)
+    mode = "L" if gray else "RGB"
+    arrays = [np.asarray(image.convert(mode), dtype=np.uint8) for image in images]
+    first = arrays[0].shape
+    for path, array in zip(files, arrays, strict=True):
+        if array.shape != first:
+            raise DataError(
+                f"dataset.path: {path} is {array.shape[1]}×{array.shape[0]} pixels but "
+                f"{files[0].relative_to(root)} is {first[1]}×{first[0]}; resize the images to "
+                "one size (or load them with dataset.factory)"
+            )
+    stacked = np.stack(arrays)
+    return stacked[..., None] if gray else stacked
+
+
+def load_imagefolder_dataset(cfg: DatasetConfig) -> ArrayDataset:
+    """A folder of class sub-folders of images (``root/<class>/<image>``); labels number the
+    class names in sorted order. With ``train/`` and ``test/`` sub-folders (each of class
+    sub-folders) those are the splits, else a seeded ``test_fraction`` split. Examples are
+    in (split, class, file name) order."""
+    root = Path(str(cfg.path)).expanduser()
+    if not root.is_dir():
+        raise DataError(f"dataset.path: {root} is not a folder (a folder of class sub-folders)")
+    split_roots = {name: root / name for name in ("train", "test")}
+    has_split = all(p.is_dir() for p in split_roots.values())
+    parts = split_roots if has_split else {"all": root}
+    classes = sorted({c.name for part in parts.values() for c in _class_folders(part)})
+    if not classes:
+        raise DataError(
+            f"dataset.path: {root} has no class sub-folders; put each class's images in "
+            f"{root}/<class name>/"
+        )
+    files, labels, is_test = [], [], []
+    for split, part in parts.items():
+        for label, name in enumerate(classes):
+            found = _image_files(part / name) if (part / name).is_dir() else []
+            files += found
+            labels += [label] * len(found)
+            is_test += [split == "test"] * len(found)
+    if not files:
+        raise DataError(
+            f"dataset.path: {root} holds no images ({', '.join(IMAGE_SUFFIXES)}) in its class "
+            "sub-folders"
+        )
+    images = _read_images(files, root)
+    labels_array = np.asarray(labels, dtype=np.int64)
+    split = (
+        np.asarray(is_test, dtype=bool) if has_split
+        else _seeded_split(len(labels_array), cfg.test_fraction, cfg.split_seed)
+    )
+    return ArrayDataset(root.name, images, labels_array, split, len(classes))
+
+
+def _as_array(value, what: str, where: str) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    try:
+        return np.asarray(value)
+    except Exception as err:  # noqa: BLE001 - whatever the factory returned
+        raise DataError(f"{where}: its {what} is not an array ({err})") from None
+
+
+def _as_features(features: np.ndarray, where: str) -> np.ndarray:
+    """uint8 images [N, H, W, C] (a [N, H, W] stack gets C = 1); anything else numeric is
+    flattened to float32 [N, d]."""
+    if features.dtype == np.uint8 and features.ndim == 3:
+        return features[..., None]
+    if features.dtype == np.uint8 and features.ndim == 4:
+        return features
+    if not (np.issubdtype(features.dtype, np.number) or features.dtype == bool):
+        raise DataError(f"{where} returned features of dtype {features.dtype}; give numbers")
+    width = int(np.prod(features.shape[1:]))
+    with np.errstate(over="ignore"):  # overflow to inf is refused by check_dataset
+        return features.reshape(len(features), width).astype(np.float32)
+
+
+def _stack_pairs(dataset, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """A ``torch.utils.data.Dataset`` of (input, label) pairs -> (inputs [N, ...], labels)."""
+    inputs, labels = [], []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if not (isinstance(item, tuple | list) and len(item) >= 2):
+            raise DataError(
+                f"{where}: item {i} of its Dataset is a {type(item).__name__}, not an "
+                "(input, label) pair"
+            )
+        x = item[0]
+        if hasattr(x, "mode") and hasattr(x, "size"):  # a PIL image
+            x = np.asarray(x)
+        inputs.append(_as_array(x, f"input {i}", where))
+        labels.append(int(_as_array(item[1], f"label {i}", where).reshape(-1)[0]))
+    shapes = {a.shape for a in inputs}
+    if len(shapes) > 1:
+        shown = ", ".join(map(str, sorted(shapes)[:3]))
+        raise DataError(
+            f"{where}: its Dataset's inputs have different shapes ({shown}); give one shape"
+        )
+    return np.stack(inputs) if inputs else np.zeros((0, 1), np.float32), np.asarray(labels)
+
+
+def _is_pair_dataset(value) -> bool:
+    return hasattr(value, "__getitem__") and hasattr(value, "__len__") and not isinstance(
+        value, np.ndarray | tuple | list
+    ) and not hasattr(value, "detach")
+
+
+def load_factory_dataset(cfg: DatasetConfig) -> ArrayDataset:
+    """``dataset.factory(**dataset.kwargs)`` returns one of:
+
+    * ``(features, labels)`` or ``(features, labels, is_test)``: arrays (numpy or torch) of
+      N rows; ``is_test`` bool[N] or 'train'/'test' strings (default: a seeded
+      ``test_fraction`` split);
+    * a ``torch.utils.data.Dataset`` of (input, label) pairs (split as above), or a
+      ``(train_dataset, test_dataset)`` pair of them.
+    """
+    from datamodels.train.custom import resolve_callable
+
+    where = f"dataset.factory {cfg.factory!r}"
+    factory = resolve_callable(str(cfg.factory), "dataset.factory")
+    try:
+        loaded = factory(**cfg.kwargs)
+    except DataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the user's loader: one line names it
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise DataError(f"{where} raised {type(err).__name__}: {first}") from None
+    is_test = None
+    if _is_pair_dataset(loaded):
+        features, labels = _stack_pairs(loaded, where)
+    elif isinstance(loaded, tuple | list) and len(loaded) == 2 and all(
+        _is_pair_dataset(part) for part in loaded
+    ):
+        (train_x, train_y), (test_x, test_y) = (_stack_pairs(p, where) for p in loaded)
+        if train_x.shape[1:] != test_x.shape[1:]:
+            raise DataError(
+                f"{where}: train inputs are {train_x.shape[1:]} but test inputs "
+                f"{test_x.shape[1:]}; give one shape"
+            )
+        features, labels = np.concatenate([train_x, test_x]), np.concatenate([train_y, test_y])
+        is_test = np.arange(len(labels)) >= len(train_y)
+    elif isinstance(loaded, tuple | list) and len(loaded) in (2, 3):
+        features = _as_array(loaded[0], "features", where)
+        labels = _as_array(loaded[1], "labels", where).reshape(-1)
+        if len(loaded) == 3:
+            split = _as_array(loaded[2], "is_test", where).reshape(-1)
+            if len(split) != len(labels):
+                raise DataError(
+                    f"{where}: is_test has {len(split)} rows but labels {len(labels)}"
+                )
+            is_test = split if split.dtype == bool else _split_column(split, len(labels), where)
+    else:
+        raise DataError(
+            f"{where} returned a {type(loaded).__name__}; return (features, labels[, is_test]) "
+            "arrays or a torch Dataset of (input, label) pairs"
+        )
+    if features.ndim == 0 or len(features) != len(labels):
+        raise DataError(
+            f"{where}: features have {len(features) if features.ndim else 0} rows but labels "
+            f"{len(labels)}; give one label per row"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{where}: labels must be integer classes, got dtype {labels.dtype}")
+    if len(labels) and labels.min() < 0:
+        raise DataError(f"{where}: labels are negative; use 0..C-1")
+    if is_test is None:
+        is_test = _seeded_split(len(labels), cfg.test_fraction, cfg.split_seed)
+    name = str(cfg.factory).rpartition(":")[2]
+    num_classes = int(labels.max()) + 1 if len(labels) else 0
+    return ArrayDataset(
+        name, _as_features(features, where), labels.astype(np.int64), np.asarray(is_test, bool),
+        num_classes,
+    )
+
+
 def _limit(ds: ArrayDataset, cfg: DatasetConfig) -> ArrayDataset:
     keep = np.ones(len(ds), dtype=bool)
     for limit, part in ((cfg.limit_train, ~ds.is_test), (cfg.limit_test, ds.is_test)):
@@ -247,13 +452,17 @@ LOADERS = {
     "digits": load_digits_dataset,
     "cifar10": load_cifar10_dataset,
     "arrays": load_arrays_dataset,
+    "imagefolder": load_imagefolder_dataset,
+    "custom": load_factory_dataset,
 }
 
 
 def _source(cfg: DatasetConfig) -> str:
-    """How messages name the dataset: its file, or the built-in's name."""
-    if cfg.name in ("cifar10", "arrays"):
+    """How messages name the dataset: its file, its factory, or the built-in's name."""
+    if cfg.name in ("cifar10", "arrays", "imagefolder"):
         return str(Path(str(cfg.path)).expanduser())
+    if cfg.name == "custom":
+        return f"dataset.factory {cfg.factory!r}"
     return f"dataset {cfg.name}"
 
 

@@ -3,6 +3,12 @@
 ``open_run`` writes ``config.yaml`` into a new run, accepts a run made from the same config
 hash (recording the latest stage settings), and refuses anything else without touching it.
 ``prepare`` writes the FFCV beton (``data/examples.beton``) and ``examples.parquet``.
+
+A config that names user code (``model.factory``, ``train.recipe``, a ``train.output``
+function) has it checked here, on two training examples, before anything is written and
+every time prepare runs (``train`` runs it first): a bad import path, a factory that raises
+or a module whose output does not fit the labels is one line before any model trains, and
+nothing in the run directory is removed.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import yaml
 
@@ -22,6 +29,7 @@ from datamodels.errors import RunMismatchError, StoreError
 from datamodels.orchestrate.context import BETON_PATH
 from datamodels.stages.base import Stage, Unit
 from datamodels.store import EXAMPLES_PATH, Run
+from datamodels.train.custom import check_user_code, probe_data, uses_user_code
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -119,9 +127,38 @@ class PrepareStage(Stage):
     def done(self, unit: Unit) -> bool:
         return all(self.run.fs.isfile(path) for path in self.outputs())
 
+    def is_complete(self) -> bool:
+        complete = super().is_complete()
+        if complete and uses_user_code(self.config):  # the code may have changed since
+            self.check_user_code_on_beton()
+        return complete
+
+    def check_user_code_on_beton(self) -> None:
+        """``check_user_code`` on the first two training examples of the written beton."""
+        from datamodels.data.beton import subset_loader
+        from datamodels.data.examples import train_and_eval_index
+        from datamodels.orchestrate.context import local_beton, num_classes
+
+        examples = self.run.examples()
+        train_index = train_and_eval_index(examples)[0][:2]
+        path = local_beton(self.run, self.config.hash)
+        features, labels = next(iter(subset_loader(path, train_index, len(train_index), 0)))
+        check_user_code(
+            self.config,
+            probe_data(features.numpy(), labels.numpy().reshape(-1), num_classes(examples)),
+        )
+
     def compute(self, ctx, unit: Unit, shared=None) -> None:
         dataset = load_dataset(self.config.dataset)
         examples = examples_frame(dataset, eval_train=self.config.dataset.eval_train)
+        if uses_user_code(self.config):  # before anything is written
+            from datamodels.orchestrate.context import num_classes
+
+            first = np.flatnonzero(~dataset.is_test)[:2]
+            check_user_code(
+                self.config,
+                probe_data(dataset.features[first], dataset.labels[first], num_classes(examples)),
+            )
         local = self.run.local_path(BETON_PATH)
         if local is not None:
             write_beton(dataset, local)

@@ -4,7 +4,10 @@ Chooses the path from the config: ``fastnet`` trains K models per pass as one gr
 network (``train.grouped``, resident data, the GPU fast path); the batched fast path (stacked
 parameters, resident data) for ``logreg`` and ``mlp``; the one-model-at-a-time path for
 ``resnet9``, for ``resources.trainer: sequential``, and whenever data comes through one FFCV
-loader per model.
+loader per model. A ``model.factory`` module trains K at once by ``vmap`` over stacked
+parameters (``train.vmapped``) when it allows, else one at a time; a ``train.recipe`` (the
+user's training function, ``train.custom``) always trains one model at a time. What is
+recorded per evaluation example is ``train.output`` (``train.outcome.recording``).
 A model whose loss or margins are not finite is reported as failed, not returned as data.
 """
 
@@ -19,8 +22,9 @@ from datamodels.config import Config
 from datamodels.train.batched import train_logreg_batched, train_mlp_batched
 from datamodels.train.data import TrainData
 from datamodels.train.grouped import train_fastnet
-from datamodels.train.outcome import CheckpointRequest, Snapshot
+from datamodels.train.outcome import CheckpointRequest, Snapshot, recording
 from datamodels.train.sequential import train_sequential
+from datamodels.train.vmapped import train_vmapped
 
 
 @dataclass
@@ -50,6 +54,7 @@ def resolve_loader(config: Config, dataset_bytes: int) -> str:
 def uses_batched_path(config: Config, loader: str) -> bool:
     return (
         config.model.arch in ("logreg", "mlp")
+        and config.train.recipe is None
         and config.resources.trainer == "batched"
         and loader == "resident"
     )
@@ -69,6 +74,20 @@ def train_batch(
             f"got {masks.shape} and {len(seeds)} seeds"
         )
     start = time.perf_counter()
+    with recording(config.train.output):
+        trained = _dispatch(masks, seeds, data, config, loader, checkpoints)
+    margins, loss, accuracy, snapshots = trained
+    per_model = (time.perf_counter() - start) / max(len(seeds), 1)
+    seconds = np.full(len(seeds), per_model, dtype=np.float32)
+    failed = ~np.isfinite(loss) | ~np.isfinite(margins).all(1)
+    return TrainOutcome(margins, loss, accuracy, seconds, failed, snapshots)
+
+
+def _dispatch(
+    masks: np.ndarray, seeds: np.ndarray, data: TrainData, config: Config, loader: str,
+    checkpoints: CheckpointRequest | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Snapshot]]:
+    """The trainer for this config (the module docstring's rules)."""
     if config.model.arch == "null":  # pseudo-margins from the sizes alone (train/null.py)
         from datamodels.train.null import train_null
 
@@ -77,6 +96,13 @@ def train_batch(
         margins, loss, accuracy, snapshots = train_fastnet(
             data, masks, seeds, config.model, config.train, config.resources, checkpoints
         )
+    elif (
+        config.model.arch == "custom" and config.train.recipe is None
+        and config.resources.trainer == "batched" and loader == "resident"
+        and (result := train_vmapped(data, masks, seeds, config.model, config.train,
+                                     checkpoints)) is not None
+    ):
+        margins, loss, accuracy, snapshots = result
     elif config.model.arch == "logreg" and config.resources.trainer == "batched":
         margins, loss, accuracy, snapshots = train_logreg_batched(
             data, masks, seeds, config.train, checkpoints
@@ -89,7 +115,4 @@ def train_batch(
         margins, loss, accuracy, snapshots = train_sequential(
             data, masks, seeds, config.model, config.train, loader, checkpoints
         )
-    per_model = (time.perf_counter() - start) / max(len(seeds), 1)
-    seconds = np.full(len(seeds), per_model, dtype=np.float32)
-    failed = ~np.isfinite(loss) | ~np.isfinite(margins).all(1)
-    return TrainOutcome(margins, loss, accuracy, seconds, failed, snapshots)
+    return margins, loss, accuracy, snapshots

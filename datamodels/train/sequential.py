@@ -3,7 +3,9 @@
 Batches come either from the resident tensors (the same per-model orders as the batched
 trainer, so the same seed gives the same model up to float rounding) or from one FFCV
 ``Loader`` per model over its subset (``loader="per_model"``; datasets larger than memory).
-This path also trains architectures without a stacked form (``resnet9``).
+This path also trains architectures without a stacked form (``resnet9``), factory modules
+that cannot be vmapped (``train.vmapped``), and every model of a ``train.recipe`` (a user's
+training function, ``train.custom``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ from datamodels.train.outcome import CheckpointRequest, Snapshot, margins_and_ac
 
 
 def build_module(model: ModelConfig, data: TrainData, seed: int) -> nn.Module:
+    """The architecture's ``nn.Module`` (inputs to logits) with the initial weights of
+    ``seed``; ``custom``: what ``model.factory`` returns (``train.custom``)."""
+    if model.arch == "custom":
+        from datamodels.train.custom import build_factory_module
+
+        return build_factory_module(model, data, seed)
     if model.arch == "mlp":
         sizes = layer_sizes(data.in_dim, model.hidden, model.depth, data.num_classes)
         return nn.Sequential(nn.Flatten(), to_module(init_params(seed, sizes)))
@@ -180,7 +188,10 @@ def train_sequential(
             loss = loss if converged else float("nan")
         else:
             save_after = checkpoints.epochs if k in rows else ()
-            module, loss, saved = train_one(
+            train = train_one
+            if recipe.recipe is not None:
+                from datamodels.train.custom import train_with_recipe as train
+            module, loss, saved = train(
                 data, masks[k], int(seeds[k]), model, recipe, loader, save_after
             )
             for snap in saved:
