@@ -236,8 +236,9 @@ class ResourcesConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     trainer: Literal["batched", "sequential"] = "batched"
     threads_per_task: int = Field(0, ge=0)  # 0: num_cpus
-    # fastnet: models trained at once as one grouped network (0: all of a task's models,
-    # up to 16); torch.compile the network (kept per worker across tasks)
+    # fastnet: models trained at once as one grouped network (0: auto, one model a pass: the
+    # fastest on an H100, README "GPU"); torch.compile the network (kept per worker across
+    # tasks)
     models_per_pass: int = Field(0, ge=0)
     compile: bool = False
     cuda_graphs: bool = True  # fastnet on CUDA: one training step is one CUDA-graph replay

@@ -129,7 +129,8 @@ def reap_orphaned_ray_agents() -> list[int]:
 
 def init_ray(address: str | None = None) -> None:
     """Join the cluster at ``address`` (or RAY_ADDRESS), else start a local one (first
-    reaping the agents a killed local cluster left behind)."""
+    reaping the agents a killed local cluster left behind). Never joins a cluster just
+    because ``ray start`` ran on this machine: without an address the run is local."""
     import ray
 
     if ray.is_initialized():
@@ -138,7 +139,7 @@ def init_ray(address: str | None = None) -> None:
     if address is None:
         reap_orphaned_ray_agents()
     kwargs: dict = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": True}
-    ray.init(address=address, **kwargs)
+    ray.init(address=address or "local", **kwargs)
 
 
 class RayExecutor:

@@ -25,7 +25,8 @@ CONFIG = Path(__file__).parents[2] / "configs" / "cifar10_fast.yaml"
 def _config(archive: Path, *extra: str):
     return load_config(CONFIG, [
         f"dataset.path={archive}", "model.width=4", "train.epochs=2", "train.batch_size=8",
-        "train.tta=0", "plans.train.count=4", "plans.eval.count=1", "resources.num_gpus=0",
+        "train.tta=0", "train.precision=fp32", "plans.train.count=4", "plans.eval.count=1",
+        "resources.num_gpus=0",
         "resources.num_cpus=1", "resources.device=cpu", "resources.models_per_task=3",
         "resources.models_per_pass=2", "checkpoints.plan=train", "checkpoints.models=2",
         *extra,
