@@ -214,7 +214,9 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=2, help="--trainer-only: processes")
     parser.add_argument("--threads", type=int, default=1, help="--trainer-only: threads each")
     parser.add_argument("--baseline", help="commit to measure beside this tree (git worktree)")
-    parser.add_argument("--repeats", type=int, default=3, help="alternations with --baseline")
+    parser.add_argument(
+        "--repeats", type=int, help="runs of each tree (default: 3 with --baseline, else 1)"
+    )
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -224,7 +226,7 @@ def main() -> None:
     sources = {"new": ROOT}
     if args.baseline:
         sources[f"baseline {args.baseline}"] = worktree(args.baseline)
-    repeats = args.repeats if args.baseline else 1
+    repeats = args.repeats or (3 if args.baseline else 1)
     runs: dict[str, list[dict]] = {name: [] for name in sources}
     with tempfile.TemporaryDirectory() as tmp:
         if args.trainer_only:
