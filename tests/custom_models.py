@@ -38,6 +38,14 @@ def make_bn_cnn(num_classes: int, input_shape: tuple[int, ...], width: int = 4) 
     )
 
 
+def make_dropout_mlp(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """Dropout draws random numbers: vmap (randomness="error") refuses it."""
+    width = int(np.prod(input_shape))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(width, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, num_classes)
+    )
+
+
 def digit_images(limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits as uint8 images [N, 8, 8, 1] and labels."""
     from sklearn.datasets import load_digits

@@ -29,7 +29,12 @@ from datamodels.errors import RunMismatchError, StoreError
 from datamodels.orchestrate.context import BETON_PATH
 from datamodels.stages.base import Stage, Unit
 from datamodels.store import EXAMPLES_PATH, Run
-from datamodels.train.custom import check_user_code, probe_data, uses_user_code
+from datamodels.train.custom import (
+    check_combination,
+    check_user_code,
+    probe_data,
+    uses_user_code,
+)
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -128,10 +133,10 @@ class PrepareStage(Stage):
         return all(self.run.fs.isfile(path) for path in self.outputs())
 
     def is_complete(self) -> bool:
-        complete = super().is_complete()
-        if complete and uses_user_code(self.config):  # the code may have changed since
-            self.check_user_code_on_beton()
-        return complete
+        check_combination(self.config)
+        if uses_user_code(self.config) and self.done(Unit("examples")):
+            self.check_user_code_on_beton()  # the user's code may have changed since
+        return super().is_complete()
 
     def check_user_code_on_beton(self) -> None:
         """``check_user_code`` on the first two training examples of the written beton."""

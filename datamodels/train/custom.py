@@ -220,16 +220,12 @@ def uses_user_code(config: Config) -> bool:
     return (
         config.model.arch == "custom"
         or config.train.recipe is not None
-        or config.train.output != "margin"
+        or config.train.output not in ("margin", "loss")
     )
 
 
-def check_user_code(config: Config, data: TrainData) -> None:
-    """Build one module on ``data`` (a `probe_data` of two examples) and run it, resolve the
-    recipe and run the output function: the first problem is one ``ConfigError`` line."""
-    from datamodels.train.outcome import output_function, recorded_outputs
-    from datamodels.train.sequential import build_module
-
+def check_combination(config: Config) -> None:
+    """Refuse a recipe or an output the architecture's trainer cannot honour (one line)."""
     arch = config.model.arch
     if config.train.recipe is not None and arch in ("logreg", "fastnet", "null"):
         raise ConfigError(
@@ -241,10 +237,20 @@ def check_user_code(config: Config, data: TrainData) -> None:
             f"train.output={config.train.output!r}: model.arch={arch!r} records margins only; "
             "use margin"
         )
+
+
+def check_user_code(config: Config, data: TrainData) -> None:
+    """Build one module on ``data`` (a `probe_data` of two examples) and run it, resolve the
+    recipe and run the output function: the first problem is one ``ConfigError`` line."""
+    from datamodels.train.outcome import output_function, recorded_outputs
+    from datamodels.train.sequential import build_module
+
+    check_combination(config)
     if config.train.recipe is not None:
         resolve_callable(config.train.recipe, "train.recipe")
-    logits = torch.randn(len(data.train_y), data.num_classes)
-    if arch == "custom":
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(len(data.train_y), data.num_classes, generator=generator)
+    if config.model.arch == "custom":
         logits = check_module(build_module(config.model, data, 0), data, config.model.factory)
     function = output_function(config.train.output)
     if function is not None:

@@ -11,6 +11,7 @@ training function, ``train.custom``).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -43,6 +44,16 @@ def build_module(model: ModelConfig, data: TrainData, seed: int) -> nn.Module:
     if model.arch == "fastnet":
         return build_fastnet(seed, data.num_classes, model.width, in_channels=data.train_x.shape[1])
     raise ValueError(f"no nn.Module path for arch {model.arch!r}")
+
+
+@contextmanager
+def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Random ops of a user's module or recipe (dropout, ...) draw from the model's own seed,
+    so a seed gives one model; the process's generators are left as they were."""
+    devices = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed) + 2)
+        yield
 
 
 def _resident_batches(
@@ -191,9 +202,11 @@ def train_sequential(
             train = train_one
             if recipe.recipe is not None:
                 from datamodels.train.custom import train_with_recipe as train
-            module, loss, saved = train(
-                data, masks[k], int(seeds[k]), model, recipe, loader, save_after
-            )
+            user_code = model.arch == "custom" or recipe.recipe is not None
+            with seeded_rng(int(seeds[k]), data.train_y.device) if user_code else nullcontext():
+                module, loss, saved = train(
+                    data, masks[k], int(seeds[k]), model, recipe, loader, save_after
+                )
             for snap in saved:
                 snap.row = k
             snapshots += saved

@@ -36,7 +36,7 @@ _REFUSALS: dict[tuple, str | None] = {}  # per process: a module is probed once
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:160]}" if text else type(err).__name__
+    return f"{type(err).__name__}: {text[0].split('. ')[0][:160]}" if text else type(err).__name__
 
 
 def batch_refusal(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> str | None:
@@ -70,9 +70,12 @@ def batch_refusal(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> str | 
 
 
 def cached_refusal(model: ModelConfig, module: nn.Module, data: TrainData) -> str | None:
+    from datamodels.train.sequential import seeded_rng
+
     key = (model.model_dump_json(), tuple(data.train_x.shape[1:]), str(data.train_x.device))
     if key not in _REFUSALS:
-        _REFUSALS[key] = batch_refusal(module, data.train_x[:2], data.train_y[:2])
+        with seeded_rng(0, data.train_x.device):  # the process's generators stay as they were
+            _REFUSALS[key] = batch_refusal(module, data.train_x[:2], data.train_y[:2])
     return _REFUSALS[key]
 
 
@@ -101,7 +104,7 @@ def train_vmapped(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Snapshot]] | None:
     """The trainer contract for K factory modules at once; None (after a one-line notice)
     when the module cannot be vmapped, for the caller to train them one at a time."""
-    from datamodels.train.sequential import build_module
+    from datamodels.train.sequential import build_module, seeded_rng
 
     device = data.train_y.device
     modules = [build_module(model, data, int(s)).to(device) for s in seeds]
@@ -115,7 +118,8 @@ def train_vmapped(
             f"{refusal}", stacklevel=2,
         )
         return None
-    trained = _trained_names(template, data.train_x[:2], data.train_y[:2])
+    with seeded_rng(0, device):
+        trained = _trained_names(template, data.train_x[:2], data.train_y[:2])
     params, buffers = stack_module_state(modules)
     params = {n: p.detach() for n, p in params.items()}
     frozen = {n: p for n, p in params.items() if n not in trained}

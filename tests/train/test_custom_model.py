@@ -35,7 +35,8 @@ CNN = {
         {"name": "eval", "alpha": 0.5, "count": 16, "seeds": 2},
     ],
     "resources": {"models_per_task": 64},
-    "checkpoints": {"plan": "train", "models": 2},
+    "checkpoints": {"plan": "train", "models": 8, "epochs": [2]},
+    "gradients": {"proj_dim": 64, "trak_models": 8, "models": 2},
 }
 SMALL = {  # for trainer comparisons: 500 digits, 8 models, a recipe that learns them well
     "name": "cnn_small",
@@ -112,6 +113,20 @@ def test_batchnorm_module_falls_back_with_one_line(cnn_data):
     np.testing.assert_array_equal(fast.margins, slow.margins)
 
 
+def test_dropout_falls_back_and_a_seed_still_gives_one_model(cnn_data):
+    config, data = cnn_data
+    dropout = _config(SMALL, "model.factory=tests.custom_models:make_dropout_mlp",
+                      "model.kwargs={}")
+    masks, seeds = _models(dropout, data, 2)
+    with pytest.warns(UserWarning, match="not K at once: torch.func.vmap cannot run it"):
+        first = train_batch(masks, seeds, data, dropout)
+    torch.rand(3)  # the process's generator moves on; the models do not depend on it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = train_batch(masks[::-1], seeds[::-1], data, dropout)
+    np.testing.assert_array_equal(first.margins, again.margins[::-1])
+
+
 def test_custom_recipe_of_the_builtin_steps_gives_identical_margins(cnn_data):
     config, data = cnn_data
     masks, seeds = _models(config, data, 3)
@@ -151,7 +166,8 @@ def test_output_loss_on_the_batched_mlp(digits_data):
 
 def test_cnn_pipeline_train_fit_evaluate(tmp_path):
     """K > 1 vmapped through the train stage, checkpoints that reproduce the stored margins,
-    the datamodels fitted and evaluated: a finite LDS above 0.2."""
+    the datamodels fitted, TRAK and TracIn on the checkpoints, all evaluated: finite LDS,
+    the datamodels' above 0.2."""
     config = _config(CNN)
     out = str(tmp_path / "run")
     summary = api.train(config, out, executor=SerialExecutor(), show_progress=False)
@@ -162,7 +178,10 @@ def test_cnn_pipeline_train_fit_evaluate(tmp_path):
 
     data = Context().data(run, config)
     index = read_checkpoint_index(run.fs)
-    for model_id, path in zip(index["model_id"], index["path"], strict=True):
+    assert sorted(index["epoch"].unique()) == [2, config.train.epochs]
+    final = index[index["epoch"] == config.train.epochs]
+    assert len(final) == 8
+    for model_id, path in zip(final["model_id"], final["path"], strict=True):
         module = build_module(config.model, data, seed=0)
         saved = load_checkpoint(run.fs, path)["layers"]
         module.load_state_dict(dict(zip(module.state_dict(), saved, strict=True)))
@@ -172,10 +191,15 @@ def test_cnn_pipeline_train_fit_evaluate(tmp_path):
         np.testing.assert_allclose(again, margins[ids == model_id][0], atol=1e-4)
 
     api.fit(config, out, show_progress=False)
+    for method in ("trak", "tracin"):  # the gradient estimators on the factory's module
+        written = api.estimate(config, out, method, executor=SerialExecutor(),
+                               show_progress=False)
+        assert written["scores"] == data.n_test
     evaluation = api.evaluate(config, out)
-    lds = evaluation[(evaluation.method == "datamodels") & (evaluation.metric == "lds")]
-    assert len(lds) == 1 and np.isfinite(lds.value.iloc[0])
-    assert lds.value.iloc[0] > 0.2, lds.value.iloc[0]
+    lds = evaluation[evaluation.metric == "lds"].set_index("method")["value"]
+    assert set(lds.index) == {"datamodels", "trak", "tracin"}
+    assert np.isfinite(lds).all()
+    assert lds["datamodels"] > 0.2, lds
 
 
 # -- one line, before anything trains -------------------------------------------------------
