@@ -22,7 +22,8 @@ from datamodels.plans import masks_for, plan_models
 from datamodels.store import Run
 from datamodels.store.checkpoints import load_checkpoint, read_checkpoint_index
 from datamodels.train.api import train_batch
-from datamodels.train.outcome import margins_from_logits
+from datamodels.train.orders import interval_lr
+from datamodels.train.outcome import CheckpointRequest, margins_from_logits
 from datamodels.train.sequential import build_module
 
 CNN = {
@@ -86,10 +87,21 @@ def test_config_without_arch_means_custom_and_defaults_keep_their_hash():
 def test_vmapped_cnn_equals_one_at_a_time(cnn_data):
     config, data = cnn_data
     masks, seeds = _models(config, data, 5)
+    request = CheckpointRequest((1, 3), (2, 8))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the CNN is vmapped: no fall-back notice
-        together = train_batch(masks, seeds, data, config)
-    alone = train_batch(masks, seeds, data, _config(SMALL, "resources.trainer=sequential"))
+        together = train_batch(masks, seeds, data, config, checkpoints=request)
+    alone = train_batch(masks, seeds, data, _config(SMALL, "resources.trainer=sequential"),
+                        checkpoints=request)
+    # the same snapshots (state_dict order, rows, epochs, step sizes)
+    assert [(s.row, s.epoch) for s in together.snapshots] == [(1, 2), (3, 2), (1, 8), (3, 8)]
+    assert sorted((s.row, s.epoch) for s in alone.snapshots) == [(1, 2), (1, 8), (3, 2), (3, 8)]
+    by_key = {(s.row, s.epoch): s for s in alone.snapshots}
+    for snap in together.snapshots:
+        other = by_key[(snap.row, snap.epoch)]
+        assert snap.lr == pytest.approx(other.lr)
+        for mine, theirs in zip(snap.params, other.params, strict=True):
+            torch.testing.assert_close(mine, theirs, atol=2e-3, rtol=1e-3)
     assert not together.failed.any() and not alone.failed.any()
     # same seeds, orders and SGD steps: float rounding only (batched vs single convolutions),
     # grown over 8 epochs at lr 0.2 to at most 1.4e-3 on margins of up to 33 (measured)
@@ -130,12 +142,23 @@ def test_dropout_falls_back_and_a_seed_still_gives_one_model(cnn_data):
 def test_custom_recipe_of_the_builtin_steps_gives_identical_margins(cnn_data):
     config, data = cnn_data
     masks, seeds = _models(config, data, 3)
-    builtin = train_batch(masks, seeds, data, _config(SMALL, "resources.trainer=sequential"))
+    request = CheckpointRequest((2,), (3, 8))
+    builtin = train_batch(masks, seeds, data, _config(SMALL, "resources.trainer=sequential"),
+                          checkpoints=request)
     custom = train_batch(
-        masks, seeds, data, _config(SMALL, "train.recipe=tests.custom_models:builtin_steps")
+        masks, seeds, data, _config(SMALL, "train.recipe=tests.custom_models:builtin_steps"),
+        checkpoints=request,
     )
     np.testing.assert_array_equal(custom.margins, builtin.margins)
     np.testing.assert_array_equal(custom.train_loss, builtin.train_loss)
+    # a recipe that saves nothing itself: its final module, after the last epoch
+    assert [(s.row, s.epoch) for s in custom.snapshots] == [(2, 8)]
+    final = next(s for s in builtin.snapshots if s.epoch == 8)
+    steps = -(-int(masks[2].sum()) // 32)  # the schedule's mean over all 8 epochs
+    expected = interval_lr("linear", 0.2, steps, 8, 0, 7)
+    assert custom.snapshots[0].lr == pytest.approx(expected)
+    for mine, theirs in zip(custom.snapshots[0].params, final.params, strict=True):
+        torch.testing.assert_close(mine, theirs, atol=0, rtol=0)
 
 
 def test_outputs_loss_and_user_function(cnn_data):
