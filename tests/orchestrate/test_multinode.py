@@ -103,7 +103,9 @@ def test_a_run_started_on_two_nodes_resumes_on_one(cluster, task_nodes, tmp_path
     nodes.remove_node(workers.pop())
     task_nodes.clear()
     summary = api.train(config_from_dict(SMALL), out, show_progress=False)
-    assert summary.already_done == partial and summary.trained == PLANNED - partial
+    # a task cancelled with the driver may still have stored its shard after we counted
+    assert summary.already_done >= partial
+    assert summary.already_done + summary.trained == PLANNED
     _assert_every_model_once(out)
     assert set(task_nodes) == {raylet_pid(workers[0])}  # the rest ran on the one node left
     workers.append(nodes.add_node(num_cpus=1))  # two worker nodes again for the next test
