@@ -73,11 +73,14 @@ def projection_precision(config: Config, device: torch.device | str) -> str:
 
 def solver_for(config: Config) -> Solver:
     g = config.gradients
+    # conv nets: HVPs chunk by chunk to bound activation memory; the dense models keep one
+    # saved graph over the whole subset (small, and several times faster per product)
+    chunk = None if config.model.arch in ("logreg", "mlp") else g.chunk_size
     if g.solver == "exact":
         return Exact(damping=g.damping)
     if g.solver == "cg":
         return ConjugateGradient(
-            damping=g.damping, tol=g.cg_tol, max_iter=g.cg_max_iter, hvp_chunk=g.chunk_size
+            damping=g.damping, tol=g.cg_tol, max_iter=g.cg_max_iter, hvp_chunk=chunk
         )
     return Lissa(
         damping=g.damping,
@@ -86,7 +89,7 @@ def solver_for(config: Config) -> Solver:
         repeats=g.lissa_repeats,
         batch_size=g.lissa_batch_size,
         seed=config.seed,
-        hvp_chunk=g.chunk_size,
+        hvp_chunk=chunk,
     )
 
 
