@@ -3,7 +3,7 @@ against the datamodels of the same run.
 
     python benchmarks/trak_convnet.py --quick                      # CPU, a few minutes
     python benchmarks/trak_convnet.py --device cuda                # one GPU, resnet9
-    python benchmarks/trak_convnet.py --device cuda --arch fastnet --width 64
+    python benchmarks/trak_convnet.py --device cuda --arch fastnet --width 32
     python benchmarks/trak_convnet.py --device cuda --set train.epochs=12 --train-models 500
 
 Synthetic CIFAR-shaped data (uint8 [N, S, S, 3]: a smooth random template per class plus
@@ -76,14 +76,22 @@ def synthetic_images(
     np.savez(path, X=images, y=labels, split=split)
 
 
+# resnet9: SGD with nesterov; fastnet: the airbench recipe of configs/cifar10_fast.yaml (lr and
+# weight decay per 1,024 examples), in smaller batches for the smaller subsets
+RECIPES = {
+    "resnet9": {"batch_size": 64, "lr": 0.05, "weight_decay": 5e-4, "schedule": "triangle"},
+    "fastnet": {"batch_size": 256, "lr": 11.5, "momentum": 0.85, "weight_decay": 0.0153,
+                "schedule": "airbench", "label_smoothing": 0.2},
+}
+
+
 def build_config(args, data_path: Path):
     gpus = 1 if args.device == "cuda" else 0
     spec = {
         "name": f"trak_{args.arch}",
         "dataset": {"name": "arrays", "path": str(data_path), "eval_train": False},
         "model": {"arch": args.arch, "width": args.width},
-        "train": {"epochs": args.epochs, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4,
-                  "schedule": "triangle"},
+        "train": {"epochs": args.epochs, **RECIPES.get(args.arch, RECIPES["resnet9"])},
         "plans": [
             {"name": "train", "alpha": 0.5, "count": args.train_models},
             {"name": "eval", "alpha": 0.5, "count": args.eval_models},
@@ -163,7 +171,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a CPU check")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--arch", default="resnet9", help="resnet9, or fastnet once it exists")
+    parser.add_argument("--arch", default="resnet9", help="resnet9 or fastnet")
     parser.add_argument("--out", default=None, help="run directory (default: a temporary one)")
     for name, value in FULL.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None,

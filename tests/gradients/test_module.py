@@ -163,13 +163,14 @@ def test_a_module_without_a_last_linear_layer_is_refused_in_one_line():
 
 
 @pytest.mark.gpu
-def test_cuda_gives_the_cpu_numbers():
+def test_cuda_gives_the_cpu_numbers(monkeypatch):
     """The same module on CUDA: per-example gradients, HVPs, representer scores and the
     block projection (fp32 exact against its dense matrix, bf16 within its rounding)."""
     from datamodels.gradients.projection import Projection
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # float32 convolutions
     net = nets()["resnet9"]
     cpu = module_model(copy.deepcopy(net), C, WEIGHT_DECAY)
     gpu = module_model(copy.deepcopy(net), C, WEIGHT_DECAY, device="cuda")

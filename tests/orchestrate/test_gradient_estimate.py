@@ -522,17 +522,21 @@ def test_gradient_devices_are_checked_in_one_line():
 
 
 @pytest.mark.gpu
-def test_conv_net_estimators_on_cuda_match_cpu(resnet_run):
-    """The stage's tasks on CUDA (``gradients.device=cuda``): the CPU tables within float32
-    round-off; TRAK draws its projection from the CUDA generator, so it is checked to run."""
+def test_conv_net_estimators_on_cuda_match_cpu(resnet_run, tmp_path, monkeypatch):
+    """The stage's tasks on CUDA (``gradients.device=cuda``, on a copy of the run: the
+    device is not part of a table's settings): the CPU tables within float32 round-off;
+    TRAK draws its projection from the CUDA generator, so it is checked to run."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # float32 convolutions
     spec, uri = resnet_run
+    copy = str(tmp_path / "run")
+    shutil.copytree(uri, copy)
     cg = ["gradients.solver=cg", "gradients.cg_max_iter=2", "gradients.damping=0.1"]
     for method, overrides in (("tracin", []), ("representer", []), ("influence", cg)):
         _, on_cpu = _resnet_estimate(spec, uri, method, overrides)
-        _, on_gpu = _resnet_estimate(spec, uri, method, overrides + ["gradients.device=cuda"])
+        _, on_gpu = _resnet_estimate(spec, copy, method, overrides + ["gradients.device=cuda"])
         np.testing.assert_allclose(
             on_gpu, on_cpu, rtol=1e-3, atol=1e-4 * np.abs(on_cpu).max(), err_msg=method
         )
-    _resnet_estimate(spec, uri, "trak", ["gradients.device=cuda"])
+    _resnet_estimate(spec, copy, "trak", ["gradients.device=cuda"])
