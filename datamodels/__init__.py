@@ -4,36 +4,22 @@ Stages (each idempotent and resumable): prepare -> train -> fit -> estimate -> e
 The run directory (Parquet tables) is the public contract; `Run` reads it. The verbs::
 
     import datamodels as dm
-    config = dm.load_config("configs/digits.yaml")
-    dm.train(config, "runs/digits"); dm.fit(config, "runs/digits")
-    dm.estimate(config, "runs/digits", "banzhaf"); dm.evaluate(config, "runs/digits")
+    config = dm.load_config("configs/digits.yaml", ["plans.train.count=500"])
+    dm.run(config, "runs/digits")                 # prepare, train, fit, estimate, evaluate
+    dm.estimate("runs/digits", "trak")            # one more estimator on the same run
+    run = dm.Run("runs/digits")
+    run.scores("datamodels"), run.inputs("test"), run.evaluation()
 """
 
-from datamodels.api import (
-    attack,
-    estimate,
-    estimate_many,
-    evaluate,
-    fit,
-    methods,
-    prepare,
-    run,
-    train,
-)
+# The subpackages named like verbs are imported first: importing a submodule later (e.g.
+# datamodels.evaluate.lds) would otherwise rebind the package attribute over the verb.
+import datamodels.evaluate
+import datamodels.train  # noqa: F401
+from datamodels.api import attack, estimate, evaluate, fit, run, train
 from datamodels.config import load_config
 from datamodels.store import Run
 
 __version__ = "0.1.0"
-__all__ = [
-    "Run",
-    "attack",
-    "estimate",
-    "estimate_many",
-    "evaluate",
-    "fit",
-    "load_config",
-    "methods",
-    "prepare",
-    "run",
-    "train",
-]
+# The public verbs (``datamodels.api`` also has prepare, estimate_many, methods, compact and
+# train_shard for the command line).
+__all__ = ["Run", "attack", "estimate", "evaluate", "fit", "load_config", "run", "train"]

@@ -13,6 +13,7 @@ pass ``executor=SerialExecutor()`` to run them in this process instead.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -29,6 +30,18 @@ def _run(config: Config, run: str | Run) -> Run:
     run = run if isinstance(run, Run) else Run(run)
     check_run(config, run)
     return run
+
+
+def _config_and_run(first: Config | str | Run, second: Any) -> tuple[Config, Run, bool]:
+    """``(config, run, …)`` or ``(run, …)``: a verb on an existing run may leave the config
+    out (the run's ``config.yaml`` is used). Returns (config, run, whether ``second`` was
+    the run)."""
+    from datamodels.stages.prepare import load_run_config
+
+    if isinstance(first, Config):
+        return first, _run(first, second), True
+    run = first if isinstance(first, Run) else Run(str(first))
+    return load_run_config(run), run, False
 
 
 def _ray(executor: Any, address: str | None) -> Any:
@@ -192,31 +205,53 @@ def compact(run: str | Run, target_rows: int | None = None, console: Console | N
         return compact_models(run, target_rows=target_rows, target_bytes=DEFAULT_TARGET_BYTES)
 
 
+@dataclass
+class FitResult:
+    """What ``fit`` did: ``fitted`` (False when the datamodels were current; also the truth
+    value) and ``targets``, the per-target table (λ, non-zeros, validation fit)."""
+
+    fitted: bool
+    targets: pd.DataFrame
+
+    def __bool__(self) -> bool:
+        return self.fitted
+
+
 def fit(
-    config: Config, run: str | Run, show_progress: bool = True, console: Console | None = None
-) -> bool:
-    """Fit the datamodels; False when they are current for these settings."""
+    config: Config | str | Run, run: str | Run | None = None, show_progress: bool = True,
+    console: Console | None = None,
+) -> FitResult:
+    """Fit the datamodels (nothing when they are current for these settings).
+    ``fit(config, run)`` or ``fit(run)``."""
     from datamodels.stages.fit import FitStage
 
-    run = _run(config, run)
-    return _locked(run, FitStage(config, run), None, show_progress, console)
+    config, run, _ = _config_and_run(config, run)
+    fitted = _locked(run, FitStage(config, run), None, show_progress, console)
+    return FitResult(bool(fitted), run.targets())
 
 
 def estimate(
-    config: Config,
-    run: str | Run,
-    method: str,
+    config: Config | str | Run,
+    run: str | Run | None = None,
+    method: str | None = None,
     address: str | None = None,
     executor: Any = None,
     show_progress: bool = True,
     console: Console | None = None,
 ) -> dict[str, int]:
     """One estimator's ``scores/<method>.parquet`` (+ self scores); returns the rows written
-    (empty when they were current)."""
+    (empty when they were current). ``estimate(config, run, method)`` or
+    ``estimate(run, method)``; read the scores with ``Run(run).scores(method)``."""
+    from datamodels.errors import EstimateError
     from datamodels.stages.estimate import EstimateStage
     from datamodels.stages.gradients import GRADIENT_METHODS, GradientStage
 
-    run = _run(config, run)
+    config, run_, second_is_run = _config_and_run(config, run)
+    if not second_is_run:  # estimate(run, method[, address ...])
+        method, address = run, method if method is not None else address
+    run = run_
+    if not isinstance(method, str):
+        raise EstimateError(f"estimate: name a method; choose from: {', '.join(methods())}")
     if method in GRADIENT_METHODS:
         stage, executor = GradientStage(config, run, method), _ray(executor, address)
     else:
@@ -224,11 +259,14 @@ def estimate(
     return _locked(run, stage, executor, show_progress, console)
 
 
-def evaluate(config: Config, run: str | Run, console: Console | None = None) -> pd.DataFrame:
-    """``evaluation.parquet`` as a frame (computed when the scores changed)."""
+def evaluate(
+    config: Config | str | Run, run: str | Run | None = None, console: Console | None = None
+) -> pd.DataFrame:
+    """``evaluation.parquet`` as a frame (computed when the scores changed).
+    ``evaluate(config, run)`` or ``evaluate(run)``."""
     from datamodels.stages.evaluate import EvaluateStage
 
-    run = _run(config, run)
+    config, run, _ = _config_and_run(config, run)
     return _locked(run, EvaluateStage(config, run), None, False, console)
 
 

@@ -517,8 +517,15 @@ def config_from_dict(tree: dict[str, Any], overrides: list[str] | tuple[str, ...
         raise ConfigError(_format_error(err)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config, apply ``--set`` overrides, validate."""
+def load_config(
+    path: str | Path | dict[str, Any] | Config, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """Read a YAML config (or take a dict of sections, or a ``Config``), apply ``--set``
+    overrides (``"train.epochs=5"``), validate."""
+    if isinstance(path, Config):
+        return config_from_dict(path.model_dump(mode="json"), overrides)
+    if isinstance(path, dict):
+        return config_from_dict(path, overrides)
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (see configs/ for examples)")

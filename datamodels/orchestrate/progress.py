@@ -32,6 +32,17 @@ def log_console(stderr: bool = True) -> Console:
     return console
 
 
+def _jupyter_widgets(console: Console) -> bool:
+    """In a Jupyter kernel with ipywidgets, where rich draws a live bar as a widget."""
+    if not console.is_jupyter:
+        return False
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def progress_interval(default: float = DEFAULT_INTERVAL_S) -> float:
     """Seconds between plain progress lines: ``DATAMODELS_PROGRESS_INTERVAL`` or ``default``."""
     text = os.environ.get(INTERVAL_ENV, "").strip()
@@ -72,7 +83,10 @@ class Progress:
         self.given_up = 0
         self.enabled = enabled
         self.console = console or log_console()
-        self.plain = enabled and not self.console.is_terminal
+        # a Jupyter kernel (not a terminal) shows rich's live bar as a widget when it can
+        self.plain = enabled and not self.console.is_terminal and not _jupyter_widgets(
+            self.console
+        )
         self.interval = progress_interval() if interval is None else interval
         self.last_line = time.perf_counter()
         self.started = time.perf_counter()

@@ -35,6 +35,7 @@ from datamodels.plans import (
     checkpoint_epochs,
     checkpoint_ids,
     masks_for,
+    plan_models,
     tmc_walk,
     tmc_walk_state,
 )
@@ -84,6 +85,18 @@ class TrainStage(Stage):
         self.infrastructure_failures: Counter = Counter()  # by unit name: never a model's attempt
         self.summary = TrainSummary(0, 0)
         self._counts = (0, 0)
+
+    def __getstate__(self) -> dict:
+        # Tasks take the plan from their process's context (built once per worker) rather
+        # than with every copy of the stage: the driver then holds the plan table once, not
+        # once more in the object store (about 50 bytes a model).
+        return {**self.__dict__, "_planned": None}
+
+    def task_plan(self, ctx) -> None:
+        """In a task: the plan table of this process (built once per worker and config)."""
+        if self._planned is None:
+            key = ("planned", self.config.hash, self.run.n_train)
+            self._planned = ctx.cached(key, lambda: plan_models(self.config, self.run.n_train))
 
     # -- the contract ----------------------------------------------------------------------
 
@@ -209,6 +222,7 @@ class TrainStage(Stage):
         import torch
 
         torch.set_num_threads(res.threads_per_task or max(1, int(res.num_cpus)))
+        self.task_plan(ctx)
         if self.config.model.arch == "null":  # sizes only: never decode the beton
             data = NullData(*self.run.sizes())
         else:

@@ -80,6 +80,7 @@ class Run(ModelsTable):
         self.fs: RunFS = RunFS(self.uri)
         self._sizes: tuple[int, int] | None = None
         self._config_hash: str | None = None
+        self._raw: np.ndarray | None = None  # the decoded inputs (``inputs``)
 
     def __repr__(self) -> str:
         return f"Run({self.uri!r})"
@@ -152,6 +153,33 @@ class Run(ModelsTable):
         """``examples.parquet``: index, split, label, original_label, eval/train positions."""
         self._require(EXAMPLES_PATH, "run `datamodels prepare` first")
         return _to_pandas(self.read_table(EXAMPLES_PATH, EXAMPLES_SCHEMA), EXAMPLES_SCHEMA)
+
+    def _split_rows(self, split: str) -> pd.DataFrame:
+        """``examples`` rows of ``split`` in their positions' order: ``train`` by train
+        position (the columns of masks and scores), ``eval`` by eval position (the columns of
+        margins), ``test`` the test split's eval positions (the first ones)."""
+        examples = self.examples()
+        if split not in ("train", "eval", "test"):
+            raise StoreError(f"split {split!r}: choose train, test or eval")
+        column = "train_position" if split == "train" else "eval_position"
+        rows = examples[examples[column].notna()].sort_values(column)
+        return rows[rows["split"] == "test"] if split == "test" else rows
+
+    def inputs(self, split: str = "train") -> np.ndarray:
+        """The raw inputs of ``split`` as the dataset gave them (images uint8 [n, H, W, C],
+        features float32 [n, d]), in the order of ``_split_rows``: ``inputs("train")[i]`` is
+        the example of ``mask[i]`` and score column i. Decoded from the run's beton."""
+        if self._raw is None:
+            from datamodels.data.beton import decode_resident
+            from datamodels.orchestrate.context import local_beton
+
+            config_hash = self.recorded_config_hash() or "run"
+            self._raw = decode_resident(local_beton(self, config_hash))[0]
+        return self._raw[self._split_rows(split)["index"].to_numpy(np.int64)]
+
+    def labels(self, split: str = "train") -> np.ndarray:
+        """The labels training used (after any ``flip_fraction``), in ``inputs``' order."""
+        return self._split_rows(split)["label"].to_numpy(np.int64)
 
     def sizes(self) -> tuple[int, int]:
         """(n_train, n_eval): the non-null train/eval positions in ``examples.parquet``."""
