@@ -21,6 +21,7 @@ update, no momentum, no BatchNorm statistics.
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -419,7 +420,7 @@ def interleave(passes: list, data: TrainData) -> list[PassResult]:
     pending = set(range(len(passes)))
     while pending:
         for i in sorted(pending):
-            with torch.cuda.stream(streams[i]) if streams[i] is not None else _nothing():
+            with torch.cuda.stream(streams[i]) if streams[i] is not None else nullcontext():
                 try:
                     next(passes[i])
                 except StopIteration as done:
@@ -428,14 +429,6 @@ def interleave(passes: list, data: TrainData) -> list[PassResult]:
     if cuda:
         torch.cuda.synchronize()
     return results  # type: ignore[return-value]
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
 
 
 def train_pass(
