@@ -122,6 +122,8 @@ def train(
         or joined
         or (None if executor is not None else os.environ.get("RAY_ADDRESS"))
     )
+    if cluster == "local":  # RAY_ADDRESS=local: a fresh Ray on this machine
+        cluster = None
     check_device(config.resources.device, config.resources.num_gpus, cluster)
     run = out if isinstance(out, Run) else Run(out)
     with writer(run.fs):

@@ -267,15 +267,7 @@ def writer(fs: RunFS, shared: bool = False, wait_s: float = 0.0):
         else:
             lock = RunLock(fs, shared=shared)
     if lock is not None:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                lock.acquire()
-                break
-            except RunLockedError:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+        _acquire_within(lock, wait_s, longest_pause=1.0)
         with _guard:
             _held[key] = (lock.token, 1)
     try:
@@ -291,21 +283,26 @@ def writer(fs: RunFS, shared: bool = False, wait_s: float = 0.0):
             lock.release()
 
 
+def _acquire_within(lock: RunLock, wait_s: float, longest_pause: float) -> None:
+    """``lock.acquire()``, retried for up to ``wait_s`` seconds while another holds it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            lock.acquire()
+            return
+        except RunLockedError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(min(longest_pause, max(0.05, deadline - time.monotonic())))
+
+
 @contextmanager
 def mutex(fs: RunFS, name: str, wait_s: float = 120.0):
     """Hold ``_locks/<name>.mutex`` for a short read-modify-write among shard workers (same
     record and staleness rules as the run lock; waits up to ``wait_s`` for its holder)."""
     lock = RunLock(fs)
     lock.path = f"{SHARED_DIR}/{name}.mutex"
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            lock.acquire()
-            break
-        except RunLockedError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.05)
+    _acquire_within(lock, wait_s, longest_pause=0.05)
     try:
         yield
     finally:
