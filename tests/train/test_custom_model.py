@@ -189,9 +189,10 @@ def test_output_loss_on_the_batched_mlp(digits_data):
 
 def test_cnn_pipeline_train_fit_evaluate(tmp_path):
     """K > 1 vmapped through the train stage, checkpoints that reproduce the stored margins,
-    the datamodels fitted, TRAK and TracIn on the checkpoints, all evaluated: finite LDS,
-    the datamodels' above 0.2."""
-    config = _config(CNN)
+    the datamodels fitted, TRAK, TracIn and influence (CG, a few iterations) on the
+    checkpoints, all evaluated: finite LDS, the datamodels' above 0.2."""
+    config = _config(CNN, "gradients.solver=cg", "gradients.cg_max_iter=8",
+                     "gradients.damping=0.1")
     out = str(tmp_path / "run")
     summary = api.train(config, out, executor=SerialExecutor(), show_progress=False)
     assert summary.trained == 300 + 32
@@ -214,13 +215,13 @@ def test_cnn_pipeline_train_fit_evaluate(tmp_path):
         np.testing.assert_allclose(again, margins[ids == model_id][0], atol=1e-4)
 
     api.fit(config, out, show_progress=False)
-    for method in ("trak", "tracin"):  # the gradient estimators on the factory's module
+    for method in ("trak", "tracin", "influence"):  # gradient estimators on the module
         written = api.estimate(config, out, method, executor=SerialExecutor(),
                                show_progress=False)
         assert written["scores"] == data.n_test
     evaluation = api.evaluate(config, out)
     lds = evaluation[evaluation.metric == "lds"].set_index("method")["value"]
-    assert set(lds.index) == {"datamodels", "trak", "tracin"}
+    assert set(lds.index) == {"datamodels", "trak", "tracin", "influence"}
     assert np.isfinite(lds).all()
     assert lds["datamodels"] > 0.2, lds
 
