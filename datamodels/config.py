@@ -330,6 +330,9 @@ class GradientsConfig(_Section):
     trak_models: int = Field(20, ge=1)
     trak_damping: float = Field(0.0, ge=0.0)
     representer_output: Literal["margin", "true_class", "predicted_class"] = "margin"
+    # the representer's final linear layer by module name (e.g. "head"); default: the last
+    # nn.Linear of the module
+    representer_layer: str | None = None
     targets_per_task: int = Field(128, ge=1)
     train_per_task: int = Field(512, ge=1)
     chunk_size: int = Field(256, ge=1)

@@ -59,7 +59,7 @@ def functional_model(config: Config, data, layers: list[torch.Tensor]) -> Functi
     dtype = torch.float64 if config.gradients.precision == "fp64" else torch.float32
     return module_model(
         module, data.num_classes, config.train.weight_decay, config.train.label_smoothing,
-        dtype=dtype, device=device,
+        dtype=dtype, device=device, head=config.gradients.representer_layer,
     )
 
 

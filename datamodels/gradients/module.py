@@ -38,8 +38,23 @@ from torch.func import functional_call
 from datamodels.gradients.model import FunctionalModel
 
 
-def _last_linear(module: nn.Module, num_classes: int) -> tuple[nn.Linear | None, str]:
-    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+def _last_linear(
+    module: nn.Module, num_classes: int, name: str | None = None
+) -> tuple[nn.Linear | None, str]:
+    """The representer's final linear layer: the module named ``name`` (``gradients.
+    representer_layer``), else the last ``nn.Linear``; (None, why) when there is none."""
+    if name is not None:
+        named = dict(module.named_modules())
+        if name not in named:
+            return None, (
+                f"gradients.representer_layer {name!r} is not a submodule "
+                f"(have: {', '.join(n for n in named if n) or 'none'})"
+            )
+        if not isinstance(named[name], nn.Linear):
+            return None, f"gradients.representer_layer {name!r} is not an nn.Linear"
+        linears = [named[name]]
+    else:
+        linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
     if not linears:
         return None, "the module has no nn.Linear layer whose input features they use"
     last = linears[-1]
@@ -54,10 +69,12 @@ def _last_linear(module: nn.Module, num_classes: int) -> tuple[nn.Linear | None,
 def module_model(
     module: nn.Module, num_classes: int, weight_decay: float, label_smoothing: float = 0.0,
     dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+    head: str | None = None,
 ) -> FunctionalModel:
     """``module`` (its trained state loaded) -> ``FunctionalModel`` with ``params``
     ``dtype[P]`` on ``device``; the module is moved there, set to eval mode and kept by the
-    closures (do not train it afterwards)."""
+    closures (do not train it afterwards). ``head``: the representer's final linear layer by
+    name (default: the last ``nn.Linear``)."""
     module = module.to(device=device, dtype=dtype).eval()
     trainable = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
     if not trainable:
@@ -82,7 +99,7 @@ def module_model(
     def logits_fn(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return functional_call(module, state(p), (x.to(p.dtype),))
 
-    linear, problem = _last_linear(module, num_classes)
+    linear, problem = _last_linear(module, num_classes, head)
     head_io = None if linear is None else _hooked_head(linear, logits_fn)
     flat = torch.cat([p.detach().reshape(-1) for _, p in trainable]).clone()
     return FunctionalModel(

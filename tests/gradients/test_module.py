@@ -197,3 +197,36 @@ def test_cuda_gives_the_cpu_numbers(monkeypatch):
     low = Projection(gpu.num_params, 64, seed=0, block_rows=4096, precision="bf16")
     exact = grads.double() @ dense
     assert float((low.project(grads).double() - exact).norm() / exact.norm()) < 2e-2
+
+
+def test_the_representer_layer_can_be_named():
+    """A module whose last-registered nn.Linear is not its head: refused by default, and
+    right when ``gradients.representer_layer`` names the head."""
+
+    class WithAux(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Flatten(), nn.Linear(192, 6), nn.ReLU())
+            self.head = nn.Linear(6, C)
+            self.aux = nn.Linear(6, 2)  # registered last, never used for the logits
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.body(x))
+
+    torch.manual_seed(0)
+    net = WithAux().double()
+    x, y = images(12)
+    x = x.double()
+    with pytest.raises(ValueError, match="maps to 2 outputs"):
+        representer_scores(module_model(net, C, WEIGHT_DECAY, dtype=torch.float64), x, y, x, y)
+    named = module_model(net, C, WEIGHT_DECAY, dtype=torch.float64, head="head")
+    plain = nn.Sequential(net.body, net.head)
+    reference = module_model(plain, C, WEIGHT_DECAY, dtype=torch.float64)
+    torch.testing.assert_close(
+        representer_scores(named, x, y, x[:3], y[:3]),
+        representer_scores(reference, x, y, x[:3], y[:3]),
+    )
+    for bad, message in (("nope", "is not a submodule"), ("body", "is not an nn.Linear")):
+        model = module_model(net, C, WEIGHT_DECAY, dtype=torch.float64, head=bad)
+        with pytest.raises(ValueError, match=message):
+            representer_scores(model, x, y, x, y)
