@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 APT_PKGS := pkg-config libopencv-dev libturbojpeg0-dev
+# tests/test_report.py opens the HTML report in headless Chromium
+TEST_APT_PKGS := chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN ?= runs/digits
 
@@ -29,6 +31,9 @@ demo: setup
 	$(BIN)/datamodels query $(RUN) "SELECT plan, count(*) AS models, avg(eval_accuracy) AS test_accuracy FROM models GROUP BY plan ORDER BY plan"
 
 test: setup
+	@dpkg -s $(TEST_APT_PKGS) >/dev/null 2>&1 || { \
+	  echo "installing the browser the report test opens: $(TEST_APT_PKGS)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(TEST_APT_PKGS) >/dev/null; }
 	$(BIN)/python -m pytest -q
 
 test-slow: setup

@@ -406,6 +406,23 @@ def verify(run: RunArg) -> None:
 
 @app.command()
 @user_errors
+def report(
+    run: RunArg,
+    out: Annotated[
+        str | None,
+        typer.Option("--out", "-o", help="HTML file; default <run>/report.html"),
+    ] = None,
+) -> None:
+    """One self-contained HTML page: LDS, mislabel detection, what predictions rest on,
+    embedding, leakage, brittleness, LOO agreement, run facts (plots inline)."""
+    from datamodels.report import build_report
+
+    path = build_report(_existing_run(run), out)
+    out_console.print(f"report: {path}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@user_errors
 def query(
     run: RunArg, sql: Annotated[str, typer.Argument(help="a read-only SQL query (DuckDB)")]
 ) -> None:

@@ -42,3 +42,11 @@ def split_scores(run: Run, method: str = "datamodels") -> SplitScores:
         if all(int(p) in row_of for p in eval_pos):
             train_rows = scores[[row_of[int(p)] for p in eval_pos]]
     return SplitScores(targets[is_test], scores[is_test], train_rows)
+
+
+def test_input_rows(run: Run, targets: np.ndarray) -> np.ndarray:
+    """Row of each test target (eval position) in ``run.inputs("test")``: int[len(targets)]."""
+    examples = run.examples()
+    test = examples[(examples["split"] == "test") & examples["eval_position"].notna()]
+    positions = np.sort(test["eval_position"].to_numpy(np.int64))
+    return np.searchsorted(positions, np.asarray(targets, dtype=np.int64))

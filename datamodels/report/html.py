@@ -1,0 +1,258 @@
+"""`build_report`: one self-contained HTML page about a run, from its public tables only.
+
+Sections (each always present, with a note when the run has nothing for it): run facts, LDS
+per method, mislabel detection, target supports (a target beside its most helpful and most
+harmful training inputs), datamodel embedding, leakage candidates, brittleness, LOO
+agreement. Figures are inline base64 PNGs; the page fetches nothing.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from datamodels.applications import (
+    brittleness_from_run,
+    embedding_from_run,
+    extremes,
+    leakage_from_run,
+    loo_agreement_from_run,
+    split_scores,
+)
+from datamodels.applications.tables import test_input_rows
+from datamodels.errors import DatamodelsError
+from datamodels.report import plots
+from datamodels.store import Run
+
+SECTIONS = (
+    ("facts", "Run"),
+    ("lds", "Linear datamodeling score"),
+    ("mislabel", "Mislabel detection"),
+    ("support", "What each prediction rests on"),
+    ("embedding", "Datamodel embedding"),
+    ("leakage", "Leakage candidates"),
+    ("brittleness", "Brittleness (predicted)"),
+    ("loo", "Agreement with leave-one-out"),
+)
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; color: #222; }
+section { border-top: 1px solid #ddd; padding: 0.5em 0 1em; }
+table { border-collapse: collapse; font-size: 0.9em; }
+td, th { border: 1px solid #ccc; padding: 2px 8px; text-align: right; }
+img { max-width: 100%; display: block; margin: 0.5em 0; }
+.note { color: #666; font-style: italic; }
+"""
+
+
+def _img(png: str | None, alt: str) -> str:
+    if png is None:
+        return f'<p class="note">no data for {html.escape(alt)}</p>'
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{png}">'
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+def _table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
+
+
+def _facts(run: Run) -> str:
+    models = run.models(columns=["plan", "seconds"]).to_pandas()
+    per_plan = models.groupby("plan").agg(models=("seconds", "size"), seconds=("seconds", "sum"))
+    failures = run.failures()
+    failed = (
+        failures.groupby("plan")["model_id"].nunique()
+        if len(failures)
+        else pd.Series(dtype="int64")
+    )
+    per_plan["failed_models"] = failed.reindex(per_plan.index).fillna(0).astype(int)
+    n_train, n_eval = run.sizes()
+    facts = pd.DataFrame(
+        {
+            "fact": [
+                "run",
+                "config hash",
+                "training examples",
+                "evaluated examples",
+                "models",
+                "training time (s, summed)",
+                "score tables",
+            ],
+            "value": [
+                run.uri,
+                run.recorded_config_hash() or "?",
+                n_train,
+                n_eval,
+                len(models),
+                f"{models['seconds'].sum():.1f}",
+                ", ".join(run.score_methods()) or "none",
+            ],
+        }
+    )
+    return _table(facts) + _table(per_plan.reset_index())
+
+
+def _evaluation(run: Run) -> pd.DataFrame | None:
+    try:
+        return run.evaluation()
+    except DatamodelsError:
+        return None
+
+
+def _support(run: Run, method: str, n_targets: int, k: int) -> str:
+    split = split_scores(run, method)
+    test_x, train_x = run.inputs("test"), run.inputs("train")
+    test_y, train_y = run.labels("test"), run.labels("train")
+    rows_in_test = test_input_rows(run, split.test_targets)
+    parts = []
+    strongest = np.argsort(-np.abs(split.test_scores).sum(1), kind="stable")[:n_targets]
+    for row in sorted(strongest):
+        target = int(split.test_targets[row])
+        weights = split.test_scores[row]
+        order = np.argsort(-weights, kind="stable")
+        helpful = [
+            (train_x[i], f"y={train_y[i]} w={weights[i]:+.3f}") for i in order[:k] if weights[i] > 0
+        ]
+        harmful = [
+            (train_x[i], f"y={train_y[i]} w={weights[i]:+.3f}")
+            for i in order[::-1][:k]
+            if weights[i] < 0
+        ]
+        at = rows_in_test[row]
+        title = f"target {target}\nlabel {test_y[at]}"
+        parts.append(
+            _img(
+                plots.support_figure(test_x[at], title, helpful, harmful),
+                f"support of target {target}",
+            )
+        )
+    return "".join(parts)
+
+
+def _embedding(run: Run, method: str, k: int) -> str:
+    embedding = embedding_from_run(run, method, n_components=2)
+    rows_in_test = test_input_rows(run, embedding.targets)
+    test_x, test_y = run.inputs("test")[rows_in_test], run.labels("test")[rows_in_test]
+    body = _img(
+        plots.embedding_figure(embedding.coordinates, test_y, embedding.explained),
+        "embedding scatter",
+    )
+    rows = []
+    for component, (low, high) in enumerate(extremes(embedding.coordinates, k)):
+        rows.append((f"PC {component + 1} low", [test_x[i] for i in low]))
+        rows.append((f"PC {component + 1} high", [test_x[i] for i in high]))
+    return body + _img(plots.extremes_figure(rows), "embedding extremes")
+
+
+def _leakage(run: Run, method: str, k: int) -> str:
+    ranked = leakage_from_run(run, method, k=k)
+    test_x, train_x = run.inputs("test"), run.inputs("train")
+    test_targets = split_scores(run, method).test_targets
+    test_row = dict(zip(test_targets.tolist(), test_input_rows(run, test_targets), strict=True))
+    body = []
+    for name, column in (("cosine", "cosine"), ("weight", "weight")):
+        pairs = ranked[name]
+        if pairs.empty:
+            body.append(
+                _note(
+                    f"no {name} ranking: the run has no train-split datamodels (dataset.eval_train)"
+                )
+            )
+            continue
+        images = [
+            (
+                test_x[test_row[int(p.target)]],
+                train_x[int(p.train_position)],
+                f"{column} {getattr(p, column):.3f}",
+            )
+            for p in pairs.head(8).itertuples()
+        ]
+        body.append(
+            f"<h3>by {name}</h3>"
+            + _img(plots.pairs_figure(images), f"leakage {name}")
+            + _table(pairs)
+        )
+    return "".join(body)
+
+
+def _brittleness(run: Run) -> str:
+    result = brittleness_from_run(run)
+    correct = int((result.predicted_margin > 0).sum())
+    summary = pd.DataFrame(
+        {
+            "removed at most": ["1% of train", "5% of train"],
+            "fraction of correct test predictions that flip": [
+                result.fraction_flipped(0.01),
+                result.fraction_flipped(0.05),
+            ],
+            "correct test predictions": [correct, correct],
+        }
+    )
+    return (
+        _img(plots.brittleness_figure(result.support, result.n_train), "brittleness")
+        + _table(summary)
+        + _note(
+            "predicted by the datamodels (margin − the k largest helpful weights < 0); "
+            "not verified by retraining"
+        )
+    )
+
+
+def build_report(
+    run: Run | str, out: str | Path | None = None, n_targets: int = 3, k: int = 6
+) -> Path:
+    """Write the report of ``run`` to ``out`` (default ``<run>/report.html`` for a local
+    run, else ``report.html``) and return its path."""
+    run = run if isinstance(run, Run) else Run(run)
+    if out is None:
+        local = run.local_path("report.html")
+        out = local if local is not None else "report.html"
+    evaluation = _evaluation(run)
+    methods = run.score_methods()
+    method = "datamodels" if "datamodels" in methods else None
+    bodies: dict[str, str] = {"facts": _facts(run)}
+    if evaluation is None:
+        bodies["lds"] = bodies["mislabel"] = _note("no evaluation.parquet: run evaluate")
+    else:
+        lds_rows = evaluation[evaluation["metric"] == "lds"]
+        bodies["lds"] = _img(plots.lds_figure(evaluation), "LDS per method") + (
+            _table(lds_rows[["method", "value", "n_targets"]]) if len(lds_rows) else ""
+        )
+        mislabel = plots.mislabel_figure(evaluation)
+        bodies["mislabel"] = (
+            _img(mislabel, "mislabel detection")
+            if mislabel
+            else _note("no labels were flipped in this run (dataset.flip_fraction)")
+        )
+    if method is None:
+        for name in ("support", "embedding", "leakage", "brittleness"):
+            bodies[name] = _note("no scores/datamodels.parquet: run `datamodels fit`")
+    else:
+        bodies["support"] = _support(run, method, n_targets, k)
+        bodies["embedding"] = _embedding(run, method, k)
+        bodies["leakage"] = _leakage(run, method, k=12)
+        bodies["brittleness"] = _brittleness(run)
+    agreement = loo_agreement_from_run(run) if methods else None
+    bodies["loo"] = _note("the run has no loo plan") if agreement is None else _table(agreement)
+    sections = "".join(
+        f'<section id="{key}"><h2>{html.escape(title)}</h2>{bodies[key]}</section>'
+        for key, title in SECTIONS
+    )
+    title = f"datamodels report: {html.escape(run.uri)}"
+    page = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f'<link rel="icon" href="data:,"><style>{_STYLE}</style></head>'
+        f"<body><h1>{title}</h1>{sections}</body></html>"
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_suffix(out.suffix + ".tmp")
+    temporary.write_text(page, encoding="utf-8")
+    temporary.replace(out)
+    return out

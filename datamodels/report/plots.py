@@ -1,0 +1,150 @@
+"""The report's figures: matplotlib (Agg) figures from plain arrays and frames, each returned
+as a base64 PNG string so the HTML page carries them inline (no file, no network fetch)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: the report is written by jobs and tests
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def to_png(fig) -> str:
+    """Base64 of the figure as PNG; closes the figure."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def draw_input(ax, x: np.ndarray) -> None:
+    """One input on ``ax``: images uint8[H, W, C] as images, a square feature count
+    (e.g. digits' 64 = 8×8) as a grey image, other features as bars."""
+    x = np.asarray(x)
+    side = int(round(np.sqrt(x.size))) if x.ndim == 1 else 0
+    if x.ndim == 3:
+        ax.imshow(x.squeeze(-1) if x.shape[-1] == 1 else x, cmap="gray")
+    elif x.ndim == 2:
+        ax.imshow(x, cmap="gray")
+    elif side * side == x.size:
+        ax.imshow(x.reshape(side, side), cmap="gray_r")
+    else:
+        ax.bar(np.arange(x.size), x, color="0.3")
+        ax.set_xticks([])
+        return
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def lds_figure(evaluation: pd.DataFrame) -> str | None:
+    """LDS per method with a 95% interval (1.96 × the stderr over targets in ``details``)."""
+    rows = evaluation[evaluation["metric"] == "lds"].sort_values("value")
+    if rows.empty:
+        return None
+    stderr = [json.loads(d or "{}").get("stderr") or 0.0 for d in rows["details"]]
+    fig, ax = plt.subplots(figsize=(6, 0.4 * len(rows) + 1.2))
+    ax.barh(rows["method"], rows["value"], xerr=1.96 * np.asarray(stderr), color="C0", capsize=3)
+    ax.axvline(0, color="0.5", lw=0.8)
+    ax.set_xlabel("LDS (Spearman, mean over targets; 95% interval)")
+    return to_png(fig)
+
+
+def mislabel_figure(evaluation: pd.DataFrame) -> str | None:
+    """Fraction of flipped labels found against fraction inspected, per self-score method."""
+    rows = evaluation[evaluation["metric"] == "mislabel_auc"]
+    if rows.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for row in rows.itertuples():
+        curve = json.loads(row.details)
+        ax.plot(curve["inspected"], curve["found"], label=f"{row.method} (AUC {row.value:.2f})")
+    ax.plot([0, 1], [0, 1], color="0.6", ls="--", label="chance")
+    ax.set_xlabel("fraction of training set inspected")
+    ax.set_ylabel("fraction of flipped labels found")
+    ax.legend(fontsize=8)
+    return to_png(fig)
+
+
+def support_figure(
+    target_input: np.ndarray,
+    title: str,
+    helpful: list[tuple[np.ndarray, str]],
+    harmful: list[tuple[np.ndarray, str]],
+) -> str:
+    """The target beside its most helpful (top row) and most harmful (bottom row) inputs."""
+    width = max(len(helpful), len(harmful), 1)
+    fig, axes = plt.subplots(2, width + 1, figsize=(1.5 * (width + 1), 3.4), squeeze=False)
+    draw_input(axes[0, 0], target_input)
+    axes[0, 0].set_title(title, fontsize=8)
+    axes[1, 0].axis("off")
+    for row, items, name in ((0, helpful, "helpful"), (1, harmful, "harmful")):
+        for col in range(width):
+            ax = axes[row, col + 1]
+            if col < len(items):
+                draw_input(ax, items[col][0])
+                ax.set_title(f"{name}\n{items[col][1]}", fontsize=7)
+            else:
+                ax.axis("off")
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def pairs_figure(pairs: list[tuple[np.ndarray, np.ndarray, str]]) -> str:
+    """Test input above its training partner, one column per pair."""
+    fig, axes = plt.subplots(2, len(pairs), figsize=(1.5 * len(pairs), 3.2), squeeze=False)
+    for col, (test_x, train_x, caption) in enumerate(pairs):
+        draw_input(axes[0, col], test_x)
+        axes[0, col].set_title(caption, fontsize=7)
+        draw_input(axes[1, col], train_x)
+    axes[0, 0].set_ylabel("test")
+    axes[1, 0].set_ylabel("train")
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def embedding_figure(coordinates: np.ndarray, labels: np.ndarray, explained: np.ndarray) -> str:
+    """Test targets on the first two principal components of their datamodel weights."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    y = coordinates[:, 1] if coordinates.shape[1] > 1 else np.zeros(len(coordinates))
+    points = ax.scatter(coordinates[:, 0], y, c=labels, cmap="tab10", s=12)
+    ax.set_xlabel(f"PC 1 ({100 * explained[0]:.0f}% of variance)")
+    if len(explained) > 1:
+        ax.set_ylabel(f"PC 2 ({100 * explained[1]:.0f}% of variance)")
+    fig.colorbar(points, ax=ax, label="label")
+    return to_png(fig)
+
+
+def extremes_figure(rows: list[tuple[str, list[np.ndarray]]]) -> str:
+    """One row of inputs per (caption, inputs): the examples at each extreme."""
+    width = max(len(items) for _, items in rows)
+    fig, axes = plt.subplots(
+        len(rows), width, figsize=(1.2 * width, 1.4 * len(rows)), squeeze=False
+    )
+    for r, (caption, items) in enumerate(rows):
+        for c in range(width):
+            if c < len(items):
+                draw_input(axes[r, c], items[c])
+            else:
+                axes[r, c].axis("off")
+        axes[r, 0].set_ylabel(caption, fontsize=7, rotation=0, ha="right", va="center")
+    return to_png(fig)
+
+
+def brittleness_figure(support: np.ndarray, n_train: int) -> str | None:
+    """Histogram of the smallest flipping support over correctly predicted test targets."""
+    finite = support[np.isfinite(support) & (support > 0)]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    if len(finite):
+        ax.hist(finite, bins=min(40, max(5, len(np.unique(finite)))), color="C3")
+    for fraction, style in ((0.01, ":"), (0.05, "--")):
+        ax.axvline(fraction * n_train, color="0.3", ls=style, label=f"{fraction:.0%} of train")
+    ax.set_xlabel("training points removed to flip the prediction (datamodel)")
+    ax.set_ylabel("test targets")
+    ax.legend(fontsize=8)
+    return to_png(fig)

@@ -1,0 +1,192 @@
+"""`datamodels report`: built from a small digits run this module makes (flipped labels, a
+loo plan); every section present, every image a valid
+PNG, the applications' run helpers agree with the tables; opened in headless Chromium when
+one is installed (a screenshot is kept in the test's tmp dir)."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import datamodels as dm
+from datamodels.applications import (
+    brittleness_from_run,
+    embedding_from_run,
+    leakage_from_run,
+    loo_agreement_from_run,
+)
+from datamodels.report import SECTIONS
+from tests.conftest import SMALL_DIGITS
+
+REPORT_CONFIG = {
+    **SMALL_DIGITS,
+    "name": "digits_report",
+    "dataset": {"name": "digits", "flip_fraction": 0.1},
+    "train": {"epochs": 3, "batch_size": 32},
+    "plans": [
+        {"name": "train", "alpha": 0.5, "count": 32},
+        {"name": "eval", "alpha": 0.5, "count": 6},
+        {"name": "loo", "kind": "loo", "points": [0, 1, 2, 3, 4, 5]},
+    ],
+    "fit": {"n_lambdas": 4, "eps": 0.05},
+}
+
+
+@pytest.fixture(scope="session")
+def report_run(tmp_path_factory) -> str:
+    """A small finished digits run (serial executor): datamodels on the test targets,
+    downsampling (self scores for mislabel detection), loo, evaluation."""
+    from datamodels.orchestrate.executor import SerialExecutor
+
+    out = str(tmp_path_factory.mktemp("report") / "run")
+    config = dm.load_config(REPORT_CONFIG)
+    dm.train(config, out, executor=SerialExecutor(), show_progress=False)
+    dm.fit(out, show_progress=False)
+    for method in ("downsampling", "loo"):
+        dm.estimate(out, method, executor=SerialExecutor(), show_progress=False)
+    dm.evaluate(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def report_html(report_run) -> Path:
+    """``datamodels report RUN`` (default path: <run>/report.html), built once."""
+    from typer.testing import CliRunner
+
+    from datamodels.cli import app
+
+    result = CliRunner().invoke(app, ["report", report_run])
+    assert result.exit_code == 0, result.output
+    path = Path(report_run) / "report.html"
+    assert path.is_file() and str(path) in result.output.replace("\n", "")
+    return path
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sections: list[str] = []
+        self.images: list[str] = []
+        self.external: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section":
+            self.sections.append(attrs.get("id"))
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        for name in ("src", "href"):
+            value = attrs.get(name) or ""
+            if re.match(r"(https?:)?//", value):
+                self.external.append(value)
+
+
+def test_applications_read_the_run(report_run):
+    run = dm.Run(report_run)
+    n_train = run.n_train
+    leakage = leakage_from_run(run, k=5)
+    assert len(leakage["weight"]) == 5
+    assert leakage["cosine"].empty  # fit.targets: test -> no train-split datamodels
+    test_targets = run.examples().query("split == 'test'")["eval_position"]
+    assert set(leakage["weight"]["target"]) <= set(test_targets.astype(int))
+    embedding = embedding_from_run(run)
+    assert embedding.coordinates.shape == (len(test_targets), 2)
+    result = brittleness_from_run(run)
+    assert result.n_train == n_train and len(result.support) == len(test_targets)
+    assert 0 <= result.fraction_flipped(0.01) <= result.fraction_flipped(0.05) <= 1
+    agreement = loo_agreement_from_run(run)
+    assert agreement is not None and "loo" not in set(agreement["method"])
+    assert {"datamodels", "downsampling"} <= set(agreement["method"])
+    assert (agreement["n_points"] == 6).all()
+
+
+def test_cosine_leakage_on_a_run_finds_a_planted_duplicate(report_run, tmp_path):
+    """A score table over every eval target (train rows included) with test target 0's
+    vector planted as a copy of train example 7's: the top cosine pair is (that target, 7)."""
+    copy = tmp_path / "run"
+    shutil.copytree(report_run, copy)
+    run = dm.Run(str(copy))
+    examples = run.examples()
+    rng = np.random.default_rng(0)
+    n_train, n_eval = run.sizes()
+    scores = rng.normal(0, 1, size=(n_eval, n_train)).astype(np.float32)
+    train = examples[examples["train_position"].notna() & examples["eval_position"].notna()]
+    eval_of_train_7 = int(train.set_index("train_position").loc[7, "eval_position"])
+    first_test = int(examples.query("split == 'test'")["eval_position"].min())
+    scores[first_test] = 2.0 * scores[eval_of_train_7]
+    run.write_scores("planted", np.arange(n_eval), scores)
+    pairs = leakage_from_run(run, "planted", k=3)["cosine"]
+    assert pairs[["target", "train_position"]].values[0].tolist() == [first_test, 7]
+    assert pairs["cosine"].iloc[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_report_has_every_section_and_valid_inline_pngs(report_run, report_html):
+    out = report_html
+    page = _Page()
+    page.feed(out.read_text(encoding="utf-8"))
+    assert page.sections == [key for key, _ in SECTIONS]
+    assert len(page.images) >= 8 and not page.external
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        data = base64.b64decode(src.split(",", 1)[1], validate=True)
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    text = out.read_text(encoding="utf-8")
+    assert "mislabel detection" in text and "no labels were flipped" not in text
+    assert "the run has no loo plan" not in text
+    assert dm.Run(report_run).recorded_config_hash() in text
+
+
+def test_report_command_refuses_a_path_without_a_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from datamodels.cli import app
+
+    missing = CliRunner().invoke(app, ["report", str(tmp_path / "nothing")])
+    assert missing.exit_code == 2 and "not a run directory" in missing.output
+
+
+def test_report_renders_in_headless_chromium(report_html, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium binary (make test installs Debian's chromium package)")
+    page = report_html
+    screenshot = tmp_path / "report.png"
+    flags = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--enable-logging=stderr",
+        "--v=0",
+    ]
+    shot = subprocess.run(
+        [*flags, f"--screenshot={screenshot}", "--window-size=1100,4000", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert screenshot.is_file() and screenshot.read_bytes()[:4] == b"\x89PNG", shot.stderr
+    dom = subprocess.run(
+        [*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    )
+    assert dom.returncode == 0, dom.stderr
+    # the page as the browser built it: every section, every image, no script errors
+    rendered = _Page()
+    rendered.feed(dom.stdout)
+    assert rendered.sections == [key for key, _ in SECTIONS]
+    assert len(rendered.images) >= 8
+    console_errors = [
+        line
+        for line in (shot.stderr + dom.stderr).splitlines()
+        if "CONSOLE" in line and ("ERROR" in line or "Uncaught" in line)
+    ]
+    assert not console_errors, console_errors
+    assert screenshot.stat().st_size > 10_000
