@@ -29,14 +29,17 @@ REPORT_CONFIG = {
     **SMALL_DIGITS,
     "name": "digits_report",
     "dataset": {"name": "digits", "flip_fraction": 0.1},
-    "train": {"epochs": 3, "batch_size": 32},
+    "train": {"epochs": 2, "batch_size": 32},
     "plans": [
-        {"name": "train", "alpha": 0.5, "count": 32},
+        {"name": "train", "alpha": 0.5, "count": 24},
         {"name": "eval", "alpha": 0.5, "count": 6},
         {"name": "loo", "kind": "loo", "points": [0, 1, 2, 3, 4, 5]},
     ],
     "fit": {"n_lambdas": 4, "eps": 0.05},
 }
+
+
+_BUILT: dict[str, str] = {}  # tests/test_notebooks.py imports the fixture: build it once
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +48,8 @@ def report_run(tmp_path_factory) -> str:
     downsampling (self scores for mislabel detection), loo, evaluation."""
     from datamodels.orchestrate.executor import SerialExecutor
 
+    if "run" in _BUILT:
+        return _BUILT["run"]
     out = str(tmp_path_factory.mktemp("report") / "run")
     config = dm.load_config(REPORT_CONFIG)
     dm.train(config, out, executor=SerialExecutor(), show_progress=False)
@@ -52,6 +57,7 @@ def report_run(tmp_path_factory) -> str:
     for method in ("downsampling", "loo"):
         dm.estimate(out, method, executor=SerialExecutor(), show_progress=False)
     dm.evaluate(out)
+    _BUILT["run"] = out
     return out
 
 
