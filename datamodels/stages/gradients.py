@@ -10,6 +10,9 @@ Models: the first ``gradients.models`` by id among those with checkpoints
 * tracin (every checkpoint): −Σ_k η_k Δe_k ∇u_t·∇ℓ(z)
 * representer (last checkpoint): α_z·(f_z·f_t) on the margin classes
 * trak (last checkpoint): TRAK with projection ``gradients.proj_dim``
+* metagradient (no checkpoint: the run is replayed from the model's seed and the recipe):
+  ∂u_t/∂w_z, the derivative of the trained margin in z's loss weight through every step
+  (``gradients.metagradient``); ``logreg``: the influence function without damping
 
 n and H are each model's own training subset (its mask in ``models/``); every training
 point is scored (a point outside the subset gets the effect of adding it). Scores of several
@@ -20,7 +23,7 @@ weighs checkpoint k by its mean learning rate η_k times the epochs Δe_k since 
 
 Self scores (mislabel detection), per method: influence with u = −loss on the point itself,
 influence_pert ‖∂(−ℓ_z)/∂x_z‖₁, TracIn Σ_k η_k Δe_k‖∇ℓ(z)‖², representer α_{z,y_z}‖f_z‖²,
-TRAK τ(z)_z.
+TRAK τ(z)_z, metagradient ∂u_z/∂w_z.
 
 Units: (``scores``, model, target block of ``gradients.targets_per_task``), (``self``,
 model, train block of ``gradients.train_per_task``) and, for TRAK, (``reweight``, model).
@@ -47,6 +50,12 @@ from datamodels.gradients.checkpointed import (
     functional_model,
     projection_precision,
 )
+from datamodels.gradients.metagradient import (
+    logreg_metagradient_scores,
+    metagradient_scores,
+    replay_mlp,
+)
+from datamodels.gradients.model import fit_logreg, logreg_model
 from datamodels.orchestrate.context import worker_name
 from datamodels.orchestrate.executor import error_text
 from datamodels.plans import checkpoint_epochs, checkpoint_ids
@@ -55,7 +64,11 @@ from datamodels.stages.fit import eval_positions
 from datamodels.store import Run
 from datamodels.store.checkpoints import load_checkpoint, read_checkpoint_index
 
-GRADIENT_METHODS = ("influence", "influence_pert", "tracin", "representer", "trak")
+GRADIENT_METHODS = (
+    "influence", "influence_pert", "tracin", "representer", "trak", "metagradient"
+)
+# what the metagradient can replay exactly: the batched trainer's MLP, a converged logreg
+METAGRADIENT_ARCHS = ("mlp", "logreg")
 EXECUTION = {
     "targets_per_task",
     "train_per_task",
@@ -113,7 +126,9 @@ class GradientStage(Stage):
         check_gradient_device(config.gradients)
         super().__init__(config, run)
         self.method, self.name = method, f"estimate-{method}"
-        self.checkpoints = self.find_checkpoints()
+        self.checkpoints = (
+            self.find_replayed() if method == "metagradient" else self.find_checkpoints()
+        )
         self.model_ids = sorted(self.checkpoints)
         self.targets = eval_positions(run, config.estimate.targets)
 
@@ -157,6 +172,30 @@ class GradientStage(Stage):
                         "with the same checkpoints settings to recreate it (same seeds, same model)"
                     )
         return found
+
+    def find_replayed(self) -> dict[int, list]:
+        """model_id -> [("seed", seed)] of the models the metagradient replays: the first
+        ``gradients.models`` of ``checkpoints.plan`` (their saved files are not needed)."""
+        config = self.config
+        if config.model.arch not in METAGRADIENT_ARCHS:
+            raise EstimateError(
+                f"metagradient: model.arch={config.model.arch!r} cannot be replayed; it "
+                "differentiates the batched trainer's mlp run (or a converged logreg): use "
+                "tracin or trak for this model"
+            )
+        if config.checkpoints.plan is None:
+            raise EstimateError(
+                "metagradient replays the first gradients.models models of checkpoints.plan; "
+                "set one, e.g. --set checkpoints.plan=train"
+            )
+        ids = checkpoint_ids(config, self.planned)[: config.gradients.models]
+        if not len(ids):
+            raise EstimateError(
+                f"metagradient: plan {config.checkpoints.plan!r} has no models; name a plan of "
+                "the config in checkpoints.plan"
+            )
+        seeds = self.planned.select_ids(ids).seed
+        return {int(m): [("seed", int(s))] for m, s in zip(ids, seeds, strict=True)}
 
     # -- the contract ----------------------------------------------------------------------
 
@@ -260,6 +299,8 @@ class GradientStage(Stage):
     def compute(self, ctx, unit: Unit, shared=None) -> str:
         kind, model_id, slot, start, stop = unit.payload
         data = self.setup(ctx)
+        if self.method == "metagradient":
+            return self.write_part(unit, self.metagradient_values(ctx, data, unit))
         history = self.checkpoints[model_id]
         path = history[-1][2]
         model = self.model_at(ctx, data, path)
@@ -299,12 +340,56 @@ class GradientStage(Stage):
             ("trak", *self.model_key(data, path)),
             slot,
         )
+        return self.write_part(unit, values)
+
+    def write_part(self, unit: Unit, values: torch.Tensor) -> str:
         buffer = io.BytesIO()
         np.save(
             buffer, values.detach().double().cpu().numpy().astype(np.float32)
         )  # what the tables keep
         self.run.fs.write_bytes_atomic(self.part_path(unit), buffer.getvalue())
         return unit.name
+
+    def metagradient_values(self, ctx, data, unit: Unit) -> torch.Tensor:
+        """One unit of ``metagradient``: [targets, n_train] scores or [rows] self scores, from
+        the model's replayed run (cached per worker: every unit of a model shares it)."""
+        kind, model_id, _, start, stop = unit.payload
+        seed = self.checkpoints[model_id][0][1]
+        mask = self.subset(ctx, data, model_id).cpu().numpy()
+        config, device = self.config, str(data.train_x.device)
+        if kind == "scores":
+            t = torch.as_tensor(np.array(self.targets[start:stop]), device=data.train_x.device)
+            tx, ty = data.eval_x[t].double(), data.eval_y[t]
+        else:
+            tx, ty = data.train_x[start:stop].double(), data.train_y[start:stop]
+        if config.model.arch == "logreg":
+            model = ctx.cached(
+                ("metagradient-logreg", self.run.uri, model_id, device),
+                lambda: self.refit_logreg(data, mask),
+            )
+            table = logreg_metagradient_scores(model, data.train_x, data.train_y, mask, tx, ty)
+        else:
+            trajectory = ctx.cached(
+                ("metagradient-replay", self.run.uri, model_id, device),
+                lambda: replay_mlp(
+                    data.train_x, data.train_y, mask, seed, config.model, config.train,
+                    data.num_classes,
+                ),
+            )
+            table = metagradient_scores(trajectory, data.train_x, data.train_y, tx, ty)
+        if kind == "scores":
+            return table
+        return table[torch.arange(stop - start), torch.arange(start, stop)]
+
+    def refit_logreg(self, data, mask: np.ndarray):
+        """The model's converged ``logreg`` (a pure function of its subset: DESIGN §4)."""
+        subset = torch.from_numpy(mask).to(data.train_x.device)
+        recipe = self.config.train
+        params = fit_logreg(
+            data.train_x[subset], data.train_y[subset], data.num_classes, recipe.weight_decay,
+            recipe.tolerance, recipe.max_iter,
+        )
+        return logreg_model(params, data.in_dim, data.num_classes, recipe.weight_decay)
 
     # -- the reduction -----------------------------------------------------------------------
 

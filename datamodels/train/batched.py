@@ -69,6 +69,7 @@ def train_mlp_batched(
     recipe: TrainConfig,
     checkpoints: CheckpointRequest | None = None,
     models_per_chunk: int | None = None,
+    example_weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Snapshot]]:
     """masks: bool[K, n_train], seeds: int64[K] -> (margins float32[K, n_eval],
     train_loss float32[K] (mean over the last epoch), eval_accuracy float32[K] (test split),
@@ -76,7 +77,13 @@ def train_mlp_batched(
 
     Models are trained ``models_per_chunk`` at a time (default: ``CPU_MODELS_PER_CHUNK`` on
     CPU, all K on a GPU); a model's trajectory does not depend on which others share its
-    chunk, since every model has its own orders and steps only on its own batches."""
+    chunk, since every model has its own orders and steps only on its own batches.
+
+    ``example_weights`` float[K, n_train] (default all ones) scales each example's term of
+    the batch loss, L = Σ_{i∈batch} w_i·ℓ_i / (examples of the mask in the batch): the
+    batches are still drawn from ``masks``, so a weight of 0 drops an example's loss term
+    while every batch (and the whole trajectory of the others' order) stays as it was — the
+    ``single_model`` plan, and the objective ``gradients.metagradient`` differentiates."""
     K = len(seeds)
     if models_per_chunk is None:
         models_per_chunk = CPU_MODELS_PER_CHUNK if data.train_x.device.type == "cpu" else K
@@ -88,7 +95,8 @@ def train_mlp_batched(
     for start in range(0, K, chunk):
         rows = slice(start, min(K, start + chunk))
         part = _train_mlp_chunk(
-            data, masks[rows], seeds[rows], model, recipe, _chunk_request(checkpoints, rows)
+            data, masks[rows], seeds[rows], model, recipe, _chunk_request(checkpoints, rows),
+            None if example_weights is None else example_weights[rows],
         )
         margins[rows], train_loss[rows], accuracy[rows], chunk_snapshots = part
         for snap in chunk_snapshots:
@@ -115,6 +123,7 @@ def _train_mlp_chunk(
     model: ModelConfig,
     recipe: TrainConfig,
     checkpoints: CheckpointRequest | None,
+    example_weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Snapshot]]:
     """``train_mlp_batched`` for one chunk of models, all K of them stacked.
 
@@ -127,6 +136,7 @@ def _train_mlp_chunk(
     K = len(seeds)
     sizes = layer_sizes(data.in_dim, model.hidden, model.depth, data.num_classes)
     initial = output_transposed(init_stacked([int(s) for s in seeds], sizes, device))
+    initial = [p.to(data.train_x.dtype) for p in initial]  # float64 data: a float64 run
     params, layers = _flat_buffer(initial)
     momenta, momentum_layers = _flat_buffer([torch.zeros_like(p) for p in initial])
     _, grad_layers = _flat_buffer(initial)  # scratch for the steps some models sit out
@@ -143,7 +153,7 @@ def _train_mlp_chunk(
     for epoch in range(recipe.epochs):
         index_np, valid_np = orders.next_epoch()
         batch_index, weight, labels = _epoch_batches(
-            index_np, valid_np, data.train_y, B, train_x.dtype
+            index_np, valid_np, data.train_y, B, train_x.dtype, example_weights
         )
         lrs = _epoch_lrs(recipe, steps_per_epoch, epoch, S).to(device, train_x.dtype)
         active = torch.from_numpy(np.arange(S)[:, None] < steps_per_epoch[None, :]).to(device)
@@ -196,11 +206,12 @@ def _flat_buffer(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.
 
 def _epoch_batches(
     index: np.ndarray, valid: np.ndarray, train_y: torch.Tensor, batch_size: int,
-    dtype: torch.dtype,
+    dtype: torch.dtype, example_weights: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One epoch of ``EpochOrders`` (index int64[K, S·B], valid bool[K, S·B]) as per-step
     contiguous tensors: (train positions int64[S, K·B], example weights float[S, K, 1, B]:
-    1/(real examples in the batch) or 0 for padding, labels int64[S, K, 1, B])."""
+    w_i/(real examples in the batch) or 0 for padding, labels int64[S, K, 1, B]), with w the
+    ``example_weights`` float[K, n_train] (None: 1)."""
     K, width = index.shape
     S, B = width // batch_size, batch_size
     device = train_y.device
@@ -208,6 +219,11 @@ def _epoch_batches(
     real = torch.from_numpy(valid.reshape(K, S, B).transpose(1, 0, 2).copy()).to(device)
     weight = real.to(dtype)
     weight /= weight.sum(2, keepdim=True).clamp_(min=1)
+    if example_weights is not None:
+        chosen = np.take_along_axis(np.asarray(example_weights, np.float64), index, axis=1)
+        weight *= torch.from_numpy(chosen.reshape(K, S, B).transpose(1, 0, 2).copy()).to(
+            device, dtype
+        )
     weight = weight.unsqueeze(2)  # [S, K, 1, B]
     labels = train_y[by_step].unsqueeze(2)  # [S, K, 1, B]
     return by_step.view(S, K * B), weight, labels
