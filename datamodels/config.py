@@ -199,12 +199,18 @@ class PlanConfig(_Section):
     * ``tmc``: ``count`` random permutations; a task trains growing prefixes of one and
       stops once test accuracy stays within ``tolerance`` of the full-data model's for
       ``patience`` consecutive prefixes (Ghorbani & Zou 2019).
+    * ``single_model``: the single-model setting (Ilyas & Engstrom 2025): every model has the
+      same seed, initialisation and batch order over the *full* training set; mask 0 keeps
+      everything, then ``count`` masks per fraction in ``drops`` each drop that fraction of
+      the points at random. A dropped point keeps its place in every batch with loss
+      weight 0 (the trainer's ``example_weights``); the stored mask is the kept set.
 
-    ``seeds`` trainings (different seeds) per mask.
+    ``seeds`` trainings (different seeds) per mask (for ``single_model``: one shared seed
+    per replicate).
     """
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
-    kind: Literal["alpha", "alpha_grid", "loo", "tmc"] = "alpha"
+    kind: Literal["alpha", "alpha_grid", "loo", "tmc", "single_model"] = "alpha"
     alpha: float = Field(0.5, gt=0.0, le=1.0)
     count: int | None = Field(None, ge=1)
     seeds: int = Field(1, ge=1)
@@ -212,9 +218,16 @@ class PlanConfig(_Section):
     points: tuple[int, ...] | None = None
     tolerance: float = Field(0.01, ge=0.0)
     patience: int = Field(5, ge=1)
+    drops: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5)
 
     @model_validator(mode="after")
     def _kind_fields(self) -> PlanConfig:
+        if self.kind == "single_model" and (
+            not self.drops or any(not 0.0 < d < 1.0 for d in self.drops)
+        ):
+            raise ValueError(
+                f"plans.{self.name}.drops must be fractions in (0, 1), e.g. [0.01, 0.1]"
+            )
         if self.kind != "loo" and self.count is None:
             raise ValueError(f"plans.{self.name}.count is required for kind {self.kind!r}")
         if self.kind == "loo" and self.points is not None and any(p < 0 for p in self.points):

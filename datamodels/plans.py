@@ -12,6 +12,10 @@ Mask numbers by plan kind (n = n_train):
 * ``loo``: mask 0 is the full set, mask ``k >= 1`` leaves out point ``points[k - 1]``.
 * ``tmc``: mask ``p * (n + 1) + k`` is the first k points of permutation p (k = 0..n); a
   walk trains a prefix of these and stops (truncation), so not every id is trained.
+* ``single_model``: mask 0 is the full set; mask ``1 + level * count + k`` drops
+  round(drops[level]·n) points drawn at random. Every model of a replicate has the *same*
+  training seed (the seed of mask 0), and trains over the full set's batch order with the
+  dropped points weighted 0 (``training_weights``).
 """
 
 from __future__ import annotations
@@ -142,7 +146,16 @@ def n_masks(plan: PlanConfig, n_train: int) -> int:
         return int(plan.count) * max(plan.levels, 1)
     if plan.kind == "loo":
         return 1 + len(loo_points(plan, n_train))
+    if plan.kind == "single_model":
+        return 1 + int(plan.count) * len(plan.drops)
     return int(plan.count) * (n_train + 1)  # tmc
+
+
+def drop_fractions(plan: PlanConfig, mask_index: np.ndarray) -> np.ndarray:
+    """float64[k]: the fraction of points a ``single_model`` mask drops (0 for mask 0)."""
+    mask_index = np.asarray(mask_index, dtype=np.int64)
+    level = np.maximum(mask_index - 1, 0) // int(plan.count)
+    return np.where(mask_index == 0, 0.0, np.asarray(plan.drops, np.float64)[level])
 
 
 def mask_alpha(
@@ -161,6 +174,9 @@ def mask_alpha(
         return grid_nodes(plan.levels)[mask_index // plan.count]
     if plan.kind == "loo":
         return np.where(mask_index == 0, 1.0, (n_train - 1) / max(n_train, 1))
+    if plan.kind == "single_model":
+        dropped = np.round(drop_fractions(plan, mask_index) * n_train)
+        return 1.0 - dropped / max(n_train, 1)
     return (mask_index % (n_train + 1)) / max(n_train, 1)  # tmc: prefix fraction
 
 
@@ -177,6 +193,12 @@ def plan_mask(config_seed: int, plan: PlanConfig, mask_index: int, n_train: int)
         perm, step = divmod(int(mask_index), n_train + 1)
         mask = np.zeros(n_train, dtype=bool)
         mask[tmc_permutation(config_seed, perm, n_train)[:step]] = True
+        return mask
+    if plan.kind == "single_model":
+        mask = np.ones(n_train, dtype=bool)
+        dropped = int(round(float(drop_fractions(plan, np.array([mask_index]))[0]) * n_train))
+        rng = np.random.default_rng([config_seed, _plan_key(plan.name), mask_index, 0])
+        mask[rng.permutation(n_train)[:dropped]] = False
         return mask
     alpha = float(mask_alpha(config_seed, plan, np.array([mask_index]), n_train)[0])
     rng = np.random.default_rng([config_seed, _plan_key(plan.name), mask_index, 0])
@@ -195,9 +217,9 @@ def plan_models(config: Config, n_train: int) -> PlannedModels:
         plans.append(np.full(n, plan.name))
         alphas.append(mask_alpha(config.seed, plan, masks_of, n_train))
         mask_idx.append(masks_of)
-        seeds.append(
-            training_seeds(config.seed, plan.name, local // plan.seeds, local % plan.seeds)
-        )
+        # single_model: one seed (mask 0's) for every mask of a replicate
+        seed_masks = masks_of if plan.kind != "single_model" else np.zeros_like(masks_of)
+        seeds.append(training_seeds(config.seed, plan.name, seed_masks, local % plan.seeds))
         offset += n
     return PlannedModels(
         model_id=np.concatenate(ids),
@@ -215,6 +237,21 @@ def masks_for(config: Config, planned: PlannedModels, n_train: int) -> np.ndarra
     for row, (name, mask_index) in enumerate(zip(planned.plan, planned.mask_index, strict=True)):
         out[row] = plan_mask(config.seed, by_name[name], int(mask_index), n_train)
     return out
+
+
+def training_weights(
+    config: Config, planned: PlannedModels, masks: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """What the trainer gets for these models: (order masks bool[K, n_train], example weights
+    float32[K, n_train] or None). A ``single_model`` model draws its batches from the full
+    set and weights its dropped points 0; every other model trains on its mask (None)."""
+    kinds = {p.name: p.kind for p in config.plans}
+    single = np.array([kinds[name] == "single_model" for name in planned.plan], dtype=bool)
+    if not single.any():
+        return masks, None
+    order = masks.copy()
+    order[single] = True
+    return order, masks.astype(np.float32)
 
 
 def tmc_walk(

@@ -8,6 +8,11 @@ predicts g_t(S_j) = sum_{i in S_j} tau[t, i]. Then
 
 over the targets where both sides vary (a constant side has no ranking: reported, not
 averaged). The subsets must never have been used to fit tau.
+
+The *single-model* LDS (Ilyas & Engstrom 2025) is the same score on a ``single_model`` plan:
+every model shares one seed and one batch order and differs only in the points it drops, so
+the ranking measures attribution without the noise of retraining; it is reported per drop
+fraction (``single_model_lds``).
 """
 
 from __future__ import annotations
@@ -63,3 +68,23 @@ def lds(scores: np.ndarray, masks: np.ndarray, true_margins: np.ndarray) -> LDSR
     defined = np.isfinite(per_target)
     value = float(per_target[defined].mean()) if defined.any() else float("nan")
     return LDSResult(value, per_target, int(defined.sum()), int(masks.shape[0]))
+
+
+def single_model_lds(
+    scores: np.ndarray, masks: np.ndarray, margins: np.ndarray, drops: tuple[float, ...]
+) -> dict[float, LDSResult]:
+    """LDS per drop fraction of a ``single_model`` plan: masks bool[m, n_train] (the kept
+    sets), margins float[m, T] (scores' targets) -> {fraction: LDSResult} for the fractions
+    with at least 3 distinct subsets (a model belongs to the fraction whose dropped count,
+    round(fraction·n), it has; the full-set model belongs to none)."""
+    n = masks.shape[1]
+    dropped = n - masks.sum(1)
+    results = {}
+    for fraction in drops:
+        rows = dropped == int(round(fraction * n))
+        if not dropped[rows].any():
+            continue
+        subsets, true_margins = average_replicates(masks[rows], margins[rows])
+        if len(subsets) >= 3:
+            results[float(fraction)] = lds(scores, subsets, true_margins)
+    return results

@@ -2,7 +2,8 @@
 
 LDS uses only the held-out ``evaluate.plan`` models (seeds of one subset averaged), never
 the models any estimator was fitted on; mislabel detection ranks the training points by
-each ``self_scores/<method>.parquet`` when the run has flipped labels. One unit writes
+each ``self_scores/<method>.parquet`` when the run has flipped labels. A ``single_model``
+plan adds the single-model LDS per drop fraction (metric ``lds_single_<fraction>``). One unit writes
 ``evaluation.parquet`` (one row per method and metric); the stage returns it as a frame.
 """
 
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from datamodels.errors import EvaluateError
-from datamodels.evaluate.lds import average_replicates, lds
+from datamodels.evaluate.lds import average_replicates, lds, single_model_lds
 from datamodels.evaluate.mislabel import mislabel_detection
 from datamodels.stages.base import Stage, Unit
 from datamodels.store import EVALUATION_PATH, EVALUATION_SCHEMA, SCORES_DIR, SELF_SCORES_DIR
@@ -26,7 +27,8 @@ class EvaluateStage(Stage):
 
     def fingerprint(self) -> dict:
         fs = self.run.fs
-        return {
+        single = {p.name: self.run.plan_witness(p.name) for p in self.single_model_plans()}
+        return ({"single_model": single} if single else {}) | {
             "evaluate": self.config.evaluate.model_dump(mode="json"),
             "config": self.config.hash,
             "models": self.run.plan_witness(self.config.evaluate.plan),
@@ -52,6 +54,7 @@ class EvaluateStage(Stage):
         methods = self.run.score_methods()
         has_plan = self.config.evaluate.plan in {p.name for p in self.config.plans}
         rows = self.lds_rows(methods) if methods and has_plan else []
+        rows += self.single_model_rows(methods)
         rows += self.mislabel_rows(self.run.self_scores())
         self.run.write_table(EVALUATION_PATH, pd.DataFrame(rows), EVALUATION_SCHEMA)
 
@@ -94,6 +97,38 @@ class EvaluateStage(Stage):
                     "details": json.dumps(curve),
                 }
             )
+        return rows
+
+    def single_model_plans(self) -> list:
+        return [p for p in self.config.plans if p.kind == "single_model"]
+
+    def single_model_rows(self, methods: list[str]) -> list[dict]:
+        """``lds_single_<fraction>`` per method and drop fraction of every trained
+        ``single_model`` plan (none where a fraction has fewer than 3 subsets)."""
+        rows = []
+        for plan in self.single_model_plans():
+            masks, margins = self.run.masks_and_margins(plan=plan.name)
+            if not len(masks):
+                continue
+            for method in methods:
+                targets, scores = self.run.scores(method)
+                results = single_model_lds(scores, masks, margins[:, targets], plan.drops)
+                for fraction, result in results.items():
+                    details = {
+                        "plan": plan.name,
+                        "drop_fraction": fraction,
+                        "n_subsets": result.n_subsets,
+                        "n_undefined_targets": int(len(targets) - result.n_targets),
+                    }
+                    rows.append(
+                        {
+                            "method": method,
+                            "metric": f"lds_single_{fraction:g}",
+                            "value": result.value,
+                            "n_targets": result.n_targets,
+                            "details": json.dumps(details),
+                        }
+                    )
         return rows
 
     def lds_rows(self, methods: list[str]) -> list[dict]:

@@ -58,7 +58,7 @@ from datamodels.gradients.metagradient import (
 from datamodels.gradients.model import fit_logreg, logreg_model
 from datamodels.orchestrate.context import worker_name
 from datamodels.orchestrate.executor import error_text
-from datamodels.plans import checkpoint_epochs, checkpoint_ids
+from datamodels.plans import checkpoint_epochs, checkpoint_ids, training_weights
 from datamodels.stages.base import PARTS_DIR, Stage, TaskResources, Unit
 from datamodels.stages.fit import eval_positions
 from datamodels.store import Run
@@ -369,14 +369,21 @@ class GradientStage(Stage):
             )
             table = logreg_metagradient_scores(model, data.train_x, data.train_y, mask, tx, ty)
         else:
+            # a single_model plan's model walks the full set's order, dropped points weighted 0
+            order, weights = training_weights(
+                config, self.planned.select_ids(np.array([model_id])), mask[None]
+            )
+            weights = None if weights is None else weights[0]
             trajectory = ctx.cached(
                 ("metagradient-replay", self.run.uri, model_id, device),
                 lambda: replay_mlp(
-                    data.train_x, data.train_y, mask, seed, config.model, config.train,
-                    data.num_classes,
+                    data.train_x, data.train_y, order[0], seed, config.model, config.train,
+                    data.num_classes, weights,
                 ),
             )
-            table = metagradient_scores(trajectory, data.train_x, data.train_y, tx, ty)
+            table = metagradient_scores(
+                trajectory, data.train_x, data.train_y, tx, ty, weights
+            )
         if kind == "scores":
             return table
         return table[torch.arange(stop - start), torch.arange(start, stop)]
