@@ -117,3 +117,27 @@ def test_metagradient_ranks_single_model_drops(tiny_run):
     print({f: round(r.value, 3) for f, r in results.items()})
     assert results[0.05].value >= 0.9
     assert results[0.25].value >= 0.7
+
+
+def test_evaluate_reports_single_model_lds_per_fraction(tmp_path):
+    from datamodels.api import estimate, evaluate, train
+    from datamodels.orchestrate.executor import SerialExecutor
+
+    config = config_from_dict(
+        {
+            "dataset": {"name": "digits", "limit_train": 60, "limit_test": 10},
+            "model": {"arch": "mlp", "hidden": 4},
+            "train": {"epochs": 2, "batch_size": 16},
+            "plans": [
+                {"name": "train", "alpha": 0.5, "count": 12},
+                {"name": "eval", "alpha": 0.5, "count": 4},
+                {"name": "single", "kind": "single_model", "count": 3, "drops": [0.1, 0.5]},
+            ],
+        }
+    )
+    uri = str(tmp_path / "run")
+    train(config, uri, executor=SerialExecutor(), show_progress=False)
+    estimate(config, uri, "downsampling", executor=SerialExecutor(), show_progress=False)
+    table = evaluate(config, uri)
+    metrics = set(table.loc[table["method"] == "downsampling", "metric"])
+    assert {"lds", "lds_single_0.1", "lds_single_0.5"} <= metrics
