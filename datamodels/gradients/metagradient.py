@@ -141,10 +141,12 @@ def replay_mlp(
 def metagradient_scores(
     trajectory: Trajectory, train_x: torch.Tensor, train_y: torch.Tensor,
     target_x: torch.Tensor, target_y: torch.Tensor, weights: np.ndarray | None = None,
+    hessian: bool = True,
 ) -> torch.Tensor:
     """score[t, i] = ∂m_t(θ_S)/∂w_i: float64[T, n_train] for targets ``target_x[T, ...]``,
     ``target_y[T]``, by reverse mode through every step of ``trajectory`` (module docstring).
-    ``weights`` float[n_train]: the point w the run was replayed at (default 1)."""
+    ``weights`` float[n_train]: the point w the run was replayed at (default 1).
+    ``hessian=False`` drops the H_s u terms (HyDRA's approximation, ``gradients.hydra``)."""
     model = trajectory.model
     x = train_x.reshape(len(train_x), -1).double()
     device = x.device
@@ -163,31 +165,35 @@ def metagradient_scores(
         coef = 1.0 / len(batch)
         hvp, loss_grads = _step_products(
             model, trajectory.iterates[s], x[batch], train_y[batch], w[batch] * coef,
-            trajectory.label_smoothing, u,
+            trajectory.label_smoothing, u if hessian else None,
         )
         scores[:, batch] += (u @ loss_grads.T) * coef
-        theta_bar = theta_bar + lam * u + hvp
+        theta_bar = theta_bar + lam * u + (hvp if hessian else 0.0)
         v_bar = mu * u
     return scores
 
 
 def _step_products(
     model: FunctionalModel, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-    coef: torch.Tensor, smoothing: float, directions: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    coef: torch.Tensor, smoothing: float, directions: torch.Tensor | None,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """At θ = ``theta`` float64[P], for one batch x[c, d], y[c] with loss Σ coef_i ℓ_i:
     (H u for every row u of ``directions`` [T, P], per-example ∇ℓ_i [c, P]). H u by one
     batched double-backward (``is_grads_batched``: about 20x faster than vmapping a
     ``torch.func.jvp`` over the targets on CPU, measured)."""
     losses = _batch_losses(model, x, y, smoothing)
-    with torch.enable_grad():
-        p = theta.detach().requires_grad_(True)
-        g = torch.autograd.grad((coef * losses(p)).sum(), p, create_graph=True)[0]
-        hvp = torch.autograd.grad(g, p, grad_outputs=directions, is_grads_batched=True)[0]
-    loss_grads = vmap(grad(lambda q, xi, yi: _batch_losses(model, xi[None], yi[None], smoothing)(
-        q
-    )[0]), in_dims=(None, 0, 0))(theta, x, y)
-    return hvp.detach(), loss_grads
+    hvp = None
+    if directions is not None:
+        with torch.enable_grad():
+            p = theta.detach().requires_grad_(True)
+            g = torch.autograd.grad((coef * losses(p)).sum(), p, create_graph=True)[0]
+            hvp = torch.autograd.grad(g, p, grad_outputs=directions, is_grads_batched=True)[0]
+        hvp = hvp.detach()
+
+    def one_loss(q: torch.Tensor, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return _batch_losses(model, xi[None], yi[None], smoothing)(q)[0]
+
+    return hvp, vmap(grad(one_loss), in_dims=(None, 0, 0))(theta, x, y)
 
 
 def metagradient_self_scores(

@@ -13,6 +13,7 @@ Models: the first ``gradients.models`` by id among those with checkpoints
 * metagradient (no checkpoint: the run is replayed from the model's seed and the recipe):
   ∂u_t/∂w_z, the derivative of the trained margin in z's loss weight through every step
   (``gradients.metagradient``); ``logreg``: the influence function without damping
+* hydra (mlp): the metagradient with the Hessian terms dropped (HyDRA, ``gradients.hydra``)
 
 n and H are each model's own training subset (its mask in ``models/``); every training
 point is scored (a point outside the subset gets the effect of adding it). Scores of several
@@ -23,7 +24,7 @@ weighs checkpoint k by its mean learning rate η_k times the epochs Δe_k since 
 
 Self scores (mislabel detection), per method: influence with u = −loss on the point itself,
 influence_pert ‖∂(−ℓ_z)/∂x_z‖₁, TracIn Σ_k η_k Δe_k‖∇ℓ(z)‖², representer α_{z,y_z}‖f_z‖²,
-TRAK τ(z)_z, metagradient ∂u_z/∂w_z.
+TRAK τ(z)_z, metagradient (and hydra) ∂u_z/∂w_z.
 
 Units: (``scores``, model, target block of ``gradients.targets_per_task``), (``self``,
 model, train block of ``gradients.train_per_task``) and, for TRAK, (``reweight``, model).
@@ -65,8 +66,10 @@ from datamodels.store import Run
 from datamodels.store.checkpoints import load_checkpoint, read_checkpoint_index
 
 GRADIENT_METHODS = (
-    "influence", "influence_pert", "tracin", "representer", "trak", "metagradient"
+    "influence", "influence_pert", "tracin", "representer", "trak", "metagradient", "hydra"
 )
+# methods that replay the training run from its seed instead of reading checkpoints
+REPLAYED = ("metagradient", "hydra")
 # what the metagradient can replay exactly: the batched trainer's MLP, a converged logreg
 METAGRADIENT_ARCHS = ("mlp", "logreg")
 EXECUTION = {
@@ -127,7 +130,7 @@ class GradientStage(Stage):
         super().__init__(config, run)
         self.method, self.name = method, f"estimate-{method}"
         self.checkpoints = (
-            self.find_replayed() if method == "metagradient" else self.find_checkpoints()
+            self.find_replayed() if method in REPLAYED else self.find_checkpoints()
         )
         self.model_ids = sorted(self.checkpoints)
         self.targets = eval_positions(run, config.estimate.targets)
@@ -176,22 +179,23 @@ class GradientStage(Stage):
     def find_replayed(self) -> dict[int, list]:
         """model_id -> [("seed", seed)] of the models the metagradient replays: the first
         ``gradients.models`` of ``checkpoints.plan`` (their saved files are not needed)."""
-        config = self.config
-        if config.model.arch not in METAGRADIENT_ARCHS:
+        config, method = self.config, self.method
+        archs = METAGRADIENT_ARCHS if method == "metagradient" else ("mlp",)
+        if config.model.arch not in archs:
             raise EstimateError(
-                f"metagradient: model.arch={config.model.arch!r} cannot be replayed; it "
-                "differentiates the batched trainer's mlp run (or a converged logreg): use "
+                f"{method}: model.arch={config.model.arch!r} cannot be replayed; it "
+                f"differentiates the batched trainer's SGD run of {' or '.join(archs)}: use "
                 "tracin or trak for this model"
             )
         if config.checkpoints.plan is None:
             raise EstimateError(
-                "metagradient replays the first gradients.models models of checkpoints.plan; "
+                f"{method} replays the first gradients.models models of checkpoints.plan; "
                 "set one, e.g. --set checkpoints.plan=train"
             )
         ids = checkpoint_ids(config, self.planned)[: config.gradients.models]
         if not len(ids):
             raise EstimateError(
-                f"metagradient: plan {config.checkpoints.plan!r} has no models; name a plan of "
+                f"{method}: plan {config.checkpoints.plan!r} has no models; name a plan of "
                 "the config in checkpoints.plan"
             )
         seeds = self.planned.select_ids(ids).seed
@@ -299,7 +303,7 @@ class GradientStage(Stage):
     def compute(self, ctx, unit: Unit, shared=None) -> str:
         kind, model_id, slot, start, stop = unit.payload
         data = self.setup(ctx)
-        if self.method == "metagradient":
+        if self.method in REPLAYED:
             return self.write_part(unit, self.metagradient_values(ctx, data, unit))
         history = self.checkpoints[model_id]
         path = history[-1][2]
@@ -382,7 +386,8 @@ class GradientStage(Stage):
                 ),
             )
             table = metagradient_scores(
-                trajectory, data.train_x, data.train_y, tx, ty, weights
+                trajectory, data.train_x, data.train_y, tx, ty, weights,
+                hessian=self.method == "metagradient",  # hydra: HyDRA drops the Hessian
             )
         if kind == "scores":
             return table

@@ -194,3 +194,24 @@ def test_stage_refuses_an_architecture_it_cannot_replay():
     config = config_from_dict(STAGE_RUN, ["model.arch=resnet9"])
     with pytest.raises(EstimateError, match="model.arch='resnet9' cannot be replayed"):
         GradientStage(config, None, "metagradient")
+
+
+def test_hydra_without_momentum_or_decay_is_the_step_gradient_product(tiny):
+    """HyDRA drops the Hessian: with μ = λ = 0 and one epoch, each point's score is
+    −η_s ∇m_t(θ_S)·∇ℓ_i(θ_s)/c_s at the one step s whose batch holds it."""
+    from datamodels.gradients.grads import per_example_grads
+    from datamodels.gradients.hydra import hydra_scores
+
+    data, config, mask = tiny
+    recipe = config.train.model_copy(update={"momentum": 0.0, "weight_decay": 0.0, "epochs": 1})
+    run = replay_mlp(data.train_x, data.train_y, mask, SEED, config.model, recipe, C)
+    scores = hydra_scores(run, data.train_x, data.train_y, data.eval_x, data.eval_y)
+    target_grads = per_example_grads(run.model, data.eval_x, data.eval_y, "margin")
+    expected = torch.zeros(T, N, dtype=torch.float64)
+    for s, batch in enumerate(run.batches):
+        loss_grads = per_example_grads(
+            run.model, data.train_x[batch], data.train_y[batch], "loss",
+            params=run.iterates[s],
+        )
+        expected[:, batch] = -run.lrs[s] * (target_grads @ loss_grads.T) / len(batch)
+    torch.testing.assert_close(scores, expected, rtol=1e-10, atol=1e-12)

@@ -1,0 +1,148 @@
+"""Metagradients on the digits MLP (configs/digits.yaml's model and recipe): single-model LDS
+per drop fraction and the usual (multi-seed) LDS beside influence and TracIn on the same
+model, and the cost per 100 targets against one training run, in the same process.
+
+    python benchmarks/metagradient.py                      # 100 targets, 20 models a fraction
+    python benchmarks/metagradient.py --targets 50 --count 10 --eval-models 100
+    python benchmarks/metagradient.py --float64   # ground-truth models trained in float64
+
+Single-model setting (Ilyas & Engstrom 2025): one seed, one batch order over the full
+training set; each model drops a random fraction of the points by loss weight 0
+(``train_mlp_batched(example_weights=...)``, what a ``single_model`` plan trains). Every
+estimator scores the full-data model (mask 0 of the plan); TracIn uses its epoch-end
+iterates with each epoch's mean lr. Usual LDS: held-out α = 0.5 subsets, one fresh seed
+each (the ``eval`` plan's setting). Costs: wall seconds on this machine's threads (1 by
+default) and the peak resident memory of the process (``ru_maxrss``) after each step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from datamodels import api  # noqa: E402
+from datamodels.config import config_from_dict, load_config  # noqa: E402
+from datamodels.evaluate.lds import lds, single_model_lds  # noqa: E402
+from datamodels.gradients import Exact, influence_scores, tracin_scores  # noqa: E402
+from datamodels.gradients.metagradient import metagradient_scores, replay_mlp  # noqa: E402
+from datamodels.orchestrate.context import Context  # noqa: E402
+from datamodels.plans import masks_for, plan_models, training_weights  # noqa: E402
+from datamodels.store import Run  # noqa: E402
+from datamodels.train.batched import train_mlp_batched  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DROPS = (0.01, 0.05, 0.1, 0.25, 0.5)
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--targets", type=int, default=100)
+    parser.add_argument("--count", type=int, default=20, help="models per drop fraction")
+    parser.add_argument("--eval-models", type=int, default=100, help="α = 0.5 models, usual LDS")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--float64", action="store_true",
+        help="train the measured models in float64 (no float32 rounding in the ground truth)",
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    plans = [
+        {"name": "single", "kind": "single_model", "count": args.count, "drops": list(DROPS)},
+        {"name": "eval", "alpha": 0.5, "count": args.eval_models},
+    ]
+    base = load_config(ROOT / "configs/digits.yaml").model_dump(mode="json")
+    config = config_from_dict({**base, "plans": plans, "checkpoints": {"plan": "single"}})
+    out = tempfile.mkdtemp(prefix="metagradient_bench_")
+    api.prepare(config, out)
+    data = Context().data(Run(out), config)
+    n, T = data.n_train, min(args.targets, data.n_test)
+    tx, ty = data.eval_x[:T], data.eval_y[:T]
+    planned = plan_models(config, n)
+    masks = masks_for(config, planned, n)
+    single = planned.plan == "single"
+    print(f"digits MLP: n_train {n}, {T} targets, {int(single.sum())} single-model models, "
+          f"{int((~single).sum())} eval models, {args.threads} thread(s)")
+
+    start = time.perf_counter()
+    order, weights = training_weights(config, planned, masks)
+    measured = data
+    if args.float64:
+        measured = dataclasses.replace(
+            data, train_x=data.train_x.double(), eval_x=data.eval_x.double()
+        )
+    margins, *_ = train_mlp_batched(
+        measured, order, planned.seed, config.model, config.train, example_weights=weights
+    )
+    seconds = time.perf_counter() - start
+    print(f"trained {len(masks)} models ({measured.train_x.dtype}) in {seconds:.1f} s")
+    start = time.perf_counter()
+    train_mlp_batched(data, masks[:1], planned.seed[:1], config.model, config.train)
+    one_run = time.perf_counter() - start
+
+    full, seed = masks[single][0], int(planned.seed[single][0])
+    costs, scores = {}, {}
+    start = time.perf_counter()
+    trajectory = replay_mlp(
+        data.train_x, data.train_y, full, seed, config.model, config.train, data.num_classes
+    )
+    replay = time.perf_counter() - start
+    start = time.perf_counter()
+    scores["metagradient"] = metagradient_scores(trajectory, data.train_x, data.train_y, tx, ty)
+    costs["metagradient"] = (time.perf_counter() - start, peak_mb())
+    model = trajectory.model
+    start = time.perf_counter()
+    scores["influence"] = influence_scores(
+        model, data.train_x.double(), data.train_y, tx, ty,
+        solver=Exact(config.gradients.damping),
+    )
+    costs["influence"] = (time.perf_counter() - start, peak_mb())
+    steps = len(trajectory.lrs) // config.train.epochs
+    checkpoints = [
+        (
+            trajectory.iterates[e * steps] if e < config.train.epochs else trajectory.final,
+            float(np.mean(trajectory.lrs[(e - 1) * steps : e * steps])),
+        )
+        for e in range(1, config.train.epochs + 1)
+    ]
+    start = time.perf_counter()
+    scores["tracin"] = tracin_scores(
+        model, checkpoints, data.train_x.double(), data.train_y, tx, ty, utility="margin"
+    )
+    costs["tracin"] = (time.perf_counter() - start, peak_mb())
+
+    eval_rows = ~single
+    print(f"\none training run (float32 trainer): {one_run:.2f} s; metagradient replay "
+          f"(float64, iterates kept: {trajectory.iterates.numel() * 8 / 2**20:.0f} MB): "
+          f"{replay:.2f} s")
+    header = " ".join(f"{f'single {d:g}':>11}" for d in DROPS)
+    print(f"{'method':<14}{header} {'usual LDS':>10} {'s/100 tgt':>10} {'x 1 run':>8} "
+          f"{'peak MB':>8}")
+    for method, table in scores.items():
+        table = table.double().cpu().numpy()
+        single_lds = single_model_lds(table, masks[single], margins[single][:, :T], DROPS)
+        usual = lds(table, masks[eval_rows], margins[eval_rows][:, :T]).value
+        seconds, peak = costs[method]
+        per_100 = seconds * 100 / T
+        extra = replay * 100 / T if method == "metagradient" else 0.0
+        cells = " ".join(f"{single_lds[d].value:>11.3f}" for d in DROPS)
+        print(f"{method:<14}{cells} {usual:>10.3f} {per_100 + extra:>10.2f} "
+              f"{(per_100 + extra) / one_run:>8.1f} {peak:>8.0f}")
+
+
+if __name__ == "__main__":
+    main()
