@@ -1,10 +1,11 @@
 """Metagradients on the digits MLP (configs/digits.yaml's model and recipe): single-model LDS
-per drop fraction and the usual (multi-seed) LDS beside influence and TracIn on the same
-model, and the cost per 100 targets against one training run, in the same process.
+per drop fraction and the usual (multi-seed) LDS beside HyDRA, influence and TracIn on the
+same model, and the cost per 100 targets against one training run, in the same process.
 
     python benchmarks/metagradient.py                      # 100 targets, 20 models a fraction
     python benchmarks/metagradient.py --targets 50 --count 10 --eval-models 100
     python benchmarks/metagradient.py --float64   # ground-truth models trained in float64
+    python benchmarks/metagradient.py --set train.lr=0.02   # a smoother run
 
 Single-model setting (Ilyas & Engstrom 2025): one seed, one batch order over the full
 training set; each model drops a random fraction of the points by loss weight 0
@@ -34,6 +35,7 @@ from datamodels import api  # noqa: E402
 from datamodels.config import config_from_dict, load_config  # noqa: E402
 from datamodels.evaluate.lds import lds, single_model_lds  # noqa: E402
 from datamodels.gradients import Exact, influence_scores, tracin_scores  # noqa: E402
+from datamodels.gradients.hydra import hydra_scores  # noqa: E402
 from datamodels.gradients.metagradient import metagradient_scores, replay_mlp  # noqa: E402
 from datamodels.orchestrate.context import Context  # noqa: E402
 from datamodels.plans import masks_for, plan_models, training_weights  # noqa: E402
@@ -54,6 +56,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20, help="models per drop fraction")
     parser.add_argument("--eval-models", type=int, default=100, help="α = 0.5 models, usual LDS")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], help="override, e.g. train.lr=0.02")
     parser.add_argument(
         "--float64", action="store_true",
         help="train the measured models in float64 (no float32 rounding in the ground truth)",
@@ -66,7 +69,9 @@ def main() -> None:
         {"name": "eval", "alpha": 0.5, "count": args.eval_models},
     ]
     base = load_config(ROOT / "configs/digits.yaml").model_dump(mode="json")
-    config = config_from_dict({**base, "plans": plans, "checkpoints": {"plan": "single"}})
+    config = config_from_dict(
+        {**base, "plans": plans, "checkpoints": {"plan": "single"}}, args.set
+    )
     out = tempfile.mkdtemp(prefix="metagradient_bench_")
     api.prepare(config, out)
     data = Context().data(Run(out), config)
@@ -104,6 +109,9 @@ def main() -> None:
     start = time.perf_counter()
     scores["metagradient"] = metagradient_scores(trajectory, data.train_x, data.train_y, tx, ty)
     costs["metagradient"] = (time.perf_counter() - start, peak_mb())
+    start = time.perf_counter()
+    scores["hydra"] = hydra_scores(trajectory, data.train_x, data.train_y, tx, ty)
+    costs["hydra"] = (time.perf_counter() - start, peak_mb())
     model = trajectory.model
     start = time.perf_counter()
     scores["influence"] = influence_scores(
@@ -138,7 +146,7 @@ def main() -> None:
         usual = lds(table, masks[eval_rows], margins[eval_rows][:, :T]).value
         seconds, peak = costs[method]
         per_100 = seconds * 100 / T
-        extra = replay * 100 / T if method == "metagradient" else 0.0
+        extra = replay * 100 / T if method in ("metagradient", "hydra") else 0.0
         cells = " ".join(f"{single_lds[d].value:>11.3f}" for d in DROPS)
         print(f"{method:<14}{cells} {usual:>10.3f} {per_100 + extra:>10.2f} "
               f"{(per_100 + extra) / one_run:>8.1f} {peak:>8.0f}")
