@@ -161,7 +161,8 @@ def _leakage(run: Run, method: str, k: int) -> str:
         if pairs.empty:
             body.append(
                 _note(
-                    f"no {name} ranking: the run has no train-split datamodels (dataset.eval_train)"
+                    f"no {name} ranking: the run has no datamodels of the train split; fit "
+                    "them with --set fit.targets=all (needs dataset.eval_train)"
                 )
             )
             continue
