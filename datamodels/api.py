@@ -290,6 +290,11 @@ def attack(
     )
 
 
+# Run only when named (``estimate -m``): each costs hundreds of training runs per target
+# block (README "Metagradients and the single-model LDS").
+ON_REQUEST = ("metagradient", "hydra")
+
+
 def methods() -> tuple[str, ...]:
     """Every estimator name ``estimate`` accepts."""
     from datamodels.stages.estimate import METHODS
@@ -309,7 +314,8 @@ def estimate_many(
     executor: Any = None,
 ) -> dict:
     """Named estimators (their errors are the caller's), or every one whose models or
-    checkpoints the run has (the others are skipped with a line on ``console``).
+    checkpoints the run has except those ``ON_REQUEST`` (the others are skipped with a line
+    on ``console``).
     ``report(name, written, seconds)`` is called after each. Returns name -> rows written."""
     import time
 
@@ -322,7 +328,7 @@ def estimate_many(
 
     console = console or log_console()
     results = {}
-    for name in names or methods():
+    for name in names or [m for m in methods() if m not in ON_REQUEST]:
         start = time.perf_counter()
         try:
             results[name] = estimate(config, run, name, address, executor, show_progress, console)

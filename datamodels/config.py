@@ -420,6 +420,17 @@ class Config(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _single_model_needs_mlp(self) -> Config:
+        single = [p.name for p in self.plans if p.kind == "single_model"]
+        if single and (self.model.arch != "mlp" or self.resources.trainer != "batched"):
+            raise ValueError(
+                f"plans {', '.join(single)}: single_model plans (per-example loss weights) "
+                "train with the batched mlp trainer only (model.arch: mlp, "
+                f"resources.trainer: batched); this config has model.arch={self.model.arch!r}"
+            )
+        return self
+
     def plan(self, name: str) -> PlanConfig:
         for p in self.plans:
             if p.name == name:

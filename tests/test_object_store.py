@@ -61,7 +61,7 @@ MODEL_COLUMNS = {
 }
 SCORED = (
     "datamodels", "downsampling", "banzhaf", "knn_shapley",
-    "influence", "influence_pert", "tracin", "representer", "trak", "metagradient", "hydra",
+    "influence", "influence_pert", "tracin", "representer", "trak",
 )  # fmt: skip
 
 

@@ -141,3 +141,60 @@ def test_evaluate_reports_single_model_lds_per_fraction(tmp_path):
     table = evaluate(config, uri)
     metrics = set(table.loc[table["method"] == "downsampling", "metric"])
     assert {"lds", "lds_single_0.1", "lds_single_0.5"} <= metrics
+
+
+def test_the_driver_trains_single_model_plans_with_weights(tmp_path):
+    """Through ``train``: every single_model model is the full set's run with its dropped
+    points weighted 0 (what the metagradient differentiates), its mask the kept set."""
+    from datamodels.api import train
+    from datamodels.orchestrate.context import Context
+    from datamodels.orchestrate.executor import SerialExecutor
+    from datamodels.store import Run
+
+    config = config_from_dict(
+        {
+            "dataset": {"name": "digits", "limit_train": 60, "limit_test": 10},
+            "model": {"arch": "mlp", "hidden": 4},
+            "train": {"epochs": 2, "batch_size": 16},
+            "plans": [
+                {"name": "single", "kind": "single_model", "count": 2, "drops": [0.1, 0.5]}
+            ],
+            "resources": {"models_per_task": 3},
+        }
+    )
+    uri = str(tmp_path / "run")
+    train(config, uri, executor=SerialExecutor(), show_progress=False)
+    run = Run(uri)
+    data = Context().data(run, config)
+    planned = plan_models(config, data.n_train)
+    masks = masks_for(config, planned, data.n_train)
+    order, weights = training_weights(config, planned, masks)
+    expected, *_ = train_mlp_batched(
+        data, order, planned.seed, config.model, config.train, example_weights=weights
+    )
+    order_of = np.argsort(run.model_ids())
+    assert np.array_equal(run.model_ids()[order_of], np.sort(planned.model_id))
+    rows = order_of[np.searchsorted(run.model_ids()[order_of], planned.model_id)]
+    np.testing.assert_array_equal(run.masks()[rows], masks)
+    np.testing.assert_allclose(run.margins()[rows], expected, atol=1e-5)
+    # not the models trained on the kept subsets alone
+    alone, *_ = train_mlp_batched(data, masks, planned.seed, config.model, config.train)
+    assert np.abs(alone[1:] - expected[1:]).max() > 1e-3
+
+
+def test_single_model_plans_need_the_batched_mlp_trainer():
+    from datamodels.train.api import train_batch
+
+    with pytest.raises(ConfigError, match="single_model plans .* batched mlp trainer only"):
+        config_from_dict({
+            "model": {"arch": "logreg"},
+            "plans": [{"name": "s", "kind": "single_model", "count": 2, "drops": [0.1]}],
+        })
+    config = config_from_dict({"model": {"arch": "logreg"}})
+    data = TrainData(
+        torch.zeros(4, 2), torch.tensor([0, 1, 0, 1]), torch.zeros(2, 2), torch.tensor([0, 1]),
+        2, 2, np.arange(4), "", torch.zeros(1, 2), torch.ones(1, 2),
+    )
+    with pytest.raises(ConfigError, match="single_model plans .* batched mlp trainer only"):
+        train_batch(np.ones((1, 4), bool), np.array([0]), data, config,
+                    example_weights=np.ones((1, 4)))

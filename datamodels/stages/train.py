@@ -38,6 +38,7 @@ from datamodels.plans import (
     plan_models,
     tmc_walk,
     tmc_walk_state,
+    training_weights,
 )
 from datamodels.stages.base import Stage, TaskResources, Unit
 from datamodels.stages.status import check_writable
@@ -436,8 +437,12 @@ class TrainStage(Stage):
             else None
         )
         masks = masks_for(self.config, planned, data.n_train)
+        # single_model plans: batches from the full set, dropped points weighted 0; the
+        # stored mask stays the kept set
+        order, weights = training_weights(self.config, planned, masks)
         outcome = train_batch(
-            masks, planned.seed, data, self.config, loader=self.loader, checkpoints=request
+            order, planned.seed, data, self.config, loader=self.loader, checkpoints=request,
+            example_weights=weights,
         )
         keep = [s for s in outcome.snapshots if not outcome.failed[s.row]]
         if keep:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from datamodels.config import Config
+from datamodels.errors import ConfigError
 from datamodels.train.batched import train_logreg_batched, train_mlp_batched
 from datamodels.train.data import TrainData
 from datamodels.train.grouped import train_fastnet
@@ -63,9 +64,12 @@ def uses_batched_path(config: Config, loader: str) -> bool:
 def train_batch(
     masks: np.ndarray, seeds: np.ndarray, data: TrainData, config: Config,
     loader: str = "resident", checkpoints: CheckpointRequest | None = None,
+    example_weights: np.ndarray | None = None,
 ) -> TrainOutcome:
     """masks: bool[K, n_train], seeds: int64[K] -> ``TrainOutcome`` (margins float32[K, n_eval];
-    ``snapshots`` of the models in ``checkpoints.rows`` after the requested epochs)."""
+    ``snapshots`` of the models in ``checkpoints.rows`` after the requested epochs).
+    ``example_weights`` float[K, n_train] (``single_model`` plans): each model's loss weights,
+    its batches drawn from ``masks``; only the batched ``mlp`` trainer takes them."""
     masks = np.asarray(masks, dtype=bool)
     seeds = np.asarray(seeds, dtype=np.int64)
     if masks.ndim != 2 or masks.shape[1] != data.n_train or len(seeds) != len(masks):
@@ -75,7 +79,7 @@ def train_batch(
         )
     start = time.perf_counter()
     with recording(config.train.output):
-        trained = _dispatch(masks, seeds, data, config, loader, checkpoints)
+        trained = _dispatch(masks, seeds, data, config, loader, checkpoints, example_weights)
     margins, loss, accuracy, snapshots = trained
     per_model = (time.perf_counter() - start) / max(len(seeds), 1)
     seconds = np.full(len(seeds), per_model, dtype=np.float32)
@@ -85,9 +89,20 @@ def train_batch(
 
 def _dispatch(
     masks: np.ndarray, seeds: np.ndarray, data: TrainData, config: Config, loader: str,
-    checkpoints: CheckpointRequest | None,
+    checkpoints: CheckpointRequest | None, example_weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Snapshot]]:
     """The trainer for this config (the module docstring's rules)."""
+    if example_weights is not None:
+        if not uses_batched_path(config, loader) or config.model.arch != "mlp":
+            raise ConfigError(
+                "single_model plans (per-example loss weights) train with the batched mlp "
+                f"trainer only; this config uses model.arch={config.model.arch!r}, "
+                f"resources.trainer={config.resources.trainer!r}, loader {loader!r}"
+            )
+        return train_mlp_batched(
+            data, masks, seeds, config.model, config.train, checkpoints,
+            example_weights=example_weights,
+        )
     if config.model.arch == "null":  # pseudo-margins from the sizes alone (train/null.py)
         from datamodels.train.null import train_null
 
