@@ -1,6 +1,8 @@
 """Metagradients on the digits MLP (configs/digits.yaml's model and recipe): single-model LDS
-per drop fraction and the usual (multi-seed) LDS beside HyDRA, influence and TracIn on the
-same model, and the cost per 100 targets against one training run, in the same process.
+per drop fraction and the usual (multi-seed) LDS beside HyDRA, influence, TracIn and TRAK on
+the same model and datamodels fitted on ``--train-models`` α = ½ models, and the cost per 100
+targets against one training run (for datamodels: training its models plus the fit), in the
+same process.
 
     python benchmarks/metagradient.py                      # 100 targets, 20 models a fraction
     python benchmarks/metagradient.py --targets 50 --count 10 --eval-models 100
@@ -37,8 +39,10 @@ from datamodels.evaluate.lds import lds, single_model_lds  # noqa: E402
 from datamodels.gradients import Exact, influence_scores, tracin_scores  # noqa: E402
 from datamodels.gradients.hydra import hydra_scores  # noqa: E402
 from datamodels.gradients.metagradient import metagradient_scores, replay_mlp  # noqa: E402
+from datamodels.gradients.trak import trak_scores  # noqa: E402
 from datamodels.orchestrate.context import Context  # noqa: E402
 from datamodels.plans import masks_for, plan_models, training_weights  # noqa: E402
+from datamodels.regress import lasso_select, split_rows  # noqa: E402
 from datamodels.store import Run  # noqa: E402
 from datamodels.train.batched import train_mlp_batched  # noqa: E402
 
@@ -55,6 +59,9 @@ def main() -> None:
     parser.add_argument("--targets", type=int, default=100)
     parser.add_argument("--count", type=int, default=20, help="models per drop fraction")
     parser.add_argument("--eval-models", type=int, default=100, help="α = 0.5 models, usual LDS")
+    parser.add_argument(
+        "--train-models", type=int, default=2000, help="α = 0.5 models the datamodels are fit on"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], help="override, e.g. train.lr=0.02")
     parser.add_argument(
@@ -67,6 +74,7 @@ def main() -> None:
     plans = [
         {"name": "single", "kind": "single_model", "count": args.count, "drops": list(DROPS)},
         {"name": "eval", "alpha": 0.5, "count": args.eval_models},
+        {"name": "train", "alpha": 0.5, "count": args.train_models},
     ]
     base = load_config(ROOT / "configs/digits.yaml").model_dump(mode="json")
     config = config_from_dict(
@@ -80,8 +88,10 @@ def main() -> None:
     planned = plan_models(config, n)
     masks = masks_for(config, planned, n)
     single = planned.plan == "single"
+    eval_rows, train_rows = planned.plan == "eval", planned.plan == "train"
     print(f"digits MLP: n_train {n}, {T} targets, {int(single.sum())} single-model models, "
-          f"{int((~single).sum())} eval models, {args.threads} thread(s)")
+          f"{int(eval_rows.sum())} eval models, {int(train_rows.sum())} models for the "
+          f"datamodels, {args.threads} thread(s)")
 
     start = time.perf_counter()
     order, weights = training_weights(config, planned, masks)
@@ -132,8 +142,20 @@ def main() -> None:
         model, checkpoints, data.train_x.double(), data.train_y, tx, ty, utility="margin"
     )
     costs["tracin"] = (time.perf_counter() - start, peak_mb())
-
-    eval_rows = ~single
+    start = time.perf_counter()
+    scores["trak"] = trak_scores(
+        [model], data.train_x.double(), data.train_y, tx, ty,
+        proj_dim=config.gradients.proj_dim, seed=config.seed,
+    )
+    costs["trak"] = (time.perf_counter() - start, peak_mb())
+    # datamodels: fitted on the α = ½ models (their training is the cost, counted below)
+    start = time.perf_counter()
+    split = split_rows(int(train_rows.sum()), 0.1, 0)
+    fit = lasso_select(masks[train_rows], margins[train_rows][:, :T], split)
+    scores["datamodels"] = torch.from_numpy(fit.weights)
+    fit_seconds = time.perf_counter() - start
+    # its cost for these targets: training its models (one run each) plus the fit
+    costs["datamodels"] = (fit_seconds + one_run * int(train_rows.sum()), peak_mb())
     print(f"\none training run (float32 trainer): {one_run:.2f} s; metagradient replay "
           f"(float64, iterates kept: {trajectory.iterates.numel() * 8 / 2**20:.0f} MB): "
           f"{replay:.2f} s")
