@@ -15,9 +15,10 @@ import io
 import numpy as np
 import pandas as pd
 
+from datamodels.config import FitConfig
 from datamodels.errors import FitError
 from datamodels.orchestrate.context import resolve_device
-from datamodels.regress.lasso import lasso_select, split_rows
+from datamodels.regress.lasso import LassoSelection, lasso_select, split_rows
 from datamodels.stages.base import Stage, Unit
 from datamodels.store import TARGETS_PATH, TARGETS_SCHEMA, WEIGHTS_PATH, WEIGHTS_SCHEMA, Run
 
@@ -31,6 +32,27 @@ def eval_positions(run: Run, which: str) -> np.ndarray:
     if which != "all":
         chosen = chosen[chosen["split"] == which]
     return np.sort(chosen["eval_position"].to_numpy(np.int64))
+
+
+def min_models(fit: FitConfig) -> int:
+    """The fewest models a fit needs: at least two validation rows at ``fit.val_fraction``."""
+    return int(np.ceil(2 / fit.val_fraction)) + 2
+
+
+def fit_datamodels(masks: np.ndarray, margins: np.ndarray, fit: FitConfig) -> LassoSelection:
+    """The fit stage's regression on any table of models: masks bool[m, n], margins
+    float[m, T] -> one LASSO datamodel per column, λ chosen on the seeded validation fraction
+    of the rows (``fit.val_fraction``, ``fit.split_seed``) and refit on all rows."""
+    return lasso_select(
+        masks,
+        margins,
+        split_rows(len(masks), fit.val_fraction, fit.split_seed),
+        n_lambdas=fit.n_lambdas,
+        eps=fit.eps,
+        patience=fit.patience,
+        tol=fit.tol,
+        device=resolve_device(fit.device),
+    )
 
 
 class FitStage(Stage):
@@ -50,7 +72,7 @@ class FitStage(Stage):
 
     def units(self) -> list[Unit]:
         fit = self.config.fit
-        m, needed = len(self.run.model_ids(plan=fit.plan)), int(np.ceil(2 / fit.val_fraction)) + 2
+        m, needed = len(self.run.model_ids(plan=fit.plan)), min_models(fit)
         if m < needed:
             raise FitError(
                 f"fit needs at least {needed} models in plan '{fit.plan}' (validation fraction "
@@ -71,31 +93,19 @@ class FitStage(Stage):
             for start in range(0, len(targets), block)
         ]
 
-    def table(self, ctx) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
-        """(masks, margins, (train rows, validation rows)) of the fitting plan, read once."""
+    def table(self, ctx) -> tuple[np.ndarray, np.ndarray]:
+        """(masks, margins) of the fitting plan, read once."""
 
         def read():
-            fit = self.config.fit
-            masks, margins = self.run.masks_and_margins(plan=fit.plan)
-            return masks, margins, split_rows(len(masks), fit.val_fraction, fit.split_seed)
+            return self.run.masks_and_margins(plan=self.config.fit.plan)
 
         return ctx.cached(("models", self.run.uri, self.config.fit.plan, self.digest), read)
 
     def compute(self, ctx, unit: Unit, shared=None) -> None:
-        masks, margins, rows = self.table(ctx)
+        masks, margins = self.table(ctx)
         start, stop = unit.payload
         block_targets = self.targets()[start:stop]
-        fit = self.config.fit
-        selection = lasso_select(
-            masks,
-            margins[:, block_targets],
-            rows,
-            n_lambdas=fit.n_lambdas,
-            eps=fit.eps,
-            patience=fit.patience,
-            tol=fit.tol,
-            device=resolve_device(fit.device),
-        )
+        selection = fit_datamodels(masks, margins[:, block_targets], self.config.fit)
         weights = np.asarray(selection.weights, dtype=np.float32)
         nz_rows, cols = np.nonzero(weights)
         frame = pd.DataFrame(
