@@ -290,6 +290,52 @@ def attack(
     )
 
 
+def alpha_effect(
+    run: str | Run,
+    k: int = 10,
+    holdout: float = 0.2,
+    models_per_level: int | None = None,
+) -> pd.DataFrame:
+    """The effect of subset size α (`datamodels.applications.alpha_effect`): datamodels per
+    α level of the run, written to ``applications/alpha_effect.parquet``; returns the table."""
+    from datamodels.applications.alpha_effect import alpha_effect_from_run
+    from datamodels.errors import FitError
+    from datamodels.store.lock import writer
+    from datamodels.store.schemas import ALPHA_EFFECT_PATH, ALPHA_EFFECT_SCHEMA
+
+    run = run if isinstance(run, Run) else Run(str(run))
+    with writer(run.fs):
+        frame = alpha_effect_from_run(run, k=k, holdout=holdout, models_per_level=models_per_level)
+        if frame is None:
+            raise FitError(
+                f"alpha-effect: {run.uri} has no models at two or more subset sizes; add an "
+                "alpha_grid plan (kind: alpha_grid, levels: 4, count: 200) or alpha plans at "
+                "several alpha, and train them"
+            )
+        run.write_table(ALPHA_EFFECT_PATH, frame, ALPHA_EFFECT_SCHEMA)
+    return frame
+
+
+def lds_curve(run: str | Run, counts: tuple[int, ...] | None = None) -> pd.DataFrame:
+    """LDS against the number of models (`datamodels.applications.alpha_effect.lds_curve`),
+    written to ``applications/lds_curve.parquet``; returns the table."""
+    from datamodels.applications.alpha_effect import DEFAULT_COUNTS, lds_curve_from_run
+    from datamodels.errors import EvaluateError
+    from datamodels.store.lock import writer
+    from datamodels.store.schemas import LDS_CURVE_PATH, LDS_CURVE_SCHEMA
+
+    run = run if isinstance(run, Run) else Run(str(run))
+    with writer(run.fs):
+        frame = lds_curve_from_run(run, tuple(counts or DEFAULT_COUNTS))
+        if frame is None:
+            raise EvaluateError(
+                f"lds-curve: {run.uri} needs trained models in its fitting plan (fit.plan) "
+                "and at least 3 in its evaluation plan (evaluate.plan); train them first"
+            )
+        run.write_table(LDS_CURVE_PATH, frame, LDS_CURVE_SCHEMA)
+    return frame
+
+
 # Run only when named (``estimate -m``): each costs hundreds of training runs per target
 # block (README "Metagradients and the single-model LDS").
 ON_REQUEST = ("metagradient", "hydra")

@@ -421,6 +421,58 @@ def report(
     out_console.print(f"report: {path}", highlight=False, soft_wrap=True)
 
 
+@app.command("alpha-effect")
+@user_errors
+def alpha_effect(
+    run: RunArg,
+    k: Annotated[int, typer.Option("--k", help="top-k helpful examples compared")] = 10,
+    holdout: Annotated[
+        float, typer.Option("--holdout", help="fraction of each level held out for its LDS")
+    ] = 0.2,
+    models_per_level: Annotated[
+        int | None, typer.Option("--models-per-level", help="default: the smallest level's")
+    ] = None,
+) -> None:
+    """Datamodels per subset size α (alpha_grid levels, alpha plans): LDS and top-k overlap
+    with the largest α -> applications/alpha_effect.parquet."""
+    import pandas as pd
+
+    from datamodels import api
+    from datamodels.applications.alpha_effect import alpha_effect_summary
+
+    frame = api.alpha_effect(_existing_run(run), k=k, holdout=holdout,
+                             models_per_level=models_per_level)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(alpha_effect_summary(frame).to_string(index=False, float_format="{:.3f}".format))
+    out_console.print(f"alpha-effect: {run}/applications/alpha_effect.parquet", highlight=False,
+                      soft_wrap=True)
+
+
+@app.command("lds-curve")
+@user_errors
+def lds_curve(
+    run: RunArg,
+    counts: Annotated[
+        str, typer.Option("--counts", help="model counts, comma-separated (capped by the plan)")
+    ] = "100,200,500,1000,2000",
+) -> None:
+    """LDS of datamodels fitted on the first m models of the fitting plan, for m on a grid
+    (LDS on the evaluation plan) -> applications/lds_curve.parquet."""
+    from datamodels import api
+    from datamodels.errors import ConfigError
+
+    try:
+        grid = tuple(int(c) for c in counts.split(",") if c.strip())
+    except ValueError:
+        raise ConfigError(
+            f"--counts: {counts!r} is not a comma-separated list of integers, e.g. 100,500"
+        ) from None
+    frame = api.lds_curve(_existing_run(run), grid)
+    print(frame.to_string(index=False, float_format="{:.4f}".format))
+    out_console.print(f"lds-curve: {run}/applications/lds_curve.parquet", highlight=False,
+                      soft_wrap=True)
+
+
 @app.command()
 @user_errors
 def query(

@@ -5,6 +5,8 @@
 * `embeddings`    test targets embedded by their weight vectors: principal components,
                   spectral clusters, the examples at each extreme;
 * `loo_agreement` each method's correlation with actual leave-one-out retraining;
+* `alpha_effect`  datamodels per subset size α (top-k overlap and LDS per α), and LDS
+                  against the number of models (`lds_curve`);
 * `brittleness`   per target, the smallest number of most-helpful training points whose
                   removal flips the prediction according to the datamodel (predicted only).
 
@@ -12,6 +14,13 @@ Each module has array-level functions (known answers in tests/test_applications.
 ``*_from_run`` helper that reads a `Run` (the run directory's public tables) and calls them.
 """
 
+from datamodels.applications.alpha_effect import (
+    alpha_effect,
+    alpha_effect_from_run,
+    alpha_effect_summary,
+    lds_curve,
+    lds_curve_from_run,
+)
 from datamodels.applications.brittleness import (
     BrittlenessResult,
     brittleness,
@@ -38,6 +47,11 @@ from datamodels.applications.tables import split_scores
 
 __all__ = [
     "BrittlenessResult",
+    "alpha_effect",
+    "alpha_effect_from_run",
+    "alpha_effect_summary",
+    "lds_curve",
+    "lds_curve_from_run",
     "Embedding",
     "brittleness",
     "brittleness_from_run",

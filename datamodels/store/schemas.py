@@ -11,6 +11,8 @@ names and types are the public contract that notebooks, SQL and outside checks r
 ``datamodels/targets.parquet`` `TARGETS_SCHEMA`
 ``scores/<method>.parquet``    `scores_schema` (n_train)
 ``evaluation.parquet``         `EVALUATION_SCHEMA`
+``applications/alpha_effect``  `ALPHA_EFFECT_SCHEMA` (``.parquet``)
+``applications/lds_curve``     `LDS_CURVE_SCHEMA` (``.parquet``)
 =============================  ==============================================================
 
 Checks compare column names and types; nullability and list item names are not compared (a
@@ -115,6 +117,45 @@ EVALUATION_SCHEMA = pa.schema(
         _field("value", pa.float64(), nullable=True),
         _field("n_targets", pa.int64(), nullable=True),
         _field("details", pa.string(), nullable=True),
+    ],
+    metadata=_metadata(),
+)
+
+
+# The effect of subset size (datamodels.applications.alpha_effect): one row per (α level,
+# target). A level is one α of an ``alpha_grid`` plan or one ``alpha`` plan; ``n_models``
+# fitted the level's datamodels, ``n_heldout`` other models of the level measured
+# ``lds_level``; the reference level is the largest α.
+ALPHA_EFFECT_SCHEMA = pa.schema(
+    [
+        _field("plan", pa.string()),
+        _field("alpha", pa.float64()),
+        _field("target", pa.int64()),
+        _field("n_models", pa.int64()),
+        _field("n_heldout", pa.int64()),
+        _field("k", pa.int64()),
+        _field("top_helpful", pa.list_(pa.int64())),
+        _field("top_overlap", pa.float64(), nullable=True),
+        _field("sign_agreement", pa.float64(), nullable=True),
+        _field("weight_correlation", pa.float64(), nullable=True),
+        _field("l1", pa.float64()),
+        _field("nnz", pa.int64()),
+        _field("lds_level", pa.float64(), nullable=True),
+        _field("lds_eval", pa.float64(), nullable=True),
+    ],
+    metadata=_metadata(),
+)
+
+# LDS against the number of models (datamodels.applications.alpha_effect.lds_curve): one row
+# per model count m: datamodels fitted on the first m models of the fitting plan, LDS on the
+# held-out plan ``plan``.
+LDS_CURVE_SCHEMA = pa.schema(
+    [
+        _field("n_models", pa.int64()),
+        _field("lds", pa.float64(), nullable=True),
+        _field("stderr", pa.float64(), nullable=True),
+        _field("n_targets", pa.int64()),
+        _field("plan", pa.string()),
     ],
     metadata=_metadata(),
 )
@@ -258,3 +299,5 @@ EVALUATION_PATH = "evaluation.parquet"
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_INDEX_DIR = "checkpoints/index"
 ATTACKS_DIR = "attacks"
+ALPHA_EFFECT_PATH = "applications/alpha_effect.parquet"
+LDS_CURVE_PATH = "applications/lds_curve.parquet"

@@ -1,0 +1,166 @@
+"""The effect of subset size α and LDS against the number of models
+(`datamodels.applications.alpha_effect`): known answers on generated linear data (margins =
+masks · w + noise), held-out-only LDS per level, and the tables a small run writes."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+import datamodels as dm
+from datamodels.applications.alpha_effect import (
+    Level,
+    alpha_effect,
+    alpha_effect_summary,
+    lds_curve,
+)
+from datamodels.config import FitConfig
+from datamodels.errors import DatamodelsError
+from datamodels.evaluate.lds import lds
+from datamodels.regress.lasso import split_rows
+from datamodels.store.schemas import ALPHA_EFFECT_SCHEMA, LDS_CURVE_SCHEMA
+from tests.test_report import report_run  # noqa: F401 - the session fixture, built once
+
+# the module (the package re-exports a function under the same name)
+module = importlib.import_module("datamodels.applications.alpha_effect")
+N_TRAIN, N_TARGETS = 40, 4
+FIT = FitConfig(n_lambdas=12, eps=1e-2, device="cpu")
+
+
+def _truth(seed: int = 0) -> np.ndarray:
+    """float[n_train, T]: sparse true weights, 6 non-zeros per target."""
+    rng = np.random.default_rng(seed)
+    w = np.zeros((N_TRAIN, N_TARGETS))
+    for t in range(N_TARGETS):
+        w[rng.choice(N_TRAIN, 6, replace=False), t] = rng.normal(0, 1, 6)
+    return w
+
+
+def _models(w: np.ndarray, m: int, alpha: float, noise: float, seed: int):
+    rng = np.random.default_rng(seed)
+    masks = rng.random((m, N_TRAIN)) < alpha
+    return masks, masks @ w + rng.normal(0, noise, (m, N_TARGETS))
+
+
+def test_lds_curve_rises_with_models_to_the_true_weights_lds():
+    """On margins = M·w + noise the curve rises with m and ends near the LDS of w itself
+    (the best any linear datamodel can do on those noisy held-out margins)."""
+    w = _truth()
+    masks, margins = _models(w, 1200, 0.5, noise=1.0, seed=1)
+    eval_masks, eval_margins = _models(w, 300, 0.5, noise=1.0, seed=2)
+    curve = lds_curve(masks, margins, eval_masks, eval_margins, FIT, counts=(30, 100, 300))
+    assert curve["n_models"].tolist() == [30, 100, 300, 1200]  # ends at every model
+    values = curve["lds"].to_numpy()
+    assert np.all(np.diff(values) > -0.01) and values[-1] - values[0] > 0.1
+    best = lds(w.T, eval_masks, eval_margins).value
+    assert values[-1] == pytest.approx(best, abs=0.03) and values[0] < best - 0.1
+    assert (curve["n_targets"] == N_TARGETS).all() and (curve["stderr"] > 0).all()
+
+
+def test_lds_curve_refuses_too_few_models():
+    w = _truth()
+    masks, margins = _models(w, 10, 0.5, noise=0.1, seed=1)
+    with pytest.raises(DatamodelsError, match="at least 22"):
+        lds_curve(masks, margins, masks, margins, FIT)
+
+
+def test_alpha_effect_table_shape_and_reference_level():
+    w = _truth()
+    levels = [
+        Level("grid", a, *_models(w, 90 + 10 * i, a, noise=0.3, seed=i))
+        for i, a in enumerate((0.9, 0.2, 0.5))
+    ]
+    eval_set = _models(w, 40, 0.5, noise=0.3, seed=9)
+    targets = np.array([3, 0, 2], dtype=np.int64)  # any columns, any order
+    frame = alpha_effect(levels, targets, FIT, eval_set, k=5, holdout=0.25)
+    assert list(frame.columns) == ALPHA_EFFECT_SCHEMA.names
+    assert len(frame) == 3 * len(targets)
+    assert frame["alpha"].tolist() == [0.2] * 3 + [0.5] * 3 + [0.9] * 3  # sorted by α
+    assert frame["target"].tolist() == targets.tolist() * 3
+    # every level uses the smallest level's 90 models: 68 fitted, 22 held out
+    assert set(frame["n_models"]) == {68} and set(frame["n_heldout"]) == {22}
+    reference = frame[frame["alpha"] == 0.9]
+    assert (reference["top_overlap"] == 1).all() and (reference["weight_correlation"] == 1).all()
+    assert all(len(top) <= 5 for top in frame["top_helpful"])
+    # on noise 0.3 every level recovers the true top helpful examples well
+    assert (frame["lds_eval"] > 0.5).all() and frame["top_overlap"].mean() > 0.6
+    summary = alpha_effect_summary(frame)
+    assert summary["alpha"].tolist() == [0.2, 0.5, 0.9] and (summary["n_targets"] == 3).all()
+
+
+def test_alpha_effect_lds_uses_held_out_models_only(monkeypatch):
+    """The level's held-out rows (``split_rows(m, holdout, seed)[1]``) get pure-noise margins:
+    a datamodel scored on them has LDS near 0, and the fit never sees them."""
+    w, m, holdout = _truth(), 200, 0.25
+    fitted_rows, held_rows = split_rows(m, holdout, 0)
+    levels = []
+    for i, a in enumerate((0.3, 0.7)):
+        masks, margins = _models(w, m, a, noise=0.2, seed=i)
+        margins[held_rows] = np.random.default_rng(10 + i).normal(0, 5, (len(held_rows), 4))
+        levels.append(Level("grid", a, masks, margins))
+    seen = []
+    real = module.fit_datamodels
+
+    def spy(masks, margins, fit):
+        seen.append(masks.copy())
+        return real(masks, margins, fit)
+
+    monkeypatch.setattr(module, "fit_datamodels", spy)
+    eval_set = _models(w, 60, 0.5, noise=0.2, seed=7)
+    frame = alpha_effect(levels, np.arange(4), FIT, eval_set, k=5, holdout=holdout)
+    for level, masks in zip(levels, seen, strict=True):
+        np.testing.assert_array_equal(masks, level.masks[fitted_rows])
+    assert abs(frame["lds_level"].mean()) < 0.15  # scored on the noise rows only
+    assert (frame["lds_eval"] > 0.8).all()  # the datamodels themselves are good
+
+
+def test_alpha_effect_refuses_levels_too_small():
+    w = _truth()
+    levels = [
+        Level("a", 0.5, *_models(w, 20, 0.5, 0.1, 0)),
+        Level("b", 0.2, *_models(w, 20, 0.2, 0.1, 1)),
+    ]
+    with pytest.raises(DatamodelsError, match="plans.<name>.count"):
+        alpha_effect(levels, np.arange(2), FIT)
+
+
+def test_alpha_effect_and_lds_curve_on_a_run(report_run, tmp_path):  # noqa: F811
+    """The report's small run (an alpha_grid plan of 3 levels beside the α = ½ train plan)
+    holds both tables (written by the API) with their schemas; the curve's last point is the
+    fit stage's own datamodels LDS (same models, same regression, same targets)."""
+    run = dm.Run(report_run)
+    table = run.read_table("applications/alpha_effect.parquet", ALPHA_EFFECT_SCHEMA).to_pandas()
+    n_test = int((run.examples()["split"] == "test").sum())
+    levels = table.groupby(["plan", "alpha"], sort=False).size()
+    assert levels.index.get_level_values("plan").tolist() == ["grid", "grid", "train", "grid"]
+    assert levels.tolist() == [n_test] * 4 and set(table["n_models"]) == {24}
+    assert set(table["n_heldout"]) == {6} and set(table["k"]) == {5}
+    reference = table[table["alpha"] == table["alpha"].max()]
+    assert (reference["plan"] == "grid").all()
+    assert (reference.loc[reference["top_overlap"].notna(), "top_overlap"] == 1).all()
+    curve = run.read_table("applications/lds_curve.parquet", LDS_CURVE_SCHEMA).to_pandas()
+    assert curve["n_models"].tolist() == [22, 25, 30] and (curve["plan"] == "eval").all()
+    evaluation = run.evaluation().set_index(["method", "metric"])
+    assert curve["lds"].iloc[-1] == pytest.approx(evaluation.loc[("datamodels", "lds"), "value"])
+
+
+def test_commands_write_the_tables_and_refuse_clearly(report_run, tmp_path):  # noqa: F811
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from datamodels.cli import app
+
+    copy = tmp_path / "run"
+    shutil.copytree(report_run, copy)
+    (copy / "applications" / "lds_curve.parquet").unlink()
+    result = CliRunner().invoke(app, ["lds-curve", str(copy), "--counts", "5,1000"])
+    assert result.exit_code == 0, result.output
+    curve = dm.Run(str(copy)).read_table("applications/lds_curve.parquet", LDS_CURVE_SCHEMA)
+    assert curve.column("n_models").to_pylist() == [30]  # 5 is too few to fit, 1000 too many
+    bad = CliRunner().invoke(app, ["lds-curve", str(copy), "--counts", "a,b"])
+    assert bad.exit_code == 2 and "--counts" in bad.output
+    small = CliRunner().invoke(app, ["alpha-effect", str(copy), "--holdout", "0.5"])
+    assert small.exit_code == 2 and "plans.<name>.count" in small.output
