@@ -31,11 +31,12 @@ REPORT_CONFIG = {
     "dataset": {"name": "digits", "flip_fraction": 0.1},
     "train": {"epochs": 2, "batch_size": 32},
     "plans": [
-        {"name": "train", "alpha": 0.5, "count": 24},
+        {"name": "train", "alpha": 0.5, "count": 30},
         {"name": "eval", "alpha": 0.5, "count": 6},
         {"name": "loo", "kind": "loo", "points": [0, 1, 2, 3, 4, 5]},
+        {"name": "grid", "kind": "alpha_grid", "levels": 3, "count": 30},  # the α effect
     ],
-    "fit": {"n_lambdas": 4, "eps": 0.05},
+    "fit": {"n_lambdas": 4, "eps": 0.05, "tol": 1e-3},
 }
 
 
@@ -45,7 +46,9 @@ _BUILT: dict[str, str] = {}  # tests/test_notebooks.py imports the fixture: buil
 @pytest.fixture(scope="session")
 def report_run(tmp_path_factory) -> str:
     """A small finished digits run (serial executor): datamodels on the test targets,
-    downsampling (self scores for mislabel detection), loo, evaluation."""
+    downsampling (self scores for mislabel detection), loo, evaluation, the α effect and the
+    LDS-against-models curve."""
+    from datamodels import api
     from datamodels.orchestrate.executor import SerialExecutor
 
     if "run" in _BUILT:
@@ -57,6 +60,8 @@ def report_run(tmp_path_factory) -> str:
     for method in ("downsampling", "loo"):
         dm.estimate(out, method, executor=SerialExecutor(), show_progress=False)
     dm.evaluate(out)
+    api.alpha_effect(out, k=5)  # applications/alpha_effect.parquet and lds_curve.parquet,
+    api.lds_curve(out, (22, 25))  # which the report and the notebooks read
     _BUILT["run"] = out
     return out
 
@@ -146,6 +151,8 @@ def test_report_has_every_section_and_valid_inline_pngs(report_run, report_html)
     text = out.read_text(encoding="utf-8")
     assert "mislabel detection" in text and "no labels were flipped" not in text
     assert "the run has no loo plan" not in text
+    for alt in ("LDS against number of models", "effect of subset size"):
+        assert f'alt="{alt}"' in text
     assert dm.Run(report_run).recorded_config_hash() in text
 
 

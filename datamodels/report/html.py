@@ -3,7 +3,8 @@
 Sections (each always present, with a note when the run has nothing for it): run facts, LDS
 per method, mislabel detection, target supports (a target beside its most helpful and most
 harmful training inputs), datamodel embedding, leakage candidates, brittleness, LOO
-agreement. Figures are inline base64 PNGs; the page fetches nothing.
+agreement, LDS against the number of models, the effect of subset size α. Figures are
+inline base64 PNGs; the page fetches nothing.
 """
 
 from __future__ import annotations
@@ -22,10 +23,21 @@ from datamodels.applications import (
     loo_agreement_from_run,
     split_scores,
 )
+from datamodels.applications.alpha_effect import (
+    alpha_effect_from_run,
+    alpha_effect_summary,
+    lds_curve_from_run,
+)
 from datamodels.applications.tables import test_input_rows
 from datamodels.errors import DatamodelsError
 from datamodels.report import plots
 from datamodels.store import Run
+from datamodels.store.schemas import (
+    ALPHA_EFFECT_PATH,
+    ALPHA_EFFECT_SCHEMA,
+    LDS_CURVE_PATH,
+    LDS_CURVE_SCHEMA,
+)
 
 SECTIONS = (
     ("facts", "Run"),
@@ -36,6 +48,8 @@ SECTIONS = (
     ("leakage", "Leakage candidates"),
     ("brittleness", "Brittleness (predicted)"),
     ("loo", "Agreement with leave-one-out"),
+    ("lds_curve", "LDS against number of models"),
+    ("alpha", "Effect of subset size α"),
 )
 
 _STYLE = """
@@ -205,6 +219,57 @@ def _brittleness(run: Run) -> str:
     )
 
 
+def _stored(run: Run, path: str, schema) -> pd.DataFrame | None:
+    """A table an application wrote (``datamodels alpha-effect`` / ``lds-curve``), or None."""
+    return run.read_table(path, schema).to_pandas() if run.fs.exists(path) else None
+
+
+def _lds_curve(run: Run, evaluation: pd.DataFrame | None) -> str:
+    curve = _stored(run, LDS_CURVE_PATH, LDS_CURVE_SCHEMA)
+    if curve is None:
+        try:
+            curve = lds_curve_from_run(run)
+        except DatamodelsError as err:
+            return _note(str(err))
+    if curve is None:
+        return _note("needs the fitting plan's models and a held-out evaluation plan")
+    return (
+        _img(plots.lds_curve_figure(curve, evaluation), "LDS against number of models")
+        + _table(curve)
+        + _note(
+            f"datamodels fitted on the first m models of the fitting plan (same λ rule as "
+            f"`fit`), LDS on the held-out plan '{curve['plan'].iloc[0]}'; dashed lines: the "
+            "other methods' LDS from evaluation.parquet"
+        )
+    )
+
+
+def _alpha_effect(run: Run) -> str:
+    frame = _stored(run, ALPHA_EFFECT_PATH, ALPHA_EFFECT_SCHEMA)
+    if frame is None:
+        try:
+            frame = alpha_effect_from_run(run)
+        except DatamodelsError as err:  # e.g. levels too small to hold models out
+            return _note(str(err))
+    if frame is None:
+        return _note(
+            "the run has no models at two or more subset sizes (add an alpha_grid plan or "
+            "alpha plans at several α)"
+        )
+    summary = alpha_effect_summary(frame)
+    k = int(summary["k"].iloc[0])
+    return (
+        _img(plots.alpha_effect_figure(summary), "effect of subset size")
+        + _table(summary.drop(columns=["k"]))
+        + _note(
+            f"per α level, datamodels fitted on {int(summary['n_models'].iloc[0])} models; "
+            f"lds_level on {int(summary['n_heldout'].iloc[0])} other models of the same level, "
+            f"lds_eval on the evaluation plan; top_overlap: share of the largest α's top-{k} "
+            "helpful training examples also in this level's top-k"
+        )
+    )
+
+
 def build_report(
     run: Run | str, out: str | Path | None = None, n_targets: int = 3, k: int = 6
 ) -> Path:
@@ -241,6 +306,8 @@ def build_report(
         bodies["brittleness"] = _brittleness(run)
     agreement = loo_agreement_from_run(run) if methods else None
     bodies["loo"] = _note("the run has no loo plan") if agreement is None else _table(agreement)
+    bodies["lds_curve"] = _lds_curve(run, evaluation)
+    bodies["alpha"] = _alpha_effect(run)
     sections = "".join(
         f'<section id="{key}"><h2>{html.escape(title)}</h2>{bodies[key]}</section>'
         for key, title in SECTIONS

@@ -148,3 +148,51 @@ def brittleness_figure(support: np.ndarray, n_train: int) -> str | None:
     ax.set_ylabel("test targets")
     ax.legend(fontsize=8)
     return to_png(fig)
+
+
+def lds_curve_figure(curve: pd.DataFrame, evaluation: pd.DataFrame | None) -> str | None:
+    """LDS of the datamodels against the number of models they were fitted on (95%
+    intervals), with every other method's LDS in ``evaluation`` as a horizontal line."""
+    if curve is None or curve.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    stderr = curve["stderr"].fillna(0.0).to_numpy()
+    ax.errorbar(
+        curve["n_models"], curve["lds"], yerr=1.96 * stderr, marker="o", color="C0",
+        capsize=3, label="datamodels (first m models)",
+    )
+    if evaluation is not None:
+        lds_rows = evaluation[evaluation["metric"] == "lds"]
+        others = lds_rows[lds_rows["method"] != "datamodels"]
+        for i, row in enumerate(others.sort_values("value", ascending=False).itertuples()):
+            ax.axhline(row.value, color=f"C{(i % 9) + 1}", ls="--", lw=1, label=row.method)
+    ax.set_xscale("log")
+    ax.set_xlabel("models used to fit the datamodels (m)")
+    ax.set_ylabel("LDS on the held-out plan")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return to_png(fig)
+
+
+def alpha_effect_figure(summary: pd.DataFrame) -> str | None:
+    """Per subset size α: LDS held out within the level and on the evaluation plan (left);
+    agreement of the datamodels with the largest-α level's (right)."""
+    if summary is None or summary.empty:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    alpha = summary["alpha"].to_numpy()
+    left.plot(alpha, summary["lds_level"], marker="o", label="held out at the same α")
+    if summary["lds_eval"].notna().any():
+        left.plot(alpha, summary["lds_eval"], marker="s", label="on the evaluation plan")
+    left.set_xlabel("subset size α")
+    left.set_ylabel("LDS")
+    left.legend(fontsize=7)
+    k = int(summary["k"].iloc[0]) if "k" in summary else None
+    right.plot(alpha, summary["top_overlap"], marker="o", label=f"top-{k} overlap")
+    right.plot(alpha, summary["sign_agreement"], marker="^", label=f"top-{k} sign agreement")
+    right.plot(alpha, summary["weight_correlation"], marker="s", label="weight correlation")
+    right.set_xlabel("subset size α")
+    right.set_ylabel(f"agreement with α = {alpha.max():.2f}")
+    right.set_ylim(-0.05, 1.05)
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    return to_png(fig)
