@@ -12,7 +12,7 @@ from tests.test_report import report_run  # noqa: F401 - the session fixture, bu
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 
 
-@pytest.mark.parametrize("name", ["explore_run.ipynb", "applications.ipynb"])
+@pytest.mark.parametrize("name", ["explore_run.ipynb", "applications.ipynb", "alpha_effect.ipynb"])
 def test_notebook_runs_without_errors(name, report_run, monkeypatch):  # noqa: F811
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
