@@ -81,13 +81,19 @@ def test_alpha_effect_table_shape_and_reference_level():
     assert frame["target"].tolist() == targets.tolist() * 3
     # every level uses the smallest level's 90 models: 68 fitted, 22 held out
     assert set(frame["n_models"]) == {68} and set(frame["n_heldout"]) == {22}
-    reference = frame[frame["alpha"] == 0.9]
+    reference = frame[frame["alpha"] == 0.9]  # the default reference: the largest α
+    assert (frame["reference"] == "alpha=0.9").all()
     assert (reference["top_overlap"] == 1).all() and (reference["weight_correlation"] == 1).all()
     assert all(len(top) <= 5 for top in frame["top_helpful"])
     # on noise 0.3 every level recovers the true top helpful examples well
     assert (frame["lds_eval"] > 0.5).all() and frame["top_overlap"].mean() > 0.6
     summary = alpha_effect_summary(frame)
     assert summary["alpha"].tolist() == [0.2, 0.5, 0.9] and (summary["n_targets"] == 3).all()
+    # against the true weights: top-k overlap is exact where a level recovers them
+    truth = alpha_effect(levels, targets, FIT, k=3, reference=("truth", w[:, targets].T))
+    assert (truth["reference"] == "truth").all() and truth["lds_eval"].isna().all()
+    middle = truth[truth["alpha"] == 0.5]
+    assert middle["top_overlap"].mean() > 0.6 and (middle["weight_correlation"] > 0.9).all()
 
 
 def test_alpha_effect_lds_uses_held_out_models_only(monkeypatch):
@@ -137,9 +143,9 @@ def test_alpha_effect_and_lds_curve_on_a_run(report_run, tmp_path):  # noqa: F81
     assert levels.index.get_level_values("plan").tolist() == ["grid", "grid", "train", "grid"]
     assert levels.tolist() == [n_test] * 4 and set(table["n_models"]) == {24}
     assert set(table["n_heldout"]) == {6} and set(table["k"]) == {5}
-    reference = table[table["alpha"] == table["alpha"].max()]
-    assert (reference["plan"] == "grid").all()
-    assert (reference.loc[reference["top_overlap"].notna(), "top_overlap"] == 1).all()
+    assert (table["reference"] == "datamodels").all()  # the run's own fit is the reference
+    overlap = table["top_overlap"].dropna()
+    assert len(overlap) and ((overlap >= 0) & (overlap <= 1)).all()
     curve = run.read_table("applications/lds_curve.parquet", LDS_CURVE_SCHEMA).to_pandas()
     assert curve["n_models"].tolist() == [22, 25, 30] and (curve["plan"] == "eval").all()
     evaluation = run.evaluation().set_index(["method", "metric"])

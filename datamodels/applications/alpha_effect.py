@@ -13,11 +13,16 @@ validation rule), and
   level's own α; never a fitted model);
 * ``lds_eval``: the same on the run's evaluation plan (``evaluate.plan``, usually α = ½);
 * ``top_helpful``: the k training positions with the largest positive weights;
-  ``top_overlap``: the fraction of the reference level's top-k (the largest α) that is also
-  in this level's; ``sign_agreement``: the fraction of the reference's top-k whose weight here
-  is positive; ``weight_correlation``: Pearson correlation of the whole weight vector with the
-  reference's; ``l1`` and ``nnz`` of the weights (datamodels fitted at small α put weight on
-  fewer, larger effects).
+  ``top_overlap``: the fraction of the reference's top-k that is also in this level's;
+  ``sign_agreement``: the fraction of the reference's top-k whose weight here is positive;
+  ``weight_correlation``: Pearson correlation of the whole weight vector with the
+  reference's; ``l1`` and ``nnz`` of the weights.
+
+The reference (column ``reference``) is the run's own datamodels (``scores/datamodels.parquet``,
+fitted on the whole fitting plan: the best-determined weights the run has) when they cover the
+targets, else the level with the largest α. Datamodels fitted at α near 1 see each training
+example left out rarely and are the noisiest for a given number of models, so the largest
+level is a poor reference unless it has many models.
 
 **LDS against m.** Datamodels fitted on the first m models of the fitting plan (``fit.plan``)
 for m on a grid, LDS on the evaluation plan: the curve of how many models a datamodel needs.
@@ -85,12 +90,15 @@ def alpha_effect(
     holdout: float = 0.2,
     models_per_level: int | None = None,
     seed: int = 0,
+    reference: tuple[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """One row per (level, target) with the columns of ``ALPHA_EFFECT_SCHEMA``.
 
     targets: int64[T] eval positions (columns of each level's margins); eval_set: the
     evaluation plan's (masks, margins) or None; holdout: the fraction of each level's models
-    set aside for ``lds_level`` (rows ``split_rows(m, holdout, seed)[1]``)."""
+    set aside for ``lds_level`` (rows ``split_rows(m, holdout, seed)[1]``); reference:
+    (name, float[T, n_train] weights of the targets) to compare with, default the largest-α
+    level's datamodels."""
     if not levels:
         raise DatamodelsError("alpha_effect: no α levels (an alpha_grid plan or alpha plans)")
     if not 0 < holdout < 1:
@@ -122,7 +130,10 @@ def alpha_effect(
             else np.full(len(targets), np.nan)
         )
         fitted.append((level, weights, level_lds, eval_lds))
-    reference = fitted[-1][1]  # the largest α
+    if reference is None:
+        name, reference = f"alpha={fitted[-1][0].alpha:.3g}", fitted[-1][1]  # the largest α
+    else:
+        name, reference = reference[0], np.asarray(reference[1], dtype=np.float64)
     rows = []
     for level, weights, level_lds, eval_lds in fitted:
         for t, target in enumerate(targets):
@@ -136,6 +147,7 @@ def alpha_effect(
                     "n_models": len(fitted_rows),
                     "n_heldout": len(held_rows),
                     "k": k,
+                    "reference": name,
                     "top_helpful": top.tolist(),
                     "top_overlap": len(np.intersect1d(top, ref_top)) / len(ref_top)
                     if len(ref_top)
@@ -160,6 +172,7 @@ def alpha_effect_summary(frame: pd.DataFrame) -> pd.DataFrame:
         n_models=("n_models", "first"),
         n_heldout=("n_heldout", "first"),
         k=("k", "first"),
+        reference=("reference", "first"),
         lds_level=("lds_level", "mean"),
         lds_eval=("lds_eval", "mean"),
         top_overlap=("top_overlap", "mean"),
@@ -261,16 +274,30 @@ def alpha_effect_from_run(
     levels = alpha_levels(run, config)
     if len({level.alpha for level in levels}) < 2:
         return None
+    targets = eval_positions(run, "test")
     return alpha_effect(
         levels,
-        eval_positions(run, "test"),
+        targets,
         config.fit,
         _eval_set(run, config),
         k=k,
         holdout=holdout,
         models_per_level=models_per_level,
         seed=config.fit.split_seed,
+        reference=_fitted_reference(run, targets),
     )
+
+
+def _fitted_reference(run: Run, targets: np.ndarray) -> tuple[str, np.ndarray] | None:
+    """("datamodels", float[T, n_train]) from ``scores/datamodels.parquet`` when it has every
+    target, else None."""
+    if "datamodels" not in run.score_methods():
+        return None
+    have, scores = run.scores("datamodels")
+    rows = np.searchsorted(have, targets)
+    if not np.array_equal(have[np.minimum(rows, len(have) - 1)], targets):
+        return None
+    return "datamodels", scores[rows]
 
 
 def lds_curve_from_run(

@@ -257,15 +257,15 @@ def _alpha_effect(run: Run) -> str:
             "alpha plans at several α)"
         )
     summary = alpha_effect_summary(frame)
-    k = int(summary["k"].iloc[0])
+    k, reference = int(summary["k"].iloc[0]), str(summary["reference"].iloc[0])
     return (
         _img(plots.alpha_effect_figure(summary), "effect of subset size")
-        + _table(summary.drop(columns=["k"]))
+        + _table(summary.drop(columns=["k", "reference"]))
         + _note(
             f"per α level, datamodels fitted on {int(summary['n_models'].iloc[0])} models; "
             f"lds_level on {int(summary['n_heldout'].iloc[0])} other models of the same level, "
-            f"lds_eval on the evaluation plan; top_overlap: share of the largest α's top-{k} "
-            "helpful training examples also in this level's top-k"
+            f"lds_eval on the evaluation plan; top_overlap: share of the top-{k} helpful "
+            f"training examples of the reference ({reference}) also in this level's top-{k}"
         )
     )
 

@@ -175,7 +175,7 @@ def lds_curve_figure(curve: pd.DataFrame, evaluation: pd.DataFrame | None) -> st
 
 def alpha_effect_figure(summary: pd.DataFrame) -> str | None:
     """Per subset size α: LDS held out within the level and on the evaluation plan (left);
-    agreement of the datamodels with the largest-α level's (right)."""
+    agreement of each level's datamodels with the reference weights (right)."""
     if summary is None or summary.empty:
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -191,7 +191,7 @@ def alpha_effect_figure(summary: pd.DataFrame) -> str | None:
     right.plot(alpha, summary["sign_agreement"], marker="^", label=f"top-{k} sign agreement")
     right.plot(alpha, summary["weight_correlation"], marker="s", label="weight correlation")
     right.set_xlabel("subset size α")
-    right.set_ylabel(f"agreement with α = {alpha.max():.2f}")
+    right.set_ylabel(f"agreement with {summary['reference'].iloc[0]}")
     right.set_ylim(-0.05, 1.05)
     right.legend(fontsize=7)
     fig.tight_layout()

@@ -125,7 +125,8 @@ EVALUATION_SCHEMA = pa.schema(
 # The effect of subset size (datamodels.applications.alpha_effect): one row per (α level,
 # target). A level is one α of an ``alpha_grid`` plan or one ``alpha`` plan; ``n_models``
 # fitted the level's datamodels, ``n_heldout`` other models of the level measured
-# ``lds_level``; the reference level is the largest α.
+# ``lds_level``; ``reference`` names the weights top_overlap etc. compare with (the run's
+# datamodels, or the largest α level).
 ALPHA_EFFECT_SCHEMA = pa.schema(
     [
         _field("plan", pa.string()),
@@ -134,6 +135,7 @@ ALPHA_EFFECT_SCHEMA = pa.schema(
         _field("n_models", pa.int64()),
         _field("n_heldout", pa.int64()),
         _field("k", pa.int64()),
+        _field("reference", pa.string()),
         _field("top_helpful", pa.list_(pa.int64())),
         _field("top_overlap", pa.float64(), nullable=True),
         _field("sign_agreement", pa.float64(), nullable=True),
