@@ -260,7 +260,7 @@ def _alpha_effect(run: Run) -> str:
     k, reference = int(summary["k"].iloc[0]), str(summary["reference"].iloc[0])
     return (
         _img(plots.alpha_effect_figure(summary), "effect of subset size")
-        + _table(summary.drop(columns=["k", "reference"]))
+        + _table(summary.drop(columns=["k", "reference", "l1", "n_targets"]))
         + _note(
             f"per α level, datamodels fitted on {int(summary['n_models'].iloc[0])} models; "
             f"lds_level on {int(summary['n_heldout'].iloc[0])} other models of the same level, "
