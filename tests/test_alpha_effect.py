@@ -20,6 +20,7 @@ from datamodels.config import FitConfig
 from datamodels.errors import DatamodelsError
 from datamodels.evaluate.lds import lds
 from datamodels.regress.lasso import split_rows
+from datamodels.store import query
 from datamodels.store.schemas import ALPHA_EFFECT_SCHEMA, LDS_CURVE_SCHEMA
 from tests.test_report import report_run  # noqa: F401 - the session fixture, built once
 
@@ -150,6 +151,10 @@ def test_alpha_effect_and_lds_curve_on_a_run(report_run, tmp_path):  # noqa: F81
     assert curve["n_models"].tolist() == [22, 25, 30] and (curve["plan"] == "eval").all()
     evaluation = run.evaluation().set_index(["method", "metric"])
     assert curve["lds"].iloc[-1] == pytest.approx(evaluation.loc[("datamodels", "lds"), "value"])
+    sql = (
+        "SELECT count(DISTINCT alpha) AS a, (SELECT count(*) FROM lds_curve) AS c FROM alpha_effect"
+    )
+    assert query(run, sql).values.tolist() == [[3, 3]]  # both tables are SQL views
 
 
 def test_commands_write_the_tables_and_refuse_clearly(report_run, tmp_path):  # noqa: F811

@@ -1,11 +1,12 @@
 """SQL over a run directory: DuckDB views named after its tables, and read-only queries.
 
 `connect` gives an in-memory DuckDB connection with one view per table that exists:
-``models``, ``examples``, ``failures``, ``weights``, ``targets``, ``evaluation`` and
-``scores_<method>``. Local runs get views over the Parquet files themselves (DuckDB's own
-reader); remote runs (``s3://`` ...) get the same names over pyarrow datasets registered with
-DuckDB. `query` runs only read statements (SELECT / WITH / DESCRIBE / SHOW / SUMMARIZE /
-EXPLAIN / show-like PRAGMAs) and returns a DataFrame. DuckDB lists are 1-based:
+``models``, ``examples``, ``failures``, ``weights``, ``targets``, ``evaluation``,
+``alpha_effect``, ``lds_curve`` and ``scores_<method>``. Local runs get views over the
+Parquet files themselves (DuckDB's own reader); remote runs (``s3://`` ...) get the same
+names over pyarrow datasets registered with DuckDB. `query` runs only read statements
+(SELECT / WITH / DESCRIBE / SHOW / SUMMARIZE / EXPLAIN / show-like PRAGMAs) and returns a
+DataFrame. DuckDB lists are 1-based:
 ``mask[i + 1]`` is train_position i.
 
 The connection reads nothing but the run: extension auto-install and auto-load are off,
@@ -27,9 +28,11 @@ from datamodels.errors import StoreError
 from datamodels.store.problems import UNUSABLE_KINDS, Problem, format_problems
 from datamodels.store.run import Run
 from datamodels.store.schemas import (
+    ALPHA_EFFECT_PATH,
     EVALUATION_PATH,
     EXAMPLES_PATH,
     FAILURES_PATH,
+    LDS_CURVE_PATH,
     MODELS_DIR,
     SCORES_DIR,
     TARGETS_PATH,
@@ -42,6 +45,8 @@ _SINGLE_TABLES = {
     "weights": WEIGHTS_PATH,
     "targets": TARGETS_PATH,
     "evaluation": EVALUATION_PATH,
+    "alpha_effect": ALPHA_EFFECT_PATH,
+    "lds_curve": LDS_CURVE_PATH,
 }
 _READ_TYPES = {duckdb.StatementType.SELECT}
 _READ_PRAGMAS = re.compile(
