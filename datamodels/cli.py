@@ -414,7 +414,8 @@ def report(
     ] = None,
 ) -> None:
     """One self-contained HTML page: LDS, mislabel detection, what predictions rest on,
-    embedding, leakage, brittleness, LOO agreement, run facts (plots inline)."""
+    embedding, leakage, brittleness, LOO agreement, LDS against number of models, effect of
+    subset size α, run facts (plots inline)."""
     from datamodels.report import build_report
 
     path = build_report(_existing_run(run), out)
