@@ -421,6 +421,57 @@ def report(
     out_console.print(f"report: {path}", highlight=False, soft_wrap=True)
 
 
+@app.command("transfer-report")
+@user_errors
+def transfer_report(
+    run: RunArg,
+    out: Annotated[
+        str | None,
+        typer.Option("--out", "-o", help="HTML file; default <run>/transfer_report.html"),
+    ] = None,
+    source_class: Annotated[
+        str | None,
+        typer.Option("--source-class", help="source class (name or position) whose most "
+                     "influenced target examples to show; default: the most harmful"),
+    ] = None,
+    counterfactual: Annotated[
+        bool,
+        typer.Option("--counterfactual/--no-counterfactual", help="remove the k most harmful "
+                     "source classes (the config's removal plan) and retrain through the driver"),
+    ] = True,
+    address: AddressOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """A transfer run's report: per target class the most helpful and harmful source classes,
+    the target examples a source class moves most, and the counterfactual (target accuracy
+    with all source classes vs without the most harmful ones)."""
+    from datamodels.report.transfer import build_transfer_report
+    from datamodels.report.transfer import counterfactual as run_counterfactual
+    from datamodels.stages.prepare import load_run_config
+
+    handle = _existing_run(run)
+    config = load_run_config(handle)
+    result = None
+    if counterfactual:
+        result = run_counterfactual(
+            config, handle, address=address, show_progress=not quiet, console=err_console
+        )
+        for row in result.removed.itertuples(index=False):
+            out_console.print(
+                f"removed source class {row.train_position} ({row.name}): total weight "
+                f"{row.total_weight:+.3f}", highlight=False,
+            )
+        for row in result.summary.itertuples(index=False):
+            out_console.print(
+                f"{row.setting}: target accuracy {row[2]:.4f} ± {row.stderr:.4f} "
+                f"({row.models} models)", highlight=False,
+            )
+        change, stderr = result.change
+        out_console.print(f"change: {change:+.4f} ± {stderr:.4f}", highlight=False)
+    path = build_transfer_report(handle, out, source_class, result)
+    out_console.print(f"transfer report: {path}", highlight=False, soft_wrap=True)
+
+
 @app.command()
 @user_errors
 def query(

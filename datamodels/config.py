@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from datamodels.errors import ConfigError
 
-HASHED_SECTIONS = ("seed", "dataset", "model", "train", "plans")
+HASHED_SECTIONS = ("seed", "dataset", "model", "train", "plans", "transfer")
 
 
 class _Section(BaseModel):
@@ -52,13 +52,14 @@ def _import_path(value: str | None, field: str) -> str | None:
 
 class DatasetConfig(_Section):
     """Where the examples come from. ``digits`` ships with scikit-learn; ``cifar10`` reads the
-    standard python-pickle archive at ``path``; ``arrays`` reads a user's ``.npz``;
+    standard python-pickle archive at ``path`` (``cifar100``: ``cifar-100-python.tar.gz``, its
+    100 fine labels); ``arrays`` reads a user's ``.npz``;
     ``imagefolder`` reads a folder of class sub-folders of images at ``path`` (its own
     ``train/`` and ``test/`` sub-folders when present); ``factory`` (``"package.module:load"``,
     called with ``kwargs``; ``name`` is then ``custom``) returns arrays or a
     ``torch.utils.data.Dataset`` (see ``datamodels.data.sources.load_factory_dataset``)."""
 
-    name: Literal["digits", "cifar10", "arrays", "imagefolder", "custom"] = "digits"
+    name: Literal["digits", "cifar10", "cifar100", "arrays", "imagefolder", "custom"] = "digits"
     path: str | None = None
     factory: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -81,7 +82,7 @@ class DatasetConfig(_Section):
 
     @model_validator(mode="after")
     def _path_needed(self) -> DatasetConfig:
-        if self.name in ("cifar10", "arrays", "imagefolder") and not self.path:
+        if self.name in ("cifar10", "cifar100", "arrays", "imagefolder") and not self.path:
             raise ValueError(f"dataset.path is required for dataset.name={self.name!r}")
         if self.name == "custom" and not self.factory:
             raise ValueError(
@@ -205,12 +206,21 @@ class PlanConfig(_Section):
       the points at random. A dropped point keeps its place in every batch with loss
       weight 0 (the trainer's ``example_weights``); the stored mask is the kept set.
 
+    * ``classes`` (transfer runs): ``count`` masks over the source classes, each choosing
+      exactly round(``alpha`` · C) of the C source classes uniformly at random.
+    * ``removal``: two masks, the full set (mask 0) and the full set without the ``k``
+      positions written to ``removals/<plan>.parquet`` after ``fit`` (mask 1; e.g. the k
+      most detrimental source classes, ``datamodels transfer-report --counterfactual``).
+      Its models are trained once that table exists; until then ``train`` leaves them out.
+
     ``seeds`` trainings (different seeds) per mask (for ``single_model``: one shared seed
     per replicate).
     """
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
-    kind: Literal["alpha", "alpha_grid", "loo", "tmc", "single_model"] = "alpha"
+    kind: Literal["alpha", "alpha_grid", "loo", "tmc", "single_model", "classes", "removal"] = (
+        "alpha"
+    )
     alpha: float = Field(0.5, gt=0.0, le=1.0)
     count: int | None = Field(None, ge=1)
     seeds: int = Field(1, ge=1)
@@ -219,6 +229,7 @@ class PlanConfig(_Section):
     tolerance: float = Field(0.01, ge=0.0)
     patience: int = Field(5, ge=1)
     drops: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5)
+    k: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _kind_fields(self) -> PlanConfig:
@@ -228,7 +239,7 @@ class PlanConfig(_Section):
             raise ValueError(
                 f"plans.{self.name}.drops must be fractions in (0, 1), e.g. [0.01, 0.1]"
             )
-        if self.kind != "loo" and self.count is None:
+        if self.kind not in ("loo", "removal") and self.count is None:
             raise ValueError(f"plans.{self.name}.count is required for kind {self.kind!r}")
         if self.kind == "loo" and self.points is not None and any(p < 0 for p in self.points):
             raise ValueError(f"plans.{self.name}.points must be train positions (>= 0)")
@@ -366,6 +377,31 @@ class GradientsConfig(_Section):
         return self
 
 
+class TransferConfig(_Section):
+    """Transfer-learning datamodels (Jain et al. 2022): each model pre-trains on a subset of
+    the *source* dataset's classes (the masks range over source classes), is transferred to
+    the target task (``dataset``: its train split is the transfer set, its test split is
+    where margins are recorded) and the datamodels map source classes to target margins.
+
+    * ``source``: any dataset kind (its train split is pre-trained on; its labels are the
+      source classes; its test split is not used);
+    * ``recipe``: ``linear_probe`` (a new softmax head on the frozen pre-trained features,
+      solved full-batch by L-BFGS to ``tolerance``, weight decay ``weight_decay``) or
+      ``finetune`` (every layer trained on the target's train split, a new head, SGD with
+      ``epochs``, ``lr``, ``batch_size``, momentum 0.9 and ``weight_decay``).
+
+    Pre-training uses the ``train`` and ``model`` sections (``model.arch: mlp``)."""
+
+    source: DatasetConfig
+    recipe: Literal["linear_probe", "finetune"] = "linear_probe"
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(0.05, gt=0.0)
+    batch_size: int = Field(32, ge=1)
+    weight_decay: float = Field(1e-3, ge=0.0)
+    tolerance: float = Field(1e-6, gt=0.0)
+    max_iter: int = Field(300, ge=1)
+
+
 class EvaluateConfig(_Section):
     """The ``evaluate`` stage: which plan holds the held-out subsets for LDS."""
 
@@ -392,6 +428,7 @@ class Config(_Section):
     checkpoints: CheckpointsConfig = CheckpointsConfig()
     gradients: GradientsConfig = GradientsConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    transfer: TransferConfig | None = None
 
     @field_validator("plans")
     @classmethod
@@ -428,6 +465,34 @@ class Config(_Section):
                 f"plans {', '.join(single)}: single_model plans (per-example loss weights) "
                 "train with the batched mlp trainer only (model.arch: mlp, "
                 f"resources.trainer: batched); this config has model.arch={self.model.arch!r}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _transfer_fields(self) -> Config:
+        classes = [p.name for p in self.plans if p.kind == "classes"]
+        if self.transfer is None:
+            if classes:
+                raise ValueError(
+                    f"plans {', '.join(classes)}: kind classes samples source classes; add a "
+                    "transfer section (transfer.source) or use kind alpha"
+                )
+            return self
+        wrong = [p.name for p in self.plans if p.kind in ("tmc", "single_model", "loo")]
+        if wrong:
+            raise ValueError(
+                f"plans {', '.join(wrong)}: a transfer run's masks are over source classes; "
+                "use plan kinds classes, alpha, alpha_grid or removal"
+            )
+        if self.model.arch != "mlp" or self.resources.trainer != "batched":
+            raise ValueError(
+                "transfer runs pre-train with the batched mlp trainer (model.arch: mlp, "
+                f"resources.trainer: batched); this config has model.arch={self.model.arch!r}"
+            )
+        if self.checkpoints.plan is not None:
+            raise ValueError(
+                "transfer runs save no checkpoints (the gradient estimators need one model "
+                "per training set); set checkpoints.plan to null"
             )
         return self
 

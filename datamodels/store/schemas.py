@@ -11,6 +11,8 @@ names and types are the public contract that notebooks, SQL and outside checks r
 ``datamodels/targets.parquet`` `TARGETS_SCHEMA`
 ``scores/<method>.parquet``    `scores_schema` (n_train)
 ``evaluation.parquet``         `EVALUATION_SCHEMA`
+``removals/<plan>.parquet``    `REMOVALS_SCHEMA`
+``transfer/source_classes.parquet``  `SOURCE_CLASSES_SCHEMA`
 =============================  ==============================================================
 
 Checks compare column names and types; nullability and list item names are not compared (a
@@ -139,6 +141,28 @@ SELF_SCORES_SCHEMA = pa.schema(
     metadata=_metadata(),
 )
 
+# removals/<plan>.parquet: the positions mask 1 of a ``removal`` plan leaves out (one row
+# each, ``rank`` 0 first) and the ``score`` that chose them; written once, after ``fit``.
+REMOVALS_SCHEMA = pa.schema(
+    [
+        _field("position", pa.int64()),
+        _field("rank", pa.int32()),
+        _field("score", pa.float32(), nullable=True),
+    ],
+    metadata=_metadata(),
+)
+
+# transfer/source_classes.parquet (transfer runs): one row per source class, the mask
+# column ``train_position`` it is, its name and how many source examples it holds.
+SOURCE_CLASSES_SCHEMA = pa.schema(
+    [
+        _field("train_position", pa.int64()),
+        _field("name", pa.string()),
+        _field("n_examples", pa.int64()),
+    ],
+    metadata=_metadata(),
+)
+
 CHECKPOINT_INDEX_SCHEMA = pa.schema(
     [
         _field("model_id", pa.int64()),
@@ -258,3 +282,5 @@ EVALUATION_PATH = "evaluation.parquet"
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_INDEX_DIR = "checkpoints/index"
 ATTACKS_DIR = "attacks"
+REMOVALS_DIR = "removals"
+SOURCE_CLASSES_PATH = "transfer/source_classes.parquet"
