@@ -467,7 +467,12 @@ def transfer_report(
                 f"({row.models} models)", highlight=False,
             )
         change, stderr = result.change
-        out_console.print(f"change: {change:+.4f} ± {stderr:.4f}", highlight=False)
+        predicted = result.predicted_margin_change(len(handle.labels("test")))
+        out_console.print(
+            f"accuracy change: {change:+.4f} ± {stderr:.4f}; mean margin change "
+            f"{result.margin_change:+.3f} (datamodels predicted {predicted:+.3f})",
+            highlight=False,
+        )
     path = build_transfer_report(handle, out, source_class, result)
     out_console.print(f"transfer report: {path}", highlight=False, soft_wrap=True)
 

@@ -124,6 +124,16 @@ class Counterfactual:
     per_model: pd.DataFrame  # setting, seed, eval_accuracy
     summary: pd.DataFrame  # setting, models, mean accuracy, stderr
 
+    def predicted_margin_change(self, n_targets: int) -> float:
+        """The datamodels' prediction of the mean target margin's change: minus the removed
+        classes' total weight, per target."""
+        return float(-self.removed["total_weight"].sum() / max(n_targets, 1))
+
+    @property
+    def margin_change(self) -> float:
+        s = self.summary.set_index("setting")["mean margin"]
+        return float(s.loc["without removed"] - s.loc["all source classes"])
+
     @property
     def change(self) -> tuple[float, float]:
         """(after - before mean target accuracy, its standard error)."""
@@ -160,22 +170,25 @@ def counterfactual(
     totals = total_effects(run).head(spec.k)
     run.write_removal(spec.name, totals["train_position"].to_numpy(), totals["total_weight"])
     api.train(config, run, address, executor, show_progress, console)
-    models = run.models(plan=spec.name).to_pandas()
-    full = np.array([bool(np.all(m)) for m in models["mask"]])
+    masks, margins = run.masks_and_margins(plan=spec.name)
+    models = run.models(plan=spec.name, columns=["seed", "eval_accuracy"]).to_pandas()
+    n_test = int((run.examples()["split"] == "test").sum())
+    full = masks.all(1)
     per_model = pd.DataFrame(
         {
             "setting": np.where(full, "all source classes", "without removed"),
             "seed": models["seed"].to_numpy(),
             "eval_accuracy": models["eval_accuracy"].to_numpy(np.float64),
+            "mean_margin": margins[:, :n_test].mean(1).astype(np.float64),
         }
     )
-    summary = (
-        per_model.groupby("setting")["eval_accuracy"]
-        .agg(models="count", mean="mean", std="std")
-        .reset_index()
-    )
+    grouped = per_model.groupby("setting")
+    summary = grouped["eval_accuracy"].agg(models="count", mean="mean", std="std")
     summary["stderr"] = summary["std"] / np.sqrt(summary["models"])
-    summary = summary.rename(columns={"mean": "mean accuracy"}).drop(columns="std")
+    summary["mean margin"] = grouped["mean_margin"].mean()
+    summary = (
+        summary.reset_index().rename(columns={"mean": "mean accuracy"}).drop(columns="std")
+    )
     removed = totals[["train_position", "name", "total_weight"]]
     return Counterfactual(spec.name, removed, per_model, summary)
 
@@ -249,7 +262,9 @@ def build_transfer_report(
                 "harmful source classes",
                 _table(result.removed) + _table(result.summary)
                 + _note(f"target test accuracy change {change:+.4f} ± {stderr:.4f} (stderr), "
-                        f"plan {result.plan!r}, retrained through the driver"),
+                        f"plan {result.plan!r}, retrained through the driver; mean target "
+                        f"margin change {result.margin_change:+.3f} (the datamodels predicted "
+                        f"{result.predicted_margin_change(len(run.labels('test'))):+.3f})"),
             )
         )
     body = "".join(

@@ -140,6 +140,12 @@ class GradientStage(Stage):
         run, config = self.run, self.config
         index = read_checkpoint_index(run.fs)
         fix = f"`datamodels train {run.uri}/config.yaml --out {run.uri}`"
+        if config.transfer is not None:
+            raise EstimateError(
+                f"{self.method} differentiates one model's training examples; a transfer "
+                "run's training points are source classes (use datamodels, downsampling, "
+                "banzhaf)"
+            )
         if index.empty:
             raise EstimateError(
                 f"{self.method} needs saved checkpoints and {run.uri} has none; add them with "

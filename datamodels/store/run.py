@@ -54,6 +54,14 @@ _METHOD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _ARRAY_DTYPES = {"mask": np.bool_, "margins": np.float32}
 
 
+def train_size(train_position: pa.ChunkedArray) -> int:
+    """n_train (the mask length) from ``examples.parquet``'s ``train_position`` column: one
+    more than its largest value (a transfer run's source classes are shared by their
+    examples; otherwise every train example has its own position)."""
+    train = train_position.drop_null().to_numpy()
+    return int(train.max()) + 1 if len(train) else 0
+
+
 def _to_pandas(table: pa.Table, schema: pa.Schema) -> pd.DataFrame:
     """A DataFrame in which nullable integer columns stay integers (pandas ``Int64``, not float)."""
     nullable_int = {pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype()}
@@ -192,9 +200,8 @@ class Run(ModelsTable):
             positions = self.read_table(
                 EXAMPLES_PATH, EXAMPLES_SCHEMA, columns=["train_position", "eval_position"]
             )
-            train = positions.column("train_position").drop_null().to_numpy()
             self._sizes = (
-                int(train.max()) + 1 if len(train) else 0,
+                train_size(positions.column("train_position")),
                 len(positions) - positions.column("eval_position").null_count,
             )
         return self._sizes

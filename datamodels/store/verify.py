@@ -267,7 +267,9 @@ def run_sizes(run: Run, full: bool = False) -> tuple[int | None, int | None, lis
     )
     if positions is None:
         return None, None, problems
-    n_train = len(positions) - positions.column("train_position").null_count
+    from datamodels.store.run import train_size
+
+    n_train = train_size(positions.column("train_position"))
     n_eval = len(positions) - positions.column("eval_position").null_count
     return n_train, n_eval, []
 
@@ -337,7 +339,11 @@ def verify(run: Run) -> list[Problem]:
     config_hash, config, problems = run_config(run)
     n_train, n_eval, example_problems = run_sizes(run, full=True)
     problems.extend(example_problems)
-    plan = PlanCheck.of(config, n_train) if config is not None and n_train is not None else None
+    plan = (
+        PlanCheck.of(config, n_train, run.removals())
+        if config is not None and n_train is not None
+        else None
+    )
     problems.extend(
         scan_shards(run, n_train, n_eval, config_hash=config_hash, full=True, plan=plan)[1]
     )

@@ -7,16 +7,16 @@ Each model (Jain et al. 2022):
    the batched MLP trainer (``train_mlp_batched``), K at once, as any other run's do;
 2. **transfers** to the target: the pre-trained body (every layer but the head) is kept and a
    new head for the target's classes is trained on the target's train split, either as a
-   ``linear_probe`` (body frozen; the head's convex objective — mean cross-entropy +
-   weight_decay/2·||W||², bias not penalised — solved full-batch by L-BFGS in float64 to
-   ``transfer.tolerance``, every model's separable term in one sum, starting from 0, so the
-   same features give the same head) or by ``finetune`` (every layer, SGD with momentum 0.9,
+   ``linear_probe`` (body frozen; the head solves the ``logreg`` objective on the features —
+   mean cross-entropy + weight_decay/2·||W||² — full-batch with the project's batched
+   L-BFGS in float64 to ``transfer.tolerance``, from 0, so the same features give the
+   same head) or by ``finetune`` (every layer, SGD with momentum 0.9,
    a linearly decaying lr, each model its own seeded batch order and head initialisation);
 3. records ``train.output`` (margins by default) on the target's test split.
 
-Inputs are standardised with the source examples' statistics, target included (the
-pre-trained body sees its inputs on the same scale it was trained on). Nothing depends on
-which other models share the call.
+Every input (source and target) is standardised with the statistics of the target's train
+split, a fixed set: so nothing a model computes depends on the source classes its mask
+leaves out (not even through the normalisation), nor on which other models share the call.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from datamodels.train.outcome import CheckpointRequest, Snapshot, margins_and_ac
 class TransferData:
     """``source``: the source examples as ``TrainData`` (labels: source classes);
     ``class_of``: int64[n_source] the source class (mask column) of each source example;
-    target tensors normalised with the source statistics."""
+    everything normalised with the target train split's statistics."""
 
     source: TrainData
     class_of: np.ndarray
@@ -72,7 +72,8 @@ def load_transfer_data(
     train = examples[examples["split"] == "train"].sort_values("index")
     test = examples[examples["eval_position"].notna()].sort_values("eval_position")
     src_index = source["index"].to_numpy(np.int64)
-    mean, std = _stats(features[src_index])
+    tr_index = train["index"].to_numpy(np.int64)
+    mean, std = _stats(features[tr_index])
     n_classes = int(source["train_position"].max()) + 1
     src = TrainData(
         train_x=torch.empty(0), train_y=torch.from_numpy(labels[src_index]),
@@ -82,7 +83,6 @@ def load_transfer_data(
     )
     src.train_x = src.normalize(torch.from_numpy(features[src_index]))
     src.eval_x = src.train_x[:1].clone()
-    tr_index = train["index"].to_numpy(np.int64)
     te_index = test["index"].to_numpy(np.int64)
     target_classes = int(max(train["label"].max(), test["label"].max())) + 1
     return TransferData(
@@ -124,38 +124,26 @@ def _features(bodies: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
 def linear_probe(
     train_features: torch.Tensor, labels: torch.Tensor, classes: int, config: Config
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Heads (W [K, h, C], b [K, C]) minimising every model's mean cross-entropy +
-    weight_decay/2·||W||² on its features [K, n, h] (float64 L-BFGS); and the loss [K]."""
+    """Heads (W [K, h, C], b [K, C]) minimising each model's ``logreg`` objective (mean
+    cross-entropy + weight_decay/2·||W||², the small centred-bias penalty of
+    ``train.batched``) on its own features [K, n, h]: the project's batched L-BFGS, every
+    model its own line search and stopping rule, from 0. Returns them and the objective [K]
+    (NaN where L-BFGS did not reach ``transfer.tolerance``)."""
+    from datamodels.train.batched import logreg_objective
+    from datamodels.train.lbfgs import batched_lbfgs
+
     spec = config.transfer
     feats = train_features.double()
     K, n, h = feats.shape
-    weight = torch.zeros(K, h, classes, dtype=torch.float64, device=feats.device)
-    bias = torch.zeros(K, classes, dtype=torch.float64, device=feats.device)
-    weight.requires_grad_(True)
-    bias.requires_grad_(True)
-    target = labels.repeat(K)
-
-    def per_model() -> torch.Tensor:
-        logits = torch.baddbmm(bias.unsqueeze(1), feats, weight)
-        ce = F.cross_entropy(logits.reshape(K * n, classes), target, reduction="none")
-        return ce.view(K, n).mean(1) + 0.5 * spec.weight_decay * weight.pow(2).sum((1, 2))
-
-    optimiser = torch.optim.LBFGS(
-        [weight, bias], lr=1.0, max_iter=spec.max_iter, tolerance_grad=spec.tolerance,
-        tolerance_change=0.0, history_size=20, line_search_fn="strong_wolfe",
-    )
-
-    def closure() -> torch.Tensor:
-        optimiser.zero_grad()
-        total = per_model().sum()
-        total.backward()
-        return total
-
-    with torch.enable_grad():
-        optimiser.step(closure)
-    with torch.no_grad():
-        loss = per_model()
-    return weight.detach(), bias.detach(), loss
+    weights = torch.full((K, n), 1.0 / max(n, 1), dtype=torch.float64, device=feats.device)
+    fun = logreg_objective(feats, labels, weights, classes, spec.weight_decay)
+    x0 = torch.zeros(K, (h + 1) * classes, dtype=torch.float64, device=feats.device)
+    solution = batched_lbfgs(fun, x0, tol=spec.tolerance, max_iter=spec.max_iter)
+    loss = solution.f.clone()
+    loss[~solution.converged] = float("nan")
+    weight = solution.x[:, : h * classes].view(K, h, classes)
+    bias = solution.x[:, h * classes :]
+    return weight, bias, loss
 
 
 def finetune(
