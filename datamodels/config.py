@@ -399,7 +399,7 @@ class TransferConfig(_Section):
     batch_size: int = Field(32, ge=1)
     weight_decay: float = Field(1e-3, ge=0.0)
     tolerance: float = Field(1e-6, gt=0.0)
-    max_iter: int = Field(300, ge=1)
+    max_iter: int = Field(2000, ge=1)
 
 
 class EvaluateConfig(_Section):
