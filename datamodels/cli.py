@@ -473,6 +473,11 @@ def transfer_report(
             f"{result.margin_change:+.3f} (datamodels predicted {predicted:+.3f})",
             highlight=False,
         )
+        for row in result.by_correctness.itertuples(index=False):
+            out_console.print(
+                f"mean margin change on the {row.count} target examples {row[0]}: "
+                f"{row[2]:+.3f}", highlight=False,
+            )
     path = build_transfer_report(handle, out, source_class, result)
     out_console.print(f"transfer report: {path}", highlight=False, soft_wrap=True)
 

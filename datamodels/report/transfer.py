@@ -121,8 +121,11 @@ def influenced(run: Run, position: int, k: int = 8) -> tuple[np.ndarray, np.ndar
 class Counterfactual:
     plan: str
     removed: pd.DataFrame  # train_position, name, total_weight
-    per_model: pd.DataFrame  # setting, seed, eval_accuracy
-    summary: pd.DataFrame  # setting, models, mean accuracy, stderr
+    per_model: pd.DataFrame  # setting, seed, eval_accuracy, mean_margin
+    summary: pd.DataFrame  # setting, models, mean accuracy, stderr, mean margin
+    # mean margin change on the target test examples every all-classes model gets right, and
+    # on those most of them get wrong (count of each)
+    by_correctness: pd.DataFrame | None = None
 
     def predicted_margin_change(self, n_targets: int) -> float:
         """The datamodels' prediction of the mean target margin's change: minus the removed
@@ -190,7 +193,18 @@ def counterfactual(
         summary.reset_index().rename(columns={"mean": "mean accuracy"}).drop(columns="std")
     )
     removed = totals[["train_position", "name", "total_weight"]]
-    return Counterfactual(spec.name, removed, per_model, summary)
+    before, after = margins[full, :n_test], margins[~full, :n_test]
+    right = (before > 0).mean(0)
+    change = after.mean(0) - before.mean(0)
+    groups = {"right in every all-classes model": right == 1, "wrong in most": right < 0.5}
+    by_correctness = pd.DataFrame(
+        [
+            {"target examples": name, "count": int(sel.sum()),
+             "mean margin change": float(change[sel].mean()) if sel.any() else float("nan")}
+            for name, sel in groups.items()
+        ]
+    )
+    return Counterfactual(spec.name, removed, per_model, summary, by_correctness)
 
 
 def _source_images(run: Run, positions: list[int], per_class: int = 6) -> list:
@@ -261,6 +275,7 @@ def build_transfer_report(
                 f"Counterfactual: pre-training without the {len(result.removed)} most "
                 "harmful source classes",
                 _table(result.removed) + _table(result.summary)
+                + (_table(result.by_correctness) if result.by_correctness is not None else "")
                 + _note(f"target test accuracy change {change:+.4f} ± {stderr:.4f} (stderr), "
                         f"plan {result.plan!r}, retrained through the driver; mean target "
                         f"margin change {result.margin_change:+.3f} (the datamodels predicted "
