@@ -390,7 +390,9 @@ class TransferConfig(_Section):
       ``finetune`` (every layer trained on the target's train split, a new head, SGD with
       ``epochs``, ``lr``, ``batch_size``, momentum 0.9 and ``weight_decay``).
 
-    Pre-training uses the ``train`` and ``model`` sections (``model.arch: mlp``)."""
+    Pre-training uses the ``train`` and ``model`` sections (``model.arch: mlp``). Margins are
+    recorded on the target's test split only (``dataset.eval_train`` does not apply).
+    Absent (null, the default), the config hashes as it did before this section existed."""
 
     source: DatasetConfig
     recipe: Literal["linear_probe", "finetune"] = "linear_probe"
