@@ -208,19 +208,13 @@ class PlanConfig(_Section):
 
     * ``classes`` (transfer runs): ``count`` masks over the source classes, each choosing
       exactly round(``alpha`` · C) of the C source classes uniformly at random.
-    * ``removal``: two masks, the full set (mask 0) and the full set without the ``k``
-      positions written to ``removals/<plan>.parquet`` after ``fit`` (mask 1; e.g. the k
-      most detrimental source classes, ``datamodels transfer-report --counterfactual``).
-      Its models are trained once that table exists; until then ``train`` leaves them out.
 
     ``seeds`` trainings (different seeds) per mask (for ``single_model``: one shared seed
     per replicate).
     """
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
-    kind: Literal["alpha", "alpha_grid", "loo", "tmc", "single_model", "classes", "removal"] = (
-        "alpha"
-    )
+    kind: Literal["alpha", "alpha_grid", "loo", "tmc", "single_model", "classes"] = "alpha"
     alpha: float = Field(0.5, gt=0.0, le=1.0)
     count: int | None = Field(None, ge=1)
     seeds: int = Field(1, ge=1)
@@ -229,7 +223,6 @@ class PlanConfig(_Section):
     tolerance: float = Field(0.01, ge=0.0)
     patience: int = Field(5, ge=1)
     drops: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5)
-    k: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _kind_fields(self) -> PlanConfig:
@@ -239,7 +232,7 @@ class PlanConfig(_Section):
             raise ValueError(
                 f"plans.{self.name}.drops must be fractions in (0, 1), e.g. [0.01, 0.1]"
             )
-        if self.kind not in ("loo", "removal") and self.count is None:
+        if self.kind != "loo" and self.count is None:
             raise ValueError(f"plans.{self.name}.count is required for kind {self.kind!r}")
         if self.kind == "loo" and self.points is not None and any(p < 0 for p in self.points):
             raise ValueError(f"plans.{self.name}.points must be train positions (>= 0)")
@@ -484,7 +477,7 @@ class Config(_Section):
         if wrong:
             raise ValueError(
                 f"plans {', '.join(wrong)}: a transfer run's masks are over source classes; "
-                "use plan kinds classes, alpha, alpha_grid or removal"
+                "use plan kinds classes, alpha, alpha_grid or stored"
             )
         if self.model.arch != "mlp" or self.resources.trainer != "batched":
             raise ValueError(

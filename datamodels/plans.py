@@ -18,9 +18,6 @@ Mask numbers by plan kind (n = n_train):
   dropped points weighted 0 (``training_weights``).
 * ``classes`` (transfer runs, n = number of source classes): ``count`` masks, each exactly
   round(alpha·n) positions drawn uniformly without replacement.
-* ``removal``: mask 0 is the full set, mask 1 the full set without the positions of the
-  run's ``removals/<plan>.parquet`` (``removal_masks``); a table written after ``fit``, so
-  those masks are a pure function of (config, that table).
 """
 
 from __future__ import annotations
@@ -155,8 +152,6 @@ def n_masks(plan: PlanConfig, n_train: int) -> int:
         return 1 + int(plan.count) * len(plan.drops)
     if plan.kind == "classes":
         return int(plan.count)
-    if plan.kind == "removal":
-        return 2
     return int(plan.count) * (n_train + 1)  # tmc
 
 
@@ -188,34 +183,12 @@ def mask_alpha(
         return 1.0 - dropped / max(n_train, 1)
     if plan.kind == "classes":
         return np.full(len(mask_index), class_count(plan, n_train) / max(n_train, 1))
-    if plan.kind == "removal":
-        kept = np.where(mask_index == 0, n_train, max(n_train - plan.k, 0))
-        return kept / max(n_train, 1)
     return (mask_index % (n_train + 1)) / max(n_train, 1)  # tmc: prefix fraction
 
 
 def class_count(plan: PlanConfig, n_train: int) -> int:
     """How many of the n_train source classes a ``classes`` mask includes (at least one)."""
     return min(n_train, max(1, int(round(plan.alpha * n_train))))
-
-
-def removal_masks(
-    config: Config, planned: PlannedModels, masks: np.ndarray, removed: dict[str, np.ndarray]
-) -> np.ndarray:
-    """``masks`` with mask 1 of every ``removal`` plan emptied at its removed positions
-    (``removed``: plan name -> int64 positions, the run's ``removals/<plan>.parquet``)."""
-    kinds = {p.name: p.kind for p in config.plans}
-    for row, (name, mask_index) in enumerate(zip(planned.plan, planned.mask_index, strict=True)):
-        if kinds[name] == "removal" and mask_index == 1:
-            if name not in removed:
-                from datamodels.errors import StoreError
-
-                raise StoreError(
-                    f"plan {name!r}: removals/{name}.parquet is not written yet; write it "
-                    "first (e.g. datamodels transfer-report RUN --counterfactual K)"
-                )
-            masks[row, removed[name]] = False
-    return masks
 
 
 def plan_mask(config_seed: int, plan: PlanConfig, mask_index: int, n_train: int) -> np.ndarray:
@@ -243,8 +216,6 @@ def plan_mask(config_seed: int, plan: PlanConfig, mask_index: int, n_train: int)
         mask = np.zeros(n_train, dtype=bool)
         mask[rng.permutation(n_train)[: class_count(plan, n_train)]] = True
         return mask
-    if plan.kind == "removal":  # mask 1 without its removals: `removal_masks`
-        return np.ones(n_train, dtype=bool)
     alpha = float(mask_alpha(config_seed, plan, np.array([mask_index]), n_train)[0])
     rng = np.random.default_rng([config_seed, _plan_key(plan.name), mask_index, 0])
     return rng.random(n_train) < alpha

@@ -36,7 +36,6 @@ from datamodels.plans import (
     checkpoint_ids,
     masks_for,
     plan_models,
-    removal_masks,
     tmc_walk,
     tmc_walk_state,
     training_weights,
@@ -116,8 +115,7 @@ class TrainStage(Stage):
             "checkpointed": sorted(saved),
             "models": self.run.fs.stats("models", ".parquet"),
             "failures": self.run.fs.stats("", "failures.parquet"),
-        } | ({"removals": self.run.fs.stats("removals", ".parquet")} if self.removal_plans()
-             else {})
+        }
 
     def nothing_to_do(self) -> str:
         return "train: every planned model is done or out of attempts; nothing to do"
@@ -150,8 +148,6 @@ class TrainStage(Stage):
         for problem in moved:
             self.summary.quarantined.append(f"{problem.file} ({problem.kind}: {problem.message})")
         self.attempts = Counter(self.run.failures()["model_id"].astype(int).tolist())
-        self._removed = None
-        self.removed()  # read here, in the driver: tasks get it with the stage
 
     def outputs(self) -> list[str]:
         return ["examples.parquet", BETON_PATH]
@@ -179,8 +175,7 @@ class TrainStage(Stage):
         operations over the plan: no Python object per planned model."""
         done = self.run.stored_model_ids()
         ids = self.planned.model_id
-        plain = ids[~np.isin(self.planned.plan, self.tmc_plans() + self.waiting_plans())
-                    & self.mine(ids)]
+        plain = ids[~np.isin(self.planned.plan, self.tmc_plans()) & self.mine(ids)]
         wanted = checkpoint_ids(self.config, self.planned)
         wanted = wanted[self.mine(wanted)]
         have = (
@@ -266,9 +261,7 @@ class TrainStage(Stage):
     def up_to_date(self) -> TrainSummary:
         done = self.run.stored_model_ids()
         walks = self.walk_state(set(done.tolist()) if self.tmc_plans() else set())
-        plain = self.planned.model_id[
-            ~np.isin(self.planned.plan, self.tmc_plans() + self.waiting_plans())
-        ]
+        plain = self.planned.model_id[~np.isin(self.planned.plan, self.tmc_plans())]
         n_done = int(np.isin(plain, done).sum()) + sum(p for _, p in walks.values())
         return TrainSummary(len(plain) + len(walks), n_done)
 
@@ -276,21 +269,6 @@ class TrainStage(Stage):
 
     def tmc_plans(self) -> list[str]:
         return [p.name for p in self.config.plans if p.kind == "tmc"]
-
-    def removal_plans(self) -> list[str]:
-        return [p.name for p in self.config.plans if p.kind == "removal"]
-
-    def removed(self) -> dict[str, np.ndarray]:
-        """plan -> removed positions of the ``removal`` plans whose table is written (read
-        in the driver, once per stage; tasks get it with the stage)."""
-        if getattr(self, "_removed", None) is None:
-            self._removed = self.run.removals() if self.removal_plans() else {}
-        return self._removed
-
-    def waiting_plans(self) -> list[str]:
-        """``removal`` plans whose ``removals/<plan>.parquet`` is not written yet: their
-        models are not trained (nor counted) until it is."""
-        return [name for name in self.removal_plans() if name not in self.removed()]
 
     def spread(self, units: list[Unit], slots: int) -> list[Unit]:
         """Smaller batches when there are fewer models than slots × models_per_task, so that
@@ -459,8 +437,6 @@ class TrainStage(Stage):
             else None
         )
         masks = masks_for(self.config, planned, data.n_train)
-        if self.removal_plans():  # mask 1 of a removal plan: its stored table
-            masks = removal_masks(self.config, planned, masks, self.removed())
         # single_model plans: batches from the full set, dropped points weighted 0; the
         # stored mask stays the kept set
         order, weights = training_weights(self.config, planned, masks)

@@ -30,8 +30,6 @@ from datamodels.store.schemas import (
     FAILURES_SCHEMA,
     INVALID_DIR,
     MODELS_DIR,
-    REMOVALS_DIR,
-    REMOVALS_SCHEMA,
     SCHEMA_VERSION,
     SCORES_DIR,
     SELF_SCORES_DIR,
@@ -61,8 +59,6 @@ from datamodels.store.verify import valid_shards, verify
 
 __all__ = [
     "ATTACKS_DIR",
-    "REMOVALS_DIR",
-    "REMOVALS_SCHEMA",
     "SOURCE_CLASSES_PATH",
     "SOURCE_CLASSES_SCHEMA",
     "CHECKPOINTS_DIR",

@@ -48,13 +48,12 @@ class PlanCheck:
     config: Config
     planned: PlannedModels
     n_train: int
-    removed: dict | None = None  # removal plans: plan -> positions (``removals/``)
 
     @classmethod
-    def of(cls, config: Config, n_train: int, removed: dict | None = None) -> PlanCheck:
+    def of(cls, config: Config, n_train: int) -> PlanCheck:
         from datamodels.plans import plan_models
 
-        return cls(config, plan_models(config, n_train), n_train, removed)
+        return cls(config, plan_models(config, n_train), n_train)
 
     def problems(self, rel_path: str, table: pa.Table) -> list[Problem]:
         """``plan`` problems of one shard (``table`` has its model_id, plan and mask columns)."""
@@ -75,10 +74,6 @@ class PlanCheck:
         if known.any():
             planned = self.planned.take(positions[known])
             expected = masks_for(self.config, planned, self.n_train)
-            if any(p.kind == "removal" for p in self.config.plans):
-                from datamodels.plans import removal_masks
-
-                expected = removal_masks(self.config, planned, expected, self.removed or {})
             stored = fixed_size_list_to_numpy(table.column("mask"), np.bool_)[known]
             plans = np.asarray(table.column("plan").to_pylist(), dtype=object)[known]
             wrong = (stored != expected).any(axis=1) | (plans != planned.plan)

@@ -31,8 +31,6 @@ from datamodels.store.schemas import (
     EXAMPLES_SCHEMA,
     FAILURES_PATH,
     FAILURES_SCHEMA,
-    REMOVALS_DIR,
-    REMOVALS_SCHEMA,
     SCORES_DIR,
     SELF_SCORES_DIR,
     SELF_SCORES_SCHEMA,
@@ -320,42 +318,6 @@ class Run(ModelsTable):
         )
         self.write_table(self.self_scores_path(method), frame, SELF_SCORES_SCHEMA)
         return len(values)
-
-    def write_removal(self, plan: str, positions: np.ndarray, scores: np.ndarray) -> None:
-        """Write ``removals/<plan>.parquet`` (positions in rank order, the score of each). A
-        table already there is never replaced by a different one: the models trained on it
-        would no longer match."""
-        positions = np.asarray(positions, dtype=np.int64)
-        frame = pd.DataFrame(
-            {
-                "position": positions,
-                "rank": np.arange(len(positions), dtype=np.int32),
-                "score": np.asarray(scores, dtype=np.float32),
-            }
-        )
-        existing = self.removal(plan)
-        if existing is not None:
-            if not np.array_equal(existing, positions):
-                raise StoreError(
-                    f"{self.fs.display(f'{REMOVALS_DIR}/{plan}.parquet')} already removes "
-                    f"positions {existing.tolist()}, not {positions.tolist()}; its models were "
-                    "trained on it: use a new removal plan (or a new run)"
-                )
-            return
-        self.write_table(f"{REMOVALS_DIR}/{plan}.parquet", frame, REMOVALS_SCHEMA)
-
-    def removal(self, plan: str) -> np.ndarray | None:
-        """int64 positions of ``removals/<plan>.parquet`` in rank order (None: not written)."""
-        rel_path = f"{REMOVALS_DIR}/{plan}.parquet"
-        if not self.fs.isfile(rel_path):
-            return None
-        table = self.read_table(rel_path, REMOVALS_SCHEMA).to_pandas().sort_values("rank")
-        return table["position"].to_numpy(np.int64)
-
-    def removals(self) -> dict[str, np.ndarray]:
-        """plan name -> removed positions, for every ``removals/*.parquet``."""
-        names = [n for n in self.fs.listdir(REMOVALS_DIR) if n.endswith(".parquet")]
-        return {n[: -len(".parquet")]: self.removal(n[: -len(".parquet")]) for n in names}
 
     def self_scores_path(self, method: str) -> str:
         return f"{SELF_SCORES_DIR}/{self.scores_path(method).split('/')[-1]}"

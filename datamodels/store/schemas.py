@@ -11,7 +11,6 @@ names and types are the public contract that notebooks, SQL and outside checks r
 ``datamodels/targets.parquet`` `TARGETS_SCHEMA`
 ``scores/<method>.parquet``    `scores_schema` (n_train)
 ``evaluation.parquet``         `EVALUATION_SCHEMA`
-``removals/<plan>.parquet``    `REMOVALS_SCHEMA`
 ``transfer/source_classes.parquet``  `SOURCE_CLASSES_SCHEMA`
 =============================  ==============================================================
 
@@ -138,17 +137,6 @@ def scores_schema(n_train: int) -> pa.Schema:
 
 SELF_SCORES_SCHEMA = pa.schema(
     [("train_position", pa.int64()), ("score", pa.float32()), ("stderr", pa.float32())],
-    metadata=_metadata(),
-)
-
-# removals/<plan>.parquet: the positions mask 1 of a ``removal`` plan leaves out (one row
-# each, ``rank`` 0 first) and the ``score`` that chose them; written once, after ``fit``.
-REMOVALS_SCHEMA = pa.schema(
-    [
-        _field("position", pa.int64()),
-        _field("rank", pa.int32()),
-        _field("score", pa.float32(), nullable=True),
-    ],
     metadata=_metadata(),
 )
 
@@ -282,5 +270,4 @@ EVALUATION_PATH = "evaluation.parquet"
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_INDEX_DIR = "checkpoints/index"
 ATTACKS_DIR = "attacks"
-REMOVALS_DIR = "removals"
 SOURCE_CLASSES_PATH = "transfer/source_classes.parquet"

@@ -339,11 +339,7 @@ def verify(run: Run) -> list[Problem]:
     config_hash, config, problems = run_config(run)
     n_train, n_eval, example_problems = run_sizes(run, full=True)
     problems.extend(example_problems)
-    plan = (
-        PlanCheck.of(config, n_train, run.removals())
-        if config is not None and n_train is not None
-        else None
-    )
+    plan = PlanCheck.of(config, n_train) if config is not None and n_train is not None else None
     problems.extend(
         scan_shards(run, n_train, n_eval, config_hash=config_hash, full=True, plan=plan)[1]
     )
