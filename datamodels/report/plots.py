@@ -174,7 +174,11 @@ def removal_figure(results: pd.DataFrame) -> str | None:
         low = float(min(predicted.min(), actual.min(), 0.0))
         ax.plot([low, 0], [low, 0], color="0.5", ls="--", lw=0.8)
         corr = np.corrcoef(predicted, actual)[0, 1] if len(rows) > 2 else float("nan")
-        ax.set_title(f"{method} (Pearson {corr:.2f}, {len(rows)} sets)", fontsize=9)
+        # the slope says whether the scores' scale is a margin change (1) or only a ranking
+        slope = np.polyfit(predicted, actual, 1)[0] if len(rows) > 1 else float("nan")
+        ax.set_title(
+            f"{method} (Pearson {corr:.2f}, slope {slope:.2g}, {len(rows)} sets)", fontsize=9
+        )
         ax.set_xlabel("predicted margin change (−Σ removed scores)")
         ax.set_ylabel("retrained margin change")
         ax.legend(fontsize=7)

@@ -18,7 +18,7 @@ from datamodels.errors import StoreError
 from datamodels.evaluate.removal import removal_metrics
 from datamodels.orchestrate.executor import SerialExecutor
 from datamodels.plans import n_masks, plan_models
-from datamodels.store import Run, verify
+from datamodels.store import Run, query, verify
 
 WEIGHT_DECAY = 0.05
 # logreg (exact, deterministic) on 120 digits; plan `full` is the full-data model (a loo plan
@@ -137,6 +137,10 @@ def test_logreg_removal_is_the_exact_effect_of_training_without_the_set(logreg_r
     assert {"removal_flip_rate_k1", "removal_flip_rate_k4", "brittle_verified_le_5pct"} <= set(
         frame["metric"]
     )
+    # the tables are SQL views too; the removal models are ordinary rows of `models`
+    counted = query(run, "SELECT (SELECT count(*) FROM removal_results) AS sets, "
+                         "(SELECT count(*) FROM models WHERE plan = 'removal') AS models")
+    assert counted.values.tolist() == [[12, 26]]
 
 
 def test_removal_metrics_on_a_constructed_table():
