@@ -272,6 +272,28 @@ def evaluate(
     return _locked(run, EvaluateStage(config, run), None, False, console)
 
 
+def removal(
+    config: Config | str | Run,
+    run: str | Run | None = None,
+    address: str | None = None,
+    executor: Any = None,
+    show_progress: bool = True,
+    console: Console | None = None,
+) -> pd.DataFrame:
+    """Counterfactual removal and brittleness by retraining (`stages.removal`): write the
+    removal plan's sets from the score tables (once), train them through ``train``, reduce
+    them to ``removals/results.parquet`` (returned). ``removal(config, run)`` or
+    ``removal(run)``."""
+    from datamodels.stages.removal import RemovalStage, write_removal_sets
+    from datamodels.store.lock import writer
+
+    config, run, _ = _config_and_run(config, run)
+    with writer(run.fs):
+        write_removal_sets(config, run)
+        train(config, run, address, executor, show_progress, console)
+        return _locked(run, RemovalStage(config, run), None, show_progress, console)
+
+
 def attack(
     config: Config,
     run: str | Run,
@@ -350,8 +372,13 @@ def run(
     console: Console | None = None,
     executor: Any = None,
 ) -> pd.DataFrame:
-    """Every stage: prepare, train, fit, every estimator the run has models for, evaluate."""
+    """Every stage: prepare, train, fit, every estimator the run has models for, removal (when
+    the config has a removal plan: its sets need the scores), evaluate."""
+    from datamodels.stages.removal import removal_plan
+
     train(config, out, address, executor, show_progress, console)
     fit(config, out, show_progress, console)
     estimate_many(config, out, None, address, show_progress, console, executor=executor)
+    if removal_plan(config) is not None:
+        removal(config, out, address, executor, show_progress, console)
     return evaluate(config, out, console)

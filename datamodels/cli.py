@@ -311,6 +311,28 @@ def attack(
     out_console.print(f"wrote {run}/attacks/target_{target}.parquet")
 
 
+def _removal(cfg: Config, run: str, address: str | None, quiet: bool) -> None:
+    from datamodels import api
+
+    results = api.removal(cfg, run, address, show_progress=not quiet, console=err_console)
+    grid = results[results["kind"] == "grid"]
+    err_console.print(
+        f"removal: {len(results)} sets ({grid['target'].nunique()} targets) in "
+        f"{run}/removals/results.parquet",
+        highlight=False,
+    )
+
+
+@app.command()
+@user_errors
+def removal(run: RunArg, set_: SetOpt = None, address: AddressOpt = None,
+            quiet: QuietOpt = False) -> None:
+    """Counterfactual removal and brittleness by retraining: choose the removal plan's sets
+    from the score tables (once: plan_masks/, removals/sets.parquet), train them, write
+    removals/results.parquet (predicted vs actual margin change, flips)."""
+    _removal(_run_config(run, set_), run, address, quiet)
+
+
 @app.command("run")
 @user_errors
 def run_all(
@@ -321,14 +343,19 @@ def run_all(
     quiet: QuietOpt = False,
     retry_failed: RetryOpt = False,
 ) -> None:
-    """Run every stage: prepare, train, fit, estimate, evaluate (each skips work already done);
-    exits 1 when models failed for good (the later stages still run on the others)."""
+    """Run every stage: prepare, train, fit, estimate, removal (with a removal plan), evaluate
+    (each skips work already done); exits 1 when models failed for good (the later stages
+    still run on the others)."""
+    from datamodels.stages.removal import removal_plan
+
     cfg = _load(config, set_)
     target = _out(cfg, out)
     failed = _train(cfg, target, address, quiet, retry_failed)
     status(target)
     _fit(cfg, target, quiet)
     _estimate(cfg, target, address=address, quiet=quiet)
+    if removal_plan(cfg) is not None:
+        _removal(cfg, target, address, quiet)
     _evaluate(cfg, target)
     if failed:
         raise typer.Exit(1)
@@ -437,8 +464,10 @@ def transfer_report(
     counterfactual: Annotated[
         bool,
         typer.Option("--counterfactual/--no-counterfactual", help="remove the k most harmful "
-                     "source classes (the config's removal plan) and retrain through the driver"),
+                     "source classes (mask 1 of the config's stored plan of two masks) and "
+                     "retrain through the driver"),
     ] = True,
+    k: Annotated[int, typer.Option("--k", help="how many source classes to remove")] = 4,
     address: AddressOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -454,7 +483,7 @@ def transfer_report(
     result = None
     if counterfactual:
         result = run_counterfactual(
-            config, handle, address=address, show_progress=not quiet, console=err_console
+            config, handle, k, address=address, show_progress=not quiet, console=err_console
         )
         for row in result.removed.itertuples(index=False):
             out_console.print(

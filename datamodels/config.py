@@ -205,6 +205,16 @@ class PlanConfig(_Section):
       everything, then ``count`` masks per fraction in ``drops`` each drop that fraction of
       the points at random. A dropped point keeps its place in every batch with loss
       weight 0 (the trainer's ``example_weights``); the stored mask is the kept set.
+    * ``stored``: ``count`` masks read from ``plan_masks/<name>.parquet`` (the full training
+      set minus each row's ``removed`` train positions), a table written once, after the
+      config, by whatever chooses the sets (`datamodels.plans.write_plan_masks`); ``train``
+      skips the plan until the table exists.
+    * ``removal``: a stored-mask plan whose table the ``removal`` stage writes from the score
+      tables (counterfactual removal, brittleness by retraining): for ``count`` test targets
+      (``targets``: explicit eval positions instead; default: correctly predicted ones, drawn
+      with the config seed), each of ``methods`` and each ``k`` in ``ks`` (plus, with
+      ``brittle``, the method's predicted smallest flipping k, at most ``brittle_max`` · n_train),
+      the k most helpful training points are removed; mask 0 keeps every point (the baseline).
 
     * ``classes`` (transfer runs): ``count`` masks over the source classes, each choosing
       exactly round(``alpha`` · C) of the C source classes uniformly at random.
@@ -214,7 +224,9 @@ class PlanConfig(_Section):
     """
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
-    kind: Literal["alpha", "alpha_grid", "loo", "tmc", "single_model", "classes"] = "alpha"
+    kind: Literal[
+        "alpha", "alpha_grid", "loo", "tmc", "single_model", "stored", "removal", "classes"
+    ] = "alpha"
     alpha: float = Field(0.5, gt=0.0, le=1.0)
     count: int | None = Field(None, ge=1)
     seeds: int = Field(1, ge=1)
@@ -223,9 +235,26 @@ class PlanConfig(_Section):
     tolerance: float = Field(0.01, ge=0.0)
     patience: int = Field(5, ge=1)
     drops: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5)
+    # removal plans (defaults leave the hash of every other plan unchanged)
+    ks: tuple[int, ...] = (10, 50)
+    methods: tuple[str, ...] = ("datamodels",)
+    targets: tuple[int, ...] | None = None
+    brittle: bool = True
+    brittle_max: float = Field(0.05, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _kind_fields(self) -> PlanConfig:
+        if self.kind == "removal":
+            if self.targets is None and self.count is None:
+                raise ValueError(
+                    f"plans.{self.name}: a removal plan needs count (how many test targets) "
+                    "or targets (their eval positions)"
+                )
+            if not self.ks or any(k < 1 for k in self.ks):
+                raise ValueError(f"plans.{self.name}.ks must be positive counts, e.g. [10, 50]")
+            if not self.methods:
+                raise ValueError(f"plans.{self.name}.methods must name score tables")
+            return self
         if self.kind == "single_model" and (
             not self.drops or any(not 0.0 < d < 1.0 for d in self.drops)
         ):
@@ -453,6 +482,22 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _one_removal_plan(self) -> Config:
+        removal = [p.name for p in self.plans if p.kind == "removal"]
+        if len(removal) > 1:
+            raise ValueError(
+                f"plans {', '.join(removal)}: one removal plan per config (its tables are "
+                "removals/sets.parquet and removals/results.parquet); merge their ks and methods"
+            )
+        stored = {p.name for p in self.plans if p.kind in ("stored", "removal")}
+        if self.checkpoints.plan in stored:
+            raise ValueError(
+                f"checkpoints.plan {self.checkpoints.plan!r} is a stored-mask plan (its masks "
+                "exist only after fit); choose an alpha, alpha_grid or loo plan"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _single_model_needs_mlp(self) -> Config:
         single = [p.name for p in self.plans if p.kind == "single_model"]
         if single and (self.model.arch != "mlp" or self.resources.trainer != "batched"):
@@ -473,7 +518,9 @@ class Config(_Section):
                     "transfer section (transfer.source) or use kind alpha"
                 )
             return self
-        wrong = [p.name for p in self.plans if p.kind in ("tmc", "single_model", "loo")]
+        wrong = [
+            p.name for p in self.plans if p.kind in ("tmc", "single_model", "loo", "removal")
+        ]
         if wrong:
             raise ValueError(
                 f"plans {', '.join(wrong)}: a transfer run's masks are over source classes; "

@@ -43,7 +43,7 @@ def _transfer_config(**overrides) -> dict:
         "plans": [
             {"name": "train", "kind": "classes", "alpha": 0.5, "count": 24},
             {"name": "eval", "kind": "classes", "alpha": 0.5, "count": 4},
-            {"name": "without", "kind": "removal", "k": 2, "seeds": 2},
+            {"name": "without", "kind": "stored", "count": 2, "seeds": 2},
         ],
         "fit": {"n_lambdas": 5},
         "resources": {"models_per_task": 32},
@@ -55,6 +55,8 @@ def _transfer_config(**overrides) -> dict:
 def test_class_masks_are_deterministic_fixed_size_and_independent_of_batching():
     config = config_from_dict(_transfer_config())
     planned = plan_models(config, 34)
+    assert (planned.plan == "without").sum() == 4  # stored: its masks are read after fit
+    planned = planned.take(np.flatnonzero(planned.plan != "without"))
     masks = masks_for(config, planned, 34)
     classes = planned.plan == "train"
     assert (masks[classes].sum(1) == 17).all()  # exactly round(0.5 * 34) source classes
@@ -63,9 +65,6 @@ def test_class_masks_are_deterministic_fixed_size_and_independent_of_batching():
     np.testing.assert_array_equal(masks, again)
     other_seed = masks_for(config_from_dict(_transfer_config(seed=1)), planned, 34)
     assert not np.array_equal(masks[classes], other_seed[classes])
-    # the removal plan: mask 0 full, mask 1 full until its table says otherwise
-    removal = planned.plan == "without"
-    assert masks[removal].all() and removal.sum() == 4
 
 
 @pytest.fixture(scope="module")
@@ -183,8 +182,8 @@ def test_transfer_run_end_to_end_report_and_counterfactual(small_run):
     api.fit(config, run, show_progress=False)
     effects = class_effects(run)
     assert list(effects["target class"]) == list(range(10))
-    result = counterfactual(config, run, executor=SerialExecutor())
-    removed = run.removal("without")
+    result = counterfactual(config, run, k=2, executor=SerialExecutor())
+    removed = run.plan_masks("without")[1]
     assert len(removed) == 2 and removed.tolist() == result.removed["train_position"].tolist()
     masks, _ = run.masks_and_margins(plan="without")
     assert masks.shape == (4, 12) and masks[:2].all() and not masks[2:, removed].any()
@@ -197,6 +196,8 @@ def test_transfer_run_end_to_end_report_and_counterfactual(small_run):
     assert verify(run) == []
     with pytest.raises(DatamodelsError, match="neither a source class name"):
         build_transfer_report(run, source_class="no such class")
+    with pytest.raises(DatamodelsError, match="already removes source classes"):
+        counterfactual(config, run, k=3, executor=SerialExecutor())
 
 
 @pytest.mark.parametrize(
@@ -235,7 +236,7 @@ def test_configs_without_transfer_keep_their_hash():
 def test_shipped_transfer_configs_validate():
     digits = load_config(CONFIGS / "transfer_digits.yaml")
     assert digits.transfer.recipe == "linear_probe"
-    assert {p.kind for p in digits.plans} == {"classes", "removal"}
+    assert {p.kind for p in digits.plans} == {"classes", "stored"}
     cifar = load_config(CONFIGS / "transfer_cifar.yaml")
     assert cifar.transfer.source.name == "cifar100" and cifar.dataset.name == "cifar10"
     assert cifar.resources.num_gpus > 0

@@ -3,7 +3,8 @@
 Sections (each always present, with a note when the run has nothing for it): run facts, LDS
 per method, mislabel detection, target supports (a target beside its most helpful and most
 harmful training inputs), datamodel embedding, leakage candidates, brittleness, LOO
-agreement. Figures are inline base64 PNGs; the page fetches nothing.
+agreement, counterfactual removal and brittleness verified by retraining (from
+``removals/results.parquet``). Figures are inline base64 PNGs; the page fetches nothing.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ SECTIONS = (
     ("leakage", "Leakage candidates"),
     ("brittleness", "Brittleness (predicted)"),
     ("loo", "Agreement with leave-one-out"),
+    ("counterfactual", "Counterfactual removal: predicted vs retrained"),
+    ("brittleness_verified", "Brittleness verified by retraining"),
 )
 
 _STYLE = """
@@ -205,6 +208,57 @@ def _brittleness(run: Run) -> str:
     )
 
 
+def _removal_results(run: Run) -> pd.DataFrame | None:
+    try:
+        return run.removal_results()
+    except DatamodelsError:
+        return None
+
+
+_NO_REMOVAL = (
+    "no removals/results.parquet: add a removal plan to the config and run "
+    "`datamodels removal RUN`"
+)
+
+
+def _by_method(rows: pd.DataFrame) -> pd.DataFrame:
+    """Evaluation rows as one line per metric, one column per method."""
+    table = rows.pivot(index="metric", columns="method", values="value")
+    table.columns.name = None
+    return table.reset_index()
+
+
+def _counterfactual(run: Run, evaluation: pd.DataFrame | None) -> str:
+    """Predicted vs retrained margin change of every removal set, and the metrics per
+    method (correlations, flip rates per k)."""
+    results = _removal_results(run)
+    if results is None:
+        return _note(_NO_REMOVAL)
+    body = _img(plots.removal_figure(results), "counterfactual removal scatter")
+    if evaluation is not None:
+        rows = evaluation[evaluation["metric"].str.startswith("removal_")]
+        if len(rows):
+            body += _table(_by_method(rows))
+    return body + _note(
+        "each point: one target and the k training points its scores rank most helpful, "
+        "removed and retrained (mean over seeds) against the change the scores predict"
+    )
+
+
+def _brittleness_verified(run: Run, evaluation: pd.DataFrame | None) -> str:
+    """The predicted smallest flipping k per target, checked by retraining; the fractions
+    of predictions that flip after removing at most 1% / 5% of the training set."""
+    results = _removal_results(run)
+    if results is None:
+        return _note(_NO_REMOVAL)
+    body = _img(plots.verified_brittleness_figure(results, run.n_train), "verified brittleness")
+    if evaluation is not None:
+        rows = evaluation[evaluation["metric"].str.startswith("brittle_")]
+        if len(rows):
+            body += _table(_by_method(rows))
+    return body
+
+
 def build_report(
     run: Run | str, out: str | Path | None = None, n_targets: int = 3, k: int = 6
 ) -> Path:
@@ -239,6 +293,8 @@ def build_report(
         bodies["embedding"] = _embedding(run, method, k)
         bodies["leakage"] = _leakage(run, method, k=12)
         bodies["brittleness"] = _brittleness(run)
+    bodies["counterfactual"] = _counterfactual(run, evaluation)
+    bodies["brittleness_verified"] = _brittleness_verified(run, evaluation)
     agreement = loo_agreement_from_run(run) if methods else None
     bodies["loo"] = _note("the run has no loo plan") if agreement is None else _table(agreement)
     sections = "".join(

@@ -8,10 +8,10 @@ one weight per source class; positive = including the class raises the margin):
   class's test examples; the most helpful and most harmful source classes of each;
 * ``influenced``: the target examples a chosen source class moves most, either way;
 * ``counterfactual``: the ``k`` source classes with the most negative total weight (summed
-  over every target test example) are written to ``removals/<plan>.parquet`` of the config's
-  ``removal`` plan and its models (all source classes vs without those k, ``seeds`` each) are
-  trained through the driver; the target test accuracy before and after, per seed, with
-  means and standard errors.
+  over every target test example) become mask 1 of the config's ``stored`` plan (mask 0:
+  every source class), written to ``plan_masks/<plan>.parquet``, and its models (``seeds``
+  each) are trained through the driver; the target test accuracy before and after, per
+  seed, with means and standard errors.
 
 ``build_transfer_report`` writes one self-contained HTML page (``<run>/transfer_report.html``)
 with these tables and the inputs drawn as images.
@@ -148,32 +148,51 @@ class Counterfactual:
         )
 
 
-def removal_plan(config: Config, name: str | None = None) -> Any:
-    plans = [p for p in config.plans if p.kind == "removal"]
+def counterfactual_plan(config: Config, name: str | None = None) -> Any:
+    """The ``stored`` plan of two masks the counterfactual trains (the first, or ``name``)."""
+    plans = [p for p in config.plans if p.kind == "stored" and p.count == 2]
     if name is not None:
         plans = [p for p in plans if p.name == name]
     if not plans:
         raise DatamodelsError(
-            "the counterfactual needs a removal plan in the config (plans: - name: without, "
-            "kind: removal, k: 4, seeds: 10); this run has none"
-            + (f" named {name!r}" if name else "")
+            "the counterfactual needs a stored plan of two masks in the config (plans: - name: "
+            "without, kind: stored, count: 2, seeds: 10)"
+            + (f" named {name!r}" if name else "") + "; this run has none"
         )
     return plans[0]
 
 
 def counterfactual(
-    config: Config, run: Run, plan: str | None = None, address: str | None = None,
+    config: Config, run: Run, k: int = 4, plan: str | None = None, address: str | None = None,
     executor: Any = None, show_progress: bool = False, console: Any = None,
 ) -> Counterfactual:
-    """Remove the ``k`` most harmful source classes (most negative total weight), train the
-    removal plan's models through the driver, and compare target test accuracy."""
+    """Remove the ``k`` most harmful source classes (most negative total weight): mask 1 of
+    the ``stored`` plan (mask 0 keeps every class); train its models through the driver and
+    compare target test accuracy. A plan whose masks are already written is trained and
+    read as it is, if it removes the same classes (else refused: it is written once)."""
     from datamodels import api
 
-    spec = removal_plan(config, plan)
-    totals = total_effects(run).head(spec.k)
-    run.write_removal(spec.name, totals["train_position"].to_numpy(), totals["total_weight"])
+    spec = counterfactual_plan(config, plan)
+    if k < 1:
+        raise DatamodelsError(f"--k {k}: remove at least one source class")
+    totals = total_effects(run).head(k)
+    chosen = totals["train_position"].to_numpy(np.int64)
+    written = run.plan_masks(spec.name)
+    if written is None:
+        run.write_plan_masks(spec.name, [np.zeros(0, np.int64), chosen])
+    elif len(written) != 2 or len(written[0]) or sorted(written[1]) != sorted(chosen):
+        raise DatamodelsError(
+            f"{run.fs.display(run.plan_masks_path(spec.name))} already removes source classes "
+            f"{sorted(written[-1].tolist())}, not the {k} most harmful {sorted(chosen.tolist())};"
+            " its masks are written once: add another stored plan (or use a new run)"
+        )
     api.train(config, run, address, executor, show_progress, console)
     masks, margins = run.masks_and_margins(plan=spec.name)
+    if not len(masks) or masks.all(1).all():
+        raise DatamodelsError(
+            f"plan {spec.name!r}: no model without the removed classes trained (see "
+            f"{run.fs.display('failures.parquet')})"
+        )
     models = run.models(plan=spec.name, columns=["seed", "eval_accuracy"]).to_pandas()
     n_test = int((run.examples()["split"] == "test").sum())
     full = masks.all(1)
@@ -277,7 +296,7 @@ def build_transfer_report(
                 _table(result.removed) + _table(result.summary)
                 + (_table(result.by_correctness) if result.by_correctness is not None else "")
                 + _note(f"target test accuracy change {change:+.4f} ± {stderr:.4f} (stderr), "
-                        f"plan {result.plan!r}, retrained through the driver; mean target "
+                        f"stored plan {result.plan!r}, retrained through the driver; mean target "
                         f"margin change {result.margin_change:+.3f} (the datamodels predicted "
                         f"{result.predicted_margin_change(len(run.labels('test'))):+.3f})"),
             )

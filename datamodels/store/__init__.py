@@ -30,6 +30,12 @@ from datamodels.store.schemas import (
     FAILURES_SCHEMA,
     INVALID_DIR,
     MODELS_DIR,
+    PLAN_MASKS_DIR,
+    PLAN_MASKS_SCHEMA,
+    REMOVAL_RESULTS_PATH,
+    REMOVAL_RESULTS_SCHEMA,
+    REMOVAL_SETS_PATH,
+    REMOVAL_SETS_SCHEMA,
     SCHEMA_VERSION,
     SCORES_DIR,
     SELF_SCORES_DIR,
@@ -58,6 +64,12 @@ from datamodels.store.shards import (
 from datamodels.store.verify import valid_shards, verify
 
 __all__ = [
+    "PLAN_MASKS_DIR",
+    "PLAN_MASKS_SCHEMA",
+    "REMOVAL_RESULTS_PATH",
+    "REMOVAL_RESULTS_SCHEMA",
+    "REMOVAL_SETS_PATH",
+    "REMOVAL_SETS_SCHEMA",
     "ATTACKS_DIR",
     "SOURCE_CLASSES_PATH",
     "SOURCE_CLASSES_SCHEMA",

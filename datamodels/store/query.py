@@ -1,12 +1,12 @@
 """SQL over a run directory: DuckDB views named after its tables, and read-only queries.
 
 `connect` gives an in-memory DuckDB connection with one view per table that exists:
-``models``, ``examples``, ``failures``, ``weights``, ``targets``, ``evaluation`` and
-``scores_<method>``. Local runs get views over the Parquet files themselves (DuckDB's own
-reader); remote runs (``s3://`` ...) get the same names over pyarrow datasets registered with
-DuckDB. `query` runs only read statements (SELECT / WITH / DESCRIBE / SHOW / SUMMARIZE /
-EXPLAIN / show-like PRAGMAs) and returns a DataFrame. DuckDB lists are 1-based:
-``mask[i + 1]`` is train_position i.
+``models``, ``examples``, ``failures``, ``weights``, ``targets``, ``evaluation``,
+``removal_sets``, ``removal_results`` and ``scores_<method>``. Local runs get views over the
+Parquet files themselves (DuckDB's own reader); remote runs (``s3://`` ...) get the same names
+over pyarrow datasets registered with DuckDB. `query` runs only read statements (SELECT /
+WITH / DESCRIBE / SHOW / SUMMARIZE / EXPLAIN / show-like PRAGMAs) and returns a DataFrame.
+DuckDB lists are 1-based: ``mask[i + 1]`` is train_position i.
 
 The connection reads nothing but the run: extension auto-install and auto-load are off,
 external access is off with only the run directory allowed (``read_csv('/etc/passwd')``,
@@ -31,6 +31,8 @@ from datamodels.store.schemas import (
     EXAMPLES_PATH,
     FAILURES_PATH,
     MODELS_DIR,
+    REMOVAL_RESULTS_PATH,
+    REMOVAL_SETS_PATH,
     SCORES_DIR,
     TARGETS_PATH,
     WEIGHTS_PATH,
@@ -42,6 +44,8 @@ _SINGLE_TABLES = {
     "weights": WEIGHTS_PATH,
     "targets": TARGETS_PATH,
     "evaluation": EVALUATION_PATH,
+    "removal_sets": REMOVAL_SETS_PATH,
+    "removal_results": REMOVAL_RESULTS_PATH,
 }
 _READ_TYPES = {duckdb.StatementType.SELECT}
 _READ_PRAGMAS = re.compile(

@@ -31,6 +31,12 @@ from datamodels.store.schemas import (
     EXAMPLES_SCHEMA,
     FAILURES_PATH,
     FAILURES_SCHEMA,
+    PLAN_MASKS_DIR,
+    PLAN_MASKS_SCHEMA,
+    REMOVAL_RESULTS_PATH,
+    REMOVAL_RESULTS_SCHEMA,
+    REMOVAL_SETS_PATH,
+    REMOVAL_SETS_SCHEMA,
     SCORES_DIR,
     SELF_SCORES_DIR,
     SELF_SCORES_SCHEMA,
@@ -330,3 +336,66 @@ class Run(ModelsTable):
             order = np.argsort(table.column("train_position").to_numpy())
             out[name[: -len(".parquet")]] = table.column("score").to_numpy()[order]
         return out
+
+    # -- stored-mask plans and counterfactual removals ---------------------------------------
+
+    @staticmethod
+    def plan_masks_path(plan: str) -> str:
+        return f"{PLAN_MASKS_DIR}/{plan}.parquet"
+
+    def has_plan_masks(self, plan: str) -> bool:
+        return self.fs.isfile(self.plan_masks_path(plan))
+
+    def write_plan_masks(self, plan: str, removed: list[np.ndarray]) -> int:
+        """Write ``plan_masks/<plan>.parquet`` once: row j is mask j of a stored-mask plan, the
+        full training set minus the train positions ``removed[j]``. Refuses to replace an
+        existing table (models trained from it would no longer match their masks)."""
+        rel_path = self.plan_masks_path(plan)
+        if self.fs.isfile(rel_path):
+            raise StoreError(
+                f"{self.fs.display(rel_path)} exists: a stored-mask plan's masks are written "
+                "once; start a new run directory to choose other sets"
+            )
+        n_train = self.n_train
+        for j, positions in enumerate(removed):
+            positions = np.asarray(positions, dtype=np.int64)
+            if len(positions) and (positions.min() < 0 or positions.max() >= n_train):
+                raise StoreError(
+                    f"{rel_path}: mask {j} removes position {int(positions.max())}, outside "
+                    f"the {n_train} training points"
+                )
+        table = pa.table(
+            {
+                "mask_index": pa.array(np.arange(len(removed), dtype=np.int64)),
+                "removed": pa.array(
+                    [np.asarray(r, dtype=np.int64).tolist() for r in removed],
+                    pa.list_(pa.int64()),
+                ),
+            }
+        )
+        return self.write_table(rel_path, table, PLAN_MASKS_SCHEMA)
+
+    def plan_masks(self, plan: str) -> list[np.ndarray] | None:
+        """Row j: the int64 train positions that mask j of stored-mask plan ``plan`` leaves
+        out; None when ``plan_masks/<plan>.parquet`` is not written yet."""
+        rel_path = self.plan_masks_path(plan)
+        if not self.fs.isfile(rel_path):
+            return None
+        table = self.read_table(rel_path, PLAN_MASKS_SCHEMA)
+        order = np.argsort(table.column("mask_index").to_numpy())
+        removed = table.column("removed").to_pylist()
+        return [np.asarray(removed[i], dtype=np.int64) for i in order]
+
+    def removal_sets(self) -> pd.DataFrame:
+        """``removals/sets.parquet``: one row per removal set (mask of the removal plan)."""
+        self._require(REMOVAL_SETS_PATH, "run `datamodels removal` first")
+        return _to_pandas(
+            self.read_table(REMOVAL_SETS_PATH, REMOVAL_SETS_SCHEMA), REMOVAL_SETS_SCHEMA
+        )
+
+    def removal_results(self) -> pd.DataFrame:
+        """``removals/results.parquet``: predicted vs retrained margin change per set."""
+        self._require(REMOVAL_RESULTS_PATH, "run `datamodels removal` first")
+        return _to_pandas(
+            self.read_table(REMOVAL_RESULTS_PATH, REMOVAL_RESULTS_SCHEMA), REMOVAL_RESULTS_SCHEMA
+        )

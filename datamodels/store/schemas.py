@@ -11,6 +11,9 @@ names and types are the public contract that notebooks, SQL and outside checks r
 ``datamodels/targets.parquet`` `TARGETS_SCHEMA`
 ``scores/<method>.parquet``    `scores_schema` (n_train)
 ``evaluation.parquet``         `EVALUATION_SCHEMA`
+``plan_masks/<plan>.parquet``  `PLAN_MASKS_SCHEMA` (stored-mask plans: ``stored``, ``removal``)
+``removals/sets.parquet``      `REMOVAL_SETS_SCHEMA`
+``removals/results.parquet``   `REMOVAL_RESULTS_SCHEMA`
 ``transfer/source_classes.parquet``  `SOURCE_CLASSES_SCHEMA`
 =============================  ==============================================================
 
@@ -162,6 +165,51 @@ CHECKPOINT_INDEX_SCHEMA = pa.schema(
 )
 
 
+PLAN_MASKS_SCHEMA = pa.schema(
+    [
+        _field("mask_index", pa.int64()),
+        _field("removed", pa.list_(pa.int64())),  # train positions left out of the full set
+    ],
+    metadata=_metadata(),
+)
+
+# One row per removal set (mask of the removal plan): which method's scores chose it, for which
+# target, how many points; kind 'baseline' (mask 0, nothing removed), 'grid' (k from the plan's
+# ks) or 'brittle' (the method's predicted smallest flipping k, capped).
+REMOVAL_SETS_SCHEMA = pa.schema(
+    [
+        _field("mask_index", pa.int64()),
+        _field("method", pa.string(), nullable=True),
+        _field("target", pa.int64(), nullable=True),
+        _field("k", pa.int64()),
+        _field("kind", pa.string()),
+        _field("predicted", pa.float64(), nullable=True),
+        _field("reference_margin", pa.float64(), nullable=True),
+        _field("predicted_support", pa.float64(), nullable=True),
+    ],
+    metadata=_metadata(),
+)
+
+REMOVAL_RESULTS_SCHEMA = pa.schema(
+    [
+        _field("method", pa.string()),
+        _field("target", pa.int64()),
+        _field("k", pa.int64()),
+        _field("kind", pa.string()),
+        _field("predicted", pa.float64()),
+        _field("actual", pa.float64(), nullable=True),
+        _field("stderr", pa.float64(), nullable=True),
+        _field("n_seeds", pa.int64()),
+        _field("baseline_margin", pa.float64(), nullable=True),
+        _field("retrained_margin", pa.float64(), nullable=True),
+        _field("predicted_flipped", pa.bool_()),
+        _field("flipped", pa.bool_(), nullable=True),
+        _field("predicted_support", pa.float64(), nullable=True),
+    ],
+    metadata=_metadata(),
+)
+
+
 def attack_schema(input_dim: int) -> pa.Schema:
     """One row per attack: the perturbation ``delta`` (float32[input_dim]) and the margins after
     each perturb-and-retrain round."""
@@ -270,4 +318,7 @@ EVALUATION_PATH = "evaluation.parquet"
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_INDEX_DIR = "checkpoints/index"
 ATTACKS_DIR = "attacks"
+PLAN_MASKS_DIR = "plan_masks"
+REMOVAL_SETS_PATH = "removals/sets.parquet"
+REMOVAL_RESULTS_PATH = "removals/results.parquet"
 SOURCE_CLASSES_PATH = "transfer/source_classes.parquet"

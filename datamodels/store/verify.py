@@ -58,6 +58,11 @@ from datamodels.store.schemas import (
     FAILURES_PATH,
     FAILURES_SCHEMA,
     MODELS_DIR,
+    PLAN_MASKS_DIR,
+    REMOVAL_RESULTS_PATH,
+    REMOVAL_RESULTS_SCHEMA,
+    REMOVAL_SETS_PATH,
+    REMOVAL_SETS_SCHEMA,
     SCORES_DIR,
     TARGETS_PATH,
     TARGETS_SCHEMA,
@@ -339,7 +344,16 @@ def verify(run: Run) -> list[Problem]:
     config_hash, config, problems = run_config(run)
     n_train, n_eval, example_problems = run_sizes(run, full=True)
     problems.extend(example_problems)
-    plan = PlanCheck.of(config, n_train) if config is not None and n_train is not None else None
+    plan = None
+    if config is not None and n_train is not None:
+        from datamodels.plans import stored_masks
+
+        try:
+            stored = stored_masks(config, run)
+        except StoreError as exc:
+            problems.append(Problem(PLAN_MASKS_DIR, "schema", str(exc)))
+            stored = {}
+        plan = PlanCheck.of(config, n_train, stored)
     problems.extend(
         scan_shards(run, n_train, n_eval, config_hash=config_hash, full=True, plan=plan)[1]
     )
@@ -351,6 +365,8 @@ def verify(run: Run) -> list[Problem]:
         (WEIGHTS_PATH, WEIGHTS_SCHEMA),
         (TARGETS_PATH, TARGETS_SCHEMA),
         (EVALUATION_PATH, EVALUATION_SCHEMA),
+        (REMOVAL_SETS_PATH, REMOVAL_SETS_SCHEMA),
+        (REMOVAL_RESULTS_PATH, REMOVAL_RESULTS_SCHEMA),
     ):
         if run.fs.isfile(rel_path):
             problems.extend(_table_problems(run.fs, rel_path, expected))
