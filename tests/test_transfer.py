@@ -198,6 +198,14 @@ def test_transfer_run_end_to_end_report_and_counterfactual(small_run):
         build_transfer_report(run, source_class="no such class")
     with pytest.raises(DatamodelsError, match="already removes source classes"):
         counterfactual(config, run, k=3, executor=SerialExecutor())
+    # the run-wide report: its example-level sections point to the transfer report
+    from datamodels.report import build_report
+
+    assert "a transfer run: its training points are source classes" in (
+        build_report(run).read_text()
+    )
+    with pytest.raises(DatamodelsError, match="is a transfer run"):
+        run.inputs("train")
 
 
 @pytest.mark.parametrize(

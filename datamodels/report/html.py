@@ -289,9 +289,15 @@ def build_report(
         for name in ("support", "embedding", "leakage", "brittleness"):
             bodies[name] = _note("no scores/datamodels.parquet: run `datamodels fit`")
     else:
-        bodies["support"] = _support(run, method, n_targets, k)
+        # a transfer run's training points are source classes, not inputs to draw
+        transfer = run.fs.isfile("transfer/source_classes.parquet")
+        note = _note(
+            "a transfer run: its training points are source classes; see "
+            f"`datamodels transfer-report {run.uri}`"
+        )
+        bodies["support"] = note if transfer else _support(run, method, n_targets, k)
         bodies["embedding"] = _embedding(run, method, k)
-        bodies["leakage"] = _leakage(run, method, k=12)
+        bodies["leakage"] = note if transfer else _leakage(run, method, k=12)
         bodies["brittleness"] = _brittleness(run)
     bodies["counterfactual"] = _counterfactual(run, evaluation)
     bodies["brittleness_verified"] = _brittleness_verified(run, evaluation)

@@ -40,6 +40,7 @@ from datamodels.store.schemas import (
     SCORES_DIR,
     SELF_SCORES_DIR,
     SELF_SCORES_SCHEMA,
+    SOURCE_CLASSES_PATH,
     TARGETS_PATH,
     TARGETS_SCHEMA,
     WEIGHTS_PATH,
@@ -183,6 +184,11 @@ class Run(ModelsTable):
         """The raw inputs of ``split`` as the dataset gave them (images uint8 [n, H, W, C],
         features float32 [n, d]), in the order of ``_split_rows``: ``inputs("train")[i]`` is
         the example of ``mask[i]`` and score column i. Decoded from the run's beton."""
+        if split == "train" and self.fs.isfile(SOURCE_CLASSES_PATH):
+            raise StoreError(
+                f"{self.uri} is a transfer run: a training point (mask column) is a source "
+                "class, not one input; its examples are the 'source' rows of examples.parquet"
+            )
         if self._raw is None:
             from datamodels.data.beton import decode_resident
             from datamodels.orchestrate.context import local_beton
