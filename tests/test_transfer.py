@@ -284,3 +284,26 @@ def test_cifar100_archive_reader(tmp_path):
     assert ds.class_names[:2] == ["c0", "c1"]
     with pytest.raises(DatamodelsError, match="CIFAR-100 archive not found"):
         load_dataset(DatasetConfig(name="cifar100", path=str(tmp_path / "none.tar.gz")))
+
+
+def test_transfer_report_command(small_run):
+    """``datamodels transfer-report RUN --no-counterfactual`` writes the page; a source
+    class it does not know is one line with exit code 2."""
+    from typer.testing import CliRunner
+
+    from datamodels.cli import app
+
+    config, run, _ = small_run
+    api.fit(config, run, show_progress=False)
+    out = Path(run.uri) / "cli_report.html"
+    result = CliRunner().invoke(
+        app, ["transfer-report", run.uri, "--no-counterfactual", "--source-class", "mixed 0",
+              "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    import html
+
+    assert "most influenced by source class 'mixed 0'" in html.unescape(out.read_text())
+    bad = CliRunner().invoke(app, ["transfer-report", run.uri, "--no-counterfactual",
+                                   "--source-class", "nope"])
+    assert bad.exit_code == 2 and "neither a source class name" in bad.output
