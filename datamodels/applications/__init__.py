@@ -6,7 +6,9 @@
                   spectral clusters, the examples at each extreme;
 * `loo_agreement` each method's correlation with actual leave-one-out retraining;
 * `brittleness`   per target, the smallest number of most-helpful training points whose
-                  removal flips the prediction according to the datamodel (predicted only).
+                  removal flips the prediction according to the datamodel (predicted only);
+* `removal`       counterfactual removal: the top-k sets by score, their predicted change,
+                  and the retrained change reduced per set (the ``removal`` stage retrains).
 
 Each module has array-level functions (known answers in tests/test_applications.py) and one
 ``*_from_run`` helper that reads a `Run` (the run directory's public tables) and calls them.

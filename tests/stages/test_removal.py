@@ -141,6 +141,23 @@ def test_logreg_removal_is_the_exact_effect_of_training_without_the_set(logreg_r
     counted = query(run, "SELECT (SELECT count(*) FROM removal_results) AS sets, "
                          "(SELECT count(*) FROM models WHERE plan = 'removal') AS models")
     assert counted.values.tolist() == [[12, 26]]
+    # the command: everything current, nothing retrained; one line about the results
+    from typer.testing import CliRunner
+
+    from datamodels.cli import app
+
+    result = CliRunner().invoke(app, ["removal", out, "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "12 sets (4 targets)" in result.output and len(run.model_ids("removal")) == 26
+
+
+def test_removal_without_a_removal_plan_is_one_line():
+    from datamodels.errors import ConfigError
+    from datamodels.stages.removal import require_removal_plan
+
+    with pytest.raises(ConfigError, match="no removal plan; add one") as err:
+        require_removal_plan(config_from_dict({}))
+    assert "\n" not in str(err.value)
 
 
 def test_removal_metrics_on_a_constructed_table():
