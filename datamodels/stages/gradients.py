@@ -383,6 +383,7 @@ class GradientStage(Stage):
                 lambda: replay_mlp(
                     data.train_x, data.train_y, order[0], seed, config.model, config.train,
                     data.num_classes, weights,
+                    memory_bytes=config.gradients.replay_memory_mb * 2**20,
                 ),
             )
             table = metagradient_scores(
