@@ -73,6 +73,7 @@ REPLAYED = ("metagradient", "hydra")
 # what the metagradient can replay exactly: the batched trainer's MLP, a converged logreg
 METAGRADIENT_ARCHS = ("mlp", "logreg")
 EXECUTION = {
+    "replay_memory_mb",  # the same scores bit for bit, kept or recomputed iterates
     "targets_per_task",
     "train_per_task",
     "chunk_size",
