@@ -197,8 +197,9 @@ STAGE_RUN = {
 
 def test_stage_writes_the_replayed_metagradients_and_resumes(tmp_path):
     """``estimate -m metagradient``: per model the pure function on its replayed run (seed and
-    mask from the plan), averaged over ``gradients.models``; self scores are the diagonal;
-    a rerun finds it done."""
+    mask from the plan), averaged over ``gradients.models``; self scores are the diagonal,
+    each point's averaged over the models whose runs hold it (outside its mask a point is in
+    no batch: 0 by construction); a rerun finds it done."""
     from datamodels.api import estimate, train
     from datamodels.orchestrate.context import Context
     from datamodels.orchestrate.executor import SerialExecutor
@@ -217,7 +218,7 @@ def test_stage_writes_the_replayed_metagradients_and_resumes(tmp_path):
     data = Context().data(run, config)
     planned = plan_models(config, run.n_train)
     t = torch.as_tensor(eval_positions(run, config.estimate.targets))
-    expected, expected_own = 0.0, 0.0
+    expected, own_sum, held = 0.0, 0.0, 0
     for model_id in (0, 1):
         mask = run.masks_of(np.array([model_id]))[0]
         seed = int(planned.select_ids(np.array([model_id])).seed[0])
@@ -227,9 +228,12 @@ def test_stage_writes_the_replayed_metagradients_and_resumes(tmp_path):
         expected = expected + metagradient_scores(
             replayed, data.train_x, data.train_y, data.eval_x[t], data.eval_y[t]
         ).numpy() / 2
-        expected_own = expected_own + metagradient_self_scores(
+        own_sum = own_sum + metagradient_self_scores(
             replayed, data.train_x, data.train_y, np.arange(run.n_train)
-        ).numpy() / 2
+        ).numpy()
+        held = held + mask
+    assert 0 < (held == 1).sum() and (held == 2).any()  # some points in one run, some in both
+    expected_own = np.where(held > 0, own_sum / np.maximum(held, 1), 0.0)
     assert scores.shape == (len(t), 120) and np.abs(scores).max() > 0
     np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
     np.testing.assert_allclose(own, expected_own, rtol=1e-4, atol=1e-6 * np.abs(own).max())
