@@ -139,6 +139,13 @@ def main() -> None:
     scores["metagradient"] = metagradient_scores(trajectory, data.train_x, data.train_y, tx, ty)
     costs["metagradient"] = (time.perf_counter() - start, peak_mb())
     agree = float((scores["metagradient"] - before).abs().max() / before.abs().max())
+    start = time.perf_counter()
+    single32 = metagradient_scores(
+        trajectory, data.train_x, data.train_y, tx, ty, dtype=torch.float32
+    )
+    float32_seconds = time.perf_counter() - start
+    agree32 = float((single32 - scores["metagradient"]).abs().max()
+                    / scores["metagradient"].abs().max())
     # checkpointed replay: a bound below the kept iterates (checkpoints every k steps)
     bound = trajectory.iterates.numel() * 8 / 8
     start = time.perf_counter()
@@ -189,6 +196,12 @@ def main() -> None:
     # its cost for these targets: training its models (one run each) plus the fit
     costs["datamodels"] = (fit_seconds + one_run * int(train_rows.sum()), peak_mb())
     mg = costs["metagradient"][0]
+
+    def lds_single_first(table: torch.Tensor) -> float:
+        found = single_model_lds(table.double().cpu().numpy(), masks[single],
+                                 margins[single][:, :T], DROPS[:1])
+        return found[DROPS[0]].value
+
     print(f"\ncost of one target block ({T} targets; seconds):")
     print(f"  one training run (one model alone, float32 batched trainer)  {one_run:8.3f}")
     print(f"  {T} models in one batched training call ({T} runs)            {block_run:8.3f}"
@@ -198,14 +211,19 @@ def main() -> None:
     print(f"  adjoint, autograd products (batched double backward; before) {autograd_seconds:8.3f}")
     print(f"  adjoint, matmul products (hand-written, batched; after)      {mg:8.3f}"
           f"  ({autograd_seconds / mg:.1f}x faster; max rel. difference {agree:.1e})")
+    print(f"  adjoint, matmul products in float32 (replay float64)         {float32_seconds:8.3f}"
+          f"  (max rel. difference to float64 {agree32:.1e}; single-model LDS at "
+          f"{DROPS[0]:g}: {lds_single_first(single32):.3f})")
     print(f"  checkpointed (bound {bound / 2**20:.1f} MB: every {checkpointed.every} steps, "
           f"{checkpointed.stored_bytes / 2**20:.2f} MB kept): replay {ck_replay:.3f} + "
           f"adjoint {ck_adjoint:.3f} (same scores bit for bit: {ck_equal})")
     total, before_total = replay + mg, replay + autograd_seconds
+    total32 = replay + float32_seconds
     print(f"  block, replay + adjoint: {total:.3f} s = {total / one_run:.0f}x one training run "
           f"(before {before_total / one_run:.0f}x); per target {total / T:.4f} s = "
           f"{total / block_run:.1f}x a model of the batched training call "
-          f"(before {before_total / block_run:.1f}x)")
+          f"(before {before_total / block_run:.1f}x; float32 adjoint "
+          f"{total32 / one_run:.0f}x and {total32 / block_run:.1f}x)")
     header = " ".join(f"{f'single {d:g}':>11}" for d in DROPS)
     print(f"{'method':<14}{header} {'usual LDS':>10} {'s/100 tgt':>10} {'x 1 run':>8} "
           f"{'peak MB':>8}")

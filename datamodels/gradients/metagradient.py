@@ -257,7 +257,7 @@ def replay_mlp(
 def metagradient_scores(
     trajectory: Trajectory, train_x: torch.Tensor, train_y: torch.Tensor,
     target_x: torch.Tensor, target_y: torch.Tensor, weights: np.ndarray | None = None,
-    hessian: bool = True, products: str = "matmul",
+    hessian: bool = True, products: str = "matmul", dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
     """score[t, i] = ∂m_t(θ_S)/∂w_i: float64[T, n_train] for targets ``target_x[T, ...]``,
     ``target_y[T]``, by reverse mode through every step of ``trajectory`` (module docstring).
@@ -266,18 +266,20 @@ def metagradient_scores(
     ``products``: how a step's H_s u and ∇ℓ_i·u are formed for the block's T targets at once:
     ``matmul`` (the MLP's forward-over-reverse pass written as batched matmuls, default) or
     ``autograd`` (a batched double backward plus vmapped per-example gradients: the
-    reference, several times slower)."""
+    reference, several times slower). ``dtype``: of the adjoint's arithmetic (the replay
+    stays float64); float32 halves its cost (``benchmarks/metagradient.py`` measures what it
+    changes)."""
     if products not in ("matmul", "autograd"):
         raise ValueError(f"products must be 'matmul' or 'autograd'; got {products!r}")
     model = trajectory.model
-    x = train_x.reshape(len(train_x), -1).double()
+    x = train_x.reshape(len(train_x), -1).to(dtype)
     device = x.device
     n = len(x)
-    w = torch.ones(n, dtype=torch.float64, device=device)
+    w = torch.ones(n, dtype=dtype, device=device)
     if weights is not None:
-        w = torch.as_tensor(np.asarray(weights, np.float64), device=device)
+        w = torch.as_tensor(np.asarray(weights, np.float64), device=device).to(dtype)
     theta_bar = per_example_grads(model, target_x, target_y, "margin", params=trajectory.final)
-    theta_bar = theta_bar.double()
+    theta_bar = theta_bar.to(dtype)
     T = len(theta_bar)
     matmul = products == "matmul"
     if matmul:
@@ -286,7 +288,7 @@ def metagradient_scores(
     scores = torch.zeros(T, n, dtype=torch.float64, device=device)
     mu, lam = trajectory.momentum, trajectory.weight_decay
     for start, stop in reversed(trajectory.segments()):
-        iterates = trajectory.segment(start, stop)
+        iterates = trajectory.segment(start, stop).to(dtype)
         for s in reversed(range(start, stop)):
             batch = trajectory.batches[s]
             u = torch.add(v_bar, theta_bar, alpha=-trajectory.lrs[s])
@@ -300,7 +302,7 @@ def metagradient_scores(
             else:
                 hvp, loss_grads = _step_products(model, *args, u if hessian else None)
                 directional = u @ loss_grads.T
-            scores[:, batch] += directional * coef
+            scores[:, batch] += directional.double() * coef
             theta_bar.add_(u, alpha=lam)
             if hessian:
                 theta_bar.add_(hvp)

@@ -117,6 +117,16 @@ def test_matmul_products_equal_the_autograd_reference(tiny, hessian):
     torch.testing.assert_close(fast, reference, rtol=1e-10, atol=1e-12 * reference.abs().max())
 
 
+def test_float32_adjoint_is_the_float64_one_to_single_precision(tiny):
+    data, config, mask = tiny
+    run = replay_mlp(data.train_x, data.train_y, mask, SEED, config.model, config.train, C)
+    args = (run, data.train_x, data.train_y, data.eval_x, data.eval_y)
+    exact = metagradient_scores(*args)
+    single = metagradient_scores(*args, dtype=torch.float32)
+    assert single.dtype == torch.float64 and not torch.equal(single, exact)
+    torch.testing.assert_close(single, exact, rtol=1e-4, atol=1e-5 * exact.abs().max())
+
+
 def test_checkpointed_replay_equals_the_kept_iterates_exactly(tiny):
     """A memory bound below S·P·8 bytes keeps (θ, v) every k steps and recomputes each
     segment: the same iterates bit for bit, hence the same scores, in the stated memory."""
