@@ -70,8 +70,7 @@ def main() -> None:
     masks = masks_for(config, planned, n)
     full, seed = masks[0], int(planned.seed[0])
     assert full.all(), "mask 0 of a single_model plan keeps every point"
-    drops, seeds = masks[1:], planned.seed[1:]
-    order = np.ones_like(masks[1:])
+    drops = masks[1:]
     recipe = config.train
     print(f"digits MLP, lr {recipe.lr}, momentum {recipe.momentum}, {recipe.epochs} epochs, "
           f"batch {recipe.batch_size}: n_train {n}, {T} targets, {len(drops)} drop models")
