@@ -387,9 +387,11 @@ class GradientStage(Stage):
                     memory_bytes=config.gradients.replay_memory_mb * 2**20,
                 ),
             )
+            precision = config.gradients.adjoint_precision
             table = metagradient_scores(
                 trajectory, data.train_x, data.train_y, tx, ty, weights,
                 hessian=self.method == "metagradient",  # hydra: HyDRA drops the Hessian
+                dtype=torch.float32 if precision == "fp32" else torch.float64,
             )
         if kind == "scores":
             return table

@@ -250,6 +250,13 @@ def test_stage_writes_the_replayed_metagradients_and_resumes(tmp_path):
     stamp = (tmp_path / "run" / "scores" / "metagradient.parquet").stat().st_mtime_ns
     estimate(config, uri, "metagradient", executor=SerialExecutor(), show_progress=False)
     assert (tmp_path / "run" / "scores" / "metagradient.parquet").stat().st_mtime_ns == stamp
+    # the adjoint in float32 (gradients.adjoint_precision) recomputes: the same to ~1e-5
+    fp32 = config_from_dict(STAGE_RUN, ["gradients.adjoint_precision=fp32"])
+    estimate(fp32, uri, "metagradient", executor=SerialExecutor(), show_progress=False)
+    assert (tmp_path / "run" / "scores" / "metagradient.parquet").stat().st_mtime_ns != stamp
+    _, single = run.scores("metagradient")
+    assert not np.array_equal(single, scores)
+    np.testing.assert_allclose(single, expected, rtol=1e-3, atol=1e-5 * np.abs(expected).max())
 
 
 def test_stage_refuses_an_architecture_it_cannot_replay():
