@@ -212,6 +212,8 @@ class GradientStage(Stage):
             "targets": self.targets.tolist(),
             "config": self.config.hash,
         }
+        if self.method in REPLAYED:  # self scores: the mean over the models holding a point
+            fingerprint["self_scores"] = "held"
         if self.method == "trak":  # CPU and CUDA generators draw different projections
             device = planned_device(self.config.gradients)
             fingerprint["projection"] = [device, projection_precision(self.config, device)]
