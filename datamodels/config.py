@@ -360,6 +360,11 @@ class GradientsConfig(_Section):
       task sees a GPU), else CPU; ``cuda`` refuses a machine without one (one line).
     * ``precision``: dtype of ``nn.Module`` architectures (resnet9, fastnet) in these tasks;
       ``logreg`` and ``mlp`` always run in float64 (the exact references).
+    * ``replay_memory_mb``: ``metagradient`` / ``hydra`` keep every iterate of the replayed
+      run while they fit in this bound, else (θ, v) every k steps, each segment recomputed
+      when the adjoint reaches it (the same scores, bit for bit).
+    * ``adjoint_precision``: the arithmetic of the ``metagradient`` / ``hydra`` adjoint (the
+      replayed iterates stay float64): ``fp64`` (default, the exact reference) or ``fp32``.
     """
 
     models: int = Field(1, ge=1)
@@ -388,6 +393,12 @@ class GradientsConfig(_Section):
     precision: Literal["fp32", "fp64"] = "fp32"
     proj_precision: Literal["auto", "fp32", "bf16"] = "auto"
     max_exact_params: int = Field(20_000, ge=1)  # larger models need solver cg or lissa
+    # metagradient / hydra: bound on the replayed run's kept iterates; above it they are
+    # checkpointed every k steps and each segment recomputed (gradients.metagradient)
+    replay_memory_mb: float = Field(1024.0, gt=0.0)
+    # metagradient / hydra: the adjoint's arithmetic (the replay stays float64); fp32 about
+    # halves its time, scores within ~1e-6 relative on the digits MLP (benchmarks/metagradient.py)
+    adjoint_precision: Literal["fp64", "fp32"] = "fp64"
 
     @model_validator(mode="after")
     def _gpus_used(self) -> GradientsConfig:
