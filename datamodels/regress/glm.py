@@ -219,7 +219,7 @@ def glm_path(
     x: float[n, d] features; y: int[n] labels in ``0..C-1`` (``num_classes`` default
     ``max(y) + 1``); alpha in (0, 1] the L1 share; lams: explicit positive float[K] (default the
     geometric grid of ``n_lambdas`` down to ``eps·λ_max``); ``stop_features``: stop after the
-    first λ at which every class uses more than this many features (the rest of the path is
+    first λ at which some class uses more than this many features (the rest of the path is
     not needed to pick a sparse layer). ``tol`` is the relative KKT tolerance.
     """
     x = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
@@ -262,7 +262,7 @@ def glm_path(
         out["kkt"].append(kkt)
         out["it"].append(it)
         out["sec"].append(time.perf_counter() - start)
-        if stop_features is not None and bool(((theta[:-1] != 0).sum(0) > stop_features).all()):
+        if stop_features is not None and bool(((theta[:-1] != 0).sum(0) > stop_features).any()):
             break
     converged = np.asarray(out["kkt"]) <= tol
     if not converged.all():

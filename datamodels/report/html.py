@@ -3,7 +3,7 @@
 Sections (each always present, with a note when the run has nothing for it): run facts, LDS
 per method, mislabel detection, target supports (a target beside its most helpful and most
 harmful training inputs), datamodel embedding, leakage candidates, brittleness, LOO
-agreement. Figures are inline base64 PNGs; the page fetches nothing.
+agreement, sparse decision layer. Figures are inline base64 PNGs; the page fetches nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from datamodels.applications import (
 from datamodels.applications.tables import test_input_rows
 from datamodels.errors import DatamodelsError
 from datamodels.report import plots
+from datamodels.report.sparse import sparse_layer_section
 from datamodels.store import Run
 
 SECTIONS = (
@@ -36,6 +37,7 @@ SECTIONS = (
     ("leakage", "Leakage candidates"),
     ("brittleness", "Brittleness (predicted)"),
     ("loo", "Agreement with leave-one-out"),
+    ("sparse_layer", "Sparse decision layer"),
 )
 
 _STYLE = """
@@ -241,6 +243,7 @@ def build_report(
         bodies["brittleness"] = _brittleness(run)
     agreement = loo_agreement_from_run(run) if methods else None
     bodies["loo"] = _note("the run has no loo plan") if agreement is None else _table(agreement)
+    bodies["sparse_layer"] = sparse_layer_section(run)
     sections = "".join(
         f'<section id="{key}"><h2>{html.escape(title)}</h2>{bodies[key]}</section>'
         for key, title in SECTIONS
