@@ -100,8 +100,16 @@ class SparseLayerStage(Stage):
         return False
 
     def compute(self, ctx, unit: Unit, shared=None) -> None:
+        # in-process (the default executor): the caller's thread count comes back afterwards
+        before = torch.get_num_threads()
+        torch.set_num_threads(max(1, int(self.config.resources.num_cpus)))
+        try:
+            self._compute(ctx)
+        finally:
+            torch.set_num_threads(before)
+
+    def _compute(self, ctx) -> None:
         config, run, s = self.config, self.run, self.settings
-        torch.set_num_threads(max(1, int(config.resources.num_cpus)))
         device = resolve_device(s.device)
         data = ctx.data(run, config, "cpu")
         model = functional_model(config, data, load_checkpoint(run.fs, self.checkpoint)["layers"])
