@@ -312,6 +312,18 @@ def attack(
     )
 
 
+def sparse_layer(
+    config: Config | str | Run, run: str | Run | None = None, console: Console | None = None
+) -> dict:
+    """Fit the sparse decision layer of a checkpointed model (``sparse_layer/``); returns its
+    summary row (the chosen λ, sparse and dense accuracies). ``sparse_layer(config, run)`` or
+    ``sparse_layer(run)``."""
+    from datamodels.stages.sparse_layer import SparseLayerStage
+
+    config, run, _ = _config_and_run(config, run)
+    return _locked(run, SparseLayerStage(config, run), None, False, console)
+
+
 # Run only when named (``estimate -m``): each costs hundreds of training runs per target
 # block (README "Metagradients and the single-model LDS").
 ON_REQUEST = ("metagradient", "hydra")

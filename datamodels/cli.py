@@ -414,6 +414,25 @@ def compact(
     )
 
 
+@app.command("sparse-layer")
+@user_errors
+def sparse_layer(run: RunArg, set_: SetOpt = None) -> None:
+    """Sparse decision layer (Wong et al. 2021): an elastic-net multinomial path on a
+    checkpointed model's penultimate features, λ chosen on held-out training rows at
+    sparse_layer.max_features per class; writes sparse_layer/*.parquet."""
+    from datamodels import api
+
+    row = api.sparse_layer(_run_config(run, set_), run, console=err_console)
+    out_console.print(
+        f"sparse layer of model {row['model_id']}: λ #{row['chosen_lam_index']} "
+        f"({row['chosen_lam']:.4g}), at most {row['chosen_max_features_per_class']} of "
+        f"{row['num_features']} features per class; test accuracy "
+        f"{row['sparse_test_accuracy']:.4f} (dense layer {row['dense_test_accuracy']:.4f})",
+        highlight=False,
+    )
+    out_console.print(f"wrote {run}/sparse_layer/", highlight=False)
+
+
 @app.command()
 @user_errors
 def verify(run: RunArg) -> None:

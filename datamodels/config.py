@@ -443,6 +443,35 @@ class EvaluateConfig(_Section):
     plan: str = "eval"
 
 
+class SparseLayerConfig(_Section):
+    """The ``sparse-layer`` stage: an elastic-net multinomial path on a checkpointed model's
+    penultimate features (the input of its last linear layer), λ chosen on held-out
+    training rows at a density target (Wong et al. 2021; ``datamodels.regress.glm``).
+
+    * ``model_id``: the checkpointed model (null: the first by id); its last checkpoint.
+    * ``alpha``: the L1 share of the penalty ``λ(α||W||₁ + (1−α)/2 ||W||²)``.
+    * ``max_features``: the density target: the chosen λ has at most this many features in
+      every class (the one with the best validation accuracy among those that do).
+    * ``n_lambdas`` / ``eps``: the geometric λ grid from λ_max down to eps·λ_max; the walk
+      stops once some class uses more than ``stop_factor × max_features`` features.
+    * ``val_fraction`` / ``split_seed``: the held-out part of the train split for choosing λ.
+    * ``top_examples``: training inputs listed per feature (those that activate it most).
+    """
+
+    model_id: int | None = Field(None, ge=0)
+    alpha: float = Field(0.99, gt=0.0, le=1.0)
+    max_features: int = Field(10, ge=1)
+    n_lambdas: int = Field(60, ge=2)
+    eps: float = Field(1e-3, gt=0.0, lt=1.0)
+    stop_factor: float = Field(2.0, ge=1.0)
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    split_seed: int = 0
+    tol: float = Field(1e-6, gt=0.0)
+    max_iter: int = Field(10_000, ge=1)
+    top_examples: int = Field(6, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
 def _default_plans() -> tuple[PlanConfig, ...]:
     return (
         PlanConfig(name="train", alpha=0.5, count=2000),
@@ -464,6 +493,7 @@ class Config(_Section):
     gradients: GradientsConfig = GradientsConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     transfer: TransferConfig | None = None
+    sparse_layer: SparseLayerConfig = SparseLayerConfig()
 
     @field_validator("plans")
     @classmethod

@@ -4,7 +4,8 @@ Sections (each always present, with a note when the run has nothing for it): run
 per method, mislabel detection, target supports (a target beside its most helpful and most
 harmful training inputs), datamodel embedding, leakage candidates, brittleness, LOO
 agreement, counterfactual removal and brittleness verified by retraining (from
-``removals/results.parquet``). Figures are inline base64 PNGs; the page fetches nothing.
+``removals/results.parquet``), sparse decision layer. Figures are inline base64 PNGs; the
+page fetches nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from datamodels.applications import (
 from datamodels.applications.tables import test_input_rows
 from datamodels.errors import DatamodelsError
 from datamodels.report import plots
+from datamodels.report.sparse import sparse_layer_section
 from datamodels.store import Run
 
 SECTIONS = (
@@ -39,6 +41,7 @@ SECTIONS = (
     ("loo", "Agreement with leave-one-out"),
     ("counterfactual", "Counterfactual removal: predicted vs retrained"),
     ("brittleness_verified", "Brittleness verified by retraining"),
+    ("sparse_layer", "Sparse decision layer"),
 )
 
 _STYLE = """
@@ -303,6 +306,7 @@ def build_report(
     bodies["brittleness_verified"] = _brittleness_verified(run, evaluation)
     agreement = loo_agreement_from_run(run) if methods else None
     bodies["loo"] = _note("the run has no loo plan") if agreement is None else _table(agreement)
+    bodies["sparse_layer"] = sparse_layer_section(run)
     sections = "".join(
         f'<section id="{key}"><h2>{html.escape(title)}</h2>{bodies[key]}</section>'
         for key, title in SECTIONS

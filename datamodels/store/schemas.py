@@ -15,6 +15,8 @@ names and types are the public contract that notebooks, SQL and outside checks r
 ``removals/sets.parquet``      `REMOVAL_SETS_SCHEMA`
 ``removals/results.parquet``   `REMOVAL_RESULTS_SCHEMA`
 ``transfer/source_classes.parquet``  `SOURCE_CLASSES_SCHEMA`
+``sparse_layer/*.parquet``     `SPARSE_PATH_SCHEMA`, `SPARSE_WEIGHTS_SCHEMA`,
+                               `SPARSE_FEATURES_SCHEMA`, `SPARSE_SUMMARY_SCHEMA`
 =============================  ==============================================================
 
 Checks compare column names and types; nullability and list item names are not compared (a
@@ -227,6 +229,85 @@ def attack_schema(input_dim: int) -> pa.Schema:
     )
 
 
+# -- sparse decision layers (``datamodels sparse-layer``) ---------------------------------------
+
+SPARSE_PATH_SCHEMA = pa.schema(
+    [
+        _field("lam_index", pa.int32()),
+        _field("lam", pa.float64()),
+        _field("alpha", pa.float64()),
+        _field("objective", pa.float64()),
+        _field("kkt", pa.float64()),
+        _field("converged", pa.bool_()),
+        _field("iterations", pa.int64()),
+        _field("seconds", pa.float64()),
+        _field("nnz", pa.int64()),
+        _field("max_features_per_class", pa.int64()),
+        _field("mean_features_per_class", pa.float64()),
+        _field("train_accuracy", pa.float64()),
+        _field("val_accuracy", pa.float64()),
+        _field("test_accuracy", pa.float64()),
+        _field("bias", pa.list_(pa.float64())),
+        _field("chosen", pa.bool_()),
+    ],
+    metadata=_metadata(),
+)
+"""One row per λ of the sparse layer's path: objective and KKT violation on the fitting
+rows, density, accuracies, the class biases, and which λ was chosen."""
+
+SPARSE_WEIGHTS_SCHEMA = pa.schema(
+    [
+        _field("lam_index", pa.int32()),
+        _field("class", pa.int64()),
+        _field("feature", pa.int64()),
+        _field("weight", pa.float64()),
+        _field("raw_weight", pa.float64()),
+    ],
+    metadata=_metadata(),
+)
+"""One row per nonzero weight per λ: ``weight`` on the standardised feature, ``raw_weight``
+= weight / feature_scale on the raw one."""
+
+SPARSE_FEATURES_SCHEMA = pa.schema(
+    [
+        _field("class", pa.int64()),
+        _field("rank", pa.int32()),
+        _field("feature", pa.int64()),
+        _field("weight", pa.float64()),
+        _field("feature_mean", pa.float64()),
+        _field("feature_scale", pa.float64()),
+        _field("top_train_positions", pa.list_(pa.int64())),
+        _field("top_activations", pa.list_(pa.float64())),
+    ],
+    metadata=_metadata(),
+)
+"""The chosen layer for inspection: per class its features by |weight| (rank 0 first), with
+the training inputs that activate each feature most."""
+
+SPARSE_SUMMARY_SCHEMA = pa.schema(
+    [
+        _field("model_id", pa.int64()),
+        _field("checkpoint", pa.string()),
+        _field("num_features", pa.int64()),
+        _field("num_classes", pa.int64()),
+        _field("alpha", pa.float64()),
+        _field("max_features", pa.int64()),
+        _field("chosen_lam_index", pa.int32()),
+        _field("chosen_lam", pa.float64()),
+        _field("chosen_max_features_per_class", pa.int64()),
+        _field("sparse_val_accuracy", pa.float64()),
+        _field("sparse_test_accuracy", pa.float64()),
+        _field("dense_val_accuracy", pa.float64()),
+        _field("dense_test_accuracy", pa.float64()),
+        _field("n_fit", pa.int64()),
+        _field("n_val", pa.int64()),
+        _field("n_test", pa.int64()),
+    ],
+    metadata=_metadata(),
+)
+"""One row: the chosen sparse layer beside the model's own dense last layer."""
+
+
 # -- checks ------------------------------------------------------------------------------------
 
 
@@ -322,3 +403,8 @@ PLAN_MASKS_DIR = "plan_masks"
 REMOVAL_SETS_PATH = "removals/sets.parquet"
 REMOVAL_RESULTS_PATH = "removals/results.parquet"
 SOURCE_CLASSES_PATH = "transfer/source_classes.parquet"
+SPARSE_LAYER_DIR = "sparse_layer"
+SPARSE_PATH_PATH = "sparse_layer/path.parquet"
+SPARSE_WEIGHTS_PATH = "sparse_layer/weights.parquet"
+SPARSE_FEATURES_PATH = "sparse_layer/features.parquet"
+SPARSE_SUMMARY_PATH = "sparse_layer/summary.parquet"
