@@ -2,7 +2,8 @@
 per drop fraction and the usual (multi-seed) LDS beside HyDRA, influence, TracIn and TRAK on
 the same model and datamodels fitted on ``--train-models`` α = ½ models, and the cost per 100
 targets against one training run (for datamodels: training its models plus the fit), in the
-same process.
+same process, and the metagradient's cost per target block before (autograd products) and
+after (hand-written batched matmuls), with the checkpointed replay beside it.
 
     python benchmarks/metagradient.py                      # 100 targets, 20 models a fraction
     python benchmarks/metagradient.py --targets 50 --count 10 --eval-models 100
@@ -16,6 +17,13 @@ estimator scores the full-data model (mask 0 of the plan); TracIn uses its epoch
 iterates with each epoch's mean lr. Usual LDS: held-out α = 0.5 subsets, one fresh seed
 each (the ``eval`` plan's setting). Costs: wall seconds on this machine's threads (1 by
 default) and the peak resident memory of the process (``ru_maxrss``) after each step.
+
+"One training run": one model trained alone by the batched trainer (float32, the recipe's
+epochs). "Target block": the ``--targets`` targets whose metagradients one adjoint pass
+carries together (a ``gradients.targets_per_task`` unit of the estimate stage). The block's
+cost (the float64 replay plus the adjoint) is given in training runs, and per target against
+one model of a batched training call of as many models as targets (the trainer batches
+models as the adjoint batches targets).
 """
 
 from __future__ import annotations
@@ -108,6 +116,12 @@ def main() -> None:
     start = time.perf_counter()
     train_mlp_batched(data, masks[:1], planned.seed[:1], config.model, config.train)
     one_run = time.perf_counter() - start
+    # T models in one batched call (each its own seed and subset): the trainer's batching of
+    # models is what the adjoint's batching of targets is compared with
+    start = time.perf_counter()
+    train_mlp_batched(data, masks[eval_rows][:T], planned.seed[eval_rows][:T], config.model,
+                      config.train)
+    block_run = time.perf_counter() - start
 
     full, seed = masks[single][0], int(planned.seed[single][0])
     costs, scores = {}, {}
@@ -117,8 +131,33 @@ def main() -> None:
     )
     replay = time.perf_counter() - start
     start = time.perf_counter()
+    before = metagradient_scores(
+        trajectory, data.train_x, data.train_y, tx, ty, products="autograd"
+    )
+    autograd_seconds = time.perf_counter() - start
+    start = time.perf_counter()
     scores["metagradient"] = metagradient_scores(trajectory, data.train_x, data.train_y, tx, ty)
     costs["metagradient"] = (time.perf_counter() - start, peak_mb())
+    agree = float((scores["metagradient"] - before).abs().max() / before.abs().max())
+    start = time.perf_counter()
+    single32 = metagradient_scores(
+        trajectory, data.train_x, data.train_y, tx, ty, dtype=torch.float32
+    )
+    float32_seconds = time.perf_counter() - start
+    agree32 = float((single32 - scores["metagradient"]).abs().max()
+                    / scores["metagradient"].abs().max())
+    # checkpointed replay: a bound below the kept iterates (checkpoints every k steps)
+    bound = trajectory.iterates.numel() * 8 / 8
+    start = time.perf_counter()
+    checkpointed = replay_mlp(
+        data.train_x, data.train_y, full, seed, config.model, config.train, data.num_classes,
+        memory_bytes=bound,
+    )
+    ck_replay = time.perf_counter() - start
+    start = time.perf_counter()
+    ck_scores = metagradient_scores(checkpointed, data.train_x, data.train_y, tx, ty)
+    ck_adjoint = time.perf_counter() - start
+    ck_equal = bool(torch.equal(ck_scores, scores["metagradient"]))
     start = time.perf_counter()
     scores["hydra"] = hydra_scores(trajectory, data.train_x, data.train_y, tx, ty)
     costs["hydra"] = (time.perf_counter() - start, peak_mb())
@@ -156,9 +195,35 @@ def main() -> None:
     fit_seconds = time.perf_counter() - start
     # its cost for these targets: training its models (one run each) plus the fit
     costs["datamodels"] = (fit_seconds + one_run * int(train_rows.sum()), peak_mb())
-    print(f"\none training run (float32 trainer): {one_run:.2f} s; metagradient replay "
-          f"(float64, iterates kept: {trajectory.iterates.numel() * 8 / 2**20:.0f} MB): "
-          f"{replay:.2f} s")
+    mg = costs["metagradient"][0]
+
+    def lds_single_first(table: torch.Tensor) -> float:
+        found = single_model_lds(table.double().cpu().numpy(), masks[single],
+                                 margins[single][:, :T], DROPS[:1])
+        return found[DROPS[0]].value
+
+    print(f"\ncost of one target block ({T} targets; seconds):")
+    print(f"  one training run (one model alone, float32 batched trainer)  {one_run:8.3f}")
+    print(f"  {T} models in one batched training call ({T} runs)            {block_run:8.3f}"
+          f"  ({block_run / T:.4f} a model)")
+    print(f"  metagradient replay (float64, every iterate kept: "
+          f"{trajectory.iterates.numel() * 8 / 2**20:.1f} MB)  {replay:8.3f}")
+    print(f"  adjoint, autograd products (batched double backward; before) {autograd_seconds:8.3f}")
+    print(f"  adjoint, matmul products (hand-written, batched; after)      {mg:8.3f}"
+          f"  ({autograd_seconds / mg:.1f}x faster; max rel. difference {agree:.1e})")
+    print(f"  adjoint, matmul products in float32 (replay float64)         {float32_seconds:8.3f}"
+          f"  (max rel. difference to float64 {agree32:.1e}; single-model LDS at "
+          f"{DROPS[0]:g}: {lds_single_first(single32):.3f})")
+    print(f"  checkpointed (bound {bound / 2**20:.1f} MB: every {checkpointed.every} steps, "
+          f"{checkpointed.stored_bytes / 2**20:.2f} MB kept): replay {ck_replay:.3f} + "
+          f"adjoint {ck_adjoint:.3f} (same scores bit for bit: {ck_equal})")
+    total, before_total = replay + mg, replay + autograd_seconds
+    total32 = replay + float32_seconds
+    print(f"  block, replay + adjoint: {total:.3f} s = {total / one_run:.0f}x one training run "
+          f"(before {before_total / one_run:.0f}x); per target {total / T:.4f} s = "
+          f"{total / block_run:.1f}x a model of the batched training call "
+          f"(before {before_total / block_run:.1f}x; float32 adjoint "
+          f"{total32 / one_run:.0f}x and {total32 / block_run:.1f}x)")
     header = " ".join(f"{f'single {d:g}':>11}" for d in DROPS)
     print(f"{'method':<14}{header} {'usual LDS':>10} {'s/100 tgt':>10} {'x 1 run':>8} "
           f"{'peak MB':>8}")

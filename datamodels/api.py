@@ -272,6 +272,28 @@ def evaluate(
     return _locked(run, EvaluateStage(config, run), None, False, console)
 
 
+def removal(
+    config: Config | str | Run,
+    run: str | Run | None = None,
+    address: str | None = None,
+    executor: Any = None,
+    show_progress: bool = True,
+    console: Console | None = None,
+) -> pd.DataFrame:
+    """Counterfactual removal and brittleness by retraining (`stages.removal`): write the
+    removal plan's sets from the score tables (once), train them through ``train``, reduce
+    them to ``removals/results.parquet`` (returned). ``removal(config, run)`` or
+    ``removal(run)``."""
+    from datamodels.stages.removal import RemovalStage, write_removal_sets
+    from datamodels.store.lock import writer
+
+    config, run, _ = _config_and_run(config, run)
+    with writer(run.fs):
+        write_removal_sets(config, run)
+        train(config, run, address, executor, show_progress, console)
+        return _locked(run, RemovalStage(config, run), None, show_progress, console)
+
+
 def attack(
     config: Config,
     run: str | Run,
@@ -290,6 +312,16 @@ def attack(
     )
 
 
+def sparse_layer(
+    config: Config | str | Run, run: str | Run | None = None, console: Console | None = None
+) -> dict:
+    """Fit the sparse decision layer of a checkpointed model (``sparse_layer/``); returns its
+    summary row (the chosen λ, sparse and dense accuracies). ``sparse_layer(config, run)`` or
+    ``sparse_layer(run)``."""
+    from datamodels.stages.sparse_layer import SparseLayerStage
+
+    config, run, _ = _config_and_run(config, run)
+    return _locked(run, SparseLayerStage(config, run), None, False, console)
 def alpha_effect(
     run: str | Run,
     k: int = 10,
@@ -396,8 +428,13 @@ def run(
     console: Console | None = None,
     executor: Any = None,
 ) -> pd.DataFrame:
-    """Every stage: prepare, train, fit, every estimator the run has models for, evaluate."""
+    """Every stage: prepare, train, fit, every estimator the run has models for, removal (when
+    the config has a removal plan: its sets need the scores), evaluate."""
+    from datamodels.stages.removal import removal_plan
+
     train(config, out, address, executor, show_progress, console)
     fit(config, out, show_progress, console)
     estimate_many(config, out, None, address, show_progress, console, executor=executor)
+    if removal_plan(config) is not None:
+        removal(config, out, address, executor, show_progress, console)
     return evaluate(config, out, console)

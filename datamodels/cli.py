@@ -311,6 +311,28 @@ def attack(
     out_console.print(f"wrote {run}/attacks/target_{target}.parquet")
 
 
+def _removal(cfg: Config, run: str, address: str | None, quiet: bool) -> None:
+    from datamodels import api
+
+    results = api.removal(cfg, run, address, show_progress=not quiet, console=err_console)
+    grid = results[results["kind"] == "grid"]
+    err_console.print(
+        f"removal: {len(results)} sets ({grid['target'].nunique()} targets) in "
+        f"{run}/removals/results.parquet",
+        highlight=False,
+    )
+
+
+@app.command()
+@user_errors
+def removal(run: RunArg, set_: SetOpt = None, address: AddressOpt = None,
+            quiet: QuietOpt = False) -> None:
+    """Counterfactual removal and brittleness by retraining: choose the removal plan's sets
+    from the score tables (once: plan_masks/, removals/sets.parquet), train them, write
+    removals/results.parquet (predicted vs actual margin change, flips)."""
+    _removal(_run_config(run, set_), run, address, quiet)
+
+
 @app.command("run")
 @user_errors
 def run_all(
@@ -321,14 +343,19 @@ def run_all(
     quiet: QuietOpt = False,
     retry_failed: RetryOpt = False,
 ) -> None:
-    """Run every stage: prepare, train, fit, estimate, evaluate (each skips work already done);
-    exits 1 when models failed for good (the later stages still run on the others)."""
+    """Run every stage: prepare, train, fit, estimate, removal (with a removal plan), evaluate
+    (each skips work already done); exits 1 when models failed for good (the later stages
+    still run on the others)."""
+    from datamodels.stages.removal import removal_plan
+
     cfg = _load(config, set_)
     target = _out(cfg, out)
     failed = _train(cfg, target, address, quiet, retry_failed)
     status(target)
     _fit(cfg, target, quiet)
     _estimate(cfg, target, address=address, quiet=quiet)
+    if removal_plan(cfg) is not None:
+        _removal(cfg, target, address, quiet)
     _evaluate(cfg, target)
     if failed:
         raise typer.Exit(1)
@@ -387,6 +414,25 @@ def compact(
     )
 
 
+@app.command("sparse-layer")
+@user_errors
+def sparse_layer(run: RunArg, set_: SetOpt = None) -> None:
+    """Sparse decision layer (Wong et al. 2021): an elastic-net multinomial path on a
+    checkpointed model's penultimate features, λ chosen on held-out training rows at
+    sparse_layer.max_features per class; writes sparse_layer/*.parquet."""
+    from datamodels import api
+
+    row = api.sparse_layer(_run_config(run, set_), run, console=err_console)
+    out_console.print(
+        f"sparse layer of model {row['model_id']}: λ #{row['chosen_lam_index']} "
+        f"({row['chosen_lam']:.4g}), at most {row['chosen_max_features_per_class']} of "
+        f"{row['num_features']} features per class; test accuracy "
+        f"{row['sparse_test_accuracy']:.4f} (dense layer {row['dense_test_accuracy']:.4f})",
+        highlight=False,
+    )
+    out_console.print(f"wrote {run}/sparse_layer/", highlight=False)
+
+
 @app.command()
 @user_errors
 def verify(run: RunArg) -> None:
@@ -422,6 +468,69 @@ def report(
     out_console.print(f"report: {path}", highlight=False, soft_wrap=True)
 
 
+@app.command("transfer-report")
+@user_errors
+def transfer_report(
+    run: RunArg,
+    out: Annotated[
+        str | None,
+        typer.Option("--out", "-o", help="HTML file; default <run>/transfer_report.html"),
+    ] = None,
+    source_class: Annotated[
+        str | None,
+        typer.Option("--source-class", help="source class (name or position) whose most "
+                     "influenced target examples to show; default: the most harmful"),
+    ] = None,
+    counterfactual: Annotated[
+        bool,
+        typer.Option("--counterfactual/--no-counterfactual", help="remove the k most harmful "
+                     "source classes (mask 1 of the config's stored plan of two masks) and "
+                     "retrain through the driver"),
+    ] = True,
+    k: Annotated[int, typer.Option("--k", help="how many source classes to remove")] = 4,
+    address: AddressOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """A transfer run's report: per target class the most helpful and harmful source classes,
+    the target examples a source class moves most, and the counterfactual (target accuracy
+    with all source classes vs without the most harmful ones)."""
+    from datamodels.report.transfer import build_transfer_report
+    from datamodels.report.transfer import counterfactual as run_counterfactual
+    from datamodels.stages.prepare import load_run_config
+
+    handle = _existing_run(run)
+    config = load_run_config(handle)
+    result = None
+    if counterfactual:
+        result = run_counterfactual(
+            config, handle, k, address=address, show_progress=not quiet, console=err_console
+        )
+        for row in result.removed.itertuples(index=False):
+            out_console.print(
+                f"removed source class {row.train_position} ({row.name}): total weight "
+                f"{row.total_weight:+.3f}", highlight=False,
+            )
+        for row in result.summary.itertuples(index=False):
+            out_console.print(
+                f"{row.setting}: target accuracy {row[2]:.4f} ± {row.stderr:.4f} "
+                f"({row.models} models)", highlight=False,
+            )
+        change, stderr = result.change
+        predicted = result.predicted_margin_change(len(handle.labels("test")))
+        out_console.print(
+            f"accuracy change: {change:+.4f} ± {stderr:.4f}; mean margin change "
+            f"{result.margin_change:+.3f} (datamodels predicted {predicted:+.3f})",
+            highlight=False,
+        )
+        for row in result.by_correctness.itertuples(index=False):
+            out_console.print(
+                f"mean margin change on the {row.count} target examples {row[0]}: "
+                f"{row[2]:+.3f}", highlight=False,
+            )
+    path = build_transfer_report(handle, out, source_class, result)
+    out_console.print(f"transfer report: {path}", highlight=False, soft_wrap=True)
+
+
 @app.command("alpha-effect")
 @user_errors
 def alpha_effect(
@@ -434,8 +543,8 @@ def alpha_effect(
         int | None, typer.Option("--models-per-level", help="default: the smallest level's")
     ] = None,
 ) -> None:
-    """Datamodels per subset size α (alpha_grid levels, alpha plans): LDS and top-k overlap
-    with the largest α -> applications/alpha_effect.parquet."""
+    """Datamodels per subset size α (alpha_grid levels, alpha plans): LDS and top-k agreement
+    with the run's datamodels -> applications/alpha_effect.parquet."""
     import pandas as pd
 
     from datamodels import api

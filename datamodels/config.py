@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from datamodels.errors import ConfigError
 
-HASHED_SECTIONS = ("seed", "dataset", "model", "train", "plans")
+HASHED_SECTIONS = ("seed", "dataset", "model", "train", "plans", "transfer")
 
 
 class _Section(BaseModel):
@@ -52,13 +52,14 @@ def _import_path(value: str | None, field: str) -> str | None:
 
 class DatasetConfig(_Section):
     """Where the examples come from. ``digits`` ships with scikit-learn; ``cifar10`` reads the
-    standard python-pickle archive at ``path``; ``arrays`` reads a user's ``.npz``;
+    standard python-pickle archive at ``path`` (``cifar100``: ``cifar-100-python.tar.gz``, its
+    100 fine labels); ``arrays`` reads a user's ``.npz``;
     ``imagefolder`` reads a folder of class sub-folders of images at ``path`` (its own
     ``train/`` and ``test/`` sub-folders when present); ``factory`` (``"package.module:load"``,
     called with ``kwargs``; ``name`` is then ``custom``) returns arrays or a
     ``torch.utils.data.Dataset`` (see ``datamodels.data.sources.load_factory_dataset``)."""
 
-    name: Literal["digits", "cifar10", "arrays", "imagefolder", "custom"] = "digits"
+    name: Literal["digits", "cifar10", "cifar100", "arrays", "imagefolder", "custom"] = "digits"
     path: str | None = None
     factory: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -81,7 +82,7 @@ class DatasetConfig(_Section):
 
     @model_validator(mode="after")
     def _path_needed(self) -> DatasetConfig:
-        if self.name in ("cifar10", "arrays", "imagefolder") and not self.path:
+        if self.name in ("cifar10", "cifar100", "arrays", "imagefolder") and not self.path:
             raise ValueError(f"dataset.path is required for dataset.name={self.name!r}")
         if self.name == "custom" and not self.factory:
             raise ValueError(
@@ -204,13 +205,28 @@ class PlanConfig(_Section):
       everything, then ``count`` masks per fraction in ``drops`` each drop that fraction of
       the points at random. A dropped point keeps its place in every batch with loss
       weight 0 (the trainer's ``example_weights``); the stored mask is the kept set.
+    * ``stored``: ``count`` masks read from ``plan_masks/<name>.parquet`` (the full training
+      set minus each row's ``removed`` train positions), a table written once, after the
+      config, by whatever chooses the sets (`datamodels.plans.write_plan_masks`); ``train``
+      skips the plan until the table exists.
+    * ``removal``: a stored-mask plan whose table the ``removal`` stage writes from the score
+      tables (counterfactual removal, brittleness by retraining): for ``count`` test targets
+      (``targets``: explicit eval positions instead; default: correctly predicted ones, drawn
+      with the config seed), each of ``methods`` and each ``k`` in ``ks`` (plus, with
+      ``brittle``, the method's predicted smallest flipping k, at most ``brittle_max`` · n_train),
+      the k most helpful training points are removed; mask 0 keeps every point (the baseline).
+
+    * ``classes`` (transfer runs): ``count`` masks over the source classes, each choosing
+      exactly round(``alpha`` · C) of the C source classes uniformly at random.
 
     ``seeds`` trainings (different seeds) per mask (for ``single_model``: one shared seed
     per replicate).
     """
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
-    kind: Literal["alpha", "alpha_grid", "loo", "tmc", "single_model"] = "alpha"
+    kind: Literal[
+        "alpha", "alpha_grid", "loo", "tmc", "single_model", "stored", "removal", "classes"
+    ] = "alpha"
     alpha: float = Field(0.5, gt=0.0, le=1.0)
     count: int | None = Field(None, ge=1)
     seeds: int = Field(1, ge=1)
@@ -219,9 +235,26 @@ class PlanConfig(_Section):
     tolerance: float = Field(0.01, ge=0.0)
     patience: int = Field(5, ge=1)
     drops: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5)
+    # removal plans (defaults leave the hash of every other plan unchanged)
+    ks: tuple[int, ...] = (10, 50)
+    methods: tuple[str, ...] = ("datamodels",)
+    targets: tuple[int, ...] | None = None
+    brittle: bool = True
+    brittle_max: float = Field(0.05, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _kind_fields(self) -> PlanConfig:
+        if self.kind == "removal":
+            if self.targets is None and self.count is None:
+                raise ValueError(
+                    f"plans.{self.name}: a removal plan needs count (how many test targets) "
+                    "or targets (their eval positions)"
+                )
+            if not self.ks or any(k < 1 for k in self.ks):
+                raise ValueError(f"plans.{self.name}.ks must be positive counts, e.g. [10, 50]")
+            if not self.methods:
+                raise ValueError(f"plans.{self.name}.methods must name score tables")
+            return self
         if self.kind == "single_model" and (
             not self.drops or any(not 0.0 < d < 1.0 for d in self.drops)
         ):
@@ -327,6 +360,11 @@ class GradientsConfig(_Section):
       task sees a GPU), else CPU; ``cuda`` refuses a machine without one (one line).
     * ``precision``: dtype of ``nn.Module`` architectures (resnet9, fastnet) in these tasks;
       ``logreg`` and ``mlp`` always run in float64 (the exact references).
+    * ``replay_memory_mb``: ``metagradient`` / ``hydra`` keep every iterate of the replayed
+      run while they fit in this bound, else (θ, v) every k steps, each segment recomputed
+      when the adjoint reaches it (the same scores, bit for bit).
+    * ``adjoint_precision``: the arithmetic of the ``metagradient`` / ``hydra`` adjoint (the
+      replayed iterates stay float64): ``fp64`` (default, the exact reference) or ``fp32``.
     """
 
     models: int = Field(1, ge=1)
@@ -355,6 +393,12 @@ class GradientsConfig(_Section):
     precision: Literal["fp32", "fp64"] = "fp32"
     proj_precision: Literal["auto", "fp32", "bf16"] = "auto"
     max_exact_params: int = Field(20_000, ge=1)  # larger models need solver cg or lissa
+    # metagradient / hydra: bound on the replayed run's kept iterates; above it they are
+    # checkpointed every k steps and each segment recomputed (gradients.metagradient)
+    replay_memory_mb: float = Field(1024.0, gt=0.0)
+    # metagradient / hydra: the adjoint's arithmetic (the replay stays float64); fp32 about
+    # halves its time, scores within ~1e-6 relative on the digits MLP (benchmarks/metagradient.py)
+    adjoint_precision: Literal["fp64", "fp32"] = "fp64"
 
     @model_validator(mode="after")
     def _gpus_used(self) -> GradientsConfig:
@@ -366,10 +410,66 @@ class GradientsConfig(_Section):
         return self
 
 
+class TransferConfig(_Section):
+    """Transfer-learning datamodels (Jain et al. 2022): each model pre-trains on a subset of
+    the *source* dataset's classes (the masks range over source classes), is transferred to
+    the target task (``dataset``: its train split is the transfer set, its test split is
+    where margins are recorded) and the datamodels map source classes to target margins.
+
+    * ``source``: any dataset kind (its train split is pre-trained on; its labels are the
+      source classes; its test split is not used);
+    * ``recipe``: ``linear_probe`` (a new softmax head on the frozen pre-trained features,
+      solved full-batch by L-BFGS to ``tolerance``, weight decay ``weight_decay``) or
+      ``finetune`` (every layer trained on the target's train split, a new head, SGD with
+      ``epochs``, ``lr``, ``batch_size``, momentum 0.9 and ``weight_decay``).
+
+    Pre-training uses the ``train`` and ``model`` sections (``model.arch: mlp``). Margins are
+    recorded on the target's test split only (``dataset.eval_train`` does not apply).
+    Absent (null, the default), the config hashes as it did before this section existed."""
+
+    source: DatasetConfig
+    recipe: Literal["linear_probe", "finetune"] = "linear_probe"
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(0.05, gt=0.0)
+    batch_size: int = Field(32, ge=1)
+    weight_decay: float = Field(1e-3, ge=0.0)
+    tolerance: float = Field(1e-6, gt=0.0)
+    max_iter: int = Field(2000, ge=1)
+
+
 class EvaluateConfig(_Section):
     """The ``evaluate`` stage: which plan holds the held-out subsets for LDS."""
 
     plan: str = "eval"
+
+
+class SparseLayerConfig(_Section):
+    """The ``sparse-layer`` stage: an elastic-net multinomial path on a checkpointed model's
+    penultimate features (the input of its last linear layer), λ chosen on held-out
+    training rows at a density target (Wong et al. 2021; ``datamodels.regress.glm``).
+
+    * ``model_id``: the checkpointed model (null: the first by id); its last checkpoint.
+    * ``alpha``: the L1 share of the penalty ``λ(α||W||₁ + (1−α)/2 ||W||²)``.
+    * ``max_features``: the density target: the chosen λ has at most this many features in
+      every class (the one with the best validation accuracy among those that do).
+    * ``n_lambdas`` / ``eps``: the geometric λ grid from λ_max down to eps·λ_max; the walk
+      stops once some class uses more than ``stop_factor × max_features`` features.
+    * ``val_fraction`` / ``split_seed``: the held-out part of the train split for choosing λ.
+    * ``top_examples``: training inputs listed per feature (those that activate it most).
+    """
+
+    model_id: int | None = Field(None, ge=0)
+    alpha: float = Field(0.99, gt=0.0, le=1.0)
+    max_features: int = Field(10, ge=1)
+    n_lambdas: int = Field(60, ge=2)
+    eps: float = Field(1e-3, gt=0.0, lt=1.0)
+    stop_factor: float = Field(2.0, ge=1.0)
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    split_seed: int = 0
+    tol: float = Field(1e-6, gt=0.0)
+    max_iter: int = Field(10_000, ge=1)
+    top_examples: int = Field(6, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 def _default_plans() -> tuple[PlanConfig, ...]:
@@ -392,6 +492,8 @@ class Config(_Section):
     checkpoints: CheckpointsConfig = CheckpointsConfig()
     gradients: GradientsConfig = GradientsConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    transfer: TransferConfig | None = None
+    sparse_layer: SparseLayerConfig = SparseLayerConfig()
 
     @field_validator("plans")
     @classmethod
@@ -421,6 +523,22 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _one_removal_plan(self) -> Config:
+        removal = [p.name for p in self.plans if p.kind == "removal"]
+        if len(removal) > 1:
+            raise ValueError(
+                f"plans {', '.join(removal)}: one removal plan per config (its tables are "
+                "removals/sets.parquet and removals/results.parquet); merge their ks and methods"
+            )
+        stored = {p.name for p in self.plans if p.kind in ("stored", "removal")}
+        if self.checkpoints.plan in stored:
+            raise ValueError(
+                f"checkpoints.plan {self.checkpoints.plan!r} is a stored-mask plan (its masks "
+                "exist only after fit); choose an alpha, alpha_grid or loo plan"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _single_model_needs_mlp(self) -> Config:
         single = [p.name for p in self.plans if p.kind == "single_model"]
         if single and (self.model.arch != "mlp" or self.resources.trainer != "batched"):
@@ -428,6 +546,36 @@ class Config(_Section):
                 f"plans {', '.join(single)}: single_model plans (per-example loss weights) "
                 "train with the batched mlp trainer only (model.arch: mlp, "
                 f"resources.trainer: batched); this config has model.arch={self.model.arch!r}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _transfer_fields(self) -> Config:
+        classes = [p.name for p in self.plans if p.kind == "classes"]
+        if self.transfer is None:
+            if classes:
+                raise ValueError(
+                    f"plans {', '.join(classes)}: kind classes samples source classes; add a "
+                    "transfer section (transfer.source) or use kind alpha"
+                )
+            return self
+        wrong = [
+            p.name for p in self.plans if p.kind in ("tmc", "single_model", "loo", "removal")
+        ]
+        if wrong:
+            raise ValueError(
+                f"plans {', '.join(wrong)}: a transfer run's masks are over source classes; "
+                "use plan kinds classes, alpha, alpha_grid or stored"
+            )
+        if self.model.arch != "mlp" or self.resources.trainer != "batched":
+            raise ValueError(
+                "transfer runs pre-train with the batched mlp trainer (model.arch: mlp, "
+                f"resources.trainer: batched); this config has model.arch={self.model.arch!r}"
+            )
+        if self.checkpoints.plan is not None:
+            raise ValueError(
+                "transfer runs save no checkpoints (the gradient estimators need one model "
+                "per training set); set checkpoints.plan to null"
             )
         return self
 

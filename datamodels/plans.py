@@ -16,6 +16,16 @@ Mask numbers by plan kind (n = n_train):
   round(drops[level]·n) points drawn at random. Every model of a replicate has the *same*
   training seed (the seed of mask 0), and trains over the full set's batch order with the
   dropped points weighted 0 (``training_weights``).
+* ``classes`` (transfer runs, n = number of source classes): ``count`` masks, each exactly
+  round(alpha·n) positions drawn uniformly without replacement.
+* ``stored`` / ``removal`` (stored-mask plans): masks that depend on results (scores, classes)
+  exist only after the config. The plan fixes how many masks there are (``n_masks``: model ids
+  stay a pure function of the config); the masks themselves are read from
+  ``plan_masks/<plan>.parquet``, a table written once (`Run.write_plan_masks`): mask j is the
+  full training set minus row j's ``removed`` positions. ``masks_for`` takes those rows as
+  ``stored``; ``train`` skips such a plan until its table exists, and ``verify`` checks stored
+  models against it. A ``removal`` plan has 1 + targets × methods × (len(ks) + brittle)
+  masks, laid out by `removal_layout`; its table is written by the ``removal`` stage.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from datamodels.config import Config, PlanConfig
+from datamodels.store.schemas import PLAN_MASKS_DIR
 
 
 @dataclass(frozen=True)
@@ -139,7 +150,29 @@ def loo_points(plan: PlanConfig, n_train: int) -> np.ndarray:
     return points
 
 
+STORED_KINDS = ("stored", "removal")
+
+
+def removal_layout(plan: PlanConfig) -> list[tuple[int, str | None, int, str, int]]:
+    """The masks of a ``removal`` plan: (mask_index, method, target number, kind, k index)
+    for mask 0 (``baseline``) and, per method, target number and k, a ``grid`` mask (k index
+    into ``ks``) then, with ``brittle``, one ``brittle`` mask (k index -1)."""
+    n_targets = len(plan.targets) if plan.targets is not None else int(plan.count)
+    rows: list[tuple[int, str | None, int, str, int]] = [(0, None, -1, "baseline", -1)]
+    for method in plan.methods:
+        for target in range(n_targets):
+            for k_index in range(len(plan.ks)):
+                rows.append((len(rows), method, target, "grid", k_index))
+            if plan.brittle:
+                rows.append((len(rows), method, target, "brittle", -1))
+    return rows
+
+
 def n_masks(plan: PlanConfig, n_train: int) -> int:
+    if plan.kind == "removal":
+        return len(removal_layout(plan))
+    if plan.kind == "stored":
+        return int(plan.count)
     if plan.kind == "alpha":
         return int(plan.count)
     if plan.kind == "alpha_grid":
@@ -148,6 +181,8 @@ def n_masks(plan: PlanConfig, n_train: int) -> int:
         return 1 + len(loo_points(plan, n_train))
     if plan.kind == "single_model":
         return 1 + int(plan.count) * len(plan.drops)
+    if plan.kind == "classes":
+        return int(plan.count)
     return int(plan.count) * (n_train + 1)  # tmc
 
 
@@ -165,6 +200,8 @@ def mask_alpha(
     mask_index = np.asarray(mask_index, dtype=np.int64)
     if plan.kind == "alpha":
         return np.full(len(mask_index), plan.alpha)
+    if plan.kind in STORED_KINDS:  # nominal: the stored row records its mask's own fraction
+        return np.ones(len(mask_index))
     if plan.kind == "alpha_grid":
         if plan.levels == 0:
             key = _plan_key(plan.name)
@@ -177,11 +214,49 @@ def mask_alpha(
     if plan.kind == "single_model":
         dropped = np.round(drop_fractions(plan, mask_index) * n_train)
         return 1.0 - dropped / max(n_train, 1)
+    if plan.kind == "classes":
+        return np.full(len(mask_index), class_count(plan, n_train) / max(n_train, 1))
     return (mask_index % (n_train + 1)) / max(n_train, 1)  # tmc: prefix fraction
 
 
-def plan_mask(config_seed: int, plan: PlanConfig, mask_index: int, n_train: int) -> np.ndarray:
-    """bool[n_train]: mask number ``mask_index`` of ``plan``."""
+def class_count(plan: PlanConfig, n_train: int) -> int:
+    """How many of the n_train source classes a ``classes`` mask includes (at least one)."""
+    return min(n_train, max(1, int(round(plan.alpha * n_train))))
+
+
+def plan_mask(
+    config_seed: int,
+    plan: PlanConfig,
+    mask_index: int,
+    n_train: int,
+    stored: dict[str, list[np.ndarray]] | None = None,
+) -> np.ndarray:
+    """bool[n_train]: mask number ``mask_index`` of ``plan`` (a stored-mask plan's from
+    ``stored[plan.name]``, its rows of removed positions)."""
+    if plan.kind in STORED_KINDS:
+        rows = (stored or {}).get(plan.name)
+        if rows is None:
+            from datamodels.errors import StoreError
+
+            raise StoreError(
+                f"plan {plan.name!r} ({plan.kind}): its masks ({PLAN_MASKS_DIR}/{plan.name}"
+                ".parquet) are not written yet; "
+                + (
+                    "run `datamodels removal RUN`"
+                    if plan.kind == "removal"
+                    else "write them with Run.write_plan_masks"
+                )
+            )
+        if mask_index >= len(rows):
+            from datamodels.errors import StoreError
+
+            raise StoreError(
+                f"{PLAN_MASKS_DIR}/{plan.name}.parquet has {len(rows)} masks; plan "
+                f"{plan.name!r} needs {mask_index + 1} or more (plans.{plan.name}.count)"
+            )
+        mask = np.ones(n_train, dtype=bool)
+        mask[rows[mask_index]] = False
+        return mask
     if plan.kind == "loo":
         mask = np.ones(n_train, dtype=bool)
         if mask_index > 0:
@@ -199,6 +274,11 @@ def plan_mask(config_seed: int, plan: PlanConfig, mask_index: int, n_train: int)
         dropped = int(round(float(drop_fractions(plan, np.array([mask_index]))[0]) * n_train))
         rng = np.random.default_rng([config_seed, _plan_key(plan.name), mask_index, 0])
         mask[rng.permutation(n_train)[:dropped]] = False
+        return mask
+    if plan.kind == "classes":
+        rng = np.random.default_rng([config_seed, _plan_key(plan.name), mask_index, 0])
+        mask = np.zeros(n_train, dtype=bool)
+        mask[rng.permutation(n_train)[: class_count(plan, n_train)]] = True
         return mask
     alpha = float(mask_alpha(config_seed, plan, np.array([mask_index]), n_train)[0])
     rng = np.random.default_rng([config_seed, _plan_key(plan.name), mask_index, 0])
@@ -230,12 +310,33 @@ def plan_models(config: Config, n_train: int) -> PlannedModels:
     )
 
 
-def masks_for(config: Config, planned: PlannedModels, n_train: int) -> np.ndarray:
-    """bool[K, n_train]: the masks of the given planned models."""
+def masks_for(
+    config: Config,
+    planned: PlannedModels,
+    n_train: int,
+    stored: dict[str, list[np.ndarray]] | None = None,
+) -> np.ndarray:
+    """bool[K, n_train]: the masks of the given planned models (``stored``: the rows of the
+    stored-mask plans, `stored_masks`)."""
     by_name = {p.name: p for p in config.plans}
     out = np.empty((len(planned), n_train), dtype=bool)
     for row, (name, mask_index) in enumerate(zip(planned.plan, planned.mask_index, strict=True)):
-        out[row] = plan_mask(config.seed, by_name[name], int(mask_index), n_train)
+        out[row] = plan_mask(config.seed, by_name[name], int(mask_index), n_train, stored)
+    return out
+
+
+def stored_plans(config: Config) -> list[str]:
+    return [p.name for p in config.plans if p.kind in STORED_KINDS]
+
+
+def stored_masks(config: Config, run) -> dict[str, list[np.ndarray]]:
+    """plan name -> rows of removed positions, for the config's stored-mask plans whose
+    ``plan_masks/<plan>.parquet`` exists (a plan without one is left out)."""
+    out = {}
+    for name in stored_plans(config):
+        rows = run.plan_masks(name)
+        if rows is not None:
+            out[name] = rows
     return out
 
 

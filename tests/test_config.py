@@ -19,6 +19,20 @@ def test_digits_default_has_required_plans():
     assert config.dataset.name == "digits" and config.model.arch == "mlp"
     assert config.plan("train").count >= 2000 and config.plan("train").alpha == 0.5
     assert config.plan("eval").count >= 200 and config.plan("eval").alpha == 0.5
+    kinds = {plan.kind for plan in config.plans}
+    assert {"loo", "alpha_grid", "removal"} <= kinds  # LOO, Shapley, counterfactuals
+
+
+def test_digits_default_hash_is_pinned():
+    """Changing configs/digits.yaml's models changes its hash (and orphans old demo runs):
+    update this deliberately. Without the loo, shapley and removal plans (added for the
+    report) it hashes as it did before them: new config fields at their defaults never
+    change a hash."""
+    config = load_config(CONFIGS / "digits.yaml")
+    assert config.hash == "51df931a19ca30b7"
+    tree = config.model_dump(mode="json")
+    tree["plans"] = [p for p in tree["plans"] if p["name"] in ("train", "eval")]
+    assert config_from_dict(tree).hash == "5fcc10c6ad30e724"
 
 
 @pytest.mark.parametrize(

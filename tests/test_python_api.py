@@ -25,7 +25,7 @@ TINY = {
 
 def test_public_names_are_exactly_the_verbs():
     assert sorted(dm.__all__) == sorted(
-        ["load_config", "run", "train", "fit", "estimate", "evaluate", "attack", "Run"]
+        ["load_config", "run", "train", "fit", "estimate", "evaluate", "attack", "removal", "Run"]
     )
     import datamodels.evaluate.lds  # noqa: F401 - submodules named like verbs
     import datamodels.train.grouped  # noqa: F401

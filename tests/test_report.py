@@ -34,6 +34,7 @@ REPORT_CONFIG = {
         {"name": "train", "alpha": 0.5, "count": 30},
         {"name": "eval", "alpha": 0.5, "count": 6},
         {"name": "loo", "kind": "loo", "points": [0, 1, 2, 3, 4, 5]},
+        {"name": "removal", "kind": "removal", "count": 3, "ks": [5], "seeds": 2},
         {"name": "grid", "kind": "alpha_grid", "levels": 3, "count": 30},  # the α effect
     ],
     "fit": {"n_lambdas": 4, "eps": 0.05, "tol": 1e-3},
@@ -59,6 +60,7 @@ def report_run(tmp_path_factory) -> str:
     dm.fit(out, show_progress=False)
     for method in ("downsampling", "loo"):
         dm.estimate(out, method, executor=SerialExecutor(), show_progress=False)
+    dm.removal(out, executor=SerialExecutor(), show_progress=False)
     dm.evaluate(out)
     api.alpha_effect(out, k=5)  # applications/alpha_effect.parquet and lds_curve.parquet,
     api.lds_curve(out, (22, 25))  # which the report and the notebooks read
@@ -151,6 +153,9 @@ def test_report_has_every_section_and_valid_inline_pngs(report_run, report_html)
     text = out.read_text(encoding="utf-8")
     assert "mislabel detection" in text and "no labels were flipped" not in text
     assert "the run has no loo plan" not in text
+    for section in ("counterfactual", "brittleness_verified"):  # figures from removals/
+        body = text.split(f'<section id="{section}">')[1].split("</section>")[0]
+        assert "data:image/png;base64," in body and "no removals/results" not in body
     for alt in ("LDS against number of models", "effect of subset size"):
         assert f'alt="{alt}"' in text
     assert dm.Run(report_run).recorded_config_hash() in text

@@ -8,7 +8,9 @@
 * `alpha_effect`  datamodels per subset size α (top-k overlap and LDS per α), and LDS
                   against the number of models (`lds_curve`);
 * `brittleness`   per target, the smallest number of most-helpful training points whose
-                  removal flips the prediction according to the datamodel (predicted only).
+                  removal flips the prediction according to the datamodel (predicted only);
+* `removal`       counterfactual removal: the top-k sets by score, their predicted change,
+                  and the retrained change reduced per set (the ``removal`` stage retrains).
 
 Each module has array-level functions (known answers in tests/test_applications.py) and one
 ``*_from_run`` helper that reads a `Run` (the run directory's public tables) and calls them.

@@ -39,6 +39,7 @@ class ArrayDataset:
     is_test: np.ndarray
     num_classes: int
     original_labels: np.ndarray | None = None
+    class_names: list[str] | None = None  # by label, where the source names its classes
 
     def __post_init__(self) -> None:
         if self.original_labels is None:
@@ -112,11 +113,13 @@ class _CifarUnpickler(pickle.Unpickler):
         return found
 
 
-def _read_cifar_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_cifar_batch(
+    raw: bytes, where: str, key: bytes = b"labels"
+) -> tuple[np.ndarray, np.ndarray]:
     try:
         batch = _CifarUnpickler(raw, where).load()
         data = np.asarray(batch[b"data"], dtype=np.uint8)
-        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+        labels = np.asarray(batch[key], dtype=np.int64)
     except DataError:
         raise
     except Exception as err:  # noqa: BLE001 - any unpickling problem means a bad archive
@@ -162,6 +165,58 @@ def load_cifar10_dataset(cfg: DatasetConfig) -> ArrayDataset:
     is_test = np.zeros(len(labels), dtype=bool)
     is_test[-n_test:] = True
     return ArrayDataset("cifar10", images, labels, is_test, 10)
+
+
+CIFAR100_DIR = "cifar-100-python"
+
+
+def _archive_members(path: Path, folder: str, names: tuple[str, ...], what: str) -> dict:
+    """name -> bytes of ``names`` from a python-pickle CIFAR archive or its extracted folder."""
+    raws: dict[str, bytes] = {}
+    if path.is_dir():
+        root = path / folder if (path / folder).is_dir() else path
+        for name in names:
+            if not (root / name).is_file():
+                raise DataError(f"dataset.path: {root / name} is missing from the {what} folder")
+            raws[name] = (root / name).read_bytes()
+        return raws
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            members = {Path(m.name).name: m for m in archive.getmembers() if m.isfile()}
+            for name in names:
+                if name not in members:
+                    raise DataError(f"dataset.path: {path} has no member {folder}/{name}")
+                raws[name] = archive.extractfile(members[name]).read()  # type: ignore[union-attr]
+    except tarfile.TarError as err:
+        raise DataError(f"dataset.path: {path} is not a readable tar archive ({err})") from None
+    return raws
+
+
+def load_cifar100_dataset(cfg: DatasetConfig) -> ArrayDataset:
+    """Read the standard ``cifar-100-python.tar.gz`` archive (or its extracted folder): the
+    ``train`` and ``test`` batches with their 100 fine labels, named by ``meta``."""
+    path = Path(str(cfg.path)).expanduser()
+    if not path.exists():
+        raise DataError(
+            f"dataset.path: CIFAR-100 archive not found at {path}; give the path to "
+            "cifar-100-python.tar.gz or to its extracted cifar-100-python folder"
+        )
+    raws = _archive_members(path, CIFAR100_DIR, ("train", "test", "meta"), "CIFAR-100")
+    train = _read_cifar_batch(raws["train"], f"{path}:train", b"fine_labels")
+    test = _read_cifar_batch(raws["test"], f"{path}:test", b"fine_labels")
+    try:
+        meta = _CifarUnpickler(raws["meta"], f"{path}:meta").load()
+        names = [
+            n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"fine_label_names"]
+        ]
+    except DataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any unpickling problem means a bad archive
+        raise DataError(f"{path}:meta: not a CIFAR-100 meta file ({err})") from None
+    images = np.concatenate([train[0], test[0]])
+    labels = np.concatenate([train[1], test[1]])
+    is_test = np.arange(len(labels)) >= len(train[1])
+    return ArrayDataset("cifar100", images, labels, is_test, 100, class_names=names)
 
 
 def _first_rows(rows: np.ndarray, show: int = 5) -> str:
@@ -297,7 +352,7 @@ def load_imagefolder_dataset(cfg: DatasetConfig) -> ArrayDataset:
         np.asarray(is_test, dtype=bool) if has_split
         else _seeded_split(len(labels_array), cfg.test_fraction, cfg.split_seed)
     )
-    return ArrayDataset(root.name, images, labels_array, split, len(classes))
+    return ArrayDataset(root.name, images, labels_array, split, len(classes), class_names=classes)
 
 
 def _as_array(value, what: str, where: str) -> np.ndarray:
@@ -415,9 +470,12 @@ def load_factory_dataset(cfg: DatasetConfig) -> ArrayDataset:
         is_test = _seeded_split(len(labels), cfg.test_fraction, cfg.split_seed)
     name = str(cfg.factory).rpartition(":")[2]
     num_classes = int(labels.max()) + 1 if len(labels) else 0
+    # a factory may name its classes: an attribute ``class_names(**kwargs) -> list[str]``
+    namer = getattr(factory, "class_names", None)
+    class_names = [str(n) for n in namer(**cfg.kwargs)] if callable(namer) else None
     return ArrayDataset(
         name, _as_features(features, where), labels.astype(np.int64), np.asarray(is_test, bool),
-        num_classes,
+        num_classes, class_names=class_names,
     )
 
 
@@ -430,7 +488,8 @@ def _limit(ds: ArrayDataset, cfg: DatasetConfig) -> ArrayDataset:
     if keep.all():
         return ds
     return ArrayDataset(
-        ds.name, ds.features[keep], ds.labels[keep], ds.is_test[keep], ds.num_classes
+        ds.name, ds.features[keep], ds.labels[keep], ds.is_test[keep], ds.num_classes,
+        class_names=ds.class_names,
     )
 
 
@@ -445,12 +504,16 @@ def flip_labels(ds: ArrayDataset, fraction: float, seed: int) -> ArrayDataset:
     labels = ds.labels.copy()
     shift = rng.integers(1, ds.num_classes, size=len(chosen))
     labels[chosen] = (labels[chosen] + shift) % ds.num_classes
-    return ArrayDataset(ds.name, ds.features, labels, ds.is_test, ds.num_classes, ds.labels.copy())
+    return ArrayDataset(
+        ds.name, ds.features, labels, ds.is_test, ds.num_classes, ds.labels.copy(),
+        ds.class_names,
+    )
 
 
 LOADERS = {
     "digits": load_digits_dataset,
     "cifar10": load_cifar10_dataset,
+    "cifar100": load_cifar100_dataset,
     "arrays": load_arrays_dataset,
     "imagefolder": load_imagefolder_dataset,
     "custom": load_factory_dataset,
@@ -459,7 +522,7 @@ LOADERS = {
 
 def _source(cfg: DatasetConfig) -> str:
     """How messages name the dataset: its file, its factory, or the built-in's name."""
-    if cfg.name in ("cifar10", "arrays", "imagefolder"):
+    if cfg.name in ("cifar10", "cifar100", "arrays", "imagefolder"):
         return str(Path(str(cfg.path)).expanduser())
     if cfg.name == "custom":
         return f"dataset.factory {cfg.factory!r}"

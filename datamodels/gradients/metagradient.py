@@ -21,9 +21,14 @@ v_{s+1}), one row per target, starting from θ̄ = ∇m_t(θ_S), v̄ = 0; for s 
     θ̄ ← θ̄ + λ u + H_s u,   v̄ ← μ u     (H_s = ∇_θ g_s at the trained w)
 
 The iterates θ_0 … θ_{S−1} of the replayed run (``replay_mlp``: same seed, orders and lr as
-the trainer, float64) are kept: S·P numbers (digits MLP, 20 epochs × 23 steps × 4,810
-parameters: 18 MB). A step costs one forward-over-reverse pass (``torch.func.jvp`` of the
-batch gradient) vmapped over the block's targets, which gives H_s u and every ∇ℓ_i·u at once.
+the trainer, float64) are kept: S·P numbers (digits MLP, 10 epochs × 23 steps × 4,810
+parameters: 8.9 MB), or, past a memory bound, (θ_s, v_s) every k steps with each segment
+recomputed by the same step function when the adjoint reaches it (``checkpoint_interval``:
+the same numbers bit for bit in (2⌈S/k⌉ + k)·P·8 bytes, O(√S·P) at the least). A step of
+the adjoint carries the block's T targets at once: H_s u and every ∇ℓ_i·u come from the
+MLP's forward-over-reverse pass written as matrix products with the targets folded into
+the columns (``_mlp_step_products``), about 3x faster on CPU than the batched autograd
+double backward kept as the reference (``products="autograd"``).
 Points the model never sees (outside its mask) get 0: they are in no batch.
 
 **logreg** (trained to convergence): implicit differentiation of the optimum of
@@ -37,7 +42,7 @@ the influence function with the loss (not the whole term) of i and no damping
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -55,11 +60,17 @@ from datamodels.train.orders import EpochOrders, lr_factors
 
 @dataclass
 class Trajectory:
-    """A replayed training run: ``iterates`` float64[S, P] (θ_s before step s), ``final``
-    float64[P] (θ_S), per step the train positions ``batches[s]`` int64[c_s] and ``lrs[s]``
-    η_s; ``model`` the trained model as a ``FunctionalModel`` (params θ_S)."""
+    """A replayed training run: per step the train positions ``batches[s]`` int64[c_s] and
+    ``lrs[s]`` η_s; ``final`` float64[P] (θ_S); ``model`` the trained model as a
+    ``FunctionalModel`` (params θ_S); ``sizes`` the MLP's layer widths.
 
-    iterates: torch.Tensor
+    The iterates θ_0 … θ_{S−1} are kept whole (``every = 1``: ``iterates`` float64[S, P]) or
+    checkpointed (``every = k > 1``: ``saved`` float64[⌈S/k⌉, 2, P] holds (θ_s, v_s) at
+    s = 0, k, 2k, …; ``iterates`` is None) and a segment is recomputed from its checkpoint
+    when the adjoint reaches it (``segment``), by the same step function as the replay, so
+    the recomputed iterates are bit for bit those of a run that kept them."""
+
+    iterates: torch.Tensor | None
     final: torch.Tensor
     batches: list[torch.Tensor]
     lrs: list[float]
@@ -67,6 +78,40 @@ class Trajectory:
     momentum: float
     weight_decay: float
     label_smoothing: float
+    sizes: list[int] = field(default_factory=list)
+    every: int = 1
+    saved: torch.Tensor | None = None
+    x: torch.Tensor | None = None  # float64[n, d], the replay's inputs (for recomputation)
+    y: torch.Tensor | None = None
+    w: torch.Tensor | None = None  # float64[n], the example weights replayed at
+
+    @property
+    def steps(self) -> int:
+        return len(self.batches)
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes the kept iterates take: S·P·8, or the checkpoints plus one segment."""
+        P = len(self.final)
+        if self.every == 1:
+            return self.steps * P * 8
+        return (len(self.saved) * 2 + self.every) * P * 8
+
+    def segments(self) -> list[tuple[int, int]]:
+        """[(start, stop)] of the steps, ``every`` at a time, first to last."""
+        return [(a, min(a + self.every, self.steps)) for a in range(0, self.steps, self.every)]
+
+    def segment(self, start: int, stop: int) -> torch.Tensor:
+        """float64[stop − start, P]: θ_start … θ_{stop−1} (kept, or recomputed from the
+        checkpoint at ``start``, a multiple of ``every``)."""
+        if self.every == 1:
+            return self.iterates[start:stop]
+        theta, velocity = self.saved[start // self.every].clone()
+        out = torch.empty(stop - start, len(theta), dtype=theta.dtype, device=theta.device)
+        for s in range(start, stop):
+            out[s - start] = theta
+            theta = _sgd_step(self, theta, velocity, s)
+        return out
 
 
 def training_steps(
@@ -91,6 +136,18 @@ def training_steps(
     return steps
 
 
+def checkpoint_interval(steps: int, params: int, memory_bytes: float | None) -> int:
+    """k, the steps between checkpoints: 1 (keep every iterate) when S·P·8 bytes fit in
+    ``memory_bytes`` (None: no bound), else the smallest k whose checkpoints (θ and v every k
+    steps) plus one recomputed segment, (2⌈S/k⌉ + k)·P·8 bytes, fit; when none does, the k
+    that needs least (about √(2S): memory O(√S·P))."""
+    if memory_bytes is None or steps * params * 8 <= memory_bytes:
+        return 1
+    need = {k: (2 * -(-steps // k) + k) * params * 8 for k in range(2, max(steps, 2) + 1)}
+    fitting = [k for k, bytes_ in need.items() if bytes_ <= memory_bytes]
+    return min(fitting) if fitting else min(need, key=need.get)
+
+
 def _batch_losses(model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, smoothing: float):
     def losses(p: torch.Tensor) -> torch.Tensor:
         logits = model.logits_fn(p, x)
@@ -99,15 +156,75 @@ def _batch_losses(model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, smoo
     return losses
 
 
+def _unflatten(sizes: list[int], flat: torch.Tensor) -> list[torch.Tensor]:
+    """``flat`` [..., P] -> views ``[W1 [..., d, h], b1 [..., h], ...]`` (``mlp_model``'s
+    layout: each weight [fan_in, fan_out] row-major, then its bias)."""
+    lead, out, offset = flat.shape[:-1], [], 0
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+        out.append(flat[..., offset : offset + fan_in * fan_out].view(*lead, fan_in, fan_out))
+        offset += fan_in * fan_out
+        out.append(flat[..., offset : offset + fan_out])
+        offset += fan_out
+    return out
+
+
+def _forward(layers: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, smoothing: float):
+    """One MLP on one batch: (inputs of every layer [x, a_1, …], ReLU masks [m_1, …],
+    softmax p [c, C], p − q [c, C] with q the label-smoothed target: ∂ℓ_i/∂logits)."""
+    acts, masks, h = [x], [], x
+    last = len(layers) // 2 - 1
+    for layer in range(last + 1):
+        z = torch.addmm(layers[2 * layer + 1], h, layers[2 * layer])
+        if layer < last:
+            mask = z > 0
+            h = z * mask
+            acts.append(h)
+            masks.append(mask)
+    p = torch.softmax(z, dim=1)
+    C = p.shape[1]
+    residual = p - smoothing / C
+    residual[torch.arange(len(y), device=y.device), y] -= 1.0 - smoothing
+    return acts, masks, p, residual
+
+
+def _batch_gradient(
+    sizes: list[int], theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+    coef: torch.Tensor, smoothing: float,
+) -> torch.Tensor:
+    """∇_θ Σ_i coef_i ℓ_i(θ) float64[P] on one batch, by hand (the MLP's backward pass)."""
+    layers = _unflatten(sizes, theta)
+    acts, masks, _, residual = _forward(layers, x, y, smoothing)
+    delta = residual * coef[:, None]
+    grads = [None] * len(layers)
+    for layer in reversed(range(len(layers) // 2)):
+        grads[2 * layer] = acts[layer].T @ delta
+        grads[2 * layer + 1] = delta.sum(0)
+        if layer:
+            delta = (delta @ layers[2 * layer].T) * masks[layer - 1]
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def _sgd_step(run: Trajectory, theta: torch.Tensor, velocity: torch.Tensor, s: int):
+    """θ_{s+1} from θ_s (``velocity`` v_s → v_{s+1} in place): the replay's one step."""
+    batch = run.batches[s]
+    g = _batch_gradient(
+        run.sizes, theta, run.x[batch], run.y[batch], run.w[batch] / len(batch),
+        run.label_smoothing,
+    )
+    velocity.mul_(run.momentum).add_(g).add_(theta, alpha=run.weight_decay)
+    return theta - run.lrs[s] * velocity
+
+
 @torch.no_grad()
 def replay_mlp(
     train_x: torch.Tensor, train_y: torch.Tensor, mask: np.ndarray, seed: int,
     model: ModelConfig, recipe: TrainConfig, num_classes: int,
-    weights: np.ndarray | None = None,
+    weights: np.ndarray | None = None, memory_bytes: float | None = None,
 ) -> Trajectory:
     """Train one MLP as ``train_mlp_batched`` does (same init, orders, lr, momentum, weight
-    decay, label smoothing) in float64, keeping every iterate. ``weights`` float[n_train]
-    (default 1): the example weights w of the loss; batches still come from ``mask``."""
+    decay, label smoothing) in float64, keeping its iterates. ``weights`` float[n_train]
+    (default 1): the example weights w of the loss; batches still come from ``mask``.
+    ``memory_bytes``: bound on the kept iterates (``checkpoint_interval``; None keeps all)."""
     device = train_x.device
     x = train_x.reshape(len(train_x), -1).double()
     sizes = layer_sizes(x.shape[1], model.hidden, model.depth, num_classes)
@@ -117,60 +234,172 @@ def replay_mlp(
     w = torch.ones(len(x), dtype=torch.float64, device=device)
     if weights is not None:
         w = torch.as_tensor(np.asarray(weights, np.float64), device=device)
-    velocity = torch.zeros_like(theta)
     steps = training_steps(np.asarray(mask, bool), seed, recipe)
-    iterates = torch.empty(len(steps), len(theta), dtype=torch.float64, device=device)
-    batches, lrs = [], []
-    for s, (positions, lr) in enumerate(steps):
-        batch = torch.from_numpy(positions).to(device)
-        iterates[s] = theta
-        coef = w[batch] / len(batch)
-        losses = _batch_losses(functional, x[batch], train_y[batch], recipe.label_smoothing)
-        with torch.enable_grad():
-            g = grad(lambda p, losses=losses, coef=coef: (coef * losses(p)).sum())(theta)
-        velocity.mul_(recipe.momentum).add_(g).add_(theta, alpha=recipe.weight_decay)
-        theta = theta - lr * velocity
-        batches.append(batch)
-        lrs.append(lr)
-    return Trajectory(
-        iterates, theta, batches, lrs, functional.with_params(theta), recipe.momentum,
-        recipe.weight_decay, recipe.label_smoothing,
+    every = checkpoint_interval(len(steps), len(theta), memory_bytes)
+    run = Trajectory(
+        None, theta, [torch.from_numpy(p).to(device) for p, _ in steps],
+        [lr for _, lr in steps], functional, recipe.momentum, recipe.weight_decay,
+        recipe.label_smoothing, sizes, every, None, x, train_y.to(device), w,
     )
+    P = len(theta)
+    if every == 1:
+        run.iterates = torch.empty(len(steps), P, dtype=torch.float64, device=device)
+    else:
+        run.saved = torch.empty(-(-len(steps) // every), 2, P, dtype=torch.float64, device=device)
+    velocity = torch.zeros_like(theta)
+    for s in range(len(steps)):
+        if every == 1:
+            run.iterates[s] = theta
+        elif s % every == 0:
+            run.saved[s // every, 0] = theta
+            run.saved[s // every, 1] = velocity
+        theta = _sgd_step(run, theta, velocity, s)
+    run.final = theta
+    run.model = functional.with_params(theta)
+    return run
 
 
 def metagradient_scores(
     trajectory: Trajectory, train_x: torch.Tensor, train_y: torch.Tensor,
     target_x: torch.Tensor, target_y: torch.Tensor, weights: np.ndarray | None = None,
-    hessian: bool = True,
+    hessian: bool = True, products: str = "matmul", dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
     """score[t, i] = ∂m_t(θ_S)/∂w_i: float64[T, n_train] for targets ``target_x[T, ...]``,
     ``target_y[T]``, by reverse mode through every step of ``trajectory`` (module docstring).
     ``weights`` float[n_train]: the point w the run was replayed at (default 1).
-    ``hessian=False`` drops the H_s u terms (HyDRA's approximation, ``gradients.hydra``)."""
+    ``hessian=False`` drops the H_s u terms (HyDRA's approximation, ``gradients.hydra``).
+    ``products``: how a step's H_s u and ∇ℓ_i·u are formed for the block's T targets at once:
+    ``matmul`` (the MLP's forward-over-reverse pass written as batched matmuls, default) or
+    ``autograd`` (a batched double backward plus vmapped per-example gradients: the
+    reference, several times slower). ``dtype``: of the adjoint's arithmetic (the replay
+    stays float64); float32 halves its cost (``benchmarks/metagradient.py`` measures what it
+    changes)."""
+    if products not in ("matmul", "autograd"):
+        raise ValueError(f"products must be 'matmul' or 'autograd'; got {products!r}")
     model = trajectory.model
-    x = train_x.reshape(len(train_x), -1).double()
+    x = train_x.reshape(len(train_x), -1).to(dtype)
     device = x.device
     n = len(x)
-    w = torch.ones(n, dtype=torch.float64, device=device)
+    w = torch.ones(n, dtype=dtype, device=device)
     if weights is not None:
-        w = torch.as_tensor(np.asarray(weights, np.float64), device=device)
+        w = torch.as_tensor(np.asarray(weights, np.float64), device=device).to(dtype)
     theta_bar = per_example_grads(model, target_x, target_y, "margin", params=trajectory.final)
-    theta_bar = theta_bar.double()
+    theta_bar = theta_bar.to(dtype)
+    T = len(theta_bar)
+    matmul = products == "matmul"
+    if matmul:
+        theta_bar = _layer_major(trajectory.sizes, theta_bar)
     v_bar = torch.zeros_like(theta_bar)
-    scores = torch.zeros(len(theta_bar), n, dtype=torch.float64, device=device)
+    scores = torch.zeros(T, n, dtype=torch.float64, device=device)
     mu, lam = trajectory.momentum, trajectory.weight_decay
-    for s in reversed(range(len(trajectory.batches))):
-        batch = trajectory.batches[s]
-        u = v_bar - trajectory.lrs[s] * theta_bar
-        coef = 1.0 / len(batch)
-        hvp, loss_grads = _step_products(
-            model, trajectory.iterates[s], x[batch], train_y[batch], w[batch] * coef,
-            trajectory.label_smoothing, u if hessian else None,
-        )
-        scores[:, batch] += (u @ loss_grads.T) * coef
-        theta_bar = theta_bar + lam * u + (hvp if hessian else 0.0)
-        v_bar = mu * u
+    for start, stop in reversed(trajectory.segments()):
+        iterates = trajectory.segment(start, stop).to(dtype)
+        for s in reversed(range(start, stop)):
+            batch = trajectory.batches[s]
+            u = torch.add(v_bar, theta_bar, alpha=-trajectory.lrs[s])
+            coef = 1.0 / len(batch)
+            args = (
+                iterates[s - start], x[batch], train_y[batch], w[batch] * coef,
+                trajectory.label_smoothing,
+            )
+            if matmul:
+                hvp, directional = _mlp_step_products(trajectory.sizes, *args, u, T, hessian)
+            else:
+                hvp, loss_grads = _step_products(model, *args, u if hessian else None)
+                directional = u @ loss_grads.T
+            scores[:, batch] += directional.double() * coef
+            theta_bar.add_(u, alpha=lam)
+            if hessian:
+                theta_bar.add_(hvp)
+            v_bar = u.mul_(mu)
     return scores
+
+
+def _layer_major(sizes: list[int], rows: torch.Tensor) -> torch.Tensor:
+    """[T, P] (one θ-direction a row) -> float[T·P] laid out layer by layer with the targets
+    inside: each weight as [fan_in, T, fan_out], each bias as [T, fan_out] (``_mlp_views``),
+    so that every product of a step is one plain matrix product over all T targets."""
+    parts = _unflatten(sizes, rows)
+    return torch.cat(
+        [(t.transpose(0, 1) if t.ndim == 3 else t).reshape(-1) for t in parts]
+    )
+
+
+def _row_major(sizes: list[int], flat: torch.Tensor, T: int) -> torch.Tensor:
+    """Inverse of ``_layer_major``: float[T·P] -> [T, P]."""
+    views = _mlp_views(sizes, flat, T)
+    return torch.cat(
+        [(v.transpose(0, 1) if v.ndim == 3 else v).reshape(T, -1) for v in views], 1
+    )
+
+
+def _mlp_views(sizes: list[int], flat: torch.Tensor, T: int) -> list[torch.Tensor]:
+    """Views of a layer-major float[T·P]: ``[W1 [d, T, h], b1 [T, h], ...]``."""
+    out, offset = [], 0
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+        out.append(flat[offset : offset + fan_in * T * fan_out].view(fan_in, T, fan_out))
+        offset += fan_in * T * fan_out
+        out.append(flat[offset : offset + T * fan_out].view(T, fan_out))
+        offset += T * fan_out
+    return out
+
+
+def _mlp_step_products(
+    sizes: list[int], theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+    coef: torch.Tensor, smoothing: float, directions: torch.Tensor, T: int,
+    hessian: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``_step_products`` for the MLP by hand, all T targets' directions at once
+    (``directions``: float[T·P], layer-major, ``_layer_major``). The tangent of the forward
+    pass along each direction u (dz_l = da_{l−1} W_l + a_{l−1} dW_l + db_l, da_l = m_l ⊙ dz_l)
+    gives ∇ℓ_i·u = (p_i − q_i)·dlogits_i; the tangent of the backward pass (δ = coef ⊙ (p − q),
+    dδ = coef ⊙ (p ⊙ dlogits − p (p·dlogits)), dgW_l = a_{l−1}ᵀ dδ_l + da_{l−1}ᵀ δ_l,
+    dδ_{l−1} = m ⊙ (dδ_l W_lᵀ + δ_l dW_lᵀ)) gives H u. The ReLU's second derivative is 0 (as
+    in autograd). With the targets folded into the columns, each product is one matrix
+    product over the batch, as the batched trainer's step is over its K models. Returns
+    (H u float[T·P] layer-major, or None when not ``hessian``; ∇ℓ_i·u [T, c])."""
+    layers = _unflatten(sizes, theta)
+    dirs = _mlp_views(sizes, directions, T)
+    acts, masks, p, residual = _forward(layers, x, y, smoothing)
+    c, L = len(x), len(layers) // 2
+    d_acts: list[torch.Tensor | None] = [None]
+    for layer in range(L):
+        weight, d_weight, d_bias = layers[2 * layer], dirs[2 * layer], dirs[2 * layer + 1]
+        fan_in, fan_out = weight.shape
+        dz = (acts[layer] @ d_weight.reshape(fan_in, T * fan_out)).view(c, T, fan_out)
+        dz += d_bias
+        if d_acts[layer] is not None:
+            dz += (d_acts[layer].reshape(c * T, fan_in) @ weight).view(c, T, fan_out)
+        if layer < L - 1:
+            d_acts.append(dz * masks[layer][:, None, :])
+    directional = (dz * residual[:, None, :]).sum(-1).T  # dz: the logits' tangent [c, T, C]
+    if not hessian:
+        return None, directional
+    delta = residual * coef[:, None]
+    pc = p[:, None, :]
+    d_delta = pc * (dz - (pc * dz).sum(-1, keepdim=True)) * coef[:, None, None]
+    out = torch.empty_like(directions)
+    grads = _mlp_views(sizes, out, T)
+    for layer in reversed(range(L)):
+        weight = layers[2 * layer]
+        fan_in, fan_out = weight.shape
+        d_gw = grads[2 * layer]
+        torch.mm(acts[layer].T, d_delta.reshape(c, T * fan_out), out=d_gw.view(fan_in, -1))
+        if d_acts[layer] is not None:  # Σ_i da[i, t, a] δ[i, b] -> [a, t, b]
+            d_gw += (d_acts[layer].reshape(c, T * fan_in).T @ delta).view(
+                T, fan_in, fan_out
+            ).transpose(0, 1)
+        torch.sum(d_delta, 0, out=grads[2 * layer + 1])
+        if layer:
+            mask = masks[layer - 1]
+            # Σ_b δ[i, b] dW[a, t, b] -> [i, t, a]
+            cross = (delta @ dirs[2 * layer].permute(2, 1, 0).reshape(fan_out, -1)).view(
+                c, T, fan_in
+            )
+            d_delta = ((d_delta.reshape(c * T, fan_out) @ weight.T).view(c, T, fan_in) + cross)
+            d_delta *= mask[:, None, :]
+            delta = (delta @ weight.T) * mask
+    return out, directional
 
 
 def _step_products(

@@ -53,6 +53,21 @@ def _heads(model: FunctionalModel, x: torch.Tensor, chunk_size: int):
         yield (start, *model.head_io(model.params, x[start : start + chunk_size]))
 
 
+def last_layer_features(
+    model: FunctionalModel, x: torch.Tensor, chunk_size: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features f float64[n, h], logits float64[n, C]) of ``x``: the input of the model's
+    last linear layer (the penultimate features that sparse decision layers refit) and the
+    model's own output."""
+    features, logits = [], []
+    for _, out, f, _ in _heads(model, x, chunk_size):
+        features.append(f.detach().double())
+        logits.append(out.detach().double())
+    if not features:
+        raise ValueError("last_layer_features needs at least one input")
+    return torch.cat(features), torch.cat(logits)
+
+
 def _output_weights(
     logits: torch.Tensor, z: torch.Tensor, y: torch.Tensor, output: RepresenterOutput
 ) -> torch.Tensor:

@@ -98,6 +98,10 @@ class Context:
 
         def load():
             examples = run.examples()
+            if config.transfer is not None:  # source classes and target (train.transfer)
+                from datamodels.train.transfer import load_transfer_data
+
+                return load_transfer_data(local_beton(run, config.hash), examples, device)
             return load_train_data(
                 local_beton(run, config.hash), examples, num_classes(examples), device
             )

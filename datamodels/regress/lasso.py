@@ -34,6 +34,7 @@ from scipy.stats import rankdata
 from datamodels.regress.design import MaskArray, MaskRows, as_rows, check_inputs
 from datamodels.regress.passes import centred_targets, merge_stats, predict_pass, row_stats
 from datamodels.regress.path import PathWalker, SolverOptions, WorkingSets, solve_lambda
+from datamodels.regress.prox import explicit_grid
 
 # Validation MSE must drop by this relative amount to reset the patience counter.
 MIN_REL_IMPROVEMENT = 1e-4
@@ -109,7 +110,7 @@ def lasso_path(
     opts = SolverOptions.build(tol, max_iter, n, t, dtype, max_features)
     block = MaskRows(masks, rows, device=dev, dtype=dtype, chunk_rows=chunk_rows)
     walker = PathWalker(block, y if rows is None else y[rows], opts)
-    grid = walker.grid(n_lambdas, eps) if lams is None else _explicit_grid(lams, t, dev, dtype)
+    grid = walker.grid(n_lambdas, eps) if lams is None else explicit_grid(lams, (t,), dev, dtype)
     k_total = grid.shape[1]
     coef = np.zeros((k_total, t, n), dtype=np.float32 if dtype == torch.float32 else np.float64)
     intercept, gap = np.zeros((k_total, t)), np.zeros((k_total, t))
@@ -137,19 +138,6 @@ def lasso_path(
             stacklevel=2,
         )
     return LassoPath(grid.cpu().numpy(), coef, intercept, gap, converged)
-
-
-def _explicit_grid(
-    lams: np.ndarray, t: int, dev: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
-    """float[T, K] λ grid from explicit positive float[K] or float[T, K] ``lams``."""
-    grid = torch.as_tensor(np.asarray(lams, dtype=np.float64)).to(device=dev, dtype=dtype)
-    grid = grid.expand(t, -1) if grid.ndim == 1 else grid
-    if grid.ndim != 2 or grid.shape[0] != t or not bool((grid > 0).all()):
-        raise ValueError(
-            f"lams must be positive float[K] or float[{t}, K], got shape {tuple(grid.shape)}"
-        )
-    return grid
 
 
 def split_rows(m: int, val_fraction: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -28,6 +28,7 @@ from datamodels.regress.passes import (
     residual_pass,
     row_stats,
 )
+from datamodels.regress.prox import geometric_grid
 
 # Working-set covariance blocks take T · max_features² floats; this bounds them.
 GRAM_BYTES = 2**30
@@ -284,8 +285,7 @@ class PathWalker:
 
     def grid(self, n_lambdas: int, eps: float) -> Tensor:
         """float[T, K] geometric λ grid from λ_max down to eps·λ_max."""
-        ratio = torch.logspace(0, math.log10(eps), n_lambdas, dtype=torch.float64)
-        return self.lam_max[:, None] * ratio.to(self.lam_max)[None, :]
+        return geometric_grid(self.lam_max, n_lambdas, eps)
 
     def step(self, lam: Tensor, targets: Tensor) -> StepReport:
         """Move ``targets`` to ``lam[t]`` (lam: float[T]): sequential strong rule, then solve."""

@@ -3,8 +3,9 @@
 Sections (each always present, with a note when the run has nothing for it): run facts, LDS
 per method, mislabel detection, target supports (a target beside its most helpful and most
 harmful training inputs), datamodel embedding, leakage candidates, brittleness, LOO
-agreement, LDS against the number of models, the effect of subset size α. Figures are
-inline base64 PNGs; the page fetches nothing.
+agreement, counterfactual removal and brittleness verified by retraining (from
+``removals/results.parquet``), sparse decision layer, LDS against the number of models, the
+effect of subset size α. Figures are inline base64 PNGs; the page fetches nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from datamodels.applications.alpha_effect import (
 from datamodels.applications.tables import test_input_rows
 from datamodels.errors import DatamodelsError
 from datamodels.report import plots
+from datamodels.report.sparse import sparse_layer_section
 from datamodels.store import Run
 from datamodels.store.schemas import (
     ALPHA_EFFECT_PATH,
@@ -48,6 +50,9 @@ SECTIONS = (
     ("leakage", "Leakage candidates"),
     ("brittleness", "Brittleness (predicted)"),
     ("loo", "Agreement with leave-one-out"),
+    ("counterfactual", "Counterfactual removal: predicted vs retrained"),
+    ("brittleness_verified", "Brittleness verified by retraining"),
+    ("sparse_layer", "Sparse decision layer"),
     ("lds_curve", "LDS against number of models"),
     ("alpha", "Effect of subset size α"),
 )
@@ -219,6 +224,57 @@ def _brittleness(run: Run) -> str:
     )
 
 
+def _removal_results(run: Run) -> pd.DataFrame | None:
+    try:
+        return run.removal_results()
+    except DatamodelsError:
+        return None
+
+
+_NO_REMOVAL = (
+    "no removals/results.parquet: add a removal plan to the config and run "
+    "`datamodels removal RUN`"
+)
+
+
+def _by_method(rows: pd.DataFrame) -> pd.DataFrame:
+    """Evaluation rows as one line per metric, one column per method."""
+    table = rows.pivot(index="metric", columns="method", values="value")
+    table.columns.name = None
+    return table.reset_index()
+
+
+def _counterfactual(run: Run, evaluation: pd.DataFrame | None) -> str:
+    """Predicted vs retrained margin change of every removal set, and the metrics per
+    method (correlations, flip rates per k)."""
+    results = _removal_results(run)
+    if results is None:
+        return _note(_NO_REMOVAL)
+    body = _img(plots.removal_figure(results), "counterfactual removal scatter")
+    if evaluation is not None:
+        rows = evaluation[evaluation["metric"].str.startswith("removal_")]
+        if len(rows):
+            body += _table(_by_method(rows))
+    return body + _note(
+        "each point: one target and the k training points its scores rank most helpful, "
+        "removed and retrained (mean over seeds) against the change the scores predict"
+    )
+
+
+def _brittleness_verified(run: Run, evaluation: pd.DataFrame | None) -> str:
+    """The predicted smallest flipping k per target, checked by retraining; the fractions
+    of predictions that flip after removing at most 1% / 5% of the training set."""
+    results = _removal_results(run)
+    if results is None:
+        return _note(_NO_REMOVAL)
+    body = _img(plots.verified_brittleness_figure(results, run.n_train), "verified brittleness")
+    if evaluation is not None:
+        rows = evaluation[evaluation["metric"].str.startswith("brittle_")]
+        if len(rows):
+            body += _table(_by_method(rows))
+    return body
+
+
 def _stored(run: Run, path: str, schema) -> pd.DataFrame | None:
     """A table an application wrote (``datamodels alpha-effect`` / ``lds-curve``), or None."""
     return run.read_table(path, schema).to_pandas() if run.fs.exists(path) else None
@@ -300,12 +356,21 @@ def build_report(
         for name in ("support", "embedding", "leakage", "brittleness"):
             bodies[name] = _note("no scores/datamodels.parquet: run `datamodels fit`")
     else:
-        bodies["support"] = _support(run, method, n_targets, k)
+        # a transfer run's training points are source classes, not inputs to draw
+        transfer = run.fs.isfile("transfer/source_classes.parquet")
+        note = _note(
+            "a transfer run: its training points are source classes; see "
+            f"`datamodels transfer-report {run.uri}`"
+        )
+        bodies["support"] = note if transfer else _support(run, method, n_targets, k)
         bodies["embedding"] = _embedding(run, method, k)
-        bodies["leakage"] = _leakage(run, method, k=12)
+        bodies["leakage"] = note if transfer else _leakage(run, method, k=12)
         bodies["brittleness"] = _brittleness(run)
+    bodies["counterfactual"] = _counterfactual(run, evaluation)
+    bodies["brittleness_verified"] = _brittleness_verified(run, evaluation)
     agreement = loo_agreement_from_run(run) if methods else None
     bodies["loo"] = _note("the run has no loo plan") if agreement is None else _table(agreement)
+    bodies["sparse_layer"] = sparse_layer_section(run)
     bodies["lds_curve"] = _lds_curve(run, evaluation)
     bodies["alpha"] = _alpha_effect(run)
     sections = "".join(

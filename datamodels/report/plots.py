@@ -150,6 +150,71 @@ def brittleness_figure(support: np.ndarray, n_train: int) -> str | None:
     return to_png(fig)
 
 
+def removal_figure(results: pd.DataFrame) -> str | None:
+    """Counterfactual removal: predicted against retrained margin change per removal set
+    (``removals/results.parquet``), one panel per method, ±1.96 stderr over seeds; the
+    diagonal is perfect prediction, hollow markers are sets whose prediction flipped."""
+    trained = results[results["actual"].notna()]
+    if trained.empty:
+        return None
+    methods = sorted(trained["method"].unique())
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.8), squeeze=False)
+    for ax, method in zip(axes[0], methods, strict=True):
+        rows = trained[trained["method"] == method]
+        predicted, actual = rows["predicted"].to_numpy(float), rows["actual"].to_numpy(float)
+        stderr = np.nan_to_num(rows["stderr"].to_numpy(float))
+        ax.errorbar(predicted, actual, yerr=1.96 * stderr, fmt="none", ecolor="0.7", lw=0.8)
+        flipped = rows["flipped"].astype(bool).to_numpy()
+        for kind, marker in (("grid", "o"), ("brittle", "s")):
+            chosen = (rows["kind"] == kind).to_numpy()
+            ax.scatter(predicted[chosen & ~flipped], actual[chosen & ~flipped], marker=marker,
+                       color="C0", s=18, label=f"{kind}")
+            ax.scatter(predicted[chosen & flipped], actual[chosen & flipped], marker=marker,
+                       facecolors="none", edgecolors="C3", s=22, label=f"{kind}, flipped")
+        low = float(min(predicted.min(), actual.min(), 0.0))
+        ax.plot([low, 0], [low, 0], color="0.5", ls="--", lw=0.8)
+        corr = np.corrcoef(predicted, actual)[0, 1] if len(rows) > 2 else float("nan")
+        # the slope says whether the scores' scale is a margin change (1) or only a ranking
+        slope = np.polyfit(predicted, actual, 1)[0] if len(rows) > 1 else float("nan")
+        ax.set_title(
+            f"{method} (Pearson {corr:.2f}, slope {slope:.2g}, {len(rows)} sets)", fontsize=9
+        )
+        ax.set_xlabel("predicted margin change (−Σ removed scores)")
+        ax.set_ylabel("retrained margin change")
+        ax.legend(fontsize=7)
+    return to_png(fig)
+
+
+def verified_brittleness_figure(results: pd.DataFrame, n_train: int) -> str | None:
+    """Brittleness verified by retraining: per target, the predicted smallest flipping k
+    (``predicted_support``; "never" past the plan's cap), stacked by whether retraining
+    without that many most-helpful points flipped the prediction."""
+    brittle = results[(results["kind"] == "brittle") & results["flipped"].notna()]
+    brittle = brittle[brittle["baseline_margin"] > 0]
+    if brittle.empty:
+        return None
+    methods = sorted(brittle["method"].unique())
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.6 * len(methods), 3.4), squeeze=False)
+    for ax, method in zip(axes[0], methods, strict=True):
+        rows = brittle[brittle["method"] == method]
+        cap = int(rows["k"].max())
+        support = rows["predicted_support"].to_numpy(float)
+        shown = np.where(np.isfinite(support) & (support <= cap), support, cap + 1)
+        flipped = rows["flipped"].astype(bool).to_numpy()
+        bins = np.linspace(0.5, cap + 1.5, min(20, cap + 1) + 1)
+        ax.hist([shown[flipped], shown[~flipped]], bins=bins, stacked=True,
+                color=["C3", "C0"], label=["flipped when retrained", "did not flip"])
+        for fraction, style in ((0.01, ":"), (0.05, "--")):
+            if fraction * n_train <= cap + 1:
+                ax.axvline(fraction * n_train, color="0.3", ls=style,
+                           label=f"{fraction:.0%} of train")
+        ax.set_title(f"{method}: {int(flipped.sum())}/{len(rows)} verified", fontsize=9)
+        ax.set_xlabel(f"predicted k to flip (>{cap}: not within the cap)")
+        ax.set_ylabel("test targets")
+        ax.legend(fontsize=7)
+    return to_png(fig)
+
+
 def lds_curve_figure(curve: pd.DataFrame, evaluation: pd.DataFrame | None) -> str | None:
     """LDS of the datamodels against the number of models they were fitted on (95%
     intervals), with every other method's LDS in ``evaluation`` as a horizontal line."""

@@ -63,6 +63,11 @@ class EstimateStage(Stage):
             "tmc_shapley": "tmc",
         }
         if self.method == "knn_shapley":
+            if self.config.transfer is not None:
+                raise EstimateError(
+                    "knn_shapley ranks training examples by their inputs; a transfer run's "
+                    "training points are source classes"
+                )
             return None
         if self.method in DIFFMEANS:
             return self.config.estimate.plan

@@ -3,7 +3,9 @@
 LDS uses only the held-out ``evaluate.plan`` models (seeds of one subset averaged), never
 the models any estimator was fitted on; mislabel detection ranks the training points by
 each ``self_scores/<method>.parquet`` when the run has flipped labels. A ``single_model``
-plan adds the single-model LDS per drop fraction (metric ``lds_single_<fraction>``). One unit writes
+plan adds the single-model LDS per drop fraction (metric ``lds_single_<fraction>``); a run
+with ``removals/results.parquet`` adds the removal and brittleness rows
+(`datamodels.evaluate.removal`). One unit writes
 ``evaluation.parquet`` (one row per method and metric); the stage returns it as a frame.
 """
 
@@ -17,8 +19,15 @@ import pandas as pd
 from datamodels.errors import EvaluateError
 from datamodels.evaluate.lds import average_replicates, lds, single_model_lds
 from datamodels.evaluate.mislabel import mislabel_detection
+from datamodels.evaluate.removal import removal_metrics
 from datamodels.stages.base import Stage, Unit
-from datamodels.store import EVALUATION_PATH, EVALUATION_SCHEMA, SCORES_DIR, SELF_SCORES_DIR
+from datamodels.store import (
+    EVALUATION_PATH,
+    EVALUATION_SCHEMA,
+    REMOVAL_RESULTS_PATH,
+    SCORES_DIR,
+    SELF_SCORES_DIR,
+)
 
 
 class EvaluateStage(Stage):
@@ -34,7 +43,11 @@ class EvaluateStage(Stage):
             "models": self.run.plan_witness(self.config.evaluate.plan),
             "scores": fs.stats(SCORES_DIR, ".parquet"),
             "self_scores": fs.stats(SELF_SCORES_DIR, ".parquet"),
-        }
+        } | (
+            {"removals": fs.stats("removals", "results.parquet")}
+            if fs.isfile(REMOVAL_RESULTS_PATH)
+            else {}
+        )
 
     def outputs(self) -> list[str]:
         return [EVALUATION_PATH]
@@ -56,6 +69,8 @@ class EvaluateStage(Stage):
         rows = self.lds_rows(methods) if methods and has_plan else []
         rows += self.single_model_rows(methods)
         rows += self.mislabel_rows(self.run.self_scores())
+        if self.run.fs.isfile(REMOVAL_RESULTS_PATH):  # the removal stage's retrained sets
+            rows += removal_metrics(self.run.removal_results(), self.run.n_train)
         self.run.write_table(EVALUATION_PATH, pd.DataFrame(rows), EVALUATION_SCHEMA)
 
     def finish(self) -> pd.DataFrame:

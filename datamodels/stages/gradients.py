@@ -73,6 +73,7 @@ REPLAYED = ("metagradient", "hydra")
 # what the metagradient can replay exactly: the batched trainer's MLP, a converged logreg
 METAGRADIENT_ARCHS = ("mlp", "logreg")
 EXECUTION = {
+    "replay_memory_mb",  # the same scores bit for bit, kept or recomputed iterates
     "targets_per_task",
     "train_per_task",
     "chunk_size",
@@ -140,6 +141,12 @@ class GradientStage(Stage):
         run, config = self.run, self.config
         index = read_checkpoint_index(run.fs)
         fix = f"`datamodels train {run.uri}/config.yaml --out {run.uri}`"
+        if config.transfer is not None:
+            raise EstimateError(
+                f"{self.method} differentiates one model's training examples; a transfer "
+                "run's training points are source classes (use datamodels, downsampling, "
+                "banzhaf)"
+            )
         if index.empty:
             raise EstimateError(
                 f"{self.method} needs saved checkpoints and {run.uri} has none; add them with "
@@ -211,6 +218,8 @@ class GradientStage(Stage):
             "targets": self.targets.tolist(),
             "config": self.config.hash,
         }
+        if self.method in REPLAYED:  # self scores: the mean over the models holding a point
+            fingerprint["self_scores"] = "held"
         if self.method == "trak":  # CPU and CUDA generators draw different projections
             device = planned_device(self.config.gradients)
             fingerprint["projection"] = [device, projection_precision(self.config, device)]
@@ -383,11 +392,14 @@ class GradientStage(Stage):
                 lambda: replay_mlp(
                     data.train_x, data.train_y, order[0], seed, config.model, config.train,
                     data.num_classes, weights,
+                    memory_bytes=config.gradients.replay_memory_mb * 2**20,
                 ),
             )
+            precision = config.gradients.adjoint_precision
             table = metagradient_scores(
                 trajectory, data.train_x, data.train_y, tx, ty, weights,
                 hessian=self.method == "metagradient",  # hydra: HyDRA drops the Hessian
+                dtype=torch.float32 if precision == "fp32" else torch.float64,
             )
         if kind == "scores":
             return table
@@ -424,14 +436,15 @@ class GradientStage(Stage):
         if self.method == "trak":  # (mean attribution) ⊙ (mean reweighting), Algorithm 1
             q = np.mean([self.part(u) for u in units if u.payload[0] == "reweight"], axis=0)
         totals = {"scores": Moments((T, n)), "self": Moments((n,))}
+        held = self.replayed_points()
         for m in self.model_ids:
             tables = {"scores": np.zeros((T, n)), "self": np.zeros(n)}
             for u in units:
                 kind, model_id, _, start, stop = u.payload
                 if model_id == m and kind in tables:
                     tables[kind][start:stop] = self.part(u)
-            for kind, table in tables.items():
-                totals[kind].add(table * q)
+            totals["scores"].add(tables["scores"] * q)
+            totals["self"].add(tables["self"] * q, None if held is None else held[m])
         score_mean, score_err = totals["scores"].result()
         self_mean, self_err = totals["self"].result()
         self.run.write_scores(self.method, self.targets, score_mean, score_err)
@@ -441,6 +454,20 @@ class GradientStage(Stage):
             "models": len(self.model_ids),
         }
         return written
+
+    def replayed_points(self) -> dict[int, np.ndarray] | None:
+        """For the replayed MLP methods: model_id -> bool[n_train], the points its run holds
+        in its batches (its mask; every point for a ``single_model`` model, whose dropped
+        points are in the batches at weight 0). A point outside them is in no batch: its
+        metagradient is 0 by construction, not a measurement, so a self score is averaged
+        over the models that hold the point. None for every other method."""
+        if self.method not in REPLAYED or self.config.model.arch != "mlp":
+            return None
+        ids = np.array(self.model_ids)
+        order, _ = training_weights(
+            self.config, self.planned.select_ids(ids), self.run.masks_of(ids)
+        )
+        return {int(m): order[k] for k, m in enumerate(ids)}
 
     def outputs(self) -> list[str]:
         return [self.run.scores_path(self.method), self.run.self_scores_path(self.method)]
@@ -460,21 +487,27 @@ class GradientStage(Stage):
 
 
 class Moments:
-    """Running mean and standard error of the mean over models."""
+    """Running mean and standard error of the mean over models; with ``where`` (bool, the
+    shape of the values) each entry is averaged over the models that hold it only (an entry
+    no model holds: 0)."""
 
     def __init__(self, shape: tuple[int, ...]) -> None:
         self.count, self.total, self.squares = 0, np.zeros(shape), np.zeros(shape)
 
-    def add(self, values: np.ndarray) -> None:
-        self.count += 1
+    def add(self, values: np.ndarray, where: np.ndarray | None = None) -> None:
+        if where is None:
+            self.count = self.count + 1
+        else:
+            self.count = self.count + where.astype(np.int64)
+            values = np.where(where, values, 0.0)
         self.total += values
         self.squares += values * values
 
     def result(self) -> tuple[np.ndarray, np.ndarray | None]:
-        mean = self.total / self.count
-        if self.count < 2:
+        count = np.maximum(self.count, 1)
+        mean = self.total / count
+        if np.max(self.count) < 2:
             return mean, None
-        var = (
-            np.maximum(self.squares / self.count - mean * mean, 0.0) * self.count / (self.count - 1)
-        )
-        return mean, np.sqrt(var / self.count)
+        spread = np.maximum(self.squares / count - mean * mean, 0.0)
+        var = np.where(self.count >= 2, spread * count / np.maximum(count - 1, 1), 0.0)
+        return mean, np.sqrt(var / count)

@@ -28,7 +28,7 @@ from datamodels.data.sources import load_dataset
 from datamodels.errors import RunMismatchError, StoreError
 from datamodels.orchestrate.context import BETON_PATH
 from datamodels.stages.base import Stage, Unit
-from datamodels.store import EXAMPLES_PATH, Run
+from datamodels.store import EXAMPLES_PATH, SOURCE_CLASSES_PATH, SOURCE_CLASSES_SCHEMA, Run
 from datamodels.train.custom import (
     check_combination,
     check_user_code,
@@ -124,6 +124,8 @@ class PrepareStage(Stage):
         return {"dataset": self.config.dataset.model_dump(mode="json"), "config": self.config.hash}
 
     def outputs(self) -> list[str]:
+        if self.config.transfer is not None:
+            return [EXAMPLES_PATH, BETON_PATH, SOURCE_CLASSES_PATH]
         return [EXAMPLES_PATH, BETON_PATH]
 
     def units(self) -> list[Unit]:
@@ -155,7 +157,20 @@ class PrepareStage(Stage):
 
     def compute(self, ctx, unit: Unit, shared=None) -> None:
         dataset = load_dataset(self.config.dataset)
-        examples = examples_frame(dataset, eval_train=self.config.dataset.eval_train)
+        classes = None
+        if self.config.transfer is not None:  # source train split + target: one beton
+            from datamodels.data.transfer import (
+                source_classes_frame,
+                transfer_dataset,
+                transfer_examples,
+            )
+
+            source = load_dataset(self.config.transfer.source)
+            dataset, n_source = transfer_dataset(source, dataset)
+            examples = transfer_examples(dataset, n_source)
+            classes = source_classes_frame(source)
+        else:
+            examples = examples_frame(dataset, eval_train=self.config.dataset.eval_train)
         if uses_user_code(self.config):  # before anything is written
             from datamodels.orchestrate.context import num_classes
 
@@ -171,6 +186,8 @@ class PrepareStage(Stage):
             with tempfile.TemporaryDirectory() as tmp:
                 write_beton(dataset, Path(tmp) / BETON_NAME)
                 self.run.fs.write_bytes_atomic(BETON_PATH, (Path(tmp) / BETON_NAME).read_bytes())
+        if classes is not None:
+            self.run.write_table(SOURCE_CLASSES_PATH, classes, SOURCE_CLASSES_SCHEMA)
         self.run.write_examples(pa.Table.from_pandas(examples, preserve_index=False))
 
     def on_result(self, unit: Unit, result, progress) -> list[Unit]:

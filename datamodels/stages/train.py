@@ -36,13 +36,15 @@ from datamodels.plans import (
     checkpoint_ids,
     masks_for,
     plan_models,
+    stored_masks,
+    stored_plans,
     tmc_walk,
     tmc_walk_state,
     training_weights,
 )
 from datamodels.stages.base import Stage, TaskResources, Unit
 from datamodels.stages.status import check_writable
-from datamodels.store import Run, models_table
+from datamodels.store import PLAN_MASKS_DIR, Run, models_table
 from datamodels.store.checkpoints import complete_models, write_checkpoints
 from datamodels.store.compact import recover_compaction
 from datamodels.store.lock import mutex
@@ -82,6 +84,9 @@ class TrainStage(Stage):
         self.shard = shard
         _ = self.planned  # built once here, in the driver; tasks receive it with the stage
         self.loader = resolve_loader(config, run.fs.size(BETON_PATH))
+        # stored-mask plans: their rows (small: removed positions), read once in the driver;
+        # a plan whose table is not written yet waits (`waiting_plans`)
+        self.stored = stored_masks(config, run)
         self.attempts: Counter = Counter()
         self.infrastructure_failures: Counter = Counter()  # by unit name: never a model's attempt
         self.summary = TrainSummary(0, 0)
@@ -115,7 +120,11 @@ class TrainStage(Stage):
             "checkpointed": sorted(saved),
             "models": self.run.fs.stats("models", ".parquet"),
             "failures": self.run.fs.stats("", "failures.parquet"),
-        }
+        } | (
+            {"plan_masks": self.run.fs.stats(PLAN_MASKS_DIR, ".parquet")}
+            if stored_plans(self.config)
+            else {}
+        )
 
     def nothing_to_do(self) -> str:
         return "train: every planned model is done or out of attempts; nothing to do"
@@ -175,7 +184,8 @@ class TrainStage(Stage):
         operations over the plan: no Python object per planned model."""
         done = self.run.stored_model_ids()
         ids = self.planned.model_id
-        plain = ids[~np.isin(self.planned.plan, self.tmc_plans()) & self.mine(ids)]
+        skipped = self.tmc_plans() + self.waiting_plans()
+        plain = ids[~np.isin(self.planned.plan, skipped) & self.mine(ids)]
         wanted = checkpoint_ids(self.config, self.planned)
         wanted = wanted[self.mine(wanted)]
         have = (
@@ -261,7 +271,8 @@ class TrainStage(Stage):
     def up_to_date(self) -> TrainSummary:
         done = self.run.stored_model_ids()
         walks = self.walk_state(set(done.tolist()) if self.tmc_plans() else set())
-        plain = self.planned.model_id[~np.isin(self.planned.plan, self.tmc_plans())]
+        skipped = self.tmc_plans() + self.waiting_plans()
+        plain = self.planned.model_id[~np.isin(self.planned.plan, skipped)]
         n_done = int(np.isin(plain, done).sum()) + sum(p for _, p in walks.values())
         return TrainSummary(len(plain) + len(walks), n_done)
 
@@ -269,6 +280,11 @@ class TrainStage(Stage):
 
     def tmc_plans(self) -> list[str]:
         return [p.name for p in self.config.plans if p.kind == "tmc"]
+
+    def waiting_plans(self) -> list[str]:
+        """Stored-mask plans whose ``plan_masks/<plan>.parquet`` is not written yet: skipped
+        (a ``removal`` plan's table is written by the removal stage, after fit/estimate)."""
+        return [name for name in stored_plans(self.config) if name not in self.stored]
 
     def spread(self, units: list[Unit], slots: int) -> list[Unit]:
         """Smaller batches when there are fewer models than slots × models_per_task, so that
@@ -436,7 +452,7 @@ class TrainStage(Stage):
             if wanted.any()
             else None
         )
-        masks = masks_for(self.config, planned, data.n_train)
+        masks = masks_for(self.config, planned, data.n_train, self.stored)
         # single_model plans: batches from the full set, dropped points weighted 0; the
         # stored mask stays the kept set
         order, weights = training_weights(self.config, planned, masks)
@@ -475,10 +491,14 @@ class TrainStage(Stage):
         ok = ~outcome.failed
         if not ok.any():
             return
+        # stored-mask plans record the fraction their mask keeps (not known at plan time)
+        alphas = np.where(
+            np.isin(planned.plan, stored_plans(self.config)), masks.mean(axis=1), planned.alpha
+        )
         table = models_table(
             model_ids=planned.model_id[ok],
             plan=planned.plan[ok],
-            alphas=planned.alpha[ok],
+            alphas=alphas[ok],
             seeds=planned.seed[ok],
             masks=masks[ok],
             margins=outcome.margins[ok],

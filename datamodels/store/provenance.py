@@ -48,12 +48,13 @@ class PlanCheck:
     config: Config
     planned: PlannedModels
     n_train: int
+    stored: dict | None = None  # stored-mask plans: plan -> rows of removed positions
 
     @classmethod
-    def of(cls, config: Config, n_train: int) -> PlanCheck:
+    def of(cls, config: Config, n_train: int, stored: dict | None = None) -> PlanCheck:
         from datamodels.plans import plan_models
 
-        return cls(config, plan_models(config, n_train), n_train)
+        return cls(config, plan_models(config, n_train), n_train, stored)
 
     def problems(self, rel_path: str, table: pa.Table) -> list[Problem]:
         """``plan`` problems of one shard (``table`` has its model_id, plan and mask columns)."""
@@ -73,7 +74,11 @@ class PlanCheck:
             problems.append(Problem(rel_path, "plan", message, tuple(unknown.tolist())))
         if known.any():
             planned = self.planned.take(positions[known])
-            expected = masks_for(self.config, planned, self.n_train)
+            try:
+                expected = masks_for(self.config, planned, self.n_train, self.stored)
+            except StoreError as exc:  # a stored-mask plan's models without its masks table
+                bad = np.sort(ids[known])
+                return problems + [Problem(rel_path, "plan", str(exc), tuple(bad.tolist()))]
             stored = fixed_size_list_to_numpy(table.column("mask"), np.bool_)[known]
             plans = np.asarray(table.column("plan").to_pylist(), dtype=object)[known]
             wrong = (stored != expected).any(axis=1) | (plans != planned.plan)

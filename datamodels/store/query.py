@@ -2,11 +2,11 @@
 
 `connect` gives an in-memory DuckDB connection with one view per table that exists:
 ``models``, ``examples``, ``failures``, ``weights``, ``targets``, ``evaluation``,
-``alpha_effect``, ``lds_curve`` and ``scores_<method>``. Local runs get views over the
-Parquet files themselves (DuckDB's own reader); remote runs (``s3://`` ...) get the same
-names over pyarrow datasets registered with DuckDB. `query` runs only read statements
-(SELECT / WITH / DESCRIBE / SHOW / SUMMARIZE / EXPLAIN / show-like PRAGMAs) and returns a
-DataFrame. DuckDB lists are 1-based:
+``removal_sets``, ``removal_results``, ``alpha_effect``, ``lds_curve`` and
+``scores_<method>``. Local runs get views over the Parquet files themselves (DuckDB's own
+reader); remote runs (``s3://`` ...) get the same names over pyarrow datasets registered with
+DuckDB. `query` runs only read statements (SELECT / WITH / DESCRIBE / SHOW / SUMMARIZE /
+EXPLAIN / show-like PRAGMAs) and returns a DataFrame. DuckDB lists are 1-based:
 ``mask[i + 1]`` is train_position i.
 
 The connection reads nothing but the run: extension auto-install and auto-load are off,
@@ -34,6 +34,8 @@ from datamodels.store.schemas import (
     FAILURES_PATH,
     LDS_CURVE_PATH,
     MODELS_DIR,
+    REMOVAL_RESULTS_PATH,
+    REMOVAL_SETS_PATH,
     SCORES_DIR,
     TARGETS_PATH,
     WEIGHTS_PATH,
@@ -45,6 +47,8 @@ _SINGLE_TABLES = {
     "weights": WEIGHTS_PATH,
     "targets": TARGETS_PATH,
     "evaluation": EVALUATION_PATH,
+    "removal_sets": REMOVAL_SETS_PATH,
+    "removal_results": REMOVAL_RESULTS_PATH,
     "alpha_effect": ALPHA_EFFECT_PATH,
     "lds_curve": LDS_CURVE_PATH,
 }

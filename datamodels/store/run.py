@@ -31,9 +31,16 @@ from datamodels.store.schemas import (
     EXAMPLES_SCHEMA,
     FAILURES_PATH,
     FAILURES_SCHEMA,
+    PLAN_MASKS_DIR,
+    PLAN_MASKS_SCHEMA,
+    REMOVAL_RESULTS_PATH,
+    REMOVAL_RESULTS_SCHEMA,
+    REMOVAL_SETS_PATH,
+    REMOVAL_SETS_SCHEMA,
     SCORES_DIR,
     SELF_SCORES_DIR,
     SELF_SCORES_SCHEMA,
+    SOURCE_CLASSES_PATH,
     TARGETS_PATH,
     TARGETS_SCHEMA,
     WEIGHTS_PATH,
@@ -50,6 +57,14 @@ from datamodels.store.shards import (
 
 _METHOD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _ARRAY_DTYPES = {"mask": np.bool_, "margins": np.float32}
+
+
+def train_size(train_position: pa.ChunkedArray) -> int:
+    """n_train (the mask length) from ``examples.parquet``'s ``train_position`` column: one
+    more than its largest value (a transfer run's source classes are shared by their
+    examples; otherwise every train example has its own position)."""
+    train = train_position.drop_null().to_numpy()
+    return int(train.max()) + 1 if len(train) else 0
 
 
 def _to_pandas(table: pa.Table, schema: pa.Schema) -> pd.DataFrame:
@@ -169,6 +184,11 @@ class Run(ModelsTable):
         """The raw inputs of ``split`` as the dataset gave them (images uint8 [n, H, W, C],
         features float32 [n, d]), in the order of ``_split_rows``: ``inputs("train")[i]`` is
         the example of ``mask[i]`` and score column i. Decoded from the run's beton."""
+        if split == "train" and self.fs.isfile(SOURCE_CLASSES_PATH):
+            raise StoreError(
+                f"{self.uri} is a transfer run: a training point (mask column) is a source "
+                "class, not one input; its examples are the 'source' rows of examples.parquet"
+            )
         if self._raw is None:
             from datamodels.data.beton import decode_resident
             from datamodels.orchestrate.context import local_beton
@@ -182,14 +202,16 @@ class Run(ModelsTable):
         return self._split_rows(split)["label"].to_numpy(np.int64)
 
     def sizes(self) -> tuple[int, int]:
-        """(n_train, n_eval): the non-null train/eval positions in ``examples.parquet``."""
+        """(n_train, n_eval): the distinct train positions (in a transfer run the source
+        classes, each shared by its examples; else one per train example) and the non-null
+        eval positions in ``examples.parquet``."""
         if self._sizes is None:
             self._require(EXAMPLES_PATH, "run `datamodels prepare` first")
             positions = self.read_table(
                 EXAMPLES_PATH, EXAMPLES_SCHEMA, columns=["train_position", "eval_position"]
             )
             self._sizes = (
-                len(positions) - positions.column("train_position").null_count,
+                train_size(positions.column("train_position")),
                 len(positions) - positions.column("eval_position").null_count,
             )
         return self._sizes
@@ -320,3 +342,66 @@ class Run(ModelsTable):
             order = np.argsort(table.column("train_position").to_numpy())
             out[name[: -len(".parquet")]] = table.column("score").to_numpy()[order]
         return out
+
+    # -- stored-mask plans and counterfactual removals ---------------------------------------
+
+    @staticmethod
+    def plan_masks_path(plan: str) -> str:
+        return f"{PLAN_MASKS_DIR}/{plan}.parquet"
+
+    def has_plan_masks(self, plan: str) -> bool:
+        return self.fs.isfile(self.plan_masks_path(plan))
+
+    def write_plan_masks(self, plan: str, removed: list[np.ndarray]) -> int:
+        """Write ``plan_masks/<plan>.parquet`` once: row j is mask j of a stored-mask plan, the
+        full training set minus the train positions ``removed[j]``. Refuses to replace an
+        existing table (models trained from it would no longer match their masks)."""
+        rel_path = self.plan_masks_path(plan)
+        if self.fs.isfile(rel_path):
+            raise StoreError(
+                f"{self.fs.display(rel_path)} exists: a stored-mask plan's masks are written "
+                "once; start a new run directory to choose other sets"
+            )
+        n_train = self.n_train
+        for j, positions in enumerate(removed):
+            positions = np.asarray(positions, dtype=np.int64)
+            if len(positions) and (positions.min() < 0 or positions.max() >= n_train):
+                raise StoreError(
+                    f"{rel_path}: mask {j} removes position {int(positions.max())}, outside "
+                    f"the {n_train} training points"
+                )
+        table = pa.table(
+            {
+                "mask_index": pa.array(np.arange(len(removed), dtype=np.int64)),
+                "removed": pa.array(
+                    [np.asarray(r, dtype=np.int64).tolist() for r in removed],
+                    pa.list_(pa.int64()),
+                ),
+            }
+        )
+        return self.write_table(rel_path, table, PLAN_MASKS_SCHEMA)
+
+    def plan_masks(self, plan: str) -> list[np.ndarray] | None:
+        """Row j: the int64 train positions that mask j of stored-mask plan ``plan`` leaves
+        out; None when ``plan_masks/<plan>.parquet`` is not written yet."""
+        rel_path = self.plan_masks_path(plan)
+        if not self.fs.isfile(rel_path):
+            return None
+        table = self.read_table(rel_path, PLAN_MASKS_SCHEMA)
+        order = np.argsort(table.column("mask_index").to_numpy())
+        removed = table.column("removed").to_pylist()
+        return [np.asarray(removed[i], dtype=np.int64) for i in order]
+
+    def removal_sets(self) -> pd.DataFrame:
+        """``removals/sets.parquet``: one row per removal set (mask of the removal plan)."""
+        self._require(REMOVAL_SETS_PATH, "run `datamodels removal` first")
+        return _to_pandas(
+            self.read_table(REMOVAL_SETS_PATH, REMOVAL_SETS_SCHEMA), REMOVAL_SETS_SCHEMA
+        )
+
+    def removal_results(self) -> pd.DataFrame:
+        """``removals/results.parquet``: predicted vs retrained margin change per set."""
+        self._require(REMOVAL_RESULTS_PATH, "run `datamodels removal` first")
+        return _to_pandas(
+            self.read_table(REMOVAL_RESULTS_PATH, REMOVAL_RESULTS_SCHEMA), REMOVAL_RESULTS_SCHEMA
+        )

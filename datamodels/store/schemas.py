@@ -11,6 +11,12 @@ names and types are the public contract that notebooks, SQL and outside checks r
 ``datamodels/targets.parquet`` `TARGETS_SCHEMA`
 ``scores/<method>.parquet``    `scores_schema` (n_train)
 ``evaluation.parquet``         `EVALUATION_SCHEMA`
+``plan_masks/<plan>.parquet``  `PLAN_MASKS_SCHEMA` (stored-mask plans: ``stored``, ``removal``)
+``removals/sets.parquet``      `REMOVAL_SETS_SCHEMA`
+``removals/results.parquet``   `REMOVAL_RESULTS_SCHEMA`
+``transfer/source_classes.parquet``  `SOURCE_CLASSES_SCHEMA`
+``sparse_layer/*.parquet``     `SPARSE_PATH_SCHEMA`, `SPARSE_WEIGHTS_SCHEMA`,
+                               `SPARSE_FEATURES_SCHEMA`, `SPARSE_SUMMARY_SCHEMA`
 ``applications/alpha_effect``  `ALPHA_EFFECT_SCHEMA` (``.parquet``)
 ``applications/lds_curve``     `LDS_CURVE_SCHEMA` (``.parquet``)
 =============================  ==============================================================
@@ -182,12 +188,68 @@ SELF_SCORES_SCHEMA = pa.schema(
     metadata=_metadata(),
 )
 
+# transfer/source_classes.parquet (transfer runs): one row per source class, the mask
+# column ``train_position`` it is, its name and how many source examples it holds.
+SOURCE_CLASSES_SCHEMA = pa.schema(
+    [
+        _field("train_position", pa.int64()),
+        _field("name", pa.string()),
+        _field("n_examples", pa.int64()),
+    ],
+    metadata=_metadata(),
+)
+
 CHECKPOINT_INDEX_SCHEMA = pa.schema(
     [
         _field("model_id", pa.int64()),
         _field("epoch", pa.int32()),
         _field("lr", pa.float64()),
         _field("path", pa.string()),
+    ],
+    metadata=_metadata(),
+)
+
+
+PLAN_MASKS_SCHEMA = pa.schema(
+    [
+        _field("mask_index", pa.int64()),
+        _field("removed", pa.list_(pa.int64())),  # train positions left out of the full set
+    ],
+    metadata=_metadata(),
+)
+
+# One row per removal set (mask of the removal plan): which method's scores chose it, for which
+# target, how many points; kind 'baseline' (mask 0, nothing removed), 'grid' (k from the plan's
+# ks) or 'brittle' (the method's predicted smallest flipping k, capped).
+REMOVAL_SETS_SCHEMA = pa.schema(
+    [
+        _field("mask_index", pa.int64()),
+        _field("method", pa.string(), nullable=True),
+        _field("target", pa.int64(), nullable=True),
+        _field("k", pa.int64()),
+        _field("kind", pa.string()),
+        _field("predicted", pa.float64(), nullable=True),
+        _field("reference_margin", pa.float64(), nullable=True),
+        _field("predicted_support", pa.float64(), nullable=True),
+    ],
+    metadata=_metadata(),
+)
+
+REMOVAL_RESULTS_SCHEMA = pa.schema(
+    [
+        _field("method", pa.string()),
+        _field("target", pa.int64()),
+        _field("k", pa.int64()),
+        _field("kind", pa.string()),
+        _field("predicted", pa.float64()),
+        _field("actual", pa.float64(), nullable=True),
+        _field("stderr", pa.float64(), nullable=True),
+        _field("n_seeds", pa.int64()),
+        _field("baseline_margin", pa.float64(), nullable=True),
+        _field("retrained_margin", pa.float64(), nullable=True),
+        _field("predicted_flipped", pa.bool_()),
+        _field("flipped", pa.bool_(), nullable=True),
+        _field("predicted_support", pa.float64(), nullable=True),
     ],
     metadata=_metadata(),
 )
@@ -208,6 +270,85 @@ def attack_schema(input_dim: int) -> pa.Schema:
         ],
         metadata=_metadata(),
     )
+
+
+# -- sparse decision layers (``datamodels sparse-layer``) ---------------------------------------
+
+SPARSE_PATH_SCHEMA = pa.schema(
+    [
+        _field("lam_index", pa.int32()),
+        _field("lam", pa.float64()),
+        _field("alpha", pa.float64()),
+        _field("objective", pa.float64()),
+        _field("kkt", pa.float64()),
+        _field("converged", pa.bool_()),
+        _field("iterations", pa.int64()),
+        _field("seconds", pa.float64()),
+        _field("nnz", pa.int64()),
+        _field("max_features_per_class", pa.int64()),
+        _field("mean_features_per_class", pa.float64()),
+        _field("train_accuracy", pa.float64()),
+        _field("val_accuracy", pa.float64()),
+        _field("test_accuracy", pa.float64()),
+        _field("bias", pa.list_(pa.float64())),
+        _field("chosen", pa.bool_()),
+    ],
+    metadata=_metadata(),
+)
+"""One row per λ of the sparse layer's path: objective and KKT violation on the fitting
+rows, density, accuracies, the class biases, and which λ was chosen."""
+
+SPARSE_WEIGHTS_SCHEMA = pa.schema(
+    [
+        _field("lam_index", pa.int32()),
+        _field("class", pa.int64()),
+        _field("feature", pa.int64()),
+        _field("weight", pa.float64()),
+        _field("raw_weight", pa.float64()),
+    ],
+    metadata=_metadata(),
+)
+"""One row per nonzero weight per λ: ``weight`` on the standardised feature, ``raw_weight``
+= weight / feature_scale on the raw one."""
+
+SPARSE_FEATURES_SCHEMA = pa.schema(
+    [
+        _field("class", pa.int64()),
+        _field("rank", pa.int32()),
+        _field("feature", pa.int64()),
+        _field("weight", pa.float64()),
+        _field("feature_mean", pa.float64()),
+        _field("feature_scale", pa.float64()),
+        _field("top_train_positions", pa.list_(pa.int64())),
+        _field("top_activations", pa.list_(pa.float64())),
+    ],
+    metadata=_metadata(),
+)
+"""The chosen layer for inspection: per class its features by |weight| (rank 0 first), with
+the training inputs that activate each feature most."""
+
+SPARSE_SUMMARY_SCHEMA = pa.schema(
+    [
+        _field("model_id", pa.int64()),
+        _field("checkpoint", pa.string()),
+        _field("num_features", pa.int64()),
+        _field("num_classes", pa.int64()),
+        _field("alpha", pa.float64()),
+        _field("max_features", pa.int64()),
+        _field("chosen_lam_index", pa.int32()),
+        _field("chosen_lam", pa.float64()),
+        _field("chosen_max_features_per_class", pa.int64()),
+        _field("sparse_val_accuracy", pa.float64()),
+        _field("sparse_test_accuracy", pa.float64()),
+        _field("dense_val_accuracy", pa.float64()),
+        _field("dense_test_accuracy", pa.float64()),
+        _field("n_fit", pa.int64()),
+        _field("n_val", pa.int64()),
+        _field("n_test", pa.int64()),
+    ],
+    metadata=_metadata(),
+)
+"""One row: the chosen sparse layer beside the model's own dense last layer."""
 
 
 # -- checks ------------------------------------------------------------------------------------
@@ -301,5 +442,14 @@ EVALUATION_PATH = "evaluation.parquet"
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_INDEX_DIR = "checkpoints/index"
 ATTACKS_DIR = "attacks"
+PLAN_MASKS_DIR = "plan_masks"
+REMOVAL_SETS_PATH = "removals/sets.parquet"
+REMOVAL_RESULTS_PATH = "removals/results.parquet"
+SOURCE_CLASSES_PATH = "transfer/source_classes.parquet"
+SPARSE_LAYER_DIR = "sparse_layer"
+SPARSE_PATH_PATH = "sparse_layer/path.parquet"
+SPARSE_WEIGHTS_PATH = "sparse_layer/weights.parquet"
+SPARSE_FEATURES_PATH = "sparse_layer/features.parquet"
+SPARSE_SUMMARY_PATH = "sparse_layer/summary.parquet"
 ALPHA_EFFECT_PATH = "applications/alpha_effect.parquet"
 LDS_CURVE_PATH = "applications/lds_curve.parquet"

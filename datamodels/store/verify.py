@@ -58,6 +58,11 @@ from datamodels.store.schemas import (
     FAILURES_PATH,
     FAILURES_SCHEMA,
     MODELS_DIR,
+    PLAN_MASKS_DIR,
+    REMOVAL_RESULTS_PATH,
+    REMOVAL_RESULTS_SCHEMA,
+    REMOVAL_SETS_PATH,
+    REMOVAL_SETS_SCHEMA,
     SCORES_DIR,
     TARGETS_PATH,
     TARGETS_SCHEMA,
@@ -267,7 +272,9 @@ def run_sizes(run: Run, full: bool = False) -> tuple[int | None, int | None, lis
     )
     if positions is None:
         return None, None, problems
-    n_train = len(positions) - positions.column("train_position").null_count
+    from datamodels.store.run import train_size
+
+    n_train = train_size(positions.column("train_position"))
     n_eval = len(positions) - positions.column("eval_position").null_count
     return n_train, n_eval, []
 
@@ -337,7 +344,16 @@ def verify(run: Run) -> list[Problem]:
     config_hash, config, problems = run_config(run)
     n_train, n_eval, example_problems = run_sizes(run, full=True)
     problems.extend(example_problems)
-    plan = PlanCheck.of(config, n_train) if config is not None and n_train is not None else None
+    plan = None
+    if config is not None and n_train is not None:
+        from datamodels.plans import stored_masks
+
+        try:
+            stored = stored_masks(config, run)
+        except StoreError as exc:
+            problems.append(Problem(PLAN_MASKS_DIR, "schema", str(exc)))
+            stored = {}
+        plan = PlanCheck.of(config, n_train, stored)
     problems.extend(
         scan_shards(run, n_train, n_eval, config_hash=config_hash, full=True, plan=plan)[1]
     )
@@ -349,6 +365,8 @@ def verify(run: Run) -> list[Problem]:
         (WEIGHTS_PATH, WEIGHTS_SCHEMA),
         (TARGETS_PATH, TARGETS_SCHEMA),
         (EVALUATION_PATH, EVALUATION_SCHEMA),
+        (REMOVAL_SETS_PATH, REMOVAL_SETS_SCHEMA),
+        (REMOVAL_RESULTS_PATH, REMOVAL_RESULTS_SCHEMA),
     ):
         if run.fs.isfile(rel_path):
             problems.extend(_table_problems(run.fs, rel_path, expected))

@@ -8,6 +8,8 @@ loader per model. A ``model.factory`` module trains K at once by ``vmap`` over s
 parameters (``train.vmapped``) when it allows, else one at a time; a ``train.recipe`` (the
 user's training function, ``train.custom``) always trains one model at a time. What is
 recorded per evaluation example is ``train.output`` (``train.outcome.recording``).
+A transfer run (``config.transfer``) pre-trains on source classes and transfers to the
+target (``train.transfer``).
 A model whose loss or margins are not finite is reported as failed, not returned as data.
 """
 
@@ -92,6 +94,10 @@ def _dispatch(
     checkpoints: CheckpointRequest | None, example_weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Snapshot]]:
     """The trainer for this config (the module docstring's rules)."""
+    if config.transfer is not None:  # masks over source classes (train.transfer)
+        from datamodels.train.transfer import train_transfer
+
+        return train_transfer(masks, seeds, data, config)
     if example_weights is not None:
         if not uses_batched_path(config, loader) or config.model.arch != "mlp":
             raise ConfigError(

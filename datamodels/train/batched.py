@@ -274,8 +274,9 @@ def logreg_objective(
           + bias_decay/2 * ||b_k - mean(b_k)||^2
     with weights = mask / subset size; ``bias_decay`` (λ_b) defaults to
     `logreg_bias_decay` (``weight_decay``), the value every ``logreg`` path uses (module
-    docstring). Gradient of the bias term: λ_b·(b − mean(b))."""
-    n, d = x.shape
+    docstring). Gradient of the bias term: λ_b·(b − mean(b)). ``x`` is one design float[n, d]
+    shared by the K models, or one per model, float[K, n, d] (a transfer run's probes)."""
+    n, d = x.shape[-2:]
     onehot = F.one_hot(y, num_classes).to(x.dtype)
     if bias_decay is None:
         bias_decay = logreg_bias_decay(weight_decay)
@@ -294,7 +295,7 @@ def logreg_objective(
             + 0.5 * bias_decay * (centred * centred).sum(1)
         )
         residual = (torch.exp(logits - log_norm.unsqueeze(2)) - onehot) * weights.unsqueeze(2)
-        grad_W = torch.matmul(x.T, residual) + weight_decay * W
+        grad_W = torch.matmul(x.transpose(-1, -2), residual) + weight_decay * W
         grad_b = residual.sum(1) + bias_decay * centred
         return f, torch.cat([grad_W.reshape(K, -1), grad_b], dim=1)
 

@@ -10,6 +10,7 @@ import torch
 from datamodels.config import config_from_dict
 from datamodels.gradients import Exact, influence_scores
 from datamodels.gradients.metagradient import (
+    checkpoint_interval,
     logreg_metagradient_scores,
     metagradient_scores,
     metagradient_self_scores,
@@ -100,6 +101,66 @@ def test_metagradient_is_deterministic_and_self_scores_are_the_diagonal(tiny):
     torch.testing.assert_close(own, first[torch.arange(4), torch.from_numpy(positions)])
 
 
+@pytest.mark.parametrize("hessian", [True, False])
+def test_matmul_products_equal_the_autograd_reference(tiny, hessian):
+    """The hand-written batched adjoint (two hidden layers, weighted run) is the batched
+    double backward's, to rounding."""
+    data, config, mask = tiny
+    weights = np.random.default_rng(2).uniform(0, 2, N)
+    run = replay_mlp(
+        data.train_x, data.train_y, mask, SEED, config.model, config.train, C, weights
+    )
+    args = (run, data.train_x, data.train_y, data.eval_x, data.eval_y, weights, hessian)
+    fast = metagradient_scores(*args, products="matmul")
+    reference = metagradient_scores(*args, products="autograd")
+    assert fast.abs().max() > 0
+    torch.testing.assert_close(fast, reference, rtol=1e-10, atol=1e-12 * reference.abs().max())
+
+
+def test_float32_adjoint_is_the_float64_one_to_single_precision(tiny):
+    data, config, mask = tiny
+    run = replay_mlp(data.train_x, data.train_y, mask, SEED, config.model, config.train, C)
+    args = (run, data.train_x, data.train_y, data.eval_x, data.eval_y)
+    exact = metagradient_scores(*args)
+    single = metagradient_scores(*args, dtype=torch.float32)
+    assert single.dtype == torch.float64 and not torch.equal(single, exact)
+    torch.testing.assert_close(single, exact, rtol=1e-4, atol=1e-5 * exact.abs().max())
+
+
+def test_checkpointed_replay_equals_the_kept_iterates_exactly(tiny):
+    """A memory bound below S·P·8 bytes keeps (θ, v) every k steps and recomputes each
+    segment: the same iterates bit for bit, hence the same scores, in the stated memory."""
+    data, config, mask = tiny
+    recipe = config.train.model_copy(update={"epochs": 12})  # 48 steps
+    args = (data.train_x, data.train_y, mask, SEED, config.model, recipe, C)
+    whole = replay_mlp(*args)
+    S, P = whole.steps, len(whole.final)
+    assert whole.every == 1 and whole.stored_bytes == S * P * 8
+    budget = S * P * 8 / 2
+    part = replay_mlp(*args, memory_bytes=budget)
+    assert part.iterates is None and 1 < part.every < S
+    assert part.stored_bytes <= budget
+    assert part.saved.numel() * 8 + part.every * P * 8 == part.stored_bytes
+    for start, stop in part.segments():
+        assert torch.equal(part.segment(start, stop), whole.iterates[start:stop])
+    assert torch.equal(part.final, whole.final)
+    targets = (data.train_x, data.train_y, data.eval_x, data.eval_y)
+    assert torch.equal(metagradient_scores(part, *targets), metagradient_scores(whole, *targets))
+
+
+def test_checkpoint_interval_on_the_digits_mlp():
+    """digits MLP (230 steps × 4,810 parameters, 8.9 MB of iterates): a bound that fits
+    keeps every iterate; 2 MB keeps a checkpoint every 8 steps (1.9 MB); a bound below the
+    least any interval needs takes that interval, about √(2S) = 21 (0.8 MB): O(√S·P)."""
+    S, P = 230, 4810
+    assert checkpoint_interval(S, P, None) == 1
+    assert checkpoint_interval(S, P, 9e6) == 1
+    k = checkpoint_interval(S, P, 2e6)
+    assert (2 * -(-S // k) + k) * P * 8 <= 2e6 < (2 * -(-S // (k - 1)) + k - 1) * P * 8
+    least = checkpoint_interval(S, P, 1.0)
+    assert abs(least - (2 * S) ** 0.5) <= 2
+
+
 def test_logreg_metagradient_is_the_influence_function_and_the_optimum_derivative(tiny):
     data, _, _ = tiny
     x, y, tx, ty = data.train_x, data.train_y, data.eval_x, data.eval_y
@@ -146,8 +207,9 @@ STAGE_RUN = {
 
 def test_stage_writes_the_replayed_metagradients_and_resumes(tmp_path):
     """``estimate -m metagradient``: per model the pure function on its replayed run (seed and
-    mask from the plan), averaged over ``gradients.models``; self scores are the diagonal;
-    a rerun finds it done."""
+    mask from the plan), averaged over ``gradients.models``; self scores are the diagonal,
+    each point's averaged over the models whose runs hold it (outside its mask a point is in
+    no batch: 0 by construction); a rerun finds it done."""
     from datamodels.api import estimate, train
     from datamodels.orchestrate.context import Context
     from datamodels.orchestrate.executor import SerialExecutor
@@ -166,7 +228,7 @@ def test_stage_writes_the_replayed_metagradients_and_resumes(tmp_path):
     data = Context().data(run, config)
     planned = plan_models(config, run.n_train)
     t = torch.as_tensor(eval_positions(run, config.estimate.targets))
-    expected, expected_own = 0.0, 0.0
+    expected, own_sum, held = 0.0, 0.0, 0
     for model_id in (0, 1):
         mask = run.masks_of(np.array([model_id]))[0]
         seed = int(planned.select_ids(np.array([model_id])).seed[0])
@@ -176,15 +238,25 @@ def test_stage_writes_the_replayed_metagradients_and_resumes(tmp_path):
         expected = expected + metagradient_scores(
             replayed, data.train_x, data.train_y, data.eval_x[t], data.eval_y[t]
         ).numpy() / 2
-        expected_own = expected_own + metagradient_self_scores(
+        own_sum = own_sum + metagradient_self_scores(
             replayed, data.train_x, data.train_y, np.arange(run.n_train)
-        ).numpy() / 2
+        ).numpy()
+        held = held + mask
+    assert 0 < (held == 1).sum() and (held == 2).any()  # some points in one run, some in both
+    expected_own = np.where(held > 0, own_sum / np.maximum(held, 1), 0.0)
     assert scores.shape == (len(t), 120) and np.abs(scores).max() > 0
     np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
     np.testing.assert_allclose(own, expected_own, rtol=1e-4, atol=1e-6 * np.abs(own).max())
     stamp = (tmp_path / "run" / "scores" / "metagradient.parquet").stat().st_mtime_ns
     estimate(config, uri, "metagradient", executor=SerialExecutor(), show_progress=False)
     assert (tmp_path / "run" / "scores" / "metagradient.parquet").stat().st_mtime_ns == stamp
+    # the adjoint in float32 (gradients.adjoint_precision) recomputes: the same to ~1e-5
+    fp32 = config_from_dict(STAGE_RUN, ["gradients.adjoint_precision=fp32"])
+    estimate(fp32, uri, "metagradient", executor=SerialExecutor(), show_progress=False)
+    assert (tmp_path / "run" / "scores" / "metagradient.parquet").stat().st_mtime_ns != stamp
+    _, single = run.scores("metagradient")
+    assert not np.array_equal(single, scores)
+    np.testing.assert_allclose(single, expected, rtol=1e-3, atol=1e-5 * np.abs(expected).max())
 
 
 def test_stage_refuses_an_architecture_it_cannot_replay():

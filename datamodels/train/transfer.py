@@ -1,0 +1,226 @@
+"""The transfer trainer: K source-class masks in, K margin vectors on the target out.
+
+Each model (Jain et al. 2022):
+
+1. **pre-trains** an MLP (``model``, ``train`` sections) on the source examples of its
+   source classes: the class mask is expanded to an example mask and the models go through
+   the batched MLP trainer (``train_mlp_batched``), K at once, as any other run's do;
+2. **transfers** to the target: the pre-trained body (every layer but the head) is kept and a
+   new head for the target's classes is trained on the target's train split, either as a
+   ``linear_probe`` (body frozen; the head solves the ``logreg`` objective on the features —
+   mean cross-entropy + weight_decay/2·||W||² — full-batch with the project's batched
+   L-BFGS in float64 to ``transfer.tolerance``, from 0, so the same features give the
+   same head) or by ``finetune`` (every layer, SGD with momentum 0.9,
+   a linearly decaying lr, each model its own seeded batch order and head initialisation);
+3. records ``train.output`` (margins by default) on the target's test split.
+
+Every input (source and target) is standardised with the statistics of the target's train
+split, a fixed set: so nothing a model computes depends on the source classes its mask
+leaves out (not even through the normalisation), nor on which other models share the call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from datamodels.config import Config
+from datamodels.train.data import TrainData, _stats
+from datamodels.train.outcome import CheckpointRequest, Snapshot, margins_and_accuracy
+
+
+@dataclass
+class TransferData:
+    """``source``: the source examples as ``TrainData`` (labels: source classes);
+    ``class_of``: int64[n_source] the source class (mask column) of each source example;
+    everything normalised with the target train split's statistics."""
+
+    source: TrainData
+    class_of: np.ndarray
+    n_classes: int  # source classes = mask length
+    target_train_x: torch.Tensor
+    target_train_y: torch.Tensor
+    eval_x: torch.Tensor  # the target's test split, eval-position order
+    eval_y: torch.Tensor
+    target_classes: int
+
+    @property
+    def n_train(self) -> int:
+        return self.n_classes
+
+    @property
+    def n_test(self) -> int:
+        return len(self.eval_y)
+
+    def example_masks(self, class_masks: np.ndarray) -> np.ndarray:
+        """bool[K, n_source]: the source examples each class mask includes."""
+        return np.asarray(class_masks, bool)[:, self.class_of]
+
+
+def load_transfer_data(
+    beton_path: str, examples: pd.DataFrame, device: str = "cpu"
+) -> TransferData:
+    """The run's beton and ``examples.parquet`` (layout: ``datamodels.data.transfer``)."""
+    from datamodels.data.beton import decode_resident
+
+    features, labels = decode_resident(beton_path)
+    source = examples[examples["split"] == "source"].sort_values("index")
+    train = examples[examples["split"] == "train"].sort_values("index")
+    test = examples[examples["eval_position"].notna()].sort_values("eval_position")
+    src_index = source["index"].to_numpy(np.int64)
+    tr_index = train["index"].to_numpy(np.int64)
+    mean, std = _stats(features[tr_index])
+    n_classes = int(source["train_position"].max()) + 1
+    src = TrainData(
+        train_x=torch.empty(0), train_y=torch.from_numpy(labels[src_index]),
+        eval_x=torch.empty(0), eval_y=torch.from_numpy(labels[src_index[:1]]), n_test=1,
+        num_classes=n_classes, train_index=src_index, beton_path=str(beton_path),
+        mean=mean, std=std,
+    )
+    src.train_x = src.normalize(torch.from_numpy(features[src_index]))
+    src.eval_x = src.train_x[:1].clone()
+    te_index = test["index"].to_numpy(np.int64)
+    target_classes = int(max(train["label"].max(), test["label"].max())) + 1
+    return TransferData(
+        source=src.to(device),
+        class_of=source["train_position"].to_numpy(np.int64),
+        n_classes=n_classes,
+        target_train_x=src.normalize(torch.from_numpy(features[tr_index])).to(device),
+        target_train_y=torch.from_numpy(labels[tr_index]).to(device),
+        eval_x=src.normalize(torch.from_numpy(features[te_index])).to(device),
+        eval_y=torch.from_numpy(labels[te_index]).to(device),
+        target_classes=target_classes,
+    )
+
+
+def pretrain(
+    data: TransferData, class_masks: np.ndarray, seeds: np.ndarray, config: Config
+) -> list[list[torch.Tensor]]:
+    """K pre-trained MLPs (each its layer list ``[W1 [d, h], b1, ..., Wout, bout]``)."""
+    from datamodels.train.batched import train_mlp_batched
+
+    K = len(seeds)
+    request = CheckpointRequest(tuple(range(K)), (config.train.epochs,))
+    *_, snapshots = train_mlp_batched(
+        data.source, data.example_masks(class_masks), seeds, config.model, config.train,
+        request,
+    )
+    by_row: dict[int, Snapshot] = {s.row: s for s in snapshots}
+    return [by_row[k].params for k in range(K)]
+
+
+def _features(bodies: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """float[K, n, h]: the stacked bodies' last hidden layer on a shared batch x[n, d]."""
+    h = x.reshape(len(x), -1).expand(len(bodies[0]), -1, -1)
+    for layer in range(len(bodies) // 2):
+        h = torch.baddbmm(bodies[2 * layer + 1].unsqueeze(1), h, bodies[2 * layer]).clamp(min=0)
+    return h
+
+
+def linear_probe(
+    train_features: torch.Tensor, labels: torch.Tensor, classes: int, config: Config
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Heads (W [K, h, C], b [K, C]) minimising each model's ``logreg`` objective (mean
+    cross-entropy + weight_decay/2·||W||², the small centred-bias penalty of
+    ``train.batched``) on its own features [K, n, h]: the project's batched L-BFGS, every
+    model its own line search and stopping rule, from 0. Returns them and the objective [K]
+    (NaN where L-BFGS did not reach ``transfer.tolerance``)."""
+    from datamodels.train.batched import logreg_objective
+    from datamodels.train.lbfgs import batched_lbfgs
+
+    spec = config.transfer
+    feats = train_features.double()
+    K, n, h = feats.shape
+    weights = torch.full((K, n), 1.0 / max(n, 1), dtype=torch.float64, device=feats.device)
+    fun = logreg_objective(feats, labels, weights, classes, spec.weight_decay)
+    x0 = torch.zeros(K, (h + 1) * classes, dtype=torch.float64, device=feats.device)
+    solution = batched_lbfgs(fun, x0, tol=spec.tolerance, max_iter=spec.max_iter)
+    loss = solution.f.clone()
+    loss[~solution.converged] = float("nan")
+    weight = solution.x[:, : h * classes].view(K, h, classes)
+    bias = solution.x[:, h * classes :]
+    return weight, bias, loss
+
+
+def finetune(
+    layers: list[torch.Tensor], data: TransferData, seeds: np.ndarray, config: Config
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Stacked MLPs (body pre-trained, a new seeded head) trained on the target's train
+    split with SGD; returns the layers and the last epoch's mean loss [K]."""
+    spec = config.transfer
+    K, device = len(seeds), data.target_train_x.device
+    hidden = layers[-2].shape[1]
+    heads_w, heads_b = [], []
+    for seed in seeds:
+        gen = torch.Generator().manual_seed(int(seed) ^ 0x5EED)
+        bound = hidden**-0.5
+        heads_w.append((torch.rand(hidden, data.target_classes, generator=gen) * 2 - 1) * bound)
+        heads_b.append((torch.rand(data.target_classes, generator=gen) * 2 - 1) * bound)
+    params = [p.clone().to(device) for p in layers[:-2]]
+    params += [torch.stack(heads_w).to(device), torch.stack(heads_b).to(device)]
+    for p in params:
+        p.requires_grad_(True)
+    momenta = [torch.zeros_like(p) for p in params]
+    x, y = data.target_train_x.reshape(len(data.target_train_x), -1), data.target_train_y
+    n, B = len(y), min(spec.batch_size, len(y))
+    steps = -(-n // B)
+    total, step = spec.epochs * steps, 0
+    orders = [np.random.default_rng([int(s), 77]) for s in seeds]
+    last = torch.zeros(K, dtype=torch.float64, device=device)
+    from datamodels.models.mlp import stacked_forward
+
+    for epoch in range(spec.epochs):
+        perms = np.stack([rng.permutation(n) for rng in orders])
+        if epoch == spec.epochs - 1:
+            last.zero_()
+        for s in range(steps):
+            index = torch.from_numpy(perms[:, s * B : (s + 1) * B]).to(device)
+            batch_x, batch_y = x[index], y[index]
+            with torch.enable_grad():
+                logits = stacked_forward(params, batch_x)
+                ce = F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), batch_y.reshape(-1), reduction="none"
+                ).view(K, -1).mean(1)
+                grads = torch.autograd.grad(ce.sum(), params)
+            lr = spec.lr * (1 - step / total)
+            with torch.no_grad():
+                for p, g, m in zip(params, grads, momenta, strict=True):
+                    m.mul_(0.9).add_(g + spec.weight_decay * p)
+                    p.sub_(lr * m)
+            step += 1
+            if epoch == spec.epochs - 1:
+                last += ce.detach().double() / steps
+    return [p.detach() for p in params], last
+
+
+@torch.no_grad()
+def train_transfer(
+    class_masks: np.ndarray, seeds: np.ndarray, data: TransferData, config: Config
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Snapshot]]:
+    """class_masks bool[K, n_classes], seeds int64[K] -> (outputs float32[K, n_test] on the
+    target's test split, transfer loss float32[K], target test accuracy float32[K], [])."""
+    K = len(seeds)
+    device = data.eval_x.device
+    models = pretrain(data, class_masks, seeds, config)
+    if config.transfer.recipe == "linear_probe":
+        bodies = [torch.stack(group).to(device) for group in zip(*models, strict=True)][:-2]
+        feats = _features(bodies, data.target_train_x) if bodies else (
+            data.target_train_x.reshape(len(data.target_train_x), -1).expand(K, -1, -1)
+        )
+        weight, bias, loss = linear_probe(feats, data.target_train_y, data.target_classes, config)
+        test_feats = _features(bodies, data.eval_x).double()
+        logits = torch.baddbmm(bias.unsqueeze(1), test_feats, weight).float()
+    else:
+        stacked = [torch.stack(group) for group in zip(*models, strict=True)]
+        from datamodels.models.mlp import stacked_forward
+
+        params, loss = finetune(stacked, data, seeds, config)
+        logits = stacked_forward(params, data.eval_x.reshape(len(data.eval_x), -1))
+    outputs, accuracy = margins_and_accuracy(
+        lambda _x, sl: logits[sl], data, K, models_per_chunk=max(K, 1)
+    )
+    return outputs, loss.float().cpu().numpy(), accuracy, []
