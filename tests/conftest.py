@@ -43,6 +43,18 @@ def cifar_archive(tmp_path: Path) -> Path:
     return write_cifar_archive(tmp_path / "cifar-10-python.tar.gz")
 
 
+def digits_default_core(directory: Path) -> Path:
+    """configs/digits.yaml with only its ``train`` and ``eval`` plans, written to
+    ``directory``: the shipped default's recipe for tests that count or fail its models."""
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "configs" / "digits.yaml").read_text())
+    config["plans"] = [p for p in config["plans"] if p["name"] in ("train", "eval")]
+    path = directory / "digits_core.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 SMALL_DIGITS = {
     "name": "digits_small",
     "dataset": {"name": "digits"},

@@ -19,7 +19,7 @@ from datamodels.plans import masks_for, plan_models
 from datamodels.stages import train as train_stage
 from datamodels.stages.status import plan_status
 from datamodels.store import Run, query, verify
-from tests.conftest import SMALL_DIGITS
+from tests.conftest import SMALL_DIGITS, digits_default_core
 
 MODEL_COLUMNS = {
     "model_id": pa.int64(),
@@ -235,7 +235,7 @@ def test_driver_sigkill_then_resume(tmp_path, ray_local):
         "resources.models_per_task=5",
         "resources.trainer=sequential",
     ]
-    config_path = Path(__file__).parents[2] / "configs" / "digits.yaml"
+    config_path = digits_default_core(tmp_path)
     cmd = [
         sys.executable,
         "-m",

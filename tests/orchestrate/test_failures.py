@@ -16,7 +16,7 @@ from datamodels.errors import InfrastructureError
 from datamodels.orchestrate.executor import SerialExecutor
 from datamodels.stages import train as train_stage
 from datamodels.store import Run, RunFS
-from tests.conftest import SMALL_DIGITS
+from tests.conftest import SMALL_DIGITS, digits_default_core
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 
@@ -31,7 +31,7 @@ def test_train_exits_non_zero_when_models_failed_for_good(tmp_path, ray_local):
     out = tmp_path / "run"
     args = [
         "train",
-        str(CONFIGS / "digits.yaml"),
+        str(digits_default_core(tmp_path)),
         "--out",
         str(out),
         "--quiet",
