@@ -97,9 +97,9 @@ def test_a_softplus_run_reproduces_its_stored_margins(tmp_path):
         assert any(isinstance(m, nn.Softplus) for m in module.modules())
         weights = [m for m in module.modules() if isinstance(m, nn.Linear)]
         with torch.no_grad():
-            for linear, (w, b) in zip(weights, zip(layers[::2], layers[1::2], strict=True), strict=True):
-                linear.weight.copy_(w.T)
-                linear.bias.copy_(b)
+            for k, linear in enumerate(weights):
+                linear.weight.copy_(layers[2 * k].T)
+                linear.bias.copy_(layers[2 * k + 1])
             logits = module(data.eval_x)
         again = margins_from_logits(logits.unsqueeze(0), data.eval_y)[0].numpy()
         np.testing.assert_allclose(again, expected, atol=1e-4)
