@@ -77,16 +77,13 @@ class Activation:
             return nn.Softplus(beta=self.beta, threshold=SOFTPLUS_THRESHOLD)
         return nn.GELU()
 
-    # The batched trainer's pair: forward keeps what backward needs, without a copy where
-    # φ' is a function of φ(z) (relu: [a > 0]; softplus: 1 − e^{−βa} = σ(βz)).
+    # The batched trainer's pair: forward keeps what backward needs (the ReLU: its output,
+    # z overwritten in place; otherwise z), backward is one fused kernel where torch has one.
 
     def forward_(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(φ(z), kept for ``backward``); may overwrite ``z``."""
         if self.name == "relu":
             a = z.clamp_(min=0)
-            return a, a
-        if self.name == "softplus":
-            a = self(z)
             return a, a
         return self(z), z
 
@@ -95,10 +92,8 @@ class Activation:
         if self.name == "relu":
             return torch.ops.aten.threshold_backward(upstream, kept, 0)
         if self.name == "softplus":
-            ba = self.beta * kept
-            slope = torch.where(ba > SOFTPLUS_THRESHOLD, torch.ones_like(ba), -torch.expm1(-ba))
-            return upstream * slope
-        return upstream * self.derivative(kept)
+            return torch.ops.aten.softplus_backward(upstream, kept, self.beta, SOFTPLUS_THRESHOLD)
+        return torch.ops.aten.gelu_backward(upstream, kept)
 
 
 RELU = Activation("relu")
