@@ -9,6 +9,10 @@ after (hand-written batched matmuls), with the checkpointed replay beside it.
     python benchmarks/metagradient.py --targets 50 --count 10 --eval-models 100
     python benchmarks/metagradient.py --float64   # ground-truth models trained in float64
     python benchmarks/metagradient.py --set train.lr=0.02   # a smoother run
+    python benchmarks/metagradient.py --config configs/digits_single_model.yaml  # softplus
+
+``--config``: the model and recipe of another config (default ``configs/digits.yaml``); the
+plans are always the benchmark's own.
 
 Single-model setting (Ilyas & Engstrom 2025): one seed, one batch order over the full
 training set; each model drops a random fraction of the points by loss weight 0
@@ -73,6 +77,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], help="override, e.g. train.lr=0.02")
     parser.add_argument(
+        "--config", default="configs/digits.yaml",
+        help="the config whose model and recipe are measured (the plans are the benchmark's)",
+    )
+    parser.add_argument(
         "--float64", action="store_true",
         help="train the measured models in float64 (no float32 rounding in the ground truth)",
     )
@@ -84,7 +92,7 @@ def main() -> None:
         {"name": "eval", "alpha": 0.5, "count": args.eval_models},
         {"name": "train", "alpha": 0.5, "count": args.train_models},
     ]
-    base = load_config(ROOT / "configs/digits.yaml").model_dump(mode="json")
+    base = load_config(ROOT / args.config).model_dump(mode="json")
     config = config_from_dict(
         {**base, "plans": plans, "checkpoints": {"plan": "single"}}, args.set
     )
@@ -97,6 +105,9 @@ def main() -> None:
     masks = masks_for(config, planned, n)
     single = planned.plan == "single"
     eval_rows, train_rows = planned.plan == "eval", planned.plan == "train"
+    print(f"{args.config} (activation {config.model.activation}"
+          + (f", β {config.model.softplus_beta:g}" if config.model.activation == "softplus" else "")
+          + f", lr {config.train.lr:g}) {' '.join(args.set)}")
     print(f"digits MLP: n_train {n}, {T} targets, {int(single.sum())} single-model models, "
           f"{int(eval_rows.sum())} eval models, {int(train_rows.sum())} models for the "
           f"datamodels, {args.threads} thread(s)")
@@ -108,11 +119,13 @@ def main() -> None:
         measured = dataclasses.replace(
             data, train_x=data.train_x.double(), eval_x=data.eval_x.double()
         )
-    margins, *_ = train_mlp_batched(
+    margins, _, accuracy, _ = train_mlp_batched(
         measured, order, planned.seed, config.model, config.train, example_weights=weights
     )
     seconds = time.perf_counter() - start
-    print(f"trained {len(masks)} models ({measured.train_x.dtype}) in {seconds:.1f} s")
+    print(f"trained {len(masks)} models ({measured.train_x.dtype}) in {seconds:.1f} s; test "
+          f"accuracy of the full-data model {accuracy[single][0]:.3f}, of the α = ½ eval "
+          f"models {accuracy[eval_rows].mean():.3f} (mean)")
     start = time.perf_counter()
     train_mlp_batched(data, masks[:1], planned.seed[:1], config.model, config.train)
     one_run = time.perf_counter() - start

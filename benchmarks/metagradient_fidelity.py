@@ -15,28 +15,25 @@ prediction −Σ_{i∈D} g_i: by the LDS (Spearman over the models, mean over ta
 relative error ‖effect − prediction‖/‖effect‖. As ε → 0 both must go to exact agreement
 (the metagradient is the derivative); what is left at ε = 1 is the non-linearity of the
 training run in w, which no first-order estimate can follow. Last, the same replayed runs
-with a smooth activation (softplus) in place of the ReLU, a what-if of the replay alone:
-how much of that non-linearity is the ReLU's kinks.
+with a smooth activation (``model.activation: softplus``, β = 4) in place of the ReLU: how
+much of that non-linearity is the ReLU's kinks.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datamodels import api  # noqa: E402
 from datamodels.config import config_from_dict, load_config  # noqa: E402
 from datamodels.evaluate.lds import spearman_columns  # noqa: E402
-from datamodels.gradients import metagradient  # noqa: E402
 from datamodels.gradients.metagradient import metagradient_scores, replay_mlp  # noqa: E402
 from datamodels.orchestrate.context import Context  # noqa: E402
 from datamodels.plans import masks_for, plan_models  # noqa: E402
@@ -146,74 +143,45 @@ def main() -> None:
           f"{np.abs(predicted[count == round(DROPS[0] * n)]).mean():.3f}, 10%: "
           f"{np.abs(predicted[count == round(DROPS[1] * n)]).mean():.3f} margin units)")
 
-    # 5. what-if: the same replayed run with a smooth activation in place of the ReLU
+    # 5. the same replayed run with a smooth activation (model.activation) in place of the ReLU
     print("\n5. the ReLU's kinks: the same runs replayed (float64) with ReLU and with "
           f"softplus(β = {BETA:g}); LDS and relative error of the exact first-order "
           "prediction (central differences along 1_D, h = 1e-7) against the effect at ε = 1, and "
           "its relative error against effect/ε")
     for name in ("relu", "softplus"):
-        with activation(name):
-            base = activation_margins(data, full, seed, config, None, T)
-            cells = []
-            for f in DROPS:
-                rows = np.flatnonzero(count == round(f * n))
-                h = 1e-7  # inside one linear piece of the ReLU run (§4)
-                pred = np.stack([
-                    -(activation_margins(data, full, seed, config, 1 + h * dropped[r], T)
-                      - activation_margins(data, full, seed, config, 1 - h * dropped[r], T))
-                    / (2 * h) for r in rows
-                ])
-                errors = []
-                for eps in (1e-3, 1e-2, 1.0):
-                    effect = np.stack([
-                        activation_margins(data, full, seed, config, 1 - eps * dropped[r], T)
-                        - base for r in rows
-                    ]) / eps
-                    errors.append(np.linalg.norm(effect - pred) / np.linalg.norm(effect))
-                cells.append(f"drop {f:g}: LDS {np.nanmean(spearman_columns(effect, pred)):.3f}"
-                             ", relerr at ε = 1e-3 / 1e-2 / 1: "
-                             + " / ".join(f"{e:.3f}" for e in errors))
-            print(f"   {name:<9} " + "; ".join(cells))
+        model = config.model.model_copy(update={"activation": name, "softplus_beta": BETA})
+        smooth = config.model_copy(update={"model": model})
+
+        def replayed(weights, smooth=smooth):
+            return activation_margins(data, full, seed, smooth, weights, T)
+
+        base = replayed(None)
+        cells = []
+        for f in DROPS:
+            rows = np.flatnonzero(count == round(f * n))
+            h = 1e-7  # inside one linear piece of the ReLU run (§4)
+            pred = np.stack([
+                -(replayed(1 + h * dropped[r]) - replayed(1 - h * dropped[r])) / (2 * h)
+                for r in rows
+            ])
+            errors = []
+            for eps in (1e-3, 1e-2, 1.0):
+                effect = np.stack([replayed(1 - eps * dropped[r]) - base for r in rows]) / eps
+                errors.append(np.linalg.norm(effect - pred) / np.linalg.norm(effect))
+            cells.append(f"drop {f:g}: LDS {np.nanmean(spearman_columns(effect, pred)):.3f}"
+                         ", relerr at ε = 1e-3 / 1e-2 / 1: "
+                         + " / ".join(f"{e:.3f}" for e in errors))
+        print(f"   {name:<9} " + "; ".join(cells))
 
 
 BETA = 4.0
 
 
-@contextlib.contextmanager
-def activation(name: str):
-    """Replay with ``name`` in place of the ReLU (softplus(βz), its derivative σ(βz) where
-    the ReLU's mask goes): a what-if of the replay only; the trainer has the ReLU."""
-    original = metagradient._forward
-
-    def smooth(layers, x, y, smoothing):
-        acts, masks, h = [x], [], x
-        last = len(layers) // 2 - 1
-        for layer in range(last + 1):
-            z = torch.addmm(layers[2 * layer + 1], h, layers[2 * layer])
-            if layer < last:
-                h = F.softplus(z, beta=BETA)
-                acts.append(h)
-                masks.append(torch.sigmoid(BETA * z))
-        p = torch.softmax(z, dim=1)
-        residual = p - smoothing / p.shape[1]
-        residual[torch.arange(len(y)), y] -= 1.0 - smoothing
-        return acts, masks, p, residual
-
-    if name == "softplus":
-        metagradient._forward = smooth
-    try:
-        yield
-    finally:
-        metagradient._forward = original
-
-
 def activation_margins(data, mask, seed, config, weights, T) -> np.ndarray:
-    """float64[T] margins of a replayed run, through the replay's own forward pass."""
+    """float64[T] margins of a replayed run (``config.model.activation``)."""
     run = replay_mlp(data.train_x, data.train_y, mask, seed, config.model, config.train,
                      data.num_classes, weights)
-    layers = metagradient._unflatten(run.sizes, run.final)
-    acts, *_ = metagradient._forward(layers, data.eval_x[:T].double(), data.eval_y[:T], 0.0)
-    logits = torch.addmm(layers[-1], acts[-1], layers[-2])
+    logits = run.model.logits_fn(run.final, data.eval_x[:T].double())
     return margins_from_logits(logits.unsqueeze(0), data.eval_y[:T])[0].numpy()
 
 

@@ -104,11 +104,17 @@ class ModelConfig(_Section):
     for exercising the driver and store at scale. ``custom``: the ``nn.Module`` (inputs to
     logits) that ``factory`` (``"package.module:make_model"``) returns, called with ``kwargs``
     plus ``num_classes`` and ``input_shape`` when it takes them and ``kwargs`` does not give
-    them; a config that gives ``factory`` may leave ``arch`` out."""
+    them; a config that gives ``factory`` may leave ``arch`` out. ``activation`` (``mlp``):
+    the hidden layers' φ, ``relu`` (default), ``softplus`` (sharpness ``softplus_beta``) or
+    ``gelu`` (``datamodels.models.activations``); a smooth φ makes the trained margins smooth
+    in the example weights (the metagradient's single-model LDS, README)."""
 
     arch: Literal["logreg", "mlp", "resnet9", "fastnet", "null", "custom"] = "mlp"
     hidden: int = Field(64, ge=1)
     depth: int = Field(1, ge=1, le=8)
+    # defaults leave the hash of every existing config unchanged (exclude_defaults)
+    activation: Literal["relu", "softplus", "gelu"] = "relu"
+    softplus_beta: float = Field(1.0, gt=0.0)
     width: int = Field(64, ge=4)
     factory: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -134,6 +140,11 @@ class ModelConfig(_Section):
             raise ValueError(
                 f"model.factory builds the network itself: leave model.arch out (or set it to "
                 f"custom), not {self.arch!r}"
+            )
+        if self.activation != "relu" and self.arch != "mlp":
+            raise ValueError(
+                f"model.activation={self.activation!r} applies to model.arch: mlp only; "
+                f"leave it out for arch {self.arch!r}"
             )
         return self
 

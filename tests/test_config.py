@@ -8,7 +8,9 @@ from datamodels.errors import ConfigError
 CONFIGS = Path(__file__).parent.parent / "configs"
 
 
-@pytest.mark.parametrize("name", ["digits.yaml", "digits_logreg.yaml", "cifar10.yaml"])
+@pytest.mark.parametrize(
+    "name", ["digits.yaml", "digits_logreg.yaml", "cifar10.yaml", "digits_single_model.yaml"]
+)
 def test_shipped_configs_validate(name):
     config = load_config(CONFIGS / name)
     assert len(config.hash) == 16

@@ -28,6 +28,7 @@ from datamodels.gradients.trak import (
     trak_features,
     trak_leverage,
 )
+from datamodels.models.activations import activation_for
 
 PERT_ELEMENTS = 1 << 24  # bound on T·points·input_dim per influence_pert chunk
 
@@ -44,7 +45,10 @@ def functional_model(config: Config, data, layers: list[torch.Tensor]) -> Functi
         return logreg_model(flat, data.in_dim, data.num_classes, config.train.weight_decay)
     if config.model.arch == "mlp":
         layers = [t.to(device) for t in layers]
-        return mlp_model(layers, config.train.weight_decay, config.train.label_smoothing)
+        return mlp_model(
+            layers, config.train.weight_decay, config.train.label_smoothing,
+            activation_for(config.model),
+        )
     from datamodels.train.sequential import build_module
 
     module = build_module(config.model, data, 0)  # the seed is moot: every tensor is loaded

@@ -54,6 +54,7 @@ from datamodels.gradients.grads import per_example_grads
 from datamodels.gradients.ihvp import Exact
 from datamodels.gradients.influence import influence_scores
 from datamodels.gradients.model import FunctionalModel, mlp_model
+from datamodels.models.activations import RELU, Activation, activation_for
 from datamodels.models.mlp import init_params, layer_sizes
 from datamodels.train.orders import EpochOrders, lr_factors
 
@@ -84,6 +85,7 @@ class Trajectory:
     x: torch.Tensor | None = None  # float64[n, d], the replay's inputs (for recomputation)
     y: torch.Tensor | None = None
     w: torch.Tensor | None = None  # float64[n], the example weights replayed at
+    activation: Activation = RELU  # the hidden layers' φ (``model.activation``)
 
     @property
     def steps(self) -> int:
@@ -168,39 +170,43 @@ def _unflatten(sizes: list[int], flat: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
-def _forward(layers: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, smoothing: float):
-    """One MLP on one batch: (inputs of every layer [x, a_1, …], ReLU masks [m_1, …],
+def _forward(
+    layers: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, smoothing: float,
+    activation: Activation = RELU,
+):
+    """One MLP on one batch: (inputs of every layer [x, a_1, …], the activation's slopes
+    φ'(z_l) [c, h] of every hidden layer (ReLU: its 0/1 masks), their pre-activations z_l,
     softmax p [c, C], p − q [c, C] with q the label-smoothed target: ∂ℓ_i/∂logits)."""
-    acts, masks, h = [x], [], x
+    acts, slopes, pre, h = [x], [], [], x
     last = len(layers) // 2 - 1
     for layer in range(last + 1):
         z = torch.addmm(layers[2 * layer + 1], h, layers[2 * layer])
         if layer < last:
-            mask = z > 0
-            h = z * mask
+            h = activation(z)
             acts.append(h)
-            masks.append(mask)
+            slopes.append(activation.derivative(z))
+            pre.append(z)
     p = torch.softmax(z, dim=1)
     C = p.shape[1]
     residual = p - smoothing / C
     residual[torch.arange(len(y), device=y.device), y] -= 1.0 - smoothing
-    return acts, masks, p, residual
+    return acts, slopes, pre, p, residual
 
 
 def _batch_gradient(
     sizes: list[int], theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-    coef: torch.Tensor, smoothing: float,
+    coef: torch.Tensor, smoothing: float, activation: Activation = RELU,
 ) -> torch.Tensor:
     """∇_θ Σ_i coef_i ℓ_i(θ) float64[P] on one batch, by hand (the MLP's backward pass)."""
     layers = _unflatten(sizes, theta)
-    acts, masks, _, residual = _forward(layers, x, y, smoothing)
+    acts, slopes, _, _, residual = _forward(layers, x, y, smoothing, activation)
     delta = residual * coef[:, None]
     grads = [None] * len(layers)
     for layer in reversed(range(len(layers) // 2)):
         grads[2 * layer] = acts[layer].T @ delta
         grads[2 * layer + 1] = delta.sum(0)
         if layer:
-            delta = (delta @ layers[2 * layer].T) * masks[layer - 1]
+            delta = (delta @ layers[2 * layer].T) * slopes[layer - 1]
     return torch.cat([g.reshape(-1) for g in grads])
 
 
@@ -209,7 +215,7 @@ def _sgd_step(run: Trajectory, theta: torch.Tensor, velocity: torch.Tensor, s: i
     batch = run.batches[s]
     g = _batch_gradient(
         run.sizes, theta, run.x[batch], run.y[batch], run.w[batch] / len(batch),
-        run.label_smoothing,
+        run.label_smoothing, run.activation,
     )
     velocity.mul_(run.momentum).add_(g).add_(theta, alpha=run.weight_decay)
     return theta - run.lrs[s] * velocity
@@ -221,15 +227,17 @@ def replay_mlp(
     model: ModelConfig, recipe: TrainConfig, num_classes: int,
     weights: np.ndarray | None = None, memory_bytes: float | None = None,
 ) -> Trajectory:
-    """Train one MLP as ``train_mlp_batched`` does (same init, orders, lr, momentum, weight
-    decay, label smoothing) in float64, keeping its iterates. ``weights`` float[n_train]
-    (default 1): the example weights w of the loss; batches still come from ``mask``.
+    """Train one MLP as ``train_mlp_batched`` does (same init, activation, orders, lr,
+    momentum, weight decay, label smoothing) in float64, keeping its iterates. ``weights``
+    float[n_train] (default 1): the example weights w of the loss; batches still come from
+    ``mask``.
     ``memory_bytes``: bound on the kept iterates (``checkpoint_interval``; None keeps all)."""
     device = train_x.device
     x = train_x.reshape(len(train_x), -1).double()
     sizes = layer_sizes(x.shape[1], model.hidden, model.depth, num_classes)
     layers = [p.to(device, torch.float64) for p in init_params(int(seed), sizes)]
-    functional = mlp_model(layers, recipe.weight_decay, recipe.label_smoothing)
+    activation = activation_for(model)
+    functional = mlp_model(layers, recipe.weight_decay, recipe.label_smoothing, activation)
     theta = functional.params.clone()
     w = torch.ones(len(x), dtype=torch.float64, device=device)
     if weights is not None:
@@ -239,7 +247,7 @@ def replay_mlp(
     run = Trajectory(
         None, theta, [torch.from_numpy(p).to(device) for p, _ in steps],
         [lr for _, lr in steps], functional, recipe.momentum, recipe.weight_decay,
-        recipe.label_smoothing, sizes, every, None, x, train_y.to(device), w,
+        recipe.label_smoothing, sizes, every, None, x, train_y.to(device), w, activation,
     )
     P = len(theta)
     if every == 1:
@@ -303,7 +311,9 @@ def metagradient_scores(
                 trajectory.label_smoothing,
             )
             if matmul:
-                hvp, directional = _mlp_step_products(trajectory.sizes, *args, u, T, hessian)
+                hvp, directional = _mlp_step_products(
+                    trajectory.sizes, *args, u, T, hessian, trajectory.activation
+                )
             else:
                 hvp, loss_grads = _step_products(model, *args, u if hessian else None)
                 directional = u @ loss_grads.T
@@ -347,22 +357,30 @@ def _mlp_views(sizes: list[int], flat: torch.Tensor, T: int) -> list[torch.Tenso
 def _mlp_step_products(
     sizes: list[int], theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
     coef: torch.Tensor, smoothing: float, directions: torch.Tensor, T: int,
-    hessian: bool = True,
+    hessian: bool = True, activation: Activation = RELU,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """``_step_products`` for the MLP by hand, all T targets' directions at once
-    (``directions``: float[T·P], layer-major, ``_layer_major``). The tangent of the forward
-    pass along each direction u (dz_l = da_{l−1} W_l + a_{l−1} dW_l + db_l, da_l = m_l ⊙ dz_l)
+    (``directions``: float[T·P], layer-major, ``_layer_major``). With m_l = φ'(z_l) the
+    activation's slopes and κ_l = φ''(z_l) its curvature, the tangent of the forward pass
+    along each direction u (dz_l = da_{l−1} W_l + a_{l−1} dW_l + db_l, da_l = m_l ⊙ dz_l)
     gives ∇ℓ_i·u = (p_i − q_i)·dlogits_i; the tangent of the backward pass (δ = coef ⊙ (p − q),
     dδ = coef ⊙ (p ⊙ dlogits − p (p·dlogits)), dgW_l = a_{l−1}ᵀ dδ_l + da_{l−1}ᵀ δ_l,
-    dδ_{l−1} = m ⊙ (dδ_l W_lᵀ + δ_l dW_lᵀ)) gives H u. The ReLU's second derivative is 0 (as
-    in autograd). With the targets folded into the columns, each product is one matrix
+    dδ_{l−1} = m ⊙ (dδ_l W_lᵀ + δ_l dW_lᵀ) + κ ⊙ dz_{l−1} ⊙ (δ_l W_lᵀ)) gives H u. The last
+    term is the activation's second-order one: 0 for the ReLU (as in autograd), not for
+    softplus or gelu. With the targets folded into the columns, each product is one matrix
     product over the batch, as the batched trainer's step is over its K models. Returns
     (H u float[T·P] layer-major, or None when not ``hessian``; ∇ℓ_i·u [T, c])."""
     layers = _unflatten(sizes, theta)
     dirs = _mlp_views(sizes, directions, T)
-    acts, masks, p, residual = _forward(layers, x, y, smoothing)
+    acts, slopes, pre, p, residual = _forward(layers, x, y, smoothing, activation)
     c, L = len(x), len(layers) // 2
+    curvature = None
+    if hessian:
+        curvature = [activation.second_derivative(z) for z in pre]
+        if any(k is None for k in curvature):
+            curvature = None
     d_acts: list[torch.Tensor | None] = [None]
+    d_pre: list[torch.Tensor] = []  # dz of the hidden layers (kept for the curvature term)
     for layer in range(L):
         weight, d_weight, d_bias = layers[2 * layer], dirs[2 * layer], dirs[2 * layer + 1]
         fan_in, fan_out = weight.shape
@@ -371,7 +389,9 @@ def _mlp_step_products(
         if d_acts[layer] is not None:
             dz += (d_acts[layer].reshape(c * T, fan_in) @ weight).view(c, T, fan_out)
         if layer < L - 1:
-            d_acts.append(dz * masks[layer][:, None, :])
+            d_acts.append(dz * slopes[layer][:, None, :])
+            if curvature is not None:
+                d_pre.append(dz)
     directional = (dz * residual[:, None, :]).sum(-1).T  # dz: the logits' tangent [c, T, C]
     if not hessian:
         return None, directional
@@ -391,14 +411,17 @@ def _mlp_step_products(
             ).transpose(0, 1)
         torch.sum(d_delta, 0, out=grads[2 * layer + 1])
         if layer:
-            mask = masks[layer - 1]
+            slope = slopes[layer - 1]
             # Σ_b δ[i, b] dW[a, t, b] -> [i, t, a]
             cross = (delta @ dirs[2 * layer].permute(2, 1, 0).reshape(fan_out, -1)).view(
                 c, T, fan_in
             )
             d_delta = ((d_delta.reshape(c * T, fan_out) @ weight.T).view(c, T, fan_in) + cross)
-            d_delta *= mask[:, None, :]
-            delta = (delta @ weight.T) * mask
+            d_delta *= slope[:, None, :]
+            back = delta @ weight.T  # ∂/∂a of the hidden layer below [c, fan_in]
+            if curvature is not None:
+                d_delta += d_pre[layer - 1] * (curvature[layer - 1] * back)[:, None, :]
+            delta = back * slope
     return out, directional
 
 

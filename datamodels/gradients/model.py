@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from datamodels.models.activations import RELU, Activation
 from datamodels.models.mlp import stacked_forward
 from datamodels.train.batched import logreg_bias_decay, logreg_objective
 from datamodels.train.lbfgs import batched_lbfgs
@@ -148,10 +149,12 @@ def logreg_model(
 
 
 def mlp_model(
-    layers: list[torch.Tensor], weight_decay: float, label_smoothing: float = 0.0
+    layers: list[torch.Tensor], weight_decay: float, label_smoothing: float = 0.0,
+    activation: Activation = RELU,
 ) -> FunctionalModel:
     """``layers``: one model's ``[W1 [d, h], b1 [h], ..., Wout [h, C], bout [C]]`` (unstacked
-    ``datamodels.models.mlp`` parameters). Every parameter is penalised, as in the trainer."""
+    ``datamodels.models.mlp`` parameters), hidden activation ``activation``. Every parameter
+    is penalised, as in the trainer."""
     shapes = [tuple(t.shape) for t in layers]
     sizes = [int(np.prod(s)) for s in shapes]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
@@ -162,11 +165,13 @@ def mlp_model(
         return [p[offsets[i] : offsets[i + 1]].view(shapes[i]) for i in range(len(shapes))]
 
     def logits_fn(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return stacked_forward(unflatten(p), x.reshape(x.shape[0], -1).to(p.dtype))
+        return stacked_forward(
+            unflatten(p), x.reshape(x.shape[0], -1).to(p.dtype), activation
+        )
 
     def features_fn(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        h = stacked_forward(unflatten(p)[:-2], x.reshape(x.shape[0], -1).to(p.dtype))
-        return torch.relu(h)
+        h = stacked_forward(unflatten(p)[:-2], x.reshape(x.shape[0], -1).to(p.dtype), activation)
+        return activation(h)
 
     flat = torch.cat([t.detach().double().reshape(-1) for t in layers])
     mask = torch.ones(P, dtype=torch.float64, device=flat.device)
@@ -181,7 +186,7 @@ def mlp_model(
             inputs.append(h)
             z = h @ parts[2 * layer] + parts[2 * layer + 1]
             pre.append(z)
-            h = torch.relu(z) if layer < len(parts) // 2 - 1 else z
+            h = activation(z) if layer < len(parts) // 2 - 1 else z
         return h, inputs, pre
 
     weight, bias = slice(offsets[-3], offsets[-2]), slice(offsets[-2], offsets[-1])

@@ -11,12 +11,16 @@
   ``C``-column products of the output layer about 3x faster on CPU.
 
 Initialisation follows ``torch.nn.Linear``: weights and biases ~ U(-1/sqrt(fan_in), +).
+The hidden activation φ (``relu`` by default) is an ``activations.Activation``, the one
+definition every path shares.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from datamodels.models.activations import RELU, Activation
 
 
 def layer_sizes(in_dim: int, hidden: int, depth: int, num_classes: int) -> list[int]:
@@ -44,7 +48,9 @@ def init_stacked(
     return [torch.stack(group).to(device) for group in zip(*per_model, strict=True)]
 
 
-def stacked_forward(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def stacked_forward(
+    params: list[torch.Tensor], x: torch.Tensor, activation: Activation = RELU
+) -> torch.Tensor:
     """Logits of K models. ``x``: float[K, B, d] (each model its own batch) or float[B, d]
     (one batch shared by all models); returns float[K, B, C]."""
     h = x
@@ -53,7 +59,7 @@ def stacked_forward(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor
         weight, bias = params[2 * layer], params[2 * layer + 1]
         h = torch.matmul(h, weight) + bias.unsqueeze(-2)
         if layer < last:
-            h = torch.relu(h)
+            h = activation(h)
     return h
 
 
@@ -66,7 +72,7 @@ def output_transposed(layers: list[torch.Tensor]) -> list[torch.Tensor]:
 def accumulate_gradients(
     layers: list[torch.Tensor], x: torch.Tensor, labels: torch.Tensor,
     example_weight: torch.Tensor, label_smoothing: float, grads: list[torch.Tensor],
-    beta: float, want_loss: bool = False,
+    beta: float, want_loss: bool = False, activation: Activation = RELU,
 ) -> torch.Tensor | None:
     """``grads ← beta·grads + ∇L`` for K MLPs at once, each on its own batch, in place (with
     ``beta = 0`` the old ``grads`` are ignored, NaN included; with ``beta = momentum`` this
@@ -81,14 +87,17 @@ def accumulate_gradients(
         ∂L_k/∂z_i = w_i·softmax(z_i) − w_i·q_i,
 
     with z_i the logits of model k on its example i; back through the layers:
-    ∂W = Aᵀ·∂Z, ∂b = Σ_i ∂Z_i, ∂A_prev = ∂Z·Wᵀ and ∂Z = ∂A ⊙ [Z > 0] at a ReLU.
-    Returns L: float[K] when ``want_loss``."""
+    ∂W = Aᵀ·∂Z, ∂b = Σ_i ∂Z_i, ∂A_prev = ∂Z·Wᵀ and ∂Z = ∂A ⊙ φ'(Z) at the activation φ
+    (``activation``; ReLU: [Z > 0]). Returns L: float[K] when ``want_loss``."""
     n_layers = len(layers) // 2
-    activations = [x]
+    activations, kept = [x], []
     for layer in range(n_layers - 1):
         weight, bias = layers[2 * layer], layers[2 * layer + 1]
-        hidden = torch.baddbmm(bias.unsqueeze(1), activations[-1], weight)
-        activations.append(hidden.clamp_(min=0))
+        hidden, keep = activation.forward_(
+            torch.baddbmm(bias.unsqueeze(1), activations[-1], weight)
+        )
+        activations.append(hidden)
+        kept.append(keep)
     # logits transposed, [K, C, B]: the product with C rows is the fast one
     logits = torch.baddbmm(layers[-1].unsqueeze(2), layers[-2], activations[-1].transpose(1, 2))
     num_classes = logits.shape[1]
@@ -107,7 +116,7 @@ def accumulate_gradients(
     _accumulate(grads[-1], delta.sum(2), beta)
     upstream = torch.bmm(delta.transpose(1, 2), layers[-2])  # ∂L/∂A [K, B, h]
     for layer in reversed(range(n_layers - 1)):
-        delta = torch.ops.aten.threshold_backward(upstream, activations[layer + 1], 0)
+        delta = activation.backward(upstream, kept[layer])
         grads[2 * layer].baddbmm_(activations[layer].transpose(1, 2), delta, beta=beta)
         _accumulate(grads[2 * layer + 1], delta.sum(1), beta)
         if layer:
@@ -122,7 +131,7 @@ def _accumulate(out: torch.Tensor, value: torch.Tensor, beta: float) -> None:
         out.mul_(beta).add_(value)
 
 
-def to_module(params: list[torch.Tensor]) -> nn.Sequential:
+def to_module(params: list[torch.Tensor], activation: Activation = RELU) -> nn.Sequential:
     """A ``nn.Sequential`` holding one model's parameters (``params`` unstacked), in their dtype."""
     layers: list[nn.Module] = []
     n_layers = len(params) // 2
@@ -136,5 +145,5 @@ def to_module(params: list[torch.Tensor]) -> nn.Sequential:
             linear.bias.copy_(bias)
         layers.append(linear)
         if layer < n_layers - 1:
-            layers.append(nn.ReLU())
+            layers.append(activation.module())
     return nn.Sequential(*layers)

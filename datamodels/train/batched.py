@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from datamodels.config import ModelConfig, TrainConfig
+from datamodels.models.activations import RELU, Activation, activation_for
 from datamodels.models.mlp import (
     accumulate_gradients,
     init_stacked,
@@ -135,6 +136,7 @@ def _train_mlp_chunk(
     device = data.train_x.device
     K = len(seeds)
     sizes = layer_sizes(data.in_dim, model.hidden, model.depth, data.num_classes)
+    activation = activation_for(model)
     initial = output_transposed(init_stacked([int(s) for s in seeds], sizes, device))
     initial = [p.to(data.train_x.dtype) for p in initial]  # float64 data: a float64 run
     params, layers = _flat_buffer(initial)
@@ -164,7 +166,7 @@ def _train_mlp_chunk(
             loss = accumulate_gradients(
                 layers, batch_x, labels[step], weight[step], recipe.label_smoothing,
                 momentum_layers if fused else grad_layers,
-                recipe.momentum if fused else 0.0, want_loss=last_epoch,
+                recipe.momentum if fused else 0.0, want_loss=last_epoch, activation=activation,
             )
             if fused:
                 if recipe.weight_decay:
@@ -187,7 +189,7 @@ def _train_mlp_chunk(
             previous_save = epoch + 1
     train_loss = (loss_sum.cpu().numpy() / np.maximum(steps_per_epoch, 1)).astype(np.float32)
     margins, accuracy = margins_and_accuracy(
-        lambda x, sl: _eval_logits([p[sl] for p in layers], x), data, K,
+        lambda x, sl: _eval_logits([p[sl] for p in layers], x, activation), data, K,
         models_per_chunk=EVAL_MODELS_PER_CHUNK,
     )
     return margins, train_loss, accuracy, snapshots
@@ -239,12 +241,15 @@ def _epoch_lrs(
     return torch.from_numpy(np.where(step < steps_per_epoch[None, :], recipe.lr * factors, 0.0))
 
 
-def _eval_logits(layers: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def _eval_logits(
+    layers: list[torch.Tensor], x: torch.Tensor, activation: Activation = RELU
+) -> torch.Tensor:
     """Logits float[k, n, C] (a transposed view) of k models on one shared batch x: float[n, d],
     with the output weight stored transposed."""
     h = x.reshape(len(x), -1).expand(len(layers[0]), -1, -1)
     for layer in range(len(layers) // 2 - 1):
-        h = torch.baddbmm(layers[2 * layer + 1].unsqueeze(1), h, layers[2 * layer]).clamp_(min=0)
+        h = torch.baddbmm(layers[2 * layer + 1].unsqueeze(1), h, layers[2 * layer])
+        h = activation.forward_(h)[0]
     return torch.baddbmm(layers[-1].unsqueeze(2), layers[-2], h.transpose(1, 2)).transpose(1, 2)
 
 

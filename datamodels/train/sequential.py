@@ -20,6 +20,7 @@ from torch import nn
 
 from datamodels.config import ModelConfig, TrainConfig
 from datamodels.data.beton import subset_loader
+from datamodels.models.activations import activation_for
 from datamodels.models.fastnet import build_fastnet
 from datamodels.models.mlp import init_params, layer_sizes, to_module
 from datamodels.models.resnet9 import build_resnet9
@@ -38,7 +39,9 @@ def build_module(model: ModelConfig, data: TrainData, seed: int) -> nn.Module:
         return build_factory_module(model, data, seed)
     if model.arch == "mlp":
         sizes = layer_sizes(data.in_dim, model.hidden, model.depth, data.num_classes)
-        return nn.Sequential(nn.Flatten(), to_module(init_params(seed, sizes)))
+        return nn.Sequential(
+            nn.Flatten(), to_module(init_params(seed, sizes), activation_for(model))
+        )
     if model.arch == "resnet9":
         return build_resnet9(seed, data.num_classes, model.width, in_channels=data.train_x.shape[1])
     if model.arch == "fastnet":

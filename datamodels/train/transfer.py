@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from datamodels.config import Config
+from datamodels.models.activations import Activation, activation_for
 from datamodels.train.data import TrainData, _stats
 from datamodels.train.outcome import CheckpointRequest, Snapshot, margins_and_accuracy
 
@@ -113,11 +114,13 @@ def pretrain(
     return [by_row[k].params for k in range(K)]
 
 
-def _features(bodies: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def _features(
+    bodies: list[torch.Tensor], x: torch.Tensor, activation: Activation
+) -> torch.Tensor:
     """float[K, n, h]: the stacked bodies' last hidden layer on a shared batch x[n, d]."""
     h = x.reshape(len(x), -1).expand(len(bodies[0]), -1, -1)
     for layer in range(len(bodies) // 2):
-        h = torch.baddbmm(bodies[2 * layer + 1].unsqueeze(1), h, bodies[2 * layer]).clamp(min=0)
+        h = activation(torch.baddbmm(bodies[2 * layer + 1].unsqueeze(1), h, bodies[2 * layer]))
     return h
 
 
@@ -181,7 +184,7 @@ def finetune(
             index = torch.from_numpy(perms[:, s * B : (s + 1) * B]).to(device)
             batch_x, batch_y = x[index], y[index]
             with torch.enable_grad():
-                logits = stacked_forward(params, batch_x)
+                logits = stacked_forward(params, batch_x, activation_for(config.model))
                 ce = F.cross_entropy(
                     logits.reshape(-1, logits.shape[-1]), batch_y.reshape(-1), reduction="none"
                 ).view(K, -1).mean(1)
@@ -208,18 +211,21 @@ def train_transfer(
     models = pretrain(data, class_masks, seeds, config)
     if config.transfer.recipe == "linear_probe":
         bodies = [torch.stack(group).to(device) for group in zip(*models, strict=True)][:-2]
-        feats = _features(bodies, data.target_train_x) if bodies else (
+        activation = activation_for(config.model)
+        feats = _features(bodies, data.target_train_x, activation) if bodies else (
             data.target_train_x.reshape(len(data.target_train_x), -1).expand(K, -1, -1)
         )
         weight, bias, loss = linear_probe(feats, data.target_train_y, data.target_classes, config)
-        test_feats = _features(bodies, data.eval_x).double()
+        test_feats = _features(bodies, data.eval_x, activation).double()
         logits = torch.baddbmm(bias.unsqueeze(1), test_feats, weight).float()
     else:
         stacked = [torch.stack(group) for group in zip(*models, strict=True)]
         from datamodels.models.mlp import stacked_forward
 
         params, loss = finetune(stacked, data, seeds, config)
-        logits = stacked_forward(params, data.eval_x.reshape(len(data.eval_x), -1))
+        logits = stacked_forward(
+            params, data.eval_x.reshape(len(data.eval_x), -1), activation_for(config.model)
+        )
     outputs, accuracy = margins_and_accuracy(
         lambda _x, sl: logits[sl], data, K, models_per_chunk=max(K, 1)
     )

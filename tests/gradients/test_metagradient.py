@@ -26,10 +26,28 @@ N, D, C, T = 48, 10, 3, 4
 SEED = 123
 
 
+SMOOTH = {"activation": "softplus", "softplus_beta": 4.0}  # φ'' ≠ 0: the adjoint's curvature
+
+
 @pytest.fixture(scope="module")
 def tiny():
     """A tiny float64 problem and a recipe using every part of it: momentum, weight decay,
     a warm-up schedule, label smoothing, a short last batch, two hidden layers."""
+    return _tiny({})
+
+
+@pytest.fixture(scope="module")
+def tiny_smooth():
+    """``tiny`` with the softplus activation."""
+    return _tiny(SMOOTH)
+
+
+@pytest.fixture(scope="module")
+def tiny_gelu():
+    return _tiny({"activation": "gelu"})
+
+
+def _tiny(activation: dict):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(N, D, generator=gen, dtype=torch.float64)
     y = torch.randint(0, C, (N,), generator=gen)
@@ -38,7 +56,7 @@ def tiny():
     data = TrainData(x, y, tx, ty, T, C, np.arange(N), "", torch.zeros(1, D), torch.ones(1, D))
     config = config_from_dict(
         {
-            "model": {"arch": "mlp", "hidden": 6, "depth": 2},
+            "model": {"arch": "mlp", "hidden": 6, "depth": 2, **activation},
             "train": {
                 "epochs": 3, "batch_size": 10, "lr": 0.2, "momentum": 0.9,
                 "weight_decay": 5e-3, "label_smoothing": 0.1, "schedule": "triangle",
@@ -59,8 +77,11 @@ def replayed_margins(tiny, weights=None) -> np.ndarray:
     return margins_from_logits(logits, data.eval_y)[0].numpy()
 
 
-@pytest.mark.parametrize("weighted", [False, True])
-def test_replay_is_the_trainers_run(tiny, weighted):
+@pytest.mark.parametrize(
+    "weighted, case", [(False, "tiny"), (True, "tiny"), (True, "tiny_smooth"), (True, "tiny_gelu")]
+)
+def test_replay_is_the_trainers_run(request, weighted, case):
+    tiny = request.getfixturevalue(case)
     data, config, mask = tiny
     weights = None
     if weighted:
@@ -72,7 +93,11 @@ def test_replay_is_the_trainers_run(tiny, weighted):
     np.testing.assert_allclose(replayed_margins(tiny, weights), margins[0], atol=1e-5)
 
 
-def test_metagradient_equals_central_differences(tiny):
+@pytest.mark.parametrize("case", ["tiny", "tiny_smooth"])
+def test_metagradient_equals_central_differences(request, case):
+    """The exact derivative of the real run (two hidden layers, momentum, weight decay,
+    label smoothing): with the ReLU and with softplus, whose adjoint has the curvature term."""
+    tiny = request.getfixturevalue(case)
     data, config, mask = tiny
     run = replay_mlp(data.train_x, data.train_y, mask, SEED, config.model, config.train, C)
     scores = metagradient_scores(run, data.train_x, data.train_y, data.eval_x, data.eval_y)
@@ -101,10 +126,16 @@ def test_metagradient_is_deterministic_and_self_scores_are_the_diagonal(tiny):
     torch.testing.assert_close(own, first[torch.arange(4), torch.from_numpy(positions)])
 
 
-@pytest.mark.parametrize("hessian", [True, False])
-def test_matmul_products_equal_the_autograd_reference(tiny, hessian):
+@pytest.mark.parametrize(
+    "hessian, case",
+    [(True, "tiny"), (False, "tiny"), (True, "tiny_smooth"), (False, "tiny_smooth"),
+     (True, "tiny_gelu")],
+)
+def test_matmul_products_equal_the_autograd_reference(request, hessian, case):
     """The hand-written batched adjoint (two hidden layers, weighted run) is the batched
-    double backward's, to rounding."""
+    double backward's, to rounding: for the ReLU, and for softplus and gelu, where the
+    Hessian-vector products carry the activation's second-order term."""
+    tiny = request.getfixturevalue(case)
     data, config, mask = tiny
     weights = np.random.default_rng(2).uniform(0, 2, N)
     run = replay_mlp(

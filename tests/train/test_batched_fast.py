@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from datamodels.config import config_from_dict
+from datamodels.models.activations import Activation
 from datamodels.models.mlp import (
     accumulate_gradients,
     init_stacked,
@@ -20,11 +21,11 @@ from datamodels.train.sequential import train_sequential
 from tests.train.digits_arrays import digits_data
 
 
-def _autograd_reference(layers, x, labels, real, smoothing):
+def _autograd_reference(layers, x, labels, real, smoothing, activation):
     """The pre-hand-written objective: per model, mean label-smoothed CE over its real
     examples (padding weighted 0), and its gradient by autograd."""
     params = [p.clone().requires_grad_(True) for p in layers]
-    logits = stacked_forward(params, x)
+    logits = stacked_forward(params, x, activation)
     K, B, C = logits.shape
     per_example = F.cross_entropy(
         logits.reshape(-1, C), labels.reshape(-1), reduction="none", label_smoothing=smoothing
@@ -35,23 +36,29 @@ def _autograd_reference(layers, x, labels, real, smoothing):
 
 @pytest.mark.parametrize("depth", [1, 2])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
-def test_hand_written_gradients_equal_autograd(depth, smoothing):
+@pytest.mark.parametrize(
+    "activation", [Activation("relu"), Activation("softplus", 4.0), Activation("gelu")],
+    ids=["relu", "softplus", "gelu"],
+)
+def test_hand_written_gradients_equal_autograd(depth, smoothing, activation):
     torch.manual_seed(0)
     K, B, d, h, C = 3, 7, 5, 6, 4
     sizes = layer_sizes(d, h, depth, C)
     layers = [p.double() for p in init_stacked([1, 2, 3], sizes)]
     x = torch.randn(K, B, d, dtype=torch.float64)
+    x[0, 0] *= 40  # pre-activations beyond softplus's threshold (βz > 20) too
     labels = torch.randint(0, C, (K, B))
     real = torch.ones(K, B, dtype=torch.float64)
     real[1, 4:] = 0  # a short last batch: padding rows
     real[2] = 0  # a model sitting the step out: all padding
-    loss, expected = _autograd_reference(layers, x, labels, real, smoothing)
+    loss, expected = _autograd_reference(layers, x, labels, real, smoothing, activation)
 
     weight = (real / real.sum(1, keepdim=True).clamp(min=1)).unsqueeze(1)  # [K, 1, B]
     stored = output_transposed(layers)
     grads = [torch.full_like(p, float("nan")) for p in stored]  # beta = 0 ignores them
     got = accumulate_gradients(
-        stored, x, labels.unsqueeze(1), weight, smoothing, grads, 0.0, want_loss=True
+        stored, x, labels.unsqueeze(1), weight, smoothing, grads, 0.0, want_loss=True,
+        activation=activation,
     )
     torch.testing.assert_close(got, loss, rtol=1e-12, atol=1e-12)
     for ours, theirs in zip(output_transposed(grads), expected, strict=True):
@@ -59,7 +66,9 @@ def test_hand_written_gradients_equal_autograd(depth, smoothing):
 
     # beta accumulates: grads ← beta·grads + ∇ (the fused momentum update)
     previous = [g.clone() for g in grads]
-    accumulate_gradients(stored, x, labels.unsqueeze(1), weight, smoothing, grads, 0.9)
+    accumulate_gradients(
+        stored, x, labels.unsqueeze(1), weight, smoothing, grads, 0.9, activation=activation
+    )
     for now, before in zip(grads, previous, strict=True):
         torch.testing.assert_close(now, 1.9 * before, rtol=1e-10, atol=1e-12)
 
