@@ -1,6 +1,8 @@
 """datamodels: training-data attribution by mass retraining.
 
-Stages (each idempotent and resumable): prepare -> train -> fit -> estimate -> removal -> evaluate.
+Stages (each idempotent and resumable): prepare -> train -> fit -> estimate -> removal -> evaluate;
+then sparse_layer (a sparse decision layer on a checkpoint), and the applications alpha_effect
+and lds_curve.
 The run directory (Parquet tables) is the public contract; `Run` reads it. The verbs::
 
     import datamodels as dm
@@ -15,11 +17,35 @@ The run directory (Parquet tables) is the public contract; `Run` reads it. The v
 # datamodels.evaluate.lds) would otherwise rebind the package attribute over the verb.
 import datamodels.evaluate
 import datamodels.train  # noqa: F401
-from datamodels.api import attack, estimate, evaluate, fit, removal, run, train
+from datamodels.api import (
+    alpha_effect,
+    attack,
+    estimate,
+    evaluate,
+    fit,
+    lds_curve,
+    removal,
+    run,
+    sparse_layer,
+    train,
+)
 from datamodels.config import load_config
 from datamodels.store import Run
 
 __version__ = "0.1.0"
 # The public verbs (``datamodels.api`` also has prepare, estimate_many, methods, compact and
 # train_shard for the command line).
-__all__ = ["Run", "attack", "estimate", "evaluate", "fit", "load_config", "removal", "run", "train"]
+__all__ = [
+    "Run",
+    "alpha_effect",
+    "attack",
+    "estimate",
+    "evaluate",
+    "fit",
+    "lds_curve",
+    "load_config",
+    "removal",
+    "run",
+    "sparse_layer",
+    "train",
+]

@@ -25,7 +25,20 @@ TINY = {
 
 def test_public_names_are_exactly_the_verbs():
     assert sorted(dm.__all__) == sorted(
-        ["load_config", "run", "train", "fit", "estimate", "evaluate", "attack", "removal", "Run"]
+        [
+            "load_config",
+            "run",
+            "train",
+            "fit",
+            "estimate",
+            "evaluate",
+            "attack",
+            "removal",
+            "sparse_layer",
+            "alpha_effect",
+            "lds_curve",
+            "Run",
+        ]
     )
     import datamodels.evaluate.lds  # noqa: F401 - submodules named like verbs
     import datamodels.train.grouped  # noqa: F401
