@@ -34,6 +34,7 @@ Both are pure functions over arrays (`alpha_effect`, `lds_curve`) with ``*_from_
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,31 @@ from datamodels.evaluate.lds import average_replicates, lds
 from datamodels.regress.lasso import split_rows
 from datamodels.stages.fit import eval_positions, fit_datamodels, min_models
 from datamodels.store import Run
+
+
+class _Fits:
+    """The fit stage's regression, many times over: its per-fit convergence warnings are
+    counted and said once (`warn`), not once per α level or model count."""
+
+    def __init__(self, fit: FitConfig) -> None:
+        self.fit, self.short, self.total = fit, 0, 0
+
+    def __call__(self, masks: np.ndarray, margins: np.ndarray):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            selection = fit_datamodels(masks, margins, self.fit)
+        self.short += int((~np.asarray(selection.converged)).sum())
+        self.total += int(np.asarray(selection.converged).size)
+        return selection
+
+    def warn(self, what: str) -> None:
+        if self.short:
+            warnings.warn(
+                f"{what}: {self.short:,} of {self.total:,} fitted datamodels stopped short of "
+                f"fit.tol={self.fit.tol:g} (their last iterate is used)",
+                UserWarning,
+                stacklevel=3,
+            )
 
 DEFAULT_COUNTS = (100, 200, 500, 1000, 2000)
 
@@ -118,10 +144,11 @@ def alpha_effect(
         eval_margins = eval_margins[:, targets]
     order = sorted(range(len(levels)), key=lambda i: (levels[i].alpha, levels[i].plan))
     fitted = []
+    fits = _Fits(fit)
     for i in order:
         level = levels[i]
         margins = level.margins[:m][:, targets]
-        selection = fit_datamodels(level.masks[:m][fitted_rows], margins[fitted_rows], fit)
+        selection = fits(level.masks[:m][fitted_rows], margins[fitted_rows])
         weights = np.asarray(selection.weights, dtype=np.float64)
         level_lds = _held_out_lds(weights, level.masks[:m][held_rows], margins[held_rows])
         eval_lds = (
@@ -130,6 +157,7 @@ def alpha_effect(
             else np.full(len(targets), np.nan)
         )
         fitted.append((level, weights, level_lds, eval_lds))
+    fits.warn("alpha_effect")
     if reference is None:
         name, reference = f"alpha={fitted[-1][0].alpha:.3g}", fitted[-1][1]  # the largest α
     else:
@@ -207,8 +235,9 @@ def lds_curve(
         )
     subsets, true_margins = average_replicates(eval_masks, eval_margins)
     rows = []
+    fits = _Fits(fit)
     for count in chosen:
-        selection = fit_datamodels(masks[:count], margins[:count], fit)
+        selection = fits(masks[:count], margins[:count])
         result = lds(selection.weights, subsets, true_margins)
         defined = result.per_target[np.isfinite(result.per_target)]
         rows.append(
@@ -221,6 +250,7 @@ def lds_curve(
                 "n_targets": result.n_targets,
             }
         )
+    fits.warn("lds_curve")
     return pd.DataFrame(rows)
 
 
