@@ -30,12 +30,17 @@ def write_cifar_archive(
         for name, raw in payloads.items():
             (root / name).write_bytes(raw)
         return path
+    write_tar(path, "cifar-10-batches-py", payloads)
+    return path
+
+
+def write_tar(path: Path, folder: str, members: dict[str, bytes]) -> None:
+    """A gzipped tar archive at ``path`` holding ``folder/<name>`` for each member."""
     with tarfile.open(path, "w:gz") as archive:
-        for name, raw in payloads.items():
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+        for name, raw in members.items():
+            info = tarfile.TarInfo(f"{folder}/{name}")
             info.size = len(raw)
             archive.addfile(info, io.BytesIO(raw))
-    return path
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@ classes, the transfer report with its counterfactual, config refusals, the CIFAR
 
 from __future__ import annotations
 
-import io
 import pickle
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from datamodels.errors import ConfigError, DatamodelsError
 from datamodels.orchestrate.executor import SerialExecutor
 from datamodels.plans import masks_for, plan_models
 from datamodels.store import Run, models_table
+from tests.conftest import write_tar
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -264,11 +263,7 @@ def write_cifar100_archive(path: Path, n_train: int = 12, n_test: int = 5, seed:
     payloads["meta"] = pickle.dumps(
         {b"fine_label_names": [f"c{i}".encode() for i in range(100)]}
     )
-    with tarfile.open(path, "w:gz") as archive:
-        for name, raw in payloads.items():
-            info = tarfile.TarInfo(f"cifar-100-python/{name}")
-            info.size = len(raw)
-            archive.addfile(info, io.BytesIO(raw))
+    write_tar(path, "cifar-100-python", payloads)
     return payloads
 
 

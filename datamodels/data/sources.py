@@ -141,23 +141,7 @@ def load_cifar10_dataset(cfg: DatasetConfig) -> ArrayDataset:
             "cifar-10-python.tar.gz or to its extracted cifar-10-batches-py folder"
         )
     names = (*CIFAR_TRAIN_BATCHES, CIFAR_TEST_BATCH)
-    raws: dict[str, bytes] = {}
-    if path.is_dir():
-        root = path / CIFAR_DIR if (path / CIFAR_DIR).is_dir() else path
-        for name in names:
-            if not (root / name).is_file():
-                raise DataError(f"dataset.path: {root / name} is missing from the CIFAR-10 folder")
-            raws[name] = (root / name).read_bytes()
-    else:
-        try:
-            with tarfile.open(path, "r:*") as archive:
-                members = {Path(m.name).name: m for m in archive.getmembers() if m.isfile()}
-                for name in names:
-                    if name not in members:
-                        raise DataError(f"dataset.path: {path} has no member {CIFAR_DIR}/{name}")
-                    raws[name] = archive.extractfile(members[name]).read()  # type: ignore[union-attr]
-        except tarfile.TarError as err:
-            raise DataError(f"dataset.path: {path} is not a readable tar archive ({err})") from None
+    raws = _archive_members(path, CIFAR_DIR, names, "CIFAR-10")
     parts = [_read_cifar_batch(raws[name], f"{path}:{name}") for name in names]
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])

@@ -377,11 +377,16 @@ def build_report(
         f'<section id="{key}"><h2>{html.escape(title)}</h2>{bodies[key]}</section>'
         for key, title in SECTIONS
     )
-    title = f"datamodels report: {html.escape(run.uri)}"
+    return write_page(f"datamodels report: {html.escape(run.uri)}", sections, out)
+
+
+def write_page(title: str, body: str, out: str | Path) -> Path:
+    """One self-contained page (``title`` already escaped, ``body`` HTML) written atomically
+    to ``out``; returns its path."""
     page = (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
         f'<link rel="icon" href="data:,"><style>{_STYLE}</style></head>'
-        f"<body><h1>{title}</h1>{sections}</body></html>"
+        f"<body><h1>{title}</h1>{body}</body></html>"
     )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -247,7 +247,7 @@ def build_transfer_report(
 ) -> Path:
     """Write the transfer report of ``run`` (default ``<run>/transfer_report.html``)."""
     from datamodels.report import plots
-    from datamodels.report.html import _STYLE, _img, _note, _table
+    from datamodels.report.html import _img, _note, _table, write_page
 
     run = run if isinstance(run, Run) else Run(run)
     if out is None:
@@ -304,15 +304,4 @@ def build_transfer_report(
     body = "".join(
         f"<section><h2>{html.escape(title)}</h2>{content}</section>" for title, content in sections
     )
-    title = f"transfer report: {html.escape(run.uri)}"
-    page = (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-        f'<link rel="icon" href="data:,"><style>{_STYLE}</style></head>'
-        f"<body><h1>{title}</h1>{body}</body></html>"
-    )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_suffix(out.suffix + ".tmp")
-    temporary.write_text(page, encoding="utf-8")
-    temporary.replace(out)
-    return out
+    return write_page(f"transfer report: {html.escape(run.uri)}", body, out)
