@@ -12,7 +12,21 @@ from tests.test_report import report_run  # noqa: F401 - the session fixture, bu
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 
 
-@pytest.mark.parametrize("name", ["explore_run.ipynb", "applications.ipynb", "alpha_effect.ipynb"])
+NOTEBOOKS = [
+    "explore_run.ipynb",
+    "leakage.ipynb",
+    "embeddings.ipynb",
+    "loo_agreement.ipynb",
+    "removal_and_brittleness.ipynb",
+    "alpha_effect.ipynb",
+]
+
+
+def test_every_notebook_is_executed():
+    assert sorted(NOTEBOOKS) == sorted(p.name for p in ANALYSIS.glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_without_errors(name, report_run, monkeypatch):  # noqa: F811
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
