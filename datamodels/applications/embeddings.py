@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from datamodels.applications.tables import split_scores
 from datamodels.store import Run
@@ -42,7 +43,10 @@ def embed(
     unit = _normalise(np.asarray(weights, dtype=np.float64))
     centred = unit - unit.mean(0, keepdims=True)
     k = max(0, min(n_components, *centred.shape))
-    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    # one BLAS thread: a T x n SVD this size takes ~0.05 s either way on a quiet machine, but
+    # OpenBLAS's spinning threads made it ~7 s on 2 busy cores
+    with threadpool_limits(limits=1, user_api="blas"):
+        _, singular, vt = np.linalg.svd(centred, full_matrices=False)
     components = vt[:k]
     signs = np.sign(components[np.arange(k), np.abs(components).argmax(1)])
     components = components * np.where(signs == 0, 1.0, signs)[:, None]
