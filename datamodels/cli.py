@@ -364,7 +364,8 @@ def run_all(
 @app.command()
 @user_errors
 def status(run: RunArg) -> None:
-    """Per plan: models planned, done, failed (attempts spent) and missing."""
+    """Per plan: models planned, done, failed (attempts spent), waiting (a removal or stored
+    plan before its masks are written) and missing."""
     from datamodels.stages.prepare import load_run_config
     from datamodels.stages.status import plan_status
 

@@ -10,7 +10,7 @@ import pandas as pd
 
 from datamodels.config import Config
 from datamodels.errors import InfrastructureError
-from datamodels.plans import plan_models, tmc_walk_state
+from datamodels.plans import STORED_KINDS, plan_models, tmc_walk_state
 from datamodels.store import FAILURES_PATH, Run
 
 
@@ -28,8 +28,10 @@ def clear_failures(run: Run) -> str | None:
 
 
 def plan_status(config: Config, run: Run) -> pd.DataFrame:
-    """One row per plan: planned, done, failed (attempt budget spent), missing. A tmc plan
-    counts permutation walks (a walk stops early, so most of its prefix ids never exist)."""
+    """One row per plan: planned, done, failed (attempt budget spent), waiting (a stored-mask
+    plan's models before its ``plan_masks/`` table exists: ``train`` cannot make them yet),
+    missing. A tmc plan counts permutation walks (a walk stops early, so most of its prefix
+    ids never exist)."""
     n_train = run.n_train
     planned = plan_models(config, n_train)
     done = run.stored_model_ids()
@@ -49,6 +51,8 @@ def plan_status(config: Config, run: Run) -> pd.DataFrame:
             present = np.isin(units, done)
         n_done = int(present.sum())
         n_failed = int((~present & np.isin(units, spent)).sum())
+        blocked = plan.kind in STORED_KINDS and run.plan_masks(plan.name) is None
+        n_waiting = len(units) - n_done - n_failed if blocked else 0
         rows.append(
             {
                 "plan": plan.name,
@@ -56,7 +60,8 @@ def plan_status(config: Config, run: Run) -> pd.DataFrame:
                 "planned": len(units),
                 "done": n_done,
                 "failed": n_failed,
-                "missing": len(units) - n_done - n_failed,
+                "waiting": n_waiting,
+                "missing": len(units) - n_done - n_failed - n_waiting,
             }
         )
     return pd.DataFrame(rows)

@@ -18,6 +18,7 @@ from datamodels.errors import StoreError
 from datamodels.evaluate.removal import removal_metrics
 from datamodels.orchestrate.executor import SerialExecutor
 from datamodels.plans import n_masks, plan_models
+from datamodels.stages.status import plan_status
 from datamodels.store import Run, query, verify
 
 WEIGHT_DECAY = 0.05
@@ -87,8 +88,11 @@ def test_a_stored_mask_plan_waits_for_its_table_trains_once_and_resumes(logreg_r
     run = Run(out)
     assert first.trained == 1 == first.planned  # only `full`: the stored-mask plans waited
     assert len(run.model_ids(plan="picked")) == 0
+    status = plan_status(config, run).set_index("plan")
+    assert status.loc["picked", ["waiting", "missing"]].tolist() == [4, 0]  # not trainable yet
     removed = [np.array([], np.int64), np.array([0]), np.array([1, 2]), np.arange(10)]
     run.write_plan_masks("picked", removed)
+    assert plan_status(config, run).set_index("plan").loc["picked", "missing"] == 4
     with pytest.raises(StoreError, match="written once"):
         run.write_plan_masks("picked", removed)
     executor = SerialExecutor()
@@ -105,6 +109,8 @@ def test_a_stored_mask_plan_waits_for_its_table_trains_once_and_resumes(logreg_r
     assert dm.train(config, out, executor=executor, show_progress=False).trained == lost > 0
     assert np.array_equal(run.stored_model_ids(), every)
     assert dm.train(config, out, executor=executor, show_progress=False).trained == 0
+    picked = plan_status(config, run).set_index("plan").loc["picked"]
+    assert picked[["done", "waiting"]].tolist() == [4, 0]
 
 
 def test_logreg_removal_is_the_exact_effect_of_training_without_the_set(logreg_run):
