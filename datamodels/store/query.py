@@ -2,7 +2,8 @@
 
 `connect` gives an in-memory DuckDB connection with one view per table that exists:
 ``models``, ``examples``, ``failures``, ``weights``, ``targets``, ``evaluation``,
-``removal_sets``, ``removal_results``, ``alpha_effect``, ``lds_curve`` and
+``removal_sets``, ``removal_results``, ``alpha_effect``, ``lds_curve``, ``sparse_path``,
+``sparse_weights``, ``sparse_features``, ``sparse_summary``, ``source_classes`` and
 ``scores_<method>``. Local runs get views over the Parquet files themselves (DuckDB's own
 reader); remote runs (``s3://`` ...) get the same names over pyarrow datasets registered with
 DuckDB. `query` runs only read statements (SELECT / WITH / DESCRIBE / SHOW / SUMMARIZE /
@@ -37,6 +38,11 @@ from datamodels.store.schemas import (
     REMOVAL_RESULTS_PATH,
     REMOVAL_SETS_PATH,
     SCORES_DIR,
+    SOURCE_CLASSES_PATH,
+    SPARSE_FEATURES_PATH,
+    SPARSE_PATH_PATH,
+    SPARSE_SUMMARY_PATH,
+    SPARSE_WEIGHTS_PATH,
     TARGETS_PATH,
     WEIGHTS_PATH,
 )
@@ -51,6 +57,11 @@ _SINGLE_TABLES = {
     "removal_results": REMOVAL_RESULTS_PATH,
     "alpha_effect": ALPHA_EFFECT_PATH,
     "lds_curve": LDS_CURVE_PATH,
+    "sparse_path": SPARSE_PATH_PATH,
+    "sparse_weights": SPARSE_WEIGHTS_PATH,
+    "sparse_features": SPARSE_FEATURES_PATH,
+    "sparse_summary": SPARSE_SUMMARY_PATH,
+    "source_classes": SOURCE_CLASSES_PATH,
 }
 _READ_TYPES = {duckdb.StatementType.SELECT}
 _READ_PRAGMAS = re.compile(

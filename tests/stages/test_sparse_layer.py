@@ -18,7 +18,7 @@ from datamodels.orchestrate.context import Context
 from datamodels.orchestrate.executor import SerialExecutor
 from datamodels.report import build_report
 from datamodels.stages.sparse_layer import choose_lambda
-from datamodels.store import Run
+from datamodels.store import Run, query
 from datamodels.store.checkpoints import load_checkpoint
 
 # one model on the whole train split, the digits default's MLP and recipe, checkpointed
@@ -104,6 +104,8 @@ def test_rerun_is_up_to_date_and_the_cli_and_report_show_it(sparse_run, tmp_path
     assert "Sparse decision layer" in section and "no sparse_layer/" not in section
     assert section.count("data:image/png;base64,") == 2  # the path and the feature images
     assert f"{summary['sparse_test_accuracy']:.4f}" in section
+    sql = query(uri, "SELECT sparse_test_accuracy FROM sparse_summary")  # the SQL views
+    assert sql.iloc[0, 0] == pytest.approx(summary["sparse_test_accuracy"])
 
 
 def test_a_model_without_checkpoint_is_refused(sparse_run):
