@@ -501,6 +501,11 @@ def transfer_report(
 
     handle = _existing_run(run)
     config = load_run_config(handle)
+    if config.transfer is None:
+        raise DatamodelsError(
+            f"{run} is not a transfer run (its config has no transfer section); see "
+            "configs/transfer_digits.yaml, and `datamodels report` for this run"
+        )
     result = None
     if counterfactual:
         result = run_counterfactual(

@@ -302,3 +302,16 @@ def test_transfer_report_command(small_run):
     bad = CliRunner().invoke(app, ["transfer-report", run.uri, "--no-counterfactual",
                                    "--source-class", "nope"])
     assert bad.exit_code == 2 and "neither a source class name" in bad.output
+
+
+def test_transfer_report_refuses_a_run_that_is_not_a_transfer_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from datamodels.cli import app
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text(load_config(CONFIGS / "digits.yaml").to_yaml())
+    result = CliRunner().invoke(app, ["transfer-report", str(out)])
+    assert result.exit_code == 2 and "is not a transfer run" in result.output
+    assert not (out / "transfer_report.html").exists() and not (out / "plan_masks").exists()
