@@ -434,7 +434,8 @@ class TransferConfig(_Section):
       ``finetune`` (every layer trained on the target's train split, a new head, SGD with
       ``epochs``, ``lr``, ``batch_size``, momentum 0.9 and ``weight_decay``).
 
-    Pre-training uses the ``train`` and ``model`` sections (``model.arch: mlp``). Margins are
+    Pre-training uses the ``train`` and ``model`` sections (any architecture but ``logreg``;
+    ``finetune`` needs ``model.arch: mlp``). Margins are
     recorded on the target's test split only (``dataset.eval_train`` does not apply).
     Absent (null, the default), the config hashes as it did before this section existed."""
 
@@ -578,10 +579,16 @@ class Config(_Section):
                 f"plans {', '.join(wrong)}: a transfer run's masks are over source classes; "
                 "use plan kinds classes, alpha, alpha_grid or stored"
             )
-        if self.model.arch != "mlp" or self.resources.trainer != "batched":
+        if self.model.arch in ("logreg", "null"):
             raise ValueError(
-                "transfer runs pre-train with the batched mlp trainer (model.arch: mlp, "
-                f"resources.trainer: batched); this config has model.arch={self.model.arch!r}"
+                "transfer runs pre-train a network whose body is kept (model.arch mlp, "
+                "resnet9, fastnet or a model.factory module); this config has "
+                f"model.arch={self.model.arch!r}"
+            )
+        if self.transfer.recipe == "finetune" and self.model.arch != "mlp":
+            raise ValueError(
+                f"transfer.recipe finetune trains mlp models only; model.arch="
+                f"{self.model.arch!r} transfers with transfer.recipe: linear_probe"
             )
         if self.checkpoints.plan is not None:
             raise ValueError(

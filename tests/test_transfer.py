@@ -103,6 +103,78 @@ def test_transfer_model_ignores_the_data_of_excluded_source_classes(small_run):
     np.testing.assert_array_equal(stored[0][0], mask[0])
 
 
+def _conv_config(model: dict) -> dict:
+    """The small transfer config on 8×8×1 digit images with a conv net ``model``."""
+    images = {"factory": "datamodels.data.transfer:digits_target",
+              "kwargs": {"train_per_class": 5, "images": True}}
+    source = {"factory": "datamodels.data.transfer:digits_source",
+              "kwargs": {"transforms": ["upright"], "mixed": 2, "images": True}}
+    return _transfer_config(
+        dataset=images, transfer={"source": source}, model=model,
+        train={"epochs": 2, "batch_size": 64, "lr": 0.05},
+        plans=[
+            {"name": "train", "kind": "classes", "alpha": 0.5, "count": 24},
+            {"name": "eval", "kind": "classes", "alpha": 0.5, "count": 4},
+        ],
+    )
+
+
+SMALL_CNN = {"factory": "tests.custom_models:make_cnn", "kwargs": {"width": 4}}
+
+
+@pytest.fixture(scope="module")
+def conv_run(tmp_path_factory):
+    """A transfer run whose models are a small CNN (``model.factory``, vmapped) trained."""
+    config = load_config(_conv_config(SMALL_CNN))
+    run = Run(str(tmp_path_factory.mktemp("transfer_conv") / "run"))
+    summary = api.train(config, run, executor=SerialExecutor(), show_progress=False)
+    return config, run, summary
+
+
+def test_conv_transfer_run_trains_and_fits(conv_run):
+    """A conv net pre-trained on source classes by the project's trainer, then probed on its
+    last linear layer's input features: every model records finite margins on the target's
+    test images, well above chance, and fit gives one weight per source class."""
+    config, run, summary = conv_run
+    assert summary.trained == 28 and summary.failed == 0
+    masks, margins = run.masks_and_margins(plan="train")
+    assert masks.shape == (24, 12) and margins.shape == (24, run.n_eval)
+    assert np.isfinite(margins).all() and (margins > 0).mean() > 0.4  # 10 classes: chance 0.1
+    api.fit(config, run, show_progress=False)
+    _, scores = run.scores("datamodels")
+    assert scores.shape == (run.n_eval, 12) and np.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("model", [{"arch": "resnet9", "width": 4}, SMALL_CNN],
+                         ids=["resnet9", "factory"])
+def test_conv_transfer_model_ignores_the_data_of_excluded_source_classes(conv_run, model):
+    """The conv paths (resnet9 one at a time with BatchNorm and augmentation; a vmapped
+    factory CNN): scrambling the images of excluded source classes leaves the recorded
+    margins bit-identical; scrambling an included class changes them."""
+    from datamodels.orchestrate.context import local_beton
+    from datamodels.train.transfer import load_transfer_data, train_transfer
+
+    base, run, _ = conv_run
+    config = config_from_dict(_conv_config(model))
+    mask = masks_for(base, plan_models(base, 12).take(np.array([0])), 12)
+    seeds = np.array([7])
+
+    def margins(scramble: np.ndarray | None) -> np.ndarray:
+        data = load_transfer_data(local_beton(run, base.hash), run.examples())
+        assert data.source.is_image
+        if scramble is not None:
+            rows = torch.from_numpy(np.isin(data.class_of, scramble))
+            shape = data.source.train_x[rows].shape
+            data.source.train_x[rows] = torch.randn(
+                shape, generator=torch.Generator().manual_seed(0)
+            )
+        return train_transfer(mask, seeds, data, config)[0]
+
+    plain = margins(None)
+    np.testing.assert_array_equal(plain, margins(np.flatnonzero(~mask[0])))
+    assert not np.allclose(plain, margins(np.flatnonzero(mask[0])), atol=1e-3)
+
+
 def _planted_run(path: Path, n_classes=20, n_test=6, seed=0) -> tuple[Run, np.ndarray]:
     """A transfer-layout run whose margins are a sparse linear function of the class masks
     of its ``classes`` plans (the masks the planner draws), plus noise."""
@@ -211,7 +283,11 @@ def test_transfer_run_end_to_end_report_and_counterfactual(small_run):
     ("change", "message"),
     [
         ({"transfer": None}, "kind classes samples source classes; add a transfer section"),
-        ({"model": {"arch": "logreg"}}, "transfer runs pre-train with the batched mlp trainer"),
+        ({"model": {"arch": "logreg"}}, "transfer runs pre-train a network whose body is kept"),
+        (
+            {"model": {"arch": "resnet9"}, "transfer": {"recipe": "finetune"}},
+            "transfer.recipe finetune trains mlp models only; .* linear_probe",
+        ),
         (
             {"plans": [{"name": "t", "kind": "tmc", "count": 2}]},
             "plans t: a transfer run's masks are over source classes",
@@ -247,6 +323,7 @@ def test_shipped_transfer_configs_validate():
     cifar = load_config(CONFIGS / "transfer_cifar.yaml")
     assert cifar.transfer.source.name == "cifar100" and cifar.dataset.name == "cifar10"
     assert cifar.resources.num_gpus > 0
+    assert cifar.model.arch in ("resnet9", "fastnet") and cifar.transfer.recipe == "linear_probe"
 
 
 def write_cifar100_archive(path: Path, n_train: int = 12, n_test: int = 5, seed: int = 0):

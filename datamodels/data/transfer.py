@@ -70,28 +70,34 @@ def _check_transforms(transforms) -> list[str]:
 
 def digits_source(
     transforms: list[str] = ("upright", "rot90", "flip"), mixed: int = 4, half_seed: int = 0,
-    test_fraction: float = 0.1,
+    test_fraction: float = 0.1, images: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(features float32[N, 64], source class int64[N], is_test bool[N]): class
     ``t * 10 + d`` is digit d under ``transforms[t]``; the last ``mixed`` classes each hold
     an equal share of the half's upright digits, every identity under one label. A seeded
-    ``test_fraction`` of every class is its test split (unused by transfer runs)."""
+    ``test_fraction`` of every class is its test split (unused by transfer runs).
+    ``images``: the features as uint8 images [N, 8, 8, 1] (for conv nets)."""
     transforms = _check_transforms(transforms)
-    images, labels, source, _ = _digits_halves(half_seed)
+    pixels, labels, source, _ = _digits_halves(half_seed)
     xs, ys = [], []
     for t, name in enumerate(transforms):
-        xs.append(np.ascontiguousarray(TRANSFORMS[name](images[source])))
+        xs.append(np.ascontiguousarray(TRANSFORMS[name](pixels[source])))
         ys.append(t * 10 + labels[source])
     if mixed:
         rng = np.random.default_rng([half_seed, 271828])
         order = rng.permutation(len(source))
-        xs.append(images[source][order])
+        xs.append(pixels[source][order])
         ys.append(len(transforms) * 10 + np.arange(len(source)) % mixed)
     features = np.concatenate(xs).reshape(-1, 64)
     classes = np.concatenate(ys).astype(np.int64)
     rng = np.random.default_rng([half_seed, 4242])
     is_test = rng.random(len(classes)) < test_fraction
-    return features, classes, is_test
+    return _as_images(features) if images else features, classes, is_test
+
+
+def _as_images(features: np.ndarray) -> np.ndarray:
+    """float32[N, 64] in [0, 1] -> uint8 images [N, 8, 8, 1]."""
+    return np.round(features * 255).astype(np.uint8).reshape(-1, 8, 8, 1)
 
 
 def _source_names(
@@ -105,18 +111,19 @@ digits_source.class_names = _source_names  # type: ignore[attr-defined]
 
 
 def digits_target(
-    train_per_class: int = 10, half_seed: int = 0
+    train_per_class: int = 10, half_seed: int = 0, images: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(features float32[N, 64], digit int64[N], is_test bool[N]): the other half of the
     digits, upright; the first ``train_per_class`` of every digit (seeded) are the transfer
-    set, the rest the test split."""
-    images, labels, _, target = _digits_halves(half_seed)
+    set, the rest the test split. ``images``: uint8 images [N, 8, 8, 1] (for conv nets)."""
+    pixels, labels, _, target = _digits_halves(half_seed)
     rng = np.random.default_rng([half_seed, 1618])
     is_test = np.ones(len(target), dtype=bool)
     for digit in range(10):
         rows = np.flatnonzero(labels[target] == digit)
         is_test[rng.permutation(rows)[:train_per_class]] = False
-    return images[target].reshape(-1, 64), labels[target], is_test
+    features = pixels[target].reshape(-1, 64)
+    return _as_images(features) if images else features, labels[target], is_test
 
 
 digits_target.class_names = lambda **_: [str(d) for d in range(10)]  # type: ignore[attr-defined]

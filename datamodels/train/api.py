@@ -98,6 +98,16 @@ def _dispatch(
         from datamodels.train.transfer import train_transfer
 
         return train_transfer(masks, seeds, data, config)
+    return train_models(masks, seeds, data, config, loader, checkpoints, example_weights)
+
+
+def train_models(
+    masks: np.ndarray, seeds: np.ndarray, data: TrainData, config: Config, loader: str,
+    checkpoints: CheckpointRequest | None, example_weights: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Snapshot]]:
+    """The architecture's trainer on ``data`` (every path but transfer's; a transfer run
+    pre-trains through it on its source examples). Returns (margins, loss, accuracy,
+    snapshots)."""
     if example_weights is not None:
         if not uses_batched_path(config, loader) or config.model.arch != "mlp":
             raise ConfigError(

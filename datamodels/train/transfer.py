@@ -2,21 +2,27 @@
 
 Each model (Jain et al. 2022):
 
-1. **pre-trains** an MLP (``model``, ``train`` sections) on the source examples of its
-   source classes: the class mask is expanded to an example mask and the models go through
-   the batched MLP trainer (``train_mlp_batched``), K at once, as any other run's do;
-2. **transfers** to the target: the pre-trained body (every layer but the head) is kept and a
-   new head for the target's classes is trained on the target's train split, either as a
-   ``linear_probe`` (body frozen; the head solves the ``logreg`` objective on the features —
-   mean cross-entropy + weight_decay/2·||W||² — full-batch with the project's batched
-   L-BFGS in float64 to ``transfer.tolerance``, from 0, so the same features give the
-   same head) or by ``finetune`` (every layer, SGD with momentum 0.9,
-   a linearly decaying lr, each model its own seeded batch order and head initialisation);
+1. **pre-trains** the ``model`` (any architecture the project trains: ``mlp``, ``resnet9``,
+   ``fastnet``, a ``model.factory`` module) with the ``train`` section on the source examples
+   of its source classes: the class mask is expanded to an example mask and the models go
+   through the project's trainer (``train.api.train_models``: batched MLP, grouped fastnet,
+   vmapped or one-at-a-time modules), K at once where that path allows, as any other run's
+   do; each model comes back as its final checkpoint (the trainer's snapshot layers);
+2. **transfers** to the target: the pre-trained body is kept and a new head for the target's
+   classes is trained on the target's train split, either as a ``linear_probe`` (body frozen;
+   the features are the input of the last linear layer: the MLP's last hidden layer, a
+   module's last ``nn.Linear`` input read by ``gradients.representer.last_layer_features``
+   with the module in eval mode; the head solves the ``logreg`` objective on them — mean
+   cross-entropy + weight_decay/2·||W||² — full-batch with the project's batched L-BFGS in
+   float64 to ``transfer.tolerance``, from 0, so the same features give the same head) or by
+   ``finetune`` (MLPs only: every layer, SGD with momentum 0.9, a linearly decaying lr, each
+   model its own seeded batch order and head initialisation);
 3. records ``train.output`` (margins by default) on the target's test split.
 
-Every input (source and target) is standardised with the statistics of the target's train
-split, a fixed set: so nothing a model computes depends on the source classes its mask
-leaves out (not even through the normalisation), nor on which other models share the call.
+Every input (source and target) is normalised with the statistics of the target's train
+split (per feature, or per channel for images after scaling to [0, 1]), a fixed set: so
+nothing a model computes depends on the source classes its mask leaves out (not even through
+the normalisation), nor on which other models share the call.
 """
 
 from __future__ import annotations
@@ -101,17 +107,39 @@ def load_transfer_data(
 def pretrain(
     data: TransferData, class_masks: np.ndarray, seeds: np.ndarray, config: Config
 ) -> list[list[torch.Tensor]]:
-    """K pre-trained MLPs (each its layer list ``[W1 [d, h], b1, ..., Wout, bout]``)."""
-    from datamodels.train.batched import train_mlp_batched
+    """K pre-trained models, each its final checkpoint's layers (CPU): an MLP's layer list
+    ``[W1 [d, h], b1, ..., Wout, bout]``, any other architecture its ``state_dict`` tensors
+    in order (what ``gradients.checkpointed.functional_model`` loads)."""
+    from datamodels.train.api import train_models
+    from datamodels.train.outcome import recording
 
     K = len(seeds)
     request = CheckpointRequest(tuple(range(K)), (config.train.epochs,))
-    *_, snapshots = train_mlp_batched(
-        data.source, data.example_masks(class_masks), seeds, config.model, config.train,
-        request,
-    )
+    # the source margins are not kept (train.output is the target's); trainers differentiate
+    with recording("margin"), torch.enable_grad():
+        *_, snapshots = train_models(
+            data.example_masks(class_masks), seeds, data.source, config, "resident", request
+        )
     by_row: dict[int, Snapshot] = {s.row: s for s in snapshots}
     return [by_row[k].params for k in range(K)]
+
+
+def module_features(
+    layers: list[torch.Tensor], data: TransferData, config: Config, *xs: torch.Tensor
+) -> list[torch.Tensor]:
+    """One pre-trained module's penultimate features (float64[n, h], the input of its last
+    ``nn.Linear``, eval mode) of each input batch in ``xs``."""
+    from datamodels.errors import ConfigError
+    from datamodels.gradients.checkpointed import functional_model
+    from datamodels.gradients.representer import last_layer_features
+
+    model = functional_model(config, data.source, layers)
+    if model.head_io is None:
+        raise ConfigError(
+            f"transfer.recipe linear_probe reads the input of model.arch={config.model.arch!r}'s "
+            f"last nn.Linear, but {model.head_problem}"
+        )
+    return [last_layer_features(model, x)[0] for x in xs]
 
 
 def _features(
@@ -210,13 +238,21 @@ def train_transfer(
     device = data.eval_x.device
     models = pretrain(data, class_masks, seeds, config)
     if config.transfer.recipe == "linear_probe":
-        bodies = [torch.stack(group).to(device) for group in zip(*models, strict=True)][:-2]
-        activation = activation_for(config.model)
-        feats = _features(bodies, data.target_train_x, activation) if bodies else (
-            data.target_train_x.reshape(len(data.target_train_x), -1).expand(K, -1, -1)
-        )
+        if config.model.arch == "mlp":
+            bodies = [torch.stack(group).to(device) for group in zip(*models, strict=True)][:-2]
+            activation = activation_for(config.model)
+            feats = _features(bodies, data.target_train_x, activation) if bodies else (
+                data.target_train_x.reshape(len(data.target_train_x), -1).expand(K, -1, -1)
+            )
+            test_feats = _features(bodies, data.eval_x, activation).double()
+        else:
+            pairs = [
+                module_features(layers, data, config, data.target_train_x, data.eval_x)
+                for layers in models
+            ]
+            feats = torch.stack([train for train, _ in pairs])
+            test_feats = torch.stack([test for _, test in pairs])
         weight, bias, loss = linear_probe(feats, data.target_train_y, data.target_classes, config)
-        test_feats = _features(bodies, data.eval_x, activation).double()
         logits = torch.baddbmm(bias.unsqueeze(1), test_feats, weight).float()
     else:
         stacked = [torch.stack(group) for group in zip(*models, strict=True)]
