@@ -1,8 +1,12 @@
 """The notebooks in analysis/ run top to bottom in a real kernel (nbclient) against the
-small digits run tests/test_report.py makes (``DATAMODELS_RUN``); any cell error fails."""
+small digits run tests/test_report.py makes (``DATAMODELS_RUN``); any cell error fails.
+
+One kernel serves them all (its imports of torch, ffcv and datamodels are most of a
+notebook's time); each notebook starts with ``%reset -f``, so none sees another's names."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -26,18 +30,21 @@ def test_every_notebook_is_executed():
     assert sorted(NOTEBOOKS) == sorted(p.name for p in ANALYSIS.glob("*.ipynb"))
 
 
+@pytest.fixture(scope="module")
+def kernel(report_run):  # noqa: F811
+    manager = pytest.importorskip("jupyter_client").KernelManager(kernel_name="python3")
+    manager.start_kernel(env={**os.environ, "DATAMODELS_RUN": report_run}, cwd=str(ANALYSIS))
+    yield manager
+    manager.shutdown_kernel(now=True)
+
+
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs_without_errors(name, report_run, monkeypatch):  # noqa: F811
+def test_notebook_runs_without_errors(name, kernel):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    monkeypatch.setenv("DATAMODELS_RUN", report_run)
     notebook = nbformat.read(ANALYSIS / name, as_version=4)
-    client = nbclient.NotebookClient(
-        notebook,
-        timeout=300,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(ANALYSIS)}},
-    )
+    notebook.cells.insert(0, nbformat.v4.new_code_cell("%reset -f"))  # an empty namespace
+    client = nbclient.NotebookClient(notebook, km=kernel, timeout=300)
     client.execute()  # raises CellExecutionError naming the cell on any error
     outputs = [o for cell in notebook.cells for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
