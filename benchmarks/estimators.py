@@ -30,7 +30,7 @@ import pandas as pd
 from datamodels.api import estimate, evaluate, methods, train
 from datamodels.config import Config, config_from_dict, load_config
 from datamodels.errors import DatamodelsError
-from datamodels.evaluate.mislabel import mislabel_detection
+from datamodels.metrics.mislabel import mislabel_detection
 from datamodels.orchestrate.executor import init_ray
 from datamodels.stages.gradients import GRADIENT_METHODS
 from datamodels.store import Run

@@ -23,13 +23,13 @@ import torch
 
 from datamodels.config import Config
 from datamodels.data.synthetic import synthetic_cifar
-from datamodels.evaluate.lds import lds
+from datamodels.metrics.lds import lds
 from datamodels.gradients.checkpointed import functional_model
 from datamodels.gradients.trak import trak_scores
 from datamodels.regress import lasso_select, split_rows
-from datamodels.train.api import train_batch
-from datamodels.train.data import TrainData, _stats
-from datamodels.train.outcome import CheckpointRequest
+from datamodels.trainers.api import train_batch
+from datamodels.trainers.data import TrainData, _stats
+from datamodels.trainers.outcome import CheckpointRequest
 
 QUICK = dict(n_train=200, n_test=40, size=16, width=4, epochs=4, batch_size=32,
              train_models=120, eval_models=20, trak_models=2, proj_dim=256, lr=120.0)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from datamodels.config import load_config
-from datamodels.evaluate.lds import average_replicates, lds
+from datamodels.metrics.lds import average_replicates, lds
 from datamodels.regress.lasso import lasso_select, split_rows
 from datamodels.store import Run
 

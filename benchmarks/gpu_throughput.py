@@ -1,7 +1,7 @@
 """GPU throughput of the fastnet trainer: α = ½ models per GPU-hour and their test accuracy.
 
 Trains ``--models`` models on random α-subsets of a CIFAR-shaped training set through the
-real trainer (``datamodels.train.api.train_batch``, ``model.arch: fastnet``) for each K in
+real trainer (``datamodels.trainers.api.train_batch``, ``model.arch: fastnet``) for each K in
 ``--ks`` (models per pass of one grouped network), and, in the same run on the same data,
 GPU and subsets, the ``airbench`` package's own trainer (``airbench.train94``, one model at a
 time; ``pip install airbench``, the ``bench`` extra). Every figure excludes a warm-up
@@ -32,9 +32,9 @@ import torch
 
 from datamodels.config import Config
 from datamodels.data.synthetic import synthetic_cifar
-from datamodels.train import grouped
-from datamodels.train.api import train_batch
-from datamodels.train.data import TrainData, _stats
+from datamodels.trainers import grouped
+from datamodels.trainers.api import train_batch
+from datamodels.trainers.data import TrainData, _stats
 
 
 def load_images(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datamodels.api import estimate, fit, train  # noqa: E402
 from datamodels.config import config_from_dict, load_config  # noqa: E402
-from datamodels.evaluate.lds import average_replicates, lds  # noqa: E402
+from datamodels.metrics.lds import average_replicates, lds  # noqa: E402
 from datamodels.gradients import Exact, influence_scores, tracin_scores, trak_scores  # noqa: E402
 from datamodels.gradients.checkpointed import functional_model  # noqa: E402
 from datamodels.orchestrate.context import Context  # noqa: E402

@@ -33,13 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datamodels import api  # noqa: E402
 from datamodels.config import config_from_dict, load_config  # noqa: E402
-from datamodels.evaluate.lds import spearman_columns  # noqa: E402
+from datamodels.metrics.lds import spearman_columns  # noqa: E402
 from datamodels.gradients.metagradient import metagradient_scores, replay_mlp  # noqa: E402
 from datamodels.orchestrate.context import Context  # noqa: E402
 from datamodels.plans import masks_for, plan_models  # noqa: E402
 from datamodels.store import Run  # noqa: E402
-from datamodels.train.batched import train_mlp_batched  # noqa: E402
-from datamodels.train.outcome import margins_from_logits  # noqa: E402
+from datamodels.trainers.batched import train_mlp_batched  # noqa: E402
+from datamodels.trainers.outcome import margins_from_logits  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DROPS = (0.01, 0.1)

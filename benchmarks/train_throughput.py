@@ -86,7 +86,7 @@ def _run_data(config, out: Path):
     from datamodels.api import prepare
     from datamodels.orchestrate.context import local_beton, num_classes
     from datamodels.store.run import Run
-    from datamodels.train.data import load_train_data
+    from datamodels.trainers.data import load_train_data
 
     prepare(config, str(out))
     run = Run(str(out))
@@ -133,8 +133,8 @@ def measure_trainer_process(spec_path: str, rows: list[int], threads: int) -> di
     warm-up call."""
     import torch
 
-    from datamodels.train.batched import train_mlp_batched
-    from datamodels.train.data import TrainData
+    from datamodels.trainers.batched import train_mlp_batched
+    from datamodels.trainers.data import TrainData
 
     torch.set_num_threads(threads)
     spec = torch.load(spec_path, weights_only=False)

@@ -13,10 +13,6 @@ The run directory (Parquet tables) is the public contract; `Run` reads it. The v
     run.scores("datamodels"), run.inputs("test"), run.evaluation()
 """
 
-# The subpackages named like verbs are imported first: importing a submodule later (e.g.
-# datamodels.evaluate.lds) would otherwise rebind the package attribute over the verb.
-import datamodels.evaluate
-import datamodels.train  # noqa: F401
 from datamodels.api import (
     alpha_effect,
     attack,

@@ -99,7 +99,7 @@ class DatasetConfig(_Section):
 
 class ModelConfig(_Section):
     """The network. ``fastnet`` is the airbench-style CIFAR network trained K models per pass
-    as one grouped network (``datamodels.train.grouped``); ``width`` is its first block's width
+    as one grouped network (``datamodels.trainers.grouped``); ``width`` is its first block's width
     (the later blocks are 4x). ``null`` trains nothing: deterministic pseudo-margins at no cost,
     for exercising the driver and store at scale. ``custom``: the ``nn.Module`` (inputs to
     logits) that ``factory`` (``"package.module:make_model"``) returns, called with ``kwargs``
@@ -163,7 +163,7 @@ class TrainConfig(_Section):
     tolerance: float = Field(1e-6, gt=0.0)
     max_iter: int = Field(500, ge=1)
     # ``recipe``: "package.module:train_one", a user's training function used instead of the
-    # steps above, one model at a time (its contract: ``datamodels.train.custom``).
+    # steps above, one model at a time (its contract: ``datamodels.trainers.custom``).
     # ``output``: what ``margins`` records per evaluation example: ``margin`` (correct logit
     # minus the largest other), ``loss`` (cross-entropy) or "package.module:f" with
     # f(logits float[n, C], labels int64[n]) -> float[n]

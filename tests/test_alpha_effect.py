@@ -18,7 +18,7 @@ from datamodels.applications.alpha_effect import (
 )
 from datamodels.config import FitConfig
 from datamodels.errors import DatamodelsError
-from datamodels.evaluate.lds import lds
+from datamodels.metrics.lds import lds
 from datamodels.regress.lasso import split_rows
 from datamodels.store import query
 from datamodels.store.schemas import ALPHA_EFFECT_SCHEMA, LDS_CURVE_SCHEMA

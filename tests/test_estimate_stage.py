@@ -34,7 +34,7 @@ from datamodels.config import Config, config_from_dict
 from datamodels.orchestrate.context import Context
 from datamodels.plans import masks_for, plan_models, tmc_layout
 from datamodels.store import Run
-from datamodels.train.api import train_batch
+from datamodels.trainers.api import train_batch
 
 N = 8
 BANZHAF_MODELS = 600  # plan "train": alpha = 1/2

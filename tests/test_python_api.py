@@ -40,8 +40,8 @@ def test_public_names_are_exactly_the_verbs():
             "Run",
         ]
     )
-    import datamodels.evaluate.lds  # noqa: F401 - submodules named like verbs
-    import datamodels.train.grouped  # noqa: F401
+    import datamodels.metrics.lds  # noqa: F401 - submodules named like verbs
+    import datamodels.trainers.grouped  # noqa: F401
 
     for name in dm.__all__:
         assert callable(getattr(dm, name)), name

@@ -9,11 +9,11 @@ import torch
 
 from datamodels.config import config_from_dict
 from datamodels.errors import ConfigError
-from datamodels.evaluate.lds import single_model_lds
+from datamodels.metrics.lds import single_model_lds
 from datamodels.gradients.metagradient import metagradient_scores, replay_mlp
 from datamodels.plans import masks_for, plan_models, training_weights
-from datamodels.train.batched import train_mlp_batched
-from datamodels.train.data import TrainData
+from datamodels.trainers.batched import train_mlp_batched
+from datamodels.trainers.data import TrainData
 
 PLANS = [
     {"name": "single", "kind": "single_model", "count": 4, "drops": [0.05, 0.25]},
@@ -98,7 +98,7 @@ def test_weighted_models_are_the_replayed_weighted_runs(tiny_run):
         data.train_x, data.train_y, np.ones(len(masks[row]), bool), int(planned.seed[row]),
         config.model, config.train, 3, masks[row].astype(float),
     )
-    from datamodels.train.outcome import margins_from_logits
+    from datamodels.trainers.outcome import margins_from_logits
 
     logits = replayed.model.logits_fn(replayed.final, data.eval_x).unsqueeze(0)
     expected = margins_from_logits(logits, data.eval_y)[0].numpy()
@@ -183,7 +183,7 @@ def test_the_driver_trains_single_model_plans_with_weights(tmp_path):
 
 
 def test_single_model_plans_need_the_batched_mlp_trainer():
-    from datamodels.train.api import train_batch
+    from datamodels.trainers.api import train_batch
 
     with pytest.raises(ConfigError, match="single_model plans .* batched mlp trainer only"):
         config_from_dict({

@@ -80,7 +80,7 @@ def test_transfer_model_ignores_the_data_of_excluded_source_classes(small_run):
     model records; scrambling an included class does. (Inputs are standardised with the
     target's train split, so the source data reaches a model only through its classes.)"""
     from datamodels.orchestrate.context import local_beton
-    from datamodels.train.transfer import load_transfer_data, train_transfer
+    from datamodels.trainers.transfer import load_transfer_data, train_transfer
 
     config, run, _ = small_run
     mask = masks_for(config, plan_models(config, 12).take(np.array([0])), 12)
@@ -152,7 +152,7 @@ def test_conv_transfer_model_ignores_the_data_of_excluded_source_classes(conv_ru
     factory CNN): scrambling the images of excluded source classes leaves the recorded
     margins bit-identical; scrambling an included class changes them."""
     from datamodels.orchestrate.context import local_beton
-    from datamodels.train.transfer import load_transfer_data, train_transfer
+    from datamodels.trainers.transfer import load_transfer_data, train_transfer
 
     base, run, _ = conv_run
     config = config_from_dict(_conv_config(model))

@@ -42,7 +42,7 @@ import pandas as pd
 
 from datamodels.config import Config, FitConfig
 from datamodels.errors import DatamodelsError
-from datamodels.evaluate.lds import average_replicates, lds
+from datamodels.metrics.lds import average_replicates, lds
 from datamodels.regress.lasso import split_rows
 from datamodels.stages.fit import eval_positions, fit_datamodels, min_models
 from datamodels.store import Run

@@ -49,7 +49,7 @@ def functional_model(config: Config, data, layers: list[torch.Tensor]) -> Functi
             layers, config.train.weight_decay, config.train.label_smoothing,
             activation_for(config.model),
         )
-    from datamodels.train.sequential import build_module
+    from datamodels.trainers.sequential import build_module
 
     module = build_module(config.model, data, 0)  # the seed is moot: every tensor is loaded
     names = list(module.state_dict())

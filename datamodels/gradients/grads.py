@@ -31,7 +31,7 @@ from datamodels.gradients.model import (
     example_trak_output,
     objective,
 )
-from datamodels.train.outcome import margins_from_logits
+from datamodels.trainers.outcome import margins_from_logits
 
 Output = Literal["loss", "term", "margin", "trak"]
 _OUTPUTS = {

@@ -56,7 +56,7 @@ from datamodels.gradients.influence import influence_scores
 from datamodels.gradients.model import FunctionalModel, mlp_model
 from datamodels.models.activations import RELU, Activation, activation_for
 from datamodels.models.mlp import init_params, layer_sizes
-from datamodels.train.orders import EpochOrders, lr_factors
+from datamodels.trainers.orders import EpochOrders, lr_factors
 
 
 @dataclass

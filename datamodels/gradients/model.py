@@ -9,7 +9,7 @@ The objective is the trainer's (DESIGN §4), written as a mean of per-example te
 
 with ``m`` the penalty mask: ``logreg`` penalises W with λ_wd and its *centred* bias with
 λ_b = ``logreg_bias_decay(λ_wd)`` (exactly ``train_logreg_batched``'s objective, which has a
-finite optimum on every subset, single-class ones included; ``datamodels.train.batched``);
+finite optimum on every subset, single-class ones included; ``datamodels.trainers.batched``);
 ``mlp`` penalises every parameter with λ_wd and has λ_b = 0 (``train_mlp_batched`` adds
 ``weight_decay * p`` to every gradient). Writing R inside each example's term makes "drop
 example z and re-solve the mean objective over the n − 1 others" exactly an ε = −1/n
@@ -39,9 +39,9 @@ import torch.nn.functional as F
 
 from datamodels.models.activations import RELU, Activation
 from datamodels.models.mlp import stacked_forward
-from datamodels.train.batched import logreg_bias_decay, logreg_objective
-from datamodels.train.lbfgs import batched_lbfgs
-from datamodels.train.outcome import margins_from_logits
+from datamodels.trainers.batched import logreg_bias_decay, logreg_objective
+from datamodels.trainers.lbfgs import batched_lbfgs
+from datamodels.trainers.outcome import margins_from_logits
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

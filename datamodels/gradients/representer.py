@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from datamodels.gradients.model import FunctionalModel
-from datamodels.train.outcome import margins_from_logits
+from datamodels.trainers.outcome import margins_from_logits
 
 RepresenterOutput = Literal["margin", "true_class", "predicted_class"]
 _OUTPUTS = ("margin", "true_class", "predicted_class")

@@ -94,12 +94,12 @@ class Context:
 
     def data(self, run: Run, config: Config, device: str = "cpu"):
         """The run's ``TrainData`` on ``device`` (decoded once per process)."""
-        from datamodels.train.data import load_train_data
+        from datamodels.trainers.data import load_train_data
 
         def load():
             examples = run.examples()
             if config.transfer is not None:  # source classes and target (train.transfer)
-                from datamodels.train.transfer import load_transfer_data
+                from datamodels.trainers.transfer import load_transfer_data
 
                 return load_transfer_data(local_beton(run, config.hash), examples, device)
             return load_train_data(

@@ -24,8 +24,8 @@ from datamodels.stages.base import Stage, Unit
 from datamodels.stages.gradients import GradientStage
 from datamodels.store import ATTACKS_DIR, Run, attack_schema
 from datamodels.store.checkpoints import load_checkpoint
-from datamodels.train.api import train_batch
-from datamodels.train.outcome import CheckpointRequest
+from datamodels.trainers.api import train_batch
+from datamodels.trainers.outcome import CheckpointRequest
 
 
 class AttackStage(Stage):

@@ -5,7 +5,7 @@ the models any estimator was fitted on; mislabel detection ranks the training po
 each ``self_scores/<method>.parquet`` when the run has flipped labels. A ``single_model``
 plan adds the single-model LDS per drop fraction (metric ``lds_single_<fraction>``); a run
 with ``removals/results.parquet`` adds the removal and brittleness rows
-(`datamodels.evaluate.removal`). One unit writes
+(`datamodels.metrics.removal`). One unit writes
 ``evaluation.parquet`` (one row per method and metric); the stage returns it as a frame.
 """
 
@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from datamodels.errors import EvaluateError
-from datamodels.evaluate.lds import average_replicates, lds, single_model_lds
-from datamodels.evaluate.mislabel import mislabel_detection
-from datamodels.evaluate.removal import removal_metrics
+from datamodels.metrics.lds import average_replicates, lds, single_model_lds
+from datamodels.metrics.mislabel import mislabel_detection
+from datamodels.metrics.removal import removal_metrics
 from datamodels.stages.base import Stage, Unit
 from datamodels.store import (
     EVALUATION_PATH,

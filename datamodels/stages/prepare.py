@@ -29,7 +29,7 @@ from datamodels.errors import RunMismatchError, StoreError
 from datamodels.orchestrate.context import BETON_PATH
 from datamodels.stages.base import Stage, Unit
 from datamodels.store import EXAMPLES_PATH, SOURCE_CLASSES_PATH, SOURCE_CLASSES_SCHEMA, Run
-from datamodels.train.custom import (
+from datamodels.trainers.custom import (
     check_combination,
     check_user_code,
     probe_data,

@@ -48,10 +48,10 @@ from datamodels.store import PLAN_MASKS_DIR, Run, models_table
 from datamodels.store.checkpoints import complete_models, write_checkpoints
 from datamodels.store.compact import recover_compaction
 from datamodels.store.lock import mutex
-from datamodels.train.api import TrainOutcome, resolve_loader, train_batch
-from datamodels.train.null import NullData
-from datamodels.train.outcome import CheckpointRequest
-from datamodels.train.walk import walk_permutation
+from datamodels.trainers.api import TrainOutcome, resolve_loader, train_batch
+from datamodels.trainers.null import NullData
+from datamodels.trainers.outcome import CheckpointRequest
+from datamodels.trainers.walk import walk_permutation
 
 
 @dataclass

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from datamodels.estimators import owen_grid, shapley
-from datamodels.train.api import train_batch
-from tests.train.digits_arrays import all_subsets, digits_data, logreg_config
+from datamodels.trainers.api import train_batch
+from tests.trainers.digits_arrays import all_subsets, digits_data, logreg_config
 
 N = 10
 WEIGHT_DECAY = 0.05

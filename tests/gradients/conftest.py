@@ -68,7 +68,7 @@ def logreg_config(weight_decay: float):
 @pytest.fixture(scope="session")
 def logreg_case(digits_data) -> LogregCase:
     from datamodels.gradients import fit_logreg, logreg_model
-    from datamodels.train.api import train_batch
+    from datamodels.trainers.api import train_batch
 
     _, data = digits_data
     sub = subset(data, N_TRAIN, N_TARGETS)

@@ -8,7 +8,7 @@ import torch
 from datamodels.gradients import craft_attack, fit_logreg, influence_pert_scores, logreg_model
 from datamodels.gradients.grads import per_example_outputs
 from datamodels.gradients.influence_pert import most_influential_point
-from datamodels.train.api import train_batch
+from datamodels.trainers.api import train_batch
 from tests.gradients.conftest import logreg_config, single_thread, subset
 
 N_TRAIN, WEIGHT_DECAY, BUDGET = 60, 0.05, 1.0

@@ -17,10 +17,10 @@ from datamodels.gradients.metagradient import (
     replay_mlp,
 )
 from datamodels.gradients.model import fit_logreg, logreg_model
-from datamodels.train.batched import logreg_objective, train_mlp_batched
-from datamodels.train.data import TrainData
-from datamodels.train.lbfgs import batched_lbfgs
-from datamodels.train.outcome import margins_from_logits
+from datamodels.trainers.batched import logreg_objective, train_mlp_batched
+from datamodels.trainers.data import TrainData
+from datamodels.trainers.lbfgs import batched_lbfgs
+from datamodels.trainers.outcome import margins_from_logits
 
 N, D, C, T = 48, 10, 3, 4
 SEED = 123

@@ -18,9 +18,9 @@ import torch
 from datamodels.gradients import fit_logreg, influence_scores, logreg_model
 from datamodels.gradients.grads import exact_hessian
 from datamodels.gradients.model import objective
-from datamodels.train.api import train_batch
+from datamodels.trainers.api import train_batch
 from tests.gradients.conftest import pearson
-from tests.train.digits_arrays import digits_data, logreg_config
+from tests.trainers.digits_arrays import digits_data, logreg_config
 
 WEIGHT_DECAY = 0.05
 N = 60

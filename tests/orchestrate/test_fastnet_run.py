@@ -15,8 +15,8 @@ from datamodels.orchestrate.context import context
 from datamodels.orchestrate.executor import SerialExecutor
 from datamodels.store import Run, verify
 from datamodels.store.checkpoints import load_checkpoint, read_checkpoint_index
-from datamodels.train.outcome import margins_from_logits
-from datamodels.train.sequential import build_module
+from datamodels.trainers.outcome import margins_from_logits
+from datamodels.trainers.sequential import build_module
 from tests.conftest import write_cifar_archive
 
 CONFIG = Path(__file__).parents[2] / "configs" / "cifar10_fast.yaml"

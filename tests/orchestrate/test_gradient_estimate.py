@@ -29,7 +29,7 @@ from datamodels.stages.fit import eval_positions
 from datamodels.stages.gradients import GRADIENT_METHODS, GradientStage
 from datamodels.store import Run
 from datamodels.store.checkpoints import load_checkpoint, read_checkpoint_index
-from datamodels.train.orders import interval_lr
+from datamodels.trainers.orders import interval_lr
 
 MLP = {
     "name": "mlp_tiny",
@@ -339,7 +339,7 @@ def test_attack_command_flips_a_retrained_logreg(tmp_path, ray_local):
 
 def test_gradient_self_scores_find_flipped_labels(tmp_path, ray_local):
     """Every gradient method's self scores rank flipped training labels far above chance."""
-    from datamodels.evaluate.mislabel import mislabel_detection
+    from datamodels.metrics.mislabel import mislabel_detection
 
     config = config_from_dict(
         LOGREG, ["dataset.flip_fraction=0.2", "checkpoints.plan=full", "gradients.proj_dim=100"]
@@ -470,7 +470,7 @@ def test_conv_net_through_every_gradient_estimator(resnet_run):
 
 def test_conv_net_refusals_are_one_line(resnet_run, monkeypatch):
     from datamodels.orchestrate.executor import SerialExecutor
-    from datamodels.train import sequential
+    from datamodels.trainers import sequential
 
     spec, uri = resnet_run
     # solver: exact; a representer setting of its own, so that its table is not up to date

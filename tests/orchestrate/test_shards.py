@@ -154,7 +154,7 @@ def test_a_shard_worker_never_trains_another_shards_model(tmp_path, monkeypatch)
 
 
 def test_a_shard_worker_records_failures_under_the_mutex(tmp_path, monkeypatch):
-    from datamodels.train import null
+    from datamodels.trainers import null
 
     def not_finite(masks, seeds, n_eval, config_seed):
         return np.full((len(masks), n_eval), np.nan, dtype=np.float32)

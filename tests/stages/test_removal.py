@@ -15,7 +15,7 @@ from datamodels.applications.brittleness import brittleness
 from datamodels.applications.removal import removal_sets, top_helpful
 from datamodels.config import PlanConfig, config_from_dict
 from datamodels.errors import StoreError
-from datamodels.evaluate.removal import removal_metrics
+from datamodels.metrics.removal import removal_metrics
 from datamodels.orchestrate.executor import SerialExecutor
 from datamodels.plans import n_masks, plan_models
 from datamodels.stages.status import plan_status
@@ -115,7 +115,7 @@ def test_a_stored_mask_plan_waits_for_its_table_trains_once_and_resumes(logreg_r
 
 def test_logreg_removal_is_the_exact_effect_of_training_without_the_set(logreg_run):
     from datamodels.orchestrate.context import Context
-    from datamodels.train.api import train_batch
+    from datamodels.trainers.api import train_batch
 
     config, out, _ = logreg_run
     run = Run(out)

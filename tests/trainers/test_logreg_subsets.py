@@ -5,7 +5,7 @@ on a single-class subset also as the present class's bias → +∞), so its marg
 wherever the solver stopped: 6.6 to 11.4 margin units apart between tolerances 1e-6 and
 1e-8 on the subsets below, and 0.9 to 7.9 apart between the batched and the sequential
 solver at 1e-8 (which failed to converge on one of them); biases reached ±21.
-The centred-bias penalty (``datamodels.train.batched``) makes the margins a function of
+The centred-bias penalty (``datamodels.trainers.batched``) makes the margins a function of
 the subset, to what the stopping tolerance leaves on an ordinary multi-class fit.
 """
 
@@ -14,10 +14,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datamodels.train.api import train_batch
-from datamodels.train.batched import logreg_bias_decay
-from datamodels.train.outcome import CheckpointRequest
-from tests.train.digits_arrays import digits_data, logreg_config
+from datamodels.trainers.api import train_batch
+from datamodels.trainers.batched import logreg_bias_decay
+from datamodels.trainers.outcome import CheckpointRequest
+from tests.trainers.digits_arrays import digits_data, logreg_config
 
 WEIGHT_DECAY = 0.05
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datamodels.train.data import TrainData
+from datamodels.trainers.data import TrainData
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def output_function(spec: str) -> OutputFunction | None:
         return None
     if spec == "loss":
         return lambda logits, labels: losses_from_logits(logits.unsqueeze(0), labels)[0]
-    from datamodels.train.custom import resolve_callable
+    from datamodels.trainers.custom import resolve_callable
 
     return resolve_callable(spec, "train.output")
 

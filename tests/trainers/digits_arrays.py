@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from datamodels.config import Config, config_from_dict
-from datamodels.train.data import TrainData
+from datamodels.trainers.data import TrainData
 
 
 def digits_data(n_train: int, n_eval: int, classes: int) -> TrainData:

@@ -24,17 +24,17 @@ from datamodels.models.activations import activation_for
 from datamodels.models.fastnet import build_fastnet
 from datamodels.models.mlp import init_params, layer_sizes, to_module
 from datamodels.models.resnet9 import build_resnet9
-from datamodels.train.batched import logreg_objective, logreg_snapshot, logreg_weights
-from datamodels.train.data import TrainData
-from datamodels.train.orders import EpochOrders, interval_lr, lr_factors
-from datamodels.train.outcome import CheckpointRequest, Snapshot, margins_and_accuracy
+from datamodels.trainers.batched import logreg_objective, logreg_snapshot, logreg_weights
+from datamodels.trainers.data import TrainData
+from datamodels.trainers.orders import EpochOrders, interval_lr, lr_factors
+from datamodels.trainers.outcome import CheckpointRequest, Snapshot, margins_and_accuracy
 
 
 def build_module(model: ModelConfig, data: TrainData, seed: int) -> nn.Module:
     """The architecture's ``nn.Module`` (inputs to logits) with the initial weights of
     ``seed``; ``custom``: what ``model.factory`` returns (``train.custom``)."""
     if model.arch == "custom":
-        from datamodels.train.custom import build_factory_module
+        from datamodels.trainers.custom import build_factory_module
 
         return build_factory_module(model, data, seed)
     if model.arch == "mlp":
@@ -204,7 +204,7 @@ def train_sequential(
             save_after = checkpoints.epochs if k in rows else ()
             train = train_one
             if recipe.recipe is not None:
-                from datamodels.train.custom import train_with_recipe as train
+                from datamodels.trainers.custom import train_with_recipe as train
             user_code = model.arch == "custom" or recipe.recipe is not None
             with seeded_rng(int(seeds[k]), data.train_y.device) if user_code else nullcontext():
                 module, loss, saved = train(

@@ -31,9 +31,9 @@ from datamodels.config import ModelConfig, ResourcesConfig, TrainConfig
 from datamodels.errors import ConfigError
 from datamodels.models.fastnet import MIN_SIZE, FastNet, build_fastnet, pack, patch_whitening
 from datamodels.models.fastnet import unpack as unpack_state
-from datamodels.train.data import TrainData
-from datamodels.train.orders import interval_lr, lr_factors
-from datamodels.train.outcome import CheckpointRequest, Snapshot, margins_from_logits
+from datamodels.trainers.data import TrainData
+from datamodels.trainers.orders import interval_lr, lr_factors
+from datamodels.trainers.outcome import CheckpointRequest, Snapshot, margins_from_logits
 
 # Measured on an H100 (README "GPU"): one network per pass, stepped by CUDA-graph replays,
 # trained faster per model than grouped passes of 8 (1.14 vs 1.41 s at α = ½ on 50,000

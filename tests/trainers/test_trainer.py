@@ -9,7 +9,7 @@ import torch
 
 from datamodels.config import config_from_dict
 from datamodels.plans import masks_for, plan_models
-from datamodels.train.api import train_batch
+from datamodels.trainers.api import train_batch
 from tests.conftest import SMALL_DIGITS
 
 

@@ -22,12 +22,12 @@ import numpy as np
 
 from datamodels.config import Config
 from datamodels.errors import ConfigError
-from datamodels.train.batched import train_logreg_batched, train_mlp_batched
-from datamodels.train.data import TrainData
-from datamodels.train.grouped import train_fastnet
-from datamodels.train.outcome import CheckpointRequest, Snapshot, recording
-from datamodels.train.sequential import train_sequential
-from datamodels.train.vmapped import train_vmapped
+from datamodels.trainers.batched import train_logreg_batched, train_mlp_batched
+from datamodels.trainers.data import TrainData
+from datamodels.trainers.grouped import train_fastnet
+from datamodels.trainers.outcome import CheckpointRequest, Snapshot, recording
+from datamodels.trainers.sequential import train_sequential
+from datamodels.trainers.vmapped import train_vmapped
 
 
 @dataclass
@@ -95,7 +95,7 @@ def _dispatch(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Snapshot]]:
     """The trainer for this config (the module docstring's rules)."""
     if config.transfer is not None:  # masks over source classes (train.transfer)
-        from datamodels.train.transfer import train_transfer
+        from datamodels.trainers.transfer import train_transfer
 
         return train_transfer(masks, seeds, data, config)
     return train_models(masks, seeds, data, config, loader, checkpoints, example_weights)
@@ -120,7 +120,7 @@ def train_models(
             example_weights=example_weights,
         )
     if config.model.arch == "null":  # pseudo-margins from the sizes alone (train/null.py)
-        from datamodels.train.null import train_null
+        from datamodels.trainers.null import train_null
 
         margins, loss, accuracy, snapshots = train_null(masks, seeds, data, config)
     elif config.model.arch == "fastnet":

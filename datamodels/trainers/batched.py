@@ -48,10 +48,10 @@ from datamodels.models.mlp import (
     layer_sizes,
     output_transposed,
 )
-from datamodels.train.data import TrainData
-from datamodels.train.lbfgs import batched_lbfgs
-from datamodels.train.orders import EpochOrders, interval_lr, lr_factors
-from datamodels.train.outcome import CheckpointRequest, Snapshot, margins_and_accuracy
+from datamodels.trainers.data import TrainData
+from datamodels.trainers.lbfgs import batched_lbfgs
+from datamodels.trainers.orders import EpochOrders, interval_lr, lr_factors
+from datamodels.trainers.outcome import CheckpointRequest, Snapshot, margins_and_accuracy
 
 # Models trained together on CPU. Per model, 32 to 128 at a time train about 25% faster than
 # 256 (measured, digits MLP, 1 thread): a chunk's parameters, momenta and activations (about

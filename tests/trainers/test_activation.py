@@ -21,10 +21,10 @@ from datamodels.orchestrate.context import Context
 from datamodels.orchestrate.executor import SerialExecutor
 from datamodels.store import Run
 from datamodels.store.checkpoints import load_checkpoint, read_checkpoint_index
-from datamodels.train.batched import train_mlp_batched
-from datamodels.train.outcome import margins_from_logits
-from datamodels.train.sequential import build_module, train_sequential
-from tests.train.digits_arrays import digits_data
+from datamodels.trainers.batched import train_mlp_batched
+from datamodels.trainers.outcome import margins_from_logits
+from datamodels.trainers.sequential import build_module, train_sequential
+from tests.trainers.digits_arrays import digits_data
 
 ROOT = Path(__file__).resolve().parents[2]
 SOFTPLUS_RUN = {

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from datamodels.evaluate.mislabel import mislabel_detection
+from datamodels.metrics.mislabel import mislabel_detection
 
 
 def test_perfect_random_and_reversed_rankings():

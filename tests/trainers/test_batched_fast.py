@@ -15,10 +15,10 @@ from datamodels.models.mlp import (
     output_transposed,
     stacked_forward,
 )
-from datamodels.train.batched import train_mlp_batched
-from datamodels.train.outcome import CheckpointRequest
-from datamodels.train.sequential import train_sequential
-from tests.train.digits_arrays import digits_data
+from datamodels.trainers.batched import train_mlp_batched
+from datamodels.trainers.outcome import CheckpointRequest
+from datamodels.trainers.sequential import train_sequential
+from tests.trainers.digits_arrays import digits_data
 
 
 def _autograd_reference(layers, x, labels, real, smoothing, activation):

@@ -16,11 +16,11 @@ from datamodels.config import Config
 from datamodels.data.synthetic import synthetic_cifar
 from datamodels.errors import ConfigError
 from datamodels.models.fastnet import FastNet, build_fastnet, pack, unpack
-from datamodels.train import grouped
-from datamodels.train.api import train_batch
-from datamodels.train.data import TrainData, _stats
-from datamodels.train.outcome import CheckpointRequest, margins_from_logits
-from datamodels.train.sequential import build_module
+from datamodels.trainers import grouped
+from datamodels.trainers.api import train_batch
+from datamodels.trainers.data import TrainData, _stats
+from datamodels.trainers.outcome import CheckpointRequest, margins_from_logits
+from datamodels.trainers.sequential import build_module
 
 TOL = 2e-4  # float32 margins of 1-model vs grouped convolutions after a few dozen steps
 

@@ -27,9 +27,9 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
 from datamodels.config import ModelConfig, TrainConfig
-from datamodels.train.data import TrainData
-from datamodels.train.orders import EpochOrders, interval_lr, lr_factors
-from datamodels.train.outcome import CheckpointRequest, Snapshot, margins_and_accuracy
+from datamodels.trainers.data import TrainData
+from datamodels.trainers.orders import EpochOrders, interval_lr, lr_factors
+from datamodels.trainers.outcome import CheckpointRequest, Snapshot, margins_and_accuracy
 
 _REFUSALS: dict[tuple, str | None] = {}  # per process: a module is probed once
 
@@ -70,7 +70,7 @@ def batch_refusal(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> str | 
 
 
 def cached_refusal(model: ModelConfig, module: nn.Module, data: TrainData) -> str | None:
-    from datamodels.train.sequential import seeded_rng
+    from datamodels.trainers.sequential import seeded_rng
 
     key = (model.model_dump_json(), tuple(data.train_x.shape[1:]), str(data.train_x.device))
     if key not in _REFUSALS:
@@ -104,7 +104,7 @@ def train_vmapped(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Snapshot]] | None:
     """The trainer contract for K factory modules at once; None (after a one-line notice)
     when the module cannot be vmapped, for the caller to train them one at a time."""
-    from datamodels.train.sequential import build_module, seeded_rng
+    from datamodels.trainers.sequential import build_module, seeded_rng
 
     device = data.train_y.device
     modules = [build_module(model, data, int(s)).to(device) for s in seeds]

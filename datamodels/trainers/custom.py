@@ -29,7 +29,7 @@ asked for, unless the recipe saved that epoch itself. The run's retries, resume 
 are the built-in recipe's.
 
 **Output** (``train.output``): ``f(logits float[n, C], labels int64[n]) -> float[n]``, recorded
-in ``margins`` for every evaluation example (``datamodels.train.outcome``).
+in ``margins`` for every evaluation example (``datamodels.trainers.outcome``).
 
 ``check_user_code`` builds one module and runs it, the recipe and the output on two
 examples, so a bad path, a raising factory or a wrong output shape is one line before any
@@ -50,9 +50,9 @@ from torch import nn
 
 from datamodels.config import Config, ModelConfig, TrainConfig
 from datamodels.errors import ConfigError
-from datamodels.train.data import TrainData
-from datamodels.train.orders import interval_lr, lr_factors
-from datamodels.train.outcome import Snapshot
+from datamodels.trainers.data import TrainData
+from datamodels.trainers.orders import interval_lr, lr_factors
+from datamodels.trainers.outcome import Snapshot
 
 
 def _first_line(err: BaseException) -> str:
@@ -174,7 +174,7 @@ def train_with_recipe(
     loader: str = "resident", save_after: tuple[int, ...] = (),
 ) -> tuple[nn.Module, float, list[Snapshot]]:
     """``train_one``'s contract, trained by the user's ``train.recipe``."""
-    from datamodels.train.sequential import _ffcv_batches, _resident_batches, build_module
+    from datamodels.trainers.sequential import _ffcv_batches, _resident_batches, build_module
 
     function = resolve_callable(str(recipe.recipe), "train.recipe")
     device = data.train_y.device
@@ -242,8 +242,8 @@ def check_combination(config: Config) -> None:
 def check_user_code(config: Config, data: TrainData) -> None:
     """Build one module on ``data`` (a `probe_data` of two examples) and run it, resolve the
     recipe and run the output function: the first problem is one ``ConfigError`` line."""
-    from datamodels.train.outcome import output_function, recorded_outputs
-    from datamodels.train.sequential import build_module
+    from datamodels.trainers.outcome import output_function, recorded_outputs
+    from datamodels.trainers.sequential import build_module
 
     check_combination(config)
     if config.train.recipe is not None:

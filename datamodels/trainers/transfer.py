@@ -36,8 +36,8 @@ import torch.nn.functional as F
 
 from datamodels.config import Config
 from datamodels.models.activations import Activation, activation_for
-from datamodels.train.data import TrainData, _stats
-from datamodels.train.outcome import CheckpointRequest, Snapshot, margins_and_accuracy
+from datamodels.trainers.data import TrainData, _stats
+from datamodels.trainers.outcome import CheckpointRequest, Snapshot, margins_and_accuracy
 
 
 @dataclass
@@ -110,8 +110,8 @@ def pretrain(
     """K pre-trained models, each its final checkpoint's layers (CPU): an MLP's layer list
     ``[W1 [d, h], b1, ..., Wout, bout]``, any other architecture its ``state_dict`` tensors
     in order (what ``gradients.checkpointed.functional_model`` loads)."""
-    from datamodels.train.api import train_models
-    from datamodels.train.outcome import recording
+    from datamodels.trainers.api import train_models
+    from datamodels.trainers.outcome import recording
 
     K = len(seeds)
     request = CheckpointRequest(tuple(range(K)), (config.train.epochs,))
@@ -160,8 +160,8 @@ def linear_probe(
     ``train.batched``) on its own features [K, n, h]: the project's batched L-BFGS, every
     model its own line search and stopping rule, from 0. Returns them and the objective [K]
     (NaN where L-BFGS did not reach ``transfer.tolerance``)."""
-    from datamodels.train.batched import logreg_objective
-    from datamodels.train.lbfgs import batched_lbfgs
+    from datamodels.trainers.batched import logreg_objective
+    from datamodels.trainers.lbfgs import batched_lbfgs
 
     spec = config.transfer
     feats = train_features.double()

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from datamodels.evaluate.lds import average_replicates, lds, spearman_columns
+from datamodels.metrics.lds import average_replicates, lds, spearman_columns
 
 
 def test_hand_computed_example():

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from datamodels.train.api import TrainOutcome
+from datamodels.trainers.api import TrainOutcome
 
 
 def walk_permutation(

@@ -21,10 +21,10 @@ from datamodels.orchestrate.executor import SerialExecutor
 from datamodels.plans import masks_for, plan_models
 from datamodels.store import Run
 from datamodels.store.checkpoints import load_checkpoint, read_checkpoint_index
-from datamodels.train.api import train_batch
-from datamodels.train.orders import interval_lr
-from datamodels.train.outcome import CheckpointRequest, margins_from_logits
-from datamodels.train.sequential import build_module
+from datamodels.trainers.api import train_batch
+from datamodels.trainers.orders import interval_lr
+from datamodels.trainers.outcome import CheckpointRequest, margins_from_logits
+from datamodels.trainers.sequential import build_module
 
 CNN = {
     "name": "cnn_digits",
@@ -281,7 +281,7 @@ def test_prepared_run_is_checked_again_before_training(tmp_path, monkeypatch):
 
 
 def test_recipe_needs_a_module_architecture():
-    from datamodels.train.custom import check_user_code, probe_data
+    from datamodels.trainers.custom import check_user_code, probe_data
 
     config = config_from_dict({"model": {"arch": "logreg"},
                                "train": {"recipe": "tests.custom_models:builtin_steps"}})
@@ -299,7 +299,7 @@ def test_recipe_returning_something_else_is_refused(cnn_data):
 
 
 def test_loss_helper_matches_cross_entropy():
-    from datamodels.train.outcome import losses_from_logits
+    from datamodels.trainers.outcome import losses_from_logits
 
     logits, labels = torch.randn(3, 5, 4), torch.tensor([0, 3, 1, 2, 2])
     expected = torch.stack([F.cross_entropy(z, labels, reduction="none") for z in logits])
