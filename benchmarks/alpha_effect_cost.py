@@ -20,9 +20,10 @@ from datamodels.applications.alpha_effect import (
     alpha_effect_summary,
     lds_curve_from_run,
 )
-from datamodels.stages.fit import eval_positions, fit_datamodels
+from datamodels.regress.select import fit_datamodels
 from datamodels.stages.prepare import load_run_config
 from datamodels.store import Run
+from datamodels.store.positions import eval_positions
 
 
 def main() -> None:

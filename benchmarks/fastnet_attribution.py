@@ -23,9 +23,9 @@ import torch
 
 from datamodels.config import Config
 from datamodels.data.synthetic import synthetic_cifar
-from datamodels.metrics.lds import lds
 from datamodels.gradients.checkpointed import functional_model
 from datamodels.gradients.trak import trak_scores
+from datamodels.metrics.lds import lds
 from datamodels.regress import lasso_select, split_rows
 from datamodels.trainers.api import train_batch
 from datamodels.trainers.data import TrainData, _stats

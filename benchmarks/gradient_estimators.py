@@ -26,16 +26,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datamodels.api import estimate, fit, train  # noqa: E402
 from datamodels.config import config_from_dict, load_config  # noqa: E402
-from datamodels.metrics.lds import average_replicates, lds  # noqa: E402
 from datamodels.gradients import Exact, influence_scores, tracin_scores, trak_scores  # noqa: E402
 from datamodels.gradients.checkpointed import functional_model  # noqa: E402
+from datamodels.metrics.lds import average_replicates, lds  # noqa: E402
 from datamodels.orchestrate.context import Context  # noqa: E402
 from datamodels.plans import masks_for, plan_models  # noqa: E402
-from datamodels.stages.fit import eval_positions  # noqa: E402
 from datamodels.stages.gradients import GRADIENT_METHODS  # noqa: E402
 from datamodels.stages.prepare import load_run_config  # noqa: E402
 from datamodels.store import Run  # noqa: E402
 from datamodels.store.checkpoints import load_checkpoint, read_checkpoint_index  # noqa: E402
+from datamodels.store.positions import eval_positions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -47,11 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datamodels import api  # noqa: E402
 from datamodels.config import config_from_dict, load_config  # noqa: E402
-from datamodels.metrics.lds import lds, single_model_lds  # noqa: E402
 from datamodels.gradients import Exact, influence_scores, tracin_scores  # noqa: E402
 from datamodels.gradients.hydra import hydra_scores  # noqa: E402
 from datamodels.gradients.metagradient import metagradient_scores, replay_mlp  # noqa: E402
 from datamodels.gradients.trak import trak_scores  # noqa: E402
+from datamodels.metrics.lds import lds, single_model_lds  # noqa: E402
 from datamodels.orchestrate.context import Context  # noqa: E402
 from datamodels.plans import masks_for, plan_models, training_weights  # noqa: E402
 from datamodels.regress import lasso_select, split_rows  # noqa: E402

@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datamodels import api  # noqa: E402
 from datamodels.config import config_from_dict, load_config  # noqa: E402
-from datamodels.metrics.lds import spearman_columns  # noqa: E402
 from datamodels.gradients.metagradient import metagradient_scores, replay_mlp  # noqa: E402
+from datamodels.metrics.lds import spearman_columns  # noqa: E402
 from datamodels.orchestrate.context import Context  # noqa: E402
 from datamodels.plans import masks_for, plan_models  # noqa: E402
 from datamodels.store import Run  # noqa: E402

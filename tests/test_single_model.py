@@ -9,8 +9,8 @@ import torch
 
 from datamodels.config import config_from_dict
 from datamodels.errors import ConfigError
-from datamodels.metrics.lds import single_model_lds
 from datamodels.gradients.metagradient import metagradient_scores, replay_mlp
+from datamodels.metrics.lds import single_model_lds
 from datamodels.plans import masks_for, plan_models, training_weights
 from datamodels.trainers.batched import train_mlp_batched
 from datamodels.trainers.data import TrainData

@@ -44,8 +44,9 @@ from datamodels.config import Config, FitConfig
 from datamodels.errors import DatamodelsError
 from datamodels.metrics.lds import average_replicates, lds
 from datamodels.regress.lasso import split_rows
-from datamodels.stages.fit import eval_positions, fit_datamodels, min_models
+from datamodels.regress.select import fit_datamodels, min_models
 from datamodels.store import Run
+from datamodels.store.positions import eval_positions
 
 
 class _Fits:

@@ -25,13 +25,6 @@ from datamodels.store import Run
 BETON_PATH = f"data/{BETON_NAME}"
 
 
-def resolve_device(choice: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else as given."""
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return choice
-
-
 def check_device(device: str, num_gpus: float, cluster: str | None) -> None:
     """Refuse ``device: cuda`` where no task could get a GPU: on this machine without CUDA
     (no ``cluster`` address), or on a cluster with ``num_gpus`` 0 (tasks land on CPU nodes)."""

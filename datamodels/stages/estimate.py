@@ -26,8 +26,8 @@ from datamodels.errors import EstimateError
 from datamodels.orchestrate.context import local_beton
 from datamodels.plans import tmc_layout
 from datamodels.stages.base import Stage, Unit
-from datamodels.stages.fit import eval_positions
 from datamodels.store import Run
+from datamodels.store.positions import eval_positions
 
 METHODS = (
     "downsampling",

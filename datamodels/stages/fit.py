@@ -15,44 +15,13 @@ import io
 import numpy as np
 import pandas as pd
 
-from datamodels.config import FitConfig
 from datamodels.errors import FitError
-from datamodels.orchestrate.context import resolve_device
-from datamodels.regress.lasso import LassoSelection, lasso_select, split_rows
+from datamodels.regress.select import fit_datamodels, min_models
 from datamodels.stages.base import Stage, Unit
 from datamodels.store import TARGETS_PATH, TARGETS_SCHEMA, WEIGHTS_PATH, WEIGHTS_SCHEMA, Run
+from datamodels.store.positions import eval_positions
 
 METHOD = "datamodels"
-
-
-def eval_positions(run: Run, which: str) -> np.ndarray:
-    """Sorted eval positions of the ``test`` or ``train`` split, or of all of them (``all``)."""
-    examples = run.examples()
-    chosen = examples[examples["eval_position"].notna()]
-    if which != "all":
-        chosen = chosen[chosen["split"] == which]
-    return np.sort(chosen["eval_position"].to_numpy(np.int64))
-
-
-def min_models(fit: FitConfig) -> int:
-    """The fewest models a fit needs: at least two validation rows at ``fit.val_fraction``."""
-    return int(np.ceil(2 / fit.val_fraction)) + 2
-
-
-def fit_datamodels(masks: np.ndarray, margins: np.ndarray, fit: FitConfig) -> LassoSelection:
-    """The fit stage's regression on any table of models: masks bool[m, n], margins
-    float[m, T] -> one LASSO datamodel per column, λ chosen on the seeded validation fraction
-    of the rows (``fit.val_fraction``, ``fit.split_seed``) and refit on all rows."""
-    return lasso_select(
-        masks,
-        margins,
-        split_rows(len(masks), fit.val_fraction, fit.split_seed),
-        n_lambdas=fit.n_lambdas,
-        eps=fit.eps,
-        patience=fit.patience,
-        tol=fit.tol,
-        device=resolve_device(fit.device),
-    )
 
 
 class FitStage(Stage):

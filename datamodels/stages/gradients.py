@@ -61,9 +61,9 @@ from datamodels.orchestrate.context import worker_name
 from datamodels.orchestrate.executor import error_text
 from datamodels.plans import checkpoint_epochs, checkpoint_ids, training_weights
 from datamodels.stages.base import PARTS_DIR, Stage, TaskResources, Unit
-from datamodels.stages.fit import eval_positions
 from datamodels.store import Run
 from datamodels.store.checkpoints import load_checkpoint, read_checkpoint_index
+from datamodels.store.positions import eval_positions
 
 GRADIENT_METHODS = (
     "influence", "influence_pert", "tracin", "representer", "trak", "metagradient", "hydra"

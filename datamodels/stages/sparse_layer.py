@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from datamodels.devices import resolve_device
 from datamodels.errors import EstimateError
 from datamodels.gradients.checkpointed import functional_model
 from datamodels.gradients.representer import last_layer_features
-from datamodels.orchestrate.context import resolve_device
 from datamodels.regress import glm_path, split_rows
 from datamodels.stages.base import Stage, Unit
 from datamodels.stages.gradients import GradientStage

@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 
 from datamodels.config import Config
+from datamodels.devices import resolve_device
 from datamodels.errors import InfrastructureError, StoreError
-from datamodels.orchestrate.context import BETON_PATH, resolve_device, worker_name
+from datamodels.orchestrate.context import BETON_PATH, worker_name
 from datamodels.orchestrate.executor import error_text, error_type, infrastructure_error
 from datamodels.plans import (
     checkpoint_epochs,

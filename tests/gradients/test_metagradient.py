@@ -245,8 +245,8 @@ def test_stage_writes_the_replayed_metagradients_and_resumes(tmp_path):
     from datamodels.orchestrate.context import Context
     from datamodels.orchestrate.executor import SerialExecutor
     from datamodels.plans import plan_models
-    from datamodels.stages.fit import eval_positions
     from datamodels.store import Run
+    from datamodels.store.positions import eval_positions
 
     config = config_from_dict(STAGE_RUN)
     uri = str(tmp_path / "run")

@@ -25,10 +25,10 @@ from datamodels.gradients.checkpointed import functional_model
 from datamodels.gradients.grads import per_example_outputs
 from datamodels.orchestrate.context import Context, context
 from datamodels.plans import masks_for, plan_models
-from datamodels.stages.fit import eval_positions
 from datamodels.stages.gradients import GRADIENT_METHODS, GradientStage
 from datamodels.store import Run
 from datamodels.store.checkpoints import load_checkpoint, read_checkpoint_index
+from datamodels.store.positions import eval_positions
 from datamodels.trainers.orders import interval_lr
 
 MLP = {

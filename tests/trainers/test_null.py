@@ -11,7 +11,13 @@ from datamodels.orchestrate.context import Context
 from datamodels.orchestrate.executor import SerialExecutor
 from datamodels.store import Run, verify
 from datamodels.trainers.api import train_batch
-from datamodels.trainers.null import NOISE, NullData, null_margins, planted_datamodel, planted_weights
+from datamodels.trainers.null import (
+    NOISE,
+    NullData,
+    null_margins,
+    planted_datamodel,
+    planted_weights,
+)
 
 NULL_DIGITS = {
     "name": "digits_null",
