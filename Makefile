@@ -12,7 +12,7 @@ TEST_APT_PKGS := chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN ?= runs/digits
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup demo test test-slow lint bench docs clean
 
 $(STAMP): pyproject.toml
 	@dpkg -s $(APT_PKGS) >/dev/null 2>&1 || { \
@@ -45,6 +45,10 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/train_throughput.py
+
+# the documentation site (docs/, mkdocs.yml) into site/; open site/index.html
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf runs .pytest_cache
