@@ -15,20 +15,25 @@ from __future__ import annotations
 import inspect
 import json
 import re
+import sys
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 MARKER = "<!-- config-reference -->"
+ROOT = Path(__file__).resolve().parents[2]  # the repository: this checkout's package first
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
     if MARKER not in markdown:
         return markdown
-    from datamodels.config import Config
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from datamodels.config import Config  # deferred: only the reference page needs it
 
     return markdown.replace(MARKER, render(Config))
 
@@ -132,7 +137,8 @@ def _default(field) -> str:
     if isinstance(value, BaseModel):
         return "—"
     if isinstance(value, tuple) and value and isinstance(value[0], BaseModel):
-        return "; ".join(json.dumps(v.model_dump(mode="json", exclude_defaults=True)) for v in value)
+        dumps = (v.model_dump(mode="json", exclude_defaults=True) for v in value)
+        return "; ".join(json.dumps(d) for d in dumps)
     return json.dumps(value)
 
 
@@ -145,7 +151,8 @@ def _constraints(field) -> str:
         for attr, symbol in _BOUNDS.items():
             value = getattr(item, attr, None)
             if value is not None:
-                parts.append(f"{symbol} {value:g}" if isinstance(value, float) else f"{symbol} {value}")
+                shown = f"{value:g}" if isinstance(value, float) else str(value)
+                parts.append(f"{symbol} {shown}")
         pattern = getattr(item, "pattern", None)
         if pattern:
             parts.append(f"matches `{pattern}`")
@@ -177,4 +184,3 @@ def _cell(text: str) -> str:
 
 def _is_code(text: str) -> bool:
     return text.startswith(("{", "[", '"')) or re.fullmatch(r"[-\w.]+", text) is not None
-
