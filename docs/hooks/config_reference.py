@@ -7,7 +7,8 @@ model behind ``datamodels.config.Config`` and imports nothing else from the pack
 follows the config wherever its classes live.
 
 A field's description is its ``Field(description=...)`` when it has one, else the comment
-on the same line of the class body.
+on the same line of the class body, else the bullet of the section's docstring that names it
+(``* ``name``: ...`` or ``* ``a`` / ``b``: ...``).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def _sections(model: type[BaseModel], prefix: str):
 
 
 def _table(model: type[BaseModel], prefix: str, names: list[str]) -> str:
-    comments = _line_comments(model)
+    comments, bullets = _line_comments(model), _docstring_bullets(model)
     rows = ["| field | type | default | allowed | description |", "|---|---|---|---|---|"]
     for name in names:
         field = model.model_fields[name]
@@ -76,7 +77,7 @@ def _table(model: type[BaseModel], prefix: str, names: list[str]) -> str:
             default = "null" if _optional(field.annotation) and field.default is None else "—"
             rows.append(f"| `{dotted}` | {kind} | {default} | | |")
             continue
-        description = field.description or comments.get(name, "")
+        description = field.description or comments.get(name) or bullets.get(name, "")
         rows.append(
             f"| `{dotted}` | {_cell(_type_name(field.annotation))} | {_cell(_default(field))} "
             f"| {_cell(_constraints(field))} | {_cell(description)} |"
@@ -160,17 +161,29 @@ def _constraints(field) -> str:
 
 
 def _line_comments(model: type[BaseModel]) -> dict[str, str]:
-    """field name -> the comment on its own line of the class body."""
+    """field name -> the comment on its own line of the class body, or the comment block
+    above it that starts by naming it (``# ``recipe``: ...``)."""
     try:
         source = inspect.getsource(model)
     except (OSError, TypeError):
         return {}
-    found = {}
+    found: dict[str, str] = {}
+    named, current = {}, None  # comment blocks that start by naming a field: # ``name``: ...
     for line in source.splitlines():
         match = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
         if match and match.group(1) in model.model_fields:
             found[match.group(1)] = match.group(2).strip()
-    return found
+        comment = re.match(r"\s+#\s?(.*)$", line)
+        if not comment:
+            current = None
+            continue
+        head = re.match(r"``(\w+)``:\s*(.*)$", comment.group(1))
+        if head and head.group(1) in model.model_fields:
+            current = head.group(1)
+            named[current] = head.group(2)
+        elif current is not None:
+            named[current] += " " + comment.group(1).strip()
+    return {**named, **found}
 
 
 def _anchor(path: str) -> str:
@@ -178,9 +191,36 @@ def _anchor(path: str) -> str:
 
 
 def _cell(text: str) -> str:
-    text = text.replace("|", "\\|").replace("\n", " ")
-    return f"`{text}`" if text and _is_code(text) else text
+    """One table cell: a bare value as code; pipes escaped outside code spans (the table
+    extension leaves pipes inside backticks alone, and would show a backslash there)."""
+    text = text.replace("\n", " ")
+    if text and _is_code(text) and "`" not in text:
+        return f"`{text}`"
+    parts = re.split(r"(``.*?``|`[^`]*`)", text)
+    return "".join(p if p.startswith("`") else p.replace("|", "\\|") for p in parts)
 
 
 def _is_code(text: str) -> bool:
     return text.startswith(("{", "[", '"')) or re.fullmatch(r"[-\w.]+", text) is not None
+
+
+def _docstring_bullets(model: type[BaseModel]) -> dict[str, str]:
+    """field name -> the text of the docstring bullet that starts by naming it."""
+    doc = inspect.cleandoc(model.__doc__ or "")
+    # a bullet may name a choice of a field (a plan kind), not a field
+    choices = {
+        str(value)
+        for field in model.model_fields.values()
+        if typing.get_origin(field.annotation) is typing.Literal
+        for value in typing.get_args(field.annotation)
+    }
+    found: dict[str, str] = {}
+    for item in re.split(r"\n(?=\* )", doc):
+        match = re.match(r"\* ((?:``\w+``(?:\s*/\s*)?)+):\s*(.+)", item, re.DOTALL)
+        if not match:
+            continue
+        text = " ".join(re.split(r"\n\s*\n", match.group(2))[0].split())
+        for name in re.findall(r"``(\w+)``", match.group(1)):
+            if name in model.model_fields and name not in choices:
+                found.setdefault(name, text)
+    return found
