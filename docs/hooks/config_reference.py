@@ -7,8 +7,10 @@ model behind ``datamodels.config.Config`` and imports nothing else from the pack
 follows the config wherever its classes live.
 
 A field's description is its ``Field(description=...)`` when it has one, else the comment
-on the same line of the class body, else the bullet of the section's docstring that names it
-(``* ``name``: ...`` or ``* ``a`` / ``b``: ...``).
+on the same line of the class body (or a comment block above it that starts by naming it),
+else the bullet of the section's docstring that names it (``* ``name``: ...``), else the line
+for its dotted name in ``docs/configuration/descriptions.yaml`` (for fields the code does
+not describe yet; the docs test refuses a key there that is not a field).
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 MARKER = "<!-- config-reference -->"
 ROOT = Path(__file__).resolve().parents[2]  # the repository: this checkout's package first
+DESCRIPTIONS = ROOT / "docs" / "configuration" / "descriptions.yaml"
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
@@ -36,19 +40,26 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
         sys.path.insert(0, str(ROOT))
     from datamodels.config import Config  # deferred: only the reference page needs it
 
-    return markdown.replace(MARKER, render(Config))
+    return markdown.replace(MARKER, render(Config, _fallbacks()))
 
 
-def render(root: type[BaseModel]) -> str:
+def _fallbacks() -> dict[str, str]:
+    if not DESCRIPTIONS.is_file():
+        return {}
+    return yaml.safe_load(DESCRIPTIONS.read_text()) or {}
+
+
+def render(root: type[BaseModel], fallbacks: dict[str, str] | None = None) -> str:
     """Markdown for ``root``: its own fields first, then one section per nested model."""
-    out = [_table(root, "", list(root.model_fields))]
+    fallbacks = fallbacks or {}
+    out = [_table(root, "", list(root.model_fields), fallbacks)]
     for path, model in _sections(root, ""):
         title = path
         doc = inspect.cleandoc(model.__doc__ or "")
         out.append(f"## `{title}` {{#{_anchor(title)}}}\n")
         if doc and not doc.startswith(model.__name__ + "("):
             out.append(doc + "\n")
-        out.append(_table(model, path, list(model.model_fields)))
+        out.append(_table(model, path, list(model.model_fields), fallbacks))
     return "\n".join(out)
 
 
@@ -64,7 +75,7 @@ def _sections(model: type[BaseModel], prefix: str):
         yield from _sections(nested, path + ".")
 
 
-def _table(model: type[BaseModel], prefix: str, names: list[str]) -> str:
+def _table(model: type[BaseModel], prefix: str, names: list[str], fallbacks: dict[str, str]) -> str:
     comments, bullets = _line_comments(model), _docstring_bullets(model)
     rows = ["| field | type | default | allowed | description |", "|---|---|---|---|---|"]
     for name in names:
@@ -77,7 +88,13 @@ def _table(model: type[BaseModel], prefix: str, names: list[str]) -> str:
             default = "null" if _optional(field.annotation) and field.default is None else "—"
             rows.append(f"| `{dotted}` | {kind} | {default} | | |")
             continue
-        description = field.description or comments.get(name) or bullets.get(name, "")
+        description = (
+            field.description
+            or comments.get(name)
+            or bullets.get(name)
+            or fallbacks.get(dotted)
+            or fallbacks.get(re.sub(r"^transfer\.source\.", "dataset.", dotted), "")
+        )
         rows.append(
             f"| `{dotted}` | {_cell(_type_name(field.annotation))} | {_cell(_default(field))} "
             f"| {_cell(_constraints(field))} | {_cell(description)} |"
