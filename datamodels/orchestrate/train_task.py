@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from datamodels.devices import resolve_device
 from datamodels.orchestrate.context import worker_name
@@ -68,8 +69,6 @@ class TrainTask:
 
     def compute(self, ctx, unit: Unit, shared=None) -> Receipt:
         res = self.config.resources
-        import torch  # defers torch: the driver imports this module without it
-
         torch.set_num_threads(res.threads_per_task or max(1, int(res.num_cpus)))
         self.task_plan(ctx)
         if self.config.model.arch == "null":  # sizes only: never decode the beton
