@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodels.errors import JobError
+from datamodels.orchestrate.jobs_api import job_submission_client
 
 # Never uploaded: run outputs, environments, caches, VCS data, datasets' local copies.
 WORKING_DIR_EXCLUDES = [
@@ -154,10 +155,8 @@ def client(address: str | None) -> Any:
     """A `JobSubmissionClient` for ``address`` (default: ``RAY_API_SERVER_ADDRESS`` /
     ``RAY_ADDRESS``); `JobError` in one line when the Jobs API cannot be reached."""
     _enable_token_auth()
-    from ray.job_submission import JobSubmissionClient
-
     try:
-        return JobSubmissionClient(address)
+        return job_submission_client(address)
     except Exception as exc:  # ConnectionError, auth errors, bad addresses: all one line
         where = (
             address

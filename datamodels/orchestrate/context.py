@@ -10,26 +10,33 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
 from collections import OrderedDict
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from datamodels.config import Config
-from datamodels.data.beton import BETON_NAME
+from datamodels.errors import ConfigError
 from datamodels.store import Run
+from datamodels.store.beton import BETON_PATH, local_beton
+from datamodels.trainers.data import load_train_data
+from datamodels.trainers.transfer import load_transfer_data
 
-BETON_PATH = f"data/{BETON_NAME}"
+__all__ = [  # BETON_PATH and local_beton live in the store; read here by older importers
+    "BETON_PATH",
+    "Context",
+    "check_device",
+    "context",
+    "local_beton",
+    "num_classes",
+    "worker_name",
+]
 
 
 def check_device(device: str, num_gpus: float, cluster: str | None) -> None:
     """Refuse ``device: cuda`` where no task could get a GPU: on this machine without CUDA
     (no ``cluster`` address), or on a cluster with ``num_gpus`` 0 (tasks land on CPU nodes)."""
-    from datamodels.errors import ConfigError
-
     if device != "cuda":
         return
     if cluster and num_gpus == 0:
@@ -53,20 +60,6 @@ def num_classes(examples) -> int:
     return int(max(examples["label"].max(), examples["original_label"].max())) + 1
 
 
-def local_beton(run: Run, config_hash: str) -> str:
-    """A local path of the run's beton: the file itself, or (object stores) a per-host copy."""
-    local = run.local_path(BETON_PATH)
-    if local is not None:
-        return local
-    cached = Path(tempfile.gettempdir()) / "datamodels-cache" / f"{config_hash}.beton"
-    if not cached.exists():
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(run.fs.read_bytes(BETON_PATH))
-        os.replace(tmp, cached)
-    return str(cached)
-
-
 class Context:
     """Caches of one process, bounded (least recently used entries are dropped first)."""
 
@@ -87,13 +80,10 @@ class Context:
 
     def data(self, run: Run, config: Config, device: str = "cpu"):
         """The run's ``TrainData`` on ``device`` (decoded once per process)."""
-        from datamodels.trainers.data import load_train_data
 
         def load():
             examples = run.examples()
             if config.transfer is not None:  # source classes and target (train.transfer)
-                from datamodels.trainers.transfer import load_transfer_data
-
                 return load_transfer_data(local_beton(run, config.hash), examples, device)
             return load_train_data(
                 local_beton(run, config.hash), examples, num_classes(examples), device

@@ -28,41 +28,26 @@ import numpy as np
 import pandas as pd
 
 from datamodels.config import Config
-from datamodels.devices import resolve_device
 from datamodels.errors import InfrastructureError, StoreError
-from datamodels.orchestrate.context import BETON_PATH, worker_name
+from datamodels.orchestrate.context import BETON_PATH
 from datamodels.orchestrate.executor import error_text, error_type, infrastructure_error
+from datamodels.orchestrate.train_task import Receipt, TrainTask
 from datamodels.plans import (
     checkpoint_epochs,
     checkpoint_ids,
-    masks_for,
-    plan_models,
     stored_masks,
     stored_plans,
-    tmc_walk,
     tmc_walk_state,
-    training_weights,
+    walk_plans,
 )
 from datamodels.stages.base import Stage, TaskResources, Unit
-from datamodels.stages.status import check_writable
-from datamodels.store import PLAN_MASKS_DIR, Run, models_table
-from datamodels.store.checkpoints import complete_models, write_checkpoints
+from datamodels.store import PLAN_MASKS_DIR, Run
+from datamodels.store.checkpoints import complete_models
 from datamodels.store.compact import recover_compaction
 from datamodels.store.lock import mutex
-from datamodels.trainers.api import TrainOutcome, resolve_loader, train_batch
-from datamodels.trainers.null import NullData
-from datamodels.trainers.outcome import CheckpointRequest
-from datamodels.trainers.walk import walk_permutation
+from datamodels.trainers.api import resolve_loader
 
-
-@dataclass
-class Receipt:
-    """What a task returns: never the data itself (that is in the shard)."""
-
-    written: list[int] = field(default_factory=list)
-    failed: list[tuple[int, str, str]] = field(default_factory=list)  # (model_id, type, message)
-    worker: str = ""
-    checkpointed: list[int] = field(default_factory=list)  # models whose checkpoints were written
+__all__ = ["Receipt", "TrainStage", "TrainSummary"]
 
 
 @dataclass
@@ -75,7 +60,9 @@ class TrainSummary:
     checkpointed: int = 0  # models whose checkpoints this call wrote
 
 
-class TrainStage(Stage):
+class TrainStage(TrainTask, Stage):
+    """The driver's half; the task's (`compute`, `train_models`, `write_shard`) is `TrainTask`."""
+
     name = "train"
     what = "models"
     refingerprint_after_finish = True
@@ -98,12 +85,6 @@ class TrainStage(Stage):
         # than with every copy of the stage: the driver then holds the plan table once, not
         # once more in the object store (about 50 bytes a model).
         return {**self.__dict__, "_planned": None}
-
-    def task_plan(self, ctx) -> None:
-        """In a task: the plan table of this process (built once per worker and config)."""
-        if self._planned is None:
-            key = ("planned", self.config.hash, self.run.n_train)
-            self._planned = ctx.cached(key, lambda: plan_models(self.config, self.run.n_train))
 
     # -- the contract ----------------------------------------------------------------------
 
@@ -146,7 +127,7 @@ class TrainStage(Stage):
     def start(self) -> None:
         """Refuse an unwritable run directory (it would fail every model); set aside bad shards
         (their models are trained again); read the attempts spent."""
-        check_writable(self.run, "models")
+        self.run.fs.check_writable("models")
         if self.shard is None:  # models an interrupted compaction stashed count as stored
             recover_compaction(self.run)
         try:
@@ -229,43 +210,6 @@ class TrainStage(Stage):
     def progress_counts(self, units: list[Unit], todo: list[Unit]) -> tuple[int, int]:
         return self._counts
 
-    def compute(self, ctx, unit: Unit, shared=None) -> Receipt:
-        res = self.config.resources
-        import torch
-
-        torch.set_num_threads(res.threads_per_task or max(1, int(res.num_cpus)))
-        self.task_plan(ctx)
-        if self.config.model.arch == "null":  # sizes only: never decode the beton
-            data = NullData(*self.run.sizes())
-        else:
-            data = ctx.data(self.run, self.config, resolve_device(res.device))
-        receipt = Receipt(worker=worker_name())
-        if unit.payload[0] == "walk":
-            _, plan, perm, _, attempt = unit.payload
-            spec = self.config.plan(plan)
-            walk = tmc_walk(self.config, spec, perm, data.n_train, self.planned)
-            planned, masks, outcome = walk_permutation(
-                walk,
-                spec,
-                data.n_train,
-                self.config.resources.models_per_task,
-                lambda chosen: self.train_models(data, chosen, receipt),
-            )
-            self.write_shard(planned, masks, outcome, np.asarray(attempt), receipt)
-            return receipt
-        _, ids, tries, stored = unit.payload
-        planned = self.planned.select_ids(np.asarray(ids, dtype=np.int64))
-        masks, outcome = self.train_models(data, planned, receipt)
-        fresh = np.flatnonzero(~np.isin(planned.model_id, list(stored)))
-        self.write_shard(
-            planned.take(fresh),
-            masks[fresh],
-            outcome.take(fresh),
-            np.asarray(tries)[fresh],
-            receipt,
-        )
-        return receipt
-
     def finish(self) -> TrainSummary:
         return self.summary
 
@@ -280,7 +224,8 @@ class TrainStage(Stage):
     # -- in the driver -----------------------------------------------------------------------
 
     def tmc_plans(self) -> list[str]:
-        return [p.name for p in self.config.plans if p.kind == "tmc"]
+        """Plans trained as permutation walks (one unit per walk, not per model)."""
+        return walk_plans(self.config)
 
     def waiting_plans(self) -> list[str]:
         """Stored-mask plans whose ``plan_masks/<plan>.parquet`` is not written yet: skipped
@@ -439,75 +384,3 @@ class TrainStage(Stage):
         progress.failed_attempt(len(ids), len(ids) - len(retry))
         self.summary.failed = progress.given_up
         return self.retry_units(unit, retry)
-
-    # -- inside a task -----------------------------------------------------------------------
-
-    def train_models(self, data, planned, receipt: Receipt) -> tuple[np.ndarray, TrainOutcome]:
-        """(masks, outcome) of the ``planned`` models, trained; the checkpoints
-        ``config.checkpoints`` asks for are written."""
-        wanted = np.isin(planned.model_id, checkpoint_ids(self.config, self.planned))
-        request = (
-            CheckpointRequest(
-                tuple(np.flatnonzero(wanted).tolist()), checkpoint_epochs(self.config)
-            )
-            if wanted.any()
-            else None
-        )
-        masks = masks_for(self.config, planned, data.n_train, self.stored)
-        # single_model plans: batches from the full set, dropped points weighted 0; the
-        # stored mask stays the kept set
-        order, weights = training_weights(self.config, planned, masks)
-        outcome = train_batch(
-            order, planned.seed, data, self.config, loader=self.loader, checkpoints=request,
-            example_weights=weights,
-        )
-        keep = [s for s in outcome.snapshots if not outcome.failed[s.row]]
-        if keep:
-            write_checkpoints(
-                self.run.fs,
-                self.config.model.arch,
-                [(int(planned.model_id[s.row]), s.epoch, s.lr, s.params) for s in keep],
-            )
-            receipt.checkpointed += sorted({int(planned.model_id[s.row]) for s in keep})
-        for row in np.flatnonzero(outcome.failed):
-            receipt.failed.append(
-                (
-                    int(planned.model_id[row]),
-                    "NonFiniteLoss",
-                    "training produced a non-finite loss or margin "
-                    f"(loss={outcome.train_loss[row]})",
-                )
-            )
-        return masks, outcome
-
-    def write_shard(
-        self,
-        planned,
-        masks: np.ndarray,
-        outcome: TrainOutcome,
-        attempts: np.ndarray,
-        receipt: Receipt,
-    ) -> None:
-        """One shard with the models of ``planned`` that trained cleanly."""
-        ok = ~outcome.failed
-        if not ok.any():
-            return
-        # stored-mask plans record the fraction their mask keeps (not known at plan time)
-        alphas = np.where(
-            np.isin(planned.plan, stored_plans(self.config)), masks.mean(axis=1), planned.alpha
-        )
-        table = models_table(
-            model_ids=planned.model_id[ok],
-            plan=planned.plan[ok],
-            alphas=alphas[ok],
-            seeds=planned.seed[ok],
-            masks=masks[ok],
-            margins=outcome.margins[ok],
-            train_loss=outcome.train_loss[ok],
-            eval_accuracy=outcome.eval_accuracy[ok],
-            seconds=outcome.seconds[ok],
-            attempt=np.broadcast_to(np.asarray(attempts, np.int32), ok.shape)[ok],
-            worker=receipt.worker,
-        )
-        self.run.write_models(table, config_hash=self.config.hash)
-        receipt.written += [int(i) for i in planned.model_id[ok]]

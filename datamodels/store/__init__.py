@@ -1,6 +1,7 @@
 """The run store: Parquet schemas, atomic shard writes, readers, verification and SQL.
 
-The run directory is the public contract (DESIGN §3). Start from `Run`::
+The run directory is the public contract: its files and columns are what notebooks, SQL and
+outside checks read. Start from `Run`::
 
     run = Run("runs/cifar")            # or "s3://bucket/runs/cifar"
     masks, margins = run.masks_and_margins(plan="alpha")   # bool[m, n_train], float32[m, n_eval]

@@ -34,12 +34,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from datamodels.errors import StoreError
-from datamodels.store.problems import Problem, first_line
-from datamodels.store.schemas import MODELS_DIR, models_schema
+from datamodels.store.problems import first_line
+from datamodels.store.schemas import COMPACTING_DIR, MODELS_DIR, models_schema
 from datamodels.store.shards import CONFIG_HASH_KEY, serialize_parquet, shard_name
 from datamodels.store.verify import scan_shards
 
-COMPACTING_DIR = f"{MODELS_DIR}/_compacting"
 DEFAULT_TARGET_BYTES = 256 * 1024**2
 ROW_GROUP_ROWS = 1024  # row groups of a merged shard: readers scan them in parallel
 
@@ -56,19 +55,6 @@ class CompactSummary:
 
 def _group_dir(merged: str) -> str:
     return f"{COMPACTING_DIR}/{posixpath.splitext(merged)[0]}"
-
-
-def interrupted_problems(run) -> list[Problem]:
-    """One ``interrupted`` problem per group an interrupted compaction left behind."""
-    problems = []
-    for entry in run.fs.entries(COMPACTING_DIR):
-        path = f"{COMPACTING_DIR}/{entry}"
-        message = (
-            "an interrupted `datamodels compact` holds shards here; run `datamodels compact` "
-            "(or `train`) on the run to finish or undo it"
-        )
-        problems.append(Problem(path, "interrupted", message))
-    return problems
 
 
 def recover_compaction(run) -> list[str]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from datamodels.errors import StoreError
+from datamodels.errors import InfrastructureError, StoreError
 
 TEMP_MARKER = ".tmp-"
 
@@ -186,3 +186,16 @@ class RunFS:
             os.replace(self.join(src), self.join(dst))
         else:
             self.filesystem.move(self.join(src), self.join(dst))
+
+    def check_writable(self, subdir: str) -> None:
+        """Refuse a run directory that cannot be written (full, read-only) before any work:
+        `InfrastructureError` naming ``subdir`` and the fix."""
+        probe = f"{subdir}/.probe-{uuid.uuid4().hex}"
+        try:
+            self.write_bytes_atomic(probe, b"")
+            self.filesystem.delete_file(self.join(probe))
+        except OSError as err:
+            raise InfrastructureError(
+                f"{self.display(subdir)} is not writable ({err.strerror or err}); free space or "
+                "fix permissions, then rerun"
+            ) from None

@@ -10,14 +10,15 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
+from datamodels.config import config_from_dict
 from datamodels.errors import ConfigError, StoreError
+from datamodels.plans import PlannedModels, masks_for, plan_models
 from datamodels.store.problems import QUARANTINE_FIX, Problem, first_line, shown
 from datamodels.store.schemas import CONFIG_PATH
 from datamodels.store.shards import CONFIG_HASH_KEY, fixed_size_list_to_numpy
 
 if TYPE_CHECKING:
     from datamodels.config import Config
-    from datamodels.plans import PlannedModels
     from datamodels.store.run import Run
 
 
@@ -52,14 +53,10 @@ class PlanCheck:
 
     @classmethod
     def of(cls, config: Config, n_train: int, stored: dict | None = None) -> PlanCheck:
-        from datamodels.plans import plan_models
-
         return cls(config, plan_models(config, n_train), n_train, stored)
 
     def problems(self, rel_path: str, table: pa.Table) -> list[Problem]:
         """``plan`` problems of one shard (``table`` has its model_id, plan and mask columns)."""
-        from datamodels.plans import masks_for
-
         ids = table.column("model_id").to_numpy().astype(np.int64, copy=False)
         planned_ids = self.planned.model_id
         positions = np.minimum(np.searchsorted(planned_ids, ids), max(planned_ids.size - 1, 0))
@@ -120,8 +117,6 @@ def run_config(run: Run) -> tuple[str | None, Config | None, list[Problem]]:
     hashes to its recorded ``config_hash`` (as ``prepare`` writes it); shards are then
     checked against its plan. A config.yaml without ``config_hash`` checks nothing.
     """
-    from datamodels.config import config_from_dict
-
     tree, problems = _config_tree(run)
     if tree is None or tree.get("config_hash") is None:
         return None, None, problems

@@ -1,4 +1,4 @@
-"""`Run`: the facade over one run directory (DESIGN §3). Readers return numpy, pandas or Arrow.
+"""`Run`: the facade over one run directory. Readers return numpy, pandas or Arrow.
 
 Every stage reads and writes the run through this class; the table layout and schemas live in
 `datamodels.store.schemas`, the write path in `datamodels.store.shards`, and the checks in
@@ -19,9 +19,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from datamodels.data.beton import decode_resident
 from datamodels.errors import StoreError
+from datamodels.plans import plan_masks_path
+from datamodels.store.beton import local_beton
 from datamodels.store.fs import RunFS
 from datamodels.store.models import ModelsTable
+from datamodels.store.positions import train_size
 from datamodels.store.problems import first_line
 from datamodels.store.schemas import (
     CONFIG_PATH,
@@ -31,7 +35,6 @@ from datamodels.store.schemas import (
     EXAMPLES_SCHEMA,
     FAILURES_PATH,
     FAILURES_SCHEMA,
-    PLAN_MASKS_DIR,
     PLAN_MASKS_SCHEMA,
     REMOVAL_RESULTS_PATH,
     REMOVAL_RESULTS_SCHEMA,
@@ -56,17 +59,7 @@ from datamodels.store.shards import (
 )
 
 _METHOD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-_ARRAY_DTYPES = {"mask": np.bool_, "margins": np.float32}
-
-
-def train_size(train_position: pa.ChunkedArray) -> int:
-    """n_train (the mask length) from ``examples.parquet``'s ``train_position`` column: one
-    more than its largest value (a transfer run's source classes are shared by their
-    examples; otherwise every train example has its own position)."""
-    train = train_position.drop_null().to_numpy()
-    return int(train.max()) + 1 if len(train) else 0
-
-
+__all__ = ["Run", "train_size"]  # train_size: read here by older importers
 def _to_pandas(table: pa.Table, schema: pa.Schema) -> pd.DataFrame:
     """A DataFrame in which nullable integer columns stay integers (pandas ``Int64``, not float)."""
     nullable_int = {pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype()}
@@ -79,10 +72,6 @@ def _to_pandas(table: pa.Table, schema: pa.Schema) -> pd.DataFrame:
         else:
             columns[name] = column.to_pandas()
     return pd.DataFrame(columns, index=pd.RangeIndex(table.num_rows))
-
-
-def _as_list(plan: str | list[str] | None) -> list[str] | None:
-    return [plan] if isinstance(plan, str) else (None if plan is None else list(plan))
 
 
 class Run(ModelsTable):
@@ -190,9 +179,6 @@ class Run(ModelsTable):
                 "class, not one input; its examples are the 'source' rows of examples.parquet"
             )
         if self._raw is None:
-            from datamodels.data.beton import decode_resident
-            from datamodels.orchestrate.context import local_beton
-
             config_hash = self.recorded_config_hash() or "run"
             self._raw = decode_resident(local_beton(self, config_hash))[0]
         return self._raw[self._split_rows(split)["index"].to_numpy(np.int64)]
@@ -345,9 +331,7 @@ class Run(ModelsTable):
 
     # -- stored-mask plans and counterfactual removals ---------------------------------------
 
-    @staticmethod
-    def plan_masks_path(plan: str) -> str:
-        return f"{PLAN_MASKS_DIR}/{plan}.parquet"
+    plan_masks_path = staticmethod(plan_masks_path)
 
     def has_plan_masks(self, plan: str) -> bool:
         return self.fs.isfile(self.plan_masks_path(plan))

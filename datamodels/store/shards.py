@@ -1,15 +1,15 @@
 """Writing tables: conform to a schema, serialise to Parquet in memory, validate, write atomically.
 
-Owns the write path of every table in the run directory (DESIGN §5): a Ray task builds its
+Owns the write path of every table in the run directory: a Ray task builds its
 K models' rows with `models_table`, and `write_model_shard` writes them to
 ``models/<shard_name>``; the name is a pure function of the model ids, so a retried task
 rewrites the same file instead of adding a second copy. Also owns the reverse conversion of
 fixed-size-list columns to 2-D numpy arrays (`fixed_size_list_to_numpy`).
 
-Integrity (DESIGN §3, "every shard records the run's config hash and is checksummed"): every
-table is written with Parquet page checksums (CRC32 per page, checked by the readers and by
-`verify`), and a model shard records the run's config hash under the Parquet key-value
-metadata key ``config_hash``. Both are metadata additions only: the columns and
+Integrity (every shard records the run's config hash and is checksummed): every table is
+written with Parquet page checksums (CRC32 per page, checked by the readers and by `verify`),
+and a model shard records the run's config hash under the Parquet key-value metadata key
+``config_hash``. Both are metadata additions only: the columns and
 ``schema_version`` (1) are unchanged, and files written before them (no checksums, no
 ``config_hash``) still read and verify.
 """

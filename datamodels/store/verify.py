@@ -42,7 +42,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from datamodels.errors import StoreError
+from datamodels.plans import stored_masks
 from datamodels.store.fs import RunFS
+from datamodels.store.positions import train_size
 from datamodels.store.problems import (
     QUARANTINE_FIX,
     UNUSABLE_KINDS,
@@ -51,6 +53,7 @@ from datamodels.store.problems import (
 )
 from datamodels.store.provenance import PlanCheck, foreign_problems, read_config_hash, run_config
 from datamodels.store.schemas import (
+    COMPACTING_DIR,
     EVALUATION_PATH,
     EVALUATION_SCHEMA,
     EXAMPLES_PATH,
@@ -272,8 +275,6 @@ def run_sizes(run: Run, full: bool = False) -> tuple[int | None, int | None, lis
     )
     if positions is None:
         return None, None, problems
-    from datamodels.store.run import train_size
-
     n_train = train_size(positions.column("train_position"))
     n_eval = len(positions) - positions.column("eval_position").null_count
     return n_train, n_eval, []
@@ -335,6 +336,19 @@ def _scores_problems(runfs: RunFS, rel_path: str, n_train: int | None) -> list[P
     return read_checked(runfs, rel_path, schema_problems)[1]
 
 
+def interrupted_problems(run: Run) -> list[Problem]:
+    """One ``interrupted`` problem per group an interrupted compaction left behind."""
+    problems = []
+    for entry in run.fs.entries(COMPACTING_DIR):
+        path = f"{COMPACTING_DIR}/{entry}"
+        message = (
+            "an interrupted `datamodels compact` holds shards here; run `datamodels compact` "
+            "(or `train`) on the run to finish or undo it"
+        )
+        problems.append(Problem(path, "interrupted", message))
+    return problems
+
+
 def verify(run: Run) -> list[Problem]:
     """Every problem in the run directory, each naming its file (empty list: all good).
 
@@ -346,8 +360,6 @@ def verify(run: Run) -> list[Problem]:
     problems.extend(example_problems)
     plan = None
     if config is not None and n_train is not None:
-        from datamodels.plans import stored_masks
-
         try:
             stored = stored_masks(config, run)
         except StoreError as exc:
@@ -357,8 +369,6 @@ def verify(run: Run) -> list[Problem]:
     problems.extend(
         scan_shards(run, n_train, n_eval, config_hash=config_hash, full=True, plan=plan)[1]
     )
-    from datamodels.store.compact import interrupted_problems
-
     problems.extend(interrupted_problems(run))
     for rel_path, expected in (
         (FAILURES_PATH, FAILURES_SCHEMA),

@@ -14,6 +14,7 @@ import pytest
 
 from datamodels.api import train
 from datamodels.config import config_from_dict
+from datamodels.orchestrate import train_task
 from datamodels.orchestrate.executor import SerialExecutor
 from datamodels.plans import masks_for, plan_models
 from datamodels.stages import train as train_stage
@@ -99,7 +100,7 @@ def test_nan_models_land_in_failures(tmp_path, monkeypatch):
     config = _config("resources.max_attempts=2")
     planned = plan_models(config, 1438)
     poisoned_seeds = planned.seed[[3, 41]]
-    real = train_stage.train_batch
+    real = train_task.train_batch
 
     def diverging(masks, seeds, *args, **kwargs):  # models 3 and 41 diverge on every attempt
         outcome = real(masks, seeds, *args, **kwargs)
@@ -108,7 +109,7 @@ def test_nan_models_land_in_failures(tmp_path, monkeypatch):
         outcome.failed |= bad
         return outcome
 
-    monkeypatch.setattr(train_stage, "train_batch", diverging)
+    monkeypatch.setattr(train_task, "train_batch", diverging)
     out = tmp_path / "run"
     summary = train(config, str(out), executor=SerialExecutor(), show_progress=False)
     run = Run(str(out))
@@ -129,7 +130,7 @@ def test_nan_models_land_in_failures(tmp_path, monkeypatch):
 
 def test_a_task_that_raises_spends_attempts_and_retries_smaller(tmp_path, monkeypatch):
     config = _config("resources.max_attempts=3", "plans.train.count=20", "plans.eval.count=4")
-    real = train_stage.train_batch
+    real = train_task.train_batch
     calls: list[int] = []
 
     def flaky(masks, seeds, *args, **kwargs):  # the first two calls crash, as a bug or OOM would
@@ -138,7 +139,7 @@ def test_a_task_that_raises_spends_attempts_and_retries_smaller(tmp_path, monkey
             raise RuntimeError("simulated crash")
         return real(masks, seeds, *args, **kwargs)
 
-    monkeypatch.setattr(train_stage, "train_batch", flaky)
+    monkeypatch.setattr(train_task, "train_batch", flaky)
     out = tmp_path / "run"
     summary = train(config, str(out), executor=SerialExecutor(), show_progress=False)
     run = Run(str(out))
@@ -365,7 +366,7 @@ def test_a_walk_with_a_failed_model_is_not_walked_twice(tmp_path, monkeypatch):
             "resources": {"models_per_task": 4, "max_attempts": 3},
         }
     )
-    real = train_stage.train_batch
+    real = train_task.train_batch
     calls = {"n": 0}
 
     def one_divergence(masks, seeds, *args, **kwargs):
@@ -375,7 +376,7 @@ def test_a_walk_with_a_failed_model_is_not_walked_twice(tmp_path, monkeypatch):
             outcome.failed[0], outcome.train_loss[0] = True, np.nan
         return outcome
 
-    monkeypatch.setattr(train_stage, "train_batch", one_divergence)
+    monkeypatch.setattr(train_task, "train_batch", one_divergence)
     out = tmp_path / "run"
     train(config, str(out), executor=SerialExecutor(), show_progress=False)
     run = Run(str(out))

@@ -13,6 +13,7 @@ from datamodels.api import train
 from datamodels.cli import app
 from datamodels.config import config_from_dict
 from datamodels.errors import InfrastructureError
+from datamodels.orchestrate import train_task
 from datamodels.orchestrate.executor import SerialExecutor
 from datamodels.stages import train as train_stage
 from datamodels.store import Run, RunFS
@@ -100,7 +101,7 @@ def test_an_unwritable_run_directory_is_refused_before_training(tmp_path, monkey
 
     monkeypatch.setattr(RunFS, "write_bytes_atomic", read_only)
     calls: list[int] = []
-    monkeypatch.setattr(train_stage, "train_batch", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(train_task, "train_batch", lambda *a, **k: calls.append(1))
     with pytest.raises(InfrastructureError, match="models is not writable .*Read-only file system"):
         train(_config(), str(tmp_path / "run"), executor=SerialExecutor(), show_progress=False)
     assert not calls  # nothing was trained
@@ -121,7 +122,7 @@ def test_status_and_query_flag_a_model_stored_twice(tmp_path):
 
 
 def test_out_of_memory_batches_are_halved_without_spending_attempts(tmp_path, monkeypatch):
-    real = train_stage.train_batch
+    real = train_task.train_batch
     sizes: list[int] = []
 
     def small_memory(masks, seeds, *args, **kwargs):  # more than 4 models at once do not fit
@@ -130,7 +131,7 @@ def test_out_of_memory_batches_are_halved_without_spending_attempts(tmp_path, mo
             raise MemoryError("out of memory")
         return real(masks, seeds, *args, **kwargs)
 
-    monkeypatch.setattr(train_stage, "train_batch", small_memory)
+    monkeypatch.setattr(train_task, "train_batch", small_memory)
     out = str(tmp_path / "run")
     summary = train(
         _config("resources.max_attempts=1"), out, executor=SerialExecutor(), show_progress=False
@@ -140,7 +141,7 @@ def test_out_of_memory_batches_are_halved_without_spending_attempts(tmp_path, mo
 
 
 def test_a_model_that_always_crashes_its_worker_fails_for_good(tmp_path, monkeypatch):
-    real = train_stage.train_batch
+    real = train_task.train_batch
     planned_seed = {}
 
     def crash_on_one(masks, seeds, *args, **kwargs):
@@ -152,7 +153,7 @@ def test_a_model_that_always_crashes_its_worker_fails_for_good(tmp_path, monkeyp
 
     config = _config("resources.max_attempts=2")
     planned_seed["bad"] = int(plan_models(config, 1438).seed[5])
-    monkeypatch.setattr(train_stage, "train_batch", crash_on_one)
+    monkeypatch.setattr(train_task, "train_batch", crash_on_one)
     out = str(tmp_path / "run")
     summary = train(config, out, executor=SerialExecutor(), show_progress=False)
     run = Run(out)

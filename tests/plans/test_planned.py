@@ -106,3 +106,47 @@ def test_vectorised_training_seeds_equal_numpy_seed_sequence():
         pairs = zip(mask_index.tolist(), replicate.tolist(), strict=True)
         want = [training_seed(config_seed, "eval", j, r) for j, r in pairs]
         assert training_seeds(config_seed, "eval", mask_index, replicate).tolist() == want
+
+
+def _digest(*arrays) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for a in map(np.asarray, arrays):
+        digest.update(str(a.dtype).encode())
+        raw = "|".join(a.tolist()).encode() if a.dtype.kind == "U" else a.tobytes()
+        digest.update(raw)
+    return digest.hexdigest()[:16]
+
+
+def test_every_kind_draws_the_pinned_models_masks_and_weights():
+    """Ids, alphas, seeds, masks and weights of one plan of every kind, pinned (the values
+    the single-module plans.py drew before the kinds became a registry)."""
+    from datamodels.plans import checkpoint_ids, stored_plans, tmc_walk_state, training_weights
+
+    config = config_from_dict({"seed": 7, "model": {"arch": "mlp"},
+                               "resources": {"trainer": "batched"}, "plans": [
+        {"name": "a", "count": 5, "seeds": 2, "alpha": 0.3},
+        {"name": "g", "kind": "alpha_grid", "levels": 3, "count": 4},
+        {"name": "u", "kind": "alpha_grid", "levels": 0, "count": 6},
+        {"name": "l", "kind": "loo", "points": [1, 5, 7]},
+        {"name": "t", "kind": "tmc", "count": 2, "seeds": 2},
+        {"name": "s", "kind": "single_model", "count": 2, "drops": [0.1, 0.3], "seeds": 2},
+        {"name": "st", "kind": "stored", "count": 3},
+        {"name": "r", "kind": "removal", "count": 2, "ks": [1, 2],
+         "methods": ["datamodels", "trak"]},
+    ], "checkpoints": {"plan": "a", "models": 3}})
+    n = 20
+    p = plan_models(config, n)
+    assert len(p) == 142
+    assert _digest(p.model_id, p.plan, p.alpha, p.seed, p.mask_index) == "0dbba16774abf9cf"
+    n_removal = int((p.plan == "r").sum())
+    stored = {"st": [np.array([0, 1]), np.array([], dtype=np.int64), np.array([19])],
+              "r": [np.array([i % n]) for i in range(n_removal)]}
+    masks = masks_for(config, p, n, stored)
+    assert _digest(masks) == "4c21b862951f82ae"
+    assert _digest(*training_weights(config, p, masks)) == "ad14bedea5976a32"
+    assert checkpoint_ids(config, p).tolist() == [0, 1, 2]
+    assert stored_plans(config) == ["st", "r"]
+    walked = {int(p.model_id[p.plan == "t"][3])}
+    assert tmc_walk_state(config, p, n, walked) == {("t", 0): (32, True), ("t", 1): (74, False)}

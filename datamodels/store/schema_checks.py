@@ -1,0 +1,100 @@
+"""The checks of a file against its table's schema: ``schema_version`` and column types.
+
+Every table of the run directory carries ``schema_version`` in its metadata (`schema_metadata`).
+Checks compare column names and types; nullability and list item names are not compared (a
+file written by another Parquet tool is still readable when its types match).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from datamodels.errors import StoreError
+
+SCHEMA_VERSION = 1
+_VERSION_KEY = b"schema_version"
+
+
+def schema_metadata(**extra: int) -> dict[bytes, bytes]:
+    """The key-value metadata of a table schema: ``schema_version`` and ``extra``."""
+    metadata = {_VERSION_KEY: str(SCHEMA_VERSION).encode()}
+    metadata.update({key.encode(): str(value).encode() for key, value in extra.items()})
+    return metadata
+
+
+def column(name: str, type_: pa.DataType, nullable: bool = False) -> pa.Field:
+    """One column of a table schema (not nullable unless asked)."""
+    return pa.field(name, type_, nullable=nullable)
+
+
+def types_match(actual: pa.DataType, expected: pa.DataType) -> bool:
+    """Type equality that ignores list item names and nullability."""
+    if pa.types.is_fixed_size_list(expected):
+        return (
+            pa.types.is_fixed_size_list(actual)
+            and actual.list_size == expected.list_size
+            and types_match(actual.value_type, expected.value_type)
+        )
+    if pa.types.is_list(expected) or pa.types.is_large_list(expected):
+        return type(actual) is type(expected) and types_match(
+            actual.value_type, expected.value_type
+        )
+    return actual.equals(expected)
+
+
+def schema_version_of(schema: pa.Schema) -> int | None:
+    """The ``schema_version`` a file was written with, or None when it carries none."""
+    raw = (schema.metadata or {}).get(_VERSION_KEY)
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return None
+
+
+def version_problem(schema: pa.Schema, file: str) -> str | None:
+    """Why ``file``'s schema_version cannot be read by this release, or None when it can."""
+    version = schema_version_of(schema)
+    if version == SCHEMA_VERSION:
+        return None
+    if version is None:
+        return (
+            f"{file} has no schema_version metadata, so it was not written by datamodels; "
+            "re-create it with the datamodels stage that owns it"
+        )
+    if version < SCHEMA_VERSION:
+        return (
+            f"{file} was written with schema_version {version}, this datamodels reads "
+            f"{SCHEMA_VERSION}; re-run the stage that writes it, or read it with the "
+            "datamodels release that wrote it"
+        )
+    return (
+        f"{file} was written with schema_version {version}, newer than this datamodels "
+        f"({SCHEMA_VERSION}); upgrade datamodels (pip install -U datamodels) to read it"
+    )
+
+
+def column_problems(actual: pa.Schema, expected: pa.Schema) -> list[str]:
+    """Missing columns and columns of the wrong type (extra columns are allowed)."""
+    problems = []
+    for field in expected:
+        index = actual.get_field_index(field.name)
+        if index < 0:
+            problems.append(f"column {field.name!r} ({field.type}) is missing")
+        elif not types_match(actual.field(index).type, field.type):
+            problems.append(
+                f"column {field.name!r} has type {actual.field(index).type}, expected {field.type}"
+            )
+    return problems
+
+
+def check_schema(actual: pa.Schema, expected: pa.Schema, file: str) -> None:
+    """Raise `StoreError` naming ``file`` unless ``actual`` has ``expected``'s
+    version and columns."""
+    problem = version_problem(actual, file)
+    if problem is not None:
+        raise StoreError(problem)
+    problems = column_problems(actual, expected)
+    if problems:
+        raise StoreError(f"{file} has the wrong schema: " + "; ".join(problems))
