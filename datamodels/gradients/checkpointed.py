@@ -36,7 +36,7 @@ PERT_ELEMENTS = 1 << 24  # bound on T·points·input_dim per influence_pert chun
 def functional_form(config: Config) -> str:
     """How the gradient estimators see the config's architecture: ``logreg`` or ``mlp`` (flat
     float64 functions of their parameters) or ``module`` (an ``nn.Module`` through
-    ``torch.func.functional_call``). The one place this package asks it of ``model.arch``."""
+    ``torch.func.functional_call``). The one place the gradient library asks ``model.arch``."""
     arch = config.model.arch
     return arch if arch in ("logreg", "mlp") else "module"
 
