@@ -1,5 +1,5 @@
-"""A small trained run (digits logreg, margins on its own training examples) for the
-registry's tests."""
+"""A small trained run (digits logreg, margins on its own training examples, checkpoints of
+its first two models) for the registry's tests."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ TINY = {
     "model": {"arch": "logreg"},
     "train": {"weight_decay": 0.05, "tolerance": 1e-6},
     "plans": [{"name": "train", "kind": "alpha", "alpha": 0.5, "count": 12}],
+    "checkpoints": {"plan": "train", "models": 2},
     "resources": {"models_per_task": 100},
 }
 
