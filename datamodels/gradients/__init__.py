@@ -1,6 +1,6 @@
 """Gradient-based attribution as pure functions of one trained model (or a few).
 
-Every score is float64[n_targets, n_train] with the project's sign (DESIGN §3): positive =
+Every score is float64[n_targets, n_train] with the project's sign: positive =
 including the training example raises the target's margin (or lowers its loss) = helpful.
 
 * ``model``: ``FunctionalModel`` (flat params + functional logits), ``logreg_model``,
@@ -8,6 +8,9 @@ including the training example raises the target's margin (or lowers its loss) =
 * ``module``: ``module_model``, any ``nn.Module`` (resnet9, fastnet, a user's) through
   ``torch.func.functional_call``, eval mode, its last ``nn.Linear`` for representer points.
 * ``grads``: per-example gradients (``vmap(grad)``), HVPs, the exact Hessian.
+* ``checkpointed``: a saved checkpoint as a ``FunctionalModel``, the configured solver.
+* ``metagradient`` (with ``mlp_adjoint``, its hand-written MLP products) and ``hydra``:
+  derivatives through a replayed training run.
 * ``projection``: TRAK's random projection, regenerated block by block (never held whole).
 * ``ihvp``: inverse-HVP solvers ``Exact``, ``ConjugateGradient``, ``Lissa``.
 * ``influence``, ``influence_pert``, ``tracin``, ``representer``, ``trak``: the estimators

@@ -1,8 +1,10 @@
-"""Gradient estimators on a saved checkpoint: one call computes one block of one method.
+"""Gradient estimators on a saved checkpoint: the glue between a checkpoint and the pure
+estimators of this package.
 
-The glue between a checkpoint (its layers) and the pure estimators of this package: the
-checkpoint as a `FunctionalModel`, the inverse-HVP solver the config names, and the block
-of scores or self scores a work unit asks for (see ``datamodels.stages.gradients``).
+The checkpoint's layers as a `FunctionalModel` (``functional_model``), the inverse-HVP
+solver the config names (``solver_for``), a model's factored Hessian, and the blocks of
+``influence_pert`` and TRAK values a work unit asks for (the estimator registry,
+``datamodels.methods``, calls these per method).
 """
 
 from __future__ import annotations
@@ -14,12 +16,9 @@ from datamodels.config import Config
 from datamodels.errors import CheckpointError
 from datamodels.gradients.grads import exact_hessian
 from datamodels.gradients.ihvp import ConjugateGradient, Exact, FactoredHessian, Lissa, Solver
-from datamodels.gradients.influence import influence_scores, influence_self_scores
 from datamodels.gradients.influence_pert import influence_pert_scores, influence_pert_self_scores
 from datamodels.gradients.model import FunctionalModel, logreg_model, mlp_model
 from datamodels.gradients.module import module_model
-from datamodels.gradients.representer import representer_scores, representer_self_scores
-from datamodels.gradients.tracin import tracin_scores, tracin_self_scores
 from datamodels.gradients.trak import (
     kernel_inverse,
     model_projection,
@@ -29,29 +28,36 @@ from datamodels.gradients.trak import (
     trak_leverage,
 )
 from datamodels.models.activations import activation_for
+from datamodels.trainers import sequential
 
 PERT_ELEMENTS = 1 << 24  # bound on T·points·input_dim per influence_pert chunk
+
+
+def functional_form(config: Config) -> str:
+    """How the gradient estimators see the config's architecture: ``logreg`` or ``mlp`` (flat
+    float64 functions of their parameters) or ``module`` (an ``nn.Module`` through
+    ``torch.func.functional_call``). The one place the gradient library asks ``model.arch``."""
+    arch = config.model.arch
+    return arch if arch in ("logreg", "mlp") else "module"
 
 
 def functional_model(config: Config, data, layers: list[torch.Tensor]) -> FunctionalModel:
     """A checkpoint's layers as a ``FunctionalModel`` on the data's device: ``logreg`` and
     ``mlp`` in float64; any other architecture as the ``nn.Module`` that
-    ``train.sequential.build_module`` builds, its ``state_dict`` filled from the checkpoint
+    ``trainers.sequential.build_module`` builds, its ``state_dict`` filled from the checkpoint
     (the tensors in order), in ``gradients.precision`` (``gradients.module``)."""
-    device = data.train_x.device
-    if config.model.arch == "logreg":
+    device, form = data.train_x.device, functional_form(config)
+    if form == "logreg":
         layers = [t.to(device) for t in layers]
         flat = torch.cat([layers[0].reshape(-1), layers[1].reshape(-1)])
         return logreg_model(flat, data.in_dim, data.num_classes, config.train.weight_decay)
-    if config.model.arch == "mlp":
+    if form == "mlp":
         layers = [t.to(device) for t in layers]
         return mlp_model(
             layers, config.train.weight_decay, config.train.label_smoothing,
             activation_for(config.model),
         )
-    from datamodels.trainers.sequential import build_module
-
-    module = build_module(config.model, data, 0)  # the seed is moot: every tensor is loaded
+    module = sequential.build_module(config.model, data, 0)  # seed moot: every tensor is loaded
     names = list(module.state_dict())
     if len(names) != len(layers):
         raise CheckpointError(
@@ -79,7 +85,7 @@ def solver_for(config: Config) -> Solver:
     g = config.gradients
     # conv nets: HVPs chunk by chunk to bound activation memory; the dense models keep one
     # saved graph over the whole subset (small, and several times faster per product)
-    chunk = None if config.model.arch in ("logreg", "mlp") else g.chunk_size
+    chunk = None if functional_form(config) != "module" else g.chunk_size
     if g.solver == "exact":
         return Exact(damping=g.damping)
     if g.solver == "cg":
@@ -163,87 +169,3 @@ def trak_values(
             model, phi, tx, ty, projection, chunk_size=g.chunk_size, kernel=kernel
         )
     return trak_leverage(phi, rows, kernel)
-
-
-def block_values(
-    config: Config,
-    method: str,
-    kind: str,
-    model: FunctionalModel,
-    history: list,
-    data,
-    mask: torch.Tensor,
-    rows: slice,
-    tx,
-    ty,
-    hessian,
-    ctx_cached,
-    key,
-    slot: int,
-) -> torch.Tensor:
-    """One unit's values: [rows, n_train] scores (``kind == "scores"``, targets ``tx, ty``) or
-    [rows] self scores / reweighting. ``history``: [(params, lr)] of every checkpoint (TracIn).
-
-    Long only because it is one flat branch per (method, kind): each estimator takes its own
-    arguments, and a table of lambdas would hide them."""
-    g = config.gradients
-    x_all, y_all = data.train_x, data.train_y
-    x_s, y_s, n_s = x_all[mask], y_all[mask], int(mask.sum())
-    solver, chunk = solver_for(config), g.chunk_size
-    scores = kind == "scores"
-    if method == "influence":
-        if scores:
-            return influence_scores(
-                model,
-                x_s,
-                y_s,
-                tx,
-                ty,
-                utility=g.utility,
-                solver=solver,
-                chunk_size=chunk,
-                points_x=x_all,
-                points_y=y_all,
-                hessian=hessian,
-            )
-        return influence_self_scores(
-            model,
-            x_s,
-            y_s,
-            utility="loss",
-            solver=solver,
-            chunk_size=chunk,
-            points_x=x_all[rows],
-            points_y=y_all[rows],
-            hessian=hessian,
-        )
-    if method == "influence_pert":
-        return pert_values(
-            model,
-            x_s,
-            y_s,
-            x_all,
-            y_all,
-            rows,
-            tx if scores else None,
-            ty,
-            g.utility,
-            solver,
-            hessian,
-        )
-    if method == "tracin":
-        if scores:
-            return tracin_scores(
-                model, history, x_all, y_all, tx, ty, utility=g.utility, chunk_size=chunk
-            )
-        return tracin_self_scores(model, history, x_all[rows], y_all[rows], chunk_size=chunk)
-    if method == "representer":
-        if scores:
-            return representer_scores(
-                model, x_all, y_all, tx, ty, output=g.representer_output, n_train=n_s,
-                chunk_size=chunk,
-            )
-        return representer_self_scores(
-            model, x_all[rows], y_all[rows], n_train=n_s, chunk_size=chunk
-        )
-    return trak_values(config, ctx_cached, key, model, x_all, y_all, kind, rows, slot, tx, ty)

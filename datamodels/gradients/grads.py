@@ -6,7 +6,7 @@ Output functions f(z; θ), each a scalar per example:
 
 * ``"loss"``:   ℓ(z; θ), the cross-entropy;
 * ``"term"``:   ℓ(z; θ) + R(θ), the example's term of the mean training objective J;
-* ``"margin"``: m(z; θ), correct logit − largest other (DESIGN §3);
+* ``"margin"``: m(z; θ), correct logit − largest other (the trainer's margin);
 * ``"trak"``:   log(p_y / (1 − p_y)), TRAK's output function.
 
 HVPs are reverse-over-reverse: ``vjp(grad(J), θ)`` is taken once and its pullback, vmapped

@@ -11,7 +11,7 @@ with K_s the (exact, scalar) propagator of an update at step s through the momen
 weight-decay steps to the end, and score[t, i] = ∇m_t(θ_S)·dθ_S/dw_i. The paper traces
 dθ/dw forward for every i at once; run backwards from the targets (the same linear map,
 transposed) the numbers are identical and the memory is T·P instead of n·P. Positive =
-helpful, as everywhere (DESIGN §3).
+helpful, as everywhere in the package.
 """
 
 from __future__ import annotations

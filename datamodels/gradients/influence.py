@@ -13,7 +13,7 @@ which is our score (positive = including z raises u_t = helpful). The utility u_
 * ``"margin"``: u_t = m_t, the target's margin (correct logit − largest other), so the
   score predicts the LOO change of exactly what ``train_batch`` records; or
 * ``"loss"``:   u_t = −L(t), so score = +(1/n)·∇L(t)ᵀ H⁻¹ ∇ℓ̃(z) = −(1/n)·I_up,loss
-  (DESIGN §6), which predicts L_t(without z) − L_t(with z).
+  (Koh & Liang 2017), which predicts L_t(without z) − L_t(with z).
 
 ∇ℓ̃(z) (``train_output``) is ``"term"`` = ∇(ℓ(z) + R) by default: the example's whole term
 of J, for which dropping z and re-solving the 1/(n−1)-mean is *exactly* the ε = −1/n

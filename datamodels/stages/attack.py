@@ -19,9 +19,10 @@ from datamodels.errors import EstimateError
 from datamodels.gradients import FunctionalModel, craft_attack, influence_pert_scores
 from datamodels.gradients.checkpointed import functional_model, solver_for
 from datamodels.gradients.influence_pert import most_influential_point
+from datamodels.methods.checkpoints import find_checkpoints
+from datamodels.methods.traits import trains_model
 from datamodels.plans import checkpoint_epochs
 from datamodels.stages.base import Stage, Unit
-from datamodels.stages.gradients import GradientStage
 from datamodels.store import ATTACKS_DIR, Run, attack_schema
 from datamodels.store.checkpoints import load_checkpoint
 from datamodels.trainers.api import train_batch
@@ -49,12 +50,14 @@ class AttackStage(Stage):
             )
         self.target, self.budget, self.point, self.max_iter = target, float(budget), point, max_iter
         self.name = f"attack-{target}"
-        one = config.model_copy(
-            update={"gradients": config.gradients.model_copy(update={"models": 1})}
-        )
-        source = GradientStage(one, run, "influence")
-        self.model_id = source.model_ids[0]
-        self.checkpoint = source.checkpoints[self.model_id][-1][2]
+        if not trains_model(config):
+            raise EstimateError(
+                "influence: model.arch null trains no model, so there is nothing to "
+                "differentiate; use a real architecture"
+            )
+        found = find_checkpoints(config, run, lambda: self.planned, "influence", 1)
+        self.model_id = min(found)
+        self.checkpoint = found[self.model_id][-1][2]
 
     @property
     def output(self) -> str:

@@ -1,114 +1,192 @@
-"""The ``estimate`` stage for retraining-based estimators: read the models table once, call
-the pure estimator, write ``scores/<method>.parquet`` (with standard errors) and
-``self_scores/<method>.parquet`` when the run has margins on its own training examples.
+"""The ``estimate`` stage: one estimator of the registry (`datamodels.methods`) into
+``scores/<method>.parquet`` (with standard errors) and ``self_scores/<method>.parquet``,
+its work laid out from what the method declares it reads (``Method.source``).
 
-| method          | models it reads                         | utility               |
-|-----------------|-----------------------------------------|-----------------------|
-| downsampling    | ``estimate.plan`` (alpha subsets)        | margin                |
-| downsampling_correct | the same                            | 0/1 correctness       |
-| memorization    | the same; self scores only              | 0/1 correctness       |
-| banzhaf         | the same (its alpha must be ½)          | margin                |
-| shapley         | the first ``alpha_grid`` plan           | margin                |
-| beta_shapley    | the same; Beta(a, b) = ``estimate.beta`` | margin               |
-| tmc_shapley     | the first ``tmc`` plan                  | margin                |
-| loo             | the first ``loo`` plan                  | margin                |
-| knn_shapley     | input features (no models)              | K-NN correctness      |
+* ``plan`` and ``features`` (the retraining estimators, K-NN Shapley): the plan's models
+  table (or the examples' inputs) is read once per process; two units, ``scores`` and
+  ``self``, each computing and writing its table atomically. Self scores need margins on
+  the run's own training examples.
+* ``checkpoints`` and ``replay`` (the gradient estimators): units (``scores``, model, block
+  of ``gradients.targets_per_task`` targets), (``self``, model, block of
+  ``gradients.train_per_task`` training points) and, for a reweighting method (TRAK),
+  (``reweight``, model), each a task writing its own part; ``finish`` averages the parts
+  over models (stderr = std/√M, running sums: one model's table in memory at a time),
+  writes the tables and removes the parts. With the exact solver the units of one model
+  share its LU-factored Hessian (``Unit.shared``): the executor computes it once, as a
+  task of its own. Tasks ask Ray for ``gradients.num_gpus`` GPUs and compute on CUDA when
+  they get one (``gradients.device`` auto), on CPU otherwise. Models: ``logreg`` and
+  ``mlp`` as flat float64 functions, every other architecture as its ``nn.Module`` in
+  ``gradients.precision`` (``gradients.checkpointed.functional_model``).
 
-Two units per method, ``scores`` and ``self``, each writing its table atomically.
+Every method's marker is ``_stages/estimate-<method>.json``, its parts
+``_parts/estimate-<method>-<digest>/``.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import io
 
-from datamodels import estimators as est
+import numpy as np
+import torch
+
+from datamodels.data.beton import decode_resident
+from datamodels.data.examples import train_and_eval_index
 from datamodels.errors import EstimateError
+from datamodels.gradients.checkpointed import functional_model
+from datamodels.methods import Block, Features, Method, PlanTable, names
+from datamodels.methods import method as lookup
+from datamodels.methods.checkpoints import find_checkpoints, find_replayed
+from datamodels.methods.devices import check_gradient_device, task_device
+from datamodels.methods.moments import Moments
+from datamodels.methods.traits import first_plan_of_kind, trains_model
 from datamodels.orchestrate.context import local_beton
-from datamodels.plans import tmc_layout
-from datamodels.stages.base import Stage, Unit
+from datamodels.orchestrate.executor import error_text
+from datamodels.stages.base import PARTS_DIR, Stage, TaskResources, Unit
 from datamodels.store import Run
+from datamodels.store.checkpoints import load_checkpoint
 from datamodels.store.positions import eval_positions
 
-METHODS = (
-    "downsampling",
-    "downsampling_correct",
-    "memorization",
-    "banzhaf",
-    "shapley",
-    "beta_shapley",
-    "tmc_shapley",
-    "loo",
-    "knn_shapley",
-)
-DIFFMEANS = ("downsampling", "downsampling_correct", "banzhaf", "memorization")
+METHODS = names(per_model=False)  # the retraining methods (what ``api.methods`` reads)
+GRADIENT_METHODS = names(per_model=True)
+EXECUTION = {  # gradient settings that change how the work runs, not the scores
+    "replay_memory_mb",  # the same scores bit for bit, kept or recomputed iterates
+    "targets_per_task",
+    "train_per_task",
+    "chunk_size",
+    "num_cpus",
+    "num_gpus",
+    "device",
+    "max_exact_params",
+}
 
 
 class EstimateStage(Stage):
-    what = "tables"
+    """Runs the method ``method`` of ``methods`` (default: ``datamodels.methods.METHODS``)."""
 
-    def __init__(self, config, run: Run, method: str) -> None:
-        if method not in METHODS:
-            raise EstimateError(f"unknown method {method!r}; choose from: {', '.join(METHODS)}")
+    def __init__(
+        self, config, run: Run, method: str, methods: dict[str, type[Method]] | None = None
+    ) -> None:
+        self.estimator = lookup(method, methods)(config)
+        self.per_model = self.estimator.per_model
+        if self.per_model:
+            if not trains_model(config):
+                raise EstimateError(
+                    f"{method}: model.arch null trains no model, so there is nothing to "
+                    "differentiate; use a real architecture"
+                )
+            check_gradient_device(config.gradients)
+        self.estimator.check()
         super().__init__(config, run)
-        self.method = method
-        self.name = f"estimate-{method}"
-        self.plan = self.source_plan()
+        self.method, self.name = method, f"estimate-{method}"
+        self.what = "tasks" if self.per_model else "tables"
+        self.written: dict[str, int] = {}
+        if self.per_model:
+            self.checkpoints = self.find_models()
+            self.model_ids = sorted(self.checkpoints)
+            self.targets = eval_positions(run, config.estimate.targets)
+        else:
+            self.plan = self.source_plan()
 
     def source_plan(self) -> str | None:
-        """The plan whose models the method reads (None: no models)."""
-        kind = {
-            "shapley": "alpha_grid",
-            "beta_shapley": "alpha_grid",
-            "loo": "loo",
-            "tmc_shapley": "tmc",
-        }
-        if self.method == "knn_shapley":
-            if self.config.transfer is not None:
-                raise EstimateError(
-                    "knn_shapley ranks training examples by their inputs; a transfer run's "
-                    "training points are source classes"
-                )
+        """The plan whose models a retraining method reads (None: no models)."""
+        m = self.estimator
+        if m.source == "features":
             return None
-        if self.method in DIFFMEANS:
+        if not m.plan_kinds:
             return self.config.estimate.plan
-        for plan in self.config.plans:
-            if plan.kind == kind[self.method]:
-                return plan.name
-        raise EstimateError(
-            f"{self.method} needs a plan of kind '{kind[self.method]}' in the config "
-            f"(plans: {', '.join(p.name for p in self.config.plans)})"
+        plan = first_plan_of_kind(self.config, m.plan_kinds)
+        if plan is None:
+            raise EstimateError(
+                f"{self.method} needs a plan of kind '{' or '.join(m.plan_kinds)}' in the "
+                f"config (plans: {', '.join(p.name for p in self.config.plans)})"
+            )
+        return plan.name
+
+    def find_models(self) -> dict[int, list]:
+        """model_id -> [(epoch, lr, path)] of the checkpoints a gradient method reads, or
+        [("seed", seed)] of the models it replays."""
+        m = self.estimator
+        if m.source == "replay":
+            return find_replayed(self.config, self.planned, self.method, m.model_count())
+        return find_checkpoints(
+            self.config, self.run, lambda: self.planned, self.method, m.model_count()
         )
 
+    # -- the contract ----------------------------------------------------------------------
+
     def fingerprint(self) -> dict:
-        e = self.config.estimate
-        reads = {"targets": e.targets, "plan": self.plan}  # only what this method reads
-        if self.method == "beta_shapley":
-            reads["beta"] = list(e.beta)
-        if self.method == "knn_shapley":
-            reads["knn_k"] = e.knn_k
+        if not self.per_model:
+            e = self.config.estimate
+            reads = {"targets": e.targets, "plan": self.plan, **self.estimator.settings()}
+            return {
+                "method": self.method,
+                "estimate": reads,  # only what this method reads
+                "config": self.config.hash,
+                "models": self.run.plan_witness(self.plan) if self.plan else None,
+            }
         return {
             "method": self.method,
-            "estimate": reads,
+            "gradients": self.config.gradients.model_dump(mode="json", exclude=EXECUTION),
+            "checkpoints": {str(k): v for k, v in self.checkpoints.items()},
+            "targets": self.targets.tolist(),
             "config": self.config.hash,
-            "models": self.run.plan_witness(self.plan) if self.plan else None,
+            **self.estimator.settings(),
         }
 
+    def resources(self) -> TaskResources:
+        if not self.per_model:
+            return super().resources()
+        g = self.config.gradients
+        return TaskResources(
+            g.num_cpus, g.num_gpus, self.config.resources.task_retries,
+            self.config.resources.max_in_flight,
+        )
+
     def units(self) -> list[Unit]:
+        if self.per_model:
+            return self.model_units()
         if self.plan is not None and len(self.run.model_ids(plan=self.plan)) < 2:
             raise EstimateError(
                 f"plan '{self.plan}' has fewer than 2 trained models; run `datamodels train` first"
             )
-        units = [] if self.method == "memorization" else [Unit("scores")]
-        if self.has_self_scores() and self.method != "knn_shapley":
+        writes = self.estimator.writes
+        units = [Unit("scores")] if "scores" in writes else []
+        if self.has_self_scores() and "self_scores" in writes:
             units.append(Unit("self"))
         return units
 
+    def model_units(self) -> list[Unit]:
+        """(kind, model, block) units of a gradient method; a model's share its Hessian."""
+        g, n_train, n_targets = self.config.gradients, self.run.n_train, len(self.targets)
+        shared = self.estimator.shares_hessian()
+        blocks = [
+            ("scores", s, min(n_targets, s + g.targets_per_task))
+            for s in range(0, n_targets, g.targets_per_task)
+        ]
+        blocks += [
+            ("self", s, min(n_train, s + g.train_per_task))
+            for s in range(0, n_train, g.train_per_task)
+        ]
+        if self.estimator.reweights:
+            blocks.append(("reweight", 0, n_train))
+        return [
+            Unit(
+                f"{kind}-{m:09d}-{start:07d}-{stop:07d}.npy",
+                (kind, m, slot, start, stop),
+                shared=m if shared else None,
+            )
+            for slot, m in enumerate(self.model_ids)
+            for kind, start, stop in blocks
+        ]
+
     def done(self, unit: Unit) -> bool:
-        return False  # each unit writes its final table; the marker says when both are current
+        # a retraining unit writes its final table; the marker says when both are current
+        return super().done(unit) if self.per_model else False
 
     def outputs(self) -> list[str]:
-        paths = [self.run.scores_path(self.method)] if self.method != "memorization" else []
-        if self.method != "knn_shapley" and self.has_self_scores():
+        writes = self.estimator.writes
+        paths = [self.run.scores_path(self.method)] if "scores" in writes else []
+        if "self_scores" in writes and (self.per_model or self.has_self_scores()):
             paths.append(self.run.self_scores_path(self.method))
         return paths
 
@@ -116,133 +194,171 @@ class EstimateStage(Stage):
         """Whether the run has margins on its own training examples (for the diagonal)."""
         return len(eval_positions(self.run, "train")) == self.run.n_train
 
-    def table(self, ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(model ids, masks, margins, alpha) of the source plan, read once per process."""
-
-        def read():
-            ids = self.run.model_ids(plan=self.plan)
-            masks, margins = self.run.masks_and_margins(plan=self.plan)
-            # alpha from the plan (float64, exactly the grid's nodes), not the stored float32
-            return (
-                ids,
-                masks,
-                margins,
-                self.planned.select_ids(ids).alpha,
-            )
-
-        return ctx.cached(("models", self.run.uri, self.plan, self.digest), read)
-
-    def compute(self, ctx, unit: Unit, shared=None) -> int:
-        if unit.name == "scores":
-            targets = eval_positions(self.run, self.config.estimate.targets)
-            scores = self.scores(ctx, targets)
-            self.run.write_scores(self.method, targets, scores.values, scores.stderr)
-            return len(targets)
-        values, stderr = self.self_scores(ctx, eval_positions(self.run, "train"))
-        return self.run.write_self_scores(self.method, values, stderr)
-
     def on_result(self, unit: Unit, result, progress) -> list[Unit]:
-        self.written = {
-            **getattr(self, "written", {}),
-            ("self_scores" if unit.name == "self" else "scores"): result,
-        }
+        if not self.per_model:
+            self.written[("self_scores" if unit.name == "self" else "scores")] = result
         return super().on_result(unit, result, progress)
 
-    def finish(self) -> dict[str, int]:
-        return getattr(self, "written", {})
+    def on_failure(self, unit: Unit, error: BaseException, progress) -> list[Unit]:
+        if not self.per_model:
+            return super().on_failure(unit, error, progress)
+        raise EstimateError(
+            f"{self.method}: task {unit.name} failed ({error_text(error)}); finished parts are "
+            f"kept in {self.run.fs.display(self.part_dir)}, rerun to resume"
+        ) from error
 
     def up_to_date(self) -> dict[str, int]:
         return {}
 
-    # -- the estimators ----------------------------------------------------------------------
+    # -- retraining methods: the plan's table or the features, one unit per table ------------
 
-    def scores(self, ctx, targets: np.ndarray) -> est.Scores:
-        """Scores float32[len(targets), n_train] of the method on the given eval positions."""
-        if self.method == "knn_shapley":
-            return self.knn(ctx, targets)
-        ids, masks, margins, alpha = self.table(ctx)
-        utility = margins[:, targets]
-        if self.method in DIFFMEANS:
-            if self.method in ("downsampling_correct", "memorization"):
-                utility = (utility > 0).astype(np.float32)
-            if self.method == "banzhaf":
-                return est.banzhaf(masks, utility, alpha=alpha)
-            return est.downsampling(masks, utility)
-        if self.method in ("shapley", "beta_shapley"):
-            plan = self.config.plan(self.plan)
-            grid = est.owen_grid(plan.levels) if plan.levels else None
-            if self.method == "shapley":
-                return est.shapley(masks, utility, alpha, grid=grid)
-            return est.beta_shapley(
-                masks, utility, alpha, beta_params=tuple(self.config.estimate.beta), grid=grid
-            )
-        if self.method == "loo":
-            left_out = np.where(masks.all(1), -1, np.argmin(masks, axis=1))
-            return est.loo(left_out, utility, masks.shape[1])
-        return self.tmc(ids, masks, utility)
+    def inputs(self, ctx) -> PlanTable | Features:
+        """What a retraining method computes from, read once per process."""
+        if self.estimator.source == "features":
+            beton = local_beton(self.run, self.config.hash)
+            features, labels = ctx.cached(("decoded", beton), lambda: decode_resident(beton))
+            train_index, eval_index = train_and_eval_index(self.run.examples())
+            flat = features.reshape(len(features), -1).astype(np.float64)
+            return Features(flat, labels, train_index, eval_index)
 
-    def self_scores(
-        self, ctx, train_targets: np.ndarray, block: int = 512
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """float32[n_train] score of each training point on itself (the diagonal), in blocks."""
-        if self.method in ("memorization", "downsampling", "downsampling_correct"):
-            _, masks, margins, _ = self.table(ctx)
-            utility = margins[:, train_targets]
-            if self.method != "downsampling":
-                utility = (utility > 0).astype(np.float32)
-            scores = est.memorization(masks, utility)
-            return scores.values, scores.stderr
-        n = len(train_targets)
-        values, stderr = np.zeros(n, dtype=np.float32), np.full(n, np.inf, dtype=np.float32)
-        for start in range(0, n, block):
-            rows = np.arange(start, min(n, start + block))
-            scores = self.scores(ctx, train_targets[rows])
-            values[rows] = scores.values[np.arange(len(rows)), rows]
-            if scores.stderr is not None:
-                stderr[rows] = scores.stderr[np.arange(len(rows)), rows]
-        return values, stderr
+        def read() -> PlanTable:
+            ids = self.run.model_ids(plan=self.plan)
+            masks, margins = self.run.masks_and_margins(plan=self.plan)
+            rows = self.planned.select_ids(ids)
+            plan = next((p for p in self.config.plans if p.name == self.plan), None)
+            # alpha from the plan (float64, exactly the grid's nodes), not the stored float32
+            return PlanTable(ids, masks, margins, rows.alpha, rows, plan)
 
-    def tmc(self, ids: np.ndarray, masks: np.ndarray, utility: np.ndarray) -> est.Scores:
-        plan = self.config.plan(self.plan)
-        if plan.seeds > 1:
-            raise EstimateError(
-                "tmc_shapley with seeds > 1: average replicates first (not supported yet)"
-            )
-        n = masks.shape[1]
-        perm, step = tmc_layout(self.planned.select_ids(ids), n)
-        keep = np.zeros(len(step), dtype=bool)
-        for p in np.unique(
-            perm
-        ):  # a walk's contiguous prefix 0..k (k = n when it was never truncated)
-            rows = np.flatnonzero(perm == p)
-            present = set(step[rows].tolist())
-            k = 0
-            while k + 1 in present:
-                k += 1
-            keep[rows[step[rows] <= k]] = 0 in present
-        if not keep.any():
-            raise EstimateError(
-                f"tmc plan '{plan.name}' has no walk starting at the empty prefix; retrain it"
-            )
-        added = np.full(len(step), -1, dtype=np.int64)
-        for p in np.unique(perm[keep]):
-            order = est.tmc_permutation(self.config.seed, int(p), n)
-            rows = np.flatnonzero(keep & (perm == p))
-            added[rows] = np.where(step[rows] > 0, order[np.maximum(step[rows] - 1, 0)], -1)
-        return est.tmc_shapley(perm[keep], step[keep], added[keep], utility[keep], n)
+        return ctx.cached(("models", self.run.uri, self.plan, self.digest), read)
 
-    def knn(self, ctx, targets: np.ndarray) -> est.Scores:
-        from datamodels.data.beton import decode_resident
-        from datamodels.data.examples import train_and_eval_index
+    def compute(self, ctx, unit: Unit, shared=None):
+        if self.per_model:
+            return self.compute_block(ctx, unit, shared)
+        if unit.name == "scores":
+            targets = eval_positions(self.run, self.config.estimate.targets)
+            scores = self.estimator.scores(self.inputs(ctx), targets)
+            self.run.write_scores(self.method, targets, scores.values, scores.stderr)
+            return len(targets)
+        train = eval_positions(self.run, "train")
+        values, stderr = self.estimator.self_scores(self.inputs(ctx), train)
+        return self.run.write_self_scores(self.method, values, stderr)
 
-        beton = local_beton(self.run, self.config.hash)
-        features, labels = ctx.cached(("decoded", beton), lambda: decode_resident(beton))
-        train_index, eval_index = train_and_eval_index(self.run.examples())
-        flat = features.reshape(len(features), -1).astype(np.float64)
-        return est.knn_shapley(
-            flat[train_index],
-            labels[train_index],
-            flat[eval_index[targets]],
-            labels[eval_index[targets]],
-            self.config.estimate.knn_k,
+    # -- gradient methods: inside a task -----------------------------------------------------
+
+    def setup(self, ctx):
+        torch.set_num_threads(max(1, int(self.config.gradients.num_cpus)))
+        return ctx.data(self.run, self.config, task_device(self.config.gradients))
+
+    def model_key(self, data, path: str) -> tuple:
+        """What a cached model depends on: the checkpoint, the device and the precision (a
+        worker process may serve CPU and CUDA, fp32 and fp64 settings one after another)."""
+        return (self.run.uri, path, str(data.train_x.device), self.config.gradients.precision)
+
+    def model_at(self, ctx, data, path: str):
+        layers = lambda: load_checkpoint(self.run.fs, path)["layers"]  # noqa: E731
+        return ctx.cached(
+            ("checkpoint", *self.model_key(data, path)),
+            lambda: functional_model(self.config, data, layers()),
         )
+
+    def subset(self, ctx, data, model_id: int) -> torch.Tensor:
+        """bool[n_train] training subset of the model, read from its row in ``models/``."""
+        mask = ctx.cached(
+            ("mask", self.run.uri, model_id), lambda: self.run.masks_of(np.array([model_id]))[0]
+        )
+        return torch.from_numpy(mask).to(data.train_x.device)
+
+    def compute_shared(self, ctx, model_id: int):
+        """The model's shared object (its factored exact Hessian), handed to its units."""
+        data = self.setup(ctx)
+        model = self.model_at(ctx, data, self.checkpoints[model_id][-1][2])
+        mask = self.subset(ctx, data, model_id)
+        return self.estimator.shared(model, data.train_x[mask], data.train_y[mask])
+
+    def compute_block(self, ctx, unit: Unit, shared=None) -> str:
+        kind, model_id, slot, start, stop = unit.payload
+        data, m = self.setup(ctx), self.estimator
+        targets = self.targets[start:stop] if kind == "scores" else None
+        block = Block(
+            kind, model_id, slot, start, stop, data, self.subset(ctx, data, model_id),
+            targets, ctx.cached, (self.run.uri, model_id, str(data.train_x.device)),
+        )
+        if m.source == "replay":
+            block.seed, block.planned = self.checkpoints[model_id][0][1], self.planned
+            return self.write_part(unit, m.values(block))
+        history = self.checkpoints[model_id]
+        block.key = self.model_key(data, history[-1][2])
+        block.model = self.model_at(ctx, data, history[-1][2])
+        if m.every_checkpoint:
+            block.history = [(self.model_at(ctx, data, p).params, lr) for _, lr, p in history]
+        if shared is None and m.shares_hessian():
+            shared = ctx.cached(
+                ("hessian", *block.key, self.config.gradients.damping),
+                lambda: self.compute_shared(ctx, model_id),
+            )
+        block.hessian = shared
+        return self.write_part(unit, m.values(block))
+
+    def write_part(self, unit: Unit, values: torch.Tensor) -> str:
+        buffer = io.BytesIO()
+        np.save(
+            buffer, values.detach().double().cpu().numpy().astype(np.float32)
+        )  # what the tables keep
+        self.run.fs.write_bytes_atomic(self.part_path(unit), buffer.getvalue())
+        return unit.name
+
+    # -- gradient methods: the reduction -------------------------------------------------------
+
+    def part(self, unit: Unit) -> np.ndarray:
+        return np.load(io.BytesIO(self.run.fs.read_bytes(self.part_path(unit))))
+
+    def finish(self) -> dict[str, int]:
+        """Retraining: the rows each unit wrote. Gradient: average the parts over models
+        (running sums: one model's table in memory at a time), write scores/ and
+        self_scores/, remove the parts."""
+        if not self.per_model:
+            return self.written
+        units = self.units()
+        missing = [u for u in units if not self.done(u)]
+        if missing:
+            raise EstimateError(
+                f"{self.method}: {len(missing)} of {len(units)} parts missing in "
+                f"{self.run.fs.display(self.part_dir)}; rerun `datamodels estimate {self.run.uri} "
+                f"-m {self.method}`"
+            )
+        n, T = self.run.n_train, len(self.targets)
+        q = np.ones(n)
+        if self.estimator.reweights:  # (mean attribution) ⊙ (mean reweighting)
+            q = np.mean([self.part(u) for u in units if u.payload[0] == "reweight"], axis=0)
+        totals = {"scores": Moments((T, n)), "self": Moments((n,))}
+        held = self.estimator.held_points(
+            lambda: self.planned, np.array(self.model_ids), self.run.masks_of
+        )
+        for m in self.model_ids:
+            tables = {"scores": np.zeros((T, n)), "self": np.zeros(n)}
+            for u in units:
+                kind, model_id, _, start, stop = u.payload
+                if model_id == m and kind in tables:
+                    tables[kind][start:stop] = self.part(u)
+            totals["scores"].add(tables["scores"] * q)
+            totals["self"].add(tables["self"] * q, None if held is None else held[m])
+        score_mean, score_err = totals["scores"].result()
+        self_mean, self_err = totals["self"].result()
+        self.run.write_scores(self.method, self.targets, score_mean, score_err)
+        return {
+            "scores": T,
+            "self_scores": self.run.write_self_scores(self.method, self_mean, self_err),
+            "models": len(self.model_ids),
+        }
+
+    def remove_old_parts(self) -> None:
+        super().remove_old_parts()
+        if not self.per_model:
+            return
+        for entry in self.run.fs.entries(PARTS_DIR):  # the parts and markers of older runs
+            if entry.startswith(f"{self.method}-"):
+                path = f"{PARTS_DIR}/{entry}"
+                if entry.endswith(".done"):
+                    self.run.fs.filesystem.delete_file(self.run.fs.join(path))
+                else:
+                    self.run.fs.delete_dir(path)

@@ -27,9 +27,10 @@ from datamodels.devices import resolve_device
 from datamodels.errors import EstimateError
 from datamodels.gradients.checkpointed import functional_model
 from datamodels.gradients.representer import last_layer_features
+from datamodels.methods.checkpoints import find_checkpoints
+from datamodels.methods.traits import trains_model
 from datamodels.regress import glm_path, split_rows
 from datamodels.stages.base import Stage, Unit
-from datamodels.stages.gradients import GradientStage
 from datamodels.store import Run
 from datamodels.store.checkpoints import load_checkpoint
 from datamodels.store.schemas import (
@@ -61,16 +62,13 @@ class SparseLayerStage(Stage):
 
     def __init__(self, config, run: Run) -> None:
         super().__init__(config, run)
-        if config.model.arch == "null":
+        if not trains_model(config):
             raise EstimateError(
                 "sparse-layer: model.arch null trains no model, so it has no features; use a "
                 "real architecture"
             )
         self.settings = config.sparse_layer
-        every = config.model_copy(
-            update={"gradients": config.gradients.model_copy(update={"models": 10**9})}
-        )
-        found = GradientStage(every, run, "representer").checkpoints
+        found = find_checkpoints(config, run, lambda: self.planned, "representer", None)
         wanted = self.settings.model_id
         if wanted is None:
             wanted = min(found)

@@ -292,11 +292,11 @@ def test_stage_writes_the_replayed_metagradients_and_resumes(tmp_path):
 
 def test_stage_refuses_an_architecture_it_cannot_replay():
     from datamodels.errors import EstimateError
-    from datamodels.stages.gradients import GradientStage
+    from datamodels.stages.estimate import EstimateStage
 
     config = config_from_dict(STAGE_RUN, ["model.arch=resnet9"])
     with pytest.raises(EstimateError, match="model.arch='resnet9' cannot be replayed"):
-        GradientStage(config, None, "metagradient")
+        EstimateStage(config, None, "metagradient")
 
 
 def test_hydra_without_momentum_or_decay_is_the_step_gradient_product(tiny):

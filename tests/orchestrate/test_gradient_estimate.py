@@ -25,7 +25,7 @@ from datamodels.gradients.checkpointed import functional_model
 from datamodels.gradients.grads import per_example_outputs
 from datamodels.orchestrate.context import Context, context
 from datamodels.plans import masks_for, plan_models
-from datamodels.stages.gradients import GRADIENT_METHODS, GradientStage
+from datamodels.stages.estimate import GRADIENT_METHODS, EstimateStage
 from datamodels.store import Run
 from datamodels.store.checkpoints import load_checkpoint, read_checkpoint_index
 from datamodels.store.positions import eval_positions
@@ -162,8 +162,8 @@ def test_sharded_and_unsharded_runs_agree(mlp_run, tmp_path, method):
         MLP,
         CHECKPOINTS + common + ["gradients.targets_per_task=1000", "gradients.train_per_task=1000"],
     )
-    assert len(GradientStage(sharded, Run(uri), method).units()) > len(
-        GradientStage(whole, Run(uri), method).units()
+    assert len(EstimateStage(sharded, Run(uri), method).units()) > len(
+        EstimateStage(whole, Run(uri), method).units()
     )
     written = estimate(sharded, uri, method, show_progress=False)
     assert written["models"] == (3 if method == "trak" else 2)
@@ -299,7 +299,7 @@ def test_finished_parts_are_reused_on_resume(logreg_run, tmp_path):
     shutil.copytree(uri, copy)
     settings = config_from_dict(LOGREG, ["gradients.models=1", "gradients.train_per_task=20"])
     run = Run(copy)
-    stage = GradientStage(settings, run, "representer")
+    stage = EstimateStage(settings, run, "representer")
     first_self = next(u for u in stage.units() if u.payload[0] == "self")
     _, _, _, start, stop = first_self.payload
     # a task that finished before the driver died: its part is on disk (here, recognisable values)
@@ -506,7 +506,7 @@ def test_conv_net_refusals_are_one_line(resnet_run, monkeypatch):
 
 def test_gradient_devices_are_checked_in_one_line():
     from datamodels.errors import ConfigError
-    from datamodels.stages.gradients import check_gradient_device, task_device
+    from datamodels.methods.devices import check_gradient_device, task_device
 
     with pytest.raises(ConfigError, match="gradients.device=cpu never uses"):
         config_from_dict(MLP, ["gradients.device=cpu", "gradients.num_gpus=1"])

@@ -1,0 +1,31 @@
+"""``trak`` (Park et al. 2023) on the last checkpoint of the first ``gradients.trak_models``
+models, projection dimension ``gradients.proj_dim``; attribution and reweighting (1 − p)
+are averaged over models separately and multiplied (the paper's Algorithm 1). Self
+scores: the leverage τ(z)_z."""
+
+from __future__ import annotations
+
+import torch
+
+from datamodels.gradients.checkpointed import projection_precision, trak_values
+from datamodels.methods.base import Block, GradientMethod
+from datamodels.methods.devices import planned_device
+
+
+class Trak(GradientMethod):
+    name = "trak"
+    reweights = True
+
+    def model_count(self) -> int:
+        return self.config.gradients.trak_models
+
+    def settings(self) -> dict:
+        device = planned_device(self.config.gradients)  # CPU and CUDA draw other projections
+        return {"projection": [device, projection_precision(self.config, device)]}
+
+    def values(self, b: Block) -> torch.Tensor:
+        tx, ty = b.target_tensors() if b.kind == "scores" else (None, None)
+        return trak_values(
+            self.config, b.cached, ("trak", *b.key), b.model, b.data.train_x, b.data.train_y,
+            b.kind, b.rows, b.slot, tx, ty,
+        )
