@@ -32,7 +32,7 @@ from datamodels.config import Config, config_from_dict, load_config
 from datamodels.errors import DatamodelsError
 from datamodels.metrics.mislabel import mislabel_detection
 from datamodels.orchestrate.executor import init_ray
-from datamodels.stages.gradients import GRADIENT_METHODS
+from datamodels.stages.estimate import GRADIENT_METHODS
 from datamodels.store import Run
 
 CONFIG = Path(__file__).parents[1] / "configs" / "digits.yaml"

@@ -31,7 +31,7 @@ from datamodels.gradients.checkpointed import functional_model  # noqa: E402
 from datamodels.metrics.lds import average_replicates, lds  # noqa: E402
 from datamodels.orchestrate.context import Context  # noqa: E402
 from datamodels.plans import masks_for, plan_models  # noqa: E402
-from datamodels.stages.gradients import GRADIENT_METHODS  # noqa: E402
+from datamodels.stages.estimate import GRADIENT_METHODS  # noqa: E402
 from datamodels.stages.prepare import load_run_config  # noqa: E402
 from datamodels.store import Run  # noqa: E402
 from datamodels.store.checkpoints import load_checkpoint, read_checkpoint_index  # noqa: E402

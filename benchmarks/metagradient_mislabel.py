@@ -7,7 +7,7 @@ its own margin's derivative in its own loss weight, on replayed runs.
 A full-data model (every point in its batches) scores every point. A model of an α = ½
 plan holds half of them: the others are in none of its batches, so their metagradient is 0
 by construction; the estimate stage averages each point over the models that hold it
-(``GradientStage.replayed_points``). Printed: flipped labels found after inspecting 20% of
+(``Metagradient.held_points``). Printed: flipped labels found after inspecting 20% of
 the training set (and the AUC of the curve) for the full-data model, for one α = ½ model
 with its unheld points at 0 (what the stage reported before), and for the first ``--models``
 α = ½ models averaged over all models and over the models that hold each point.
