@@ -26,6 +26,8 @@ from datamodels.store import verify as verify_run
 def status(run: RunArg) -> None:
     """Per plan: models planned, done, failed (attempts spent), waiting (a removal or stored
     plan before its masks are written) and missing."""
+    from datamodels.store.checkpoints import read_checkpoint_index  # pulls in torch
+
     handle = existing_run(run)
     frame = plan_status(saved_config(handle), handle)
     table = Table(title=f"{run}")
@@ -40,8 +42,6 @@ def status(run: RunArg) -> None:
             f"warning: {len(duplicates)} duplicate model id problem(s) in {run}/models "
             f"(first: {duplicates[0].message}); run `datamodels verify {run}`",
             style="yellow", markup=False, highlight=False)
-    from datamodels.store.checkpoints import read_checkpoint_index  # pulls in torch
-
     index = read_checkpoint_index(handle.fs)
     if len(index):
         epochs = ", ".join(str(e) for e in sorted(index["epoch"].unique()))
