@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from datamodels.cli import app
 
-CONFIGS = Path(__file__).parent.parent / "configs"
+CONFIGS = Path(__file__).parents[2] / "configs"
 runner = CliRunner()
 
 

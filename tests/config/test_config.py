@@ -5,7 +5,7 @@ import pytest
 from datamodels.config import config_from_dict, load_config
 from datamodels.errors import ConfigError
 
-CONFIGS = Path(__file__).parent.parent / "configs"
+CONFIGS = Path(__file__).parents[2] / "configs"
 
 
 @pytest.mark.parametrize(
