@@ -401,7 +401,7 @@ def load_factory_dataset(cfg: DatasetConfig) -> ArrayDataset:
     * a ``torch.utils.data.Dataset`` of (input, label) pairs (split as above), or a
       ``(train_dataset, test_dataset)`` pair of them.
     """
-    from datamodels.trainers.custom import resolve_callable
+    from datamodels.models.callables import resolve_callable
 
     where = f"dataset.factory {cfg.factory!r}"
     factory = resolve_callable(str(cfg.factory), "dataset.factory")
