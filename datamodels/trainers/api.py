@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from datamodels.config import Config
+from datamodels.models import Architecture
 from datamodels.trainers.data import TrainData
 from datamodels.trainers.outcome import CheckpointRequest, Snapshot, recording
 from datamodels.trainers.paths import train_models, uses_batched_path
@@ -57,12 +58,13 @@ def resolve_loader(config: Config, dataset_bytes: int) -> str:
 def train_batch(
     masks: np.ndarray, seeds: np.ndarray, data: TrainData, config: Config,
     loader: str = "resident", checkpoints: CheckpointRequest | None = None,
-    example_weights: np.ndarray | None = None,
+    example_weights: np.ndarray | None = None, arch: Architecture | None = None,
 ) -> TrainOutcome:
     """masks: bool[K, n_train], seeds: int64[K] -> ``TrainOutcome`` (margins float32[K, n_eval];
     ``snapshots`` of the models in ``checkpoints.rows`` after the requested epochs).
     ``example_weights`` float[K, n_train] (``single_model`` plans): each model's loss weights,
-    its batches drawn from ``masks``; only the batched ``mlp`` trainer takes them."""
+    its batches drawn from ``masks``; only the batched ``mlp`` trainer takes them. ``arch``: the
+    architecture's declaration (default: ``model.arch``'s in ``models.ARCHITECTURES``)."""
     masks = np.asarray(masks, dtype=bool)
     seeds = np.asarray(seeds, dtype=np.int64)
     if masks.ndim != 2 or masks.shape[1] != data.n_train or len(seeds) != len(masks):
@@ -72,7 +74,9 @@ def train_batch(
         )
     start = time.perf_counter()
     with recording(config.train.output):
-        trained = _dispatch(masks, seeds, data, config, loader, checkpoints, example_weights)
+        trained = _dispatch(
+            masks, seeds, data, config, loader, checkpoints, example_weights, arch
+        )
     margins, loss, accuracy, snapshots = trained
     per_model = (time.perf_counter() - start) / max(len(seeds), 1)
     seconds = np.full(len(seeds), per_model, dtype=np.float32)
@@ -83,9 +87,10 @@ def train_batch(
 def _dispatch(
     masks: np.ndarray, seeds: np.ndarray, data: TrainData, config: Config, loader: str,
     checkpoints: CheckpointRequest | None, example_weights: np.ndarray | None = None,
+    arch: Architecture | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Snapshot]]:
     """The trainer for this config: the transfer trainer around the architecture's for a
     transfer run (masks over source classes), else the architecture's."""
     if config.transfer is not None:
         return train_transfer(masks, seeds, data, config)
-    return train_models(masks, seeds, data, config, loader, checkpoints, example_weights)
+    return train_models(masks, seeds, data, config, loader, checkpoints, example_weights, arch)
