@@ -51,17 +51,22 @@ from datamodels.errors import ConfigError
 from datamodels.models import Architecture, architecture
 from datamodels.models.callables import first_line as _first_line
 from datamodels.models.callables import resolve_callable
-from datamodels.models.factory import build_factory_module
+from datamodels.models.factory import build_factory_module as _factory_module
 from datamodels.trainers.batches import batches_for
 from datamodels.trainers.data import TrainData
 from datamodels.trainers.orders import interval_lr, lr_factors
 from datamodels.trainers.outcome import Snapshot, output_function, recorded_outputs
 
-# their old import path (``resolve_callable`` now lives in ``models.callables``, the module
-# factory in ``models.factory``)
+# ``resolve_callable`` keeps its old import path (it lives in ``models.callables``)
 __all__ = ["Subset", "build_factory_module", "check_combination", "check_module",
            "check_user_code", "probe_data", "resolve_callable", "train_with_recipe",
            "uses_user_code"]
+
+
+def build_factory_module(model: ModelConfig, data: TrainData, seed: int) -> nn.Module:
+    """``model.factory``'s module for ``data``, seeded (``models.factory``; the ``custom``
+    architecture's ``build_module``)."""
+    return _factory_module(model, data.num_classes, tuple(data.train_x.shape[1:]), seed)
 
 
 @dataclass
