@@ -2,7 +2,7 @@
 
 A ``FunctionalModel`` holds ``params: float[P]`` and ``logits_fn(params[P], x[B, ...]) ->
 logits[B, C]``, so ``torch.func`` can differentiate with respect to parameters *and* inputs.
-The objective is the trainer's (DESIGN §4), written as a mean of per-example terms:
+The objective is the one the trainers minimise, written as a mean of per-example terms:
 
     J(θ) = (1/n) Σ_i [ ℓ(z_i; θ) + R(θ) ],   ℓ = cross-entropy,
     R(θ) = (λ_wd/2)·||θ ⊙ m||² + (λ_b/2)·||b − mean(b)·1||²

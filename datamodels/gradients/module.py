@@ -22,10 +22,13 @@ with coupled weight decay (``resnet9``) minimises; for a recipe with another reg
 (airbench's decoupled decay) it is the nearest objective of this form.
 
 Representer points need the last linear layer: the last ``nn.Linear`` in ``modules()`` order,
-found automatically; a forward hook reads its input (features f) and substitutes its output
-z by a leaf, so ∂logits/∂z comes from autograd whatever follows the layer (e.g. resnet9's 1/8
-output scale). It is usable when it maps to ``num_classes`` outputs and runs once per
-forward; ``head_problem`` says why not otherwise.
+found automatically (``models.head.last_linear``); a forward hook reads its input (features
+f) and substitutes its output z by a leaf, so ∂logits/∂z comes from autograd whatever follows
+the layer (e.g. resnet9's 1/8 output scale). It is usable when it maps to ``num_classes``
+outputs and runs once per forward; ``head_problem`` says why not otherwise.
+
+``checkpoint_model`` turns a saved checkpoint into a ``FunctionalModel`` by the functional form
+its architecture declares (``Architecture.functional``: ``FUNCTIONAL_FORMS``).
 """
 
 from __future__ import annotations
@@ -35,35 +38,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from datamodels.gradients.model import FunctionalModel
-
-
-def _last_linear(
-    module: nn.Module, num_classes: int, name: str | None = None
-) -> tuple[nn.Linear | None, str]:
-    """The representer's final linear layer: the module named ``name`` (``gradients.
-    representer_layer``), else the last ``nn.Linear``; (None, why) when there is none."""
-    if name is not None:
-        named = dict(module.named_modules())
-        if name not in named:
-            return None, (
-                f"gradients.representer_layer {name!r} is not a submodule "
-                f"(have: {', '.join(n for n in named if n) or 'none'})"
-            )
-        if not isinstance(named[name], nn.Linear):
-            return None, f"gradients.representer_layer {name!r} is not an nn.Linear"
-        linears = [named[name]]
-    else:
-        linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        return None, "the module has no nn.Linear layer whose input features they use"
-    last = linears[-1]
-    outputs = getattr(last, "out_features", None)
-    if outputs != num_classes:
-        return None, (
-            f"its last nn.Linear maps to {outputs} outputs, not the {num_classes} classes"
-        )
-    return last, ""
+from datamodels.errors import CheckpointError
+from datamodels.gradients.model import FunctionalModel, logreg_model, mlp_model
+from datamodels.models import Architecture, architecture
+from datamodels.models.activations import activation_for
+from datamodels.models.head import last_linear
 
 
 def module_model(
@@ -99,7 +78,7 @@ def module_model(
     def logits_fn(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return functional_call(module, state(p), (x.to(p.dtype),))
 
-    linear, problem = _last_linear(module, num_classes, head)
+    linear, problem = last_linear(module, num_classes, head)
     head_io = None if linear is None else _hooked_head(linear, logits_fn)
     flat = torch.cat([p.detach().reshape(-1) for _, p in trainable]).clone()
     return FunctionalModel(
@@ -134,3 +113,52 @@ def _hooked_head(linear: nn.Linear, logits_fn):
         return logits, features, z
 
     return head_io
+
+
+def _logreg_form(config, data, layers: list[torch.Tensor], arch: Architecture) -> FunctionalModel:
+    layers = [t.to(data.train_x.device) for t in layers]
+    flat = torch.cat([layers[0].reshape(-1), layers[1].reshape(-1)])
+    return logreg_model(flat, data.in_dim, data.num_classes, config.train.weight_decay)
+
+
+def _mlp_form(config, data, layers: list[torch.Tensor], arch: Architecture) -> FunctionalModel:
+    layers = [t.to(data.train_x.device) for t in layers]
+    return mlp_model(
+        layers, config.train.weight_decay, config.train.label_smoothing,
+        activation_for(config.model),
+    )
+
+
+def _module_form(config, data, layers: list[torch.Tensor], arch: Architecture) -> FunctionalModel:
+    module = arch.build_module(config.model, data, 0)  # the seed is moot: every tensor is loaded
+    names = list(module.state_dict())
+    if len(names) != len(layers):
+        raise CheckpointError(
+            f"the checkpoint holds {len(layers)} tensors but model.arch={config.model.arch!r} "
+            f"(width {config.model.width}) has {len(names)} in its state_dict; was it saved "
+            "with other model settings?"
+        )
+    module.load_state_dict(dict(zip(names, layers, strict=True)))
+    dtype = torch.float64 if config.gradients.precision == "fp64" else torch.float32
+    return module_model(
+        module, data.num_classes, config.train.weight_decay, config.train.label_smoothing,
+        dtype=dtype, device=data.train_x.device, head=config.gradients.representer_layer,
+    )
+
+
+# ``Architecture.functional`` -> (config, data, checkpoint layers, arch) -> FunctionalModel
+FUNCTIONAL_FORMS = {"logreg": _logreg_form, "mlp": _mlp_form, "module": _module_form}
+
+
+def checkpoint_model(
+    config, data, layers: list[torch.Tensor], arch: Architecture | None = None
+) -> FunctionalModel:
+    """A checkpoint's layers as a ``FunctionalModel`` on the data's device, in the functional
+    form of its architecture (``arch``, by default ``model.arch``'s): ``logreg`` and ``mlp``
+    in float64; any other as the ``nn.Module`` that ``Architecture.build_module`` builds, its
+    ``state_dict`` filled from the checkpoint (the tensors in order), in
+    ``gradients.precision``."""
+    arch = arch or architecture(config.model.arch)
+    if arch.functional is None:
+        raise ValueError(f"model.arch {arch.name!r} trains no model: it has no functional form")
+    return FUNCTIONAL_FORMS[arch.functional](config, data, layers, arch)

@@ -1,15 +1,16 @@
-"""``train_batch``: K masks in, K margin vectors out (the trainer contract, DESIGN §4).
+"""``train_batch``: K masks in, K margin vectors out (the trainer contract).
 
-Chooses the path from the config: ``fastnet`` trains K models per pass as one grouped
-network (``train.grouped``, resident data, the GPU fast path); the batched fast path (stacked
-parameters, resident data) for ``logreg`` and ``mlp``; the one-model-at-a-time path for
-``resnet9``, for ``resources.trainer: sequential``, and whenever data comes through one FFCV
-loader per model. A ``model.factory`` module trains K at once by ``vmap`` over stacked
-parameters (``train.vmapped``) when it allows, else one at a time; a ``train.recipe`` (the
-user's training function, ``train.custom``) always trains one model at a time. What is
-recorded per evaluation example is ``train.output`` (``train.outcome.recording``).
-A transfer run (``config.transfer``) pre-trains on source classes and transfers to the
-target (``train.transfer``).
+The architecture (``model.arch``, ``datamodels.models``) names the trainer path a config takes
+(``trainers.paths``): ``fastnet`` trains K models per pass as one grouped network (resident
+data, the GPU fast path); ``logreg`` and ``mlp`` train stacked parameters on resident data;
+``resnet9``, ``resources.trainer: sequential`` and data through one FFCV loader per model
+train one model at a time; a ``model.factory`` module trains K at once by ``vmap`` when it
+allows, else one at a time; a ``train.recipe`` (the user's training function,
+``trainers.custom``) always trains one model at a time. What is recorded per evaluation
+example is ``train.output`` (``trainers.outcome.recording``).
+A transfer run (``config.transfer``) trains through the transfer trainer, which wraps these:
+it pre-trains on source classes through ``train_models`` and probes or fine-tunes on the
+target (``trainers.transfer``).
 A model whose loss or margins are not finite is reported as failed, not returned as data.
 """
 
@@ -21,13 +22,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from datamodels.config import Config
-from datamodels.errors import ConfigError
-from datamodels.trainers.batched import train_logreg_batched, train_mlp_batched
+from datamodels.models import Architecture
 from datamodels.trainers.data import TrainData
-from datamodels.trainers.grouped import train_fastnet
 from datamodels.trainers.outcome import CheckpointRequest, Snapshot, recording
-from datamodels.trainers.sequential import train_sequential
-from datamodels.trainers.vmapped import train_vmapped
+from datamodels.trainers.paths import train_models, uses_batched_path
+from datamodels.trainers.transfer import train_transfer
+
+__all__ = ["TrainOutcome", "resolve_loader", "train_batch", "train_models", "uses_batched_path"]
 
 
 @dataclass
@@ -54,24 +55,16 @@ def resolve_loader(config: Config, dataset_bytes: int) -> str:
     return choice
 
 
-def uses_batched_path(config: Config, loader: str) -> bool:
-    return (
-        config.model.arch in ("logreg", "mlp")
-        and config.train.recipe is None
-        and config.resources.trainer == "batched"
-        and loader == "resident"
-    )
-
-
 def train_batch(
     masks: np.ndarray, seeds: np.ndarray, data: TrainData, config: Config,
     loader: str = "resident", checkpoints: CheckpointRequest | None = None,
-    example_weights: np.ndarray | None = None,
+    example_weights: np.ndarray | None = None, arch: Architecture | None = None,
 ) -> TrainOutcome:
     """masks: bool[K, n_train], seeds: int64[K] -> ``TrainOutcome`` (margins float32[K, n_eval];
     ``snapshots`` of the models in ``checkpoints.rows`` after the requested epochs).
     ``example_weights`` float[K, n_train] (``single_model`` plans): each model's loss weights,
-    its batches drawn from ``masks``; only the batched ``mlp`` trainer takes them."""
+    its batches drawn from ``masks``; only the batched ``mlp`` trainer takes them. ``arch``: the
+    architecture's declaration (default: ``model.arch``'s in ``models.ARCHITECTURES``)."""
     masks = np.asarray(masks, dtype=bool)
     seeds = np.asarray(seeds, dtype=np.int64)
     if masks.ndim != 2 or masks.shape[1] != data.n_train or len(seeds) != len(masks):
@@ -81,7 +74,9 @@ def train_batch(
         )
     start = time.perf_counter()
     with recording(config.train.output):
-        trained = _dispatch(masks, seeds, data, config, loader, checkpoints, example_weights)
+        trained = _dispatch(
+            masks, seeds, data, config, loader, checkpoints, example_weights, arch
+        )
     margins, loss, accuracy, snapshots = trained
     per_model = (time.perf_counter() - start) / max(len(seeds), 1)
     seconds = np.full(len(seeds), per_model, dtype=np.float32)
@@ -92,58 +87,10 @@ def train_batch(
 def _dispatch(
     masks: np.ndarray, seeds: np.ndarray, data: TrainData, config: Config, loader: str,
     checkpoints: CheckpointRequest | None, example_weights: np.ndarray | None = None,
+    arch: Architecture | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Snapshot]]:
-    """The trainer for this config (the module docstring's rules)."""
-    if config.transfer is not None:  # masks over source classes (train.transfer)
-        from datamodels.trainers.transfer import train_transfer
-
+    """The trainer for this config: the transfer trainer around the architecture's for a
+    transfer run (masks over source classes), else the architecture's."""
+    if config.transfer is not None:
         return train_transfer(masks, seeds, data, config)
-    return train_models(masks, seeds, data, config, loader, checkpoints, example_weights)
-
-
-def train_models(
-    masks: np.ndarray, seeds: np.ndarray, data: TrainData, config: Config, loader: str,
-    checkpoints: CheckpointRequest | None, example_weights: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Snapshot]]:
-    """The architecture's trainer on ``data`` (every path but transfer's; a transfer run
-    pre-trains through it on its source examples). Returns (margins, loss, accuracy,
-    snapshots)."""
-    if example_weights is not None:
-        if not uses_batched_path(config, loader) or config.model.arch != "mlp":
-            raise ConfigError(
-                "single_model plans (per-example loss weights) train with the batched mlp "
-                f"trainer only; this config uses model.arch={config.model.arch!r}, "
-                f"resources.trainer={config.resources.trainer!r}, loader {loader!r}"
-            )
-        return train_mlp_batched(
-            data, masks, seeds, config.model, config.train, checkpoints,
-            example_weights=example_weights,
-        )
-    if config.model.arch == "null":  # pseudo-margins from the sizes alone (train/null.py)
-        from datamodels.trainers.null import train_null
-
-        margins, loss, accuracy, snapshots = train_null(masks, seeds, data, config)
-    elif config.model.arch == "fastnet":
-        margins, loss, accuracy, snapshots = train_fastnet(
-            data, masks, seeds, config.model, config.train, config.resources, checkpoints
-        )
-    elif (
-        config.model.arch == "custom" and config.train.recipe is None
-        and config.resources.trainer == "batched" and loader == "resident"
-        and (result := train_vmapped(data, masks, seeds, config.model, config.train,
-                                     checkpoints)) is not None
-    ):
-        margins, loss, accuracy, snapshots = result
-    elif config.model.arch == "logreg" and config.resources.trainer == "batched":
-        margins, loss, accuracy, snapshots = train_logreg_batched(
-            data, masks, seeds, config.train, checkpoints
-        )
-    elif uses_batched_path(config, loader):
-        margins, loss, accuracy, snapshots = train_mlp_batched(
-            data, masks, seeds, config.model, config.train, checkpoints
-        )
-    else:
-        margins, loss, accuracy, snapshots = train_sequential(
-            data, masks, seeds, config.model, config.train, loader, checkpoints
-        )
-    return margins, loss, accuracy, snapshots
+    return train_models(masks, seeds, data, config, loader, checkpoints, example_weights, arch)

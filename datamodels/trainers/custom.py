@@ -38,8 +38,6 @@ model trains.
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -50,71 +48,25 @@ from torch import nn
 
 from datamodels.config import Config, ModelConfig, TrainConfig
 from datamodels.errors import ConfigError
+from datamodels.models import Architecture, architecture
+from datamodels.models.callables import first_line as _first_line
+from datamodels.models.callables import resolve_callable
+from datamodels.models.factory import build_factory_module as _factory_module
+from datamodels.trainers.batches import batches_for
 from datamodels.trainers.data import TrainData
 from datamodels.trainers.orders import interval_lr, lr_factors
-from datamodels.trainers.outcome import Snapshot
+from datamodels.trainers.outcome import Snapshot, output_function, recorded_outputs
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
-
-
-def resolve_callable(path: str, field_name: str) -> Callable:
-    """``"package.module:name"`` (``name`` may be dotted) -> the callable; a path that does
-    not import, or names nothing callable, is one ``ConfigError`` line naming the field."""
-    module_name, _, attr = path.partition(":")
-    try:
-        target = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        missing = err.name or module_name
-        raise ConfigError(
-            f"{field_name} {path!r}: no module named {missing!r} (is the package installed, "
-            "or its folder on PYTHONPATH on every worker?)"
-        ) from None
-    except Exception as err:  # noqa: BLE001 - the user's module failed to import
-        raise ConfigError(
-            f"{field_name} {path!r}: importing {module_name} raised {_first_line(err)}"
-        ) from None
-    for part in attr.split("."):
-        if not hasattr(target, part):
-            raise ConfigError(
-                f"{field_name} {path!r}: {module_name} has no attribute {attr!r}"
-            )
-        target = getattr(target, part)
-    if not callable(target):
-        raise ConfigError(f"{field_name} {path!r} is a {type(target).__name__}, not a function")
-    return target
+# ``resolve_callable`` keeps its old import path (it lives in ``models.callables``)
+__all__ = ["Subset", "build_factory_module", "check_combination", "check_module",
+           "check_user_code", "probe_data", "resolve_callable", "train_with_recipe",
+           "uses_user_code"]
 
 
 def build_factory_module(model: ModelConfig, data: TrainData, seed: int) -> nn.Module:
-    """``model.factory(**model.kwargs)`` (+ ``num_classes`` / ``input_shape`` when it takes
-    them), seeded; what it raises or returns instead of a module is one line."""
-    factory = resolve_callable(str(model.factory), "model.factory")
-    kwargs = dict(model.kwargs)
-    try:
-        parameters = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        parameters = {}
-    given = {"num_classes": data.num_classes, "input_shape": tuple(data.train_x.shape[1:])}
-    for name, value in given.items():
-        if name in parameters and name not in kwargs:
-            kwargs[name] = value
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        try:
-            module = factory(**kwargs)
-        except Exception as err:  # noqa: BLE001 - the user's factory: one line names it
-            raise ConfigError(
-                f"model.factory {model.factory!r} raised {_first_line(err)} "
-                f"(called with {', '.join(sorted(kwargs)) or 'no arguments'})"
-            ) from None
-    if not isinstance(module, nn.Module):
-        raise ConfigError(
-            f"model.factory {model.factory!r} returned a {type(module).__name__}, not a "
-            "torch.nn.Module"
-        )
-    return module
+    """``model.factory``'s module for ``data``, seeded (``models.factory``; the ``custom``
+    architecture's ``build_module``)."""
+    return _factory_module(model, data.num_classes, tuple(data.train_x.shape[1:]), seed)
 
 
 @dataclass
@@ -171,17 +123,16 @@ def _subset_loss(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) 
 
 def train_with_recipe(
     data: TrainData, mask: np.ndarray, seed: int, model: ModelConfig, recipe: TrainConfig,
-    loader: str = "resident", save_after: tuple[int, ...] = (),
+    loader: str = "resident", save_after: tuple[int, ...] = (), arch: Architecture | None = None,
 ) -> tuple[nn.Module, float, list[Snapshot]]:
-    """``train_one``'s contract, trained by the user's ``train.recipe``."""
-    from datamodels.trainers.sequential import _ffcv_batches, _resident_batches, build_module
-
+    """``sequential.train_one``'s contract, trained by the user's ``train.recipe``."""
     function = resolve_callable(str(recipe.recipe), "train.recipe")
     device = data.train_y.device
-    module = build_module(model, data, seed).to(device).train()
+    arch = arch or architecture(model.arch)
+    module = arch.build_module(model, data, seed).to(device).train()
     positions = np.flatnonzero(mask)
     chosen = torch.from_numpy(positions).to(device)
-    batches_of = _ffcv_batches if loader == "per_model" else _resident_batches
+    batches_of = batches_for(loader)
     subset = Subset(
         data.train_x[chosen], data.train_y[chosen], positions, recipe,
         lambda: batches_of(data, mask, seed, recipe), tuple(save_after),
@@ -218,7 +169,7 @@ def probe_data(features: np.ndarray, labels: np.ndarray, num_classes: int) -> Tr
 
 def uses_user_code(config: Config) -> bool:
     return (
-        config.model.arch == "custom"
+        architecture(config.model.arch).user_code
         or config.train.recipe is not None
         or config.train.output not in ("margin", "loss")
     )
@@ -226,32 +177,30 @@ def uses_user_code(config: Config) -> bool:
 
 def check_combination(config: Config) -> None:
     """Refuse a recipe or an output the architecture's trainer cannot honour (one line)."""
-    arch = config.model.arch
-    if config.train.recipe is not None and arch in ("logreg", "fastnet", "null"):
+    arch = architecture(config.model.arch)
+    if config.train.recipe is not None and not arch.accepts_recipe:
         raise ConfigError(
-            f"train.recipe trains an nn.Module; model.arch={arch!r} has its own trainer "
+            f"train.recipe trains an nn.Module; model.arch={arch.name!r} has its own trainer "
             "(use model.factory, mlp or resnet9 with a recipe)"
         )
-    if config.train.output != "margin" and arch in ("fastnet", "null"):
+    if config.train.output != "margin" and not arch.records_outputs:
         raise ConfigError(
-            f"train.output={config.train.output!r}: model.arch={arch!r} records margins only; "
-            "use margin"
+            f"train.output={config.train.output!r}: model.arch={arch.name!r} records margins "
+            "only; use margin"
         )
 
 
 def check_user_code(config: Config, data: TrainData) -> None:
     """Build one module on ``data`` (a `probe_data` of two examples) and run it, resolve the
     recipe and run the output function: the first problem is one ``ConfigError`` line."""
-    from datamodels.trainers.outcome import output_function, recorded_outputs
-    from datamodels.trainers.sequential import build_module
-
     check_combination(config)
     if config.train.recipe is not None:
         resolve_callable(config.train.recipe, "train.recipe")
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(len(data.train_y), data.num_classes, generator=generator)
-    if config.model.arch == "custom":
-        logits = check_module(build_module(config.model, data, 0), data, config.model.factory)
+    arch = architecture(config.model.arch)
+    if arch.user_code:
+        logits = check_module(arch.build_module(config.model, data, 0), data, config.model.factory)
     function = output_function(config.train.output)
     if function is not None:
         try:

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from datamodels.errors import ConfigError
+from datamodels.models.callables import resolve_callable
 from datamodels.trainers.data import TrainData
 
 
@@ -64,8 +66,6 @@ def output_function(spec: str) -> OutputFunction | None:
         return None
     if spec == "loss":
         return lambda logits, labels: losses_from_logits(logits.unsqueeze(0), labels)[0]
-    from datamodels.trainers.custom import resolve_callable
-
     return resolve_callable(spec, "train.output")
 
 
@@ -79,8 +79,6 @@ def recorded_outputs(
         value = function(model_logits, labels)
         value = torch.as_tensor(value, dtype=torch.float32, device=logits.device)
         if value.shape != (len(labels),):
-            from datamodels.errors import ConfigError
-
             raise ConfigError(
                 f"{where} returned shape {tuple(value.shape)} for {len(labels)} examples; it "
                 f"must return float[n], one number per example (logits are [n, C])"

@@ -1,18 +1,21 @@
 """The transfer trainer: K source-class masks in, K margin vectors on the target out.
 
-Each model (Jain et al. 2022):
+It wraps the project's trainers and datasets: its data is ``data.resident.TransferData`` (the
+source examples as a ``TrainData`` plus the target's splits) and it trains through
+``trainers.paths.train_models``, reading the features to probe where the architecture's head
+declares them (``Architecture.probe_features``). Each model (Jain et al. 2022):
 
 1. **pre-trains** the ``model`` (any architecture the project trains: ``mlp``, ``resnet9``,
    ``fastnet``, a ``model.factory`` module) with the ``train`` section on the source examples
    of its source classes: the class mask is expanded to an example mask and the models go
-   through the project's trainer (``train.api.train_models``: batched MLP, grouped fastnet,
+   through the project's trainer (``trainers.paths.train_models``: batched MLP, grouped fastnet,
    vmapped or one-at-a-time modules), K at once where that path allows, as any other run's
    do; each model comes back as its final checkpoint (the trainer's snapshot layers);
 2. **transfers** to the target: the pre-trained body is kept and a new head for the target's
    classes is trained on the target's train split, either as a ``linear_probe`` (body frozen;
    the features are the input of the last linear layer: the MLP's last hidden layer, a
-   module's last ``nn.Linear`` input read by ``gradients.representer.last_layer_features``
-   with the module in eval mode; the head solves the ``logreg`` objective on them — mean
+   module's last ``nn.Linear`` input read by a forward hook with the module in eval mode
+   (``models.head``); the head solves the ``logreg`` objective on them — mean
    cross-entropy + weight_decay/2·||W||² — full-batch with the project's batched L-BFGS in
    float64 to ``transfer.tolerance``, from 0, so the same features give the same head) or by
    ``finetune`` (MLPs only: every layer, SGD with momentum 0.9, a linearly decaying lr, each
@@ -27,81 +30,22 @@ the normalisation), nor on which other models share the call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from datamodels.config import Config
-from datamodels.models.activations import Activation, activation_for
-from datamodels.trainers.data import TrainData, _stats
-from datamodels.trainers.outcome import CheckpointRequest, Snapshot, margins_and_accuracy
+from datamodels.data.resident import TransferData, load_transfer_data
+from datamodels.models import architecture
+from datamodels.models.activations import activation_for
+from datamodels.models.mlp import stacked_forward
+from datamodels.trainers.batched import logreg_objective
+from datamodels.trainers.lbfgs import batched_lbfgs
+from datamodels.trainers.outcome import CheckpointRequest, Snapshot, margins_and_accuracy, recording
+from datamodels.trainers.paths import train_models
 
-
-@dataclass
-class TransferData:
-    """``source``: the source examples as ``TrainData`` (labels: source classes);
-    ``class_of``: int64[n_source] the source class (mask column) of each source example;
-    everything normalised with the target train split's statistics."""
-
-    source: TrainData
-    class_of: np.ndarray
-    n_classes: int  # source classes = mask length
-    target_train_x: torch.Tensor
-    target_train_y: torch.Tensor
-    eval_x: torch.Tensor  # the target's test split, eval-position order
-    eval_y: torch.Tensor
-    target_classes: int
-
-    @property
-    def n_train(self) -> int:
-        return self.n_classes
-
-    @property
-    def n_test(self) -> int:
-        return len(self.eval_y)
-
-    def example_masks(self, class_masks: np.ndarray) -> np.ndarray:
-        """bool[K, n_source]: the source examples each class mask includes."""
-        return np.asarray(class_masks, bool)[:, self.class_of]
-
-
-def load_transfer_data(
-    beton_path: str, examples: pd.DataFrame, device: str = "cpu"
-) -> TransferData:
-    """The run's beton and ``examples.parquet`` (layout: ``datamodels.data.transfer``)."""
-    from datamodels.data.beton import decode_resident
-
-    features, labels = decode_resident(beton_path)
-    source = examples[examples["split"] == "source"].sort_values("index")
-    train = examples[examples["split"] == "train"].sort_values("index")
-    test = examples[examples["eval_position"].notna()].sort_values("eval_position")
-    src_index = source["index"].to_numpy(np.int64)
-    tr_index = train["index"].to_numpy(np.int64)
-    mean, std = _stats(features[tr_index])
-    n_classes = int(source["train_position"].max()) + 1
-    src = TrainData(
-        train_x=torch.empty(0), train_y=torch.from_numpy(labels[src_index]),
-        eval_x=torch.empty(0), eval_y=torch.from_numpy(labels[src_index[:1]]), n_test=1,
-        num_classes=n_classes, train_index=src_index, beton_path=str(beton_path),
-        mean=mean, std=std,
-    )
-    src.train_x = src.normalize(torch.from_numpy(features[src_index]))
-    src.eval_x = src.train_x[:1].clone()
-    te_index = test["index"].to_numpy(np.int64)
-    target_classes = int(max(train["label"].max(), test["label"].max())) + 1
-    return TransferData(
-        source=src.to(device),
-        class_of=source["train_position"].to_numpy(np.int64),
-        n_classes=n_classes,
-        target_train_x=src.normalize(torch.from_numpy(features[tr_index])).to(device),
-        target_train_y=torch.from_numpy(labels[tr_index]).to(device),
-        eval_x=src.normalize(torch.from_numpy(features[te_index])).to(device),
-        eval_y=torch.from_numpy(labels[te_index]).to(device),
-        target_classes=target_classes,
-    )
+__all__ = ["TransferData", "finetune", "linear_probe", "load_transfer_data", "pretrain",
+           "train_transfer"]
 
 
 def pretrain(
@@ -110,9 +54,6 @@ def pretrain(
     """K pre-trained models, each its final checkpoint's layers (CPU): an MLP's layer list
     ``[W1 [d, h], b1, ..., Wout, bout]``, any other architecture its ``state_dict`` tensors
     in order (what ``gradients.checkpointed.functional_model`` loads)."""
-    from datamodels.trainers.api import train_models
-    from datamodels.trainers.outcome import recording
-
     K = len(seeds)
     request = CheckpointRequest(tuple(range(K)), (config.train.epochs,))
     # the source margins are not kept (train.output is the target's); trainers differentiate
@@ -124,34 +65,6 @@ def pretrain(
     return [by_row[k].params for k in range(K)]
 
 
-def module_features(
-    layers: list[torch.Tensor], data: TransferData, config: Config, *xs: torch.Tensor
-) -> list[torch.Tensor]:
-    """One pre-trained module's penultimate features (float64[n, h], the input of its last
-    ``nn.Linear``, eval mode) of each input batch in ``xs``."""
-    from datamodels.errors import ConfigError
-    from datamodels.gradients.checkpointed import functional_model
-    from datamodels.gradients.representer import last_layer_features
-
-    model = functional_model(config, data.source, layers)
-    if model.head_io is None:
-        raise ConfigError(
-            f"transfer.recipe linear_probe reads the input of model.arch={config.model.arch!r}'s "
-            f"last nn.Linear, but {model.head_problem}"
-        )
-    return [last_layer_features(model, x)[0] for x in xs]
-
-
-def _features(
-    bodies: list[torch.Tensor], x: torch.Tensor, activation: Activation
-) -> torch.Tensor:
-    """float[K, n, h]: the stacked bodies' last hidden layer on a shared batch x[n, d]."""
-    h = x.reshape(len(x), -1).expand(len(bodies[0]), -1, -1)
-    for layer in range(len(bodies) // 2):
-        h = activation(torch.baddbmm(bodies[2 * layer + 1].unsqueeze(1), h, bodies[2 * layer]))
-    return h
-
-
 def linear_probe(
     train_features: torch.Tensor, labels: torch.Tensor, classes: int, config: Config
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -160,9 +73,6 @@ def linear_probe(
     ``train.batched``) on its own features [K, n, h]: the project's batched L-BFGS, every
     model its own line search and stopping rule, from 0. Returns them and the objective [K]
     (NaN where L-BFGS did not reach ``transfer.tolerance``)."""
-    from datamodels.trainers.batched import logreg_objective
-    from datamodels.trainers.lbfgs import batched_lbfgs
-
     spec = config.transfer
     feats = train_features.double()
     K, n, h = feats.shape
@@ -202,8 +112,6 @@ def finetune(
     total, step = spec.epochs * steps, 0
     orders = [np.random.default_rng([int(s), 77]) for s in seeds]
     last = torch.zeros(K, dtype=torch.float64, device=device)
-    from datamodels.models.mlp import stacked_forward
-
     for epoch in range(spec.epochs):
         perms = np.stack([rng.permutation(n) for rng in orders])
         if epoch == spec.epochs - 1:
@@ -235,29 +143,16 @@ def train_transfer(
     """class_masks bool[K, n_classes], seeds int64[K] -> (outputs float32[K, n_test] on the
     target's test split, transfer loss float32[K], target test accuracy float32[K], [])."""
     K = len(seeds)
-    device = data.eval_x.device
     models = pretrain(data, class_masks, seeds, config)
     if config.transfer.recipe == "linear_probe":
-        if config.model.arch == "mlp":
-            bodies = [torch.stack(group).to(device) for group in zip(*models, strict=True)][:-2]
-            activation = activation_for(config.model)
-            feats = _features(bodies, data.target_train_x, activation) if bodies else (
-                data.target_train_x.reshape(len(data.target_train_x), -1).expand(K, -1, -1)
-            )
-            test_feats = _features(bodies, data.eval_x, activation).double()
-        else:
-            pairs = [
-                module_features(layers, data, config, data.target_train_x, data.eval_x)
-                for layers in models
-            ]
-            feats = torch.stack([train for train, _ in pairs])
-            test_feats = torch.stack([test for _, test in pairs])
+        # the input of the last linear layer, where the architecture's head declares it
+        feats, test_feats = architecture(config.model.arch).probe_features(
+            models, data, config, data.target_train_x, data.eval_x
+        )
         weight, bias, loss = linear_probe(feats, data.target_train_y, data.target_classes, config)
-        logits = torch.baddbmm(bias.unsqueeze(1), test_feats, weight).float()
+        logits = torch.baddbmm(bias.unsqueeze(1), test_feats.double(), weight).float()
     else:
         stacked = [torch.stack(group) for group in zip(*models, strict=True)]
-        from datamodels.models.mlp import stacked_forward
-
         params, loss = finetune(stacked, data, seeds, config)
         logits = stacked_forward(
             params, data.eval_x.reshape(len(data.eval_x), -1), activation_for(config.model)

@@ -27,6 +27,8 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
 from datamodels.config import ModelConfig, TrainConfig
+from datamodels.models import architecture
+from datamodels.trainers.batches import seeded_rng
 from datamodels.trainers.data import TrainData
 from datamodels.trainers.orders import EpochOrders, interval_lr, lr_factors
 from datamodels.trainers.outcome import CheckpointRequest, Snapshot, margins_and_accuracy
@@ -70,8 +72,6 @@ def batch_refusal(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> str | 
 
 
 def cached_refusal(model: ModelConfig, module: nn.Module, data: TrainData) -> str | None:
-    from datamodels.trainers.sequential import seeded_rng
-
     key = (model.model_dump_json(), tuple(data.train_x.shape[1:]), str(data.train_x.device))
     if key not in _REFUSALS:
         with seeded_rng(0, data.train_x.device):  # the process's generators stay as they were
@@ -104,10 +104,9 @@ def train_vmapped(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Snapshot]] | None:
     """The trainer contract for K factory modules at once; None (after a one-line notice)
     when the module cannot be vmapped, for the caller to train them one at a time."""
-    from datamodels.trainers.sequential import build_module, seeded_rng
-
     device = data.train_y.device
-    modules = [build_module(model, data, int(s)).to(device) for s in seeds]
+    arch = architecture(model.arch)
+    modules = [arch.build_module(model, data, int(s)).to(device) for s in seeds]
     if not modules:
         return None
     template = modules[0].train()

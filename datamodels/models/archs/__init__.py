@@ -1,0 +1,1 @@
+"""One declaration per ``model.arch`` (``datamodels.models.base.Architecture`` subclasses)."""
