@@ -168,6 +168,9 @@ def _heavy_at_module_level() -> dict[str, set[str]]:
     deps: dict[str, set[str]] = defaultdict(set)
     for module in MODULES:
         direct[module] = set()
+        # importing a.b.c runs the __init__ of a and a.b first
+        parts = module.split(".")
+        deps[module].update(".".join(parts[:i]) for i in range(1, len(parts)))
         for name, _line, deferred, _node in imports_of(module):
             if deferred:
                 continue

@@ -4,6 +4,7 @@ user import paths (``"package.module:name"``)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -33,4 +34,14 @@ def import_path(value: str | None, field: str) -> str | None:
             f"{field} must be an import path 'package.module:name' (a colon before the "
             "function's name)"
         )
+    return value
+
+
+def check_name(value: str, known: Iterable[str]) -> str:
+    """``value`` if it is one of ``known`` (the names of a registry), else a ValueError that
+    lists them the way pydantic lists a Literal's values."""
+    names = list(known)
+    if value not in names:
+        quoted = [repr(name) for name in names]
+        raise ValueError(f"Input should be {', '.join(quoted[:-1])} or {quoted[-1]}")
     return value

@@ -71,7 +71,7 @@ def _format_error(err: ValidationError) -> str:
         section = _section_for(first["loc"][:-1])
         allowed = ", ".join(section.model_fields) if section else ""
         return f"unknown config key '{loc}'" + (f"; allowed here: {allowed}" if allowed else "")
-    if kind == "literal_error":
+    if kind == "literal_error" or msg.startswith("Input should be "):
         return f"invalid value for '{loc}': {msg}"
     value = first.get("input")
     shown = "" if isinstance(value, dict | list) else f" (got {value!r})"

@@ -4,11 +4,13 @@ config (`check_plan_kinds`)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from datamodels.config.base import Section
+from datamodels.config.base import Section, check_name
+from datamodels.models import architecture
+from datamodels.plans.registry import PLAN_KINDS, plan_kind
 
 if TYPE_CHECKING:
     from datamodels.config.root import Config
@@ -50,9 +52,7 @@ class PlanConfig(Section):
     """
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
-    kind: Literal[
-        "alpha", "alpha_grid", "loo", "tmc", "single_model", "stored", "removal", "classes"
-    ] = "alpha"
+    kind: str = "alpha"  # a name of datamodels.plans.PLAN_KINDS
     alpha: float = Field(0.5, gt=0.0, le=1.0)
     count: int | None = Field(None, ge=1)
     seeds: int = Field(1, ge=1)
@@ -67,6 +67,11 @@ class PlanConfig(Section):
     targets: tuple[int, ...] | None = None
     brittle: bool = True
     brittle_max: float = Field(0.05, gt=0.0, le=1.0)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        return check_name(kind, PLAN_KINDS)
 
     @model_validator(mode="after")
     def _kind_fields(self) -> PlanConfig:
@@ -83,71 +88,62 @@ def default_plans() -> tuple[PlanConfig, ...]:
 
 
 def check_plan_fields(plan: PlanConfig) -> None:
-    """The fields each plan kind needs: ``removal`` a ``count`` or ``targets``, positive
-    ``ks`` and some ``methods``; ``single_model`` ``drops`` in (0, 1); every kind but ``loo``
-    a ``count``; ``loo`` ``points`` that are train positions. Raises ValueError naming the
+    """The fields the plan's kind needs (``PlanKind.validate``: e.g. ``removal`` a ``count``
+    or ``targets``, ``single_model`` ``drops`` in (0, 1)). Raises ValueError naming the
     field."""
-    if plan.kind == "removal":
-        if plan.targets is None and plan.count is None:
-            raise ValueError(
-                f"plans.{plan.name}: a removal plan needs count (how many test targets) "
-                "or targets (their eval positions)"
-            )
-        if not plan.ks or any(k < 1 for k in plan.ks):
-            raise ValueError(f"plans.{plan.name}.ks must be positive counts, e.g. [10, 50]")
-        if not plan.methods:
-            raise ValueError(f"plans.{plan.name}.methods must name score tables")
-        return
-    if plan.kind == "single_model" and (
-        not plan.drops or any(not 0.0 < d < 1.0 for d in plan.drops)
-    ):
-        raise ValueError(f"plans.{plan.name}.drops must be fractions in (0, 1), e.g. [0.01, 0.1]")
-    if plan.kind != "loo" and plan.count is None:
-        raise ValueError(f"plans.{plan.name}.count is required for kind {plan.kind!r}")
-    if plan.kind == "loo" and plan.points is not None and any(p < 0 for p in plan.points):
-        raise ValueError(f"plans.{plan.name}.points must be train positions (>= 0)")
+    plan_kind(plan.kind).validate(plan)
 
 
 def check_plan_kinds(config: Config) -> None:
-    """What the plan kinds ask of the rest of the config: a checkpointed plan is not ``tmc``
-    (its models are prefixes of walks) nor a stored-mask kind (no masks before fit); at most
-    one ``removal`` plan; ``single_model`` trains the batched mlp; ``classes`` needs a
-    ``transfer`` section, and a transfer run has only kinds whose masks can range over source
-    classes. Raises ValueError naming the plans."""
+    """What the plan kinds ask of the rest of the config: a checkpointed plan's kind supports
+    checkpoints (not a walk, whose models are prefixes, nor a stored kind, whose masks exist
+    only after fit); at most one plan of a one-per-config kind (``removal``); a kind trained
+    with per-example loss weights (``single_model``) needs an architecture that takes them
+    on the batched trainer; a kind over source classes (``classes``) needs a ``transfer``
+    section, and a transfer run has only kinds that can range over source classes. Raises
+    ValueError naming the plans."""
     checkpointed = config.checkpoints.plan
-    if checkpointed is not None and config.plan(checkpointed).kind == "tmc":
-        raise ValueError(
-            f"checkpoints.plan {checkpointed!r} is a tmc plan "
-            "(its models are prefixes of "
-            "walks); choose an alpha, alpha_grid or loo plan"
-        )
-    removal = [p.name for p in config.plans_of_kind("removal")]
-    if len(removal) > 1:
-        raise ValueError(
-            f"plans {', '.join(removal)}: one removal plan per config (its tables are "
-            "removals/sets.parquet and removals/results.parquet); merge their ks and methods"
-        )
-    if checkpointed in {p.name for p in config.plans_of_kind("stored", "removal")}:
+    if checkpointed is not None:
+        kind = plan_kind(config.plan(checkpointed).kind)
+        if kind.walks:
+            raise ValueError(
+                f"checkpoints.plan {checkpointed!r} is a {kind.name} plan "
+                "(its models are prefixes of "
+                "walks); choose an alpha, alpha_grid or loo plan"
+            )
+    for name in PLAN_KINDS:
+        if not plan_kind(name).one_per_config:
+            continue
+        several = [p.name for p in config.plans_of_kind(name)]
+        if len(several) > 1:
+            raise ValueError(
+                f"plans {', '.join(several)}: one {name} plan per config (its tables are "
+                "removals/sets.parquet and removals/results.parquet); merge their ks and methods"
+            )
+    if checkpointed is not None and plan_kind(config.plan(checkpointed).kind).stored:
         raise ValueError(
             f"checkpoints.plan {checkpointed!r} is a stored-mask plan (its masks "
             "exist only after fit); choose an alpha, alpha_grid or loo plan"
         )
-    single = [p.name for p in config.plans_of_kind("single_model")]
-    if single and (config.model.arch != "mlp" or config.resources.trainer != "batched"):
+    weighted = [p.name for p in config.plans if plan_kind(p.kind).example_weights]
+    if weighted and (
+        not architecture(config.model.arch).example_weights
+        or config.resources.trainer != "batched"
+    ):
         raise ValueError(
-            f"plans {', '.join(single)}: single_model plans (per-example loss weights) "
+            f"plans {', '.join(weighted)}: single_model plans (per-example loss weights) "
             "train with the batched mlp trainer only (model.arch: mlp, "
             f"resources.trainer: batched); this config has model.arch={config.model.arch!r}"
         )
     if config.transfer is None:
-        classes = [p.name for p in config.plans_of_kind("classes")]
+        classes = [p.name for p in config.plans if plan_kind(p.kind).needs_transfer]
         if classes:
             raise ValueError(
                 f"plans {', '.join(classes)}: kind classes samples source classes; add a "
                 "transfer section (transfer.source) or use kind alpha"
             )
         return
-    wrong = [p.name for p in config.plans_of_kind("tmc", "single_model", "loo", "removal")]
+    wrong = [p.name for p in config.plans if not plan_kind(p.kind).in_transfer]
     if wrong:
         raise ValueError(
             f"plans {', '.join(wrong)}: a transfer run's masks are over source classes; "

@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from datamodels.config.base import IMPORT_PATH, Section, import_path, name_from_factory
+from datamodels.config.base import (
+    IMPORT_PATH,
+    Section,
+    check_name,
+    import_path,
+    name_from_factory,
+)
+from datamodels.models import ARCHITECTURES, architecture
 
 if TYPE_CHECKING:
     from datamodels.config.root import Config
@@ -74,7 +81,7 @@ class ModelConfig(Section):
     ``gelu`` (``datamodels.models.activations``); a smooth φ makes the trained margins smooth
     in the example weights (the metagradient's single-model LDS, README)."""
 
-    arch: Literal["logreg", "mlp", "resnet9", "fastnet", "null", "custom"] = "mlp"
+    arch: str = "mlp"  # a name of datamodels.models.ARCHITECTURES
     hidden: int = Field(64, ge=1)
     depth: int = Field(1, ge=1, le=8)
     # defaults leave the hash of every existing config unchanged (exclude_defaults)
@@ -88,6 +95,11 @@ class ModelConfig(Section):
     @classmethod
     def _custom_from_factory(cls, values: Any) -> Any:
         return name_from_factory(values, "arch", "custom")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        return check_name(arch, ARCHITECTURES)
 
     @field_validator("factory")
     @classmethod
@@ -154,17 +166,17 @@ def check_model_fields(model: ModelConfig) -> None:
     """The ``model`` fields each architecture needs or refuses: ``custom`` needs a
     ``factory`` (and a ``factory`` means ``custom``); ``activation`` applies to ``mlp`` only.
     Raises ValueError naming the field."""
-    if model.arch == "custom" and not model.factory:
+    if architecture(model.arch).user_code and not model.factory:
         raise ValueError(
             "model.factory is required for model.arch='custom' "
             "(e.g. factory: mypackage.models:make_cnn)"
         )
-    if model.factory and model.arch != "custom":
+    if model.factory and not architecture(model.arch).user_code:
         raise ValueError(
             f"model.factory builds the network itself: leave model.arch out (or set it to "
             f"custom), not {model.arch!r}"
         )
-    if model.activation != "relu" and model.arch != "mlp":
+    if model.activation != "relu" and not architecture(model.arch).accepts_activation:
         raise ValueError(
             f"model.activation={model.activation!r} applies to model.arch: mlp only; "
             f"leave it out for arch {model.arch!r}"
@@ -178,13 +190,13 @@ def check_architecture(config: Config) -> None:
     naming the fields."""
     if config.transfer is None:
         return
-    if config.model.arch in ("logreg", "null"):
+    if not architecture(config.model.arch).transfers:
         raise ValueError(
             "transfer runs pre-train a network whose body is kept (model.arch mlp, "
             "resnet9, fastnet or a model.factory module); this config has "
             f"model.arch={config.model.arch!r}"
         )
-    if config.transfer.recipe == "finetune" and config.model.arch != "mlp":
+    if config.transfer.recipe == "finetune" and not architecture(config.model.arch).finetunes:
         raise ValueError(
             f"transfer.recipe finetune trains mlp models only; model.arch="
             f"{config.model.arch!r} transfers with transfer.recipe: linear_probe"

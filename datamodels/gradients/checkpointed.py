@@ -13,12 +13,11 @@ import numpy as np
 import torch
 
 from datamodels.config import Config
-from datamodels.errors import CheckpointError
 from datamodels.gradients.grads import exact_hessian
 from datamodels.gradients.ihvp import ConjugateGradient, Exact, FactoredHessian, Lissa, Solver
 from datamodels.gradients.influence_pert import influence_pert_scores, influence_pert_self_scores
-from datamodels.gradients.model import FunctionalModel, logreg_model, mlp_model
-from datamodels.gradients.module import module_model
+from datamodels.gradients.model import FunctionalModel
+from datamodels.gradients.module import checkpoint_model
 from datamodels.gradients.trak import (
     kernel_inverse,
     model_projection,
@@ -27,8 +26,7 @@ from datamodels.gradients.trak import (
     trak_features,
     trak_leverage,
 )
-from datamodels.models.activations import activation_for
-from datamodels.trainers import sequential
+from datamodels.models import architecture
 
 PERT_ELEMENTS = 1 << 24  # bound on T·points·input_dim per influence_pert chunk
 
@@ -37,40 +35,13 @@ def functional_form(config: Config) -> str:
     """How the gradient estimators see the config's architecture: ``logreg`` or ``mlp`` (flat
     float64 functions of their parameters) or ``module`` (an ``nn.Module`` through
     ``torch.func.functional_call``). The one place the gradient library asks ``model.arch``."""
-    arch = config.model.arch
-    return arch if arch in ("logreg", "mlp") else "module"
+    return architecture(config.model.arch).functional or "module"
 
 
 def functional_model(config: Config, data, layers: list[torch.Tensor]) -> FunctionalModel:
-    """A checkpoint's layers as a ``FunctionalModel`` on the data's device: ``logreg`` and
-    ``mlp`` in float64; any other architecture as the ``nn.Module`` that
-    ``trainers.sequential.build_module`` builds, its ``state_dict`` filled from the checkpoint
-    (the tensors in order), in ``gradients.precision`` (``gradients.module``)."""
-    device, form = data.train_x.device, functional_form(config)
-    if form == "logreg":
-        layers = [t.to(device) for t in layers]
-        flat = torch.cat([layers[0].reshape(-1), layers[1].reshape(-1)])
-        return logreg_model(flat, data.in_dim, data.num_classes, config.train.weight_decay)
-    if form == "mlp":
-        layers = [t.to(device) for t in layers]
-        return mlp_model(
-            layers, config.train.weight_decay, config.train.label_smoothing,
-            activation_for(config.model),
-        )
-    module = sequential.build_module(config.model, data, 0)  # seed moot: every tensor is loaded
-    names = list(module.state_dict())
-    if len(names) != len(layers):
-        raise CheckpointError(
-            f"the checkpoint holds {len(layers)} tensors but model.arch={config.model.arch!r} "
-            f"(width {config.model.width}) has {len(names)} in its state_dict; was it saved "
-            "with other model settings?"
-        )
-    module.load_state_dict(dict(zip(names, layers, strict=True)))
-    dtype = torch.float64 if config.gradients.precision == "fp64" else torch.float32
-    return module_model(
-        module, data.num_classes, config.train.weight_decay, config.train.label_smoothing,
-        dtype=dtype, device=device, head=config.gradients.representer_layer,
-    )
+    """A checkpoint's layers as a ``FunctionalModel`` on the data's device, in the functional
+    form its architecture declares (``gradients.module.checkpoint_model``)."""
+    return checkpoint_model(config, data, layers)
 
 
 def projection_precision(config: Config, device: torch.device | str) -> str:
@@ -85,7 +56,7 @@ def solver_for(config: Config) -> Solver:
     g = config.gradients
     # conv nets: HVPs chunk by chunk to bound activation memory; the dense models keep one
     # saved graph over the whole subset (small, and several times faster per product)
-    chunk = None if functional_form(config) != "module" else g.chunk_size
+    chunk = None if architecture(config.model.arch).dense else g.chunk_size
     if g.solver == "exact":
         return Exact(damping=g.damping)
     if g.solver == "cg":

@@ -6,18 +6,20 @@ registries. (How the gradient estimators see an architecture's parameters is
 from __future__ import annotations
 
 from datamodels.config import Config, PlanConfig
+from datamodels.models import architecture
 
 
 def trains_model(config: Config) -> bool:
     """Whether the architecture trains a model at all (``null`` trains none)."""
-    return config.model.arch != "null"
+    return architecture(config.model.arch).trains
 
 
 def replay_form(config: Config) -> str | None:
     """How a model of this architecture can be replayed for the metagradient: ``mlp`` (the
     batched trainer's SGD run, replayed step by step), ``logreg`` (a converged optimum,
     refit) or None (it cannot be)."""
-    return config.model.arch if config.model.arch in ("mlp", "logreg") else None
+    arch = architecture(config.model.arch)
+    return arch.functional if arch.replayed_by else None
 
 
 def first_plan_of_kind(config: Config, kinds: tuple[str, ...]) -> PlanConfig | None:

@@ -17,11 +17,10 @@ from typing import Any
 import torch
 
 from datamodels.config import Config
+from datamodels.data.resident import load_train_data, load_transfer_data
 from datamodels.errors import ConfigError
 from datamodels.store import Run
 from datamodels.store.beton import BETON_PATH, local_beton
-from datamodels.trainers.data import load_train_data
-from datamodels.trainers.transfer import load_transfer_data
 
 __all__ = [  # BETON_PATH and local_beton live in the store; read here by older importers
     "BETON_PATH",

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from datamodels.devices import resolve_device
+from datamodels.models import architecture
 from datamodels.orchestrate.context import worker_name
 from datamodels.plans import (
     checkpoint_epochs,
@@ -71,7 +72,7 @@ class TrainTask:
         res = self.config.resources
         torch.set_num_threads(res.threads_per_task or max(1, int(res.num_cpus)))
         self.task_plan(ctx)
-        if self.config.model.arch == "null":  # sizes only: never decode the beton
+        if not architecture(self.config.model.arch).trains:  # sizes only: no beton decoded
             data = NullData(*self.run.sizes())
         else:
             data = ctx.data(self.run, self.config, resolve_device(res.device))

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from datamodels.models import architecture
+
 if TYPE_CHECKING:
     from datamodels.config import Config
     from datamodels.plans.planned import PlannedModels
@@ -26,7 +28,7 @@ def checkpoint_ids(config: Config, planned: PlannedModels) -> np.ndarray:
 def checkpoint_epochs(config: Config) -> tuple[int, ...]:
     """The epochs each checkpointed model saves, always including the last (the trained
     model itself); ``(1,)`` for ``logreg`` (its solution)."""
-    if config.model.arch == "logreg":
+    if architecture(config.model.arch).solved:
         return (1,)
     return tuple(
         sorted(

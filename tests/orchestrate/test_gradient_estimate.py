@@ -469,6 +469,7 @@ def test_conv_net_through_every_gradient_estimator(resnet_run):
 
 
 def test_conv_net_refusals_are_one_line(resnet_run, monkeypatch):
+    from datamodels.models.archs.resnet9 import ResNet9
     from datamodels.orchestrate.executor import SerialExecutor
     from datamodels.trainers import sequential
 
@@ -488,12 +489,12 @@ def test_conv_net_refusals_are_one_line(resnet_run, monkeypatch):
         def forward(self, features):
             return features @ self.weight.T
 
-    def without_linear(model, data, seed):
+    def without_linear(self, model, data, seed):
         net = sequential.build_resnet9(seed, data.num_classes, model.width)
         net.net[-1] = Head(net.net[-1])
         return net
 
-    monkeypatch.setattr(sequential, "build_module", without_linear)
+    monkeypatch.setattr(ResNet9, "build_module", without_linear)
     with pytest.raises(EstimateError) as refused:
         estimate(config, uri, "representer", executor=SerialExecutor(), show_progress=False)
     message = str(refused.value)
