@@ -22,22 +22,30 @@ import pyarrow as pa
 from datamodels.config import Config
 from datamodels.errors import DatamodelsError, StoreError
 from datamodels.store import SOURCE_CLASSES_PATH, SOURCE_CLASSES_SCHEMA, Run
+from datamodels.store.schemas import SCHEMA_VERSION
 
 # the counterfactual's tables (written by the transfer_counterfactual stage)
 COUNTERFACTUAL_MODELS_PATH = "transfer/counterfactual_models.parquet"
 COUNTERFACTUAL_REMOVED_PATH = "transfer/counterfactual_removed.parquet"
 COUNTERFACTUAL_MARGINS_PATH = "transfer/counterfactual_margins.parquet"
-COUNTERFACTUAL_MODELS_SCHEMA = pa.schema([
+_VERSION = {b"schema_version": str(SCHEMA_VERSION).encode()}  # as every table of a run
+
+
+def _schema(*columns: tuple[str, pa.DataType]) -> pa.Schema:
+    return pa.schema([pa.field(n, t, nullable=False) for n, t in columns], metadata=_VERSION)
+
+
+COUNTERFACTUAL_MODELS_SCHEMA = _schema(
     ("setting", pa.string()), ("seed", pa.int64()), ("eval_accuracy", pa.float64()),
     ("mean_margin", pa.float64()),
-])
-COUNTERFACTUAL_REMOVED_SCHEMA = pa.schema([
+)
+COUNTERFACTUAL_REMOVED_SCHEMA = _schema(
     ("plan", pa.string()), ("train_position", pa.int64()), ("name", pa.string()),
     ("total_weight", pa.float64()),
-])
-COUNTERFACTUAL_MARGINS_SCHEMA = pa.schema([
+)
+COUNTERFACTUAL_MARGINS_SCHEMA = _schema(
     ("target examples", pa.string()), ("count", pa.int64()), ("mean margin change", pa.float64()),
-])
+)
 
 
 def source_classes(run: Run) -> pd.DataFrame:
