@@ -22,7 +22,7 @@ from datamodels.metrics.lds import lds
 from datamodels.regress.lasso import split_rows
 from datamodels.store import query
 from datamodels.store.schemas import ALPHA_EFFECT_SCHEMA, LDS_CURVE_SCHEMA
-from tests.test_report import report_run  # noqa: F401 - the session fixture, built once
+from tests.report.test_report import report_run  # noqa: F401 - the session fixture, built once
 
 # the module (the package re-exports a function under the same name)
 module = importlib.import_module("datamodels.applications.alpha_effect")
