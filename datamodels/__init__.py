@@ -1,8 +1,8 @@
 """datamodels: training-data attribution by mass retraining.
 
-Stages (each idempotent and resumable): prepare -> train -> fit -> estimate -> removal -> evaluate;
-then sparse_layer (a sparse decision layer on a checkpoint), and the applications alpha_effect
-and lds_curve.
+Stages (each idempotent and resumable, declared in `datamodels.stages.pipeline`): prepare ->
+train -> fit -> estimate -> removal -> evaluate; on request sparse_layer (a sparse decision
+layer on a checkpoint), alpha_effect and lds_curve (``applications/`` tables).
 The run directory (Parquet tables) is the public contract; `Run` reads it. The verbs::
 
     import datamodels as dm

@@ -1,5 +1,5 @@
 """The notebooks in analysis/ run top to bottom in a real kernel (nbclient) against the
-small digits run tests/test_report.py makes (``DATAMODELS_RUN``); any cell error fails.
+small digits run tests/report/test_report.py makes (``DATAMODELS_RUN``); any cell error fails.
 
 One kernel serves them all (its imports of torch, ffcv and datamodels are most of a
 notebook's time); each notebook starts with ``%reset -f``, so none sees another's names."""
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_report import report_run  # noqa: F401 - the session fixture, built once
+from tests.report.test_report import report_run  # noqa: F401 - the session fixture, built once
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 

@@ -240,9 +240,14 @@ def test_fit_over_source_classes_recovers_planted_class_weights(tmp_path):
 
 
 def test_transfer_run_end_to_end_report_and_counterfactual(small_run):
-    """prepare → train → fit over source classes → transfer report with the counterfactual
-    retrained through the driver; verify passes on the finished run."""
-    from datamodels.report.transfer import build_transfer_report, class_effects, counterfactual
+    """prepare → train → fit over source classes → the counterfactual retrained through the
+    driver (its stages) → the transfer report reads it; verify passes on the finished run."""
+    from datamodels.report.transfer import (
+        build_transfer_report,
+        class_effects,
+        counterfactual,
+        read_counterfactual,
+    )
     from datamodels.store import verify
 
     config, run, summary = small_run
@@ -253,14 +258,24 @@ def test_transfer_run_end_to_end_report_and_counterfactual(small_run):
     api.fit(config, run, show_progress=False)
     effects = class_effects(run)
     assert list(effects["target class"]) == list(range(10))
-    result = counterfactual(config, run, k=2, executor=SerialExecutor())
+    page = build_transfer_report(run).read_text()  # the report only reads: no table yet
+    assert "transfer/counterfactual_models.parquet is missing; run `datamodels " in page
+    with pytest.raises(DatamodelsError, match="counterfactual_models.parquet is missing; run"):
+        build_transfer_report(run, counterfactual=True)
+    assert run.plan_masks("without") is None  # nothing trained or written by the report
+    result = api.transfer_counterfactual(config, run, k=2, executor=SerialExecutor())
+    markers = sorted(p.name for p in Path(run.uri, "_stages").iterdir())
+    assert {"transfer_masks.json", "transfer_counterfactual.json"} <= set(markers)
+    again = api.transfer_counterfactual(config, run, k=2, executor=SerialExecutor())
+    pd.testing.assert_frame_equal(again.per_model, result.per_model)  # current: nothing redone
+    pd.testing.assert_frame_equal(read_counterfactual(run).summary, result.summary)
     removed = run.plan_masks("without")[1]
     assert len(removed) == 2 and removed.tolist() == result.removed["train_position"].tolist()
     masks, _ = run.masks_and_margins(plan="without")
     assert masks.shape == (4, 12) and masks[:2].all() and not masks[2:, removed].any()
     assert masks[2:].sum(1).tolist() == [10, 10]
     assert set(result.summary["setting"]) == {"all source classes", "without removed"}
-    page = build_transfer_report(run, result=result, source_class="upright 3").read_text()
+    page = build_transfer_report(run, source_class="upright 3", counterfactual=True).read_text()
     for text in ("most helpful", "Counterfactual", "upright 3", "data:image/png;base64"):
         assert text in page
     assert page.count("<img") >= 2
@@ -268,7 +283,10 @@ def test_transfer_run_end_to_end_report_and_counterfactual(small_run):
     with pytest.raises(DatamodelsError, match="neither a source class name"):
         build_transfer_report(run, source_class="no such class")
     with pytest.raises(DatamodelsError, match="already removes source classes"):
-        counterfactual(config, run, k=3, executor=SerialExecutor())
+        api.transfer_counterfactual(config, run, k=3, executor=SerialExecutor())
+    with pytest.raises(DatamodelsError, match="is stale for --k 3; run `datamodels transfer-c"):
+        counterfactual(config, run, k=3)  # the report's reader: never trains
+    assert counterfactual(config, run, k=2).removed.equals(result.removed)
     # the run-wide report: its example-level sections point to the transfer report
     from datamodels.report import build_report
 

@@ -5,7 +5,7 @@
 evaluation plan. Every level gets the same number of models (the smallest level's, or
 ``models_per_level``; the first ones by model id) so that only α changes. Within a level a
 seeded fraction ``holdout`` of those models is set aside; datamodels are fitted on the rest
-with the fit stage's regression (`datamodels.stages.fit.fit_datamodels`: same λ path, same
+with the fit stage's regression (`datamodels.regress.select.fit_datamodels`: same λ path, same
 validation rule), and
 
 * ``lds_level``: per target, the Spearman correlation between the held-out models' margins
@@ -28,8 +28,9 @@ level is a poor reference unless it has many models.
 for m on a grid, LDS on the evaluation plan: the curve of how many models a datamodel needs.
 
 Both are pure functions over arrays (`alpha_effect`, `lds_curve`) with ``*_from_run`` readers;
-`datamodels alpha-effect RUN` and `datamodels lds-curve RUN` write them to
-``applications/alpha_effect.parquet`` and ``applications/lds_curve.parquet``.
+the stages `stages.alpha_effect` and `stages.lds_curve` (`datamodels alpha-effect RUN`,
+`datamodels lds-curve RUN`) write them to ``applications/alpha_effect.parquet`` and
+``applications/lds_curve.parquet``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from datamodels.config import Config, FitConfig
+from datamodels.config import Config, FitConfig, config_from_yaml_text
 from datamodels.errors import DatamodelsError
 from datamodels.metrics.lds import average_replicates, lds
 from datamodels.regress.lasso import split_rows
@@ -259,9 +260,10 @@ def lds_curve(
 
 
 def _config(run: Run) -> Config:
-    from datamodels.stages.prepare import load_run_config
-
-    return load_run_config(run)
+    """The run's recorded ``config.yaml``."""
+    if not run.has_config():
+        raise DatamodelsError(f"{run.uri}: no config.yaml; is this a run directory?")
+    return config_from_yaml_text(run.read_config_text())
 
 
 def alpha_levels(run: Run, config: Config | None = None) -> list[Level]:

@@ -22,6 +22,7 @@ import pandas as pd
 
 from datamodels.applications.brittleness import brittleness
 from datamodels.config import PlanConfig
+from datamodels.errors import ConfigError
 from datamodels.plans import removal_layout
 
 
@@ -42,8 +43,6 @@ def choose_targets(
     if plan.targets is not None:
         unknown = sorted(set(plan.targets) - set(test_targets.tolist()))
         if unknown:
-            from datamodels.errors import ConfigError
-
             raise ConfigError(
                 f"plans.{plan.name}.targets: {unknown[:5]} are not test targets (eval positions "
                 f"0..{len(test_targets) - 1} of the scores)"
@@ -51,8 +50,6 @@ def choose_targets(
         return np.asarray(plan.targets, dtype=np.int64)
     correct = test_targets[np.asarray(reference) > 0]
     if len(correct) < int(plan.count):
-        from datamodels.errors import ConfigError
-
         raise ConfigError(
             f"plans.{plan.name}.count={plan.count}: only {len(correct)} test targets are "
             "predicted correctly; lower the count"

@@ -6,6 +6,10 @@ harmful training inputs), datamodel embedding, leakage candidates, brittleness, 
 agreement, counterfactual removal and brittleness verified by retraining (from
 ``removals/results.parquet``), sparse decision layer, LDS against the number of models, the
 effect of subset size α. Figures are inline base64 PNGs; the page fetches nothing.
+
+The report only reads: a table a stage has not written, or wrote from inputs that changed
+since (its marker's digest no longer matches), gets a note naming the command that makes it
+(``datamodels lds-curve RUN``, ``datamodels alpha-effect RUN``); nothing is fitted here.
 """
 
 from __future__ import annotations
@@ -24,22 +28,17 @@ from datamodels.applications import (
     loo_agreement_from_run,
     split_scores,
 )
-from datamodels.applications.alpha_effect import (
-    alpha_effect_from_run,
-    alpha_effect_summary,
-    lds_curve_from_run,
-)
+from datamodels.applications.alpha_effect import alpha_effect_summary
 from datamodels.applications.tables import test_input_rows
+from datamodels.config import config_from_yaml_text
 from datamodels.errors import DatamodelsError
 from datamodels.report import plots
 from datamodels.report.sparse import sparse_layer_section
+from datamodels.stages.alpha_effect import AlphaEffectStage
+from datamodels.stages.base import Stage
+from datamodels.stages.lds_curve import LdsCurveStage
+from datamodels.stages.states import DONE, make_command, stage_state
 from datamodels.store import Run
-from datamodels.store.schemas import (
-    ALPHA_EFFECT_PATH,
-    ALPHA_EFFECT_SCHEMA,
-    LDS_CURVE_PATH,
-    LDS_CURVE_SCHEMA,
-)
 
 SECTIONS = (
     ("facts", "Run"),
@@ -275,20 +274,21 @@ def _brittleness_verified(run: Run, evaluation: pd.DataFrame | None) -> str:
     return body
 
 
-def _stored(run: Run, path: str, schema) -> pd.DataFrame | None:
-    """A table an application wrote (``datamodels alpha-effect`` / ``lds-curve``), or None."""
-    return run.read_table(path, schema).to_pandas() if run.fs.exists(path) else None
+def _derived(run: Run, stage_class: type[Stage], what: str) -> tuple[pd.DataFrame | None, str]:
+    """(the table a derived stage wrote, "") when it is current; else (None, a note naming
+    the command that makes it). The report reads it as it is; it never computes it."""
+    stage = stage_class.as_recorded(config_from_yaml_text(run.read_config_text()), run)
+    path = stage.outputs()[0]
+    state = stage_state(stage)
+    if state != DONE:
+        return None, f"{what}: {path} is {state}; run {make_command(stage)}"
+    return stage.up_to_date(), ""
 
 
 def _lds_curve(run: Run, evaluation: pd.DataFrame | None) -> str:
-    curve = _stored(run, LDS_CURVE_PATH, LDS_CURVE_SCHEMA)
+    curve, absent = _derived(run, LdsCurveStage, "LDS against number of models")
     if curve is None:
-        try:
-            curve = lds_curve_from_run(run)
-        except DatamodelsError as err:
-            return _note(str(err))
-    if curve is None:
-        return _note("needs the fitting plan's models and a held-out evaluation plan")
+        return _note(absent)
     return (
         _img(plots.lds_curve_figure(curve, evaluation), "LDS against number of models")
         + _table(curve)
@@ -301,17 +301,9 @@ def _lds_curve(run: Run, evaluation: pd.DataFrame | None) -> str:
 
 
 def _alpha_effect(run: Run) -> str:
-    frame = _stored(run, ALPHA_EFFECT_PATH, ALPHA_EFFECT_SCHEMA)
+    frame, absent = _derived(run, AlphaEffectStage, "alpha effect")
     if frame is None:
-        try:
-            frame = alpha_effect_from_run(run)
-        except DatamodelsError as err:  # e.g. levels too small to hold models out
-            return _note(str(err))
-    if frame is None:
-        return _note(
-            "the run has no models at two or more subset sizes (add an alpha_grid plan or "
-            "alpha plans at several α)"
-        )
+        return _note(absent)
     summary = alpha_effect_summary(frame)
     k, reference = int(summary["k"].iloc[0]), str(summary["reference"].iloc[0])
     return (

@@ -1,15 +1,22 @@
 """The stages of a run, one module each, all implementing `stages.base.Stage`.
 
-| module        | stage                       | units                                   |
-|---------------|-----------------------------|-----------------------------------------|
-| prepare.py    | dataset → beton + examples  | one                                     |
-| train.py      | models/ shards              | batches of model ids, tmc walks         |
-| fit.py        | LASSO datamodels            | blocks of targets                       |
-| estimate.py   | retraining estimators       | scores, self scores                     |
-| gradients.py  | gradient estimators         | (model, target/train block); Hessians shared |
-| evaluate.py   | evaluation.parquet          | one                                     |
-| attack.py     | attacks/target_J.parquet    | one                                     |
+| module                     | stage                               | units                   |
+|----------------------------|-------------------------------------|-------------------------|
+| prepare.py                 | beton + examples, then config.yaml  | one                     |
+| train.py                   | models/ shards                      | model batches, tmc walks|
+| fit.py                     | LASSO datamodels                    | blocks of targets       |
+| estimate.py                | retraining estimators               | scores, self scores     |
+| gradients.py               | gradient estimators                 | (model, block); Hessians|
+| removal.py                 | removal sets; removals/results      | one each                |
+| evaluate.py                | evaluation.parquet                  | one                     |
+| alpha_effect.py            | applications/alpha_effect.parquet   | one                     |
+| lds_curve.py               | applications/lds_curve.parquet      | one                     |
+| transfer_counterfactual.py | counterfactual masks; its tables    | one each                |
+| attack.py                  | attacks/target_J.parquet            | one                     |
+| sparse_layer.py            | sparse_layer/                       | one                     |
 
+``pipeline.py`` declares them as data (what each reads and writes, which ``run`` walks),
+``states.py`` says per stage done / stale / missing, ``status.py`` counts models per plan.
 See ``base.py`` for the contract and how to add a stage.
 """
 

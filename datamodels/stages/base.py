@@ -34,6 +34,8 @@ from typing import Any
 from rich.console import Console
 
 from datamodels.config import Config
+from datamodels.orchestrate.progress import Progress, log_console
+from datamodels.plans import plan_models
 from datamodels.store import Run
 
 PARTS_DIR = "_parts"
@@ -155,8 +157,6 @@ class Stage:
         """The run's plan table (`plans.PlannedModels`), built once per stage; tasks receive it
         with the stage."""
         if self._planned is None:
-            from datamodels.plans import plan_models
-
             self._planned = plan_models(self.config, self.run.n_train)
         return self._planned
 
@@ -178,6 +178,11 @@ class Stage:
     @property
     def marker_path(self) -> str:
         return f"{MARKERS_DIR}/{self.name}.json"
+
+    def marker(self) -> dict | None:
+        """The stage's marker record (stage, digest, fingerprint), or None before its first
+        completion."""
+        return read_marker(self.run, self.name)
 
     def is_complete(self) -> bool:
         fs = self.run.fs
@@ -203,13 +208,27 @@ class Stage:
         self._present = None
 
 
+def read_marker(run: Run, name: str) -> dict | None:
+    """The marker record ``_stages/<name>.json`` of a run, or None when there is none."""
+    path = f"{MARKERS_DIR}/{name}.json"
+    return json.loads(run.fs.read_bytes(path)) if run.fs.isfile(path) else None
+
+
+def recorded_settings(run: Run, name: str) -> dict:
+    """The ``settings`` a stage with its own parameters (alpha effect's ``k``, the LDS
+    curve's counts...) recorded in its marker; empty before its first completion. Status
+    and the report judge such a stage by the settings it was last run with."""
+    record = read_marker(run, name) or {}
+    return dict(record.get("fingerprint", {}).get("settings") or {})
+
+
 def run_stage(
     stage: Stage, executor: Any = None, show_progress: bool = True, console: Console | None = None
 ) -> Any:
     """Run ``stage`` to completion with ``executor`` (default: in-process); returns what its
     ``finish`` returns, or ``up_to_date()`` when nothing needed doing."""
+    # torch: the executor module imports it; a stage that finds itself current needs none
     from datamodels.orchestrate.executor import SerialExecutor
-    from datamodels.orchestrate.progress import Progress, log_console
 
     console = console or log_console()
     if stage.is_complete():

@@ -1,8 +1,10 @@
 """The ``prepare`` stage, and the one place where a config meets a run directory.
 
-``open_run`` writes ``config.yaml`` into a new run, accepts a run made from the same config
-hash (recording the latest stage settings), and refuses anything else without touching it.
-``prepare`` writes the FFCV beton (``data/examples.beton``) and ``examples.parquet``.
+``open_run`` accepts a new run or one made from the same config hash, and refuses anything
+else without touching it. The ``prepare`` stage writes the FFCV beton
+(``data/examples.beton``), ``examples.parquet`` and then ``config.yaml`` (`record_config`: a
+new run's, or the latest stage settings of the same models; the stage is not complete while
+the recorded text differs from the config's).
 
 A config that names user code (``model.factory``, ``train.recipe``, a ``train.output``
 function) has it checked here, on two training examples, before anything is written and
@@ -22,11 +24,12 @@ import pyarrow as pa
 import yaml
 
 from datamodels.config import HASHED_SECTIONS, Config, config_from_yaml_text
-from datamodels.data.beton import BETON_NAME, write_beton
-from datamodels.data.examples import examples_frame
+from datamodels.data.beton import BETON_NAME, subset_loader, write_beton
+from datamodels.data.examples import examples_frame, train_and_eval_index
 from datamodels.data.sources import load_dataset
+from datamodels.data.transfer import source_classes_frame, transfer_dataset, transfer_examples
 from datamodels.errors import RunMismatchError, StoreError
-from datamodels.orchestrate.context import BETON_PATH
+from datamodels.orchestrate.context import BETON_PATH, local_beton, num_classes
 from datamodels.stages.base import Stage, Unit
 from datamodels.store import EXAMPLES_PATH, SOURCE_CLASSES_PATH, SOURCE_CLASSES_SCHEMA, Run
 from datamodels.trainers.custom import (
@@ -124,6 +127,7 @@ class PrepareStage(Stage):
         return {"dataset": self.config.dataset.model_dump(mode="json"), "config": self.config.hash}
 
     def outputs(self) -> list[str]:
+        """The data files (`done` checks these); ``config.yaml`` is checked in `is_complete`."""
         if self.config.transfer is not None:
             return [EXAMPLES_PATH, BETON_PATH, SOURCE_CLASSES_PATH]
         return [EXAMPLES_PATH, BETON_PATH]
@@ -138,14 +142,11 @@ class PrepareStage(Stage):
         check_combination(self.config)
         if uses_user_code(self.config) and self.done(Unit("examples")):
             self.check_user_code_on_beton()  # the user's code may have changed since
-        return super().is_complete()
+        recorded = self.run.has_config() and self.run.read_config_text() == self.config.to_yaml()
+        return recorded and super().is_complete()
 
     def check_user_code_on_beton(self) -> None:
         """``check_user_code`` on the first two training examples of the written beton."""
-        from datamodels.data.beton import subset_loader
-        from datamodels.data.examples import train_and_eval_index
-        from datamodels.orchestrate.context import local_beton, num_classes
-
         examples = self.run.examples()
         train_index = train_and_eval_index(examples)[0][:2]
         path = local_beton(self.run, self.config.hash)
@@ -159,12 +160,6 @@ class PrepareStage(Stage):
         dataset = load_dataset(self.config.dataset)
         classes = None
         if self.config.transfer is not None:  # source train split + target: one beton
-            from datamodels.data.transfer import (
-                source_classes_frame,
-                transfer_dataset,
-                transfer_examples,
-            )
-
             source = load_dataset(self.config.transfer.source)
             dataset, n_source = transfer_dataset(source, dataset)
             examples = transfer_examples(dataset, n_source)
@@ -172,8 +167,6 @@ class PrepareStage(Stage):
         else:
             examples = examples_frame(dataset, eval_train=self.config.dataset.eval_train)
         if uses_user_code(self.config):  # before anything is written
-            from datamodels.orchestrate.context import num_classes
-
             first = np.flatnonzero(~dataset.is_test)[:2]
             check_user_code(
                 self.config,
@@ -195,7 +188,9 @@ class PrepareStage(Stage):
         return super().on_result(unit, result, progress)
 
     def finish(self) -> bool:
-        """True when this call wrote the files."""
+        """Record ``config.yaml`` (last: a run's config means its data is prepared); True when
+        this call wrote the data files."""
+        record_config(self.config, self.run)
         return getattr(self, "wrote", False)
 
     def up_to_date(self) -> bool:

@@ -2,9 +2,10 @@
 
 Three steps, each resumable (`datamodels.api.removal` runs them under the run's lock):
 
-1. **Sets** (`write_removal_sets`, once): from the score tables named by the removal plan's
-   ``methods`` (after fit / estimate), the targets (`applications.removal.choose_targets`) and
-   for each (method, target, k) the k most helpful training points. Written as
+1. **Sets** (`RemovalSetsStage`, stage ``removal_sets``, once): from the score tables named
+   by the removal plan's ``methods`` (after fit / estimate), the targets
+   (`applications.removal.choose_targets`) and for each (method, target, k) the k most
+   helpful training points. Written as
    ``removals/sets.parquet`` and then ``plan_masks/<plan>.parquet`` (the stored masks; its
    presence is the commit point: once written it is never rewritten, so every model trained
    from it keeps matching its mask, and resume / verify work as for any plan).
@@ -72,7 +73,8 @@ def reference_margins(config: Config, run: Run, test_targets: np.ndarray) -> np.
 
 
 def write_removal_sets(config: Config, run: Run) -> bool:
-    """Step 1 (module docstring); False when the plan's masks are already written."""
+    """Step 1 (module docstring) without the stage's marker; False when the plan's masks are
+    already written. `RemovalSetsStage` is the way a run does it."""
     plan = require_removal_plan(config)
     if run.has_plan_masks(plan.name):
         return False
@@ -101,6 +103,47 @@ def write_removal_sets(config: Config, run: Run) -> bool:
     run.write_table(REMOVAL_SETS_PATH, sets, REMOVAL_SETS_SCHEMA)
     run.write_plan_masks(plan.name, removed)  # last: the commit point
     return True
+
+
+class RemovalSetsStage(Stage):
+    """Step 1: ``removals/sets.parquet`` and ``plan_masks/<plan>.parquet`` from the score
+    tables. Its fingerprint is the score tables it reads until the masks exist; from then on
+    the masks themselves (written once: later scores change nothing, as the models trained
+    from the masks must keep matching them)."""
+
+    name = "removal_sets"
+    what = "tables"
+    refingerprint_after_finish = True  # the marker records the masks it wrote
+
+    def __init__(self, config: Config, run: Run) -> None:
+        super().__init__(config, run)
+        self.plan = require_removal_plan(config)
+
+    def fingerprint(self) -> dict:
+        masks = self.run.plan_masks_path(self.plan.name)
+        if self.run.fs.isfile(masks):
+            folder, _, name = masks.rpartition("/")
+            return {"plan": self.plan.name, "masks": self.run.fs.stats(folder, name)}
+        scores = {m: self.run.fs.stats("scores", f"{m}.parquet") for m in self.plan.methods}
+        return {"config": self.config.hash, "plan": self.plan.name, "scores": scores}
+
+    def outputs(self) -> list[str]:
+        return [REMOVAL_SETS_PATH, self.run.plan_masks_path(self.plan.name)]
+
+    def units(self) -> list[Unit]:
+        return [Unit("sets")]
+
+    def done(self, unit: Unit) -> bool:
+        return self.run.has_plan_masks(self.plan.name)
+
+    def compute(self, ctx, unit: Unit, shared=None) -> bool:
+        return write_removal_sets(self.config, self.run)
+
+    def finish(self) -> bool:
+        return True
+
+    def up_to_date(self) -> bool:
+        return False
 
 
 class RemovalStage(Stage):

@@ -152,9 +152,16 @@ def test_logreg_removal_is_the_exact_effect_of_training_without_the_set(logreg_r
 
     from datamodels.cli import app
 
+    sets_marker = run.fs.stats("_stages", "removal_sets.json")
     result = CliRunner().invoke(app, ["removal", out, "--quiet"])
     assert result.exit_code == 0, result.output
     assert "12 sets (4 targets)" in result.output and len(run.model_ids("removal")) == 26
+    # the sets are a stage's output: marked, current, and not written again
+    assert sets_marker and run.fs.stats("_stages", "removal_sets.json") == sets_marker
+    from datamodels.stages.removal import RemovalSetsStage
+    from datamodels.stages.states import stage_state
+
+    assert stage_state(RemovalSetsStage(config, run)) == "done"
 
 
 def test_removal_without_a_removal_plan_is_one_line():

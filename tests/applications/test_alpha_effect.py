@@ -22,7 +22,7 @@ from datamodels.metrics.lds import lds
 from datamodels.regress.lasso import split_rows
 from datamodels.store import query
 from datamodels.store.schemas import ALPHA_EFFECT_SCHEMA, LDS_CURVE_SCHEMA
-from tests.test_report import report_run  # noqa: F401 - the session fixture, built once
+from tests.report.test_report import report_run  # noqa: F401 - the session fixture, built once
 
 # the module (the package re-exports a function under the same name)
 module = importlib.import_module("datamodels.applications.alpha_effect")
@@ -175,3 +175,23 @@ def test_commands_write_the_tables_and_refuse_clearly(report_run, tmp_path):  # 
     assert bad.exit_code == 2 and "--counts" in bad.output
     small = CliRunner().invoke(app, ["alpha-effect", str(copy), "--holdout", "0.5"])
     assert small.exit_code == 2 and "plans.<name>.count" in small.output
+
+
+def test_the_tables_are_stages_current_until_their_inputs_change(report_run, tmp_path):  # noqa: F811
+    """A second call with the same settings writes nothing; new settings recompute; the
+    stages' states say which."""
+    import shutil
+
+    from datamodels import api
+
+    copy = tmp_path / "run"
+    shutil.copytree(report_run, copy)
+    table = copy / "applications" / "alpha_effect.parquet"
+    written = table.stat().st_mtime_ns
+    api.alpha_effect(str(copy), k=5)  # the fixture's settings: current, nothing redone
+    assert table.stat().st_mtime_ns == written
+    states = api.stage_states(str(copy)).set_index("stage")["state"]
+    assert states["alpha_effect"] == "done" and states["lds_curve"] == "done"
+    curve = api.lds_curve(str(copy), (25,))  # other counts: recomputed
+    assert curve["n_models"].tolist() == [25, 30]
+    assert api.stage_states(str(copy)).set_index("stage")["state"]["lds_curve"] == "done"

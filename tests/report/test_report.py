@@ -161,6 +161,33 @@ def test_report_has_every_section_and_valid_inline_pngs(report_run, report_html)
     assert dm.Run(report_run).recorded_config_hash() in text
 
 
+def test_report_only_reads_and_names_the_command_of_a_missing_or_stale_table(report_run, tmp_path):
+    """A run whose LDS curve is gone and whose α-effect inputs changed since it was made: the
+    page says so and names the commands; the report fits nothing and writes nothing but
+    itself."""
+    import json
+
+    from datamodels.report import build_report
+    from datamodels.stages.pipeline import declared_paths
+
+    copy = tmp_path / "run"
+    shutil.copytree(report_run, copy, ignore=shutil.ignore_patterns("report.html"))
+    (copy / "applications" / "lds_curve.parquet").unlink()
+    marker = copy / "_stages" / "alpha_effect.json"
+    marker.write_text(json.dumps(json.loads(marker.read_text()) | {"digest": "0" * 12}))
+    before = {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()}
+    text = build_report(str(copy), tmp_path / "page.html").read_text(encoding="utf-8")
+    assert {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()} == before
+    assert (f"applications/lds_curve.parquet is missing; run `datamodels lds-curve {copy}`"
+            in text)
+    assert (f"applications/alpha_effect.parquet is stale; run `datamodels alpha-effect {copy}`"
+            in text)
+    import fnmatch  # every file of the finished run is some stage's, the contract's or the store's
+
+    files = [str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file()]
+    assert not [f for f in files if not any(fnmatch.fnmatch(f, d) for d in declared_paths())]
+
+
 def test_report_command_refuses_a_path_without_a_run(tmp_path):
     from typer.testing import CliRunner
 
