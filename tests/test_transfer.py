@@ -397,6 +397,13 @@ def test_transfer_report_command(small_run):
     bad = CliRunner().invoke(app, ["transfer-report", run.uri, "--no-counterfactual",
                                    "--source-class", "nope"])
     assert bad.exit_code == 2 and "neither a source class name" in bad.output
+    # the counterfactual is its own command (current here: computed above, nothing retrained)
+    made = CliRunner().invoke(app, ["transfer-counterfactual", run.uri, "--k", "2", "--quiet"])
+    assert made.exit_code == 0, made.output
+    assert "accuracy change:" in made.output and "removed source class" in made.output
+    shown = CliRunner().invoke(app, ["transfer-report", run.uri, "--out", str(out)])
+    assert shown.exit_code == 0, shown.output
+    assert "Counterfactual" in out.read_text()
 
 
 def test_transfer_report_refuses_a_run_that_is_not_a_transfer_run(tmp_path):

@@ -19,7 +19,6 @@ pass ``executor=SerialExecutor()`` to run them in this process instead.
 """
 
 from datamodels.api.analysis import (
-    ON_REQUEST,
     FitResult,
     attack,
     estimate,
@@ -27,6 +26,7 @@ from datamodels.api.analysis import (
     evaluate,
     fit,
     methods,
+    on_request,
     removal,
     sparse_layer,
 )
@@ -42,7 +42,7 @@ from datamodels.api.training import (
 from datamodels.api.walk import run
 
 __all__ = [
-    "ON_REQUEST",
+    "on_request",
     "PREPARE_WAIT_S",
     "FitResult",
     "alpha_effect",

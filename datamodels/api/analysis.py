@@ -16,7 +16,6 @@ from datamodels.config import Config
 from datamodels.errors import EstimateError
 from datamodels.orchestrate.progress import log_console
 from datamodels.stages.evaluate import EvaluateStage
-from datamodels.stages.removal import RemovalSetsStage, RemovalStage
 from datamodels.store import Run
 from datamodels.store.lock import writer
 
@@ -60,7 +59,6 @@ def estimate(
     (empty when they were current). ``estimate(config, run, method)`` or
     ``estimate(run, method)``; read the scores with ``Run(run).scores(method)``."""
     from datamodels.stages.estimate import EstimateStage  # torch: the estimators
-    from datamodels.stages.gradients import GRADIENT_METHODS, GradientStage  # torch: same
 
     config, run_, second_is_run = config_and_run(config, run)
     if not second_is_run:  # estimate(run, method[, address ...])
@@ -68,10 +66,9 @@ def estimate(
     run = run_
     if not isinstance(method, str):
         raise EstimateError(f"estimate: name a method; choose from: {', '.join(methods())}")
-    if method in GRADIENT_METHODS:
-        stage, executor = GradientStage(config, run, method), ray_executor(executor, address)
-    else:
-        stage = EstimateStage(config, run, method)
+    stage = EstimateStage(config, run, method)
+    if stage.per_model:  # gradient methods: one Ray task per (model, block)
+        executor = ray_executor(executor, address)
     return locked(run, stage, executor, show_progress, console)
 
 
@@ -96,6 +93,9 @@ def removal(
     ``removal_sets`` writes the removal plan's sets from the score tables (once), ``train``
     trains them, the stage ``removal`` reduces them to ``removals/results.parquet``
     (returned). ``removal(config, run)`` or ``removal(run)``."""
+    # torch: the removal sets are chosen by the applications' score readers
+    from datamodels.stages.removal import RemovalSetsStage, RemovalStage
+
     config, run, _ = config_and_run(config, run)
     with writer(run.fs):
         locked(run, RemovalSetsStage(config, run), None, False, console)
@@ -135,17 +135,19 @@ def sparse_layer(
     return locked(run, SparseLayerStage(config, run), None, False, console)
 
 
-# Run only when named (``estimate -m``): each costs hundreds of training runs per target
-# block (README "Metagradients and the single-model LDS").
-ON_REQUEST = ("metagradient", "hydra")
-
-
 def methods() -> tuple[str, ...]:
-    """Every estimator name ``estimate`` accepts."""
-    from datamodels.stages.estimate import METHODS  # torch: the estimators
-    from datamodels.stages.gradients import GRADIENT_METHODS  # torch: the estimators
+    """Every estimator name ``estimate`` accepts (the method registry's, in its order)."""
+    from datamodels.methods import METHODS  # torch: the method modules
 
-    return METHODS + GRADIENT_METHODS
+    return tuple(METHODS)
+
+
+def on_request() -> tuple[str, ...]:
+    """The methods run only when named (``estimate -m``): each costs hundreds of training runs
+    per target block (docs/applications/metagradients.md)."""
+    from datamodels.methods import METHODS  # torch: the method modules
+
+    return tuple(name for name, cls in METHODS.items() if cls.on_request)
 
 
 def estimate_many(
@@ -159,7 +161,7 @@ def estimate_many(
     executor: Any = None,
 ) -> dict:
     """Named estimators (their errors are the caller's), or every one whose models or
-    checkpoints the run has except those ``ON_REQUEST`` (the others are skipped with a line
+    checkpoints the run has except those `on_request` names (the others are skipped with a line
     on ``console``).
     ``report(name, written, seconds)`` is called after each. Returns name -> rows written."""
     unknown = [n for n in names or () if n not in methods()]
@@ -167,7 +169,7 @@ def estimate_many(
         raise EstimateError(f"unknown method {unknown[0]!r}; choose from: {', '.join(methods())}")
     console = console or log_console()
     results = {}
-    for name in names or [m for m in methods() if m not in ON_REQUEST]:
+    for name in names or [m for m in methods() if m not in on_request()]:
         start = time.perf_counter()
         try:
             results[name] = estimate(config, run, name, address, executor, show_progress, console)

@@ -3,21 +3,19 @@ counterfactual), and what state each stage of a run is in."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from rich.console import Console
 
 from datamodels.api._common import as_run, config_and_run, locked
 from datamodels.api.training import train
-from datamodels.applications.transfer import Counterfactual, read_counterfactual
 from datamodels.config import Config
-from datamodels.stages.transfer_counterfactual import (
-    TransferCounterfactualStage,
-    TransferMasksStage,
-)
 from datamodels.store import Run
 from datamodels.store.lock import writer
+
+if TYPE_CHECKING:
+    from datamodels.applications.transfer import Counterfactual
 
 
 def alpha_effect(
@@ -63,6 +61,13 @@ def transfer_counterfactual(
     trained through ``train``, target accuracy compared. The masks are written once (a call
     that would remove other classes is refused). ``transfer_counterfactual(config, run)`` or
     ``transfer_counterfactual(run)``."""
+    # torch: the counterfactual's stages read the applications' transfer tables
+    from datamodels.applications.transfer import read_counterfactual
+    from datamodels.stages.transfer_counterfactual import (  # torch: as above
+        TransferCounterfactualStage,
+        TransferMasksStage,
+    )
+
     config, run, _ = config_and_run(config, run)
     with writer(run.fs):
         locked(run, TransferMasksStage(config, run, k, plan), None, False, console)

@@ -11,12 +11,11 @@ from rich.console import Console
 from datamodels.api.analysis import estimate_many, evaluate, fit, removal
 from datamodels.api.training import train
 from datamodels.config import Config
-from datamodels.stages.removal import removal_plan
 from datamodels.store import Run
 
 
 def _removal(config, out, address, executor, show_progress, console) -> Any:
-    if removal_plan(config) is not None:  # its sets need the scores
+    if config.plans_of_kind("removal"):  # its sets need the scores
         return removal(config, out, address, executor, show_progress, console)
     return None
 

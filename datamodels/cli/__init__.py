@@ -8,7 +8,7 @@ The commands live by group; `app` is assembled here, in the order ``--help`` lis
 * `pipeline`      prepare, train, fit, evaluate, estimate, removal, run;
 * `inspection`    status, compact, verify, query;
 * `applications`  attack, sparse-layer, alpha-effect, lds-curve;
-* `reports`       report, transfer-report;
+* `reports`       report, transfer-counterfactual, transfer-report;
 * `cluster`       submit and the ``jobs`` group (Ray Jobs);
 * `common`        consoles, argument types, the user-error wrapper, loading a config or run;
 * `help`          the typer classes that make the help read well.
@@ -35,6 +35,7 @@ app.command()(inspection.compact)
 app.command("sparse-layer")(applications.sparse_layer)
 app.command()(inspection.verify)
 app.command()(reports.report)
+app.command("transfer-counterfactual")(reports.transfer_counterfactual)
 app.command("transfer-report")(reports.transfer_report)
 app.command("alpha-effect")(applications.alpha_effect)
 app.command("lds-curve")(applications.lds_curve)

@@ -25,17 +25,27 @@ from datamodels.store import verify as verify_run
 @user_errors
 def status(run: RunArg) -> None:
     """Per plan: models planned, done, failed (attempts spent), waiting (a removal or stored
-    plan before its masks are written) and missing."""
+    plan before its masks are written) and missing; per stage of the pipeline: done, stale
+    (its inputs or settings changed since), missing, or - (not run), with the command that
+    brings a stale or missing one up to date."""
     from datamodels.store.checkpoints import read_checkpoint_index  # pulls in torch
 
     handle = existing_run(run)
-    frame = plan_status(saved_config(handle), handle)
+    config = saved_config(handle)
+    frame = plan_status(config, handle)
     table = Table(title=f"{run}")
     for column in frame.columns:
         table.add_column(column, justify="left" if column == "plan" else "right")
     for row in frame.itertuples(index=False):
         table.add_row(*(str(v) for v in row))
     out_console.print(table)
+    stages = Table(title="stages")
+    for column in ("stage", "state", "to bring it up to date"):
+        stages.add_column(column, justify="left")
+    for row in api.stage_states(handle, config).itertuples(index=False):
+        todo = row.state in ("stale", "missing")
+        stages.add_row(row.stage, row.state, row.command.replace("RUN", run) if todo else "")
+    out_console.print(stages)
     duplicates = [p for p in handle.valid_shards()[1] if p.kind == "duplicate"]
     if duplicates:  # done counts each id once; say that some are stored more than once
         out_console.print(

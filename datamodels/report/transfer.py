@@ -35,6 +35,8 @@ from datamodels.config import Config, config_from_yaml_text
 from datamodels.data.beton import decode_resident
 from datamodels.errors import DatamodelsError, StoreError
 from datamodels.orchestrate.context import local_beton
+from datamodels.report import plots
+from datamodels.report.html import _img, _note, _table, write_page
 from datamodels.stages.states import DONE, make_command, stage_state
 from datamodels.stages.transfer_counterfactual import TransferCounterfactualStage
 from datamodels.store import Run
@@ -112,9 +114,6 @@ def build_transfer_report(
     The counterfactual section shows ``result``, else the stage's tables: ``counterfactual``
     None: when they are current (a note naming the command otherwise); True: they must be
     (a one-line `StoreError` otherwise); False: no counterfactual section."""
-    from datamodels.report import plots  # matplotlib: the figures
-    from datamodels.report.html import _img, _note, _table, write_page  # matplotlib: figures
-
     run = run if isinstance(run, Run) else Run(run)
     absent = ""
     if result is None and counterfactual is not False:

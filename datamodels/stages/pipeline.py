@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 
 from datamodels.config import Config
 from datamodels.errors import DatamodelsError
+from datamodels.methods import METHODS
 from datamodels.stages.alpha_effect import AlphaEffectStage
 from datamodels.stages.attack import AttackStage
 from datamodels.stages.base import MARKERS_DIR, PARTS_DIR, Stage, read_marker
-from datamodels.stages.estimate import METHODS, EstimateStage
+from datamodels.stages.estimate import EstimateStage
 from datamodels.stages.evaluate import EvaluateStage
 from datamodels.stages.fit import FitStage
-from datamodels.stages.gradients import GRADIENT_METHODS, GradientStage
 from datamodels.stages.lds_curve import LdsCurveStage
 from datamodels.stages.prepare import PrepareStage
 from datamodels.stages.removal import RemovalSetsStage, RemovalStage, removal_plan
@@ -72,9 +72,7 @@ def _estimates(config: Config, run: Run) -> list[Stage]:
     stages = []
     for record in _markers(run, "estimate-"):
         method = record["stage"].removeprefix("estimate-")
-        if method in GRADIENT_METHODS:
-            stages.append(GradientStage(config, run, method))
-        elif method in METHODS:
+        if method in METHODS:
             stages.append(EstimateStage(config, run, method))
     return stages
 
@@ -116,7 +114,7 @@ PIPELINE: tuple[StageSpec, ...] = (
     StageSpec("train", (TrainStage,), ("prepare",), True, (), "train CONFIG --out"),
     StageSpec("fit", (FitStage,), ("train",), True,
               ("datamodels/*.parquet", "scores/datamodels.parquet"), "fit"),
-    StageSpec("estimate", (EstimateStage, GradientStage), ("train",), True,
+    StageSpec("estimate", (EstimateStage,), ("train",), True,
               ("scores/*.parquet", "self_scores/*.parquet"), "estimate", _estimates),
     StageSpec("removal_sets", (RemovalSetsStage,), ("fit", "estimate"), True,
               ("removals/sets.parquet",), "removal", _removal(RemovalSetsStage)),

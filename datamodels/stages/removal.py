@@ -41,7 +41,7 @@ from datamodels.store import (
 
 def removal_plan(config: Config) -> PlanConfig | None:
     """The config's ``removal`` plan (at most one), or None."""
-    plans = [p for p in config.plans if p.kind == "removal"]
+    plans = config.plans_of_kind("removal")
     return plans[0] if plans else None
 
 

@@ -12,7 +12,8 @@ from datamodels.cli.help import paragraphs
 runner = CliRunner()
 COMMANDS = [
     "prepare", "train", "fit", "evaluate", "estimate", "attack", "removal", "run", "status",
-    "compact", "sparse-layer", "verify", "report", "transfer-report", "alpha-effect",
+    "compact", "sparse-layer", "verify", "report", "transfer-counterfactual", "transfer-report",
+    "alpha-effect",
     "lds-curve", "query", "submit", "jobs",
 ]
 
