@@ -5,8 +5,7 @@
 | prepare.py                 | beton + examples, then config.yaml  | one                     |
 | train.py                   | models/ shards                      | model batches, tmc walks|
 | fit.py                     | LASSO datamodels                    | blocks of targets       |
-| estimate.py                | retraining estimators               | scores, self scores     |
-| gradients.py               | gradient estimators                 | (model, block); Hessians|
+| estimate.py                | every method of ``methods.METHODS`` | tables; (model, block)  |
 | removal.py                 | removal sets; removals/results      | one each                |
 | evaluate.py                | evaluation.parquet                  | one                     |
 | alpha_effect.py            | applications/alpha_effect.parquet   | one                     |

@@ -11,7 +11,7 @@ account for every file a run directory holds (tests/stages/test_pipeline.py chec
 
 Adding a stage: write its module (a `stages.base.Stage`), then one `StageSpec` line here
 naming it, what it reads and produces, and the command that makes it; ``api.run`` walks it
-when ``default`` is true (give it a runner in ``api.pipeline.RUNNERS``).
+when ``default`` is true (give it a runner in ``api.walk.RUNNERS``).
 """
 
 from __future__ import annotations
