@@ -62,7 +62,8 @@ class LabelCoverage(Stage):
         self.run.fs.write_bytes_atomic(self.part_path(unit), buffer.getvalue())
 
     def finish(self) -> pd.DataFrame:
-        frame = pd.read_parquet(io.BytesIO(self.run.fs.read_bytes(self.part_path(Unit("coverage")))))
+        part = self.run.fs.read_bytes(self.part_path(Unit("coverage")))
+        frame = pd.read_parquet(io.BytesIO(part))
         self.run.write_table(COVERAGE_PATH, frame, COVERAGE_SCHEMA)
         return frame
 
