@@ -29,6 +29,8 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/datamodels run configs/digits.yaml --out $(RUN)
 	$(BIN)/datamodels query $(RUN) "SELECT plan, count(*) AS models, avg(eval_accuracy) AS test_accuracy FROM models GROUP BY plan ORDER BY plan"
+	$(BIN)/datamodels lds-curve $(RUN)
+	$(BIN)/datamodels alpha-effect $(RUN)
 	$(BIN)/datamodels report $(RUN)
 
 test: setup

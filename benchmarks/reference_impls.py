@@ -2,7 +2,7 @@
 the project's MLP so a benchmark can compare our estimators with them (correlation, time).
 
 Both return float64[T, n] in the project's orientation and sign (rows = targets/test points,
-cols = training points; positive = helpful, DESIGN §3) and are meant to equal, up to float
+cols = training points; positive = helpful, docs/concepts.md) and are meant to equal, up to float
 error,
 
 * ``captum_tracin``     == ``tracin_scores(mlp_model(layers_0, wd),

@@ -42,6 +42,9 @@ def module_name(path: pathlib.Path) -> str:
 
 
 MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+# parsed once, at collection: CPython 3.11 can refuse ast.parse deep inside a long test session
+# ("AST constructor recursion depth mismatch") after other tests changed the recursion limit
+TREES = {module: ast.parse(path.read_text()) for module, path in MODULES.items()}
 
 
 def layer_of(module: str) -> int:
@@ -100,7 +103,7 @@ def imports_of(module: str) -> list[tuple[str, int, bool, ast.AST]]:
                 found.extend((f"{base}.{a.name}", child.lineno, inner, child) for a in child.names)
             walk(child, inner)
 
-    walk(ast.parse(path.read_text()), False)
+    walk(TREES[module], False)
     return found
 
 
@@ -223,7 +226,7 @@ def test_ray_only_in_orchestrate():
 
 
 def _defines_stage(module: str) -> bool:
-    tree = ast.parse(MODULES[module].read_text())
+    tree = TREES[module]
     return any(isinstance(node, ast.ClassDef)
                and any(getattr(b, "id", getattr(b, "attr", "")) == "Stage" for b in node.bases)
                for node in tree.body)
@@ -247,7 +250,7 @@ def test_run_directory_written_only_by_store_and_stages():
         section = module.split(".")[1] if "." in module else ""
         if section in {"store", "stages"}:
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(TREES[module]):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and node.func.attr in WRITERS):
                 where = path.relative_to(PACKAGE.parent)

@@ -3,8 +3,8 @@
 The server is found the way a cluster finds its object store: ``AWS_ENDPOINT_URL`` and the
 usual credential variables in the environment of the driver and (inherited) its Ray workers.
 The assertions are the local-disk tests' own: the contract tables, masks from the plan, the
-DESIGN query, resume, checkpoints, scores of every estimator, a clean ``verify``, and a query
-sandbox that reads nothing but the run.
+run-directory query (docs/run-directory.md), resume, checkpoints, scores of every estimator,
+a clean ``verify``, and a query sandbox that reads nothing but the run.
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def test_sql_reads_the_object_store_run_and_nothing_else(s3_run):
     config, uri, _, _ = s3_run
     run = Run(uri)
     masks, margins = run.masks(), run.margins()
-    # the DESIGN question over the models view (DuckDB lists are 1-based)
+    # the core datamodels question (README) over the models view (DuckDB lists are 1-based)
     got = query(
         run, "SELECT mask[43] AS included, avg(margins[18]) AS m FROM models GROUP BY 1 ORDER BY 1"
     )

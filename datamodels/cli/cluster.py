@@ -82,7 +82,7 @@ def submit(
     """Submit `datamodels run CONFIG --out URI` to a Ray cluster as a Ray Job, print its
     submission id and (unless --no-wait) follow its log; exits 0 when the job succeeded,
     1 when it failed or was stopped."""
-    jobs.checkdefault_out(out, shared_fs)
+    jobs.check_out(out, shared_fs)
     load(config, set_)  # a config mistake is reported here, not in the job's log
     config_rel = jobs.config_in_working_dir(config, working_dir)
     spec = jobs.runtime_env(working_dir, jobs.parse_env(env or []))

@@ -79,7 +79,8 @@ class ModelConfig(Section):
     them; a config that gives ``factory`` may leave ``arch`` out. ``activation`` (``mlp``):
     the hidden layers' φ, ``relu`` (default), ``softplus`` (sharpness ``softplus_beta``) or
     ``gelu`` (``datamodels.models.activations``); a smooth φ makes the trained margins smooth
-    in the example weights (the metagradient's single-model LDS, README)."""
+    in the example weights (the metagradient's single-model LDS,
+    docs/applications/metagradients.md)."""
 
     arch: str = "mlp"  # a name of datamodels.models.ARCHITECTURES
     hidden: int = Field(64, ge=1)

@@ -25,7 +25,7 @@ class ResourcesConfig(Section):
     trainer: Literal["batched", "sequential"] = "batched"
     threads_per_task: int = Field(0, ge=0)  # 0: num_cpus
     # fastnet: models trained at once as one grouped network (0: auto, one model a pass: the
-    # fastest on an H100, README "GPU"); torch.compile the network (kept per worker across
+    # fastest on an H100, docs/gpu.md); torch.compile the network (kept per worker across
     # tasks)
     models_per_pass: int = Field(0, ge=0)
     compile: bool = False

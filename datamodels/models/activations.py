@@ -11,7 +11,7 @@ of the one-at-a-time trainer, the functional model of the gradient estimators
 * ``gelu``: φ(z) = z·Φ(z) (exact, erf form), φ' = Φ(z) + z·ϕ(z), φ'' = ϕ(z)·(2 − z²).
 
 A smooth φ makes the trained margins smooth in the example weights, which first-order
-estimates of dropping points presuppose (README "Metagradients and the single-model LDS").
+estimates of dropping points presuppose (docs/applications/metagradients.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The ``fit`` stage: one sparse linear datamodel per evaluation target (DESIGN §6).
+"""The ``fit`` stage: one sparse linear datamodel per evaluation target
+(docs/estimators/datamodels.md).
 
 Reads the masks and margins of the fitting plan, holds out a seeded validation fraction of
 those models, runs the batched LASSO path for a block of targets at a time (one unit per

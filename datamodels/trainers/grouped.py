@@ -42,7 +42,7 @@ from datamodels.trainers.group_net import (  # noqa: F401 - crop, _TRAINERS: the
 from datamodels.trainers.orders import interval_lr, lr_factors
 from datamodels.trainers.outcome import CheckpointRequest, Snapshot, margins_from_logits
 
-# Measured on an H100 (README "GPU"): one network per pass, stepped by CUDA-graph replays,
+# Measured on an H100 (docs/gpu.md): one network per pass, stepped by CUDA-graph replays,
 # trained faster per model than grouped passes of 8 (1.14 vs 1.41 s at α = ½ on 50,000
 # images), so a pass is one model unless resources.models_per_pass says otherwise.
 AUTO_MODELS_PER_PASS = 1

@@ -78,7 +78,7 @@ def test_train_writes_the_contract_tables(tmp_path, ray_local):
     assert len(train_rows) == 40 and train_rows.mean() > 0.85
     assert verify(run) == []
 
-    # the DESIGN example, verbatim, against numpy
+    # the README's query example, verbatim, against numpy
     import duckdb
 
     got = duckdb.sql(

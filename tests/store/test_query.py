@@ -1,4 +1,4 @@
-"""SQL over a run: views, read-only refusal, and the DESIGN §3 DuckDB example."""
+"""SQL over a run: views, read-only refusal, and the DuckDB example of docs/run-directory.md."""
 
 import duckdb
 import numpy as np

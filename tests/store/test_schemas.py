@@ -1,4 +1,5 @@
-"""Schemas match DESIGN §3 exactly, and the schema check names the file and the fix."""
+"""Schemas match the run-directory contract (docs/run-directory.md) exactly, and the schema
+check names the file and the fix."""
 
 import pyarrow as pa
 import pytest
