@@ -41,7 +41,7 @@ REPORT_CONFIG = {
 }
 
 
-_BUILT: dict[str, str] = {}  # tests/test_notebooks.py imports the fixture: build it once
+_BUILT: dict[str, str] = {}  # tests/analysis/test_notebooks.py imports the fixture: build it once
 
 
 @pytest.fixture(scope="session")

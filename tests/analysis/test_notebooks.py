@@ -13,7 +13,7 @@ import pytest
 
 from tests.report.test_report import report_run  # noqa: F401 - the session fixture, built once
 
-ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
+ANALYSIS = Path(__file__).resolve().parents[2] / "analysis"
 
 
 NOTEBOOKS = [

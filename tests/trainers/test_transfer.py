@@ -20,7 +20,7 @@ from datamodels.plans import masks_for, plan_models
 from datamodels.store import Run, models_table
 from tests.conftest import write_tar
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _transfer_config(**overrides) -> dict:

@@ -76,7 +76,7 @@ def _notebook(path: Path, cells: list[str]) -> Path:
 def test_a_notebook_runs_the_pipeline_twice_in_one_kernel(tmp_path):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     out = tmp_path / "run"
     cells = [
         f"import sys; sys.path.insert(0, {str(repo)!r})\n"

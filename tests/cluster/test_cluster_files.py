@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from packaging.requirements import Requirement
 
-CLUSTER = Path(__file__).parents[1] / "cluster"
+CLUSTER = Path(__file__).parents[2] / "cluster"
 
 
 def test_template_binds_the_dashboard_to_loopback():
