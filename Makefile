@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 APT_PKGS := pkg-config libopencv-dev libturbojpeg0-dev
-# tests/test_report.py opens the HTML report in headless Chromium
+# tests/report/test_report.py opens the HTML report in headless Chromium
 TEST_APT_PKGS := chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN ?= runs/digits

@@ -12,8 +12,9 @@
 * `removal`       counterfactual removal: the top-k sets by score, their predicted change,
                   and the retrained change reduced per set (the ``removal`` stage retrains).
 
-Each module has array-level functions (known answers in tests/test_applications.py) and one
-``*_from_run`` helper that reads a `Run` (the run directory's public tables) and calls them.
+Each module has array-level functions (known answers in
+tests/applications/test_applications.py) and one ``*_from_run`` helper that reads a `Run`
+(the run directory's public tables) and calls them.
 """
 
 from datamodels.applications.alpha_effect import (

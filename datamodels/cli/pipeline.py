@@ -215,14 +215,32 @@ def run_all(
     """Run every stage: prepare, train, fit, estimate, removal (with a removal plan), evaluate
     (each skips work already done); exits 1 when models failed for good (the later stages
     still run on the others)."""
+    # torch: the declared pipeline imports every stage
+    from datamodels.stages.pipeline import default_stages
+
     cfg = load(config, set_)
     target = default_out(cfg, out)
-    failed = _train(cfg, target, address, quiet, retry_failed)
-    status(target)
-    _fit(cfg, target, quiet)
-    _estimate(cfg, target, address=address, quiet=quiet)
-    if cfg.plans_of_kind("removal"):  # the removal plan's sets need the scores
-        _removal(cfg, target, address, quiet)
-    _evaluate(cfg, target)
-    if failed:
+    failed = []
+
+    def train_and_show() -> None:
+        failed.append(_train(cfg, target, address, quiet, retry_failed))
+        status(target)
+
+    def removal_if_planned() -> None:
+        if cfg.plans_of_kind("removal"):  # its sets need the scores
+            _removal(cfg, target, address, quiet)
+
+    # how `run` runs each default stage (prepare runs inside train; the removal sets, their
+    # training and the reduction inside removal)
+    runners = {
+        "train": train_and_show,
+        "fit": lambda: _fit(cfg, target, quiet),
+        "estimate": lambda: _estimate(cfg, target, address=address, quiet=quiet),
+        "removal": removal_if_planned,
+        "evaluate": lambda: _evaluate(cfg, target),
+    }
+    for name in default_stages():  # the declared pipeline's order
+        if name in runners:
+            runners[name]()
+    if any(failed):
         raise typer.Exit(1)
