@@ -83,10 +83,15 @@ def _planned_flops(config, data) -> float:
 
 
 def _run_data(config, out: Path):
+    import importlib
+
+    import datamodels
     from datamodels.api import prepare
     from datamodels.orchestrate.context import local_beton, num_classes
     from datamodels.store.run import Run
-    from datamodels.trainers.data import load_train_data
+
+    trainers = "trainers" if (Path(datamodels.__file__).parent / "trainers").is_dir() else "train"
+    load_train_data = importlib.import_module(f"datamodels.{trainers}.data").load_train_data
 
     prepare(config, str(out))
     run = Run(str(out))
@@ -131,10 +136,17 @@ def measure_ray(batched: int, sequential: int, extra: list[str]) -> dict:
 def measure_trainer_process(spec_path: str, rows: list[int], threads: int) -> dict:
     """Train models ``rows`` of the spec's masks with ``train_mlp_batched``, timed after a
     warm-up call."""
+    import importlib
+
     import torch
 
-    from datamodels.trainers.batched import train_mlp_batched
-    from datamodels.trainers.data import TrainData
+    import datamodels
+
+    # trees before the rename of train/ to trainers/ keep the trainer under its old name
+    package = Path(datamodels.__file__).parent
+    trainers = "trainers" if (package / "trainers").is_dir() else "train"
+    train_mlp_batched = importlib.import_module(f"datamodels.{trainers}.batched").train_mlp_batched
+    TrainData = importlib.import_module(f"datamodels.{trainers}.data").TrainData
 
     torch.set_num_threads(threads)
     spec = torch.load(spec_path, weights_only=False)

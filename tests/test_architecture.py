@@ -256,3 +256,17 @@ def test_run_directory_written_only_by_store_and_stages():
                 where = path.relative_to(PACKAGE.parent)
                 outside.append(f"{where}:{node.lineno} .{node.func.attr}(")
     assert not outside, "run directory written outside a stage:\n" + "\n".join(outside)
+
+
+def test_import_datamodels_and_its_command_line_load_no_heavy_dependency():
+    """What the deferred imports are for: ``import datamodels`` and the CLI's import (what
+    ``datamodels --help`` pays) load none of torch, ray, ffcv, matplotlib."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, datamodels, datamodels.cli; "
+             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=120, cwd=PACKAGE.parent)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
