@@ -20,6 +20,7 @@ from datamodels.errors import EvaluateError
 from datamodels.metrics.lds import average_replicates, lds, single_model_lds
 from datamodels.metrics.mislabel import mislabel_detection
 from datamodels.metrics.removal import removal_metrics
+from datamodels.plans import plan_kind
 from datamodels.stages.base import Stage, Unit
 from datamodels.store import (
     EVALUATION_PATH,
@@ -115,7 +116,7 @@ class EvaluateStage(Stage):
         return rows
 
     def single_model_plans(self) -> list:
-        return [p for p in self.config.plans if p.kind == "single_model"]
+        return [p for p in self.config.plans if plan_kind(p.kind).example_weights]
 
     def single_model_rows(self, methods: list[str]) -> list[dict]:
         """``lds_single_<fraction>`` per method and drop fraction of every trained

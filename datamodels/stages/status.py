@@ -10,7 +10,7 @@ import pandas as pd
 
 from datamodels.config import Config
 from datamodels.errors import InfrastructureError
-from datamodels.plans import STORED_KINDS, plan_models, tmc_walk_state
+from datamodels.plans import plan_kind, plan_models, tmc_walk_state
 from datamodels.store import FAILURES_PATH, Run
 
 
@@ -38,11 +38,11 @@ def plan_status(config: Config, run: Run) -> pd.DataFrame:
     attempts = Counter(run.failures()["model_id"].astype(int).tolist())
     budget = config.resources.max_attempts
     spent = np.array([i for i, n in attempts.items() if n >= budget], dtype=np.int64)
-    has_tmc = any(plan.kind == "tmc" for plan in config.plans)
-    walks = tmc_walk_state(config, planned, n_train, set(done.tolist()) if has_tmc else set())
+    has_walks = any(plan_kind(plan.kind).walks for plan in config.plans)
+    walks = tmc_walk_state(config, planned, n_train, set(done.tolist()) if has_walks else set())
     rows = []
     for plan in config.plans:
-        if plan.kind == "tmc":  # one unit per walk: a few, not one per model
+        if plan_kind(plan.kind).walks:  # one unit per walk: a few, not one per model
             pairs = [(rep, p) for (name, _), (rep, p) in walks.items() if name == plan.name]
             units = np.array([rep for rep, _ in pairs], dtype=np.int64)
             present = np.array([p for _, p in pairs], dtype=bool)
@@ -51,7 +51,7 @@ def plan_status(config: Config, run: Run) -> pd.DataFrame:
             present = np.isin(units, done)
         n_done = int(present.sum())
         n_failed = int((~present & np.isin(units, spent)).sum())
-        blocked = plan.kind in STORED_KINDS and run.plan_masks(plan.name) is None
+        blocked = plan_kind(plan.kind).stored and run.plan_masks(plan.name) is None
         n_waiting = len(units) - n_done - n_failed if blocked else 0
         rows.append(
             {
