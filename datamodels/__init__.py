@@ -22,6 +22,7 @@ from datamodels.api import (
     lds_curve,
     removal,
     run,
+    serve,
     sparse_layer,
     train,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "load_config",
     "removal",
     "run",
+    "serve",
     "sparse_layer",
     "train",
 ]

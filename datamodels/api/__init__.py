@@ -31,6 +31,7 @@ from datamodels.api.analysis import (
     sparse_layer,
 )
 from datamodels.api.derived import alpha_effect, lds_curve, stage_states, transfer_counterfactual
+from datamodels.api.serve import serve
 from datamodels.api.training import (
     PREPARE_WAIT_S,
     compact,
@@ -58,6 +59,7 @@ __all__ = [
     "prepare",
     "removal",
     "run",
+    "serve",
     "sparse_layer",
     "stage_states",
     "train",

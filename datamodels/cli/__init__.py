@@ -16,7 +16,7 @@ The commands live by group; `app` is assembled here, in the order ``--help`` lis
 
 from __future__ import annotations
 
-from datamodels.cli import applications, cluster, inspection, pipeline, reports
+from datamodels.cli import applications, cluster, inspection, pipeline, reports, serve
 from datamodels.cli.help import App
 
 app = App(
@@ -41,6 +41,7 @@ app.command("alpha-effect")(applications.alpha_effect)
 app.command("lds-curve")(applications.lds_curve)
 app.command()(inspection.query)
 app.command()(cluster.submit)
+app.command()(serve.serve)
 
 jobs_app = App(no_args_is_help=True, help="Ray Jobs on a cluster: list, status, logs, stop.")
 jobs_app.command("list")(cluster.jobs_list)

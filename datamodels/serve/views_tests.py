@@ -1,0 +1,193 @@
+"""The test-example pages: the filterable, sortable grid (``/tests``) and one test example
+(``/test/<target>``): its margin, each method's most helpful and harmful training examples
+side by side, the methods' agreement, its counterfactual removals, its weights' histogram."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from datamodels.serve.images import histogram_svg
+from datamodels.serve.layout import esc, fmt, note, page, query_link, table, thumb
+from datamodels.serve.reader import RunReader
+
+PAGE_SIZE = 200
+SORTS = {
+    "target": "test id (eval position)",
+    "margin": "mean margin over the fitting plan's models",
+    "predicted": "datamodel margin b + Σw",
+    "lds": "LDS of the target (default method)",
+    "brittleness": "predicted removals to flip (datamodels)",
+}
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return None if value in (None, "") else int(value)
+    except ValueError:
+        return None
+
+
+def metrics_frame(reader: RunReader, columns: set[str]) -> pd.DataFrame:
+    """Per test target: label, margin, correct, and each asked column of `SORTS` there is."""
+    frame = reader.test[["label", "original_label"]].copy()
+    frame["margin"] = reader.margins
+    frame["correct"] = frame["margin"] > 0
+    if "predicted" in columns and reader.predicted_margins is not None:
+        frame["predicted"] = reader.predicted_margins
+    if "lds" in columns and reader.default_method is not None:
+        lds = reader.target_lds(reader.default_method)
+        if lds is not None:
+            frame["lds"] = lds
+    if "brittleness" in columns:
+        support = reader.brittleness()
+        if support is not None:
+            frame["brittleness"] = support
+    return frame
+
+
+def grid_page(reader: RunReader, params: dict[str, str]) -> str:
+    """``/tests?label=&correct=yes|no&brittle=K&sort=&order=asc|desc&page=``."""
+    label, brittle = _int(params.get("label")), _int(params.get("brittle"))
+    correct = params.get("correct", "")
+    sort = params.get("sort", "target") if params.get("sort") in SORTS else "target"
+    order = "desc" if params.get("order") == "desc" else "asc"
+    number = max(_int(params.get("page")) or 0, 0)
+    frame = metrics_frame(reader, {sort, "brittleness" if brittle is not None else ""})
+    shown = frame
+    if label is not None:
+        shown = shown[shown["label"] == label]
+    if correct in ("yes", "no"):
+        shown = shown[shown["correct"] == (correct == "yes")]
+    if brittle is not None and "brittleness" in shown:
+        shown = shown[shown["brittleness"] <= brittle]
+    key = sort if sort in shown else "target"
+    shown = (shown.sort_index(ascending=order == "asc") if key == "target"
+             else shown.sort_values(key, ascending=order == "asc", na_position="last",
+                                    kind="stable"))
+    total = len(shown)
+    shown = shown.iloc[number * PAGE_SIZE:(number + 1) * PAGE_SIZE]
+    inputs = reader.inputs("test")
+    cells = []
+    for target, row in shown.iterrows():
+        value = f" {key} {fmt(row[key])}" if key not in ("target",) else ""
+        cells.append(
+            thumb("test", int(target), inputs[int(reader.test.at[target, "row"])],
+                  f"#{target} y={row['label']}{value}",
+                  "right" if row["correct"] else "wrong",
+                  f"margin {fmt(row['margin'])}")
+        )
+    labels = sorted(int(v) for v in reader.test["label"].unique())
+    options = "".join(
+        f'<option value="{v}"{" selected" if v == label else ""}>{v}</option>' for v in labels
+    )
+    sorts = "".join(
+        f'<option value="{k}"{" selected" if k == sort else ""}>{esc(t)}</option>'
+        for k, t in SORTS.items()
+    )
+    form = (
+        '<form method="get" action="/tests">'
+        f'<label>class <select name="label"><option value="">all</option>{options}</select>'
+        "</label>"
+        '<label>prediction <select name="correct"><option value="">all</option>'
+        f'<option value="yes"{" selected" if correct == "yes" else ""}>correct</option>'
+        f'<option value="no"{" selected" if correct == "no" else ""}>incorrect</option>'
+        "</select></label>"
+        f'<label>brittle ≤ <input name="brittle" size="4" value="{brittle if brittle else ""}">'
+        "</label>"
+        f'<label>sort by <select name="sort">{sorts}</select></label>'
+        f'<label><select name="order"><option value="asc">ascending</option>'
+        f'<option value="desc"{" selected" if order == "desc" else ""}>descending</option>'
+        '</select></label><button type="submit">show</button></form>'
+    )
+    pager = []
+    base = {"label": label, "correct": correct, "brittle": brittle, "sort": sort, "order": order}
+    if number > 0:
+        pager.append(f'<a href="{esc(query_link("/tests", base | {"page": number - 1}))}">'
+                     "previous</a>")
+    if (number + 1) * PAGE_SIZE < total:
+        pager.append(f'<a href="{esc(query_link("/tests", base | {"page": number + 1}))}">'
+                     "next</a>")
+    missing = note(f"this run has no {SORTS[sort]}; sorted by test id") if key != sort else ""
+    body = (
+        form + missing
+        + f'<p id="count">{total} of {len(frame)} test examples '
+        f"(border: green = correct, red = wrong by the mean margin)</p>"
+        + f'<div class="grid" id="grid">{"".join(cells)}</div><p>{" ".join(pager)}</p>'
+    )
+    return page("Test examples", body, reader.run.uri)
+
+
+def _ranks(row: np.ndarray) -> np.ndarray:
+    order = np.argsort(row, kind="stable")
+    ranks = np.empty(len(row))
+    ranks[order] = np.arange(len(row))
+    return ranks
+
+
+def agreement(rows: dict[str, np.ndarray], k: int) -> pd.DataFrame:
+    """Per pair of methods: the share of their top-``k`` helpful training points in common and
+    the Spearman correlation of their score rows (float[n_train] each)."""
+    names = list(rows)
+    out = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            top_a = set(np.argsort(-rows[a], kind="stable")[:k].tolist())
+            top_b = set(np.argsort(-rows[b], kind="stable")[:k].tolist())
+            ra, rb = _ranks(rows[a]), _ranks(rows[b])
+            rho = float(np.corrcoef(ra, rb)[0, 1]) if ra.std() and rb.std() else float("nan")
+            out.append({"method a": a, "method b": b, f"top-{k} overlap": len(top_a & top_b) / k,
+                        "rank correlation": rho})
+    return pd.DataFrame(out)
+
+
+def _method_column(reader: RunReader, method: str, row: np.ndarray, k: int) -> str:
+    inputs, train = reader.inputs("train"), reader.train
+    order = np.argsort(-row, kind="stable")
+    parts = []
+    for name, picks in (("helpful", order[:k]), ("harmful", order[::-1][:k])):
+        cells = [
+            thumb("train", int(i), None if inputs is None else inputs[int(i)],
+                  f"#{i} y={train.at[int(i), 'label']} {row[i]:+.3g}",
+                  "flipped" if train.at[int(i), "flipped"] else "")
+            for i in picks
+        ]
+        parts.append(f'<h4>{name}</h4><div class="row {name}">{"".join(cells)}</div>')
+    return (f'<div class="method" data-method="{esc(method)}"><h3>{esc(method)}</h3>'
+            f'{"".join(parts)}</div>')
+
+
+def test_page(reader: RunReader, target: int, k: int) -> str:
+    """``/test/<target>``: one test example and what every method says it rests on."""
+    row = reader.test_row(target)
+    inputs = reader.inputs("test")
+    facts = pd.DataFrame({
+        "fact": ["label", "original label", f"mean margin ({reader.n_margin_models} models)",
+                 "datamodel margin b + Σw"],
+        "value": [row["label"], row["original_label"], reader.margins.get(target),
+                  None if reader.predicted_margins is None
+                  else reader.predicted_margins.get(target)],
+    })
+    picture = thumb("test", target, inputs[int(row["row"])], f"test #{target}")
+    rows = {m: r for m in reader.methods if (r := reader.score_row(m, target)) is not None}
+    columns = "".join(_method_column(reader, m, r, k) for m, r in rows.items())
+    body = (
+        f'<div class="big">{picture}</div>{table(facts)}'
+        f"<h2>Top {k} helpful and harmful training examples, by method</h2>"
+        + (f'<div class="methods">{columns}</div>' if rows
+           else note("no scores/*.parquet has a row for this target: run fit or estimate"))
+    )
+    body += "<h2>Agreement between methods</h2>" + (
+        table(agreement(rows, k)) if len(rows) > 1 else note("fewer than two methods score it")
+    )
+    removal = reader.removal_of(target)
+    body += "<h2>Counterfactual removal</h2>" + (
+        note("no removals/results.parquet: add a removal plan and run `datamodels removal`")
+        if removal is None
+        else table(removal) if len(removal)
+        else note("the removal plan did not choose this target")
+    )
+    weights = reader.weights_of(target)
+    body += (f"<h2>Datamodel weights ({len(weights)} nonzero)</h2>"
+             + histogram_svg(weights))
+    return page(f"Test example {target}", body, reader.run.uri)
