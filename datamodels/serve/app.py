@@ -101,8 +101,9 @@ def create_app(run: Run | str, k: int = 8) -> Starlette:
             if inputs is None or not is_image(inputs[row]):
                 raise NotFound(f"{split} example {ident} is not an image")
             images[key] = png_bytes(inputs[row])
-        return Response(images[key], media_type="image/png",
-                        headers={"Cache-Control": "max-age=3600"})
+        return Response(
+            images[key], media_type="image/png", headers={"Cache-Control": "max-age=3600"}
+        )
 
     async def not_found(request: Request, exc: Exception) -> HTMLResponse:
         return _one_line_page(404, str(exc))
@@ -126,8 +127,11 @@ def create_app(run: Run | str, k: int = 8) -> Starlette:
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers={NotFound: not_found, HTTPException: http_error,
-                            DatamodelsError: user_error},
+        exception_handlers={
+            NotFound: not_found,
+            HTTPException: http_error,
+            DatamodelsError: user_error,
+        },
     )
     app.state.reader = reader
     return app
@@ -160,13 +164,15 @@ def _server(app: Starlette) -> uvicorn.Server:
     """A uvicorn server for ``app``; the run's inputs start decoding beside it."""
     import uvicorn  # on demand: `import datamodels` need not load the server
 
-    threading.Thread(target=app.state.reader.warm, name="datamodels-serve-warm",
-                     daemon=True).start()
+    threading.Thread(
+        target=app.state.reader.warm, name="datamodels-serve-warm", daemon=True
+    ).start()
     return uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
 
 
-def serve_forever(run: Run | str, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                  k: int = 8, announce=print) -> None:
+def serve_forever(
+    run: Run | str, host: str = "127.0.0.1", port: int = DEFAULT_PORT, k: int = 8, announce=print
+) -> None:
     """Serve ``run`` in the foreground until interrupted; ``announce`` gets the startup line."""
     app = create_app(run, k)
     sock = bind(host, port)
@@ -196,8 +202,9 @@ def start(run: Run | str, host: str = "127.0.0.1", port: int = 0, k: int = 8) ->
     app = create_app(run, k)
     sock = bind(host, port)
     server = _server(app)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
-                              name="datamodels-serve", daemon=True)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="datamodels-serve", daemon=True
+    )
     url = url_of(sock)
     thread.start()
     deadline = time.monotonic() + START_TIMEOUT_S

@@ -156,8 +156,9 @@ class RunReader:
 
     def score_row(self, method: str, target: int) -> np.ndarray | None:
         """float32[n_train]: ``method``'s scores of ``target``; None when it has no row."""
-        frame = self.sql(f"SELECT scores FROM {_ident('scores_' + method)} WHERE target = ?",
-                         [int(target)])
+        frame = self.sql(
+            f"SELECT scores FROM {_ident('scores_' + method)} WHERE target = ?", [int(target)]
+        )
         if frame.empty:
             return None
         return np.asarray(frame["scores"].iloc[0], dtype=np.float32)
@@ -210,8 +211,11 @@ class RunReader:
 
     @cached_property
     def n_margin_models(self) -> int:
-        return int(self.sql("SELECT count(*) AS n FROM models WHERE plan = ?",
-                            [self.config.fit.plan])["n"].iloc[0])
+        return int(
+            self.sql("SELECT count(*) AS n FROM models WHERE plan = ?", [self.config.fit.plan])[
+                "n"
+            ].iloc[0]
+        )
 
     @cached_property
     def predicted_margins(self) -> pd.Series | None:
@@ -274,9 +278,16 @@ class RunReader:
             details = json.loads(row.details) if row.details else {}
             stderr = details.get("stderr")
             half = 1.96 * stderr if stderr is not None else float("nan")
-            out.append({"method": row.method, "lds": row.value, "stderr": stderr,
-                        "low": row.value - half, "high": row.value + half,
-                        "n_targets": row.n_targets})
+            out.append(
+                {
+                    "method": row.method,
+                    "lds": row.value,
+                    "stderr": stderr,
+                    "low": row.value - half,
+                    "high": row.value + half,
+                    "n_targets": row.n_targets,
+                }
+            )
         return pd.DataFrame(out)
 
     def removal_of(self, target: int) -> pd.DataFrame | None:
@@ -319,8 +330,9 @@ class RunReader:
             ra -= ra.mean(1, keepdims=True)
             rb -= rb.mean(1, keepdims=True)
             denom = np.sqrt((ra**2).sum(1) * (rb**2).sum(1))
-            rho = np.divide((ra * rb).sum(1), denom, out=np.full(len(common), np.nan),
-                            where=denom > 0)
+            rho = np.divide(
+                (ra * rb).sum(1), denom, out=np.full(len(common), np.nan), where=denom > 0
+            )
             return pd.Series(rho, index=common)
 
         return self._memo(("disagree", a, b), compute)

@@ -16,16 +16,32 @@ def index_page(reader: RunReader) -> str:
     """``/``: the run's sizes, score tables, self scores and what else it holds."""
     run = reader.run
     n_train, n_eval = run.sizes()
-    facts = pd.DataFrame({
-        "fact": ["run", "config hash", "training examples", "evaluated examples",
-                 "test examples", "score tables", "self scores", "removal results",
-                 "evaluation"],
-        "value": [run.uri, run.recorded_config_hash() or "?", n_train, n_eval,
-                  len(reader.test), ", ".join(reader.methods) or "none",
-                  ", ".join(reader.self_scores) or "none",
-                  "yes" if "removal_results" in reader.views else "no",
-                  "yes" if reader.evaluation is not None else "no"],
-    })
+    facts = pd.DataFrame(
+        {
+            "fact": [
+                "run",
+                "config hash",
+                "training examples",
+                "evaluated examples",
+                "test examples",
+                "score tables",
+                "self scores",
+                "removal results",
+                "evaluation",
+            ],
+            "value": [
+                run.uri,
+                run.recorded_config_hash() or "?",
+                n_train,
+                n_eval,
+                len(reader.test),
+                ", ".join(reader.methods) or "none",
+                ", ".join(reader.self_scores) or "none",
+                "yes" if "removal_results" in reader.views else "no",
+                "yes" if reader.evaluation is not None else "no",
+            ],
+        }
+    )
     body = table(facts) + (
         '<p>Start at the <a href="/tests">test examples</a>; a test example shows what each '
         "method says it rests on, a training example whom it helps and hurts.</p>"
@@ -71,17 +87,20 @@ def _disagreement(reader: RunReader, params: dict[str, str], n: int) -> str:
     if len(methods) < 2:
         return note("fewer than two score tables: nothing to compare")
     a = params.get("a") if params.get("a") in methods else methods[0]
-    b = params.get("b") if params.get("b") in methods and params.get("b") != a else next(
-        m for m in methods if m != a)
+    b = (
+        params.get("b")
+        if params.get("b") in methods and params.get("b") != a
+        else next(m for m in methods if m != a)
+    )
     choose = "".join(
         f'<a href="{esc(query_link("/methods", {"a": x, "b": y}))}">{esc(x)} vs {esc(y)}</a> '
-        for i, x in enumerate(methods) for y in methods[i + 1:]
+        for i, x in enumerate(methods)
+        for y in methods[i + 1 :]
     )
     rho = reader.disagreement(a, b).dropna().sort_values(kind="stable")
     inputs = reader.inputs("test")
     cells = [
-        thumb("test", int(t), inputs[int(reader.test.at[int(t), "row"])],
-              f"#{t} ρ={value:.2f}")
+        thumb("test", int(t), inputs[int(reader.test.at[int(t), "row"])], f"#{t} ρ={value:.2f}")
         for t, value in rho.iloc[:n].items()
     ]
     mean = float(np.mean(rho)) if len(rho) else float("nan")
@@ -95,8 +114,12 @@ def _disagreement(reader: RunReader, params: dict[str, str], n: int) -> str:
 
 def methods_page(reader: RunReader, params: dict[str, str], n: int = 12) -> str:
     body = (
-        "<h2>Linear datamodeling score</h2>" + _lds_section(reader) + _other_metrics(reader)
-        + "<h2>LDS against the number of models</h2>" + _curve_section(reader)
-        + "<h2>Where two methods disagree most</h2>" + _disagreement(reader, params, n)
+        "<h2>Linear datamodeling score</h2>"
+        + _lds_section(reader)
+        + _other_metrics(reader)
+        + "<h2>LDS against the number of models</h2>"
+        + _curve_section(reader)
+        + "<h2>Where two methods disagree most</h2>"
+        + _disagreement(reader, params, n)
     )
     return page("Methods", body, reader.run.uri)

@@ -62,20 +62,26 @@ def grid_page(reader: RunReader, params: dict[str, str]) -> str:
     if brittle is not None and "brittleness" in shown:
         shown = shown[shown["brittleness"] <= brittle]
     key = sort if sort in shown else "target"
-    shown = (shown.sort_index(ascending=order == "asc") if key == "target"
-             else shown.sort_values(key, ascending=order == "asc", na_position="last",
-                                    kind="stable"))
+    shown = (
+        shown.sort_index(ascending=order == "asc")
+        if key == "target"
+        else shown.sort_values(key, ascending=order == "asc", na_position="last", kind="stable")
+    )
     total = len(shown)
-    shown = shown.iloc[number * PAGE_SIZE:(number + 1) * PAGE_SIZE]
+    shown = shown.iloc[number * PAGE_SIZE : (number + 1) * PAGE_SIZE]
     inputs = reader.inputs("test")
     cells = []
     for target, row in shown.iterrows():
         value = f" {key} {fmt(row[key])}" if key not in ("target",) else ""
         cells.append(
-            thumb("test", int(target), inputs[int(reader.test.at[target, "row"])],
-                  f"#{target} y={row['label']}{value}",
-                  "right" if row["correct"] else "wrong",
-                  f"margin {fmt(row['margin'])}")
+            thumb(
+                "test",
+                int(target),
+                inputs[int(reader.test.at[target, "row"])],
+                f"#{target} y={row['label']}{value}",
+                "right" if row["correct"] else "wrong",
+                f"margin {fmt(row['margin'])}",
+            )
         )
     labels = sorted(int(v) for v in reader.test["label"].unique())
     options = "".join(
@@ -103,15 +109,14 @@ def grid_page(reader: RunReader, params: dict[str, str]) -> str:
     pager = []
     base = {"label": label, "correct": correct, "brittle": brittle, "sort": sort, "order": order}
     if number > 0:
-        pager.append(f'<a href="{esc(query_link("/tests", base | {"page": number - 1}))}">'
-                     "previous</a>")
+        pager.append(
+            f'<a href="{esc(query_link("/tests", base | {"page": number - 1}))}">previous</a>'
+        )
     if (number + 1) * PAGE_SIZE < total:
-        pager.append(f'<a href="{esc(query_link("/tests", base | {"page": number + 1}))}">'
-                     "next</a>")
+        pager.append(f'<a href="{esc(query_link("/tests", base | {"page": number + 1}))}">next</a>')
     missing = note(f"this run has no {SORTS[sort]}; sorted by test id") if key != sort else ""
     body = (
-        form + missing
-        + f'<p id="count">{total} of {len(frame)} test examples '
+        form + missing + f'<p id="count">{total} of {len(frame)} test examples '
         f"(border: green = correct, red = wrong by the mean margin)</p>"
         + f'<div class="grid" id="grid">{"".join(cells)}</div><p>{" ".join(pager)}</p>'
     )
@@ -131,13 +136,19 @@ def agreement(rows: dict[str, np.ndarray], k: int) -> pd.DataFrame:
     names = list(rows)
     out = []
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             top_a = set(np.argsort(-rows[a], kind="stable")[:k].tolist())
             top_b = set(np.argsort(-rows[b], kind="stable")[:k].tolist())
             ra, rb = _ranks(rows[a]), _ranks(rows[b])
             rho = float(np.corrcoef(ra, rb)[0, 1]) if ra.std() and rb.std() else float("nan")
-            out.append({"method a": a, "method b": b, f"top-{k} overlap": len(top_a & top_b) / k,
-                        "rank correlation": rho})
+            out.append(
+                {
+                    "method a": a,
+                    "method b": b,
+                    f"top-{k} overlap": len(top_a & top_b) / k,
+                    "rank correlation": rho,
+                }
+            )
     return pd.DataFrame(out)
 
 
@@ -145,37 +156,63 @@ def _method_column(reader: RunReader, method: str, row: np.ndarray, k: int) -> s
     inputs, train = reader.inputs("train"), reader.train
     order = np.argsort(-row, kind="stable")
     parts = []
-    for name, picks in (("helpful", order[:k]), ("harmful", order[::-1][:k])):
+    helpful, harmful = order[:k], order[::-1][:k]
+    signed = (
+        ("helpful", helpful[row[helpful] > 0], "≤"),
+        ("harmful", harmful[row[harmful] < 0], "≥"),
+    )
+    for name, picks, sign in signed:
         cells = [
-            thumb("train", int(i), None if inputs is None else inputs[int(i)],
-                  f"#{i} y={train.at[int(i), 'label']} {row[i]:+.3g}",
-                  "flipped" if train.at[int(i), "flipped"] else "")
+            thumb(
+                "train",
+                int(i),
+                None if inputs is None else inputs[int(i)],
+                f"#{i} y={train.at[int(i), 'label']} {row[i]:+.3g}",
+                "flipped" if train.at[int(i), "flipped"] else "",
+            )
             for i in picks
         ]
-        parts.append(f'<h4>{name}</h4><div class="row {name}">{"".join(cells)}</div>')
-    return (f'<div class="method" data-method="{esc(method)}"><h3>{esc(method)}</h3>'
-            f'{"".join(parts)}</div>')
+        shown = "".join(cells) or note(f"no {name} training example (every score {sign} 0)")
+        parts.append(f'<h4>{name}</h4><div class="row {name}">{shown}</div>')
+    return (
+        f'<div class="method" data-method="{esc(method)}"><h3>{esc(method)}</h3>'
+        f"{''.join(parts)}</div>"
+    )
 
 
 def test_page(reader: RunReader, target: int, k: int) -> str:
     """``/test/<target>``: one test example and what every method says it rests on."""
     row = reader.test_row(target)
     inputs = reader.inputs("test")
-    facts = pd.DataFrame({
-        "fact": ["label", "original label", f"mean margin ({reader.n_margin_models} models)",
-                 "datamodel margin b + Σw"],
-        "value": [row["label"], row["original_label"], reader.margins.get(target),
-                  None if reader.predicted_margins is None
-                  else reader.predicted_margins.get(target)],
-    })
+    facts = pd.DataFrame(
+        {
+            "fact": [
+                "label",
+                "original label",
+                f"mean margin ({reader.n_margin_models} models)",
+                "datamodel margin b + Σw",
+            ],
+            "value": [
+                row["label"],
+                row["original_label"],
+                reader.margins.get(target),
+                None if reader.predicted_margins is None else reader.predicted_margins.get(target),
+            ],
+        }
+    )
     picture = thumb("test", target, inputs[int(row["row"])], f"test #{target}")
     rows = {m: r for m in reader.methods if (r := reader.score_row(m, target)) is not None}
     columns = "".join(_method_column(reader, m, r, k) for m, r in rows.items())
     body = (
         f'<div class="big">{picture}</div>{table(facts)}'
         f"<h2>Top {k} helpful and harmful training examples, by method</h2>"
-        + (f'<div class="methods">{columns}</div>' if rows
-           else note("no scores/*.parquet has a row for this target: run fit or estimate"))
+        '<p class="note">score: the change in this example\'s margin the method attributes to '
+        "including the training example; red: its label was flipped</p>"
+        + (
+            f'<div class="methods">{columns}</div>'
+            if rows
+            else note("no scores/*.parquet has a row for this target: run fit or estimate")
+        )
     )
     body += "<h2>Agreement between methods</h2>" + (
         table(agreement(rows, k)) if len(rows) > 1 else note("fewer than two methods score it")
@@ -184,10 +221,10 @@ def test_page(reader: RunReader, target: int, k: int) -> str:
     body += "<h2>Counterfactual removal</h2>" + (
         note("no removals/results.parquet: add a removal plan and run `datamodels removal`")
         if removal is None
-        else table(removal) if len(removal)
+        else table(removal)
+        if len(removal)
         else note("the removal plan did not choose this target")
     )
     weights = reader.weights_of(target)
-    body += (f"<h2>Datamodel weights ({len(weights)} nonzero)</h2>"
-             + histogram_svg(weights))
+    body += f"<h2>Datamodel weights ({len(weights)} nonzero)</h2>" + histogram_svg(weights)
     return page(f"Test example {target}", body, reader.run.uri)

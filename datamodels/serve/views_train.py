@@ -24,8 +24,14 @@ def _test_cells(reader: RunReader, column: pd.Series) -> str:
     cells = []
     for target, score in column.items():
         row = reader.test.loc[int(target)]
-        cells.append(thumb("test", int(target), inputs[int(row["row"])],
-                           f"#{target} y={row['label']} {score:+.3g}"))
+        cells.append(
+            thumb(
+                "test",
+                int(target),
+                inputs[int(row["row"])],
+                f"#{target} y={row['label']} {score:+.3g}",
+            )
+        )
     return "".join(cells)
 
 
@@ -34,33 +40,45 @@ def train_page(reader: RunReader, position: int, k: int) -> str:
     row = reader.train_row(position)
     inputs = reader.inputs("train")
     flipped = bool(row["flipped"])
-    facts = [("label (trained on)", row["label"]),
-             ("original label", row["original_label"]),
-             ("label flipped", "yes" if flipped else "no")]
+    facts = [
+        ("label (trained on)", row["label"]),
+        ("original label", row["original_label"]),
+        ("label flipped", "yes" if flipped else "no"),
+    ]
     for method, values in reader.self_scores.items():
         rank = int((values > values[position]).sum())
-        facts.append((f"self score ({method})", f"{values[position]:.4g} "
-                      f"(rank {rank + 1} of {len(values)})"))
-    picture = thumb("train", position, None if inputs is None else inputs[position],
-                    _name(reader, position), "flipped" if flipped else "")
+        facts.append(
+            (f"self score ({method})", f"{values[position]:.4g} (rank {rank + 1} of {len(values)})")
+        )
+    picture = thumb(
+        "train",
+        position,
+        None if inputs is None else inputs[position],
+        _name(reader, position),
+        "flipped" if flipped else "",
+    )
     columns = []
     for method in reader.methods:
         column = reader.score_column(method, position)
         if column.empty:
             continue
         ordered = column.sort_values(ascending=False, kind="stable")
+        helps, hurts = ordered[:k], ordered[::-1][:k]
+        helps, hurts = helps[helps > 0], hurts[hurts < 0]
         columns.append(
             f'<div class="method" data-method="{esc(method)}"><h3>{esc(method)}</h3>'
-            f'<h4>helps most</h4><div class="row helps">{_test_cells(reader, ordered[:k])}</div>'
-            f'<h4>hurts most</h4><div class="row hurts">'
-            f"{_test_cells(reader, ordered[::-1][:k])}</div></div>"
+            f'<h4>helps most</h4><div class="row helps">{_test_cells(reader, helps)}</div>'
+            f'<h4>hurts most</h4><div class="row hurts">{_test_cells(reader, hurts)}</div></div>'
         )
     body = (
         f'<div class="big">{picture}</div>'
         + table(pd.DataFrame(facts, columns=["fact", "value"]))
         + f"<h2>Test examples it helps and hurts most (top {k}), by method</h2>"
-        + (f'<div class="methods">{"".join(columns)}</div>' if columns
-           else note("no score table: run fit or estimate"))
+        + (
+            f'<div class="methods">{"".join(columns)}</div>'
+            if columns
+            else note("no score table: run fit or estimate")
+        )
     )
     return page(_name(reader, position).capitalize(), body, reader.run.uri)
 
@@ -70,18 +88,24 @@ def mislabel_page(reader: RunReader, params: dict[str, str], n: int = 60) -> str
     is fit only by memorising it, so it tends to score high)."""
     methods = list(reader.self_scores)
     if not methods:
-        body = note("no self_scores/*.parquet: estimate a method that writes self scores "
-                    "(e.g. `datamodels estimate RUN -m downsampling`)")
+        body = note(
+            "no self_scores/*.parquet: estimate a method that writes self scores "
+            "(e.g. `datamodels estimate RUN -m downsampling`)"
+        )
         return page("Mislabel candidates", body, reader.run.uri)
     method = params.get("method") if params.get("method") in methods else methods[0]
     values = reader.self_scores[method]
     order = np.argsort(-values, kind="stable")[:n]
     inputs, train = reader.inputs("train"), reader.train
     cells = [
-        thumb("train", int(i), None if inputs is None else inputs[int(i)],
-              f"{rank + 1}. #{i} y={train.at[int(i), 'label']} {values[i]:.3g}",
-              "flipped" if train.at[int(i), "flipped"] else "",
-              "label flipped" if train.at[int(i), "flipped"] else None)
+        thumb(
+            "train",
+            int(i),
+            None if inputs is None else inputs[int(i)],
+            f"{rank + 1}. #{i} y={train.at[int(i), 'label']} {values[i]:.3g}",
+            "flipped" if train.at[int(i), "flipped"] else "",
+            "label flipped" if train.at[int(i), "flipped"] else None,
+        )
         for rank, i in enumerate(order)
     ]
     links = " ".join(
@@ -89,8 +113,11 @@ def mislabel_page(reader: RunReader, params: dict[str, str], n: int = 60) -> str
     )
     n_flipped = int(train["flipped"].sum())
     found = int(train["flipped"].to_numpy()[order].sum())
-    summary = (f"{found} of the run's {n_flipped} flipped labels are among these {len(order)}"
-               if n_flipped else "this run flipped no labels (dataset.flip_fraction)")
+    summary = (
+        f"{found} of the run's {n_flipped} flipped labels are among these {len(order)}"
+        if n_flipped
+        else "this run flipped no labels (dataset.flip_fraction)"
+    )
     body = (
         f"<p>self scores: {links}</p><p>training points by {esc(method)} self score, highest "
         f'first; red: the label was flipped. {esc(summary)}.</p><div class="grid" id="grid">'
@@ -104,8 +131,10 @@ def leakage_page(reader: RunReader, n: int = 24) -> str:
     datamodel vectors, each pair's two images side by side."""
     ranked = reader.leakage(n)
     if ranked is None:
-        body = note("no datamodels of training inputs: run `datamodels fit` (a transfer run's "
-                    "training points are source classes)")
+        body = note(
+            "no datamodels of training inputs: run `datamodels fit` (a transfer run's "
+            "training points are source classes)"
+        )
         return page("Leakage pairs", body, reader.run.uri)
     test_in, train_in = reader.inputs("test"), reader.inputs("train")
     body = []
@@ -113,8 +142,12 @@ def leakage_page(reader: RunReader, n: int = 24) -> str:
         pairs = ranked[name]
         body.append(f"<h2>by {name}</h2>")
         if pairs.empty:
-            body.append(note("no ranking by cosine: fit datamodels of the train split too "
-                             "(--set fit.targets=all, needs dataset.eval_train)"))
+            body.append(
+                note(
+                    "no ranking by cosine: fit datamodels of the train split too "
+                    "(--set fit.targets=all, needs dataset.eval_train)"
+                )
+            )
             continue
         cells = []
         for pair in pairs.itertuples():
@@ -123,8 +156,12 @@ def leakage_page(reader: RunReader, n: int = 24) -> str:
             cells.append(
                 f'<div class="pair row" data-rank="{int(pair.rank)}">'
                 + thumb("test", target, test_in[int(row["row"])], f"test #{target}")
-                + thumb("train", position, train_in[position],
-                        f"train #{position} {column} {fmt(getattr(pair, column))}")
+                + thumb(
+                    "train",
+                    position,
+                    train_in[position],
+                    f"train #{position} {column} {fmt(getattr(pair, column))}",
+                )
                 + "</div>"
             )
         body.append(f'<div class="grid pairs">{"".join(cells)}</div>')
