@@ -30,6 +30,7 @@ td, th { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
 .method { border: 1px solid #ddd; padding: 6px; min-width: 190px; }
 .method h3 { font-size: 0.95em; margin: 0 0 4px; }
 .row { display: flex; flex-wrap: wrap; gap: 4px; }
+.pair { border: 1px solid #bbb; border-radius: 4px; padding: 3px; background: #fafafa; }
 .note { color: #666; font-style: italic; }
 form { margin: 0.5em 0; } label { margin-right: 0.8em; }
 """

@@ -155,7 +155,12 @@ def leakage_page(reader: RunReader, n: int = 24) -> str:
             row = reader.test.loc[target]
             cells.append(
                 f'<div class="pair row" data-rank="{int(pair.rank)}">'
-                + thumb("test", target, test_in[int(row["row"])], f"test #{target}")
+                + thumb(
+                    "test",
+                    target,
+                    test_in[int(row["row"])],
+                    f"{int(pair.rank) + 1}. test #{target}",
+                )
                 + thumb(
                     "train",
                     position,
