@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datamodels.serve import Served, start
+from datamodels.browse import Served, start
 from datamodels.store import Run
 
 

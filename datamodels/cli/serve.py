@@ -1,4 +1,4 @@
-"""The ``serve`` command: a local web app to browse a run (`datamodels.serve`), read-only."""
+"""The ``serve`` command: a local web app to browse a run (`datamodels.browse`), read-only."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
+from datamodels.browse import DEFAULT_PORT, serve_forever
 from datamodels.cli.common import RunArg, existing_run, out_console, user_errors
-from datamodels.serve import DEFAULT_PORT, serve_forever
 
 
 @user_errors

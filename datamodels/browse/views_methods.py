@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from datamodels.serve.images import curve_svg
-from datamodels.serve.layout import esc, fmt, note, page, query_link, table, thumb
-from datamodels.serve.reader import RunReader
+from datamodels.browse.images import curve_svg
+from datamodels.browse.layout import esc, fmt, note, page, query_link, table, thumb
+from datamodels.browse.reader import RunReader
 
 
 def index_page(reader: RunReader) -> str:

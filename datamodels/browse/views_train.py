@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from datamodels.serve.layout import esc, fmt, note, page, query_link, table, thumb
-from datamodels.serve.reader import RunReader
+from datamodels.browse.layout import esc, fmt, note, page, query_link, table, thumb
+from datamodels.browse.reader import RunReader
 
 
 def _name(reader: RunReader, position: int) -> str:

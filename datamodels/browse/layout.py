@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 import numpy as np
 import pandas as pd
 
-from datamodels.serve.images import feature_text, is_image
+from datamodels.browse.images import feature_text, is_image
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1em 2em; color: #222; }

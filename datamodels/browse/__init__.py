@@ -1,5 +1,7 @@
 """`datamodels serve`: a local web app to browse a run, read-only.
 
+(The package is ``browse``: ``datamodels.serve`` is the notebook verb, ``dm.serve(run)``.)
+
 Pages: the test examples (a grid filterable by class, correctness and brittleness, sortable
 by margin, datamodel margin, per-target LDS, brittleness), one test example (each method's
 most helpful and harmful training examples side by side, their agreement, its counterfactual
@@ -14,6 +16,6 @@ methods (LDS with intervals, the LDS curve, where two methods disagree most).
 * `app`           the Starlette app, the foreground server and the background one (`start`).
 """
 
-from datamodels.serve.app import DEFAULT_PORT, Served, create_app, serve_forever, start
+from datamodels.browse.app import DEFAULT_PORT, Served, create_app, serve_forever, start
 
 __all__ = ["DEFAULT_PORT", "Served", "create_app", "serve_forever", "start"]

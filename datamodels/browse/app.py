@@ -25,13 +25,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from datamodels.browse.images import is_image, png_bytes
+from datamodels.browse.layout import STYLE
+from datamodels.browse.reader import NotFound, RunReader
+from datamodels.browse.views_methods import index_page, methods_page
+from datamodels.browse.views_tests import grid_page, test_page
+from datamodels.browse.views_train import leakage_page, mislabel_page, train_page
 from datamodels.errors import DatamodelsError
-from datamodels.serve.images import is_image, png_bytes
-from datamodels.serve.layout import STYLE
-from datamodels.serve.reader import NotFound, RunReader
-from datamodels.serve.views_methods import index_page, methods_page
-from datamodels.serve.views_tests import grid_page, test_page
-from datamodels.serve.views_train import leakage_page, mislabel_page, train_page
 from datamodels.store import Run
 
 if TYPE_CHECKING:

@@ -21,8 +21,8 @@ from PIL import Image
 
 import datamodels as dm
 from datamodels.applications import leakage_from_run
-from datamodels.serve.app import start
-from datamodels.serve.layout import table, thumb
+from datamodels.browse.app import start
+from datamodels.browse.layout import table, thumb
 from datamodels.store import Run
 
 
@@ -298,5 +298,5 @@ def test_the_test_example_view_renders_in_headless_chromium(served, run, tmp_pat
     dark = (pixels < 128).mean()
     assert pixels.std() > 20 and 0.01 < dark < 0.6, (pixels.std(), dark)
     keep = os.environ.get("DATAMODELS_SERVE_SCREENSHOT")
-    if keep:  # the docs' picture: DATAMODELS_SERVE_SCREENSHOT=<png> pytest tests/serve -k chromium
+    if keep:  # the docs' picture: DATAMODELS_SERVE_SCREENSHOT=<png> pytest tests/browse -k chromium
         Path(keep).write_bytes(shot.read_bytes())

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from datamodels.serve.images import histogram_svg
-from datamodels.serve.layout import esc, fmt, note, page, query_link, table, thumb
-from datamodels.serve.reader import RunReader
+from datamodels.browse.images import histogram_svg
+from datamodels.browse.layout import esc, fmt, note, page, query_link, table, thumb
+from datamodels.browse.reader import RunReader
 
 PAGE_SIZE = 200
 SORTS = {
