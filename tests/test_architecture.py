@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"orchestrate"},
     {"methods", "applications"},
     {"stages"},
-    {"report"},
+    {"report", "browse"},  # the report pages and the run browser: they only read a run
     {"api", "jobs"},
     {"cli", "__main__"},
     {""},  # datamodels/__init__.py

@@ -9,6 +9,7 @@ The commands live by group; `app` is assembled here, in the order ``--help`` lis
 * `inspection`    status, compact, verify, query;
 * `applications`  attack, sparse-layer, alpha-effect, lds-curve;
 * `reports`       report, transfer-counterfactual, transfer-report;
+* `serve`         serve (browse a run in the browser);
 * `cluster`       submit and the ``jobs`` group (Ray Jobs);
 * `common`        consoles, argument types, the user-error wrapper, loading a config or run;
 * `help`          the typer classes that make the help read well.

@@ -38,6 +38,7 @@ def test_public_names_are_exactly_the_verbs():
             "sparse_layer",
             "alpha_effect",
             "lds_curve",
+            "serve",
             "Run",
         ]
     )
