@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display: the report is written by jobs and tests
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -246,6 +247,11 @@ def lds_curve_figure(curve: pd.DataFrame, evaluation: pd.DataFrame | None) -> st
     for row in others.itertuples():
         ax.axhline(row.value, color=colours[row.method], ls="--", lw=1, label=row.method)
     ax.set_xscale("log")
+    # ticks at the measured counts, plain numbers: log-scale minor labels (2.2×10¹, 2.3×10¹,
+    # ...) run into each other over a short range
+    counts = sorted(int(n) for n in curve["n_models"].unique())
+    ax.set_xticks(counts, [str(n) for n in counts])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("models used to fit the datamodels (m)")
     ax.set_ylabel("LDS on the held-out plan")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))

@@ -178,6 +178,9 @@ def test_report_only_reads_and_names_the_command_of_a_missing_or_stale_table(rep
     (copy / "applications" / "lds_curve.parquet").unlink()
     marker = copy / "_stages" / "alpha_effect.json"
     marker.write_text(json.dumps(json.loads(marker.read_text()) | {"digest": "0" * 12}))
+    fit_marker = copy / "_stages" / "fit.json"  # a fit whose solver stopped short on 3 targets
+    short = {"short": {"targets": 3, "of": 359, "tol": 1e-4}}
+    fit_marker.write_text(json.dumps(json.loads(fit_marker.read_text()) | short))
     before = {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()}
     text = build_report(str(copy), tmp_path / "page.html").read_text(encoding="utf-8")
     assert {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()} == before
@@ -185,6 +188,7 @@ def test_report_only_reads_and_names_the_command_of_a_missing_or_stale_table(rep
             in text)
     assert (f"applications/alpha_effect.parquet is stale; run `datamodels alpha-effect {copy}`"
             in text)
+    assert "fit: 3 of 359 targets stopped at the solver&#x27;s iteration limit" in text
     import fnmatch  # every file of the finished run is some stage's, the contract's or the store's
 
     files = [str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file()]
@@ -323,3 +327,14 @@ def test_identical_score_tables_are_detected(report_run, tmp_path):
     assert equal_methods(run) == [("banzhaf", "downsampling")]
     rows = run.evaluation().query("metric == 'lds'")
     assert "Identical score tables: banzhaf = downsampling" in lds_line(run, rows)
+
+
+def test_missing_values_read_as_a_dash_with_a_footnote():
+    import pandas as pd
+
+    from datamodels.report.notes import table
+
+    frame = pd.DataFrame({"metric": ["brittle_confirmed"], "trak": [float("nan")]})
+    body = table(frame, "no target qualified")
+    assert "nan" not in body.lower() and "<td>—</td>" in body and "— no target qualified" in body
+    assert "—" not in table(frame.fillna(0.5))
