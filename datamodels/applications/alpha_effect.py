@@ -35,7 +35,6 @@ the stages `stages.alpha_effect` and `stages.lds_curve` (`datamodels alpha-effec
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +43,7 @@ import pandas as pd
 from datamodels.config import Config, FitConfig, config_from_yaml_text
 from datamodels.errors import DatamodelsError
 from datamodels.metrics.lds import average_replicates, lds
+from datamodels.orchestrate.progress import log_console
 from datamodels.regress.lasso import split_rows
 from datamodels.regress.select import fit_datamodels, min_models
 from datamodels.store import Run
@@ -51,28 +51,29 @@ from datamodels.store.positions import eval_positions
 
 
 class _Fits:
-    """The fit stage's regression, many times over: its per-fit convergence warnings are
-    counted and said once (`warn`), not once per α level or model count."""
+    """The fit stage's regression, many times over: the targets that stopped short of
+    ``fit.tol`` are counted and said once, in one line (`warn`), not once per α level or
+    model count."""
 
     def __init__(self, fit: FitConfig) -> None:
         self.fit, self.short, self.total = fit, 0, 0
 
     def __call__(self, masks: np.ndarray, margins: np.ndarray):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            selection = fit_datamodels(masks, margins, self.fit)
-        self.short += int((~np.asarray(selection.converged)).sum())
+        selection = fit_datamodels(masks, margins, self.fit)
+        self.short += selection.n_short
         self.total += int(np.asarray(selection.converged).size)
         return selection
 
     def warn(self, what: str) -> None:
+        """One line on stderr (not a Python warning) when some fits stopped short."""
         if self.short:
-            warnings.warn(
-                f"{what}: {self.short:,} of {self.total:,} fitted datamodels stopped short of "
-                f"fit.tol={self.fit.tol:g} (their last iterate is used)",
-                UserWarning,
-                stacklevel=3,
+            log_console().print(
+                f"{what}: {self.short:,} of {self.total:,} fitted datamodels stopped at the "
+                f"solver's iteration limit before fit.tol={self.fit.tol:g} (their last iterate "
+                "is used; see docs/estimators/datamodels.md)",
+                highlight=False,
             )
+
 
 DEFAULT_COUNTS = (100, 200, 500, 1000, 2000)
 

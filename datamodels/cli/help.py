@@ -3,8 +3,9 @@
 * A command's docstring is wrapped at 100 columns in the source; its paragraphs are joined
   into single lines (`paragraphs`) so that rich rewraps them to the terminal, in the command
   list as in the command's own help.
-* The help option is a flag: it prints as ``--help  Show this message and exit.``, without
-  the ``<bool>`` type typer shows for options that take a value.
+* A flag (``--help``, ``--quiet``, ``--follow``...) takes no value: it prints as
+  ``--quiet  -q  no progress bar``, without the ``<bool>`` type typer shows for options
+  that take one.
 """
 
 from __future__ import annotations
@@ -29,11 +30,20 @@ def _plain_help_option(option: Any) -> Any:
     return option
 
 
+def _plain_flags(params: list[Any]) -> None:
+    """Every boolean flag among ``params`` shown without a type (``--quiet``, not
+    ``--quiet <bool>``)."""
+    for param in params:
+        if getattr(param, "is_flag", False):  # typer's own click: no isinstance
+            _plain_help_option(param)
+
+
 class Command(TyperCommand):
-    """A command whose help is rewrapped by rich and whose ``--help`` shows no type."""
+    """A command whose help is rewrapped by rich and whose flags show no type."""
 
     def __init__(self, *args: Any, help: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, help=paragraphs(help), **kwargs)
+        _plain_flags(self.params)
 
     def get_help_option(self, ctx: Any) -> Any:
         return _plain_help_option(super().get_help_option(ctx))
@@ -44,6 +54,7 @@ class Group(TyperGroup):
 
     def __init__(self, *args: Any, help: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, help=paragraphs(help), **kwargs)
+        _plain_flags(self.params)
 
     def get_help_option(self, ctx: Any) -> Any:
         return _plain_help_option(super().get_help_option(ctx))

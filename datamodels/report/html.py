@@ -17,7 +17,6 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from datamodels.applications import (
@@ -32,10 +31,14 @@ from datamodels.applications.alpha_effect import alpha_effect_summary
 from datamodels.applications.tables import test_input_rows
 from datamodels.config import config_from_yaml_text
 from datamodels.errors import DatamodelsError
-from datamodels.report import plots
+from datamodels.report import notes, plots
+from datamodels.report.notes import table as _table
 from datamodels.report.sparse import sparse_layer_section
+from datamodels.report.support import STYLE as SUPPORT_STYLE
+from datamodels.report.support import support_section
 from datamodels.stages.alpha_effect import AlphaEffectStage
 from datamodels.stages.base import Stage
+from datamodels.stages.fit import shortfall_line
 from datamodels.stages.lds_curve import LdsCurveStage
 from datamodels.stages.states import DONE, make_command, stage_state
 from datamodels.store import Run
@@ -63,7 +66,8 @@ table { border-collapse: collapse; font-size: 0.9em; }
 td, th { border: 1px solid #ccc; padding: 2px 8px; text-align: right; }
 img { max-width: 100%; display: block; margin: 0.5em 0; }
 .note { color: #666; font-style: italic; }
-"""
+.read { color: #444; font-size: 0.92em; background: #f6f6f6; padding: 4px 8px; }
+""" + SUPPORT_STYLE
 
 
 def _img(png: str | None, alt: str) -> str:
@@ -74,10 +78,6 @@ def _img(png: str | None, alt: str) -> str:
 
 def _note(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
-
-
-def _table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
 
 
 def _facts(run: Run) -> str:
@@ -113,7 +113,8 @@ def _facts(run: Run) -> str:
             ],
         }
     )
-    return _table(facts) + _table(per_plan.reset_index())
+    short = shortfall_line(run)
+    return _table(facts) + _table(per_plan.reset_index()) + (_note(short) if short else "")
 
 
 def _evaluation(run: Run) -> pd.DataFrame | None:
@@ -121,36 +122,6 @@ def _evaluation(run: Run) -> pd.DataFrame | None:
         return run.evaluation()
     except DatamodelsError:
         return None
-
-
-def _support(run: Run, method: str, n_targets: int, k: int) -> str:
-    split = split_scores(run, method)
-    test_x, train_x = run.inputs("test"), run.inputs("train")
-    test_y, train_y = run.labels("test"), run.labels("train")
-    rows_in_test = test_input_rows(run, split.test_targets)
-    parts = []
-    strongest = np.argsort(-np.abs(split.test_scores).sum(1), kind="stable")[:n_targets]
-    for row in sorted(strongest):
-        target = int(split.test_targets[row])
-        weights = split.test_scores[row]
-        order = np.argsort(-weights, kind="stable")
-        helpful = [
-            (train_x[i], f"y={train_y[i]} w={weights[i]:+.3f}") for i in order[:k] if weights[i] > 0
-        ]
-        harmful = [
-            (train_x[i], f"y={train_y[i]} w={weights[i]:+.3f}")
-            for i in order[::-1][:k]
-            if weights[i] < 0
-        ]
-        at = rows_in_test[row]
-        title = f"target {target}\nlabel {test_y[at]}"
-        parts.append(
-            _img(
-                plots.support_figure(test_x[at], title, helpful, harmful),
-                f"support of target {target}",
-            )
-        )
-    return "".join(parts)
 
 
 def _embedding(run: Run, method: str, k: int) -> str:
@@ -270,7 +241,11 @@ def _brittleness_verified(run: Run, evaluation: pd.DataFrame | None) -> str:
     if evaluation is not None:
         rows = evaluation[evaluation["metric"].str.startswith("brittle_")]
         if len(rows):
-            body += _table(_by_method(rows))
+            body += _table(
+                _by_method(rows),
+                "no value: no target of this method had a predicted flip within the removal "
+                "plan's largest k, so there was nothing to confirm by retraining",
+            )
     return body
 
 
@@ -336,7 +311,9 @@ def build_report(
     else:
         lds_rows = evaluation[evaluation["metric"] == "lds"]
         bodies["lds"] = _img(plots.lds_figure(evaluation), "LDS per method") + (
-            _table(lds_rows[["method", "value", "n_targets"]]) if len(lds_rows) else ""
+            _table(lds_rows[["method", "value", "n_targets"]]) + notes.lds_line(run, lds_rows)
+            if len(lds_rows)
+            else ""
         )
         mislabel = plots.mislabel_figure(evaluation)
         bodies["mislabel"] = (
@@ -354,19 +331,24 @@ def build_report(
             "a transfer run: its training points are source classes; see "
             f"`datamodels transfer-report {run.uri}`"
         )
-        bodies["support"] = note if transfer else _support(run, method, n_targets, k)
+        bodies["support"] = note if transfer else support_section(run, method, n_targets, k)
         bodies["embedding"] = _embedding(run, method, k)
         bodies["leakage"] = note if transfer else _leakage(run, method, k=12)
         bodies["brittleness"] = _brittleness(run)
     bodies["counterfactual"] = _counterfactual(run, evaluation)
     bodies["brittleness_verified"] = _brittleness_verified(run, evaluation)
     agreement = loo_agreement_from_run(run) if methods else None
-    bodies["loo"] = _note("the run has no loo plan") if agreement is None else _table(agreement)
+    bodies["loo"] = (
+        _note("the run has no loo plan")
+        if agreement is None
+        else _table(agreement) + _note(notes.LOO_CAVEAT)
+    )
     bodies["sparse_layer"] = sparse_layer_section(run)
     bodies["lds_curve"] = _lds_curve(run, evaluation)
     bodies["alpha"] = _alpha_effect(run)
     sections = "".join(
-        f'<section id="{key}"><h2>{html.escape(title)}</h2>{bodies[key]}</section>'
+        f'<section id="{key}"><h2>{html.escape(title)}</h2>{notes.how_to_read(key)}'
+        f"{bodies[key]}</section>"
         for key, title in SECTIONS
     )
     return write_page(f"datamodels report: {html.escape(run.uri)}", sections, out)

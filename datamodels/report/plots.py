@@ -11,8 +11,11 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display: the report is written by jobs and tests
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from datamodels.report.colors import method_color, palette  # noqa: E402
 
 
 def to_png(fig) -> str:
@@ -49,7 +52,9 @@ def lds_figure(evaluation: pd.DataFrame) -> str | None:
         return None
     stderr = [json.loads(d or "{}").get("stderr") or 0.0 for d in rows["details"]]
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(rows) + 1.2))
-    ax.barh(rows["method"], rows["value"], xerr=1.96 * np.asarray(stderr), color="C0", capsize=3)
+    colours = palette(rows["method"])
+    ax.barh(rows["method"], rows["value"], xerr=1.96 * np.asarray(stderr),
+            color=[colours[m] for m in rows["method"]], capsize=3)
     ax.axvline(0, color="0.5", lw=0.8)
     ax.set_xlabel("LDS (Spearman, mean over targets; 95% interval)")
     return to_png(fig)
@@ -61,9 +66,11 @@ def mislabel_figure(evaluation: pd.DataFrame) -> str | None:
     if rows.empty:
         return None
     fig, ax = plt.subplots(figsize=(5, 4))
+    colours = palette(rows["method"])
     for row in rows.itertuples():
         curve = json.loads(row.details)
-        ax.plot(curve["inspected"], curve["found"], label=f"{row.method} (AUC {row.value:.2f})")
+        ax.plot(curve["inspected"], curve["found"], color=colours[row.method],
+                label=f"{row.method} (AUC {row.value:.2f})")
     ax.plot([0, 1], [0, 1], color="0.6", ls="--", label="chance")
     ax.set_xlabel("fraction of training set inspected")
     ax.set_ylabel("fraction of flipped labels found")
@@ -165,21 +172,27 @@ def removal_figure(results: pd.DataFrame) -> str | None:
         stderr = np.nan_to_num(rows["stderr"].to_numpy(float))
         ax.errorbar(predicted, actual, yerr=1.96 * stderr, fmt="none", ecolor="0.7", lw=0.8)
         flipped = rows["flipped"].astype(bool).to_numpy()
+        colour = method_color(method)
         for kind, marker in (("grid", "o"), ("brittle", "s")):
             chosen = (rows["kind"] == kind).to_numpy()
             ax.scatter(predicted[chosen & ~flipped], actual[chosen & ~flipped], marker=marker,
-                       color="C0", s=18, label=f"{kind}")
+                       color=colour, s=18, label=f"{kind}")
             ax.scatter(predicted[chosen & flipped], actual[chosen & flipped], marker=marker,
-                       facecolors="none", edgecolors="C3", s=22, label=f"{kind}, flipped")
-        low = float(min(predicted.min(), actual.min(), 0.0))
-        ax.plot([low, 0], [low, 0], color="0.5", ls="--", lw=0.8)
+                       facecolors="none", edgecolors=colour, s=22, label=f"{kind}, flipped")
+        # the x axis is this method's own: its scores' spread fills the panel (a method whose
+        # scores are not on the margin scale, e.g. TRAK's, would otherwise sit at x = 0);
+        # the y = x diagonal is drawn over that range
+        span = float(predicted.max() - predicted.min()) or abs(float(predicted.max())) or 1.0
+        x_low, x_high = predicted.min() - 0.05 * span, predicted.max() + 0.05 * span
+        ax.set_xlim(x_low, x_high)
+        ax.plot([x_low, x_high], [x_low, x_high], color="0.5", ls="--", lw=0.8)
         corr = np.corrcoef(predicted, actual)[0, 1] if len(rows) > 2 else float("nan")
         # the slope says whether the scores' scale is a margin change (1) or only a ranking
         slope = np.polyfit(predicted, actual, 1)[0] if len(rows) > 1 else float("nan")
         ax.set_title(
             f"{method} (Pearson {corr:.2f}, slope {slope:.2g}, {len(rows)} sets)", fontsize=9
         )
-        ax.set_xlabel("predicted margin change (−Σ removed scores)")
+        ax.set_xlabel("predicted margin change (−Σ removed scores;\nx axis scaled to this method)")
         ax.set_ylabel("retrained margin change")
         ax.legend(fontsize=7)
     return to_png(fig)
@@ -222,16 +235,23 @@ def lds_curve_figure(curve: pd.DataFrame, evaluation: pd.DataFrame | None) -> st
         return None
     fig, ax = plt.subplots(figsize=(6, 3.8))
     stderr = curve["stderr"].fillna(0.0).to_numpy()
-    ax.errorbar(
-        curve["n_models"], curve["lds"], yerr=1.96 * stderr, marker="o", color="C0",
-        capsize=3, label="datamodels (first m models)",
-    )
+    others = pd.DataFrame(columns=["method", "value"])
     if evaluation is not None:
         lds_rows = evaluation[evaluation["metric"] == "lds"]
-        others = lds_rows[lds_rows["method"] != "datamodels"]
-        for i, row in enumerate(others.sort_values("value", ascending=False).itertuples()):
-            ax.axhline(row.value, color=f"C{(i % 9) + 1}", ls="--", lw=1, label=row.method)
+        others = lds_rows[lds_rows["method"] != "datamodels"].sort_values("value", ascending=False)
+    colours = palette(["datamodels", *others["method"]])
+    ax.errorbar(
+        curve["n_models"], curve["lds"], yerr=1.96 * stderr, marker="o",
+        color=colours["datamodels"], capsize=3, label="datamodels (first m models)",
+    )
+    for row in others.itertuples():
+        ax.axhline(row.value, color=colours[row.method], ls="--", lw=1, label=row.method)
     ax.set_xscale("log")
+    # ticks at the measured counts, plain numbers: log-scale minor labels (2.2×10¹, 2.3×10¹,
+    # ...) run into each other over a short range
+    counts = sorted(int(n) for n in curve["n_models"].unique())
+    ax.set_xticks(counts, [str(n) for n in counts])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("models used to fit the datamodels (m)")
     ax.set_ylabel("LDS on the held-out plan")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))

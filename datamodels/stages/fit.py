@@ -7,22 +7,46 @@ those models, runs the batched LASSO path for a block of targets at a time (one 
 train+validation. Each unit writes its block (targets and weights) as one part; ``finish``
 merges them into ``datamodels/weights.parquet`` (non-zeros), ``datamodels/targets.parquet``
 and a dense ``scores/datamodels.parquet``.
+
+Targets whose solves stopped at the solver's iteration limit (or working-set cap) before
+``fit.tol`` keep their last iterate; they are counted, the count is recorded in the stage's
+marker (``_stages/fit.json``, key ``short``) and said in one line (`shortfall_line`), never
+as a Python warning.
 """
 
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pandas as pd
 
 from datamodels.errors import FitError
+from datamodels.orchestrate.progress import log_console
 from datamodels.regress.select import fit_datamodels, min_models
-from datamodels.stages.base import Stage, Unit
+from datamodels.stages.base import Stage, Unit, read_marker
 from datamodels.store import TARGETS_PATH, TARGETS_SCHEMA, WEIGHTS_PATH, WEIGHTS_SCHEMA, Run
 from datamodels.store.positions import eval_positions
 
 METHOD = "datamodels"
+
+
+def shortfall_line(run: Run) -> str | None:
+    """"fit: 12 of 359 targets stopped at the solver's iteration limit before fit.tol..."
+    from the fit marker, or None when every target converged (or the run has no fit yet)."""
+    return shortfall_line_of((read_marker(run, "fit") or {}).get("short"))
+
+
+def shortfall_line_of(short: dict | None) -> str | None:
+    """The line for a marker's ``short`` record ({targets, of, tol}); None when zero."""
+    if not short or not short.get("targets"):
+        return None
+    return (
+        f"fit: {short['targets']:,} of {short['of']:,} targets stopped at the solver's "
+        f"iteration limit before fit.tol={short['tol']:g} (their last iterate is kept; see "
+        "docs/estimators/datamodels.md)"
+    )
 
 
 class FitStage(Stage):
@@ -86,6 +110,7 @@ class FitStage(Stage):
                 "val_mse": selection.val_mse.astype(np.float32),
                 "val_spearman": selection.val_spearman.astype(np.float32),
                 "nnz": selection.nnz.astype(np.int64),
+                "converged": np.asarray(selection.converged, dtype=bool),
             }
         )
         # one part holds both tables: the targets' rows and, nested, each target's non-zeros
@@ -103,6 +128,9 @@ class FitStage(Stage):
             for u in self.units()
         ]
         frame = pd.concat(blocks, ignore_index=True)
+        converged = frame.pop("converged") if "converged" in frame else pd.Series(True)
+        self._short = {"targets": int((~converged.astype(bool)).sum()), "of": len(frame),
+                       "tol": self.config.fit.tol}
         lengths = frame["weights_at"].map(len).to_numpy()
         weights = pd.DataFrame(
             {
@@ -128,7 +156,18 @@ class FitStage(Stage):
         )
         if self.run.fs.exists("datamodels/blocks"):  # the parts of runs fitted before parts/
             self.run.fs.delete_dir("datamodels/blocks")
+        line = shortfall_line_of(self._short)
+        if line:
+            log_console().print(line, highlight=False)
         return True
+
+    def write_marker(self) -> None:
+        """The base marker plus ``short``: how many targets stopped short of ``fit.tol``."""
+        super().write_marker()
+        short = getattr(self, "_short", None)
+        if short is not None:
+            record = json.loads(self.run.fs.read_bytes(self.marker_path)) | {"short": short}
+            self.run.fs.write_bytes_atomic(self.marker_path, json.dumps(record).encode())
 
     def up_to_date(self) -> bool:
         return False

@@ -4,6 +4,7 @@
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from datamodels.cli import app
@@ -45,6 +46,49 @@ def test_help_is_a_plain_flag():
     for args in ((), ("run",), ("jobs",), ("jobs", "logs")):
         line = next(x for x in _help(*args).splitlines() if "--help" in x)
         assert "<bool>" not in line and "Show this message and exit." in line
+
+
+def _commands() -> list[tuple[tuple[str, ...], object]]:
+    """(argv prefix, click command) of the app, every group and every sub-command."""
+    import typer.main
+
+    found = []
+
+    def walk(prefix: tuple[str, ...], command) -> None:
+        found.append((prefix, command))
+        for name, sub in getattr(command, "commands", {}).items():
+            walk((*prefix, name), sub)
+
+    walk((), typer.main.get_command(app))
+    return found
+
+
+def _flat(text: str) -> str:
+    """The help as one line of words: box-drawing and padding gone."""
+    return " ".join("".join(c if c not in "│╭╮╰╯─" else " " for c in text).split())
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_every_command_reads_cleanly_at_80_and_120_columns(width):
+    """The help of the app, of ``jobs`` and of every (sub-)command at ``width`` columns: no
+    line wider than the terminal, no ``<bool>`` on any flag, every option listed, and each
+    description paragraph as the docstring says it with its source line breaks gone (a
+    sentence reads on across them)."""
+    commands = _commands()
+    assert len(commands) >= len(COMMANDS) + 4  # jobs list/status/logs/stop
+    for prefix, command in commands:
+        result = runner.invoke(app, [*prefix, "--help"], env={"COLUMNS": str(width)})
+        assert result.exit_code == 0, (prefix, result.output)
+        text = result.output
+        wide = [line for line in text.splitlines() if len(line) > width]
+        assert not wide, (prefix, width, wide)
+        assert "<bool>" not in text, (prefix, text)
+        for param in command.params:
+            if param.param_type_name == "option":
+                assert param.opts[0] in text, (prefix, param.opts[0])
+        flat = _flat(text)
+        for paragraph in paragraphs(command.help or "").split("\n\n"):
+            assert paragraph in flat, (prefix, width, paragraph)
 
 
 def test_paragraphs_joins_lines_and_keeps_paragraphs():

@@ -9,6 +9,7 @@ import base64
 import re
 import shutil
 import subprocess
+from html import unescape as html_unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -146,10 +147,12 @@ def test_report_has_every_section_and_valid_inline_pngs(report_run, report_html)
     page.feed(out.read_text(encoding="utf-8"))
     assert page.sections == [key for key, _ in SECTIONS]
     assert len(page.images) >= 8 and not page.external
+    figures = [s for s in page.images if len(base64.b64decode(s.split(",", 1)[1])) > 1000]
+    assert len(figures) >= 8
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
         data = base64.b64decode(src.split(",", 1)[1], validate=True)
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 100  # thumbnails are small
     text = out.read_text(encoding="utf-8")
     assert "mislabel detection" in text and "no labels were flipped" not in text
     assert "the run has no loo plan" not in text
@@ -175,6 +178,9 @@ def test_report_only_reads_and_names_the_command_of_a_missing_or_stale_table(rep
     (copy / "applications" / "lds_curve.parquet").unlink()
     marker = copy / "_stages" / "alpha_effect.json"
     marker.write_text(json.dumps(json.loads(marker.read_text()) | {"digest": "0" * 12}))
+    fit_marker = copy / "_stages" / "fit.json"  # a fit whose solver stopped short on 3 targets
+    short = {"short": {"targets": 3, "of": 359, "tol": 1e-4}}
+    fit_marker.write_text(json.dumps(json.loads(fit_marker.read_text()) | short))
     before = {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()}
     text = build_report(str(copy), tmp_path / "page.html").read_text(encoding="utf-8")
     assert {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()} == before
@@ -182,6 +188,7 @@ def test_report_only_reads_and_names_the_command_of_a_missing_or_stale_table(rep
             in text)
     assert (f"applications/alpha_effect.parquet is stale; run `datamodels alpha-effect {copy}`"
             in text)
+    assert "fit: 3 of 359 targets stopped at the solver&#x27;s iteration limit" in text
     import fnmatch  # every file of the finished run is some stage's, the contract's or the store's
 
     files = [str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file()]
@@ -235,3 +242,99 @@ def test_report_renders_in_headless_chromium(report_html, tmp_path):
     ]
     assert not console_errors, console_errors
     assert screenshot.stat().st_size > 10_000
+
+
+_BOXES = """<script>
+window.addEventListener("load", () => {
+  const box = (e) => { const r = e.getBoundingClientRect();
+    return [r.left, r.top, r.right, r.bottom]; };
+  const out = document.createElement("pre");
+  out.id = "boxes";
+  out.textContent = JSON.stringify({
+    images: [...document.querySelectorAll("img")].map(box),
+    captions: [...document.querySelectorAll("figcaption")].map(box),
+    width: document.documentElement.scrollWidth,
+  });
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def _overlaps(a, b) -> bool:
+    return a[0] < b[2] - 0.5 and b[0] < a[2] - 0.5 and a[1] < b[3] - 0.5 and b[1] < a[3] - 0.5
+
+
+def test_report_captions_do_not_overlap_images_in_chromium_at_1300px(report_html, tmp_path):
+    """Laid out by headless Chromium at 1,300 px: no caption's box meets any image's box, and
+    the page is no wider than the window (the boxes are written into the DOM by a script
+    added to a copy of the page, read back with --dump-dom)."""
+    import json
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium binary (make test installs Debian's chromium package)")
+    page = tmp_path / "boxes.html"
+    page.write_text(report_html.read_text(encoding="utf-8").replace("</body>", _BOXES + "</body>"),
+                    encoding="utf-8")
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--window-size=1300,4000", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert dom.returncode == 0, dom.stderr
+    found = re.search(r'<pre id="boxes">(.*?)</pre>', dom.stdout, re.S)
+    assert found, dom.stdout[-2000:]
+    boxes = json.loads(html_unescape(found.group(1)))
+    assert len(boxes["captions"]) >= 6 and len(boxes["images"]) >= 8
+    clashes = [(c, i) for c in boxes["captions"] for i in boxes["images"] if _overlaps(c, i)]
+    assert not clashes, clashes[:5]
+    assert boxes["width"] <= 1300
+
+
+def test_report_text_has_no_nan_and_says_how_to_read_each_section(report_html):
+    from datamodels.report.notes import HOW_TO_READ
+
+    text = report_html.read_text(encoding="utf-8")
+    visible = re.sub(r'src="[^"]*"', "", text)
+    assert not re.search(r">\s*nan\s*<", visible, re.I)
+    assert set(HOW_TO_READ) == {key for key, _ in SECTIONS}
+    assert visible.count('class="read"') == len(SECTIONS)
+    assert "LDS is computed over the test targets only" in visible
+    assert "ground truth itself" in visible  # the LOO caveat
+
+
+def test_one_colour_per_method_same_everywhere_unique_within_a_figure():
+    from datamodels.report.colors import KNOWN, method_color, palette
+
+    assert len({method_color(m) for m in KNOWN}) == len(KNOWN)  # every shipped method its own
+    methods = ["trak", "beta_shapley", "downsampling", "loo", "banzhaf", "datamodels",
+               "influence", "tracin", "representer", "my_method", "other_method", "x"]
+    colours = palette(methods)
+    assert len(set(colours.values())) == len(methods)
+    assert all(colours[m] == method_color(m) for m in methods if m in KNOWN)
+    assert palette(["loo", "trak"]) == {"loo": method_color("loo"), "trak": method_color("trak")}
+
+
+def test_identical_score_tables_are_detected(report_run, tmp_path):
+    from datamodels.report.notes import equal_methods, lds_line
+
+    copy = tmp_path / "run"
+    shutil.copytree(report_run, copy)
+    run = dm.Run(str(copy))
+    assert equal_methods(run) == []
+    ids, scores = run.scores("downsampling")
+    run.write_scores("banzhaf", ids, scores)
+    assert equal_methods(run) == [("banzhaf", "downsampling")]
+    rows = run.evaluation().query("metric == 'lds'")
+    assert "Identical score tables: banzhaf = downsampling" in lds_line(run, rows)
+
+
+def test_missing_values_read_as_a_dash_with_a_footnote():
+    import pandas as pd
+
+    from datamodels.report.notes import table
+
+    frame = pd.DataFrame({"metric": ["brittle_confirmed"], "trak": [float("nan")]})
+    body = table(frame, "no target qualified")
+    assert "nan" not in body.lower() and "<td>—</td>" in body and "— no target qualified" in body
+    assert "—" not in table(frame.fillna(0.5))

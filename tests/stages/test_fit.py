@@ -170,3 +170,36 @@ def test_blocks_of_another_size_are_not_mixed_in(tmp_path):
     twos = config_from_dict(config.model_dump(mode="json"), ["fit.targets_per_block=2"])
     assert fit(twos, run, show_progress=False)
     assert run.targets()["target"].tolist() == list(range(N_TEST))
+
+
+def test_fit_counts_targets_short_of_tol_in_one_line_not_a_python_warning(
+    tmp_path, monkeypatch, capsys
+):
+    """A fit whose solver cannot meet its tolerance (1e-9 within 2 iterations): no Python
+    warning; one counted line on stderr, recorded in the fit marker (and read back by
+    `shortfall_line`); a converged fit prints no such line."""
+    import warnings
+
+    import datamodels.regress.select as select
+    from datamodels.stages.fit import shortfall_line
+
+    config, run, _ = _synthetic_run(tmp_path / "run")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any Python warning fails the fit
+        fit(config, run, show_progress=False)
+    assert "stopped at the solver's iteration limit" not in capsys.readouterr().err
+    assert shortfall_line(run) is None
+
+    config, short, _ = _synthetic_run(tmp_path / "short")
+    solve = select.lasso_select
+    monkeypatch.setattr(select, "lasso_select",
+                        lambda *a, **k: solve(*a, **{**k, "tol": 1e-9, "max_iter": 2}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit(config, short, show_progress=False)
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if "iteration limit" in x]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fit: ") and f"of {N_TEST} targets" in lines[0]
+    assert "docs/estimators/datamodels.md" in lines[0]
+    assert shortfall_line(short) == lines[0]
