@@ -203,6 +203,16 @@ def removal(run: RunArg, set_: SetOpt = None, address: AddressOpt = None,
     _removal(run_config(run, set_), run, address, quiet)
 
 
+MethodsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--methods",
+        help="estimators to compute, comma-separated (default: estimate.methods, else every "
+        "one the run has models or checkpoints for, less those too costly for the model)",
+    ),
+]
+
+
 @user_errors
 def run_all(
     config: ConfigArg,
@@ -211,6 +221,7 @@ def run_all(
     address: AddressOpt = None,
     quiet: QuietOpt = False,
     retry_failed: RetryOpt = False,
+    methods: MethodsOpt = None,
 ) -> None:
     """Run every stage: prepare, train, fit, estimate, removal (with a removal plan), evaluate
     (each skips work already done); exits 1 when models failed for good (the later stages
@@ -220,6 +231,7 @@ def run_all(
 
     cfg = load(config, set_)
     target = default_out(cfg, out)
+    chosen = [m.strip() for m in (methods or "").split(",") if m.strip()] or None
     failed = []
 
     def train_and_show() -> None:
@@ -235,7 +247,7 @@ def run_all(
     runners = {
         "train": train_and_show,
         "fit": lambda: _fit(cfg, target, quiet),
-        "estimate": lambda: _estimate(cfg, target, address=address, quiet=quiet),
+        "estimate": lambda: _estimate(cfg, target, chosen, address=address, quiet=quiet),
         "removal": removal_if_planned,
         "evaluate": lambda: _evaluate(cfg, target),
     }
