@@ -71,7 +71,10 @@ def lds(scores: np.ndarray, masks: np.ndarray, true_margins: np.ndarray) -> LDSR
     predicted = masks.astype(np.float64) @ scores.T
     true_margins = np.asarray(true_margins, dtype=np.float64)
     per_target = spearman_columns(true_margins, predicted)
-    defined = np.ptp(true_margins, axis=0) > 0 if len(true_margins) else np.zeros(true_margins.shape[1], bool)
+    if len(true_margins):
+        defined = np.ptp(true_margins, axis=0) > 0
+    else:
+        defined = np.zeros(true_margins.shape[1], dtype=bool)
     constant = defined & ~np.isfinite(per_target)  # the truth varies, the prediction does not
     per_target = np.where(constant, 0.0, np.where(defined, per_target, np.nan))
     value = float(per_target[defined].mean()) if defined.any() else float("nan")
