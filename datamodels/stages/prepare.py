@@ -16,6 +16,8 @@ nothing in the run directory is removed.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +101,24 @@ def open_run(config: Config, uri: str | Run) -> Run:
             "choose a new or empty --out directory"
         )
     return run
+
+
+@contextmanager
+def nothing_left_if_refused(uri: str | Run) -> Iterator[None]:
+    """Around a command that may create the run directory: when the block fails (a refused
+    config, a dataset that does not load) and the directory did not exist before it, the
+    directory is removed again if it holds only bookkeeping (the lock files, ``_``/``.``
+    names), so a refused config leaves nothing behind."""
+    run = uri if isinstance(uri, Run) else Run(uri)
+    existed = run.fs.exists("")
+    try:
+        yield
+    except BaseException:
+        if not existed and run.fs.exists("") and all(
+            name.startswith(("_", ".")) for name in run.fs.entries("")
+        ):
+            run.fs.delete_dir("")
+        raise
 
 
 def record_config(config: Config, run: Run) -> None:

@@ -125,3 +125,21 @@ def test_cuda_on_a_machine_without_it_is_refused_before_training(tmp_path):
     )
     assert code == 2 and "resources.device=cuda" in text and "no CUDA device" in text
     assert not (tmp_path / "r").exists()
+
+
+def test_a_refused_config_leaves_no_run_directory(tmp_path):
+    tree = {
+        "name": "refused",
+        "dataset": {"name": "imagefolder", "path": str(tmp_path / "no-such-folder")},
+        "model": {"arch": "mlp", "hidden": 8},
+        "plans": [{"name": "train", "alpha": 0.5, "count": 4},
+                  {"name": "eval", "alpha": 0.5, "count": 3}],
+    }
+    config = _write(tmp_path, tree)
+    for command in ("prepare", "train", "run"):
+        code, text = _invoke(command, config, "--out", tmp_path / "r")
+        assert code != 0 and "is not a folder" in text and "Traceback" not in text, command
+        assert not (tmp_path / "r").exists(), command
+    (tmp_path / "kept").mkdir()  # a directory the user made stays
+    code, _ = _invoke("prepare", config, "--out", tmp_path / "kept")
+    assert code != 0 and (tmp_path / "kept").is_dir()
