@@ -34,6 +34,7 @@ from datamodels.errors import RunMismatchError, StoreError
 from datamodels.orchestrate.context import BETON_PATH, local_beton, num_classes
 from datamodels.stages.base import Stage, Unit
 from datamodels.store import EXAMPLES_PATH, SOURCE_CLASSES_PATH, SOURCE_CLASSES_SCHEMA, Run
+from datamodels.store.schemas import EXAMPLES_SOURCE_COLUMNS, EXAMPLES_WRITTEN_SCHEMA
 from datamodels.trainers.custom import (
     check_combination,
     check_user_code,
@@ -201,7 +202,11 @@ class PrepareStage(Stage):
                 self.run.fs.write_bytes_atomic(BETON_PATH, (Path(tmp) / BETON_NAME).read_bytes())
         if classes is not None:
             self.run.write_table(SOURCE_CLASSES_PATH, classes, SOURCE_CLASSES_SCHEMA)
-        self.run.write_examples(pa.Table.from_pandas(examples, preserve_index=False))
+        table = pa.Table.from_pandas(examples, preserve_index=False)
+        if any(name in table.column_names for name in EXAMPLES_SOURCE_COLUMNS):
+            self.run.write_table(EXAMPLES_PATH, table, EXAMPLES_WRITTEN_SCHEMA)
+        else:
+            self.run.write_examples(table)
 
     def on_result(self, unit: Unit, result, progress) -> list[Unit]:
         self.wrote = True
