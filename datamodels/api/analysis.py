@@ -150,6 +150,66 @@ def on_request() -> tuple[str, ...]:
     return tuple(name for name, cls in METHODS.items() if cls.on_request)
 
 
+# The exact Hessian's time, measured on a 2-core CPU (load ~7; tests/api/test_methods.py
+# restates them): P HVPs over the model's n training points cost about c·P²·n seconds,
+# c = 3e-9 for the flat float64 forms (mlp P=4,810, n=719: 35 s; P=9,610: 250 s) and 2e-7
+# for an nn.Module (a conv net, P=9,478, n=2,000: ~31,000 s extrapolated), plus the LU
+# factorisation, about 7e-11·P³ (P=9,610: 56 s).
+HESSIAN_SECONDS_PER_P2N = {"logreg": 3e-9, "mlp": 3e-9, "module": 2e-7}
+LU_SECONDS_PER_P3 = 7e-11
+EXACT_HESSIAN_BUDGET_S = 300.0  # above this, the default leaves exact influence out
+
+
+def exact_hessian_seconds(form: str, num_params: int, n_points: int, models: int = 1) -> float:
+    """Expected seconds of ``models`` exact Hessians (formed and LU-factored) of a
+    ``num_params``-parameter model of functional form ``form`` over ``n_points`` examples."""
+    p = float(num_params)
+    per_model = HESSIAN_SECONDS_PER_P2N.get(form, HESSIAN_SECONDS_PER_P2N["module"]) * p * p
+    return models * (per_model * n_points + LU_SECONDS_PER_P3 * p**3)
+
+
+def _numel(obj: Any) -> int:
+    if hasattr(obj, "numel"):
+        return int(obj.numel())
+    if isinstance(obj, dict):
+        return sum(_numel(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_numel(v) for v in obj)
+    return 0
+
+
+def too_costly(config: Config, run: Run, name: str) -> str | None:
+    """Why the default leaves method ``name`` out (one line), or None: exact influence
+    whose Hessians are expected to take more than ``EXACT_HESSIAN_BUDGET_S``."""
+    from datamodels.gradients.checkpointed import functional_form  # torch: gradients
+    from datamodels.methods import METHODS  # torch: the method modules
+    from datamodels.stages.estimate import EstimateStage  # torch: the estimators
+    from datamodels.store.checkpoints import load_checkpoint  # torch: torch.load
+
+    if not (METHODS[name].hessian and config.gradients.solver == "exact"):
+        return None
+    try:
+        stage = EstimateStage(config, run, name)
+    except EstimateError:
+        return None  # the method's own skip line says why
+    if not stage.model_ids:
+        return None
+    last = stage.checkpoints[stage.model_ids[0]][-1]
+    if not isinstance(last[-1], str):
+        return None
+    params = _numel(load_checkpoint(run.fs, last[-1])["layers"])
+    plan = next((p for p in config.plans if p.name == config.checkpoints.plan), None)
+    n = int(round(run.n_train * float(getattr(plan, "alpha", 1.0) or 1.0)))
+    seconds = exact_hessian_seconds(functional_form(config), params, n, len(stage.model_ids))
+    if seconds <= EXACT_HESSIAN_BUDGET_S:
+        return None
+    return (
+        f"{len(stage.model_ids)} exact Hessian(s) of {params:,} parameters over {n:,} points "
+        f"would take ~{seconds / 60:,.0f} min; name it with --methods (or estimate.methods), or "
+        "--set gradients.solver=cg"
+    )
+
+
 def estimate_many(
     config: Config,
     run: str | Run,
@@ -160,16 +220,25 @@ def estimate_many(
     report: Any = None,
     executor: Any = None,
 ) -> dict:
-    """Named estimators (their errors are the caller's), or every one whose models or
-    checkpoints the run has except those `on_request` names (the others are skipped with a line
-    on ``console``).
+    """Named estimators (``names``, else ``estimate.methods``; their errors are the
+    caller's), or every one whose models or checkpoints the run has except those
+    `on_request` names and those `too_costly` (each skipped with a line on ``console``).
     ``report(name, written, seconds)`` is called after each. Returns name -> rows written."""
+    names = list(names or config.estimate.methods or []) or None
     unknown = [n for n in names or () if n not in methods()]
     if unknown:
-        raise EstimateError(f"unknown method {unknown[0]!r}; choose from: {', '.join(methods())}")
+        raise EstimateError(
+            f"unknown method {unknown[0]!r} (--methods / estimate.methods); choose from: "
+            f"{', '.join(methods())}"
+        )
     console = console or log_console()
+    run = checked_run(config, run) if isinstance(run, str) else run
     results = {}
     for name in names or [m for m in methods() if m not in on_request()]:
+        why = None if names else too_costly(config, run, name)
+        if why:
+            console.print(f"estimate: skipped {name}: {why}", highlight=False)
+            continue
         start = time.perf_counter()
         try:
             results[name] = estimate(config, run, name, address, executor, show_progress, console)

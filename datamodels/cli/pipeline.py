@@ -30,12 +30,21 @@ from datamodels.stages.status import plan_status
 from datamodels.store import Run
 
 
+def _nothing_left_if_refused(target: str):
+    """A refused config (or data that does not load) leaves no new run directory behind."""
+    # torch: the prepare stage's module imports the data and training code
+    from datamodels.stages.prepare import nothing_left_if_refused
+
+    return nothing_left_if_refused(target)
+
+
 @user_errors
 def prepare(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None) -> None:
     """Write the FFCV beton and examples.parquet into the run directory."""
     cfg = load(config, set_)
     target = default_out(cfg, out)
-    wrote = api.prepare(cfg, target, console=err_console)
+    with _nothing_left_if_refused(target):
+        wrote = api.prepare(cfg, target, console=err_console)
     err_console.print(
         f"prepare: {'wrote' if wrote else 'already present:'} {target}/examples.parquet, "
         "data/examples.beton"
@@ -100,7 +109,10 @@ def train(
     """Train every planned model that is missing from the run (resumes by default); exits 1
     when models failed for good."""
     cfg = load(config, set_)
-    if _train(cfg, default_out(cfg, out), address, quiet, retry_failed, shard):
+    target = default_out(cfg, out)
+    with _nothing_left_if_refused(target):
+        failed = _train(cfg, target, address, quiet, retry_failed, shard)
+    if failed:
         raise typer.Exit(1)
 
 
@@ -203,6 +215,16 @@ def removal(run: RunArg, set_: SetOpt = None, address: AddressOpt = None,
     _removal(run_config(run, set_), run, address, quiet)
 
 
+MethodsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--methods",
+        help="estimators to compute, comma-separated (default: estimate.methods, else every "
+        "one the run has models or checkpoints for, less those too costly for the model)",
+    ),
+]
+
+
 @user_errors
 def run_all(
     config: ConfigArg,
@@ -211,6 +233,7 @@ def run_all(
     address: AddressOpt = None,
     quiet: QuietOpt = False,
     retry_failed: RetryOpt = False,
+    methods: MethodsOpt = None,
 ) -> None:
     """Run every stage: prepare, train, fit, estimate, removal (with a removal plan), evaluate
     (each skips work already done); exits 1 when models failed for good (the later stages
@@ -220,10 +243,12 @@ def run_all(
 
     cfg = load(config, set_)
     target = default_out(cfg, out)
+    chosen = [m.strip() for m in (methods or "").split(",") if m.strip()] or None
     failed = []
 
     def train_and_show() -> None:
-        failed.append(_train(cfg, target, address, quiet, retry_failed))
+        with _nothing_left_if_refused(target):
+            failed.append(_train(cfg, target, address, quiet, retry_failed))
         status(target)
 
     def removal_if_planned() -> None:
@@ -235,7 +260,7 @@ def run_all(
     runners = {
         "train": train_and_show,
         "fit": lambda: _fit(cfg, target, quiet),
-        "estimate": lambda: _estimate(cfg, target, address=address, quiet=quiet),
+        "estimate": lambda: _estimate(cfg, target, chosen, address=address, quiet=quiet),
         "removal": removal_if_planned,
         "evaluate": lambda: _evaluate(cfg, target),
     }

@@ -51,12 +51,26 @@ class FitConfig(Section):
 
 
 class EstimateConfig(Section):
-    """The ``estimate`` stage (retraining-based estimators; see ``datamodels.estimate``)."""
+    """The ``estimate`` stage (the estimators of ``datamodels.methods``).
+
+    * ``methods``: the estimators ``run`` (and ``estimate`` without ``-m``) computes, by
+      name; null: every one the run has models or checkpoints for, except those run only on
+      request and those whose cost is out of proportion for the model (exact influence on a
+      Hessian measured to take more than a few minutes), each left out in one line.
+    """
 
     plan: str = "train"
     targets: Literal["test", "all"] = "test"
     beta: tuple[float, float] = (16.0, 1.0)
     knn_k: int = Field(5, ge=1)
+    methods: tuple[str, ...] | None = None
+
+    @field_validator("methods")
+    @classmethod
+    def _some(cls, methods: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if methods is not None and not methods:
+            raise ValueError("estimate.methods names no method; name some, or null for the default")
+        return methods
 
 
 class CheckpointsConfig(Section):

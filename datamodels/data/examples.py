@@ -4,6 +4,10 @@ Train positions number the train split in index order (``mask[i]`` refers to
 ``train_position == i``). Evaluation positions put the test split first, then (when
 ``eval_train``) the train split in train-position order, so margins on train examples serve
 self-influence and memorization.
+
+Where the source says where each example came from, two more columns: ``source_path`` (the
+file, relative to ``dataset.path``: ``imagefolder``) and ``class_name`` (the name of the
+example's label, for sources that name their classes).
 """
 
 from __future__ import annotations
@@ -38,6 +42,12 @@ def examples_frame(ds: ArrayDataset, eval_train: bool = True) -> pd.DataFrame:
             ),
         }
     )
+    paths = getattr(ds, "source_paths", None)
+    if paths is not None:
+        frame["source_path"] = pd.array(list(paths), dtype="string")
+    if paths is not None and ds.class_names is not None:
+        names = np.asarray(ds.class_names, dtype=object)
+        frame["class_name"] = pd.array(names[ds.labels.astype(np.int64)], dtype="string")
     return frame
 
 

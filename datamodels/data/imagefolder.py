@@ -55,7 +55,8 @@ def load_imagefolder_dataset(cfg: DatasetConfig) -> ArrayDataset:
     """A folder of class sub-folders of images (``root/<class>/<image>``); labels number the
     class names in sorted order. With ``train/`` and ``test/`` sub-folders (each of class
     sub-folders) those are the splits, else a seeded ``test_fraction`` split. Examples are
-    in (split, class, file name) order."""
+    in (split, class, file name) order; ``source_paths`` lists their files relative to the
+    folder (``train/cat/001.png``)."""
     root = Path(str(cfg.path)).expanduser()
     if not root.is_dir():
         raise DataError(f"dataset.path: {root} is not a folder (a folder of class sub-folders)")
@@ -86,4 +87,9 @@ def load_imagefolder_dataset(cfg: DatasetConfig) -> ArrayDataset:
         np.asarray(is_test, dtype=bool) if has_split
         else seeded_split(len(labels_array), cfg.test_fraction, cfg.split_seed)
     )
-    return ArrayDataset(root.name, images, labels_array, split, len(classes), class_names=classes)
+    dataset = ArrayDataset(
+        root.name, images, labels_array, split, len(classes), class_names=classes
+    )
+    # each example's file relative to dataset.path (examples.parquet's source_path)
+    dataset.source_paths = [path.relative_to(root).as_posix() for path in files]
+    return dataset

@@ -6,8 +6,12 @@ predicts g_t(S_j) = sum_{i in S_j} tau[t, i]. Then
 
     LDS_t = Spearman_j( f_t(S_j), g_t(S_j) ),     LDS = mean_t LDS_t,
 
-over the targets where both sides vary (a constant side has no ranking: reported, not
-averaged). The subsets must never have been used to fit tau.
+over the targets whose true margins vary across the subsets: the same targets for every
+method, since they depend on the retrained models only (a target whose true margins are
+constant has no ranking to predict: reported, not averaged). A method whose prediction is
+constant on such a target (e.g. a LASSO datamodel with every weight zero) ranks nothing, and
+counts as 0 correlation there rather than being dropped, so no method is averaged over a
+friendlier set of targets than another. The subsets must never have been used to fit tau.
 
 The *single-model* LDS (Ilyas & Engstrom 2025) is the same score on a ``single_model`` plan:
 every model shares one seed and one batch order and differs only in the points it drops, so
@@ -25,10 +29,11 @@ from scipy.stats import rankdata
 
 @dataclass(frozen=True)
 class LDSResult:
-    value: float  # mean over defined targets (nan if none)
-    per_target: np.ndarray  # float64[T], nan where undefined
-    n_targets: int  # targets with a defined correlation
+    value: float  # mean over the targets whose true margins vary (nan if none)
+    per_target: np.ndarray  # float64[T], nan where the true margins are constant
+    n_targets: int  # targets whose true margins vary (the same for every method)
     n_subsets: int
+    n_constant: int = 0  # of those, targets the scores predict a constant on (counted as 0)
 
 
 def spearman_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -64,10 +69,18 @@ def lds(scores: np.ndarray, masks: np.ndarray, true_margins: np.ndarray) -> LDSR
             "do not line up"
         )
     predicted = masks.astype(np.float64) @ scores.T
-    per_target = spearman_columns(np.asarray(true_margins, dtype=np.float64), predicted)
-    defined = np.isfinite(per_target)
+    true_margins = np.asarray(true_margins, dtype=np.float64)
+    per_target = spearman_columns(true_margins, predicted)
+    if len(true_margins):
+        defined = np.ptp(true_margins, axis=0) > 0
+    else:
+        defined = np.zeros(true_margins.shape[1], dtype=bool)
+    constant = defined & ~np.isfinite(per_target)  # the truth varies, the prediction does not
+    per_target = np.where(constant, 0.0, np.where(defined, per_target, np.nan))
     value = float(per_target[defined].mean()) if defined.any() else float("nan")
-    return LDSResult(value, per_target, int(defined.sum()), int(masks.shape[0]))
+    return LDSResult(
+        value, per_target, int(defined.sum()), int(masks.shape[0]), int(constant.sum())
+    )
 
 
 def single_model_lds(

@@ -138,6 +138,8 @@ def init_ray(address: str | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
         reap_orphaned_ray_agents()
+        # a local cluster is this process's own: no token to set up (and no warning about it)
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     kwargs: dict = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": True}
     ray.init(address=address or "local", **kwargs)
 

@@ -135,6 +135,7 @@ class EvaluateStage(Stage):
                         "drop_fraction": fraction,
                         "n_subsets": result.n_subsets,
                         "n_undefined_targets": int(len(targets) - result.n_targets),
+                        "n_constant_targets": result.n_constant,
                     }
                     rows.append(
                         {
@@ -166,6 +167,7 @@ class EvaluateStage(Stage):
                 "n_subsets": result.n_subsets,
                 "n_models": int(len(masks)),
                 "n_undefined_targets": int(len(targets) - result.n_targets),
+                "n_constant_targets": result.n_constant,  # predicted constant: counted as 0
                 "stderr": float(per_target.std(ddof=1) / np.sqrt(len(per_target)))
                 if len(per_target) > 1
                 else None,

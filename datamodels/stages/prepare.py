@@ -16,6 +16,8 @@ nothing in the run directory is removed.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from datamodels.errors import RunMismatchError, StoreError
 from datamodels.orchestrate.context import BETON_PATH, local_beton, num_classes
 from datamodels.stages.base import Stage, Unit
 from datamodels.store import EXAMPLES_PATH, SOURCE_CLASSES_PATH, SOURCE_CLASSES_SCHEMA, Run
+from datamodels.store.schemas import EXAMPLES_SOURCE_COLUMNS, EXAMPLES_WRITTEN_SCHEMA
 from datamodels.trainers.custom import (
     check_combination,
     check_user_code,
@@ -99,6 +102,24 @@ def open_run(config: Config, uri: str | Run) -> Run:
             "choose a new or empty --out directory"
         )
     return run
+
+
+@contextmanager
+def nothing_left_if_refused(uri: str | Run) -> Iterator[None]:
+    """Around a command that may create the run directory: when the block fails (a refused
+    config, a dataset that does not load) and the directory did not exist before it, the
+    directory is removed again if it holds only bookkeeping (the lock files, ``_``/``.``
+    names), so a refused config leaves nothing behind."""
+    run = uri if isinstance(uri, Run) else Run(uri)
+    existed = run.fs.exists("")
+    try:
+        yield
+    except BaseException:
+        if not existed and run.fs.exists("") and all(
+            name.startswith(("_", ".")) for name in run.fs.entries("")
+        ):
+            run.fs.delete_dir("")
+        raise
 
 
 def record_config(config: Config, run: Run) -> None:
@@ -181,7 +202,11 @@ class PrepareStage(Stage):
                 self.run.fs.write_bytes_atomic(BETON_PATH, (Path(tmp) / BETON_NAME).read_bytes())
         if classes is not None:
             self.run.write_table(SOURCE_CLASSES_PATH, classes, SOURCE_CLASSES_SCHEMA)
-        self.run.write_examples(pa.Table.from_pandas(examples, preserve_index=False))
+        table = pa.Table.from_pandas(examples, preserve_index=False)
+        if any(name in table.column_names for name in EXAMPLES_SOURCE_COLUMNS):
+            self.run.write_table(EXAMPLES_PATH, table, EXAMPLES_WRITTEN_SCHEMA)
+        else:
+            self.run.write_examples(table)
 
     def on_result(self, unit: Unit, result, progress) -> list[Unit]:
         self.wrote = True

@@ -113,6 +113,16 @@ EXAMPLES_SCHEMA = pa.schema(
     ],
     metadata=_metadata(),
 )
+# what ``prepare`` writes: EXAMPLES_SCHEMA plus where each example came from, null where the
+# source does not say (``imagefolder``: the image file relative to ``dataset.path``, and the
+# class folder's name). Readers ask only EXAMPLES_SCHEMA's columns, so runs written before
+# these columns existed read unchanged.
+EXAMPLES_SOURCE_COLUMNS = ("source_path", "class_name")
+EXAMPLES_WRITTEN_SCHEMA = pa.schema(
+    [*EXAMPLES_SCHEMA, *(_field(name, pa.string(), nullable=True)
+                        for name in EXAMPLES_SOURCE_COLUMNS)],
+    metadata=_metadata(),
+)
 
 FAILURES_SCHEMA = pa.schema(
     [

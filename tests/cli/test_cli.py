@@ -125,3 +125,49 @@ def test_cuda_on_a_machine_without_it_is_refused_before_training(tmp_path):
     )
     assert code == 2 and "resources.device=cuda" in text and "no CUDA device" in text
     assert not (tmp_path / "r").exists()
+
+
+def test_a_refused_config_leaves_no_run_directory(tmp_path):
+    tree = {
+        "name": "refused",
+        "dataset": {"name": "imagefolder", "path": str(tmp_path / "no-such-folder")},
+        "model": {"arch": "mlp", "hidden": 8},
+        "plans": [{"name": "train", "alpha": 0.5, "count": 4},
+                  {"name": "eval", "alpha": 0.5, "count": 3}],
+    }
+    config = _write(tmp_path, tree)
+    for command in ("prepare", "train", "run"):
+        code, text = _invoke(command, config, "--out", tmp_path / "r")
+        assert code != 0 and "is not a folder" in text and "Traceback" not in text, command
+        assert not (tmp_path / "r").exists(), command
+    (tmp_path / "kept").mkdir()  # a directory the user made stays
+    code, _ = _invoke("prepare", config, "--out", tmp_path / "kept")
+    assert code != 0 and (tmp_path / "kept").is_dir()
+
+
+def test_a_local_run_prints_no_ray_token_warning(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    tree = {
+        "name": "tiny",
+        "dataset": {"name": "digits"},
+        "model": {"arch": "mlp", "hidden": 8},
+        "train": {"epochs": 1, "batch_size": 64},
+        "plans": [{"name": "train", "alpha": 0.5, "count": 24},
+                  {"name": "eval", "alpha": 0.5, "count": 3}],
+        "fit": {"n_lambdas": 3},
+        "resources": {"models_per_task": 12},
+    }
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    env["PYTHONPATH"] = str(Path(__file__).parents[2])
+    done = subprocess.run(
+        [sys.executable, "-m", "datamodels.cli", "run", str(_write(tmp_path, tree)), "--out",
+         str(tmp_path / "r"), "--quiet", "--methods", "banzhaf"],
+        capture_output=True, text=True, env=env, timeout=500,
+    )
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text
+    assert "Token authentication" not in text and "RAY_AUTH_MODE" not in text
+    assert "banzhaf" in text

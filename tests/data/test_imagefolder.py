@@ -99,3 +99,32 @@ def test_imagefolder_needs_a_path():
 
     with pytest.raises(ConfigError, match="dataset.path is required"):
         config_from_dict({"dataset": {"name": "imagefolder"}})
+
+
+def test_examples_record_each_file_and_class_name_and_query_shows_them(tmp_path):
+    _write_folder(tmp_path / "pets", per_class=2)
+    config = config_from_dict({"dataset": {"name": "imagefolder", "path": str(tmp_path / "pets"),
+                                           "test_fraction": 0.5}})
+    out = str(tmp_path / "run")
+    api.prepare(config, out)
+    from datamodels.store.query import connect
+
+    rows = connect(Run(out)).execute(
+        "SELECT source_path, class_name, label FROM examples ORDER BY index"
+    ).fetchall()
+    assert rows == [
+        (f"{name}/{i:02d}.png", name, sorted(CLASSES).index(name))
+        for name in sorted(CLASSES) for i in range(2)
+    ]
+    assert len(Run(out).examples()) == 6  # the readers' columns read as before
+
+
+def test_a_run_without_the_source_columns_still_reads(tmp_path):
+    # a digits run (no files) writes the columns as they were; its examples read as before
+    from datamodels.store.query import connect
+
+    config = config_from_dict({"dataset": {"name": "digits"}})
+    out = str(tmp_path / "run")
+    api.prepare(config, out)
+    names = [row[0] for row in connect(Run(out)).execute("DESCRIBE examples").fetchall()]
+    assert "source_path" not in names and len(Run(out).examples()) > 0

@@ -58,3 +58,23 @@ def test_spearman_matches_scipy():
     ours = spearman_columns(a, b)
     for t in range(3):
         assert ours[t] == pytest.approx(spearmanr(a[:, t], b[:, t]).statistic)
+
+
+def test_a_constant_prediction_counts_as_zero_so_every_method_covers_the_same_targets():
+    # 4 subsets, 2 targets whose true margins vary; method A ranks target 0 perfectly and
+    # has all-zero scores (a LASSO datamodel with every weight zero) on target 1
+    masks = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 1, 1]], dtype=bool)
+    true = np.array([[1.0, 0.1], [2.0, 0.5], [3.0, 0.9], [0.5, 0.0]])
+    a = np.array([[1.0, 2.0, -2.5], [0.0, 0.0, 0.0]])
+    result = lds(a, masks, true)
+    # target 0: predictions (1, 2, 3, -0.5) rank exactly as the truth: 1; target 1: 0
+    assert result.per_target.tolist() == [pytest.approx(1.0), 0.0]
+    assert result.value == pytest.approx(0.5)  # (1 + 0) / 2, not 1 over one target
+    assert result.n_targets == 2 and result.n_constant == 1
+    b = np.array([[1.0, 2.0, -2.5], [1.0, 2.0, -1.0]])
+    assert lds(b, masks, true).n_targets == result.n_targets  # the same targets
+    # a target whose truth is constant stays undefined for every method
+    true[:, 1] = 4.0
+    for scores in (a, b):
+        one = lds(scores, masks, true)
+        assert one.n_targets == 1 and np.isnan(one.per_target[1]) and one.n_constant == 0
