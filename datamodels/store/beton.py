@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from datamodels.data.beton import BETON_NAME
+from datamodels.store.identifiers import check_config_hash
 
 if TYPE_CHECKING:
     from datamodels.store.run import Run
@@ -24,6 +25,8 @@ def local_beton(run: Run, config_hash: str) -> str:
     local = run.local_path(BETON_PATH)
     if local is not None:
         return local
+    if config_hash != "run":  # it names the cached file: never a path of the run's choosing
+        check_config_hash(config_hash, run.fs.display("config.yaml"))
     cached = Path(tempfile.gettempdir()) / "datamodels-cache" / f"{config_hash}.beton"
     if not cached.exists():
         cached.parent.mkdir(parents=True, exist_ok=True)
