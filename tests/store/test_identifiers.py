@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from datamodels.errors import StoreError
-from datamodels.store import Run
+from datamodels.store import Run, verify
 from datamodels.store.beton import cache_dir, local_beton
 from datamodels.store.checkpoints import load_checkpoint
 from datamodels.store.compact import recover_compaction
@@ -78,3 +78,9 @@ def test_a_checkpoint_path_outside_checkpoints_is_refused(synthetic, tmp_path):
     with pytest.raises(StoreError, match="is not checkpoints/"):
         load_checkpoint(synthetic.run.fs, "checkpoints/../../secret.pt")
 
+
+
+def test_verify_names_a_crafted_config_hash(synthetic):
+    synthetic.run.write_config("config_hash: ../../x\nseed: 0\n")
+    problems = [p for p in verify(synthetic.run) if p.kind == "config"]
+    assert problems and "config_hash '../../x' is not a config hash" in problems[0].message
