@@ -4,9 +4,11 @@ a local S3-compatible server (moto) for the object-store tests."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +172,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """``moto_server`` on 127.0.0.1 (a random free port) with one bucket; the AWS variables
-    point this process and the Ray workers it starts at it. Stopped after the session."""
+    point this process and the Ray workers it starts at it, and the beton cache is a
+    temporary folder. Stopped (and the folder removed) after the session."""
     port = _free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
@@ -185,6 +188,8 @@ def s3_endpoint():
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_REGION": "us-east-1",
         "AWS_EC2_METADATA_DISABLED": "true",
+        # the beton cache of these runs (store/beton.py): not the user's own
+        "XDG_CACHE_HOME": tempfile.mkdtemp(prefix="datamodels-test-cache-"),
     }
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
@@ -207,6 +212,7 @@ def s3_endpoint():
     finally:
         server.terminate()
         server.wait(timeout=30)
+        shutil.rmtree(env["XDG_CACHE_HOME"], ignore_errors=True)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
