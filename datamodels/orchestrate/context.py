@@ -2,7 +2,9 @@
 
 A worker process (Ray keeps them alive between tasks) decodes the run's beton once and keeps
 the tensors, loaded checkpoints, factored Hessians and other costly objects across tasks.
-Keys name the run and the config hash, so a process that serves two runs never mixes them.
+Keys name the run, the config hash and the beton file (its cached copy's content hash on an
+object store, size and modification time on a disk), so a process that serves two runs, or a
+run directory made again under the same name, never mixes them.
 No Ray import here: the serial executor and tests use the same context in-process.
 """
 
@@ -80,15 +82,18 @@ class Context:
     def data(self, run: Run, config: Config, device: str = "cpu"):
         """The run's ``TrainData`` on ``device`` (decoded once per process)."""
 
+        beton = local_beton(run, config.hash)
+
         def load():
             examples = run.examples()
             if config.transfer is not None:  # source classes and target (train.transfer)
-                return load_transfer_data(local_beton(run, config.hash), examples, device)
-            return load_train_data(
-                local_beton(run, config.hash), examples, num_classes(examples), device
-            )
+                return load_transfer_data(beton, examples, device)
+            return load_train_data(beton, examples, num_classes(examples), device)
 
-        key = (run.uri, config.hash, device)
+        # the beton's identity too: a run directory made again under the same name (a
+        # regenerated dataset) is decoded again by a worker that outlived the first one
+        stat = os.stat(beton)
+        key = (run.uri, config.hash, device, beton, stat.st_size, stat.st_mtime_ns)
         if self._data is None or self._data[0] != key:
             self._data = None  # free the previous run's tensors before decoding the next
             self._data = (key, load())

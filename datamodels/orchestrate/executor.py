@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from contextlib import contextmanager
 from typing import Any
 
 from datamodels.errors import DatamodelsError
@@ -129,8 +130,9 @@ def reap_orphaned_ray_agents() -> list[int]:
 
 def init_ray(address: str | None = None) -> None:
     """Join the cluster at ``address`` (or RAY_ADDRESS), else start a local one (first
-    reaping the agents a killed local cluster left behind). Never joins a cluster just
-    because ``ray start`` ran on this machine: without an address the run is local."""
+    reaping the agents a killed local cluster left behind) whose processes listen on
+    127.0.0.1 only, without a dashboard. Never joins a cluster just because ``ray start``
+    ran on this machine: without an address the run is local."""
     import ray
 
     if ray.is_initialized():
@@ -141,7 +143,37 @@ def init_ray(address: str | None = None) -> None:
         # a local cluster is this process's own: no token to set up (and no warning about it)
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     kwargs: dict = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": True}
-    ray.init(address=address or "local", **kwargs)
+    if address is not None:
+        ray.init(address=address, **kwargs)
+        return
+    with loopback_only():
+        ray.init(address="local", _node_ip_address=LOOPBACK, **kwargs)
+
+
+LOOPBACK = "127.0.0.1"
+# Ray resolves 127.0.0.1 to the machine's address unless it believes it runs where clusters
+# are not allowed (its macOS/Windows default, or this variable set to 0); then its GCS,
+# raylet, agents and workers listen on 127.0.0.1 only.
+_CLUSTER_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextmanager
+def loopback_only():
+    """While a local cluster starts: every Ray process it starts (GCS, raylet, agents and,
+    through the raylet's environment, workers) binds 127.0.0.1, and the dashboard is off."""
+    from ray._private import ray_constants  # ray: the local cluster's settings
+
+    saved = os.environ.get(_CLUSTER_VARIABLE), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_CLUSTER_VARIABLE] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop(_CLUSTER_VARIABLE, None)
+        else:
+            os.environ[_CLUSTER_VARIABLE] = saved[0]
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
 
 
 class RayExecutor:

@@ -28,6 +28,7 @@ import torch
 
 from datamodels.errors import CheckpointError
 from datamodels.store.fs import RunFS
+from datamodels.store.identifiers import check_checkpoint_path
 from datamodels.store.schemas import CHECKPOINT_INDEX_DIR, CHECKPOINT_INDEX_SCHEMA, CHECKPOINTS_DIR
 from datamodels.store.shards import shard_name, write_table_atomic
 
@@ -93,6 +94,7 @@ def read_checkpoint_index(fs: RunFS) -> pd.DataFrame:
 def load_checkpoint(fs: RunFS, path: str, device: str | torch.device = "cpu") -> dict:
     """The checkpoint dict at ``path`` (relative to the run), loaded with ``weights_only=True``."""
     display = fs.display(path)
+    check_checkpoint_path(path, fs.display(CHECKPOINT_INDEX_DIR))  # read from the index
     if not fs.isfile(path):
         raise CheckpointError(
             f"checkpoint {display} is missing; rerun `datamodels train` on this run to "
@@ -122,6 +124,8 @@ def complete_models(fs: RunFS, model_ids: np.ndarray, epochs: Sequence[int]) -> 
     want = set(int(e) for e in epochs)
     have: dict[int, set[int]] = {}
     for row in index.itertuples(index=False):
-        if int(row.epoch) in want and fs.isfile(row.path):
+        if int(row.epoch) in want and fs.isfile(
+            check_checkpoint_path(row.path, fs.display(CHECKPOINT_INDEX_DIR))
+        ):
             have.setdefault(int(row.model_id), set()).add(int(row.epoch))
     return {int(m) for m in model_ids if have.get(int(m), set()) >= want}

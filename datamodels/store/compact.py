@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from datamodels.errors import StoreError
+from datamodels.store.identifiers import check_shard_name
 from datamodels.store.problems import first_line
 from datamodels.store.schemas import COMPACTING_DIR, MODELS_DIR, models_schema
 from datamodels.store.shards import CONFIG_HASH_KEY, serialize_parquet, shard_name
@@ -67,7 +68,9 @@ def recover_compaction(run) -> list[str]:
         journal_path = f"{folder}/journal.json"
         if fs.isfile(journal_path):
             journal = json.loads(fs.read_bytes(journal_path))
-            if not fs.isfile(f"{MODELS_DIR}/{journal['merged']}"):  # not published: undo
+            merged = journal.get("merged") if isinstance(journal, dict) else None
+            merged = check_shard_name(merged, fs.display(journal_path), "merged")
+            if not fs.isfile(f"{MODELS_DIR}/{merged}"):  # not published: undo
                 for name in fs.listdir(f"{folder}/old", ".parquet"):
                     if fs.isfile(f"{MODELS_DIR}/{name}"):
                         raise StoreError(

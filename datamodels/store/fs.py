@@ -9,21 +9,28 @@ keeps readers safe while writers run: `RunFS.write_bytes_atomic`.
   ``fsync``, then ``os.replace`` (atomic on POSIX), then ``fsync`` the directory.
 - Object stores (``s3://``, ``gs://``, ...): one output stream over the full buffer; the object
   only becomes visible when the upload completes, so a reader never sees a partial object.
+
+Fencing: while a process holds the run's writer lock, `RunFS.fence` names the lock and its
+token, and every write, move and delete checks that the lock still carries that token just
+before it is published, so a writer that was presumed dead and superseded writes nothing more.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from datamodels.errors import InfrastructureError, StoreError
+from datamodels.errors import InfrastructureError, RunLockedError, StoreError
 
 TEMP_MARKER = ".tmp-"
+LOCK_FILES = ("_lock.json", "_locks/")  # the lock's own files are never fenced
 
 
 def _is_uri(location: str) -> bool:
@@ -56,6 +63,9 @@ class RunFS:
         self.filesystem: pafs.FileSystem = filesystem
         self.root: str = root.rstrip("/") or "/"
         self.is_local: bool = isinstance(filesystem, pafs.LocalFileSystem)
+        # (lock path, token) while this process holds the run's writer lock (store/lock.py):
+        # it travels with the object into tasks, and every write checks it first
+        self.fence: tuple[str, str] | None = None
 
     def __repr__(self) -> str:
         return f"RunFS({self.uri!r})"
@@ -139,21 +149,43 @@ class RunFS:
 
     # -- writing -----------------------------------------------------------------------------
 
+    def check_fence(self, rel_path: str) -> None:
+        """Before a write is published: when this writer holds the run's lock, the lock must
+        still carry its token; a writer whose lock was taken over (presumed dead while it was
+        paused) stops with `RunLockedError` instead of writing beside the new holder."""
+        if self.fence is None or rel_path.strip("/").startswith(LOCK_FILES):
+            return
+        path, token = self.fence
+        try:
+            current = json.loads(self.read_bytes(path)).get("token")
+        except (StoreError, ValueError, AttributeError, OSError):
+            current = None
+        if current != token:
+            raise RunLockedError(
+                f"{self.display(rel_path)} not written: this writer no longer holds "
+                f"{self.display(path)} (another writer took it over while this one was "
+                "stalled); stopping, the new holder goes on"
+            )
+
     def write_bytes_atomic(self, rel_path: str, data: bytes | pa.Buffer) -> None:
-        """Make ``rel_path`` hold exactly ``data``; readers see the old file or the new one."""
+        """Make ``rel_path`` hold exactly ``data``; readers see the old file or the new one.
+        A writer whose run lock was taken over is stopped before publishing (`check_fence`)."""
         if self.is_local:
             # Also creates the run directory itself on the first write. Object stores have no
             # directories to create (and creating marker objects would cost a request per write).
             self.makedirs(posixpath.dirname(rel_path.strip("/")))
-            self._write_local_atomic(self.join(rel_path), data)
+            self._write_local_atomic(self.join(rel_path), data, lambda: self.check_fence(rel_path))
         else:
+            self.check_fence(rel_path)
             # Object stores publish an object only when its upload completes: one stream over
             # the whole buffer is the atomic write there (no rename needed, none available).
             with self.filesystem.open_output_stream(self.join(rel_path)) as stream:
                 stream.write(data)
 
     @staticmethod
-    def _write_local_atomic(path: str, data: bytes | pa.Buffer) -> None:
+    def _write_local_atomic(
+        path: str, data: bytes | pa.Buffer, before_rename: Callable[[], None] | None = None
+    ) -> None:
         directory, name = os.path.split(path)
         temp_path = os.path.join(directory, f".{name}{TEMP_MARKER}{uuid.uuid4().hex}")
         fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -162,6 +194,8 @@ class RunFS:
                 handle.write(memoryview(data))
                 handle.flush()
                 os.fsync(handle.fileno())
+            if before_rename is not None:
+                before_rename()
             os.replace(temp_path, path)
         except BaseException:
             if os.path.exists(temp_path):
@@ -177,10 +211,12 @@ class RunFS:
     def delete_dir(self, rel_path: str) -> None:
         """Remove ``rel_path`` and everything under it (nothing when it does not exist)."""
         if self.exists(rel_path):
+            self.check_fence(rel_path)
             self.filesystem.delete_dir(self.join(rel_path))
 
     def move(self, src: str, dst: str) -> None:
         """Move ``src`` to ``dst`` (both relative), creating ``dst``'s directory."""
+        self.check_fence(dst)
         if self.is_local:
             self.makedirs(posixpath.dirname(dst.strip("/")))
             os.replace(self.join(src), self.join(dst))

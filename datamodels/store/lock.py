@@ -20,6 +20,13 @@ publishing its own lock and then looking for the other's: a shared holder backs 
 live ``_lock.json`` exists, an exclusive writer when a live shared lock exists (both may back
 off in a race; neither ever proceeds while the other writes). ``wait_s`` retries a refused
 writer until the holder is gone (array jobs that start together queue behind one prepare).
+
+**Fencing.** A holder presumed dead (no heartbeat for ``STALE_S`` from another host: it may
+only have been paused) may wake up after its lock was taken over. ``writer`` sets the run
+filesystem's fence to (lock path, token), and every write through `RunFS` (tables, shards,
+checkpoints, stage parts and markers; in the driver and, as the filesystem travels with the
+stage, in its tasks) compares the lock's token with its own just before publishing: a
+superseded writer stops with one line and writes nothing more.
 """
 
 from __future__ import annotations
@@ -270,6 +277,7 @@ def writer(fs: RunFS, shared: bool = False, wait_s: float = 0.0):
         _acquire_within(lock, wait_s, longest_pause=1.0)
         with _guard:
             _held[key] = (lock.token, 1)
+        fs.fence = (lock.path, lock.token)  # every write checks it (RunFS.check_fence)
     try:
         yield
     finally:
@@ -280,6 +288,7 @@ def writer(fs: RunFS, shared: bool = False, wait_s: float = 0.0):
             else:
                 del _held[key]
         if lock is not None:
+            fs.fence = None
             lock.release()
 
 

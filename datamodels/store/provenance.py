@@ -13,6 +13,7 @@ import yaml
 from datamodels.config import config_from_dict
 from datamodels.errors import ConfigError, StoreError
 from datamodels.plans import PlannedModels, masks_for, plan_models
+from datamodels.store.identifiers import CONFIG_HASH
 from datamodels.store.problems import QUARANTINE_FIX, Problem, first_line, shown
 from datamodels.store.schemas import CONFIG_PATH
 from datamodels.store.shards import CONFIG_HASH_KEY, fixed_size_list_to_numpy
@@ -121,6 +122,9 @@ def run_config(run: Run) -> tuple[str | None, Config | None, list[Problem]]:
     if tree is None or tree.get("config_hash") is None:
         return None, None, problems
     recorded = str(tree["config_hash"])
+    if not CONFIG_HASH.fullmatch(recorded):  # it would name cache files: refused by readers
+        message = f"config_hash {recorded[:80]!r} is not a config hash (16 hex digits)"
+        return None, None, [Problem(CONFIG_PATH, "config", message)]
     try:
         config = config_from_dict(tree)
     except ConfigError:

@@ -13,12 +13,16 @@ EXPLAIN / show-like PRAGMAs) and returns a DataFrame. DuckDB lists are 1-based:
 The connection reads nothing but the run: extension auto-install and auto-load are off,
 external access is off with only the run directory allowed (``read_csv('/etc/passwd')``,
 ``glob('/*')``, ``http://`` / ``s3://`` reads, INSTALL / LOAD / ATTACH / COPY all fail), and the
-configuration is locked so no SQL can set it back. When two shards hold the same model_id the
-``models`` view refuses to return rows (it would count those models twice) and names them.
+configuration is locked so no SQL can set it back. A local run holding a symbolic link to
+anything outside it is refused (DuckDB judges a path by its text, so a link would let SQL
+read where it points). When two shards hold the same model_id the ``models`` view refuses
+to return rows (it would count those models twice) and names them; on an object store the
+view is the only name the rows have (no registered dataset to select around it).
 """
 
 from __future__ import annotations
 
+import os
 import re
 
 import duckdb
@@ -127,6 +131,21 @@ def _table_files(run: Run, check: bool) -> tuple[dict[str, list[str]], list[Prob
     return files, duplicates
 
 
+def _links_outside(root: str) -> list[tuple[str, str]]:
+    """(link, target) for every symbolic link under ``root`` whose target lies outside it:
+    DuckDB checks a path's text against ``allowed_directories``, not where a link leads."""
+    root = os.path.realpath(root)
+    found = []
+    for directory, folders, names in os.walk(root, followlinks=False):
+        for name in folders + names:
+            path = os.path.join(directory, name)
+            if os.path.islink(path):
+                target = os.path.realpath(path)
+                if target != root and not target.startswith(root + os.sep):
+                    found.append((path, target))
+    return found
+
+
 def connect(run: Run | str, check: bool = True) -> duckdb.DuckDBPyConnection:
     """In-memory DuckDB connection with a view per existing table of ``run``, reading nothing else.
 
@@ -138,6 +157,13 @@ def connect(run: Run | str, check: bool = True) -> duckdb.DuckDBPyConnection:
     its configuration (``SET`` fails: it is locked).
     """
     run = run if isinstance(run, Run) else Run(run)
+    if run.fs.is_local and (links := _links_outside(run.fs.root)):
+        link, target = links[0]
+        more = f" (and {len(links) - 1} more)" if len(links) > 1 else ""
+        raise StoreError(
+            f"query refused: {link} is a link to {target}, outside the run{more}; SQL reads "
+            "only the run's own files: remove the link or copy what it points at into the run"
+        )
     files, duplicates = _table_files(run, check)
     connection = duckdb.connect(":memory:", config=dict(_EXTENSION_SETTINGS))
     try:
@@ -149,25 +175,26 @@ def connect(run: Run | str, check: bool = True) -> duckdb.DuckDBPyConnection:
         connection.execute("SET python_enable_replacements = false")
         for view, rel_paths in files.items():
             refuse = view == "models" and bool(duplicates)
+            # error() runs on every row that reaches a result, so a models view that would
+            # count a model twice never returns a row; DESCRIBE models still shows its columns.
+            where = f"error({_literal(_duplicates_message(duplicates))})" if refuse else None
             if run.fs.is_local:
                 paths = ", ".join(_literal(run.fs.join(rel_path)) for rel_path in rel_paths)
                 source = f"read_parquet([{paths}])"
-            else:
-                # Remote files are read by pyarrow; DuckDB only sees the registered dataset.
-                name = f"__{view}_with_duplicates" if refuse else view
-                dataset = ds.dataset(
-                    [run.fs.join(rel_path) for rel_path in rel_paths],
-                    format="parquet",
-                    filesystem=run.fs.filesystem,
+                condition = f" WHERE {where}" if where else ""
+                connection.execute(
+                    f"CREATE VIEW {_identifier(view)} AS SELECT * FROM {source}{condition}"
                 )
-                connection.register(name, dataset)
-                if not refuse:
-                    continue
-                source = _identifier(name)
-            # error() runs on every row that reaches a result, so a models view that would
-            # count a model twice never returns a row; DESCRIBE models still shows its columns.
-            where = f" WHERE error({_literal(_duplicates_message(duplicates))})" if refuse else ""
-            connection.execute(f"CREATE VIEW {_identifier(view)} AS SELECT * FROM {source}{where}")
+                continue
+            # Remote files are read by pyarrow; DuckDB sees a view over the dataset and no
+            # registered name of its own, so no SQL can read the rows around the view's check.
+            dataset = ds.dataset(
+                [run.fs.join(rel_path) for rel_path in rel_paths],
+                format="parquet",
+                filesystem=run.fs.filesystem,
+            )
+            relation = connection.from_arrow(dataset)
+            (relation.filter(where) if where else relation).create_view(view)
         connection.execute("SET lock_configuration = true")
     except BaseException:
         connection.close()

@@ -24,6 +24,7 @@ from datamodels.errors import StoreError
 from datamodels.plans import plan_masks_path
 from datamodels.store.beton import local_beton
 from datamodels.store.fs import RunFS
+from datamodels.store.identifiers import check_config_hash, check_name
 from datamodels.store.models import ModelsTable
 from datamodels.store.positions import train_size
 from datamodels.store.problems import first_line
@@ -110,14 +111,17 @@ class Run(ModelsTable):
     def recorded_config_hash(self) -> str | None:
         """The ``config_hash`` recorded in config.yaml; None when there is no config.yaml, it
         is not readable YAML or it records none (a found hash is cached: a run's hash never
-        changes, `prepare` refuses another config)."""
+        changes, `prepare` refuses another config). A recorded value that is not 16 hex digits
+        is refused (`StoreError` naming the file and field)."""
         if self._config_hash is None and self.has_config():
             try:
                 tree = yaml.safe_load(self.read_config_text())
             except (yaml.YAMLError, UnicodeDecodeError, StoreError, OSError):
                 return None
             value = tree.get("config_hash") if isinstance(tree, dict) else None
-            self._config_hash = None if value is None else str(value)
+            if value is not None:  # it names cache files: never a path of the run's choosing
+                value = check_config_hash(value, self.fs.display(CONFIG_PATH))
+            self._config_hash = value
         return self._config_hash
 
     # -- any table ---------------------------------------------------------------------------
@@ -256,7 +260,7 @@ class Run(ModelsTable):
 
     @staticmethod
     def scores_path(method: str) -> str:
-        if not _METHOD_NAME.fullmatch(method):
+        if not isinstance(method, str) or not _METHOD_NAME.fullmatch(method):
             raise StoreError(
                 f"method name {method!r} must be letters, digits and _ (it names a SQL view)"
             )
@@ -331,7 +335,10 @@ class Run(ModelsTable):
 
     # -- stored-mask plans and counterfactual removals ---------------------------------------
 
-    plan_masks_path = staticmethod(plan_masks_path)
+    @staticmethod
+    def plan_masks_path(plan: str) -> str:
+        """``plan_masks/<plan>.parquet``; ``plan`` must be a plan name (it becomes a path)."""
+        return plan_masks_path(check_name(plan, "plan_masks", "plan"))
 
     def has_plan_masks(self, plan: str) -> bool:
         return self.fs.isfile(self.plan_masks_path(plan))

@@ -1,12 +1,21 @@
-"""Synthetic run directories for the store tests, written through the public store API."""
+"""Synthetic run directories for the store tests, written through the public store API, and
+a local S3-compatible server (moto) for the object-store tests."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.fs as pafs
 import pytest
 
 from datamodels.store import Run, models_table
@@ -147,3 +156,65 @@ def corrupt_page(path: str, column: str, fill: bytes = b"\x7e" * 8) -> int:
         handle.seek(offset)
         handle.write(fill)
     return offset
+
+
+# -- a local S3-compatible server ------------------------------------------------------------
+
+BUCKET = "datamodels-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """``moto_server`` on 127.0.0.1 (a random free port) with one bucket; the AWS variables
+    point this process and the Ray workers it starts at it, and the beton cache is a
+    temporary folder. Stopped (and the folder removed) after the session."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        # the beton cache of these runs (store/beton.py): not the user's own
+        "XDG_CACHE_HOME": tempfile.mkdtemp(prefix="datamodels-test-cache-"),
+    }
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"moto_server did not start on 127.0.0.1:{port}")
+                time.sleep(0.2)
+        admin = pafs.S3FileSystem(
+            endpoint_override=endpoint, scheme="http", access_key="testing",
+            secret_key="testing", region="us-east-1", allow_bucket_creation=True,
+        )  # fmt: skip
+        admin.create_dir(BUCKET)
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(env["XDG_CACHE_HOME"], ignore_errors=True)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

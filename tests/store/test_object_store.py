@@ -10,11 +10,6 @@ a clean ``verify``, and a query sandbox that reads nothing but the run.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +28,8 @@ from datamodels.plans import masks_for, plan_models
 from datamodels.store import Run, query, verify
 from datamodels.store.checkpoints import read_checkpoint_index
 
-BUCKET = "datamodels-test"
+from .conftest import BUCKET
+
 CONFIG = {
     "name": "mlp_s3",
     "dataset": {"name": "digits", "limit_train": 240, "limit_test": 40},
@@ -63,59 +59,6 @@ SCORED = (
     "datamodels", "downsampling", "banzhaf", "knn_shapley",
     "influence", "influence_pert", "tracin", "representer", "trak",
 )  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    """``moto_server`` on 127.0.0.1 (a random free port) with one bucket; the AWS variables
-    point this process and the Ray workers it starts at it. Stopped after the session."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto_server did not start on 127.0.0.1:{port}")
-                time.sleep(0.2)
-        admin = pafs.S3FileSystem(
-            endpoint_override=endpoint, scheme="http", access_key="testing",
-            secret_key="testing", region="us-east-1", allow_bucket_creation=True,
-        )  # fmt: skip
-        admin.create_dir(BUCKET)
-        yield endpoint
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @pytest.fixture(scope="module")

@@ -177,3 +177,55 @@ def test_duplicate_model_ids_refused_by_the_models_view(tmp_path, remote):
     # Other views, and the models view's columns, are still there.
     assert query(run, "SELECT count(*) AS n FROM examples")["n"].item() == N_TRAIN + N_EVAL
     assert "mask" in set(query(run, "DESCRIBE models")["column_name"])
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_no_hidden_table_reads_around_the_duplicate_guard(tmp_path, remote):
+    """The refused ``models`` view is the only name its rows have: on an object store the
+    dataset under it used to be registered as ``__models_with_duplicates``."""
+    synthetic = build_run(tmp_path / "run", shards=((0, 10, "alpha"), (5, 15, "alpha")))
+    run = Run(synthetic.run.fs.root)
+    run.fs.is_local = not remote
+    for sql in (
+        "SELECT count(*) FROM __models_with_duplicates",
+        'SELECT count(*) FROM "__models_with_duplicates"',
+    ):
+        refused(run, sql, "query failed: .*__models_with_duplicates")
+    names = query(
+        run,
+        "SELECT table_name FROM duckdb_tables() UNION ALL "
+        "SELECT view_name FROM duckdb_views() WHERE NOT internal",
+    )["table_name"]
+    assert set(names) == {"models", "examples"}
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["folder", "file", "shard"],
+)
+def test_links_to_outside_the_run_are_refused(synthetic, tmp_path, where):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.csv").write_text("a,b\n1,2\n")
+    run_dir = Path(synthetic.run.fs.root)
+    if where == "folder":
+        (run_dir / "elsewhere").symlink_to(outside)
+        read = f"read_csv('{run_dir}/elsewhere/secret.csv')"
+    elif where == "file":
+        (run_dir / "_parts").mkdir()
+        (run_dir / "_parts" / "secret.csv").symlink_to(outside / "secret.csv")
+        read = f"read_csv('{run_dir}/_parts/secret.csv')"
+    else:
+        build_run(outside / "other", seed=4)
+        shard = next((outside / "other" / "models").glob("*.parquet"))
+        (run_dir / "models" / "part-999999990-999999999-0000000000.parquet").symlink_to(shard)
+        read = "models"
+    message = refused(synthetic.run, f"SELECT * FROM {read}", "query refused: .* is a link to")
+    assert str(outside) in message and "outside the run" in message
+
+
+def test_links_inside_the_run_are_fine(synthetic):
+    run_dir = Path(synthetic.run.fs.root)
+    (run_dir / "alias.parquet").symlink_to(run_dir / "examples.parquet")
+    frame = query(synthetic.run, f"SELECT count(*) AS n FROM '{run_dir}/alias.parquet'")
+    assert frame["n"].item() == N_TRAIN + N_EVAL
