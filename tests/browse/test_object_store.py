@@ -8,7 +8,7 @@ import pyarrow.fs as pafs
 
 from datamodels.browse.app import start
 from tests.browse.test_browse import get, ids, method_block
-from tests.store.test_object_store import BUCKET, s3_endpoint  # noqa: F401 - the fixture
+from tests.store.conftest import BUCKET, s3_endpoint  # noqa: F401 - the fixture
 
 
 def test_an_s3_run_serves_the_same_pages(serve_run, s3_endpoint):  # noqa: F811
