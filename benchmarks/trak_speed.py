@@ -4,6 +4,7 @@ drawn once per model) and traker's (``pip install traker``; its CPU ``BasicProje
 one process on one thread, on the same 20 trained models, the same data and proj_dim.
 
     PYTHONPATH=$PWD python benchmarks/trak_speed.py [--models 20] [--proj-dim 128]
+    PYTHONPATH=$PWD python benchmarks/trak_speed.py --lds /tmp/trak_lds   # the LDS curve
 
 The 20 models are trained here (configs/digits.yaml's MLP, α = 0.5 subsets, 10 epochs);
 targets are the test split. Times are CPU seconds (``time.process_time``) of computing the
@@ -150,6 +151,53 @@ def traker_scores(layers, train_x, train_y, target_x, target_y, proj_dim, seed, 
     return torch.as_tensor(np.asarray(traker.finalize_scores("bench"))).T  # [T, n]
 
 
+def lds_curve(uri: str) -> None:
+    """TRAK's LDS on digits against proj_dim, number of models, damping and checkpoints per
+    model: a run with configs/digits.yaml's settings whose ``train`` plan holds only the 20
+    checkpointed models (the same masks and seeds as the default run's first 20) and whose
+    ``eval`` plan is the default's 200 models, so LDS is the default run's."""
+    import yaml
+
+    from datamodels.config import config_from_dict
+    from datamodels.gradients.trak import model_projection, trak_features
+    from datamodels.metrics.lds import average_replicates, lds
+    from datamodels.stages.prepare import load_run_config
+    from datamodels.store.checkpoints import load_checkpoint, read_checkpoint_index
+
+    raw = yaml.safe_load((ROOT / "configs/digits.yaml").read_text())
+    raw["plans"] = [dict(raw["plans"][0], count=20), raw["plans"][1]]
+    api.train(config_from_dict(raw), uri, show_progress=False)
+    run = Run(uri)
+    config = load_run_config(run)
+    data = Context().data(run, config)
+    index = read_checkpoint_index(run.fs)
+    by_epoch = {
+        e: [functional_model(config, data, load_checkpoint(run.fs, p)["layers"])
+            for p in g.sort_values("model_id").path]
+        for e, g in index.groupby("epoch")
+    }
+    last = by_epoch[max(by_epoch)]
+    every = [m for e in sorted(by_epoch) for m in by_epoch[e]]  # 5 checkpoints per model
+    targets = torch.from_numpy(eval_positions(run, "test"))
+    masks, margins = average_replicates(*run.masks_and_margins(plan=config.evaluate.plan))
+    args = (data.train_x, data.train_y, data.eval_x[targets], data.eval_y[targets])
+
+    def value(models, k: int, relative_damping: float = 0.0) -> float:
+        # damping in units of the mean diagonal of ΦᵀΦ of the first model's last checkpoint
+        phi = trak_features(last[0], *args[:2], model_projection(last[0], k, config.seed))
+        damping = relative_damping * float((phi * phi).sum() / k)
+        scores = trak_scores(models, *args, proj_dim=k, seed=config.seed, damping=damping)
+        return lds(scores.numpy(), masks, margins[:, targets.numpy()]).value
+
+    print("| proj_dim | damping / mean diag(ΦᵀΦ) | 5 models | 10 models | 20 models |")
+    print("|---:|---:|---:|---:|---:|")
+    for k, c in [(32, 0), (64, 0), (128, 0), (256, 0), (512, 0), (128, 0.1), (512, 1.0),
+                 (2048, 1.0)]:
+        row = " | ".join(f"{value(last[:m], k, c):.3f}" for m in (5, 10, 20))
+        print(f"| {k} | {c} | {row} |", flush=True)
+    print(f"20 models x 5 checkpoints, proj_dim 128: {value(every, 128):.3f}")
+
+
 def timed(fn):
     start = time.process_time()
     value = fn()
@@ -161,8 +209,12 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=20)
     parser.add_argument("--proj-dim", type=int, default=128)
     parser.add_argument("--skip-traker", action="store_true")
+    parser.add_argument("--lds", default="", help="a run directory: print the LDS curve")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.lds:
+        lds_curve(args.lds)
+        return
     config, data, targets, models, layers = trained_models(args.models)
     inputs = (data.train_x, data.train_y, data.eval_x[targets], data.eval_y[targets])
     k, seed = args.proj_dim, config.seed
