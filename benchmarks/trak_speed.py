@@ -195,7 +195,10 @@ def lds_curve(uri: str) -> None:
                  (2048, 1.0)]:
         row = " | ".join(f"{value(last[:m], k, c):.3f}" for m in (5, 10, 20))
         print(f"| {k} | {c} | {row} |", flush=True)
+    ten = [m for e in sorted(by_epoch) for m in by_epoch[e][:10]]
+    print(f"10 models x 5 checkpoints, proj_dim 128: {value(ten, 128):.3f}")
     print(f"20 models x 5 checkpoints, proj_dim 128: {value(every, 128):.3f}")
+    print(f"20 models x 5 checkpoints, proj_dim 512, damping 1: {value(every, 512, 1.0):.3f}")
 
 
 def timed(fn):
