@@ -136,7 +136,30 @@ def _outputs_from_logits(
         return F.cross_entropy(logits, y, reduction="none", label_smoothing=model.label_smoothing)
     if output == "margin":
         return margins_from_logits(logits.unsqueeze(0), y)[0]
-    raise ValueError(f"gradient factors support outputs 'loss' and 'margin'; got {output!r}")
+    if output == "trak":  # log p_y − log(1 − p_y), as ``model.example_trak_output``
+        log_p = torch.log_softmax(logits, 1)
+        is_y = torch.nn.functional.one_hot(y, log_p.shape[1]).bool()
+        log_p_y = log_p.masked_fill(~is_y, float("-inf")).logsumexp(1)
+        return log_p_y - log_p.masked_fill(is_y, float("-inf")).logsumexp(1)
+    raise ValueError(
+        f"gradient factors support outputs 'loss', 'margin' and 'trak'; got {output!r}"
+    )
+
+
+def dense_per_example_grads(
+    model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, output: Output = "trak",
+    params: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``per_example_grads`` of a chain of dense layers (``model.layer_io``: logreg, the
+    built-in MLP) from one forward and one backward over the whole batch: layer l's block of
+    ∇_θ f(z_i) is vec(a_i ⊗ δ_i) for its weight [in, out] (row-major) and δ_i for its bias.
+    x[B, ...], y[B] -> [B, P] in the params' dtype."""
+    factors = gradient_factors(model, x, y, output, params)
+    blocks = []
+    for a, d in factors:
+        blocks.append((a[:, :-1, None] * d[:, None, :]).reshape(len(a), -1))
+        blocks.append(d)
+    return torch.cat(blocks, 1)
 
 
 def gradient_factors(

@@ -8,6 +8,7 @@ import numpy as np
 
 from datamodels import estimators as est
 from datamodels.errors import EstimateError
+from datamodels.estimators.tmc import STDERR_CONSTRUCTION
 from datamodels.methods.base import PlanTable, RetrainingMethod
 from datamodels.plans import tmc_layout
 
@@ -15,6 +16,10 @@ from datamodels.plans import tmc_layout
 class TmcShapley(RetrainingMethod):
     name = "tmc_shapley"
     plan_kinds = ("tmc",)
+
+    def settings(self) -> dict:
+        """The standard-error construction: a run's tmc scores are recomputed when it changes."""
+        return {"stderr": STDERR_CONSTRUCTION}
 
     def scores(self, table: PlanTable, targets: np.ndarray) -> est.Scores:
         plan, masks, utility = table.plan, table.masks, table.margins[:, targets]

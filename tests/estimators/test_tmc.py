@@ -11,6 +11,8 @@ from datamodels.estimators import (
     tmc_prefix_masks,
     tmc_shapley,
 )
+from datamodels.estimators.tmc import student_t_factor
+from tests.estimators.test_games import exact_semivalue, ridge_game, shapley_weight
 
 
 def test_permutations_are_a_pure_function_of_seed_and_perm_id():
@@ -105,3 +107,64 @@ def test_broken_layouts_are_named():
     wrong[0] = 1
     with pytest.raises(EstimatorInputError, match="added must be -1"):
         tmc_shapley(perm_id, step, wrong, utility, 3)
+
+
+# ---------------------------------------------------------------- interval coverage
+
+N_GAME = 10
+GAME_SEEDS = (0, 1, 2, 3)  # four ridge games, scored as four targets of the same walks
+
+
+def exact_games(n: int = N_GAME, game_seeds=GAME_SEEDS) -> tuple[np.ndarray, np.ndarray]:
+    """(utility float64[2^n, G], exact Shapley float64[G, n]) of G ridge games."""
+    utility = np.stack([ridge_game(n, seed=s) for s in game_seeds], axis=1)
+    exact = np.stack([exact_semivalue(u, n, shapley_weight(n)) for u in utility.T])
+    return utility, exact
+
+
+def complete_walks(rng: np.random.Generator, n_walks: int, n: int):
+    """Rows of ``n_walks`` untruncated walks (steps 0..n each) drawn at once:
+    (perm_id, step, added int64[n_walks·(n+1)], subset codes int64[n_walks·(n+1)])."""
+    order = np.argsort(rng.random((n_walks, n)), axis=1)
+    codes = np.concatenate([np.zeros((n_walks, 1), np.int64), np.cumsum(1 << order, axis=1)], 1)
+    added = np.concatenate([np.full((n_walks, 1), -1), order], axis=1)
+    perm_id = np.repeat(np.arange(n_walks), n + 1)
+    step = np.tile(np.arange(n + 1), n_walks)
+    return perm_id, step, added.ravel(), codes.ravel()
+
+
+def outside_fraction(
+    utility: np.ndarray, exact: np.ndarray, n_models: int, n_seeds: int, *, t_interval: bool = True
+) -> float:
+    """Fraction of (seed, game, point) whose exact Shapley value lies outside the 95% interval
+    ±1.96·stderr of `tmc_shapley` from ``n_models`` prefix models (n_models // (n+1) walks);
+    ``t_interval=False`` undoes the Student-t factor (the normal interval used before)."""
+    n = exact.shape[1]
+    n_walks = n_models // (n + 1)
+    outside = []
+    for seed in range(n_seeds):
+        perm_id, step, added, codes = complete_walks(np.random.default_rng(seed), n_walks, n)
+        scores = tmc_shapley(perm_id, step, added, utility[codes], n)
+        stderr = scores.stderr if t_interval else scores.stderr / student_t_factor(n_walks)
+        outside.append(np.abs(scores.values - exact) > 1.96 * stderr)
+    return float(np.mean(outside))
+
+
+@pytest.fixture(scope="module")
+def games() -> tuple[np.ndarray, np.ndarray]:
+    return exact_games()
+
+
+@pytest.mark.parametrize("n_models", [800, 3_200, 12_800])
+def test_intervals_cover_exact_shapley_values(games, n_models):
+    # 150 seeds x 4 games x 10 points = 6,000 intervals: a true 5% reads 0.05 ± 0.006 (1 sd,
+    # more with the games' shared walks), far inside the band.
+    outside = outside_fraction(*games, n_models, n_seeds=150)
+    assert 0.02 <= outside <= 0.08, f"{n_models} models: {outside:.3f} outside the 95% interval"
+
+
+def test_student_t_factor_widens_few_walks_only():
+    assert student_t_factor(18) == pytest.approx(2.110 / 1.96, abs=1e-3)
+    assert 1.0 < student_t_factor(1_163) < 1.002
+    with pytest.raises(EstimatorInputError, match="at least 2 walks"):
+        student_t_factor(1)

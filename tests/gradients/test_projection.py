@@ -15,7 +15,7 @@ def gradients(n: int, P: int, dtype=torch.float64) -> torch.Tensor:
 @pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
 @pytest.mark.parametrize("block_rows", [7, 50, 0])
 def test_block_by_block_equals_the_dense_matrix(kind, block_rows):
-    projection = Projection(50, 16, seed=3, kind=kind, block_rows=block_rows)
+    projection = Projection(50, 16, seed=3, kind=kind, block_rows=block_rows, precision="fp64")
     R = projection.dense(dtype=torch.float64)  # [P, k], the blocks stacked
     assert R.shape == (50, 16)
     g = gradients(9, 50)
@@ -29,6 +29,20 @@ def test_block_by_block_equals_the_dense_matrix(kind, block_rows):
     torch.testing.assert_close(projection.project(g32), g32 @ R.float(), rtol=1e-5, atol=1e-5)
     if kind == "rademacher":
         assert set(torch.unique(R * 16**0.5).tolist()) == {-1.0, 1.0}
+
+
+def test_fp32_products_of_float64_gradients_and_held_blocks():
+    wide = Projection(300, 64, seed=5, block_rows=64, precision="fp64")
+    fast = Projection(300, 64, seed=5, block_rows=64)  # the default: float32 products
+    g = gradients(11, 300)
+    exact = wide.project(g)
+    out = fast.project(g)
+    assert out.dtype == torch.float64  # accumulated across blocks in float64
+    assert (out - exact).norm() / exact.norm() < 1e-6
+    held = fast.blocks()
+    assert len(held) == 5 and held[0].shape == (64, 64)
+    torch.testing.assert_close(fast.project(g, held), out, rtol=0, atol=0)
+    assert Projection(1 << 13, 1 << 12, seed=0).blocks() is None  # 2^25 entries: drawn per call
 
 
 def test_bf16_products_stay_close_to_float32():

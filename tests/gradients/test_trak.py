@@ -24,7 +24,9 @@ def test_full_rank_projection_equals_gauss_newton_influence(kind):
     model, x, y = tiny()
     P = model.num_params
     n = len(x)
-    tau = trak_scores([model], x, y, x[:5], y[:5], proj_dim=P + 8, kind=kind, damping=0.0)
+    tau = trak_scores(
+        [model], x, y, x[:5], y[:5], proj_dim=P + 8, kind=kind, damping=0.0, precision="fp64"
+    )
     G = per_example_grads(model, x, y, "trak")  # ∇f(z_i): [n, P]
     g_t = per_example_grads(model, x[:5], y[:5], "trak")
     loss_grads = per_example_grads(model, x, y, "loss")
@@ -33,7 +35,7 @@ def test_full_rank_projection_equals_gauss_newton_influence(kind):
     expected = -(s @ loss_grads.T) / n
     torch.testing.assert_close(tau, expected, rtol=1e-6, atol=1e-9)
     assert tau.shape == (5, n)
-    own = trak_self_scores([model], x, y, proj_dim=P + 8, kind=kind)
+    own = trak_self_scores([model], x, y, proj_dim=P + 8, kind=kind, precision="fp64")
     torch.testing.assert_close(own[:5], torch.diagonal(tau[:, :5]), rtol=1e-6, atol=1e-9)
 
 
@@ -62,3 +64,43 @@ def test_trak_ranks_like_leave_one_out_on_logreg(logreg_case):
     r = pearson(tau[:, :N_LEFT_OUT].numpy(), case.loo)
     print(f"TRAK (k=1024, λ=50, one model) Pearson vs LOO = {r:.3f}")
     assert np.isfinite(r) and r > 0.6
+
+
+def reference_trak(models, train_x, train_y, target_x, target_y, proj_dim, seed):
+    """The implementation before batching: vmap(grad) per example, float64 products, the
+    k × k pseudo-inverse (``benchmarks/trak_speed.py`` times it)."""
+    from datamodels.gradients.projection import Projection
+    from datamodels.gradients.trak import one_minus_p
+
+    attribution, reweight = 0.0, 0.0
+    for m, model in enumerate(models):
+        projection = Projection(model.num_params, proj_dim, seed + m, precision="fp64")
+        phi = projection.project(per_example_grads(model, train_x, train_y, "trak"))
+        phi_t = projection.project(per_example_grads(model, target_x, target_y, "trak"))
+        attribution = attribution + phi_t @ torch.linalg.pinv(phi.T @ phi, hermitian=True) @ phi.T
+        reweight = reweight + one_minus_p(model, train_x, train_y)
+    return (attribution / len(models)) * (reweight / len(models))
+
+
+def test_batched_float32_trak_keeps_the_scores_of_the_reference(digits_data):
+    """Trained digits MLPs, k > n and k < n: the batched gradients, float32 products and the
+    n × n solve give the scores of the per-example float64 path (r ≥ 0.9999)."""
+    from datamodels.gradients.checkpointed import functional_model
+    from datamodels.trainers.api import train_batch
+    from datamodels.trainers.outcome import CheckpointRequest
+
+    config, data = digits_data
+    masks = np.random.default_rng(0).random((2, data.n_train)) < 0.5
+    request = CheckpointRequest(rows=(0, 1), epochs=(config.train.epochs,))
+    outcome = train_batch(masks, np.arange(2), data, config, checkpoints=request)
+    models = [functional_model(config, data, s.params) for s in outcome.snapshots]
+    x, y = data.train_x[:400], data.train_y[:400]
+    tx, ty = data.eval_x[:40], data.eval_y[:40]
+    for k in (512, 256):
+        ours = trak_scores(models, x, y, tx, ty, proj_dim=k, seed=3)
+        reference = reference_trak(models, x, y, tx, ty, k, 3)
+        assert pearson(ours.numpy(), reference.numpy()) >= 0.9999, k
+    own = trak_self_scores(models, x, y, proj_dim=256, seed=3)
+    torch.testing.assert_close(
+        own[:40], torch.diagonal(trak_scores(models, x, y, x[:40], y[:40], proj_dim=256, seed=3))
+    )
