@@ -11,7 +11,10 @@ import pyarrow as pa
 
 from datamodels.errors import StoreError
 
-SCHEMA_VERSION = 1
+# 2: examples.parquet may carry where each example came from (``source_path``, ``class_name``).
+# Files of version 1 read unchanged (those columns are optional), so both are readable.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _VERSION_KEY = b"schema_version"
 
 
@@ -56,17 +59,18 @@ def schema_version_of(schema: pa.Schema) -> int | None:
 def version_problem(schema: pa.Schema, file: str) -> str | None:
     """Why ``file``'s schema_version cannot be read by this release, or None when it can."""
     version = schema_version_of(schema)
-    if version == SCHEMA_VERSION:
+    if version in READABLE_VERSIONS:
         return None
     if version is None:
         return (
             f"{file} has no schema_version metadata, so it was not written by datamodels; "
             "re-create it with the datamodels stage that owns it"
         )
-    if version < SCHEMA_VERSION:
+    if version < min(READABLE_VERSIONS):
+        readable = ", ".join(str(v) for v in READABLE_VERSIONS)
         return (
             f"{file} was written with schema_version {version}, this datamodels reads "
-            f"{SCHEMA_VERSION}; re-run the stage that writes it, or read it with the "
+            f"{readable}; re-run the stage that writes it, or read it with the "
             "datamodels release that wrote it"
         )
     return (

@@ -26,8 +26,10 @@ names and types are the public contract that notebooks, SQL and outside checks r
 Checks compare column names and types; nullability and list item names are not compared (a
 file written by another Parquet tool is still readable when its types match).
 
-``SCHEMA_VERSION`` stays 1 with page checksums and the shards' ``config_hash`` key-value
-metadata: both are metadata additions (columns unchanged), and files without them still read.
+``SCHEMA_VERSION`` stayed 1 with page checksums and the shards' ``config_hash`` key-value
+metadata (metadata additions; files without them still read). It is 2 since
+``examples.parquet`` may carry ``source_path`` and ``class_name``; files of version 1 read
+unchanged (`READABLE_VERSIONS`).
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ def test_write_table_atomic_round_trip_and_no_temp_files(tmp_path):
     assert os.listdir(tmp_path / "datamodels") == ["weights.parquet"]
     table = pq.read_table(path)
     assert table.schema.field("weight").type == pa.float32()
-    assert table.schema.metadata[b"schema_version"] == b"1"
+    assert table.schema.metadata[b"schema_version"] == b"2"
     np.testing.assert_allclose(table["weight"].to_numpy(), np.linspace(0, 1, 4), rtol=1e-6)
     assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
 
@@ -185,7 +185,7 @@ def test_model_shard_records_config_hash_in_metadata_only(tmp_path):
     parquet_file = pq.ParquetFile(tmp_path / path)
     assert parquet_file.metadata.metadata[b"config_hash"] == b"0123456789abcdef"
     schema = parquet_file.schema_arrow
-    assert schema.metadata[b"schema_version"] == b"1"
+    assert schema.metadata[b"schema_version"] == b"2"
     assert schema.remove_metadata().equals(models_schema(5, 3).remove_metadata())
     unhashed, _ = write_model_shard(
         runfs, models_table([3], "a", 0.5, 0, masks[:1], margins[:1], 0, 0, 0, 1, "a")
