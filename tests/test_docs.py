@@ -77,6 +77,14 @@ def test_config_reference_lists_every_field(site: Path) -> None:
     assert len(fields) > 100
     missing = [name for name in fields if name not in listed]
     assert not missing, f"fields missing from the configuration reference: {missing}"
+    # the hashed column follows the config hash: a hashed section's field says yes
+    from datamodels.config import HASHED_SECTIONS
+
+    rows = dict(re.findall(r"<td><code>([\w.\[\]]+)</code></td>(?:\s*<td>.*?</td>){3}\s*"
+                           r"<td>(yes|no)</td>", text, flags=re.S))
+    assert rows["train.epochs"] == "yes" and rows["gradients.solver"] == "no"
+    for name, hashed in rows.items():
+        assert (hashed == "yes") == (name.split(".")[0].removesuffix("[]") in HASHED_SECTIONS)
 
 
 def test_config_descriptions_name_real_fields() -> None:

@@ -77,7 +77,8 @@ def _sections(model: type[BaseModel], prefix: str):
 
 def _table(model: type[BaseModel], prefix: str, names: list[str], fallbacks: dict[str, str]) -> str:
     comments, bullets = _line_comments(model), _docstring_bullets(model)
-    rows = ["| field | type | default | allowed | description |", "|---|---|---|---|---|"]
+    rows = ["| field | type | default | allowed | hashed | description |",
+            "|---|---|---|---|---|---|"]
     for name in names:
         field = model.model_fields[name]
         nested = _nested(field.annotation)
@@ -86,7 +87,7 @@ def _table(model: type[BaseModel], prefix: str, names: list[str], fallbacks: dic
             target = dotted + ("[]" if _is_sequence(field.annotation) else "")
             kind = f"section ([`{target}`](#{_anchor(target)}))"
             default = "null" if _optional(field.annotation) and field.default is None else "—"
-            rows.append(f"| `{dotted}` | {kind} | {default} | | |")
+            rows.append(f"| `{dotted}` | {kind} | {default} | | {_hashed(dotted)} | |")
             continue
         description = (
             field.description
@@ -97,9 +98,17 @@ def _table(model: type[BaseModel], prefix: str, names: list[str], fallbacks: dic
         )
         rows.append(
             f"| `{dotted}` | {_cell(_type_name(field.annotation))} | {_cell(_default(field))} "
-            f"| {_cell(_constraints(field))} | {_cell(description)} |"
+            f"| {_cell(_constraints(field))} | {_hashed(dotted)} | {_cell(description)} |"
         )
     return "\n".join(rows) + "\n"
+
+
+def _hashed(dotted: str) -> str:
+    """Whether the field is part of the config hash (its section is one of the hashed ones:
+    changing it makes a new run)."""
+    from datamodels.config import HASHED_SECTIONS  # deferred: only the reference page needs it
+
+    return "yes" if dotted.split(".")[0].removesuffix("[]") in HASHED_SECTIONS else "no"
 
 
 def _nested(annotation: Any) -> type[BaseModel] | None:
