@@ -20,13 +20,10 @@ def test_knn_shapley_reads_the_beton_without_a_local_path(tmp_path, monkeypatch)
     api.prepare(config, out)
     expected_rows = Run(out).n_eval - Run(out).n_train  # the test targets
     monkeypatch.setattr(Run, "local_path", lambda self, rel_path: None)  # as on s3://
-    import tempfile
-
-    (tmp_path / "cache").mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the user's beton cache
     assert api.estimate(config, out, "knn_shapley", show_progress=False) == {
         "scores": expected_rows
     }
     targets, scores = Run(out).scores("knn_shapley")
     assert scores.shape == (expected_rows, 60) and np.isfinite(scores).all()
-    assert list((tmp_path / "cache" / "datamodels-cache").glob("*.beton"))  # copied, not opened
+    assert list((tmp_path / "cache" / "datamodels" / "betons").glob("*.beton"))  # copied
