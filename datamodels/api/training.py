@@ -24,10 +24,10 @@ def prepare(
     """Write the beton and ``examples.parquet`` (False when they exist); a new run's
     ``config.yaml`` is written only once they are (by the prepare stage)."""
     # torch: the prepare stage's module imports the data and training code
-    from datamodels.stages.prepare import PrepareStage, open_run
+    from datamodels.stages.prepare import PrepareStage, nothing_left_if_refused, open_run
 
     run = out if isinstance(out, Run) else Run(out)
-    with writer(run.fs):
+    with nothing_left_if_refused(run), writer(run.fs):  # a refused config leaves nothing
         return locked(
             open_run(config, run), PrepareStage(config, run), None, show_progress, console
         )
@@ -48,6 +48,7 @@ def train(
     or ``"I/N"`` (0-based): only the missing models with ``model_id % N == I``, in this
     process without Ray, beside other shard workers (see `train_shard`)."""
     from datamodels.orchestrate.context import check_device  # torch: the device check
+    from datamodels.stages.prepare import nothing_left_if_refused  # torch: as below
     from datamodels.stages.train import TrainStage  # torch: training
 
     if shard is not None:
@@ -70,7 +71,7 @@ def train(
         cluster = None
     check_device(config.resources.device, config.resources.num_gpus, cluster)
     run = out if isinstance(out, Run) else Run(out)
-    with writer(run.fs):
+    with nothing_left_if_refused(run), writer(run.fs):  # a refused config leaves nothing
         prepare(config, run, console=console)
         if retry_failed:
             clear_failures(run)

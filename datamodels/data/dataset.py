@@ -27,6 +27,7 @@ class ArrayDataset:
     num_classes: int
     original_labels: np.ndarray | None = None
     class_names: list[str] | None = None  # by label, where the source names its classes
+    source_paths: list[str] | None = None  # per example, where the source names its files
 
     def __post_init__(self) -> None:
         if self.original_labels is None:

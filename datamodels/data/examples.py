@@ -42,7 +42,7 @@ def examples_frame(ds: ArrayDataset, eval_train: bool = True) -> pd.DataFrame:
             ),
         }
     )
-    paths = getattr(ds, "source_paths", None)
+    paths = ds.source_paths
     if paths is not None:
         frame["source_path"] = pd.array(list(paths), dtype="string")
     if paths is not None and ds.class_names is not None:

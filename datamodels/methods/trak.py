@@ -21,7 +21,10 @@ class Trak(GradientMethod):
 
     def settings(self) -> dict:
         device = planned_device(self.config.gradients)  # CPU and CUDA draw other projections
-        return {"projection": [device, projection_precision(self.config, device)]}
+        # "products": the projection's products in float32, accumulated in float64 (scores
+        # equal to the float64 products' to r = 1.0000000, not bit for bit: recomputed once)
+        return {"projection": [device, projection_precision(self.config, device)],
+                "products": "fp32"}
 
     def values(self, b: Block) -> torch.Tensor:
         tx, ty = b.target_tensors() if b.kind == "scores" else (None, None)

@@ -143,3 +143,17 @@ def test_verbs_on_a_run_without_its_config_and_raw_inputs(tmp_path):
     np.testing.assert_array_equal(y_train, digits.target[rows])
     with pytest.raises(Exception, match="choose train, test or eval"):
         run.inputs("validation")
+
+
+def test_a_refused_dataset_leaves_no_run_directory_from_python(tmp_path):
+    """The Python verbs, like the command line, leave nothing behind for a config whose
+    dataset does not load."""
+    from datamodels.config import config_from_dict
+    from datamodels.errors import DatamodelsError
+
+    config = config_from_dict({"dataset": {"name": "imagefolder", "path": str(tmp_path / "no")}})
+    for verb in (api.prepare, api.train):
+        out = tmp_path / verb.__name__
+        with pytest.raises(DatamodelsError, match="dataset.path"):
+            verb(config, str(out))
+        assert not out.exists(), verb.__name__
