@@ -24,6 +24,7 @@ from datamodels.errors import DatamodelsError
 from datamodels.methods import METHODS
 from datamodels.stages.alpha_effect import AlphaEffectStage
 from datamodels.stages.attack import AttackStage
+from datamodels.stages.attribute import IMPORTED_DIR, AttributeStage, recorded
 from datamodels.stages.base import MARKERS_DIR, PARTS_DIR, Stage, read_marker
 from datamodels.stages.estimate import EstimateStage
 from datamodels.stages.evaluate import EvaluateStage
@@ -77,6 +78,12 @@ def _estimates(config: Config, run: Run) -> list[Stage]:
     return stages
 
 
+def _attributes(config: Config, run: Run) -> list[Stage]:
+    """One stage per method ``attribute`` ran (its ``attribute-<method>`` marker)."""
+    names = [r["stage"].removeprefix("attribute-") for r in _markers(run, "attribute-")]
+    return recorded(config, run, names)
+
+
 def _attacks(config: Config, run: Run) -> list[Stage]:
     keys = ("target", "budget", "point", "max_iter")
     return [AttackStage(config, run, *(r["fingerprint"][k] for k in keys))
@@ -122,6 +129,9 @@ PIPELINE: tuple[StageSpec, ...] = (
               ("removals/results.parquet",), "removal", _removal(RemovalStage)),
     StageSpec("evaluate", (EvaluateStage,), ("fit", "estimate", "removal"), True,
               ("evaluation.parquet",), "evaluate"),
+    StageSpec("attribute", (AttributeStage,), ("prepare",), False,
+              ("scores/*.parquet", "self_scores/*.parquet", f"{IMPORTED_DIR}/*.pt"),
+              "attribute", _attributes),
     StageSpec("alpha_effect", (AlphaEffectStage,), ("train", "fit"), False,
               ("applications/alpha_effect.parquet",), "alpha-effect",
               _recorded(AlphaEffectStage)),
