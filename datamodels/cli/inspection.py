@@ -20,6 +20,7 @@ from datamodels.cli.common import (
 from datamodels.stages.status import plan_status
 from datamodels.store import query as query_run
 from datamodels.store import verify as verify_run
+from datamodels.store.trainer_choice import choice_line, read_trainer_choice
 
 
 @user_errors
@@ -52,6 +53,9 @@ def status(run: RunArg) -> None:
             f"warning: {len(duplicates)} duplicate model id problem(s) in {run}/models "
             f"(first: {duplicates[0].message}); run `datamodels verify {run}`",
             style="yellow", markup=False, highlight=False)
+    choice = read_trainer_choice(handle.fs)
+    if choice is not None:  # which path model.factory models trained by, and why
+        out_console.print(choice_line(choice), highlight=False, markup=False)
     index = read_checkpoint_index(handle.fs)
     if len(index):
         epochs = ", ".join(str(e) for e in sorted(index["epoch"].unique()))

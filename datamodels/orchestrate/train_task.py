@@ -32,9 +32,11 @@ from datamodels.plans import (
 )
 from datamodels.store import models_table
 from datamodels.store.checkpoints import write_checkpoints
+from datamodels.store.trainer_choice import write_trainer_choice
 from datamodels.trainers.api import TrainOutcome, train_batch
 from datamodels.trainers.null import NullData
 from datamodels.trainers.outcome import CheckpointRequest
+from datamodels.trainers.path_choice import take_choices
 from datamodels.trainers.walk import walk_permutation
 
 if TYPE_CHECKING:
@@ -122,6 +124,8 @@ class TrainTask:
             order, planned.seed, data, self.config, loader=self.loader, checkpoints=request,
             example_weights=weights,
         )
+        for choice in take_choices():  # the trainer path this process chose, for status
+            write_trainer_choice(self.run.fs, choice.record())
         keep = [s for s in outcome.snapshots if not outcome.failed[s.row]]
         if keep:
             write_checkpoints(

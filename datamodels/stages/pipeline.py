@@ -49,6 +49,7 @@ STORE_OWNED = (
     "checkpoints/*", "checkpoints/*/*",  # per-model checkpoints and their index
     "_compacting/*", "_compacting/*/*",  # compaction stash
     "data/*",  # the beton and its local caches
+    "trainer.json",  # the trainer path model.factory models took (store.trainer_choice)
 )
 # The stage contract's own bookkeeping (`stages.base`).
 CONTRACT_OWNED = (f"{MARKERS_DIR}/*.json", f"{PARTS_DIR}/*", f"{PARTS_DIR}/*/*")

@@ -52,6 +52,7 @@ from datamodels.trainers.data import TrainData
 from datamodels.trainers.lbfgs import batched_lbfgs
 from datamodels.trainers.orders import EpochOrders, interval_lr, lr_factors
 from datamodels.trainers.outcome import CheckpointRequest, Snapshot, margins_and_accuracy
+from datamodels.trainers.unit_progress import report
 
 # Models trained together on CPU. Per model, 32 to 128 at a time train about 25% faster than
 # 256 (measured, digits MLP, 1 thread): a chunk's parameters, momenta and activations (about
@@ -177,6 +178,7 @@ def _train_mlp_chunk(
                 _sgd_step(layers, grad_layers, momentum_layers, lrs[step], active[step], recipe)
             if last_epoch:
                 loss_sum += loss
+        report(epoch + 1, recipe.epochs)
         if epoch + 1 in save_after:
             stored = output_transposed(layers)
             for row in checkpoints.rows:

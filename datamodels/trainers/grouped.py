@@ -41,6 +41,7 @@ from datamodels.trainers.group_net import (  # noqa: F401 - crop, _TRAINERS: the
 )
 from datamodels.trainers.orders import interval_lr, lr_factors
 from datamodels.trainers.outcome import CheckpointRequest, Snapshot, margins_from_logits
+from datamodels.trainers.unit_progress import report
 
 # Measured on an H100 (docs/gpu.md): one network per pass, stepped by CUDA-graph replays,
 # trained faster per model than grouped passes of 8 (1.14 vs 1.41 s at α = ½ on 50,000
@@ -257,6 +258,7 @@ def pass_steps(
                 loss_sum += loss.double() * active_t[step] / B
             step += 1
             yield
+        report(epoch + 1, recipe.epochs)
         if epoch + 1 in save_after and epoch + 1 != recipe.epochs:
             snapshots += _snapshots(net, checkpoints, K, epoch + 1, previous, recipe, plan,
                                     trainer.lr)
