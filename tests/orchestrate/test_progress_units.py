@@ -105,3 +105,33 @@ def test_reporting_is_silent_without_a_sink_and_names_the_unit_with_one():
         report(1, 2)
     assert events == [(("estimate-trak", "scores-1"), 0.5, 4), (("estimate-trak", "scores-1"),
                                                                None, 4)]
+
+
+def test_a_training_task_reports_each_model_as_it_finishes():
+    from datamodels.config import config_from_dict
+    from datamodels.trainers.custom import probe_data
+    from datamodels.trainers.paths import train_models
+    from datamodels.trainers.vmapped import train_vmapped
+    from tests.custom_models import digit_images
+
+    images, labels = digit_images(24)
+    data = probe_data(images, labels, 10)
+    masks = np.ones((4, 24), dtype=bool)
+    seeds = np.arange(4)
+    config = config_from_dict({
+        "name": "p", "dataset": {"name": "digits"},
+        "model": {"factory": "tests.custom_models:make_cnn", "kwargs": {"width": 2}},
+        "train": {"epochs": 2, "batch_size": 8}, "resources": {"trainer": "sequential"},
+    }, [])
+    task = Unit("models-0", size=4)  # a train unit's size is its models
+    with Progress(4, 0, enabled=False, what="models") as progress:
+        with unit_reporting("train", task, progress.partial):
+            train_models(masks, seeds, data, config, "resident", None)
+            assert progress.shown == 4.0  # every model counted as it finished
+    assert [f for _, f in progress.reported] == [0.25, 0.5, 0.75, 1.0]
+    assert progress.shown == 0.0  # the unit ended; on_result counts it whole
+
+    seen: list[float] = []
+    with reporting_to(seen.append):  # K at once: per minibatch step, 3 per epoch
+        train_vmapped(data, masks, seeds, config.model, config.train)
+    assert seen == [i / 6 for i in range(1, 7)]
