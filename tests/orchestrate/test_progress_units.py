@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 import torch
 from rich.console import Console
 
@@ -135,3 +136,38 @@ def test_a_training_task_reports_each_model_as_it_finishes():
     with reporting_to(seen.append):  # K at once: per minibatch step, 3 per epoch
         train_vmapped(data, masks, seeds, config.model, config.train)
     assert seen == [i / 6 for i in range(1, 7)]
+
+
+class _Slow(Stage):
+    """Each unit reports a quarter at a time, a little apart (the tasks' channel sends at
+    most one report per unit every half second)."""
+
+    name, what = "slow", "tasks"
+
+    def __init__(self, config, run) -> None:
+        super().__init__(config, run)
+
+    def compute(self, ctx, unit: Unit, shared=None):
+        import time
+
+        for quarter in range(1, 5):
+            time.sleep(0.6)
+            report(quarter, 4)
+        return unit.name
+
+
+@pytest.mark.slow  # starts a local Ray cluster
+def test_ray_tasks_report_through_the_channel(tmp_path, ray_local):
+    from datamodels.orchestrate.executor import RayExecutor
+    from datamodels.store import Run
+    from tests.stages.test_base import CONFIG
+
+    stage = _Slow(CONFIG, Run(str(tmp_path / "run")))
+    units = [Unit(f"u{i}") for i in range(2)]
+    with Progress(2, 0, enabled=False, what="tasks") as progress:
+        RayExecutor().run(stage, units, progress)
+    assert progress.done == 2
+    for unit in units:
+        fractions = [f for key, f in progress.reported if key == ("slow", unit.name)]
+        assert fractions and np.all(np.diff(fractions) >= 0), fractions
+        assert any(0 < f < 1 for f in fractions), fractions  # heard while the task ran
