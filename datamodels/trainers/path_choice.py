@@ -90,7 +90,8 @@ def measure_paths(config: Config, data: TrainData, masks: np.ndarray, seeds: np.
     seconds: dict[str, float | None] = {}
     with reporting_to(None):  # the probe is not the task's progress
         for name, run in runs.items():
-            run(*_probe(masks, data, recipe.batch_size, 1))  # warm-up: first calls trace
+            if run(*_probe(masks, data, recipe.batch_size, 1)) is None:  # warm-up: traces
+                return {VMAPPED: None, SEQUENTIAL: None}  # cannot be vmapped: nothing to time
             probe = _probe(masks, data, recipe.batch_size, PROBE_STEPS)
             started = time.perf_counter()
             result = run(*probe)
