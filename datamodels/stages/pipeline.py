@@ -132,7 +132,7 @@ PIPELINE: tuple[StageSpec, ...] = (
               ("evaluation.parquet",), "evaluate"),
     StageSpec("attribute", (AttributeStage,), ("prepare",), False,
               ("scores/*.parquet", "self_scores/*.parquet", f"{IMPORTED_DIR}/*.pt"),
-              "attribute", _attributes),
+              "attribute CONFIG -c STATE_DICT.pt --out", _attributes),
     StageSpec("alpha_effect", (AlphaEffectStage,), ("train", "fit"), False,
               ("applications/alpha_effect.parquet",), "alpha-effect",
               _recorded(AlphaEffectStage)),
