@@ -110,6 +110,7 @@ def train_fastnet(
             for snap in snaps:
                 snap.row = int(rows[snap.row])
             snapshots += snaps
+        report(int(group[-1]) + 1, K)  # a pass of models done
     if data.n_test:
         accuracy = (margins[:, : data.n_test] > 0).mean(1).astype(np.float32)
     else:
@@ -258,7 +259,6 @@ def pass_steps(
                 loss_sum += loss.double() * active_t[step] / B
             step += 1
             yield
-        report(epoch + 1, recipe.epochs)
         if epoch + 1 in save_after and epoch + 1 != recipe.epochs:
             snapshots += _snapshots(net, checkpoints, K, epoch + 1, previous, recipe, plan,
                                     trainer.lr)
