@@ -4,6 +4,9 @@ evaluated against held-out retrained models and shown by the report."""
 
 from __future__ import annotations
 
+import fnmatch
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -175,6 +178,15 @@ def test_attribute_equals_the_estimators_in_process_and_is_evaluated(trained):
     page = build_report(out).read_text()
     for method in methods:  # each attributed table: its targets and top training examples
         assert f"<h3>{method}</h3>" in page
+
+    # every file of the run is one a stage, the contract or the store declares
+    from datamodels.stages.pipeline import declared_paths
+
+    files = [str(p.relative_to(out)) for p in Path(out).rglob("*") if p.is_file()]
+    assert any(f.startswith("imported/") for f in files)
+    stray = [f for f in files if f != "report.html"
+             and not any(fnmatch.fnmatch(f, p) for p in declared_paths())]
+    assert not stray, stray
 
 
 def test_a_new_checkpoint_content_recomputes_and_a_module_is_accepted(trained, tmp_path):
