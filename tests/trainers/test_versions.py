@@ -100,6 +100,27 @@ def test_vmapped_trainer_output_is_pinned(images, one_torch_thread):
     _check("factory-vmapped", config_from_dict(tree), images)
 
 
+def test_transfer_trainer_output_is_pinned(tmp_path, one_torch_thread):
+    from datamodels.api import prepare
+    from datamodels.orchestrate.context import local_beton
+    from datamodels.store import Run
+    from datamodels.trainers.transfer import load_transfer_data
+
+    config = config_from_dict({
+        "name": "versions_transfer",
+        "dataset": {"factory": "datamodels.data.transfer:digits_target",
+                    "kwargs": {"train_per_class": 3}},
+        "transfer": {"source": {"factory": "datamodels.data.transfer:digits_source",
+                                "kwargs": {"transforms": ["upright"], "mixed": 2}}},
+        "model": MLP, "train": {"epochs": 1, "batch_size": 64},
+        "plans": [{"name": "train", "kind": "classes", "alpha": 0.5, "count": 3}],
+    })
+    run = Run(str(tmp_path / "run"))
+    prepare(config, run)
+    _check("transfer-mlp", config, load_transfer_data(local_beton(run, config.hash),
+                                                      run.examples()))
+
+
 def test_a_changed_output_under_the_same_version_names_the_version_to_bump(tmp_path, monkeypatch):
     """The check itself: a pin that differs fails and names the constant."""
     import tests.pinned as pinned
