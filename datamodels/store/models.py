@@ -206,10 +206,12 @@ class ModelsTable:
 
     def trainers_by_plan(self) -> dict[str, dict[str | None, int]]:
         """plan -> {trainer label: models}: which trainer code made the stored models of
-        each plan (label None: a shard written before labels were recorded)."""
-        table = self._read_models(None, ["model_id", "plan", "trainer"])
-        if table.num_rows == 0:
+        each plan (label None: a shard written before labels were recorded). A model stored
+        twice counts twice (duplicates are `verify`'s to name; ``train`` trains around them)."""
+        dataset = self._models_dataset()
+        if dataset is None:
             return {}
+        table = self._scan(dataset, ["model_id", "plan", "trainer"], None)
         counts = table.group_by(["plan", "trainer"], use_threads=False).aggregate(
             [("model_id", "count")]
         )

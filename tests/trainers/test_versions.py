@@ -8,7 +8,7 @@ import pytest
 
 from datamodels.config import config_from_dict
 from datamodels.trainers.api import train_batch, trainer_versions
-from datamodels.trainers.versions import TRAINER_VERSIONS, trainer_label
+from datamodels.trainers.versions import TRAINER_VERSIONS, mixed_trainers, trainer_label
 from tests.pinned import check_pinned, output_hash
 from tests.trainers.digits_arrays import digits_data
 from tests.trainers.test_fastnet import _config as fastnet_config
@@ -119,6 +119,22 @@ def test_transfer_trainer_output_is_pinned(tmp_path, one_torch_thread):
     prepare(config, run)
     _check("transfer-mlp", config, load_transfer_data(local_beton(run, config.hash),
                                                       run.examples()))
+
+
+def test_mixed_trainers_names_the_plan_and_both_versions():
+    """Shards without a label count as version 1 of the current trainer's parts."""
+    assert mixed_trainers({"train": {None: 5, "lbfgs@1": 2}}, {"lbfgs": 1}) is None
+    assert mixed_trainers({}, {"lbfgs": 2}) is None
+    assert mixed_trainers({"train": {None: 5}}, {"lbfgs": 2}) == (
+        "plan 'train' has 5 models made by trainer lbfgs@1, but this datamodels trains with "
+        "lbfgs@2; one plan cannot mix trainer versions"
+    )
+    mixed = mixed_trainers({"a": {"lbfgs@2": 4}, "b": {"lbfgs@1": 3, "lbfgs@2": 1}},
+                           {"lbfgs": 2})
+    assert mixed.startswith("plan 'b' has 3 models made by trainer lbfgs@1,")
+    wrapped = {"transfer": 1, "batched_mlp": 2}
+    assert "trainer transfer@1+batched_mlp@1" in mixed_trainers({"t": {None: 2}}, wrapped)
+    assert "with transfer@1+batched_mlp@2" in mixed_trainers({"t": {None: 2}}, wrapped)
 
 
 def test_a_changed_output_under_the_same_version_names_the_version_to_bump(tmp_path, monkeypatch):
