@@ -78,3 +78,20 @@ def test_estimator_output_is_pinned(name, runs):
         f"{cls.__name__}.version in datamodels/methods/{cls.__module__.rsplit('.', 1)[-1]}.py "
         "(or its base class)",
     )
+
+
+def test_datamodels_regression_output_is_pinned():
+    """The fit stage's LASSO datamodels (``regress.select.VERSION``) on a planted linear
+    game: 60 random subsets of 12 points, 3 targets."""
+    from datamodels.regress.select import VERSION, fit_datamodels
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((60, 12)) < 0.5
+    truth = rng.normal(size=(12, 3)) * (rng.random((12, 3)) < 0.4)
+    margins = (masks @ truth + 0.1 * rng.normal(size=(60, 3))).astype(np.float32)
+    fit = config_from_dict({}).fit.model_copy(update={"device": "cpu"})
+    chosen = fit_datamodels(masks, margins, fit)
+    check_pinned(
+        "fit:datamodels", f"v{VERSION}", output_hash(chosen.weights, chosen.bias, chosen.lam),
+        "VERSION in datamodels/regress/select.py",
+    )
