@@ -73,6 +73,8 @@ def test_resume_refuses_models_of_another_trainer_version(null_run, tmp_path, mo
     assert 0 < kept < 8
     monkeypatch.setitem(TRAINER_VERSIONS, "null", 2)
     assert _state(config, run, "train") == "stale"
+    states = stage_states(config, run).set_index("stage")
+    assert states.loc["train", "changed"] == "trainer.null 1 -> 2"
     with pytest.raises(RunMismatchError) as info:
         _train(config, uri)
     message = str(info.value)
@@ -110,8 +112,14 @@ def test_a_bumped_estimator_makes_its_stage_stale_and_recomputes(null_run, monke
     path = run.fs.join("scores/downsampling.parquet")
     before = run.fs.filesystem.get_file_info(path).mtime_ns
 
+    assert stage_states(config, run).set_index("stage").loc["estimate", "changed"] == ""
     monkeypatch.setattr(Downsampling, "version", 2)
     assert _state(config, run, "estimate") == "stale"
+    states = stage_states(config, run).set_index("stage")
+    assert states.loc["estimate", "changed"] == "method.downsampling 1 -> 2"
+    status = CliRunner().invoke(app, ["status", uri], env={"COLUMNS": "250"})
+    assert status.exit_code == 0
+    assert "method.downsampling 1 -> 2" in " ".join(status.stdout.split())
     assert EstimateStage(config, run, "downsampling").digest != stage.digest
     redone = estimate(config, uri, "downsampling", executor=SerialExecutor(), show_progress=False)
     assert redone == first
