@@ -86,11 +86,16 @@ def test_resume_refuses_models_of_another_trainer_version(null_run, tmp_path, mo
     # the command line: the same one line, exit 1, no traceback
     config_path = tmp_path / "null.yaml"
     config_path.write_text(json.dumps(NULL))
-    result = CliRunner().invoke(app, ["train", str(config_path), "--out", uri])
+    result = CliRunner().invoke(
+        app, ["train", str(config_path), "--out", uri], env={"COLUMNS": "400"}
+    )
     output = (result.stderr or "") + (result.stdout or "")
-    assert result.exit_code != 0
+    assert result.exit_code == 2, output
     assert "Traceback" not in output
-    assert f"plan 'train' has {kept} models made by trainer null@1" in output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, output  # the refusal alone
+    assert lines[0].startswith(f"error: train: plan 'train' has {kept} models made by trainer "
+                               "null@1, but this datamodels trains with null@2")
 
     # a new run directory trains under the new version and records it
     fresh = str(tmp_path / "fresh")
