@@ -45,7 +45,8 @@ def status(run: RunArg) -> None:
         stages.add_column(column, justify="left")
     for row in api.stage_states(handle, config).itertuples(index=False):
         todo = row.state in ("stale", "missing")
-        stages.add_row(row.stage, row.state, row.command.replace("RUN", run) if todo else "")
+        why = f" (code version: {row.changed})" if row.changed else ""
+        stages.add_row(row.stage, row.state, row.command.replace("RUN", run) + why if todo else "")
     out_console.print(stages)
     duplicates = [p for p in handle.valid_shards()[1] if p.kind == "duplicate"]
     if duplicates:  # done counts each id once; say that some are stored more than once

@@ -7,7 +7,8 @@ models with ``train_batch`` (or walks the permutation until it truncates), write
 checkpoints ``config.checkpoints`` asks for, and writes one shard of the models that trained
 cleanly (`Run.write_models`: temp name, validate, rename). Its result is a small `Receipt`,
 never the data itself. The stage object supplies ``config``, ``run``, ``planned`` (with
-``_planned``, rebuilt per process), ``stored`` (stored-mask plans' rows) and ``loader``.
+``_planned``, rebuilt per process), ``stored`` (stored-mask plans' rows), ``loader`` and
+``trainer`` (the trainer label each shard records, ``trainers.versions``).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class TrainTask:
     _planned: PlannedModels | None
     stored: dict[str, list[np.ndarray]]
     loader: Any
+    trainer: str | None = None
 
     def task_plan(self, ctx) -> None:
         """In a task: the plan table of this process (built once per worker and config)."""
@@ -173,6 +175,7 @@ class TrainTask:
             seconds=outcome.seconds[ok],
             attempt=np.broadcast_to(np.asarray(attempts, np.int32), ok.shape)[ok],
             worker=receipt.worker,
+            trainer=self.trainer,
         )
         self.run.write_models(table, config_hash=self.config.hash)
         receipt.written += [int(i) for i in planned.model_id[ok]]

@@ -58,7 +58,7 @@ def test_train_writes_the_contract_tables(tmp_path, ray_local):
         assert schema.field(name).type == dtype, name
     assert schema.field("mask").type == pa.list_(pa.bool_(), n_train)
     assert schema.field("margins").type == pa.list_(pa.float32(), n_eval)
-    assert schema.metadata[b"schema_version"] == b"2"
+    assert schema.metadata[b"schema_version"] == b"3"
     examples = pq.read_table(out / "examples.parquet")
     assert (
         examples.schema.field("index").type == pa.int64()
