@@ -10,6 +10,7 @@ from rich.console import Console
 
 from datamodels.api._common import locked, ray_executor
 from datamodels.config import Config
+from datamodels.config.trust import remember
 from datamodels.errors import ConfigError, StoreError
 from datamodels.stages.base import run_stage
 from datamodels.stages.status import clear_failures
@@ -30,9 +31,11 @@ def prepare(
     check_config(config)  # a config its later stages cannot run is refused before any write
     run = out if isinstance(out, Run) else Run(out)
     with nothing_left_if_refused(run), writer(run.fs):  # a refused config leaves nothing
-        return locked(
+        wrote = locked(
             open_run(config, run), PrepareStage(config, run), None, show_progress, console
         )
+    remember(config, run.uri)  # made here from this config: its code may be imported later
+    return wrote
 
 
 def train(
