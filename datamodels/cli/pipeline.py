@@ -26,7 +26,7 @@ from datamodels.cli.common import (
     user_errors,
 )
 from datamodels.cli.inspection import status
-from datamodels.config import Config
+from datamodels.config import Config, load_config
 from datamodels.stages.status import plan_status
 from datamodels.store import Run
 
@@ -249,10 +249,13 @@ def run_all(
     still run on the others)."""
     # torch: the declared pipeline imports every stage
     from datamodels.stages.pipeline import default_stages
+    from datamodels.stages.preflight import check_config  # torch: the estimator registry
 
     cfg = load(config, set_, trust_code)
     target = default_out(cfg, out)
     chosen = [m.strip() for m in (methods or "").split(",") if m.strip()] or None
+    if chosen:  # checked as estimate.methods would be, before anything trains
+        check_config(load_config(cfg, [f"estimate.methods=[{','.join(chosen)}]"]))
     failed = []
 
     def train_and_show() -> None:

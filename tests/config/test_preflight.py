@@ -61,6 +61,17 @@ def test_removal_method_left_out_of_estimate_methods(tmp_path):
     assert "plans.removal.methods names trak, which estimate.methods leaves out" in text
 
 
+def test_run_methods_option_is_checked_like_estimate_methods(tmp_path):
+    out = tmp_path / "r"
+    result = runner.invoke(app, [
+        "run", str(DIGITS), "--out", str(out), "--quiet", "--methods", "banzhaf,tracin",
+        "--set", "checkpoints.plan=null", "--set", "plans.removal.methods=[datamodels]",
+    ])
+    text = (result.stderr or "") + (result.stdout or "")
+    assert result.exit_code == 2 and "estimate.methods names tracin" in text, text
+    assert len(text.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_removal_method_run_only_on_request(tmp_path):
     text = _refused(tmp_path, "run", "plans.removal.methods=[hydra]")
     assert "plans.removal.methods names hydra, which runs only when named" in text
