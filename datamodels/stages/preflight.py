@@ -6,7 +6,8 @@ line naming the fields and the fix, instead of failing after hours of training.
   that reads checkpoints (or replays ``checkpoints.plan``) while ``checkpoints.plan`` is null;
   a removal plan naming a method that will not run (unknown, left out of
   ``estimate.methods``, run only on request, reading a plan kind the config lacks, or
-  refused by the method's own check); ``fit.plan`` naming no plan.
+  refused by the method's own check); ``fit.plan`` naming no plan, and ``estimate.plan``
+  naming none while a named method reads it.
 * `check_local_gpus`: ``resources.num_gpus`` above 0 for a run on this machine (no cluster
   address) without a CUDA device: local Ray would wait forever for a GPU.
 
@@ -43,7 +44,13 @@ def _named_method(config: Config, name: str, where: str) -> type[Method]:
             f"{where} names {name}, which {reads} checkpoints.plan, but checkpoints.plan is "
             f"null; set it (e.g. --set checkpoints.plan=train) or leave {name} out of {where}"
         )
-    kinds = cls.plan_kinds
+    kinds, plans = cls.plan_kinds, [p.name for p in config.plans]
+    if cls.source == "plan" and not kinds and config.estimate.plan not in plans:
+        raise ConfigError(
+            f"{where} names {name}, which reads the models of estimate.plan "
+            f"{config.estimate.plan!r}, and that is not a plan; set estimate.plan to one of: "
+            f"{', '.join(plans)}"
+        )
     if kinds and not config.plans_of_kind(*kinds):
         raise ConfigError(
             f"{where} names {name}, which reads a plan of kind {' or '.join(kinds)}; add one "

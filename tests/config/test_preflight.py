@@ -103,6 +103,17 @@ def test_method_refused_by_its_own_check():
         check_config(config)
 
 
+def test_estimate_plan_that_is_no_plan_for_a_method_reading_it():
+    config = load_config(DIGITS, ["estimate.plan=trian", "estimate.methods=[banzhaf]",
+                                  "plans.removal.methods=[datamodels]"])
+    with pytest.raises(ConfigError, match="estimate.methods names banzhaf, which reads the "
+                       "models of estimate.plan 'trian', and that is not a plan"):
+        check_config(config)
+    # a method that reads a plan of its own kind does not read estimate.plan
+    check_config(load_config(DIGITS, ["estimate.plan=trian", "estimate.methods=[shapley]",
+                                      "plans.removal.methods=[datamodels]"]))
+
+
 def test_fit_plan_that_is_no_plan(tmp_path):
     text = _refused(tmp_path, "prepare", "fit.plan=trian")
     assert "fit.plan 'trian' is not a plan" in text
