@@ -114,6 +114,9 @@ def test_submit_prints_what_it_leaves_out_and_the_size_before_sending(project, m
         sock.bind(("127.0.0.1", 0))
         nowhere = f"http://127.0.0.1:{sock.getsockname()[1]}"  # nothing listens there
     monkeypatch.chdir(project)
+    # submit turns token authentication on in its process when a token file exists; keep
+    # that out of the tests that start a local cluster after this one
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     result = CliRunner().invoke(
         app, ["submit", "tiny.yaml", "--out", "s3://bucket/run", "--address", nowhere]
     )
