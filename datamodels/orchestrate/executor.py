@@ -24,6 +24,7 @@ from typing import Any
 from datamodels.errors import DatamodelsError
 from datamodels.orchestrate.channel import POLL_S, channel_sink, open_channel
 from datamodels.orchestrate.context import Context, context, unit_reporting
+from datamodels.orchestrate.runtime_env import pythonpath_for_workers
 
 
 def error_text(err: BaseException) -> str:
@@ -150,7 +151,7 @@ def init_ray(address: str | None = None) -> None:
     if address is not None:
         ray.init(address=address, **kwargs)
         return
-    with loopback_only():
+    with loopback_only(), pythonpath_for_workers():  # the driver's sys.path reaches workers
         ray.init(address="local", _node_ip_address=LOOPBACK, **kwargs)
 
 
