@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from datamodels import api  # noqa: E402
 from datamodels import estimators as est  # noqa: E402
 from datamodels.config import config_from_dict, load_config  # noqa: E402
-from datamodels.methods.loo import left_out_points, replicate_keys  # noqa: E402
+from datamodels.estimators.loo import left_out_points, replicate_keys  # noqa: E402
 from datamodels.metrics.loo import split_half  # noqa: E402
 from datamodels.orchestrate.context import Context  # noqa: E402
 from datamodels.plans import plan_models  # noqa: E402

@@ -84,6 +84,18 @@ def loo(left_out: np.ndarray, margins: np.ndarray, n_train: int) -> Scores:
     return to_scores(values, stderr, m)
 
 
+def left_out_points(masks: np.ndarray) -> np.ndarray:
+    """int64[m]: −1 for a full-data mask, else the one train position the mask leaves out."""
+    masks = np.asarray(masks, dtype=bool)
+    return np.where(masks.all(1), -1, np.argmin(masks, axis=1)).astype(np.int64)
+
+
+def replicate_keys(ids: np.ndarray, mask_index: np.ndarray, seeds: int) -> np.ndarray:
+    """int64[m]: one key per replicate of a plan (model id ``first + j·seeds + r`` of mask j,
+    replicate r gives ``first + r``), pairing each model with its replicate's full model."""
+    return np.asarray(ids, np.int64) - np.asarray(mask_index, np.int64) * int(seeds)
+
+
 def _check_rows(left_out: np.ndarray, replicate: np.ndarray, margins: np.ndarray, n_train: int):
     left_out = np.asarray(left_out)
     if left_out.ndim != 1 or left_out.size == 0:

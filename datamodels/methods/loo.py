@@ -11,19 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from datamodels import estimators as est
+from datamodels.estimators.loo import left_out_points, replicate_keys
 from datamodels.methods.base import PlanTable, RetrainingMethod
-
-
-def left_out_points(masks: np.ndarray) -> np.ndarray:
-    """int64[m]: −1 for a full-data mask, else the one train position the mask leaves out."""
-    masks = np.asarray(masks, dtype=bool)
-    return np.where(masks.all(1), -1, np.argmin(masks, axis=1)).astype(np.int64)
-
-
-def replicate_keys(ids: np.ndarray, mask_index: np.ndarray, seeds: int) -> np.ndarray:
-    """int64[m]: one key per replicate of a plan (model id ``first + j·seeds + r`` of mask j,
-    replicate r gives ``first + r``), pairing each model with its replicate's full model."""
-    return np.asarray(ids, np.int64) - np.asarray(mask_index, np.int64) * int(seeds)
 
 
 class Loo(RetrainingMethod):

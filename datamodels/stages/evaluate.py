@@ -21,8 +21,7 @@ import pandas as pd
 
 from datamodels import estimators as est
 from datamodels.errors import EvaluateError
-from datamodels.methods.loo import left_out_points, replicate_keys
-from datamodels.methods.traits import first_plan_of_kind
+from datamodels.estimators.loo import left_out_points, replicate_keys
 from datamodels.metrics.lds import average_replicates, lds, single_model_lds
 from datamodels.metrics.loo import loo_correlation, split_half
 from datamodels.metrics.mislabel import mislabel_detection
@@ -48,7 +47,7 @@ class EvaluateStage(Stage):
     def fingerprint(self) -> dict:
         fs = self.run.fs
         single = {p.name: self.run.plan_witness(p.name) for p in self.single_model_plans()}
-        loo_plan = first_plan_of_kind(self.config, LOO_KINDS)
+        loo_plan = self.loo_plan()
         loo = {"loo": self.run.plan_witness(loo_plan.name)} if loo_plan else {}
         return ({"single_model": single} if single else {}) | loo | {
             "evaluate": self.config.evaluate.model_dump(mode="json"),
@@ -129,7 +128,11 @@ class EvaluateStage(Stage):
         return rows
 
     def single_model_plans(self) -> list:
-        return [p for p in self.config.plans if plan_kind(p.kind).example_weights]
+        return [
+            p
+            for p in self.config.plans
+            if plan_kind(p.kind).example_weights and p.kind not in LOO_KINDS
+        ]
 
     def single_model_rows(self, methods: list[str]) -> list[dict]:
         """``lds_single_<fraction>`` per method and drop fraction of every trained
@@ -196,13 +199,17 @@ class EvaluateStage(Stage):
             )
         return rows
 
+    def loo_plan(self):
+        """The config's first ``paired_loo`` or ``loo`` plan (None: there is none)."""
+        return next((p for p in self.config.plans if p.kind in LOO_KINDS), None)
+
     def loo_rows(self, methods: list[str]) -> list[dict]:
         """``loo_pearson`` / ``loo_spearman`` of every method but ``loo`` with the LOO effects
         of the first ``paired_loo`` or ``loo`` plan, over the (left-out point, target) pairs
         (targets: the method's, among ``estimate.targets``), and the effects' split-half
         reliability on those points and ``estimate.targets`` (none before that plan has a
         full-data model and a left-out point)."""
-        plan = first_plan_of_kind(self.config, LOO_KINDS)
+        plan = self.loo_plan()
         if plan is None:
             return []
         ids = self.run.model_ids(plan.name)
