@@ -20,6 +20,10 @@ def _note(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
 
 
+def _number(value: float) -> str:
+    return "undefined" if math.isnan(value) else f"{value:.3f}"
+
+
 def verdict(reliability: float) -> str:
     """How far a Spearman–Brown reliability lets the LOO effects be trusted, in words."""
     if math.isnan(reliability):  # NaN: fewer than two seeds, or halves that disagree
@@ -44,10 +48,11 @@ def reliability_line(rows: pd.DataFrame) -> str:
     kind = "paired (one seed and batch order per replicate)" if details.get("paired") else (
         "unpaired (every model its own seed)"
     )
+    r = float(row["value"])
     return _note(
         f"LOO effects of plan {details.get('plan')!r}, {kind}: split-half reliability "
-        f"r = {float(row['value']):.3f} (seeds split {a} / {b}), Spearman–Brown corrected to "
-        f"all seeds {sb:.3f} over {details.get('n_points')} left-out points × "
+        f"r = {_number(r)} (seeds split {a} / {b}), Spearman–Brown corrected to "
+        f"all seeds {_number(sb)} over {details.get('n_points')} left-out points × "
         f"{int(row['n_targets'])} targets: {verdict(sb)}. A method's correlation with LOO "
         "cannot exceed about the square root of the corrected value."
     )
