@@ -78,4 +78,5 @@ def loo_section(evaluation: pd.DataFrame | None, has_loo_plan: bool, run_uri: st
                                  aggfunc="first", dropna=False)
     wide = wide.reindex(columns=["loo_pearson", "loo_spearman"])
     wide = wide.sort_values("loo_pearson", ascending=False, na_position="last")
+    wide.columns.name = None
     return body + table(wide.reset_index())
