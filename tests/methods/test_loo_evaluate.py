@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -18,6 +19,7 @@ from datamodels.estimators.loo import left_out_points, replicate_keys
 from datamodels.orchestrate.executor import SerialExecutor
 from datamodels.plans import plan_models
 from datamodels.report.html import build_report
+from datamodels.report.loo import loo_section
 from datamodels.store import Run
 from datamodels.store.positions import eval_positions
 
@@ -125,3 +127,14 @@ def test_report_loo_section_reads_the_evaluation_table(evaluated, tmp_path):
     r = table.set_index(["method", "metric"]).loc[("loo", "loo_split_half"), "value"]
     assert f"r = {r:.3f}" in body
     assert "downsampling" in body and "loo_pearson" in body
+
+
+def test_report_loo_section_names_what_is_missing():
+    """An evaluation written before the loo rows existed (an older run) is not misread: the
+    section names the command that adds them."""
+    older = pd.DataFrame(
+        [{"method": "datamodels", "metric": "lds", "value": 0.5, "n_targets": 3, "details": "{}"}]
+    )
+    assert "no loo or paired_loo plan" in loo_section(older, False, "runs/x")
+    assert "run evaluate" in loo_section(None, True, "runs/x")
+    assert "`datamodels evaluate runs/x`" in loo_section(older, True, "runs/x")
