@@ -27,6 +27,7 @@ from datamodels.gradients.trak import (
     trak_leverage,
 )
 from datamodels.models import architecture
+from datamodels.trainers.unit_progress import within
 
 PERT_ELEMENTS = 1 << 24  # bound on T·points·input_dim per influence_pert chunk
 
@@ -132,11 +133,13 @@ def trak_values(
         phi = trak_features(model, x_all, y_all, projection, "trak", g.chunk_size)
         return projection, phi, kernel_inverse(phi, g.trak_damping)
 
-    projection, phi, kernel = ctx_cached(
-        (*key, g.proj_dim, g.trak_damping, config.seed + slot, precision), features
-    )
-    if kind == "scores":
-        return trak_attribution(
-            model, phi, tx, ty, projection, chunk_size=g.chunk_size, kernel=kernel
+    with within(0.0, 0.7):  # the training features (once per process and model), then the rows
+        projection, phi, kernel = ctx_cached(
+            (*key, g.proj_dim, g.trak_damping, config.seed + slot, precision), features
         )
-    return trak_leverage(phi, rows, kernel)
+    with within(0.7, 1.0):
+        if kind == "scores":
+            return trak_attribution(
+                model, phi, tx, ty, projection, chunk_size=g.chunk_size, kernel=kernel
+            )
+        return trak_leverage(phi, rows, kernel)

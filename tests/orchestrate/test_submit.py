@@ -232,6 +232,7 @@ def test_submit_follows_the_job_to_its_end(ray_head, tmp_path):
     assert "runs/big.bin" not in logs.stdout
 
 
+@pytest.mark.slow  # two more jobs on the head; the default suite follows one job to its end
 def test_a_failed_job_exits_1_and_a_stopped_one_says_so(ray_head, tmp_path):
     address, env = ray_head
     project = _project(tmp_path, TINY)
