@@ -18,6 +18,7 @@ from datamodels.methods.base import PlanTable, RetrainingMethod
 class Loo(RetrainingMethod):
     name = "loo"
     plan_kinds = ("paired_loo", "loo")
+    version = 2  # 2: reads a paired_loo plan first, with the paired estimator
 
     def scores(self, table: PlanTable, targets: np.ndarray) -> est.Scores:
         left_out = left_out_points(table.masks)
