@@ -40,6 +40,11 @@ from datamodels.store.positions import eval_positions
 LOO_KINDS = ("paired_loo", "loo")  # the plan the loo rows read: the first of these kinds
 
 
+def _finite(value: float) -> float | None:
+    """A float for ``details`` JSON: None where undefined (JSON has no NaN)."""
+    return float(value) if np.isfinite(value) else None
+
+
 class EvaluateStage(Stage):
     name = "evaluate"
     what = "tables"
@@ -221,19 +226,20 @@ class EvaluateStage(Stage):
         mask_index = plan_models(self.config, n_train).select_ids(ids).mask_index
         keys = replicate_keys(ids, mask_index, plan.seeds)
         paired = plan.kind == "paired_loo"
+        targets = eval_positions(self.run, self.config.estimate.targets)  # sorted
+        margins = margins[:, targets]
         effects = (
             est.paired_loo(left_out, keys, margins, n_train)
             if paired
             else est.loo(left_out, margins, n_train)
-        ).values  # [n_eval, n_train]
+        ).values  # [len(targets), n_train]
         points = np.unique(left_out[left_out >= 0])
-        targets = eval_positions(self.run, self.config.estimate.targets)
-        _, differences = est.loo_differences(left_out, keys, margins[:, targets], points, n_train)
+        _, differences = est.loo_differences(left_out, keys, margins, points, n_train)
         reliability = split_half(differences)
         common = {"plan": plan.name, "paired": paired, "n_points": int(len(points))}
         halves = {
-            "spearman_brown": reliability.spearman_brown,
-            "spearman": reliability.spearman,
+            "spearman_brown": _finite(reliability.spearman_brown),
+            "spearman": _finite(reliability.spearman),
             "n_pairs": reliability.n_pairs,
             "halves": list(reliability.halves),
         }
@@ -256,10 +262,11 @@ class EvaluateStage(Stage):
             method_targets, scores = self.run.scores(method)
             chosen = np.isin(method_targets, targets)
             mine = scores[chosen][:, points]
-            truth = effects[method_targets[chosen]][:, points]
+            truth = effects[np.searchsorted(targets, method_targets[chosen])][:, points]
             pearson, spearman, n_pairs = loo_correlation(mine, truth)
             details = json.dumps(
-                common | {"n_pairs": n_pairs, "loo_split_half_sb": reliability.spearman_brown}
+                common
+                | {"n_pairs": n_pairs, "loo_split_half_sb": _finite(reliability.spearman_brown)}
             )
             for metric, value in (("loo_pearson", pearson), ("loo_spearman", spearman)):
                 rows.append(
