@@ -1,7 +1,8 @@
 """Agreement with actual leave-one-out retraining, where the run has a ``loo`` plan.
 
-LOO(i, t) comes from the ``loo`` plan's models by `datamodels.estimators.loo` (full models
-minus models without i). For each method, on the (target, left-out point) pairs the plan
+LOO(i, t) comes from the first ``paired_loo`` or ``loo`` plan's models
+(`datamodels.estimators.paired_loo`: the mean paired difference; `datamodels.estimators.loo`:
+full models minus models without i). For each method, on the (target, left-out point) pairs the plan
 covers: Pearson and Spearman correlation of the method's scores with LOO over all pairs, and
 the mean per-target Spearman. Scale does not matter (datamodel weights and LOO effects
 differ by the subset size), only agreement.
@@ -14,7 +15,9 @@ import pandas as pd
 import yaml
 from scipy import stats
 
-from datamodels.estimators.loo import loo
+from datamodels.config import config_from_yaml_text
+from datamodels.estimators.loo import left_out_points, loo, paired_loo, replicate_keys
+from datamodels.plans import plan_models
 from datamodels.store import Run
 
 
@@ -55,17 +58,25 @@ def loo_agreement(
 def loo_effects_from_run(run: Run, plan: str | None = None):
     """(targets int[n_eval], loo float[n_eval, n_train], points int[p]) from the run's first
     ``loo``-kind plan (or ``plan``); None when the run has no such models."""
+    tree = yaml.safe_load(run.read_config_text()) or {}
+    kinds = {p["name"]: p.get("kind") for p in tree.get("plans", [])}
     if plan is None:
-        tree = yaml.safe_load(run.read_config_text()) or {}
-        names = [p["name"] for p in tree.get("plans", []) if p.get("kind") == "loo"]
+        names = [name for name, kind in kinds.items() if kind in ("paired_loo", "loo")]
         if not names:
             return None
         plan = names[0]
     masks, margins = run.masks_and_margins(plan=plan)
     if len(masks) == 0 or not masks.all(1).any():
         return None
-    left_out = np.where(masks.all(1), -1, np.argmin(masks, axis=1))
-    result = loo(left_out, margins, masks.shape[1])
+    left_out = left_out_points(masks)
+    if kinds.get(plan) == "paired_loo":  # the mean paired difference (estimators.paired_loo)
+        config = config_from_yaml_text(run.read_config_text())
+        ids = run.model_ids(plan)
+        mask_index = plan_models(config, masks.shape[1]).select_ids(ids).mask_index
+        keys = replicate_keys(ids, mask_index, config.plan(plan).seeds)
+        result = paired_loo(left_out, keys, margins, masks.shape[1])
+    else:
+        result = loo(left_out, margins, masks.shape[1])
     points = np.unique(left_out[left_out >= 0])
     return np.arange(margins.shape[1]), result.values, points
 

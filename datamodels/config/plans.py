@@ -25,6 +25,8 @@ class PlanConfig(Section):
       with α ~ U(0, 1) drawn per mask.
     * ``loo``: the full training set plus one mask per left-out point (``points``: train
       positions; all when omitted).
+    * ``paired_loo``: the ``loo`` masks, every mask of a replicate trained with the full
+      model's seed and batch order, the left-out point weighted 0 (batched mlp trainer).
     * ``tmc``: ``count`` random permutations; a task trains growing prefixes of one and
       stops once test accuracy stays within ``tolerance`` of the full-data model's for
       ``patience`` consecutive prefixes (Ghorbani & Zou 2019).
@@ -131,8 +133,8 @@ def check_plan_kinds(config: Config) -> None:
         or config.resources.trainer != "batched"
     ):
         raise ValueError(
-            f"plans {', '.join(weighted)}: single_model plans (per-example loss weights) "
-            "train with the batched mlp trainer only (model.arch: mlp, "
+            f"plans {', '.join(weighted)}: single_model plans and paired_loo plans (per-example "
+            "loss weights) train with the batched mlp trainer only (model.arch: mlp, "
             f"resources.trainer: batched); this config has model.arch={config.model.arch!r}"
         )
     if config.transfer is None:

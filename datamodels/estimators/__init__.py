@@ -15,6 +15,7 @@ convention **positive = including training point i raises target t's margin**, a
 | `beta_shapley`      | Kwon & Zou 2022                | shapley.py      |
 | `tmc_shapley`       | Ghorbani & Zou 2019            | tmc.py          |
 | `loo`               | leave-one-out retraining       | loo.py          |
+| `paired_loo`        | LOO, seed-paired differences   | loo.py          |
 | `knn_shapley`       | Jia et al. 2019                | knn_shapley.py  |
 """
 
@@ -23,7 +24,7 @@ from datamodels.estimators.base import EstimatorInputError, Scores
 from datamodels.estimators.diffmeans import difference_of_means
 from datamodels.estimators.downsampling import downsampling, memorization
 from datamodels.estimators.knn_shapley import knn_shapley
-from datamodels.estimators.loo import loo
+from datamodels.estimators.loo import loo, loo_differences, paired_loo
 from datamodels.estimators.shapley import beta_shapley, owen_grid, owen_semivalue, shapley
 from datamodels.estimators.tmc import tmc_permutation, tmc_prefix_masks, tmc_shapley
 
@@ -36,9 +37,11 @@ __all__ = [
     "downsampling",
     "knn_shapley",
     "loo",
+    "loo_differences",
     "memorization",
     "owen_grid",
     "owen_semivalue",
+    "paired_loo",
     "shapley",
     "tmc_permutation",
     "tmc_prefix_masks",

@@ -10,7 +10,7 @@ one map ``METHODS`` (name -> class) the ``estimate`` stage runs them from.
 | shapley              | shapley.py        | the first ``alpha_grid`` plan           |
 | beta_shapley         | shapley.py        | the same; Beta(a, b) = ``estimate.beta`` |
 | tmc_shapley          | tmc.py            | the first ``tmc`` plan                  |
-| loo                  | loo.py            | the first ``loo`` plan                  |
+| loo                  | loo.py            | the first ``paired_loo`` or ``loo`` plan |
 | knn_shapley          | knn_shapley.py    | input features (no models)              |
 | influence            | influence.py      | last checkpoint; shared Hessian         |
 | influence_pert       | influence_pert.py | last checkpoint; shared Hessian         |

@@ -1,1 +1,2 @@
-"""Evaluation metrics: LDS (more to come: LOO correlation, brittleness, mislabel detection)."""
+"""Evaluation metrics: LDS, agreement with leave-one-out and its reliability, mislabel
+detection, removal and brittleness."""

@@ -2,11 +2,11 @@
 (config seed, plan, mask number).
 
 Layout: `base` (`PlanKind`, the base class: how many masks, how each mask and seed is drawn,
-where a stored kind's masks come from), one module per kind (`alpha`, `alpha_grid`, `loo`,
-`tmc`, `single_model`, `classes`, `stored`, `removal`), `registry` (`PLAN_KINDS`, the map
-name -> kind, and `plan_kind`), `planned` (the models of a config), `seeds` (training seeds)
-and `checkpoints` (which models save checkpoints). Adding a kind: a module with a `PlanKind`
-subclass and one line in `PLAN_KINDS`.
+where a stored kind's masks come from), one module per kind (`alpha`, `alpha_grid`, `loo`
+with `paired_loo`, `tmc`, `single_model`, `classes`, `stored`, `removal`), `registry`
+(`PLAN_KINDS`, the map name -> kind, and `plan_kind`), `planned` (the models of a config),
+`seeds` (training seeds) and `checkpoints` (which models save checkpoints). Adding a kind:
+a module with a `PlanKind` subclass and one line in `PLAN_KINDS`.
 
 This package sits below `datamodels.config` (config validates its plans against the kinds):
 it reads the plan and config objects by their fields and imports neither config nor store.

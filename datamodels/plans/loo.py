@@ -1,5 +1,9 @@
-"""``loo``: mask 0 is the full set, mask ``k >= 1`` leaves out point ``points[k - 1]``
-(``points``: train positions; every point when omitted)."""
+"""``loo`` and ``paired_loo``: mask 0 is the full set, mask ``k >= 1`` leaves out point
+``points[k - 1]`` (``points``: train positions; every point when omitted).
+
+``loo`` trains every (mask, replicate) with its own seed; ``paired_loo`` trains the masks of
+one replicate with one seed and one batch order, the left-out point weighted 0, so that the
+difference full − without i of a replicate is free of seed noise."""
 
 from __future__ import annotations
 
@@ -50,3 +54,22 @@ class Loo(PlanKind):
         if mask_index > 0:
             mask[loo_points(plan, n_train)[mask_index - 1]] = False
         return mask
+
+
+class PairedLoo(Loo):
+    """``paired_loo``: the ``loo`` masks, each replicate trained as one paired experiment.
+
+    Every mask of replicate ``r`` gets mask 0's seed of replicate ``r`` (one initialisation,
+    one batch order), and the left-out point keeps its place in the full set's batches with
+    loss weight 0 (`example_weights`). Seed noise then cancels in the per-replicate
+    difference (full − without i); the replicates are independent draws of that difference.
+    Needs the batched mlp trainer (per-example loss weights); `Loo` trains anywhere."""
+
+    name = "paired_loo"
+    example_weights = True
+
+    def seeds(
+        self, config_seed: int, plan: PlanConfig, mask_index: np.ndarray, replicate: np.ndarray
+    ) -> np.ndarray:
+        """Mask 0's seed of the replicate for every mask: the full-data model's pair."""
+        return super().seeds(config_seed, plan, np.zeros_like(mask_index), replicate)

@@ -152,9 +152,9 @@ def training_weights(
     config: Config, planned: PlannedModels, masks: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """What the trainer gets for these models: (order masks bool[K, n_train], example weights
-    float32[K, n_train] or None). A model of a kind with ``example_weights`` (single_model)
-    draws its batches from the full set and weights its dropped points 0; every other model
-    trains on its mask (None)."""
+    float32[K, n_train] or None). A model of a kind with ``example_weights`` (single_model,
+    paired_loo) draws its batches from the full set and weights its dropped points 0; every
+    other model trains on its mask (None)."""
     weighted = set(plans_where(config, "example_weights"))
     single = np.array([name in weighted for name in planned.plan], dtype=bool)
     if not single.any():

@@ -12,7 +12,7 @@ from datamodels.plans.alpha import Alpha
 from datamodels.plans.alpha_grid import AlphaGrid
 from datamodels.plans.base import PlanKind
 from datamodels.plans.classes import Classes
-from datamodels.plans.loo import Loo
+from datamodels.plans.loo import Loo, PairedLoo
 from datamodels.plans.removal import Removal
 from datamodels.plans.single_model import SingleModel
 from datamodels.plans.stored import Stored
@@ -22,6 +22,7 @@ PLAN_KINDS: dict[str, type[PlanKind]] = {
     "alpha": Alpha,
     "alpha_grid": AlphaGrid,
     "loo": Loo,
+    "paired_loo": PairedLoo,
     "tmc": Tmc,
     "single_model": SingleModel,
     "stored": Stored,

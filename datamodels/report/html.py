@@ -24,7 +24,6 @@ from datamodels.applications import (
     embedding_from_run,
     extremes,
     leakage_from_run,
-    loo_agreement_from_run,
     split_scores,
 )
 from datamodels.applications.alpha_effect import alpha_effect_summary
@@ -32,6 +31,7 @@ from datamodels.applications.tables import test_input_rows
 from datamodels.config import config_from_yaml_text
 from datamodels.errors import DatamodelsError
 from datamodels.report import notes, plots
+from datamodels.report.loo import loo_section
 from datamodels.report.notes import table as _table
 from datamodels.report.sparse import sparse_layer_section
 from datamodels.report.support import STYLE as SUPPORT_STYLE
@@ -115,6 +115,14 @@ def _facts(run: Run) -> str:
     )
     short = shortfall_line(run)
     return _table(facts) + _table(per_plan.reset_index()) + (_note(short) if short else "")
+
+
+def _has_loo_plan(run: Run) -> bool:
+    try:
+        plans = config_from_yaml_text(run.read_config_text()).plans
+    except DatamodelsError:
+        return False
+    return any(p.kind in ("loo", "paired_loo") for p in plans)
 
 
 def _evaluation(run: Run) -> pd.DataFrame | None:
@@ -343,12 +351,7 @@ def build_report(
         bodies["brittleness"] = _brittleness(run)
     bodies["counterfactual"] = _counterfactual(run, evaluation)
     bodies["brittleness_verified"] = _brittleness_verified(run, evaluation)
-    agreement = loo_agreement_from_run(run) if methods else None
-    bodies["loo"] = (
-        _note("the run has no loo plan")
-        if agreement is None
-        else _table(agreement) + _note(notes.LOO_CAVEAT)
-    )
+    bodies["loo"] = loo_section(evaluation, _has_loo_plan(run), run.uri)
     bodies["sparse_layer"] = sparse_layer_section(run)
     bodies["lds_curve"] = _lds_curve(run, evaluation)
     bodies["alpha"] = _alpha_effect(run)

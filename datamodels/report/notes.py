@@ -1,6 +1,6 @@
 """The report's words: a "how to read this" note per section, the line under the LDS table
-(what the targets are, which methods are equal by construction), the LOO-agreement caveat,
-and tables whose missing values read "—" with a footnote instead of NaN."""
+(what the targets are, which methods are equal by construction), and tables whose missing
+values read "—" with a footnote instead of NaN."""
 
 from __future__ import annotations
 
@@ -33,8 +33,10 @@ HOW_TO_READ = {
     "duplicates across the split show up here first.",
     "brittleness": "How many of its most helpful training points must go before a correct "
     "test prediction flips, as the datamodels predict it (not retrained).",
-    "loo": "How well each method's scores agree with leave-one-out retraining on the few "
-    "training points the loo plan removed.",
+    "loo": "How well each method's scores agree with leave-one-out retraining: Pearson and "
+    "Spearman correlation with the LOO effects over every (left-out point, test target) "
+    "pair, best first. The line above the table says whether those effects can be trusted: "
+    "the correlation of the effects from two disjoint halves of the seeds.",
     "counterfactual": "Each point: one removal set, predicted margin change (x) against the "
     "change retraining without it gave (y). Points on the dashed diagonal are predicted "
     "exactly; a method can rank well (high Pearson) on a scale that is not a margin change "
@@ -48,13 +50,6 @@ HOW_TO_READ = {
     "alpha": "Datamodels fitted on subsets of each size α: their LDS, and how much their "
     "most helpful training examples agree with the reference level's.",
 }
-
-LOO_CAVEAT = (
-    "Values near 0 for every method do not mean every method is wrong: a leave-one-out "
-    "difference is a single retrain against its baseline, so its noise (seed to seed) is "
-    "usually as large as the effect of removing one point; the LOO ground truth itself is "
-    "mostly noise at this scale."
-)
 
 MISSING = "—"
 

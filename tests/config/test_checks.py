@@ -24,7 +24,8 @@ DIGITS = Path(__file__).parents[2] / "configs" / "digits.yaml"
 def test_plans_of_kind_keeps_the_config_order():
     config = load_config(DIGITS)
     assert [p.name for p in config.plans_of_kind("alpha")] == ["train", "eval"]
-    assert [p.kind for p in config.plans_of_kind("removal", "loo")] == ["loo", "removal"]
+    kinds = config.plans_of_kind("removal", "paired_loo")
+    assert [p.kind for p in kinds] == ["paired_loo", "removal"]
     assert config.plans_of_kind("tmc") == ()
 
 

@@ -22,7 +22,7 @@ def test_digits_default_has_required_plans():
     assert config.plan("train").count >= 2000 and config.plan("train").alpha == 0.5
     assert config.plan("eval").count >= 200 and config.plan("eval").alpha == 0.5
     kinds = {plan.kind for plan in config.plans}
-    assert {"loo", "alpha_grid", "removal"} <= kinds  # LOO, Shapley, counterfactuals
+    assert {"paired_loo", "alpha_grid", "removal"} <= kinds  # LOO, Shapley, counterfactuals
 
 
 def test_digits_default_hash_is_pinned():
@@ -31,7 +31,7 @@ def test_digits_default_hash_is_pinned():
     report) it hashes as it did before them: new config fields at their defaults never
     change a hash."""
     config = load_config(CONFIGS / "digits.yaml")
-    assert config.hash == "25591004783337be"
+    assert config.hash == "0d849fcc7efba5f1"
     tree = config.model_dump(mode="json")
     tree["plans"] = [p for p in tree["plans"] if p["name"] in ("train", "eval")]
     assert config_from_dict(tree).hash == "5fcc10c6ad30e724"

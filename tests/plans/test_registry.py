@@ -40,11 +40,11 @@ def test_unknown_kind_is_one_line_naming_the_field_and_the_choices():
 def test_kinds_declare_what_the_dispatch_sites_ask():
     assert STORED_KINDS == ("stored", "removal")
     assert [n for n, k in PLAN_KINDS.items() if k.walks] == ["tmc"]
-    assert [n for n, k in PLAN_KINDS.items() if k.example_weights] == ["single_model"]
+    assert [n for n, k in PLAN_KINDS.items() if k.example_weights] == ["paired_loo", "single_model"]
     assert [n for n, k in PLAN_KINDS.items() if k.needs_transfer] == ["classes"]
     assert [n for n, k in PLAN_KINDS.items() if k.one_per_config] == ["removal"]
     checkpointable = [n for n in PLAN_KINDS if plan_kind(n).supports_checkpoints]
-    assert checkpointable == ["alpha", "alpha_grid", "loo", "single_model", "classes"]
+    assert checkpointable == ["alpha", "alpha_grid", "loo", "paired_loo", "single_model", "classes"]
     in_transfer = [n for n, k in PLAN_KINDS.items() if k.in_transfer]
     assert in_transfer == ["alpha", "alpha_grid", "stored", "classes"]
 

@@ -300,7 +300,7 @@ def test_report_text_has_no_nan_and_says_how_to_read_each_section(report_html):
     assert set(HOW_TO_READ) == {key for key, _ in SECTIONS}
     assert visible.count('class="read"') == len(SECTIONS)
     assert "LDS is computed over the test targets only" in visible
-    assert "ground truth itself" in visible  # the LOO caveat
+    assert "split-half reliability" in visible  # whether the LOO ground truth can be trusted
 
 
 def test_one_colour_per_method_same_everywhere_unique_within_a_figure():
