@@ -66,7 +66,9 @@ def _named_method(config: Config, name: str, where: str) -> type[Method]:
 def check_config(config: Config) -> None:
     """Refuse (one `ConfigError` line) a config whose later stages cannot run as set."""
     names = [p.name for p in config.plans]
-    if config.fit.plan not in names:
+    # the default fit.plan ('train') may name no plan of a run that fits nothing (one made
+    # of single-model plans, say); a plan the user named must exist
+    if config.fit.plan not in names and "plan" in config.fit.model_fields_set:
         raise ConfigError(
             f"fit.plan {config.fit.plan!r} is not a plan (plans: {', '.join(names)}); name "
             "the plan whose models the datamodels are fitted on"

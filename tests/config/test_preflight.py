@@ -96,7 +96,7 @@ def test_unknown_removal_method():
 def test_method_refused_by_its_own_check():
     # metagradient replays the batched SGD run of an mlp or logreg; a null model has none
     config = load_config(
-        DIGITS, ["model.arch='null'", "estimate.methods=[metagradient]"]
+        DIGITS, ["model.arch='null'", "plans.loo.kind=loo", "estimate.methods=[metagradient]"]
     )
     with pytest.raises(ConfigError, match="estimate.methods names metagradient: metagradient: "
                        "model.arch='null' cannot be replayed"):
