@@ -19,6 +19,11 @@ class GradientsConfig(Section):
       trainer records, and what LDS compares with) or its ``loss`` (Koh & Liang's I_up,loss).
     * ``solver``: inverse-HVPs by the ``exact`` Hessian, ``cg`` or ``lissa``; ``damping`` λ
       is added to the Hessian (needed for non-convex models such as the MLP).
+    * ``ekfac_damping``: λ of ``ekfac`` added to every corrected eigenvalue (beside λ_wd);
+      None: ``damping``. ``ekfac_fisher``: its curvature, ``ggn`` (the Gauss–Newton matrix
+      exactly, one backward pass per class) or ``sampled`` (the true Fisher with one label
+      drawn from the model's prediction per example: one backward pass, the same matrix in
+      expectation).
     * ``proj_dim``: TRAK's random projection dimension; the projection is applied block by
       block, never held whole, in ``proj_precision`` (auto: bf16 on CUDA, fp32 on CPU).
     * ``targets_per_task`` / ``train_per_task``: how score rows / self-score rows are split
@@ -45,6 +50,8 @@ class GradientsConfig(Section):
     lissa_repeats: int = Field(1, ge=1)
     lissa_scale: float | None = Field(None, gt=0.0)
     lissa_batch_size: int | None = Field(None, ge=1)
+    ekfac_damping: float | None = Field(None, ge=0.0)
+    ekfac_fisher: Literal["ggn", "sampled"] = "ggn"
     proj_dim: int = Field(2048, ge=1)
     trak_models: int = Field(20, ge=1)
     trak_damping: float = Field(0.0, ge=0.0)
