@@ -24,6 +24,10 @@ class GradientsConfig(Section):
       exactly, one backward pass per class) or ``sampled`` (the true Fisher with one label
       drawn from the model's prediction per example: one backward pass, the same matrix in
       expectation).
+    * ``trak_damping`` λ of TRAK's kernel, by default relative (``trak_damping_relative``: in
+      units of the mean diagonal of ΦᵀΦ, so it fits any model and projection);
+      ``trak_checkpoints``: how many of each model's last saved checkpoints TRAK ensembles
+      (None: every saved one; 1: the last only, the paper's one model per run).
     * ``proj_dim``: TRAK's random projection dimension; the projection is applied block by
       block, never held whole, in ``proj_precision`` (auto: bf16 on CUDA, fp32 on CPU).
     * ``targets_per_task`` / ``train_per_task``: how score rows / self-score rows are split
@@ -54,7 +58,12 @@ class GradientsConfig(Section):
     ekfac_fisher: Literal["ggn", "sampled"] = "ggn"
     proj_dim: int = Field(2048, ge=1)
     trak_models: int = Field(20, ge=1)
-    trak_damping: float = Field(0.0, ge=0.0)
+    # TRAK's λ, in units of the mean diagonal of ΦᵀΦ (‖Φ‖²_F / k, per model and checkpoint)
+    # unless trak_damping_relative is false (then absolute)
+    trak_damping: float = Field(1.0, ge=0.0)
+    trak_damping_relative: bool = True
+    # saved checkpoints per model TRAK ensembles (the last ones); None: every saved one
+    trak_checkpoints: int | None = Field(None, ge=1)
     representer_output: Literal["margin", "true_class", "predicted_class"] = "margin"
     # the representer's final linear layer by module name (e.g. "head"); default: the last
     # nn.Linear of the module

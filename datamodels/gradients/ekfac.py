@@ -39,7 +39,7 @@ from datamodels.gradients.ekfac_layers import Layer, capture, deltas, tracked_la
 from datamodels.gradients.grads import _outputs_from_logits
 from datamodels.gradients.model import FunctionalModel, regulariser
 
-Fisher = Literal["ggn", "sampled"]
+Fisher = Literal["ggn", "sampled", "empirical"]
 ELEMENTS = 1 << 24  # bound on examples × the largest layer's weight per per-example matrix
 
 
@@ -92,10 +92,12 @@ def logit_vectors(
 
 
 def fisher_vectors(
-    logits: torch.Tensor, fisher: Fisher, generator: torch.Generator
+    logits: torch.Tensor, fisher: Fisher, generator: torch.Generator,
+    y: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """The pseudo-gradient vectors on the logits [B, C]: C of them (``ggn``,
-    √p_c (e_c − p)) or one (``sampled``, p − e_ŷ with ŷ ~ p)."""
+    √p_c (e_c − p)) or one (``sampled``, p − e_ŷ with ŷ ~ p; ``empirical``, p − e_y with the
+    true labels ``y``: the empirical Fisher, not G in expectation, for comparisons only)."""
     p = torch.softmax(logits.detach().double(), 1)
     eye = torch.eye(p.shape[1], dtype=p.dtype, device=p.device)
     if fisher == "ggn":
@@ -103,7 +105,9 @@ def fisher_vectors(
     if fisher == "sampled":
         drawn = torch.multinomial(p.cpu(), 1, generator=generator)[:, 0].to(p.device)
         return [p - eye[drawn]]
-    raise ValueError(f"fisher must be 'ggn' or 'sampled'; got {fisher!r}")
+    if fisher == "empirical":
+        return [p - eye[y]]
+    raise ValueError(f"fisher must be 'ggn', 'sampled' or 'empirical'; got {fisher!r}")
 
 
 def example_matrices(acts: list[torch.Tensor], ds: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -115,8 +119,8 @@ def fit_ekfac(
     model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, *, damping: float,
     fisher: Fisher = "ggn", chunk_size: int = 256, seed: int = 0,
 ) -> Ekfac:
-    """EK-FAC of the model over its training subset ``x[n, ...]``, ``y[n]`` (``y`` is not
-    read by the curvature, which depends on the model's own predictions only)."""
+    """EK-FAC of the model over its training subset ``x[n, ...]``, ``y[n]`` (``y`` is read
+    by the ``empirical`` Fisher only: the others depend on the model's own predictions)."""
     layers = tracked_layers(model, x)
     largest = max(layer.out * layer.cols for layer in layers)
     step = max(1, min(chunk_size, ELEMENTS // largest))
@@ -129,7 +133,7 @@ def fit_ekfac(
         for i, a in enumerate(acts):
             a = a.double()
             A[i] += torch.einsum("bpi,bpj->ij", a, a)
-        for v in fisher_vectors(logits, fisher, gen):
+        for v in fisher_vectors(logits, fisher, gen, y[s : s + step]):
             for i, d in enumerate(deltas(layers, logits, outs, v)):
                 d = d.double()
                 S[i] += torch.einsum("bpo,bpq->oq", d, d)
@@ -138,7 +142,7 @@ def fit_ekfac(
     eig = [torch.zeros(layer.out, layer.cols, **f64) for layer in layers]
     for s in range(0, len(x), step):
         logits, acts, outs = capture(model, layers, x[s : s + step])
-        for v in fisher_vectors(logits, fisher, gen):
+        for v in fisher_vectors(logits, fisher, gen, y[s : s + step]):
             ds = deltas(layers, logits, outs, v)
             for i, (a, d) in enumerate(zip(acts, ds, strict=True)):
                 a_rot, d_rot = a.to(d) @ qa[i].to(d), d @ qs[i].to(d)
