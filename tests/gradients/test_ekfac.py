@@ -198,6 +198,23 @@ def test_on_a_trained_mlp_the_scores_track_the_dense_ggn_influence():
     assert np.mean(r_sampled) > 0.8, r_sampled
 
 
+def test_the_empirical_fisher_eigenvalues_are_its_diagonal_in_the_kronecker_basis():
+    """``fisher="empirical"`` (true labels; what the kronfluence comparison uses) refits the
+    diagonal of (1/n) Σ ∇ℓ_i ∇ℓ_iᵀ, computed here from per-example loss gradients."""
+    gen = torch.Generator().manual_seed(5)
+    model = mlp_model([torch.randn(*s, generator=gen, dtype=torch.float64)
+                       for s in [(6, 5), (5,), (5, 4), (4,)]], WD)
+    x, y, _, _ = data(n=30)
+    ek = fit_ekfac(model, x, y, damping=LAM, fisher="empirical")
+    g = per_example_grads(model, x, y, "loss")
+    F_emp = g.T @ g / len(x)
+    for i, layer in enumerate(tracked_layers(model, x)):
+        idx = layer_order(model, layer)
+        q = torch.kron(ek.qs[i], ek.qa[i])
+        want = torch.diagonal(q.T @ F_emp[idx][:, idx] @ q)
+        torch.testing.assert_close(ek.eig[i].reshape(-1), want, rtol=1e-9, atol=1e-12)
+
+
 def test_a_grouped_convolution_is_refused_in_one_line():
     net = nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), nn.Flatten(), nn.Linear(16, 3))
     model = module_model(net, 3, WD)
