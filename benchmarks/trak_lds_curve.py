@@ -3,6 +3,7 @@ and the checkpoints ensembled per model, beside the datamodels' LDS of the same 
 
     PYTHONPATH=$PWD python benchmarks/trak_lds_curve.py --run RUN   # a finished digits run
     PYTHONPATH=$PWD python benchmarks/trak_lds_curve.py               # trains 20 + 200 models
+    PYTHONPATH=$PWD python benchmarks/trak_lds_curve.py --run RUN --proj-dims ""  # check only
 
 ``RUN``: a run of configs/digits.yaml (``datamodels run``): its first 20 checkpointed models
 (epochs 2, 4, 6, 8, 10), its ``eval`` plan (200 held-out subsets) and the datamodels' LDS in
@@ -16,7 +17,8 @@ stage's): each model's ensembled checkpoints, the last first, projected with see
 ``seed + model + j·1,000,003`` for the j-th checkpoint from the last, damping relative to
 each checkpoint's mean diagonal of ΦᵀΦ; features are computed once per (model, checkpoint,
 projection dimension) and shared by every row. The last line checks one setting against
-``trak_values`` itself.
+``trak_values`` itself (configs/digits.yaml's setting: ``proj_dim`` 128, λ 0.1, every
+checkpoint).
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ def main() -> None:
         f"{k} models" for k in MODELS) + " | seconds (20 models) |")
     print("|---:|---:|---:|" + "---:|" * len(MODELS) + "---:|")
     best = {}
-    for k in [int(v) for v in args.proj_dims.split(",")]:
+    for k in [int(v) for v in args.proj_dims.split(",") if v]:
         sums = {(d, c): 0.0 for d in DAMPING for c in CHECKPOINTS}
         q = {c: 0.0 for c in CHECKPOINTS}
         rows = {(d, c): [] for d in DAMPING for c in CHECKPOINTS}
@@ -144,13 +146,14 @@ def main() -> None:
                 best[k, d, c] = rows[d, c][-1]
                 cost = f"{seconds[c]:.1f}" if d == 1.0 else ""
                 print(f"| {k} | {d:g} | {c} | {values} | {cost} |", flush=True)
-    (k, d, c), value = max(best.items(), key=lambda kv: kv[1])
-    ratio = "" if reference is None else f" = {value / reference:.2f} x datamodels"
-    print(f"best with 20 models: proj_dim {k}, λ {d:g} x mean diag, {c} checkpoints: "
-          f"{value:.3f}{ratio}")
+    if best:
+        (k, d, c), value = max(best.items(), key=lambda kv: kv[1])
+        ratio = "" if reference is None else f" = {value / reference:.2f} x datamodels"
+        print(f"best with 20 models: proj_dim {k}, λ {d:g} x mean diag, {c} checkpoints: "
+              f"{value:.3f}{ratio}")
 
-    # one setting through the estimate stage's own function
-    g = {"proj_dim": 512, "trak_damping": 1.0, "trak_checkpoints": 5, "trak_models": 20}
+    # configs/digits.yaml's setting through the estimate stage's own function
+    g = {"proj_dim": 128, "trak_damping": 0.1, "trak_checkpoints": 5, "trak_models": 20}
     cfg = config.model_copy(update={"gradients": config.gradients.model_copy(update=g)})
     cache: dict = {}
     hist = lambda m: [(c.params, 0.1) for c in reversed(history[m])]  # noqa: E731
@@ -162,8 +165,8 @@ def main() -> None:
     qq = sum(trak_values(cfg, None, None, history[m][0], x, y, "reweight", slice(None), slot,
                          None, None, hist(m)) for slot, m in enumerate(ids)) / len(ids)
     value = lds((att * qq).numpy(), masks, margins).value
-    print(f"trak_values, 20 models x 5 checkpoints, proj_dim 512, λ 1 x mean diag: "
-          f"{value:.3f} (the table's {best.get((512, 1.0, 5), float('nan')):.3f})")
+    print(f"trak_values, 20 models x 5 checkpoints, proj_dim 128, λ 0.1 x mean diag: "
+          f"{value:.3f} (the table's {best.get((128, 0.1, 5), float('nan')):.3f})")
 
 
 if __name__ == "__main__":
