@@ -9,6 +9,7 @@ The run directory (Parquet tables) is the public contract; `Run` reads it. The v
     config = dm.load_config("configs/digits.yaml", ["plans.train.count=500"])
     dm.run(config, "runs/digits")                 # prepare, train, fit, estimate, evaluate
     dm.estimate("runs/digits", "trak")            # one more estimator on the same run
+    dm.attribute(config, module, "runs/mine")     # TRAK etc. on a model trained elsewhere
     run = dm.Run("runs/digits")
     run.scores("datamodels"), run.inputs("test"), run.evaluation()
 """
@@ -16,6 +17,7 @@ The run directory (Parquet tables) is the public contract; `Run` reads it. The v
 from datamodels.api import (
     alpha_effect,
     attack,
+    attribute,
     estimate,
     evaluate,
     fit,
@@ -36,6 +38,7 @@ __all__ = [
     "Run",
     "alpha_effect",
     "attack",
+    "attribute",
     "estimate",
     "evaluate",
     "fit",

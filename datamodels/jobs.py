@@ -1,7 +1,8 @@
 """Ray Jobs from the command line: ``datamodels submit`` and ``datamodels jobs``.
 
 A submission packages a working directory (Ray's ``runtime_env.working_dir``, without run
-directories, virtual environments, caches and VCS folders), runs ``datamodels run CONFIG
+directories, virtual environments, caches, VCS folders, large files and what
+``.datamodelsignore`` / ``.gitignore`` name: `orchestrate.upload`), runs ``datamodels run CONFIG
 --out URI`` on the cluster as the job's entrypoint, and can follow the job's log until the job
 ends. The run directory must be one that every node can reach: an object-store URI, or (with
 ``shared_fs``) an absolute path on a filesystem that every node mounts. A relative path would
@@ -25,23 +26,8 @@ from typing import Any
 
 from datamodels.errors import JobError
 from datamodels.orchestrate.jobs_api import job_submission_client
+from datamodels.orchestrate.upload import MAX_FILE_MB, Upload, plan_upload
 
-# Never uploaded: run outputs, environments, caches, VCS data, datasets' local copies.
-WORKING_DIR_EXCLUDES = [
-    "runs/",
-    ".venv/",
-    "venv/",
-    ".git/",
-    "__pycache__/",
-    "*.pyc",
-    "*.egg-info/",
-    ".pytest_cache/",
-    ".ruff_cache/",
-    ".mypy_cache/",
-    "build/",
-    "dist/",
-    "*.beton",
-]
 # Settings a worker needs to reach the same object store as this shell (no credentials: the
 # cluster's nodes use their own, e.g. an instance role or a Kubernetes secret).
 FORWARDED_ENV = (
@@ -52,6 +38,7 @@ FORWARDED_ENV = (
     "DATAMODELS_PROGRESS_INTERVAL",
 )
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+REQUEST_LIMIT_BYTES = 100 * 1024**2  # the Jobs API refuses a larger upload (HTTP 413)
 
 
 def check_out(out: str, shared_fs: bool = False) -> None:
@@ -74,18 +61,36 @@ def check_out(out: str, shared_fs: bool = False) -> None:
         )
 
 
-def config_in_working_dir(config: Path, working_dir: Path) -> str:
-    """``config`` relative to ``working_dir`` (POSIX): the path the job opens it by."""
+def config_in_working_dir(config: Path, working_dir: Path, upload: Upload | None = None) -> str:
+    """``config`` relative to ``working_dir`` (POSIX): the path the job opens it by; refused
+    when ``upload`` leaves it out."""
     resolved, root = config.expanduser().resolve(), working_dir.expanduser().resolve()
     if not resolved.is_file():
         raise JobError(f"config {config} does not exist")
     try:
-        return resolved.relative_to(root).as_posix()
+        rel = resolved.relative_to(root).as_posix()
     except ValueError:
         raise JobError(
             f"config {config} is outside the working directory {root} that is uploaded with "
             "the job; run from the project that holds it or pass --working-dir"
         ) from None
+    if upload is not None and rel not in upload.files:
+        where, why = next(
+            ((p, w) for p, w in upload.left_out if rel == p or rel.startswith(p + "/")),
+            (rel, "left out"),
+        )
+        raise JobError(
+            f"config {config} is not uploaded with the job ({where}: {why}); copy it into the "
+            "project (a run's config.yaml: cp RUN/config.yaml myrun.yaml) and submit that"
+        )
+    return rel
+
+
+def upload_plan(working_dir: Path, max_file_mb: float = MAX_FILE_MB) -> Upload:
+    """What of ``working_dir`` the job gets (`orchestrate.upload.plan_upload`)."""
+    if not working_dir.expanduser().is_dir():
+        raise JobError(f"--working-dir {working_dir} is not a folder")
+    return plan_upload(working_dir, max_file_mb)
 
 
 def entrypoint(
@@ -101,17 +106,18 @@ def entrypoint(
 
 
 def runtime_env(
-    working_dir: Path, env: dict[str, str] | None = None, environ: dict[str, str] | None = None
+    working_dir: Path | Upload,
+    env: dict[str, str] | None = None,
+    environ: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """``working_dir`` (with `WORKING_DIR_EXCLUDES`) and the env vars the job's processes get:
-    the `FORWARDED_ENV` set in ``environ`` (default: this process's), then ``env``."""
+    """The working directory (without what its `Upload` leaves out) and the env vars the
+    job's processes get: the `FORWARDED_ENV` set in ``environ`` (default: this process's),
+    then ``env``."""
+    upload = working_dir if isinstance(working_dir, Upload) else upload_plan(working_dir)
     environ = os.environ if environ is None else environ
     env_vars = {name: environ[name] for name in FORWARDED_ENV if environ.get(name)}
     env_vars.update(env or {})
-    spec: dict[str, Any] = {
-        "working_dir": str(working_dir.expanduser().resolve()),
-        "excludes": list(WORKING_DIR_EXCLUDES),
-    }
+    spec: dict[str, Any] = {"working_dir": str(upload.root), "excludes": upload.excludes()}
     if env_vars:
         spec["env_vars"] = env_vars
     return spec

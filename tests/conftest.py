@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -85,6 +86,24 @@ def digits_data(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("digits_run") / "run")
     api.prepare(config, out)
     return config, Context().data(Run(out), config)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray cluster for the whole test session (on 127.0.0.1, started on first use
+    and shut down at the end): tests that only need *a* cluster share it instead of paying a
+    start-up each. A test that shuts Ray down leaves the next user to start it again: the
+    driver's `init_ray` starts a local cluster whenever none is running."""
+    import ray
+
+    from datamodels.orchestrate.executor import init_ray
+
+    saved = os.environ.pop("RAY_ADDRESS", None)  # local, whatever the shell says
+    init_ray()
+    yield
+    ray.shutdown()
+    if saved is not None:
+        os.environ["RAY_ADDRESS"] = saved
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ pass ``executor=SerialExecutor()`` to run them in this process instead.
 | analysis.py   | fit, estimate, estimate_many, methods, evaluate, removal, attack, sparse_layer |
 | derived.py    | alpha_effect, lds_curve, transfer_counterfactual, stage_states          |
 | walk.py       | run (the pipeline's default stages, in order)                           |
+| attribute.py  | attribute (gradient estimators on a model trained elsewhere)            |
 """
 
 from datamodels.api.analysis import (
@@ -30,6 +31,7 @@ from datamodels.api.analysis import (
     removal,
     sparse_layer,
 )
+from datamodels.api.attribute import attribute
 from datamodels.api.derived import alpha_effect, lds_curve, stage_states, transfer_counterfactual
 from datamodels.api.serve import serve
 from datamodels.api.training import (
@@ -48,6 +50,7 @@ __all__ = [
     "FitResult",
     "alpha_effect",
     "attack",
+    "attribute",
     "compact",
     "estimate",
     "estimate_many",

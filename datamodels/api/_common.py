@@ -26,17 +26,20 @@ def checked_run(config: Config, run: str | Run) -> Run:
     return run
 
 
-def config_and_run(first: Config | str | Run, second: Any) -> tuple[Config, Run, bool]:
+def config_and_run(
+    first: Config | str | Run, second: Any, imports_code: bool = True
+) -> tuple[Config, Run, bool]:
     """``(config, run, …)`` or ``(run, …)``: a verb on an existing run may leave the config
-    out (the run's ``config.yaml`` is used). Returns (config, run, whether ``second`` was
-    the run)."""
+    out (the run's ``config.yaml`` is used; when the verb may import the code it names, the
+    run must be trusted: `config.trust`). Returns (config, run, whether ``second`` was the
+    run)."""
     # torch: the prepare stage's module imports the data and training code
     from datamodels.stages.prepare import load_run_config
 
     if isinstance(first, Config):
         return first, checked_run(first, second), True
     run = as_run(first)
-    return load_run_config(run), run, False
+    return load_run_config(run, imports_code), run, False
 
 
 def ray_executor(executor: Any, address: str | None) -> Any:

@@ -30,7 +30,7 @@ def alpha_effect(
     # torch: the stage fits datamodels with the fit stage's regression
     from datamodels.stages.alpha_effect import AlphaEffectStage
 
-    config, run, _ = config_and_run(as_run(run), None)
+    config, run, _ = config_and_run(as_run(run), None, imports_code=False)
     stage = AlphaEffectStage(config, run, k, holdout, models_per_level)
     return locked(run, stage, None, False)
 
@@ -42,7 +42,7 @@ def lds_curve(run: str | Run, counts: tuple[int, ...] | None = None) -> pd.DataF
     # torch: the stage fits datamodels with the fit stage's regression
     from datamodels.stages.lds_curve import LdsCurveStage
 
-    config, run, _ = config_and_run(as_run(run), None)
+    config, run, _ = config_and_run(as_run(run), None, imports_code=False)
     return locked(run, LdsCurveStage(config, run, counts), None, False)
 
 
@@ -84,5 +84,5 @@ def stage_states(run: str | Run, config: Config | None = None) -> pd.DataFrame:
 
     run = as_run(run)
     if config is None:
-        config, run, _ = config_and_run(run, None)
+        config, run, _ = config_and_run(run, None, imports_code=False)  # reads only
     return states(config, run)

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from datamodels.api._common import locked, ray_executor
 from datamodels.config import Config
+from datamodels.config.trust import remember
 from datamodels.errors import ConfigError, StoreError
 from datamodels.stages.base import run_stage
 from datamodels.stages.status import clear_failures
@@ -24,13 +25,17 @@ def prepare(
     """Write the beton and ``examples.parquet`` (False when they exist); a new run's
     ``config.yaml`` is written only once they are (by the prepare stage)."""
     # torch: the prepare stage's module imports the data and training code
+    from datamodels.stages.preflight import check_config  # torch: the estimator registry
     from datamodels.stages.prepare import PrepareStage, nothing_left_if_refused, open_run
 
+    check_config(config)  # a config its later stages cannot run is refused before any write
     run = out if isinstance(out, Run) else Run(out)
     with nothing_left_if_refused(run), writer(run.fs):  # a refused config leaves nothing
-        return locked(
+        wrote = locked(
             open_run(config, run), PrepareStage(config, run), None, show_progress, console
         )
+    remember(config, run.uri)  # made here from this config: its code may be imported later
+    return wrote
 
 
 def train(
@@ -48,6 +53,7 @@ def train(
     or ``"I/N"`` (0-based): only the missing models with ``model_id % N == I``, in this
     process without Ray, beside other shard workers (see `train_shard`)."""
     from datamodels.orchestrate.context import check_device  # torch: the device check
+    from datamodels.stages.preflight import check_local_gpus  # torch: the CUDA check
     from datamodels.stages.prepare import nothing_left_if_refused  # torch: as below
     from datamodels.stages.train import TrainStage  # torch: training
 
@@ -70,6 +76,7 @@ def train(
     if cluster == "local":  # RAY_ADDRESS=local: a fresh Ray on this machine
         cluster = None
     check_device(config.resources.device, config.resources.num_gpus, cluster)
+    check_local_gpus(config, cluster)
     run = out if isinstance(out, Run) else Run(out)
     with nothing_left_if_refused(run), writer(run.fs):  # a refused config leaves nothing
         prepare(config, run, console=console)
@@ -113,11 +120,13 @@ def train_shard(
     wait for it). Returns the shard's `TrainSummary`."""
     from datamodels.orchestrate.context import check_device  # torch: the device check
     from datamodels.orchestrate.executor import SerialExecutor  # torch: the executor
+    from datamodels.stages.preflight import check_local_gpus  # torch: the CUDA check
     from datamodels.stages.prepare import check_run  # torch: the data code
     from datamodels.stages.train import TrainStage  # torch: training
 
     shard = parse_shard(shard)
     check_device(config.resources.device, config.resources.num_gpus, None)
+    check_local_gpus(config, None)
     run = out if isinstance(out, Run) else Run(out)
     if not run.has_config():  # written last by prepare
         with writer(run.fs, wait_s=PREPARE_WAIT_S):

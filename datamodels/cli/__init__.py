@@ -6,6 +6,7 @@ nothing in the run directory is deleted on any error path.
 The commands live by group; `app` is assembled here, in the order ``--help`` lists them:
 
 * `pipeline`      prepare, train, fit, evaluate, estimate, removal, run;
+* `attribute`     attribute (gradient estimators on a model trained elsewhere);
 * `inspection`    status, compact, verify, query;
 * `applications`  attack, sparse-layer, alpha-effect, lds-curve;
 * `reports`       report, transfer-counterfactual, transfer-report;
@@ -17,7 +18,7 @@ The commands live by group; `app` is assembled here, in the order ``--help`` lis
 
 from __future__ import annotations
 
-from datamodels.cli import applications, cluster, inspection, pipeline, reports, serve
+from datamodels.cli import applications, attribute, cluster, inspection, pipeline, reports, serve
 from datamodels.cli.help import App
 
 app = App(
@@ -28,6 +29,7 @@ app.command()(pipeline.train)
 app.command()(pipeline.fit)
 app.command()(pipeline.evaluate)
 app.command()(pipeline.estimate)
+app.command()(attribute.attribute)
 app.command()(applications.attack)
 app.command()(pipeline.removal)
 app.command("run")(pipeline.run_all)

@@ -12,6 +12,7 @@ from datamodels import api
 from datamodels.cli.common import (
     RunArg,
     SetOpt,
+    TrustOpt,
     err_console,
     existing_run,
     out_console,
@@ -39,11 +40,12 @@ def attack(
     ] = None,
     max_iter: Annotated[int, typer.Option("--max-iter", help="perturb-and-retrain rounds")] = 20,
     set_: SetOpt = None,
+    trust_code: TrustOpt = False,
 ) -> None:
     """Training-set attack (Koh & Liang §5.2): perturb one training input so that the retrained
     model misclassifies the target; writes attacks/target_<target>.parquet."""
     row = api.attack(
-        run_config(run, set_), run, target, budget, point, max_iter, console=err_console
+        run_config(run, set_, trust_code), run, target, budget, point, max_iter, console=err_console
     )
     trail = " -> ".join(f"{m:.3f}" for m in row["margins"])
     verdict = "flipped" if row["flipped"] else "not flipped"
@@ -57,11 +59,11 @@ def attack(
 
 
 @user_errors
-def sparse_layer(run: RunArg, set_: SetOpt = None) -> None:
+def sparse_layer(run: RunArg, set_: SetOpt = None, trust_code: TrustOpt = False) -> None:
     """Sparse decision layer (Wong et al. 2021): an elastic-net multinomial path on a
     checkpointed model's penultimate features, λ chosen on held-out training rows at
     sparse_layer.max_features per class; writes sparse_layer/*.parquet."""
-    row = api.sparse_layer(run_config(run, set_), run, console=err_console)
+    row = api.sparse_layer(run_config(run, set_, trust_code), run, console=err_console)
     out_console.print(
         f"sparse layer of model {row['model_id']}: λ #{row['chosen_lam_index']} "
         f"({row['chosen_lam']:.4g}), at most {row['chosen_max_features_per_class']} of "

@@ -35,6 +35,27 @@ def _warn_plain_http(address: str | None) -> None:
             style="yellow", markup=False, highlight=False)
 
 
+SHOWN_LEFT_OUT = 20
+
+
+def _show_upload(upload: jobs.Upload) -> None:
+    """What is left out of the upload (one line each) and what is sent, before sending."""
+    for path, why in upload.left_out[:SHOWN_LEFT_OUT]:
+        err_console.print(f"upload: left out {path} ({why})", highlight=False, markup=False)
+    if len(upload.left_out) > SHOWN_LEFT_OUT:
+        err_console.print(f"upload: left out {len(upload.left_out) - SHOWN_LEFT_OUT} more",
+                          highlight=False, markup=False)
+    err_console.print(
+        f"upload: {len(upload.files)} file{'' if len(upload.files) == 1 else 's'}, "
+        f"{upload.size / 1e6:,.2f} MB from {upload.root}",
+        highlight=False, markup=False)
+    if upload.size > jobs.REQUEST_LIMIT_BYTES:
+        err_console.print(
+            f"warning: {upload.size / 1e6:,.0f} MB may exceed the Jobs API's request limit "
+            "(100 MiB, compressed); name large folders in .datamodelsignore",
+            style="yellow", markup=False, highlight=False)
+
+
 def _job_line(row) -> str:
     message = f": {row.message}" if row.message and row.status != "SUCCEEDED" else ""
     return f"job {row.submission_id} {row.status}{message}"
@@ -64,10 +85,15 @@ def submit(
         Path,
         typer.Option(
             "--working-dir",
-            help="uploaded as the job's working directory (without runs/, .venv/, .git/, "
-            "caches); must hold CONFIG",
+            help="uploaded as the job's working directory (without run directories, "
+            "virtual environments, .git, caches, large files and what .datamodelsignore or "
+            ".gitignore name); must hold CONFIG",
         ),
     ] = Path("."),
+    max_file_mb: Annotated[
+        float,
+        typer.Option("--max-file-mb", help="files larger than this are not uploaded"),
+    ] = jobs.MAX_FILE_MB,
     env: Annotated[
         list[str] | None,
         typer.Option("--env", help="KEY=VALUE for the job's processes, repeatable"),
@@ -84,8 +110,10 @@ def submit(
     1 when it failed or was stopped."""
     jobs.check_out(out, shared_fs)
     load(config, set_)  # a config mistake is reported here, not in the job's log
-    config_rel = jobs.config_in_working_dir(config, working_dir)
-    spec = jobs.runtime_env(working_dir, jobs.parse_env(env or []))
+    upload = jobs.upload_plan(working_dir, max_file_mb)
+    config_rel = jobs.config_in_working_dir(config, working_dir, upload)
+    spec = jobs.runtime_env(upload, jobs.parse_env(env or []))
+    _show_upload(upload)
     _warn_plain_http(address)
     client = jobs.client(address)
     job_id = jobs.submit(client, config_rel, out, set_ or [], spec, quiet, submission_id)

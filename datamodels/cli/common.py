@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.text import Text
 
 from datamodels.config import Config, config_from_dict, config_from_yaml_text, load_config
+from datamodels.config.trust import check_trusted
 from datamodels.errors import DatamodelsError, RunMismatchError, StoreError
 from datamodels.orchestrate.progress import log_console
 from datamodels.store import Run
@@ -32,6 +34,14 @@ SetOpt = Annotated[
 AddressOpt = Annotated[
     str | None,
     typer.Option("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)"),
+]
+TrustOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-code",
+        help="import the code a run's config.yaml names (model.factory, dataset.factory, "
+        "train.recipe) even though this run was not made here from your own config",
+    ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
 RetryOpt = Annotated[
@@ -58,9 +68,15 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def load(config: Path, overrides: list[str] | None) -> Config:
-    """The config file with its ``--set`` overrides."""
-    return load_config(config, overrides or [])
+def load(config: Path, overrides: list[str] | None, trust_code: bool = False) -> Config:
+    """The config file with its ``--set`` overrides. A run's own ``config.yaml`` (it records
+    a ``config_hash``) is the run's, not the user's: the code it names must be trusted
+    (`check_trusted`)."""
+    cfg = load_config(config, overrides or [])
+    tree = yaml.safe_load(Path(config).read_text())
+    if isinstance(tree, dict) and "config_hash" in tree:
+        check_trusted(cfg, str(Path(config).parent), trust_code)
+    return cfg
 
 
 def default_out(config: Config, out: str | None) -> str:
@@ -84,9 +100,10 @@ def saved_config(run: Run) -> Config:
     return config_from_yaml_text(run.read_config_text())
 
 
-def run_config(run: str, overrides: list[str] | None) -> Config:
-    """The run's own config with stage settings overridden (training settings may not change)."""
-    saved = saved_config(existing_run(run))
+def run_config(run: str, overrides: list[str] | None, trust_code: bool = False) -> Config:
+    """The run's own config with stage settings overridden (training settings may not change);
+    the code it names must be trusted (`check_trusted`) for the commands that compute."""
+    saved = check_trusted(saved_config(existing_run(run)), run, trust_code)
     cfg = config_from_dict(saved.model_dump(mode="json"), overrides or [])
     if cfg.hash != saved.hash:
         raise RunMismatchError(

@@ -20,6 +20,7 @@ from datamodels.cli.common import (
 from datamodels.stages.status import plan_status
 from datamodels.store import query as query_run
 from datamodels.store import verify as verify_run
+from datamodels.store.trainer_choice import choice_line, read_trainer_choice
 
 
 @user_errors
@@ -44,7 +45,8 @@ def status(run: RunArg) -> None:
         stages.add_column(column, justify="left")
     for row in api.stage_states(handle, config).itertuples(index=False):
         todo = row.state in ("stale", "missing")
-        stages.add_row(row.stage, row.state, row.command.replace("RUN", run) if todo else "")
+        why = f" (code version: {row.changed})" if row.changed else ""
+        stages.add_row(row.stage, row.state, row.command.replace("RUN", run) + why if todo else "")
     out_console.print(stages)
     duplicates = [p for p in handle.valid_shards()[1] if p.kind == "duplicate"]
     if duplicates:  # done counts each id once; say that some are stored more than once
@@ -52,6 +54,9 @@ def status(run: RunArg) -> None:
             f"warning: {len(duplicates)} duplicate model id problem(s) in {run}/models "
             f"(first: {duplicates[0].message}); run `datamodels verify {run}`",
             style="yellow", markup=False, highlight=False)
+    choice = read_trainer_choice(handle.fs)
+    if choice is not None:  # which path model.factory models trained by, and why
+        out_console.print(choice_line(choice), highlight=False, markup=False)
     index = read_checkpoint_index(handle.fs)
     if len(index):
         epochs = ", ".join(str(e) for e in sorted(index["epoch"].unique()))

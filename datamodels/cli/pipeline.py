@@ -17,6 +17,7 @@ from datamodels.cli.common import (
     RetryOpt,
     RunArg,
     SetOpt,
+    TrustOpt,
     default_out,
     err_console,
     load,
@@ -25,7 +26,7 @@ from datamodels.cli.common import (
     user_errors,
 )
 from datamodels.cli.inspection import status
-from datamodels.config import Config
+from datamodels.config import Config, load_config
 from datamodels.stages.status import plan_status
 from datamodels.store import Run
 
@@ -39,9 +40,11 @@ def _nothing_left_if_refused(target: str):
 
 
 @user_errors
-def prepare(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None) -> None:
+def prepare(
+    config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, trust_code: TrustOpt = False
+) -> None:
     """Write the FFCV beton and examples.parquet into the run directory."""
-    cfg = load(config, set_)
+    cfg = load(config, set_, trust_code)
     target = default_out(cfg, out)
     with _nothing_left_if_refused(target):
         wrote = api.prepare(cfg, target, console=err_console)
@@ -105,10 +108,11 @@ def train(
             "this process without Ray; N such workers (array jobs) may run at once",
         ),
     ] = None,
+    trust_code: TrustOpt = False,
 ) -> None:
     """Train every planned model that is missing from the run (resumes by default); exits 1
     when models failed for good."""
-    cfg = load(config, set_)
+    cfg = load(config, set_, trust_code)
     target = default_out(cfg, out)
     with _nothing_left_if_refused(target):
         failed = _train(cfg, target, address, quiet, retry_failed, shard)
@@ -135,15 +139,17 @@ def _evaluate(cfg: Config, run: str) -> None:
 
 
 @user_errors
-def fit(run: RunArg, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+def fit(
+    run: RunArg, set_: SetOpt = None, quiet: QuietOpt = False, trust_code: TrustOpt = False
+) -> None:
     """Fit one LASSO datamodel per evaluation target (λ chosen on held-out models)."""
-    _fit(run_config(run, set_), run, quiet)
+    _fit(run_config(run, set_, trust_code), run, quiet)
 
 
 @user_errors
-def evaluate(run: RunArg, set_: SetOpt = None) -> None:
+def evaluate(run: RunArg, set_: SetOpt = None, trust_code: TrustOpt = False) -> None:
     """Score every scores/*.parquet (LDS on the held-out eval plan) into evaluation.parquet."""
-    _evaluate(run_config(run, set_), run)
+    _evaluate(run_config(run, set_, trust_code), run)
 
 
 def _estimate(
@@ -187,12 +193,14 @@ def estimate(
     set_: SetOpt = None,
     address: AddressOpt = None,
     quiet: QuietOpt = False,
+    trust_code: TrustOpt = False,
 ) -> None:
     """Compute estimators into scores/<method>.parquet (+ self_scores/): retraining-based ones
     from models/, gradient ones (influence, influence_pert, tracin, representer, trak) as Ray
     tasks over checkpoints/."""
     _estimate(
-        run_config(run, set_), run, [m for m in method or [] if m != "all"] or None, address, quiet
+        run_config(run, set_, trust_code), run, [m for m in method or [] if m != "all"] or None,
+        address, quiet,
     )
 
 
@@ -208,11 +216,11 @@ def _removal(cfg: Config, run: str, address: str | None, quiet: bool) -> None:
 
 @user_errors
 def removal(run: RunArg, set_: SetOpt = None, address: AddressOpt = None,
-            quiet: QuietOpt = False) -> None:
+            quiet: QuietOpt = False, trust_code: TrustOpt = False) -> None:
     """Counterfactual removal and brittleness by retraining: choose the removal plan's sets
     from the score tables (once: plan_masks/, removals/sets.parquet), train them, write
     removals/results.parquet (predicted vs actual margin change, flips)."""
-    _removal(run_config(run, set_), run, address, quiet)
+    _removal(run_config(run, set_, trust_code), run, address, quiet)
 
 
 MethodsOpt = Annotated[
@@ -234,16 +242,20 @@ def run_all(
     quiet: QuietOpt = False,
     retry_failed: RetryOpt = False,
     methods: MethodsOpt = None,
+    trust_code: TrustOpt = False,
 ) -> None:
     """Run every stage: prepare, train, fit, estimate, removal (with a removal plan), evaluate
     (each skips work already done); exits 1 when models failed for good (the later stages
     still run on the others)."""
     # torch: the declared pipeline imports every stage
     from datamodels.stages.pipeline import default_stages
+    from datamodels.stages.preflight import check_config  # torch: the estimator registry
 
-    cfg = load(config, set_)
+    cfg = load(config, set_, trust_code)
     target = default_out(cfg, out)
     chosen = [m.strip() for m in (methods or "").split(",") if m.strip()] or None
+    if chosen:  # checked as estimate.methods would be, before anything trains
+        check_config(load_config(cfg, [f"estimate.methods=[{','.join(chosen)}]"]))
     failed = []
 
     def train_and_show() -> None:

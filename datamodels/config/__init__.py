@@ -20,7 +20,12 @@ The modules, by section:
                 ``sparse_layer``;
 * `gradients`  ``gradients``;  `transfer`: ``transfer``;
 * `root`       `Config`: the sections together, the cross-section checks, the hash;
-* `load`       YAML, ``--set`` overrides and one-line error messages.
+* `load`       YAML, ``--set`` overrides and one-line error messages;
+* `trust`      whether the code a run's ``config.yaml`` names may be imported
+                (`check_trusted`, `remember`).
+
+Checks that need the estimator registry (a method that needs checkpoints, a removal plan
+naming a method that will not run) are made above this layer, in ``stages/preflight.py``.
 
 This layer imports nothing of the package but `datamodels.errors`.
 """

@@ -28,6 +28,7 @@ from datamodels.gradients.trak import (
     trak_leverage,
 )
 from datamodels.models import architecture
+from datamodels.trainers.unit_progress import within
 
 PERT_ELEMENTS = 1 << 24  # bound on T·points·input_dim per influence_pert chunk
 
@@ -154,18 +155,20 @@ def trak_values(
             out.append((projection, phi, kernel_inverse(phi, damping)))
         return out
 
-    per_checkpoint = ctx_cached(
-        (*key, g.proj_dim, g.trak_damping, g.trak_damping_relative, g.trak_checkpoints,
-         tuple(seeds), precision),
-        features,
-    )
-    total = None
-    for m, (projection, phi, kernel) in zip(models, per_checkpoint, strict=True):
-        if kind == "scores":
-            value = trak_attribution(
-                m, phi, tx, ty, projection, chunk_size=g.chunk_size, kernel=kernel
-            )
-        else:
-            value = trak_leverage(phi, rows, kernel)
-        total = value if total is None else total + value
-    return total / len(models)
+    with within(0.0, 0.7):  # the training features (once per process and model), then the rows
+        per_checkpoint = ctx_cached(
+            (*key, g.proj_dim, g.trak_damping, g.trak_damping_relative, g.trak_checkpoints,
+             tuple(seeds), precision),
+            features,
+        )
+    with within(0.7, 1.0):
+        total = None
+        for m, (projection, phi, kernel) in zip(models, per_checkpoint, strict=True):
+            if kind == "scores":
+                value = trak_attribution(
+                    m, phi, tx, ty, projection, chunk_size=g.chunk_size, kernel=kernel
+                )
+            else:
+                value = trak_leverage(phi, rows, kernel)
+            total = value if total is None else total + value
+        return total / len(models)

@@ -26,6 +26,7 @@ import torch
 
 from datamodels.gradients.grads import exact_hessian, hvp_fn
 from datamodels.gradients.model import FunctionalModel
+from datamodels.trainers.unit_progress import report
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def _cg(matvec, rhs: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
     p = r.clone()
     rr = (r * r).sum(1)
     stop = (tol * rhs.norm(dim=1)) ** 2
-    for _ in range(max_iter):
+    for step in range(max_iter):
         active = rr > stop
         if not bool(active.any()):
             break
@@ -122,6 +123,7 @@ def _cg(matvec, rhs: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
         beta = torch.where(active, rr_new / torch.where(active, rr, 1.0), 0.0)
         p = r + beta[:, None] * p
         rr = torch.where(active, rr_new, rr)
+        report(step + 1, max_iter)  # against the bound: CG often stops early
     return s
 
 
@@ -150,15 +152,16 @@ def _lissa(
         scale = 1.2 * (top + solver.damping)
     gen = torch.Generator().manual_seed(solver.seed)
     total = torch.zeros_like(rhs)
-    for _ in range(solver.repeats):
+    for repeat in range(solver.repeats):
         h = rhs.clone()
-        for _ in range(solver.depth):
+        for depth in range(solver.depth):
             if solver.batch_size is None or solver.batch_size >= len(x):
                 hvp = full
             else:
                 batch = torch.randperm(len(x), generator=gen)[: solver.batch_size].to(x.device)
                 hvp = hvp_fn(model, x[batch], y[batch], chunk_size=solver.hvp_chunk)
             h = rhs + h - (hvp(h) + solver.damping * h) / scale
+            report(repeat * solver.depth + depth + 1, solver.repeats * solver.depth)
         total = total + h / scale
     return total / solver.repeats
 

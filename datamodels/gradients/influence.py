@@ -34,6 +34,7 @@ import torch
 from datamodels.gradients.grads import exact_hessian, per_example_grads
 from datamodels.gradients.ihvp import Exact, FactoredHessian, Solver, inverse_hvp
 from datamodels.gradients.model import FunctionalModel
+from datamodels.trainers.unit_progress import report, within
 
 Utility = Literal["margin", "loss"]
 TrainOutput = Literal["term", "loss"]
@@ -75,9 +76,10 @@ def influence_scores(
     ``hessian`` (``Exact`` only) reuses a precomputed H."""
     n = len(train_x)
     points_x, points_y = (train_x, train_y) if points_x is None else (points_x, points_y)
-    directions = target_directions(
-        model, train_x, train_y, target_x, target_y, utility, solver, chunk_size, hessian
-    )
+    with within(0.0, 0.5):  # the solves (CG or LiSSA iterations), then the training side
+        directions = target_directions(
+            model, train_x, train_y, target_x, target_y, utility, solver, chunk_size, hessian
+        )
     scores = torch.empty(
         len(target_x), len(points_x), dtype=torch.float64, device=model.params.device
     )
@@ -87,6 +89,7 @@ def influence_scores(
             model, points_x[start:stop], points_y[start:stop], train_output, chunk_size=chunk_size
         )
         scores[:, start:stop] = -(directions @ grads.T) / n
+        report(0.5 * len(points_x) + 0.5 * stop, len(points_x))
     return scores
 
 
@@ -108,10 +111,11 @@ def influence_self_scores(
     out = torch.empty(len(points_x), dtype=torch.float64, device=model.params.device)
     for start in range(0, len(points_x), chunk_size):
         sl = slice(start, min(len(points_x), start + chunk_size))
-        s = target_directions(
-            model, train_x, train_y, points_x[sl], points_y[sl], utility, solver, chunk_size,
-            hessian,
-        )
+        with within(start / len(points_x), sl.stop / len(points_x)):
+            s = target_directions(
+                model, train_x, train_y, points_x[sl], points_y[sl], utility, solver,
+                chunk_size, hessian,
+            )
         g = per_example_grads(
             model, points_x[sl], points_y[sl], train_output, chunk_size=chunk_size
         )

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from datamodels.gradients.model import FunctionalModel
 from datamodels.trainers.outcome import margins_from_logits
+from datamodels.trainers.unit_progress import report
 
 RepresenterOutput = Literal["margin", "true_class", "predicted_class"]
 _OUTPUTS = ("margin", "true_class", "predicted_class")
@@ -51,6 +52,7 @@ def _heads(model: FunctionalModel, x: torch.Tensor, chunk_size: int):
         raise ValueError(f"representer points need a last linear layer: {model.head_problem}")
     for start in range(0, len(x), chunk_size):
         yield (start, *model.head_io(model.params, x[start : start + chunk_size]))
+        report(min(len(x), start + chunk_size), len(x))
 
 
 def last_layer_features(

@@ -31,6 +31,7 @@ from datamodels.gradients.grads import (
 )
 from datamodels.gradients.influence import Utility, utility_grads
 from datamodels.gradients.model import FunctionalModel
+from datamodels.trainers.unit_progress import report
 
 Checkpoint = tuple[torch.Tensor, float]  # (params float[P], learning rate η_k)
 
@@ -47,7 +48,7 @@ def tracin_scores(
         raise ValueError("checkpoints is empty: pass at least one (params, learning_rate) pair")
     n = len(train_x)
     scores = torch.zeros(len(target_x), n, dtype=torch.float64, device=model.params.device)
-    for params, lr in checkpoints:
+    for k, (params, lr) in enumerate(checkpoints):
         at = model.with_params(params.detach().to(model.params).reshape(-1))
         if at.layer_io is not None:  # dense layers: dot products from per-layer factors
             if utility not in ("loss", "margin"):
@@ -58,6 +59,7 @@ def tracin_scores(
                 stop = min(n, start + chunk_size)
                 train_side = gradient_factors(at, train_x[start:stop], train_y[start:stop], "loss")
                 scores[:, start:stop] -= lr * sign * factor_dots(target_side, train_side)
+                report(k * n + stop, len(checkpoints) * n)
             continue
         target_side = utility_grads(at, target_x, target_y, utility, chunk_size)
         for start in range(0, n, chunk_size):
@@ -66,6 +68,7 @@ def tracin_scores(
                 at, train_x[start:stop], train_y[start:stop], "loss", chunk_size=chunk_size
             )
             scores[:, start:stop] -= lr * (target_side @ grads.T)
+            report(k * n + stop, len(checkpoints) * n)
     return scores
 
 
@@ -77,10 +80,12 @@ def tracin_self_scores(
     if not checkpoints:
         raise ValueError("checkpoints is empty: pass at least one (params, learning_rate) pair")
     out = torch.zeros(len(train_x), dtype=torch.float64, device=model.params.device)
-    for params, lr in checkpoints:
+    n = len(train_x)
+    for k, (params, lr) in enumerate(checkpoints):
         at = model.with_params(params.detach().to(model.params).reshape(-1))
         for start in range(0, len(train_x), chunk_size):
             sl = slice(start, min(len(train_x), start + chunk_size))
+            report(k * n + start, len(checkpoints) * n)
             if at.layer_io is not None:
                 out[sl] += lr * factor_norms(gradient_factors(at, train_x[sl], train_y[sl], "loss"))
                 continue

@@ -50,6 +50,7 @@ from datamodels.gradients.grads import (
 )
 from datamodels.gradients.model import FunctionalModel
 from datamodels.gradients.projection import Projection, ProjectionKind, ProjectionPrecision
+from datamodels.trainers.unit_progress import report
 
 TrakOutput = Literal["trak", "margin"]
 
@@ -73,13 +74,12 @@ def trak_features(
     """φ(z_i) = Rᵀ ∇_θ f(z_i): float64[n, k] (``chunk_size`` per-example gradients at a
     time, each chunk projected block by block; a small R is drawn once for all chunks)."""
     blocks = projection.blocks(model.params.device) if len(x) > chunk_size else None
-    chunks = [
-        projection.project(
-            example_grads(model, x[s : s + chunk_size], y[s : s + chunk_size], output, chunk_size),
-            blocks,
-        ).double()
-        for s in range(0, len(x), chunk_size)
-    ]
+    chunks = []
+    for s in range(0, len(x), chunk_size):
+        grads = example_grads(model, x[s : s + chunk_size], y[s : s + chunk_size], output,
+                              chunk_size)
+        chunks.append(projection.project(grads, blocks).double())
+        report(s + len(grads), len(x))
     if chunks:
         return torch.cat(chunks)
     return torch.zeros(0, projection.dim, dtype=torch.float64, device=model.params.device)

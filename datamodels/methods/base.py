@@ -16,6 +16,10 @@ A method declares (class attributes, read by the stage):
 * ``writes``: the tables it writes, ``scores`` float32[T, n_train] and ``self_scores``
   float32[n_train].
 * ``on_request``: run only when named (it costs many training runs).
+* ``version``: the code version of its numbers (default 1). Bump it with any change that can
+  move a score it writes for the same inputs (the maths, a default, a fixed bug): the
+  ``estimate`` stage's fingerprint holds it, so every run's table of the method turns stale
+  and is recomputed. ``tests/methods/test_versions.py`` pins a small output per version.
 
 Retraining methods (`RetrainingMethod`) compute from a `PlanTable` or `Features`; gradient
 methods (`GradientMethod`) compute one `Block` of one model. Adding one: a module with a
@@ -114,6 +118,7 @@ class Method:
     reweights: ClassVar[bool] = False
     writes: ClassVar[tuple[str, ...]] = ("scores", "self_scores")
     on_request: ClassVar[bool] = False
+    version: ClassVar[int] = 1
 
     def __init__(self, config) -> None:
         self.config = config

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import socket
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from datamodels.data.resident import load_train_data, load_transfer_data
 from datamodels.errors import ConfigError
 from datamodels.store import Run
 from datamodels.store.beton import BETON_PATH, local_beton
+from datamodels.trainers.unit_progress import reporting_to
 
 __all__ = [  # BETON_PATH and local_beton live in the store; read here by older importers
     "BETON_PATH",
@@ -31,6 +33,7 @@ __all__ = [  # BETON_PATH and local_beton live in the store; read here by older 
     "context",
     "local_beton",
     "num_classes",
+    "unit_reporting",
     "worker_name",
 ]
 
@@ -110,3 +113,26 @@ _CONTEXT = Context()
 def context() -> Context:
     """This process's context."""
     return _CONTEXT
+
+
+# -- progress within a unit ------------------------------------------------------------------
+
+PartialSink = Callable[[Any, "float | None", float], None]  # (unit key, fraction, size)
+
+
+@contextmanager
+def unit_reporting(stage_name: str, unit: Any, sink: PartialSink | None) -> Iterator[None]:
+    """While a unit computes: the reports of its loops (`trainers.unit_progress.report`) go to
+    ``sink`` as (key, fraction, size), key = (stage name, unit name); when it ends, one
+    (key, None, size). ``sink`` is ``Progress.partial`` in this process, a channel's ``put``
+    in a Ray task (`orchestrate.channel`), or None (nothing reported). Whatever executor runs
+    the unit wraps its ``compute`` in this."""
+    if sink is None:
+        yield
+        return
+    key, size = (stage_name, getattr(unit, "name", str(unit))), getattr(unit, "size", 1)
+    with reporting_to(lambda fraction: sink(key, fraction, size)):
+        try:
+            yield
+        finally:
+            sink(key, None, size)

@@ -22,7 +22,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from datamodels.errors import DatamodelsError
-from datamodels.orchestrate.context import Context, context
+from datamodels.orchestrate.channel import POLL_S, channel_sink, open_channel
+from datamodels.orchestrate.context import Context, context, unit_reporting
+from datamodels.orchestrate.runtime_env import pythonpath_for_workers
 
 
 def error_text(err: BaseException) -> str:
@@ -40,8 +42,10 @@ def error_type(err: BaseException) -> str:
 
 
 def compute_unit(stage, unit, shared=None):
-    """Task body: one unit of ``stage`` in this process's context."""
-    return stage.compute(context(), unit, shared)
+    """Task body: one unit of ``stage`` in this process's context; the progress its loops
+    report goes to the driver's channel."""
+    with unit_reporting(stage.name, unit, channel_sink):
+        return stage.compute(context(), unit, shared)
 
 
 def compute_shared(stage, key):
@@ -88,7 +92,8 @@ class SerialExecutor:
                 if unit.shared is not None and unit.shared not in shared:
                     shared.clear()  # one at a time: they can be large
                     shared[unit.shared] = stage.compute_shared(ctx, unit.shared)
-                result = stage.compute(ctx, unit, shared.get(unit.shared))
+                with unit_reporting(stage.name, unit, getattr(progress, "partial", None)):
+                    result = stage.compute(ctx, unit, shared.get(unit.shared))
             except DatamodelsError:
                 raise  # no retry helps, and the message is already one line
             except Exception as err:  # noqa: BLE001 - the stage decides what a failure means
@@ -146,7 +151,7 @@ def init_ray(address: str | None = None) -> None:
     if address is not None:
         ray.init(address=address, **kwargs)
         return
-    with loopback_only():
+    with loopback_only(), pythonpath_for_workers():  # the driver's sys.path reaches workers
         ray.init(address="local", _node_ip_address=LOOPBACK, **kwargs)
 
 
@@ -218,6 +223,7 @@ class RayExecutor:
         remote_unit = ray.remote(**options)(compute_unit)
         remote_shared = ray.remote(**options)(compute_shared)
         stage_ref = ray.put(stage)
+        channel = open_channel()  # the tasks' progress within their units
         queue: deque = deque(units)
         pending: dict = {}
         shared_refs: dict = {}
@@ -247,7 +253,11 @@ class RayExecutor:
                 while queue and len(pending) < limit:
                     unit = queue.popleft()
                     pending[remote_unit.remote(stage_ref, unit, shared_ref(unit))] = unit
-                ready, _ = ray.wait(list(pending), num_returns=1)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+                if channel is not None:
+                    channel.poll(stage.name, progress)
+                if not ready:
+                    continue
                 unit = pending.pop(ready[0])
                 try:
                     result = ray.get(ready[0])

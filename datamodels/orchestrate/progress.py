@@ -6,6 +6,12 @@ file, CI) a live bar would print nothing useful, so a plain line is printed ever
 finished in between, e.g. ``models 1,050/2,200 (48%) 2,971/min ETA 0:25 failed 0``, and one
 summary line at the end. `log_console` is the console for such output: it never wraps a
 message at 80 columns when stderr is not a terminal.
+
+A unit that runs long reports how far it is (``partial``: its fraction done, from the
+loops inside it through `datamodels.trainers.unit_progress`), so the bar and the lines
+move between finished units: ``tasks 2.4/16 (15%)``. When the unit finishes, its partial
+share is replaced by its whole size (``advance``). ``reported`` keeps the last reports
+(unit key, fraction) in order, for whoever wants to read them back.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import deque
+from typing import Any
 
 import rich.progress as rp
 from rich.console import Console
@@ -91,6 +99,9 @@ class Progress:
         self.last_line = time.perf_counter()
         self.started = time.perf_counter()
         self._printing = threading.Lock()
+        self._partial: dict[Any, float] = {}  # running unit -> the share of it done (units)
+        self._partial_lock = threading.Lock()  # the ticker thread reads what a poller writes
+        self.reported: deque[tuple[Any, float]] = deque(maxlen=10_000)
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self.progress = rp.Progress(
@@ -139,18 +150,28 @@ class Progress:
         with self._printing:
             self.console.print(text, highlight=False, markup=False, soft_wrap=True)
 
+    @property
+    def shown(self) -> float:
+        """Finished units plus the reported shares of the running ones (at most ``total``)."""
+        with self._partial_lock:
+            running = sum(self._partial.values())
+        return min(float(self.total), self.done + running)
+
     def rate(self) -> float:
         """Units per minute since the start."""
         elapsed = time.perf_counter() - self.started
-        return 60 * (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
+        return 60 * (self.shown - self.start_done) / elapsed if elapsed > 0 else 0.0
 
     def line(self) -> str:
-        """``models 1,050/2,200 (48%) 2,971/min ETA 0:25 failed 0``."""
-        share = 100 * self.done / self.total if self.total else 100.0
+        """``models 1,050/2,200 (48%) 2,971/min ETA 0:25 failed 0`` (a running unit's share
+        shows as a decimal: ``tasks 2.4/16 (15%)``)."""
+        shown = self.shown
+        share = 100 * shown / self.total if self.total else 100.0
         rate = self.rate()
-        left = (self.total - self.done) / rate * 60 if rate > 0 else None
+        left = (self.total - shown) / rate * 60 if rate > 0 else None
+        count = f"{shown:,.0f}" if shown == int(shown) else f"{shown:,.1f}"
         return (
-            f"{self.what} {self.done:,}/{self.total:,} ({share:.0f}%) {rate:,.0f}/min "
+            f"{self.what} {count}/{self.total:,} ({share:.0f}%) {rate:,.0f}/min "
             f"ETA {format_eta(left)} failed {self.given_up}"
         )
 
@@ -166,16 +187,28 @@ class Progress:
         if self.plain:
             self._plain_line_if_due()
             return
-        rate = f"{self.rate():,.0f}/min" if self.done > self.start_done else ""
+        rate = f"{self.rate():,.0f}/min" if self.shown > self.start_done else ""
         failures = (
             f"failed attempts {self.attempts_failed}, given up {self.given_up}"
             if self.attempts_failed
             else ""
         )
-        self.progress.update(self.task, completed=self.done, rate=rate, failures=failures)
+        self.progress.update(self.task, completed=self.shown, rate=rate, failures=failures)
 
     def advance(self, n: int) -> None:
         self.done += n
+        self._refresh()
+
+    def partial(self, key: Any, fraction: float | None, size: float = 1) -> None:
+        """Running unit ``key`` (of ``size`` units) is ``fraction`` done; None: it ended (its
+        share goes; ``advance`` counts it whole). A unit's share never goes back."""
+        with self._partial_lock:
+            if fraction is None:
+                self._partial.pop(key, None)
+            else:
+                fraction = min(1.0, max(0.0, float(fraction)))
+                self.reported.append((key, fraction))
+                self._partial[key] = max(self._partial.get(key, 0.0), fraction * size)
         self._refresh()
 
     def failed_attempt(self, n: int, given_up: int) -> None:

@@ -7,7 +7,8 @@ models with ``train_batch`` (or walks the permutation until it truncates), write
 checkpoints ``config.checkpoints`` asks for, and writes one shard of the models that trained
 cleanly (`Run.write_models`: temp name, validate, rename). Its result is a small `Receipt`,
 never the data itself. The stage object supplies ``config``, ``run``, ``planned`` (with
-``_planned``, rebuilt per process), ``stored`` (stored-mask plans' rows) and ``loader``.
+``_planned``, rebuilt per process), ``stored`` (stored-mask plans' rows), ``loader`` and
+``trainer`` (the trainer label each shard records, ``trainers.versions``).
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ from datamodels.plans import (
 )
 from datamodels.store import models_table
 from datamodels.store.checkpoints import write_checkpoints
+from datamodels.store.trainer_choice import write_trainer_choice
 from datamodels.trainers.api import TrainOutcome, train_batch
 from datamodels.trainers.null import NullData
 from datamodels.trainers.outcome import CheckpointRequest
+from datamodels.trainers.path_choice import take_choices
 from datamodels.trainers.walk import walk_permutation
 
 if TYPE_CHECKING:
@@ -61,6 +64,7 @@ class TrainTask:
     _planned: PlannedModels | None
     stored: dict[str, list[np.ndarray]]
     loader: Any
+    trainer: str | None = None
 
     def task_plan(self, ctx) -> None:
         """In a task: the plan table of this process (built once per worker and config)."""
@@ -122,6 +126,8 @@ class TrainTask:
             order, planned.seed, data, self.config, loader=self.loader, checkpoints=request,
             example_weights=weights,
         )
+        for choice in take_choices():  # the trainer path this process chose, for status
+            write_trainer_choice(self.run.fs, choice.record())
         keep = [s for s in outcome.snapshots if not outcome.failed[s.row]]
         if keep:
             write_checkpoints(
@@ -169,6 +175,7 @@ class TrainTask:
             seconds=outcome.seconds[ok],
             attempt=np.broadcast_to(np.asarray(attempts, np.int32), ok.shape)[ok],
             worker=receipt.worker,
+            trainer=self.trainer,
         )
         self.run.write_models(table, config_hash=self.config.hash)
         receipt.written += [int(i) for i in planned.model_id[ok]]

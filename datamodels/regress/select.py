@@ -13,6 +13,10 @@ from datamodels.regress.lasso import LassoSelection, lasso_select, split_rows
 if TYPE_CHECKING:
     from datamodels.config import FitConfig
 
+# The code version of the datamodels' numbers (``fit``'s tables): bump it with any change that
+# can move a weight for the same models and settings; the fit stage's digest holds it.
+VERSION = 1
+
 
 def min_models(fit: FitConfig) -> int:
     """The fewest models a fit needs: at least two validation rows at ``fit.val_fraction``."""

@@ -324,6 +324,12 @@ def build_report(
     if method is None:
         for name in ("support", "embedding", "leakage", "brittleness"):
             bodies[name] = _note("no scores/datamodels.parquet: run `datamodels fit`")
+        if methods and not run.fs.isfile("transfer/source_classes.parquet"):
+            # attributed or estimated models only: the top training examples of each method
+            bodies["support"] = "".join(
+                f"<h3>{html.escape(m)}</h3>" + support_section(run, m, n_targets, k)
+                for m in methods
+            )
     else:
         # a transfer run's training points are source classes, not inputs to draw
         transfer = run.fs.isfile("transfer/source_classes.parquet")

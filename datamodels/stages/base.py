@@ -18,6 +18,13 @@ flight: their parts are written by temp name and rename, so a rerun computes onl
 Parts live in ``_parts/<name>-<digest>/``: a change of settings gets a new folder, so parts of
 different settings never mix; ``finish`` removes the folders of the stage's earlier settings.
 
+**Code versions.** ``versions()`` names the code that produces a stage's tables and its
+version (``trainer.lbfgs``: ``trainers.versions``; ``method.shapley``: ``Method.version``).
+The marker records them under ``versions``, and every version above 1 is part of the digest,
+so bumping a producer's version makes its stage stale and the next run recomputes it. Version
+1 adds nothing to the digest: markers written before versions were recorded stay current
+(what they were made with counts as version 1).
+
 Adding a stage: subclass `Stage`, set ``name``, implement the four methods (``done`` only if
 its parts are not files in `part_dir`), and call ``run_stage(MyStage(config, run), executor)``.
 Stages that need several units to share one expensive object (a model's Hessian) name it in
@@ -37,6 +44,7 @@ from datamodels.config import Config
 from datamodels.orchestrate.progress import Progress, log_console
 from datamodels.plans import plan_models
 from datamodels.store import Run
+from datamodels.trainers.versions import FIRST_VERSION
 
 PARTS_DIR = "_parts"
 MARKERS_DIR = "_stages"
@@ -69,6 +77,13 @@ def digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def versioned(fingerprint: dict, versions: dict[str, int]) -> dict:
+    """``fingerprint`` with the producers' versions above the first (what the digest hashes:
+    version 1 leaves a fingerprint as it was before versions were recorded)."""
+    bumped = {name: v for name, v in sorted(versions.items()) if v != FIRST_VERSION}
+    return fingerprint | {"versions": bumped} if bumped else fingerprint
+
+
 class Stage:
     """Base of every stage; see the module docstring for the contract."""
 
@@ -89,6 +104,11 @@ class Stage:
 
     def units(self) -> list[Unit]:
         raise NotImplementedError
+
+    def versions(self) -> dict[str, int]:
+        """Code versions of what produces the stage's tables (``"method.shapley": 2``); see
+        the module docstring. Default: none."""
+        return {}
 
     def compute(self, ctx: Any, unit: Unit, shared: Any = None) -> Any:
         raise NotImplementedError
@@ -165,7 +185,7 @@ class Stage:
     @property
     def digest(self) -> str:
         if self._digest is None:
-            self._digest = digest(self.fingerprint())
+            self._digest = digest(versioned(self.fingerprint(), self.versions()))
         return self._digest
 
     @property
@@ -180,8 +200,8 @@ class Stage:
         return f"{MARKERS_DIR}/{self.name}.json"
 
     def marker(self) -> dict | None:
-        """The stage's marker record (stage, digest, fingerprint), or None before its first
-        completion."""
+        """The stage's marker record (stage, digest, fingerprint, versions), or None before
+        its first completion."""
         return read_marker(self.run, self.name)
 
     def is_complete(self) -> bool:
@@ -197,7 +217,8 @@ class Stage:
     def write_marker(self) -> None:
         if self.refingerprint_after_finish:
             self._digest = None
-        record = {"stage": self.name, "digest": self.digest, "fingerprint": self.fingerprint()}
+        record = {"stage": self.name, "digest": self.digest, "fingerprint": self.fingerprint(),
+                  "versions": self.versions()}
         self.run.fs.write_bytes_atomic(self.marker_path, json.dumps(record, default=str).encode())
 
     def remove_old_parts(self) -> None:

@@ -114,6 +114,9 @@ class EstimateStage(Stage):
 
     # -- the contract ----------------------------------------------------------------------
 
+    def versions(self) -> dict[str, int]:
+        return {f"method.{self.method}": self.estimator.version}
+
     def fingerprint(self) -> dict:
         if not self.per_model:
             e = self.config.estimate

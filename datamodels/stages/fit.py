@@ -24,7 +24,7 @@ import pandas as pd
 
 from datamodels.errors import FitError
 from datamodels.orchestrate.progress import log_console
-from datamodels.regress.select import fit_datamodels, min_models
+from datamodels.regress.select import VERSION, fit_datamodels, min_models
 from datamodels.stages.base import Stage, Unit, read_marker
 from datamodels.store import TARGETS_PATH, TARGETS_SCHEMA, WEIGHTS_PATH, WEIGHTS_SCHEMA, Run
 from datamodels.store.positions import eval_positions
@@ -52,6 +52,9 @@ def shortfall_line_of(short: dict | None) -> str | None:
 class FitStage(Stage):
     name = "fit"
     what = "targets"
+
+    def versions(self) -> dict[str, int]:
+        return {"fit.datamodels": VERSION}
 
     def fingerprint(self) -> dict:
         settings = self.config.fit.model_dump(mode="json", exclude={"device", "targets_per_block"})

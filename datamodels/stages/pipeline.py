@@ -24,6 +24,7 @@ from datamodels.errors import DatamodelsError
 from datamodels.methods import METHODS
 from datamodels.stages.alpha_effect import AlphaEffectStage
 from datamodels.stages.attack import AttackStage
+from datamodels.stages.attribute import IMPORTED_DIR, AttributeStage, recorded
 from datamodels.stages.base import MARKERS_DIR, PARTS_DIR, Stage, read_marker
 from datamodels.stages.estimate import EstimateStage
 from datamodels.stages.evaluate import EvaluateStage
@@ -48,6 +49,7 @@ STORE_OWNED = (
     "checkpoints/*", "checkpoints/*/*",  # per-model checkpoints and their index
     "_compacting/*", "_compacting/*/*",  # compaction stash
     "data/*",  # the beton and its local caches
+    "trainer.json",  # the trainer path model.factory models took (store.trainer_choice)
 )
 # The stage contract's own bookkeeping (`stages.base`).
 CONTRACT_OWNED = (f"{MARKERS_DIR}/*.json", f"{PARTS_DIR}/*", f"{PARTS_DIR}/*/*")
@@ -75,6 +77,12 @@ def _estimates(config: Config, run: Run) -> list[Stage]:
         if method in METHODS:
             stages.append(EstimateStage(config, run, method))
     return stages
+
+
+def _attributes(config: Config, run: Run) -> list[Stage]:
+    """One stage per method ``attribute`` ran (its ``attribute-<method>`` marker)."""
+    names = [r["stage"].removeprefix("attribute-") for r in _markers(run, "attribute-")]
+    return recorded(config, run, names)
 
 
 def _attacks(config: Config, run: Run) -> list[Stage]:
@@ -122,6 +130,9 @@ PIPELINE: tuple[StageSpec, ...] = (
               ("removals/results.parquet",), "removal", _removal(RemovalStage)),
     StageSpec("evaluate", (EvaluateStage,), ("fit", "estimate", "removal"), True,
               ("evaluation.parquet",), "evaluate"),
+    StageSpec("attribute", (AttributeStage,), ("prepare",), False,
+              ("scores/*.parquet", "self_scores/*.parquet", f"{IMPORTED_DIR}/*.pt"),
+              "attribute CONFIG -c STATE_DICT.pt --out", _attributes),
     StageSpec("alpha_effect", (AlphaEffectStage,), ("train", "fit"), False,
               ("applications/alpha_effect.parquet",), "alpha-effect",
               _recorded(AlphaEffectStage)),

@@ -26,6 +26,7 @@ import pyarrow as pa
 import yaml
 
 from datamodels.config import HASHED_SECTIONS, Config, config_from_yaml_text
+from datamodels.config.trust import check_trusted
 from datamodels.data.beton import BETON_NAME, subset_loader, write_beton
 from datamodels.data.examples import examples_frame, train_and_eval_index
 from datamodels.data.sources import load_dataset
@@ -129,13 +130,16 @@ def record_config(config: Config, run: Run) -> None:
         run.write_config(text)
 
 
-def load_run_config(run: Run) -> Config:
+def load_run_config(run: Run, imports_code: bool = True) -> Config:
     if not run.has_config():
         raise StoreError(
             f"{run.uri}: no config.yaml; is this a run directory? "
             "(create one with datamodels prepare)"
         )
-    return config_from_yaml_text(run.read_config_text())
+    config = config_from_yaml_text(run.read_config_text())
+    if not imports_code:  # the caller only reads tables
+        return config
+    return check_trusted(config, run.uri, getattr(run, "trust_code", False))
 
 
 class PrepareStage(Stage):

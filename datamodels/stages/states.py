@@ -6,7 +6,8 @@ or settings changed) or when a stage it reads is stale or missing (each fingerpr
 witness of the inputs it read, so an upstream rewritten since shows as a changed digest), and
 **done** otherwise. A stage made of several (one per estimator, one per attack target) takes
 the worst of them; one that does not apply to the run (no removal plan, never asked for)
-is ``-``.
+is ``-``. ``changed`` names the producers whose code version differs from the one the
+marker recorded (``method.shapley 1 -> 2``; a marker without versions counts as 1).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datamodels.errors import StoreError
 from datamodels.stages.base import Stage
 from datamodels.stages.pipeline import PIPELINE, spec_of
 from datamodels.store import Run
+from datamodels.trainers.versions import FIRST_VERSION
 
 DONE, STALE, MISSING, NOT_RUN = "done", "stale", "missing", "-"
 _RANK = {NOT_RUN: 0, DONE: 1, STALE: 2, MISSING: 3}
@@ -32,19 +34,37 @@ def stage_state(stage: Stage) -> str:
     return DONE if record.get("digest") == stage.digest else STALE
 
 
+def version_changes(stage: Stage) -> list[str]:
+    """``name recorded -> now`` for each producer whose code version differs from the one the
+    stage's marker recorded (none before the stage's first completion)."""
+    record = stage.marker()
+    if record is None:
+        return []
+    recorded = record.get("versions") or {}
+    return [
+        f"{name} {recorded.get(name, FIRST_VERSION)} -> {version}"
+        for name, version in sorted(stage.versions().items())
+        if recorded.get(name, FIRST_VERSION) != version
+    ]
+
+
 def stage_states(config: Config, run: Run) -> pd.DataFrame:
     """One row per declared stage: ``stage``, ``state`` (module docstring), ``default``
-    (walked by ``run``), ``reads`` and ``command`` (what makes it)."""
+    (walked by ``run``), ``reads``, ``command`` (what makes it) and ``changed`` (producer
+    code versions changed since it ran, `version_changes`)."""
     states: dict[str, str] = {}
     rows = []
     for entry in PIPELINE:
-        found = [stage_state(s) for s in entry.stages(config, run)]
+        stages = entry.stages(config, run)
+        found = [stage_state(s) for s in stages]
+        changed = "; ".join(change for s in stages for change in version_changes(s))
         state = max(found, key=_RANK.__getitem__) if found else NOT_RUN
         if state == DONE and any(states.get(up) in (STALE, MISSING) for up in entry.reads):
             state = STALE
         states[entry.name] = state
         rows.append({"stage": entry.name, "state": state, "default": entry.default,
-                     "reads": ", ".join(entry.reads), "command": f"datamodels {entry.command} RUN"})
+                     "reads": ", ".join(entry.reads), "command": f"datamodels {entry.command} RUN",
+                     "changed": changed})
     return pd.DataFrame(rows)
 
 

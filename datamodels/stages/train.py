@@ -17,6 +17,9 @@ workers that run at once (array jobs, no Ray) never train the same model, and th
 are the ones a Ray run writes: either can finish the run. A shard worker holds the run's
 lock in shared mode, writes no stage marker (the run is complete only when every shard is),
 and serialises its appends to ``failures.parquet`` with the other workers.
+
+Each shard records its trainer's code version (``trainers.versions``); ``start`` refuses a
+plan whose stored models another trainer version made, and a bump makes ``train`` stale.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from datamodels.config import Config
-from datamodels.errors import InfrastructureError, StoreError
+from datamodels.errors import InfrastructureError, RunMismatchError, StoreError
 from datamodels.orchestrate.context import BETON_PATH
 from datamodels.orchestrate.executor import error_text, error_type, infrastructure_error
 from datamodels.orchestrate.train_task import Receipt, TrainTask
@@ -45,7 +48,8 @@ from datamodels.store import PLAN_MASKS_DIR, Run
 from datamodels.store.checkpoints import complete_models
 from datamodels.store.compact import recover_compaction
 from datamodels.store.lock import mutex
-from datamodels.trainers.api import resolve_loader
+from datamodels.trainers.api import resolve_loader, trainer_versions
+from datamodels.trainers.versions import mixed_trainers, trainer_label
 
 __all__ = ["Receipt", "TrainStage", "TrainSummary"]
 
@@ -72,6 +76,8 @@ class TrainStage(TrainTask, Stage):
         self.shard = shard
         _ = self.planned  # built once here, in the driver; tasks receive it with the stage
         self.loader = resolve_loader(config, run.fs.size(BETON_PATH))
+        self.trainer_parts = trainer_versions(config, self.loader)
+        self.trainer = trainer_label(self.trainer_parts)  # what each shard records
         # stored-mask plans: their rows (small: removed positions), read once in the driver;
         # a plan whose table is not written yet waits (`waiting_plans`)
         self.stored = stored_masks(config, run)
@@ -108,6 +114,9 @@ class TrainStage(TrainTask, Stage):
             else {}
         )
 
+    def versions(self) -> dict[str, int]:
+        return {f"trainer.{name}": version for name, version in self.trainer_parts.items()}
+
     def nothing_to_do(self) -> str:
         return "train: every planned model is done or out of attempts; nothing to do"
 
@@ -138,6 +147,9 @@ class TrainStage(TrainTask, Stage):
             moved = []  # another shard worker moved it first; the next listing shows that
         for problem in moved:
             self.summary.quarantined.append(f"{problem.file} ({problem.kind}: {problem.message})")
+        if mixed := mixed_trainers(self.run.trainers_by_plan(), self.trainer_parts):
+            raise RunMismatchError(f"train: {mixed}; train into a new run directory (--out DIR), "
+                                   f"or resume {self.run.uri} with the release that made them")
         self.attempts = Counter(self.run.failures()["model_id"].astype(int).tolist())
 
     def outputs(self) -> list[str]:

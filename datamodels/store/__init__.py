@@ -50,6 +50,7 @@ from datamodels.store.schemas import (
     attack_schema,
     check_schema,
     models_schema,
+    models_written_schema,
     schema_version_of,
     scores_schema,
 )
@@ -105,6 +106,7 @@ __all__ = [
     "fixed_size_list_array",
     "fixed_size_list_to_numpy",
     "models_schema",
+    "models_written_schema",
     "models_table",
     "query",
     "read_statements",

@@ -36,8 +36,13 @@ import pyarrow.parquet as pq
 from datamodels.errors import StoreError
 from datamodels.store.identifiers import check_shard_name
 from datamodels.store.problems import first_line
-from datamodels.store.schemas import COMPACTING_DIR, MODELS_DIR, models_schema
-from datamodels.store.shards import CONFIG_HASH_KEY, serialize_parquet, shard_name
+from datamodels.store.schemas import COMPACTING_DIR, MODELS_DIR, models_written_schema
+from datamodels.store.shards import (
+    CONFIG_HASH_KEY,
+    conform_table,
+    serialize_parquet,
+    shard_name,
+)
 from datamodels.store.verify import scan_shards
 
 DEFAULT_TARGET_BYTES = 256 * 1024**2
@@ -112,10 +117,12 @@ def _merged_table(fs, names: list[str], n_train: int, n_eval: int) -> tuple[pa.T
     tables, hashes = zip(*(_read_source(fs, name) for name in names), strict=True)
     if len(set(hashes)) != 1:
         raise StoreError(f"sources record different config hashes: {sorted(map(str, hashes))}")
-    schema = models_schema(n_train, n_eval)
+    schema = models_written_schema(n_train, n_eval)  # shards without ``trainer``: null
     if hashes[0] is not None:
         schema = schema.with_metadata({**schema.metadata, CONFIG_HASH_KEY: hashes[0]})
-    table = pa.concat_tables([t.cast(schema) for t in tables]).replace_schema_metadata(
+    table = pa.concat_tables(
+        [conform_table(t, schema, name) for t, name in zip(tables, names, strict=True)]
+    ).replace_schema_metadata(
         schema.metadata
     )
     order = np.argsort(table.column("model_id").to_numpy(), kind="stable")

@@ -21,7 +21,7 @@ import pyarrow.dataset as ds
 from datamodels.errors import StoreError
 from datamodels.store.problems import UNUSABLE_KINDS, Problem, first_line, format_problems
 from datamodels.store.provenance import foreign_problems
-from datamodels.store.schemas import INVALID_DIR, MODELS_DIR, models_schema
+from datamodels.store.schemas import INVALID_DIR, MODELS_DIR, models_written_schema
 from datamodels.store.shards import fixed_size_list_to_numpy, write_model_shard
 from datamodels.store.verify import (
     scan_shards,
@@ -69,7 +69,8 @@ class ModelsTable:
         )
         dataset = ds.dataset(
             paths,
-            schema=models_schema(n_train, n_eval),
+            # shards written before ``trainer`` existed read it as null
+            schema=models_written_schema(n_train, n_eval),
             format=checked,
             filesystem=self.fs.filesystem,
         )
@@ -124,7 +125,7 @@ class ModelsTable:
         """Rows of the selected plans, ``columns`` (model_id first), in file order."""
         dataset = self._models_dataset()
         if dataset is None:
-            return models_schema(*self.sizes()).empty_table().select(columns)
+            return models_written_schema(*self.sizes()).empty_table().select(columns)
         plans = _as_list(plan)
         row_filter = None if plans is None else pc.field("plan").isin(plans)
         table = self._scan(dataset, columns, row_filter)
@@ -142,7 +143,7 @@ class ModelsTable:
         self, plan: str | list[str] | None = None, columns: list[str] | None = None
     ) -> pa.Table:
         """The ``models/`` rows of ``plan`` (one name, several, or all), sorted by model_id."""
-        names = models_schema(0, 0).names
+        names = models_written_schema(0, 0).names
         columns = list(columns) if columns is not None else names
         unknown = sorted(set(columns) - set(names))
         if unknown:
@@ -202,6 +203,25 @@ class ModelsTable:
         infos, _ = scan_shards(self)
         arrays = [i.model_ids for i in infos if i.usable and i.model_ids is not None]
         return np.unique(np.concatenate(arrays)) if arrays else np.zeros(0, dtype=np.int64)
+
+    def trainers_by_plan(self) -> dict[str, dict[str | None, int]]:
+        """plan -> {trainer label: models}: which trainer code made the stored models of
+        each plan (label None: a shard written before labels were recorded). A model stored
+        twice counts twice (duplicates are `verify`'s to name; ``train`` trains around them)."""
+        dataset = self._models_dataset()
+        if dataset is None:
+            return {}
+        table = self._scan(dataset, ["model_id", "plan", "trainer"], None)
+        counts = table.group_by(["plan", "trainer"], use_threads=False).aggregate(
+            [("model_id", "count")]
+        )
+        found: dict[str, dict[str | None, int]] = {}
+        for plan, trainer, count in zip(
+            counts.column("plan").to_pylist(), counts.column("trainer").to_pylist(),
+            counts.column("model_id_count").to_pylist(), strict=True,
+        ):
+            found.setdefault(plan, {})[trainer] = int(count)
+        return found
 
     def plan_witness(self, plan: str | list[str] | None) -> str:
         """A short hash of the model ids stored for ``plan``: what a stage that reads those

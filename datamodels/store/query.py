@@ -180,7 +180,9 @@ def connect(run: Run | str, check: bool = True) -> duckdb.DuckDBPyConnection:
             where = f"error({_literal(_duplicates_message(duplicates))})" if refuse else None
             if run.fs.is_local:
                 paths = ", ".join(_literal(run.fs.join(rel_path)) for rel_path in rel_paths)
-                source = f"read_parquet([{paths}])"
+                # shards with and without the ``trainer`` column (schema_version 3 and 2)
+                union = ", union_by_name = true" if view == "models" else ""
+                source = f"read_parquet([{paths}]{union})"
                 condition = f" WHERE {where}" if where else ""
                 connection.execute(
                     f"CREATE VIEW {_identifier(view)} AS SELECT * FROM {source}{condition}"

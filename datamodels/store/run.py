@@ -76,12 +76,14 @@ def _to_pandas(table: pa.Table, schema: pa.Schema) -> pd.DataFrame:
 
 
 class Run(ModelsTable):
-    """A run directory: ``Run("runs/cifar")`` or ``Run("s3://bucket/runs/cifar")``."""
+    """A run directory: ``Run("runs/cifar")`` or ``Run("s3://bucket/runs/cifar")``;
+    ``trust_code``: verbs may import the code its config names (`datamodels.config.trust`)."""
 
     config_path = CONFIG_PATH
 
-    def __init__(self, uri: str | os.PathLike[str]) -> None:
+    def __init__(self, uri: str | os.PathLike[str], trust_code: bool = False) -> None:
         self.uri: str = os.fspath(uri)
+        self.trust_code = trust_code
         self.fs: RunFS = RunFS(self.uri)
         self._sizes: tuple[int, int] | None = None
         self._config_hash: str | None = None

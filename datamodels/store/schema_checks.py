@@ -12,9 +12,11 @@ import pyarrow as pa
 from datamodels.errors import StoreError
 
 # 2: examples.parquet may carry where each example came from (``source_path``, ``class_name``).
-# Files of version 1 read unchanged (those columns are optional), so both are readable.
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# 3: model shards carry ``trainer``, the trainer and code version that made each model.
+# Files of versions 1 and 2 read unchanged (those columns are optional; a shard without
+# ``trainer`` counts as version 1 of the run's trainer), so all three are readable.
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 _VERSION_KEY = b"schema_version"
 
 

@@ -7,7 +7,8 @@ names and types are the public contract that notebooks, SQL and outside checks r
 
 =============================  ==============================================================
 ``examples.parquet``           `EXAMPLES_SCHEMA`
-``models/*.parquet``           `models_schema` (n_train, n_eval)
+``models/*.parquet``           `models_schema` (n_train, n_eval); written with
+                               `models_written_schema` (plus ``trainer``)
 ``failures.parquet``           `FAILURES_SCHEMA`
 ``datamodels/weights.parquet`` `WEIGHTS_SCHEMA`
 ``datamodels/targets.parquet`` `TARGETS_SCHEMA`
@@ -29,7 +30,9 @@ file written by another Parquet tool is still readable when its types match).
 ``SCHEMA_VERSION`` stayed 1 with page checksums and the shards' ``config_hash`` key-value
 metadata (metadata additions; files without them still read). It is 2 since
 ``examples.parquet`` may carry ``source_path`` and ``class_name``; files of version 1 read
-unchanged (`READABLE_VERSIONS`).
+unchanged (`READABLE_VERSIONS`). It is 3 since model shards carry ``trainer`` (the trainer
+and code version that made each model, ``trainers.versions``); shards of versions 1 and 2
+lack it, read unchanged, and count as version 1 of the run's trainer.
 """
 
 from __future__ import annotations
@@ -101,6 +104,23 @@ def models_schema(n_train: int, n_eval: int) -> pa.Schema:
             _field("worker", pa.string(), nullable=True),
         ],
         metadata=_metadata(n_train=n_train, n_eval=n_eval),
+    )
+
+
+# what ``train`` writes: models_schema plus ``trainer``, the label of the trainer code that
+# made the model (``lbfgs@1``: path@version, ``+`` between a wrapper and what it wraps;
+# ``trainers.versions``). Null, or absent in shards of schema_version 2 and earlier: made
+# before versions were recorded, counted as version 1 of the run's trainer. The readers'
+# checks ask only models_schema's columns.
+MODELS_OPTIONAL_COLUMNS = ("trainer",)
+
+
+def models_written_schema(n_train: int, n_eval: int) -> pa.Schema:
+    """`models_schema` plus the optional ``trainer`` column (what a shard is written with)."""
+    base = models_schema(n_train, n_eval)
+    return pa.schema(
+        [*base, *(_field(name, pa.string(), nullable=True) for name in MODELS_OPTIONAL_COLUMNS)],
+        metadata=base.metadata,
     )
 
 

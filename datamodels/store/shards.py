@@ -9,9 +9,12 @@ fixed-size-list columns to 2-D numpy arrays (`fixed_size_list_to_numpy`).
 Integrity (every shard records the run's config hash and is checksummed): every table is
 written with Parquet page checksums (CRC32 per page, checked by the readers and by `verify`),
 and a model shard records the run's config hash under the Parquet key-value metadata key
-``config_hash``. Both are metadata additions only: the columns and
-``schema_version`` (1) are unchanged, and files written before them (no checksums, no
-``config_hash``) still read and verify.
+``config_hash``. Both are metadata additions only, and files written before them (no
+checksums, no ``config_hash``) still read and verify.
+
+Provenance: a shard's ``trainer`` column names the trainer code (path@version,
+``trainers.versions``) that made each model; shards written before it (schema_version 2 and
+earlier) lack the column and read the same.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import pyarrow.parquet as pq
 
 from datamodels.errors import StoreError
 from datamodels.store.fs import RunFS
-from datamodels.store.schemas import MODELS_DIR, check_schema, models_schema
+from datamodels.store.schemas import MODELS_DIR, check_schema, models_written_schema
 
 COMPRESSION = "zstd"
 CONFIG_HASH_KEY = b"config_hash"
@@ -183,11 +186,13 @@ def models_table(
     seconds: float | Sequence[float] | np.ndarray,
     attempt: int | Sequence[int] | np.ndarray,
     worker: str | Sequence[str] | None,
+    trainer: str | None = None,
 ) -> pa.Table:
-    """The ``models/`` rows of K models (schema `models_schema`).
+    """The ``models/`` rows of K models (schema `models_written_schema`).
 
     ``masks: bool[K, n_train]``, ``margins: float32[K, n_eval]``; every other argument is a
-    length-K sequence or a scalar shared by all K rows.
+    length-K sequence or a scalar shared by all K rows. ``trainer``: the label of the trainer
+    code that made them (``trainers.versions.trainer_label``; None: not recorded).
     """
     ids = np.asarray(model_ids, dtype=np.int64)
     if ids.ndim != 1:
@@ -201,7 +206,7 @@ def models_table(
         raise StoreError(
             f"models_table: margins has shape {margins.shape}, expected ({rows}, n_eval)"
         )
-    schema = models_schema(masks.shape[1], margins.shape[1])
+    schema = models_written_schema(masks.shape[1], margins.shape[1])
     plans = [plan] * rows if isinstance(plan, str) else list(plan)
     workers = [worker] * rows if worker is None or isinstance(worker, str) else list(worker)
     if len(plans) != rows or len(workers) != rows:
@@ -218,6 +223,7 @@ def models_table(
         pa.array(_column(seconds, rows, np.float32, "seconds")),
         pa.array(_column(attempt, rows, np.int32, "attempt")),
         pa.array(workers, type=pa.string()),
+        pa.array([trainer] * rows, type=pa.string()),
     ]
     return pa.Table.from_arrays(arrays, schema=schema)
 
@@ -238,7 +244,7 @@ def write_model_shard(
     margins_type = table.schema.field("margins").type
     if not (pa.types.is_fixed_size_list(mask_type) and pa.types.is_fixed_size_list(margins_type)):
         raise StoreError("write_model_shard: mask and margins must be fixed_size_list columns")
-    schema = models_schema(mask_type.list_size, margins_type.list_size)
+    schema = models_written_schema(mask_type.list_size, margins_type.list_size)
     if config_hash is not None:
         schema = schema.with_metadata({**schema.metadata, CONFIG_HASH_KEY: config_hash.encode()})
     ids = table.column("model_id").to_numpy()

@@ -22,13 +22,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from datamodels.config import Config
-from datamodels.models import Architecture
+from datamodels.models import Architecture, architecture
 from datamodels.trainers.data import TrainData
 from datamodels.trainers.outcome import CheckpointRequest, Snapshot, recording
 from datamodels.trainers.paths import train_models, uses_batched_path
 from datamodels.trainers.transfer import train_transfer
+from datamodels.trainers.versions import TRAINER_VERSIONS
 
-__all__ = ["TrainOutcome", "resolve_loader", "train_batch", "train_models", "uses_batched_path"]
+__all__ = [
+    "TrainOutcome", "resolve_loader", "train_batch", "train_models", "trainer_versions",
+    "uses_batched_path",
+]
 
 
 @dataclass
@@ -53,6 +57,27 @@ def resolve_loader(config: Config, dataset_bytes: int) -> str:
     if choice == "auto":
         return "resident" if dataset_bytes <= config.resources.resident_max_bytes else "per_model"
     return choice
+
+
+def trainer_versions(
+    config: Config, loader: str, arch: Architecture | None = None
+) -> dict[str, int]:
+    """The trainers whose code makes this config's models, outer first, and their versions
+    (``trainers.versions``): the architecture's path (``vmapped`` with ``sequential``, which it
+    falls back to; ``sequential`` with ``custom`` for a ``train.recipe``), inside ``transfer``
+    for a transfer run (whose pre-training data is resident)."""
+    if config.transfer is not None:
+        loader = "resident"
+    arch = arch or architecture(config.model.arch)
+    path = arch.trainer_path(config, loader)
+    names = [path]
+    if path == "vmapped":
+        names.append("sequential")
+    if "sequential" in names and config.train.recipe is not None:
+        names.append("custom")
+    if config.transfer is not None:
+        names.insert(0, "transfer")
+    return {name: TRAINER_VERSIONS[name] for name in names}
 
 
 def train_batch(

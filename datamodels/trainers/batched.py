@@ -52,6 +52,7 @@ from datamodels.trainers.data import TrainData
 from datamodels.trainers.lbfgs import batched_lbfgs
 from datamodels.trainers.orders import EpochOrders, interval_lr, lr_factors
 from datamodels.trainers.outcome import CheckpointRequest, Snapshot, margins_and_accuracy
+from datamodels.trainers.unit_progress import report, within
 
 # Models trained together on CPU. Per model, 32 to 128 at a time train about 25% faster than
 # 256 (measured, digits MLP, 1 thread): a chunk's parameters, momenta and activations (about
@@ -95,10 +96,11 @@ def train_mlp_batched(
     snapshots: list[Snapshot] = []
     for start in range(0, K, chunk):
         rows = slice(start, min(K, start + chunk))
-        part = _train_mlp_chunk(
-            data, masks[rows], seeds[rows], model, recipe, _chunk_request(checkpoints, rows),
-            None if example_weights is None else example_weights[rows],
-        )
+        with within(rows.start / K, rows.stop / K):  # each chunk of models its share
+            part = _train_mlp_chunk(
+                data, masks[rows], seeds[rows], model, recipe, _chunk_request(checkpoints, rows),
+                None if example_weights is None else example_weights[rows],
+            )
         margins[rows], train_loss[rows], accuracy[rows], chunk_snapshots = part
         for snap in chunk_snapshots:
             snap.row += start
@@ -177,6 +179,7 @@ def _train_mlp_chunk(
                 _sgd_step(layers, grad_layers, momentum_layers, lrs[step], active[step], recipe)
             if last_epoch:
                 loss_sum += loss
+        report(epoch + 1, recipe.epochs)
         if epoch + 1 in save_after:
             stored = output_transposed(layers)
             for row in checkpoints.rows:

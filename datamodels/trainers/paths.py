@@ -7,8 +7,8 @@ train_loss float32[K], eval_accuracy float32[K], snapshots):
 * ``batched_mlp``: K stacked MLPs per pass on resident data (``batched.py``);
 * ``lbfgs``: ``logreg``'s optimum per subset, K at once or one at a time (``logreg.py``);
 * ``grouped``: K conv nets as one grouped network (``grouped.py``);
-* ``vmapped``: K copies of a module by ``vmap``, or one at a time when it cannot be vmapped
-  (``vmapped.py``);
+* ``vmapped``: K copies of a module by ``vmap``, or one at a time when that measured faster
+  on the first task or the module cannot be vmapped (``vmapped.py``, ``path_choice.py``);
 * ``sequential``: one ``nn.Module`` at a time, a ``train.recipe`` included (``sequential.py``);
 * ``null``: pseudo-margins from the subset sizes (``null.py``).
 
@@ -25,6 +25,7 @@ import numpy as np
 from datamodels.config import Config
 from datamodels.errors import ConfigError
 from datamodels.models import Architecture, architecture
+from datamodels.trainers import path_choice
 from datamodels.trainers.batched import train_mlp_batched
 from datamodels.trainers.data import TrainData
 from datamodels.trainers.grouped import train_fastnet
@@ -58,6 +59,9 @@ def _sequential(masks, seeds, data, config, loader, checkpoints, arch) -> Traine
 
 
 def _vmapped(masks, seeds, data, config, loader, checkpoints, arch) -> Trained:
+    # K at once or one at a time: whichever measured faster for this config (path_choice)
+    if path_choice.choose(config, data, masks, seeds, loader, arch).path == "sequential":
+        return _sequential(masks, seeds, data, config, loader, checkpoints, arch)
     trained = train_vmapped(data, masks, seeds, config.model, config.train, checkpoints)
     if trained is None:  # the module cannot be vmapped: one at a time
         return _sequential(masks, seeds, data, config, loader, checkpoints, arch)
@@ -110,4 +114,6 @@ def train_models(
             example_weights=example_weights,
         )
     path = arch.trainer_path(config, loader)
+    if arch.trainer == "vmapped" and path == "sequential":  # forced (settings): said, not timed
+        path_choice.choose(config, data, masks, seeds, loader, arch)
     return TRAINERS[path](masks, seeds, data, config, loader, checkpoints, arch)

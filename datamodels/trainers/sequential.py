@@ -27,6 +27,7 @@ from datamodels.trainers.custom import train_with_recipe
 from datamodels.trainers.data import TrainData
 from datamodels.trainers.orders import interval_lr, lr_factors
 from datamodels.trainers.outcome import CheckpointRequest, Snapshot, margins_and_accuracy
+from datamodels.trainers.unit_progress import report
 
 __all__ = ["build_module", "module_layers", "seeded_rng", "train_one", "train_sequential"]
 
@@ -134,6 +135,7 @@ def train_sequential(
         forward = lambda x, sl, module=module: _eval_logits(module, x)  # noqa: E731
         m, a = margins_and_accuracy(forward, data, 1)
         margins[k], losses[k], accuracy[k] = m[0], loss, a[0]
+        report(k + 1, K)  # one model of the task's K done
     return margins, losses, accuracy, snapshots
 
 

@@ -32,6 +32,7 @@ from datamodels.trainers.batches import seeded_rng
 from datamodels.trainers.data import TrainData
 from datamodels.trainers.orders import EpochOrders, interval_lr, lr_factors
 from datamodels.trainers.outcome import CheckpointRequest, Snapshot, margins_and_accuracy
+from datamodels.trainers.unit_progress import report
 
 _REFUSALS: dict[tuple, str | None] = {}  # per process: a module is probed once
 
@@ -165,6 +166,7 @@ def train_vmapped(
                         momenta[n] = g
                     weights[n] = torch.where(active.view(shape), w - lr.view(shape) * g, w)
             loss_sum += torch.where(active, losses.double(), 0.0)
+            report(epoch * orders.max_steps + s + 1, recipe.epochs * orders.max_steps)
         if epoch == recipe.epochs - 1:
             last_loss = (loss_sum.cpu().numpy() / np.maximum(per_epoch, 1)).astype(np.float32)
         if epoch + 1 in save_after:

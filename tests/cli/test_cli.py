@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -145,6 +146,8 @@ def test_a_refused_config_leaves_no_run_directory(tmp_path):
     assert code != 0 and (tmp_path / "kept").is_dir()
 
 
+@pytest.mark.slow  # a whole `run` in a subprocess with its own Ray; the default suite checks
+# the same silence on `train` (tests/orchestrate/test_driver.py::test_driver_sigkill_then_resume)
 def test_a_local_run_prints_no_ray_token_warning(tmp_path):
     import os
     import subprocess

@@ -134,12 +134,10 @@ def test_kuberay_raycluster_and_rayjob_fit_together():
     submitter = _containers(job["spec"]["submitterPodTemplate"])
     images = {c["image"] for c in containers + submitter}
     assert len(images) == 1 and not images.pop().endswith(":latest")
-    # the Jobs API stays inside the cluster network and asks for the token
+    # the Jobs API stays inside the cluster network and asks for the token, which the
+    # operator creates and hands to every pod (tests/cluster/test_kuberay_schema.py)
     assert head["serviceType"] == "ClusterIP"
-    for container in containers + submitter:
-        env = _env(container)
-        assert env["RAY_AUTH_MODE"]["value"] == "token"
-        assert "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
+    assert spec["authOptions"]["mode"] == "token"
     for container in containers:
         assert "secretKeyRef" in _env(container)["AWS_SECRET_ACCESS_KEY"]["valueFrom"]
     assert head["rayStartParams"]["num-gpus"] == "0"  # the driver's node trains nothing
@@ -154,6 +152,36 @@ def test_kuberay_raycluster_and_rayjob_fit_together():
     assert words[:2] == ["datamodels", "run"]
     assert words[words.index("--out") + 1].startswith("s3://")
     assert (CLUSTER.parent / words[2]).is_file()  # the config ships in the image
+    assert "backoffLimit" not in job["spec"]  # the operator refuses it with clusterSelector
+
+
+def test_dockerfile_installs_the_users_packages_with_ray_kept_at_its_pin(tmp_path):
+    instructions = _dockerfile()
+    args = dict(arg.split("=", 1) for kind, arg in instructions if kind == "ARG" and "=" in arg)
+    assert args["EXTRA_PIP"] == '""'
+    assert ("COPY", "cluster/user-packages ./user-packages") in instructions
+    assert (CLUSTER / "user-packages" / "README.md").is_file()
+    run = next(arg for kind, arg in instructions if kind == "RUN" and "user-packages" in arg)
+    # run the step with a pip that records its arguments, in a folder holding two packages
+    work, log = tmp_path / "work", tmp_path / "pip.log"
+    for entry in ("README.md", "mypkg", "other-1.0-py3-none-any.whl"):
+        (work / "user-packages" / entry).parent.mkdir(parents=True, exist_ok=True)
+        (work / "user-packages" / entry).write_text("") if "." in entry else (
+            work / "user-packages" / entry).mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _record_args(bin_dir, "pip", log)
+    _stub(bin_dir, "python", "exit 0\n")
+    script = f'RAY_VERSION={args["RAY_VERSION"]}; EXTRA_PIP="einops"; {run}'
+    result = subprocess.run(["bash", "-c", script], cwd=work, capture_output=True, text=True,
+                            env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, timeout=30)
+    assert result.returncode == 0, result.stderr
+    pin = f"ray[default]=={args['RAY_VERSION']}"
+    assert log.read_text().splitlines() == [
+        f"pip install ./user-packages/mypkg {pin}",
+        f"pip install ./user-packages/other-1.0-py3-none-any.whl {pin}",
+        f"pip install einops {pin}",
+    ]
 
 
 # -- SLURM -----------------------------------------------------------------------------------
@@ -191,6 +219,74 @@ def test_array_task_trains_its_shard_without_ray(tmp_path):
         ["bash", script, "c.yaml", "runs/x"], env=env, capture_output=True, text=True, timeout=30
     )
     assert relative.returncode == 2 and "absolute path" in relative.stderr
+
+
+def _ray_sbatch(tmp_path: Path, addresses: str, gpus: str = "4") -> tuple[list[str], str]:
+    """Run ray.sbatch over three stub nodes whose head answers ``hostname --ip-address`` with
+    ``addresses``; returns (the calls made, in order, stderr)."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir(parents=True)
+    _stub(bin_dir, "scontrol", "printf 'node1\\nnode2\\nnode3\\n'\n")
+    # srun: note its step options, run the command "on" the node named by -w
+    _stub(
+        bin_dir,
+        "srun",
+        f"""node= opts=
+while [ $# -gt 0 ]; do
+  case "$1" in -w) node=$2; shift 2 ;; --overlap|--nodes=*|--ntasks=*) shift ;;
+  -*) opts="$opts $1"; shift ;; *) break ;; esac
+done
+if [ "$1" = hostname ]; then echo "{addresses}"; exit 0; fi
+echo "on $node [${{opts# }}]: $*" >> {log}
+""",
+    )
+    _record_args(bin_dir, "ray", log)
+    _record_args(bin_dir, "datamodels", log)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "SLURM_JOB_NODELIST": "node[1-3]",
+        "SLURM_CPUS_PER_TASK": "16",
+        "SLURM_GPUS_ON_NODE": gpus,
+    }
+    result = subprocess.run(
+        ["bash", str(CLUSTER / "slurm" / "ray.sbatch"), "c.yaml", "/shared/run"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    deadline = time.monotonic() + 10  # the srun's run in the background: let them write
+    while log.read_text().count("ray start") < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return log.read_text().splitlines(), result.stderr
+
+
+def test_ray_sbatch_steps_ask_for_their_cpus_and_gpus_and_bracket_ipv6(tmp_path):
+    calls, _ = _ray_sbatch(tmp_path / "v6", "fd00::1 10.0.0.1")
+    starts = [call for call in calls if "ray start" in call]
+    assert len(starts) == 3
+    assert all(call.split(": ray")[0].endswith("[--cpus-per-task=16 --gpus-per-task=4]")
+               for call in starts)
+    head = next(call for call in starts if "--head" in call)
+    assert "--node-ip-address=fd00::1" in head
+    assert sum("--address=[fd00::1]:6379" in call for call in starts) == 2
+    drivers = [call for call in calls if call.startswith("datamodels")]
+    assert drivers == ["datamodels run c.yaml --out /shared/run --address [fd00::1]:6379"]
+    cpu_only, _ = _ray_sbatch(tmp_path / "cpu", "10.0.0.1", gpus="0")
+    assert all("gpus-per-task" not in call for call in cpu_only)
+    assert all("[--cpus-per-task=16]" in call for call in cpu_only if "ray start" in call)
+
+
+def test_sbatch_examples_request_what_their_config_asks():
+    """The example in each script's header: its config's GPU tasks get GPUs, and one task's
+    CPUs fit in what a SLURM task is given."""
+    for name in ("ray.sbatch", "array.sbatch"):
+        text = (CLUSTER / "slurm" / name).read_text()
+        example = re.search(r"# e\.g\. sbatch .*? (configs/\S+)", text).group(1)
+        resources = yaml.safe_load((CLUSTER.parent / example).read_text())["resources"]
+        directives = dict(re.findall(r"#SBATCH --([a-z-]+)=(\S+)", text))
+        gpus = float(directives.get("gpus-per-node") or directives.get("gpus") or 0)
+        assert resources["device"] != "cuda" or gpus >= 1, name
+        assert gpus >= resources.get("num_gpus", 0), name
+        assert int(directives["cpus-per-task"]) >= resources["num_cpus"], name
 
 
 def test_ray_sbatch_starts_a_head_and_workers_then_the_driver(tmp_path):

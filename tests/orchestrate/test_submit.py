@@ -232,6 +232,7 @@ def test_submit_follows_the_job_to_its_end(ray_head, tmp_path):
     assert "runs/big.bin" not in logs.stdout
 
 
+@pytest.mark.slow  # two more jobs on the head; the default suite follows one job to its end
 def test_a_failed_job_exits_1_and_a_stopped_one_says_so(ray_head, tmp_path):
     address, env = ray_head
     project = _project(tmp_path, TINY)
@@ -271,3 +272,22 @@ def test_a_failed_job_exits_1_and_a_stopped_one_says_so(ray_head, tmp_path):
     unknown = _cli(env, project, "jobs", "status", "raysubmit_nope", "--address", address)
     assert unknown.returncode == 2 and "raysubmit_nope" in unknown.stderr
     assert "Traceback" not in unknown.stderr
+
+
+def test_a_second_submit_from_the_same_folder_leaves_the_first_run_out(ray_head, tmp_path):
+    """A run directory inside the working directory (here 110 MB of incompressible model
+    shards, over the Jobs API's 100 MiB request limit) is not uploaded again."""
+    address, env = ray_head
+    project = _project(tmp_path, TINY)
+    first = project / "shared" / "first"
+    (first / "models").mkdir(parents=True)
+    (first / "config.yaml").write_text(yaml.safe_dump(TINY))
+    (first / "models" / "part-0.parquet").write_bytes(os.urandom(110 * 1024**2))
+    out = project / "shared" / "second"
+    result = _cli(env, project, "submit", "tiny.yaml", "--address", address, "--out",
+                  str(out), "--shared-fs", "--quiet")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "upload: left out shared/first (run directory)" in result.stderr
+    assert re.search(r"upload: 1 file, 0\.\d\d MB from ", result.stderr)
+    assert result.stderr.strip().splitlines()[-1].endswith("SUCCEEDED")
+    assert len(Run(str(out)).model_ids()) == 36

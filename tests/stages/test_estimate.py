@@ -58,15 +58,6 @@ GAME = {
 }
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
 def _subset_index(masks: np.ndarray) -> np.ndarray:
     """Row of the exhaustive table holding each mask (bit i = training point i)."""
     return np.asarray(masks, dtype=np.int64) @ (1 << np.arange(masks.shape[1]))

@@ -111,7 +111,7 @@ def test_train_writes_the_contract_tables_to_the_object_store(s3_run):
         assert schema.field(name).type == dtype, name
     assert schema.field("mask").type == pa.list_(pa.bool_(), n_train)
     assert schema.field("margins").type == pa.list_(pa.float32(), n_eval)
-    assert schema.metadata[b"schema_version"] == b"2"
+    assert schema.metadata[b"schema_version"] == b"3"
     everything = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
     names = [info.path for info in everything]
     assert not [name for name in names if ".tmp-" in name]  # no temp objects left behind

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from datamodels.errors import StoreError
-from datamodels.store import FAILURES_SCHEMA, Run, models_schema, query
+from datamodels.store import FAILURES_SCHEMA, Run, models_written_schema, query
 
 from .conftest import (
     N_EVAL,
@@ -67,7 +67,7 @@ def test_models_table_sorted_with_selected_columns(synthetic):
     assert table.column_names == ["seed", "plan"]
     assert table["seed"].to_pylist() == [7 * i for i in range(25)]
     full = synthetic.run.models()
-    assert full.schema.names == models_schema(N_TRAIN, N_EVAL).names
+    assert full.schema.names == models_written_schema(N_TRAIN, N_EVAL).names
     assert full["model_id"].to_pylist() == list(range(40))
     with pytest.raises(StoreError, match="no column"):
         synthetic.run.models(columns=["nope"])

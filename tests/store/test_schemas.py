@@ -39,7 +39,7 @@ def test_models_schema_is_the_contract():
         ("attempt", pa.int32()),
         ("worker", pa.string()),
     ]
-    assert schema.metadata == {b"schema_version": b"2", b"n_train": b"7", b"n_eval": b"3"}
+    assert schema.metadata == {b"schema_version": b"3", b"n_train": b"7", b"n_eval": b"3"}
 
 
 def test_table_schemas_are_the_contract():
@@ -96,7 +96,7 @@ def test_table_schemas_are_the_contract():
         scores_schema(5),
         models_schema(1, 1),
     ):
-        assert schema_version_of(schema) == SCHEMA_VERSION == 2
+        assert schema_version_of(schema) == SCHEMA_VERSION == 3
 
 
 def test_check_schema_accepts_the_schema_and_extra_columns():
@@ -118,7 +118,7 @@ def test_check_schema_names_file_and_column():
     [
         (None, "no schema_version"),
         ({b"schema_version": b"0"}, "schema_version 0.*re-run the stage"),
-        ({b"schema_version": b"3"}, "schema_version 3.*upgrade datamodels"),
+        ({b"schema_version": b"4"}, "schema_version 4.*upgrade datamodels"),
     ],
 )
 def test_check_schema_refuses_other_versions(metadata, expected):
@@ -142,7 +142,7 @@ def test_version_1_files_still_read():
     file written by version 1, without them, passes the same checks."""
     from datamodels.store.schema_checks import READABLE_VERSIONS, version_problem
 
-    assert 1 in READABLE_VERSIONS and SCHEMA_VERSION == 2
+    assert 1 in READABLE_VERSIONS and SCHEMA_VERSION == 3
     old = WEIGHTS_SCHEMA.with_metadata({b"schema_version": b"1"})
     check_schema(old, WEIGHTS_SCHEMA, "w.parquet")  # no error
     assert version_problem(old, "w.parquet") is None

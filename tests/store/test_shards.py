@@ -13,8 +13,8 @@ from datamodels.store import (
     WEIGHTS_SCHEMA,
     RunFS,
     fixed_size_list_to_numpy,
-    models_schema,
     models_table,
+    models_written_schema,
     shard_name,
     write_model_shard,
     write_table_atomic,
@@ -52,7 +52,7 @@ def test_models_table_builds_contract_columns():
     table = models_table(
         [5, 6, 7], "alpha", [0.1, 0.2, 0.3], 11, masks, margins, 0.5, 1.0, [1.0, 2.0, 3.0], 2, None
     )
-    assert table.schema.equals(models_schema(6, 4), check_metadata=True)
+    assert table.schema.equals(models_written_schema(6, 4), check_metadata=True)
     np.testing.assert_array_equal(fixed_size_list_to_numpy(table["mask"], np.bool_), masks)
     np.testing.assert_array_equal(
         fixed_size_list_to_numpy(table["margins"], np.float32), margins.astype(np.float32)
@@ -85,7 +85,7 @@ def test_write_table_atomic_round_trip_and_no_temp_files(tmp_path):
     assert os.listdir(tmp_path / "datamodels") == ["weights.parquet"]
     table = pq.read_table(path)
     assert table.schema.field("weight").type == pa.float32()
-    assert table.schema.metadata[b"schema_version"] == b"2"
+    assert table.schema.metadata[b"schema_version"] == b"3"
     np.testing.assert_allclose(table["weight"].to_numpy(), np.linspace(0, 1, 4), rtol=1e-6)
     assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
 
@@ -185,8 +185,8 @@ def test_model_shard_records_config_hash_in_metadata_only(tmp_path):
     parquet_file = pq.ParquetFile(tmp_path / path)
     assert parquet_file.metadata.metadata[b"config_hash"] == b"0123456789abcdef"
     schema = parquet_file.schema_arrow
-    assert schema.metadata[b"schema_version"] == b"2"
-    assert schema.remove_metadata().equals(models_schema(5, 3).remove_metadata())
+    assert schema.metadata[b"schema_version"] == b"3"
+    assert schema.remove_metadata().equals(models_written_schema(5, 3).remove_metadata())
     unhashed, _ = write_model_shard(
         runfs, models_table([3], "a", 0.5, 0, masks[:1], margins[:1], 0, 0, 0, 1, "a")
     )

@@ -84,7 +84,7 @@ def test_duplicate_within_one_shard(tmp_path):
 
 def test_wrong_schema_and_length_and_torn_all_reported(synthetic):
     run = synthetic.run
-    newer = run.models().slice(0, 1).replace_schema_metadata({b"schema_version": b"3"})
+    newer = run.models().slice(0, 1).replace_schema_metadata({b"schema_version": b"4"})
     # A hand-made file: margins as float64 lists and no schema_version.
     pq.write_table(
         pa.table({"model_id": [100], "margins": pa.array([[0.0] * N_EVAL])}),
