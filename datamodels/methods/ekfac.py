@@ -15,6 +15,7 @@ from datamodels.methods.base import Block, GradientMethod
 
 class Ekfac(GradientMethod):
     name = "ekfac"
+    version = 1
     on_request = True  # named in estimate.methods or by ``estimate -m ekfac``: not in every run
 
     def damping(self) -> float:

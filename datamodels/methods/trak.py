@@ -17,6 +17,7 @@ from datamodels.methods.devices import planned_device
 class Trak(GradientMethod):
     name = "trak"
     reweights = True
+    version = 2  # 2: relative damping and checkpoint ensembling by default
 
     @property
     def every_checkpoint(self) -> bool:  # checkpoint ensembling reads more than the last
