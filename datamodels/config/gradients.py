@@ -19,6 +19,15 @@ class GradientsConfig(Section):
       trainer records, and what LDS compares with) or its ``loss`` (Koh & Liang's I_up,loss).
     * ``solver``: inverse-HVPs by the ``exact`` Hessian, ``cg`` or ``lissa``; ``damping`` λ
       is added to the Hessian (needed for non-convex models such as the MLP).
+    * ``ekfac_damping``: λ of ``ekfac`` added to every corrected eigenvalue (beside λ_wd);
+      None: ``damping``. ``ekfac_fisher``: its curvature, ``ggn`` (the Gauss–Newton matrix
+      exactly, one backward pass per class) or ``sampled`` (the true Fisher with one label
+      drawn from the model's prediction per example: one backward pass, the same matrix in
+      expectation).
+    * ``trak_damping`` λ of TRAK's kernel, by default relative (``trak_damping_relative``: in
+      units of the mean diagonal of ΦᵀΦ, so it fits any model and projection);
+      ``trak_checkpoints``: how many of each model's last saved checkpoints TRAK ensembles
+      (None: every saved one; 1: the last only, the paper's one model per run).
     * ``proj_dim``: TRAK's random projection dimension; the projection is applied block by
       block, never held whole, in ``proj_precision`` (auto: bf16 on CUDA, fp32 on CPU).
     * ``targets_per_task`` / ``train_per_task``: how score rows / self-score rows are split
@@ -45,9 +54,16 @@ class GradientsConfig(Section):
     lissa_repeats: int = Field(1, ge=1)
     lissa_scale: float | None = Field(None, gt=0.0)
     lissa_batch_size: int | None = Field(None, ge=1)
+    ekfac_damping: float | None = Field(None, ge=0.0)
+    ekfac_fisher: Literal["ggn", "sampled"] = "ggn"
     proj_dim: int = Field(2048, ge=1)
     trak_models: int = Field(20, ge=1)
-    trak_damping: float = Field(0.0, ge=0.0)
+    # TRAK's λ, in units of the mean diagonal of ΦᵀΦ (‖Φ‖²_F / k, per model and checkpoint)
+    # unless trak_damping_relative is false (then absolute)
+    trak_damping: float = Field(1.0, ge=0.0)
+    trak_damping_relative: bool = True
+    # saved checkpoints per model TRAK ensembles (the last ones); None: every saved one
+    trak_checkpoints: int | None = Field(None, ge=1)
     representer_output: Literal["margin", "true_class", "predicted_class"] = "margin"
     # the representer's final linear layer by module name (e.g. "head"); default: the last
     # nn.Linear of the module

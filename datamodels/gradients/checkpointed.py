@@ -19,6 +19,7 @@ from datamodels.gradients.influence_pert import influence_pert_scores, influence
 from datamodels.gradients.model import FunctionalModel
 from datamodels.gradients.module import checkpoint_model
 from datamodels.gradients.trak import (
+    absolute_damping,
     kernel_inverse,
     model_projection,
     one_minus_p,
@@ -115,31 +116,59 @@ def pert_values(
     return pert.flatten(1).abs().sum(1)
 
 
+CHECKPOINT_SEED_STRIDE = 1_000_003  # projection seeds of earlier checkpoints: far from slots
+
+
+def trak_checkpoint_models(
+    model: FunctionalModel, history: list | None, count: int | None
+) -> list[FunctionalModel]:
+    """The checkpoints of one model TRAK ensembles, the last first: the last ``count`` of
+    ``history`` [(params, lr)] (None: all of them; no history: the last checkpoint only)."""
+    if not history:
+        return [model]
+    kept = history if count is None else history[-count:]
+    return [model.with_params(params) for params, _ in reversed(kept)]
+
+
 def trak_values(
-    config: Config, ctx_cached, key, model, x_all, y_all, kind: str, rows: slice, slot: int, tx, ty
+    config: Config, ctx_cached, key, model, x_all, y_all, kind: str, rows: slice, slot: int, tx,
+    ty, history: list | None = None,
 ) -> torch.Tensor:
-    """TRAK's reweighting (1 − p), attribution rows or leverage of one model; the projected
-    features and kernel are computed once per process and model (``ctx_cached(key, make)``)."""
+    """TRAK's reweighting (1 − p), attribution rows or leverage of one model, each the mean
+    over the model's ensembled checkpoints (``gradients.trak_checkpoints``; checkpoint j
+    from the last projected with seed ``seed + slot + j·1,000,003``); the projected features
+    and kernels are computed once per process and model (``ctx_cached(key, make)``)."""
     g = config.gradients
+    models = trak_checkpoint_models(model, history, g.trak_checkpoints)
     if kind == "reweight":
-        return one_minus_p(model, x_all, y_all, g.chunk_size)
+        return sum(one_minus_p(m, x_all, y_all, g.chunk_size) for m in models) / len(models)
 
     precision = projection_precision(config, model.device)
+    seeds = [config.seed + slot + CHECKPOINT_SEED_STRIDE * j for j in range(len(models))]
 
     def features():
-        projection = model_projection(
-            model, g.proj_dim, config.seed + slot, precision=precision
-        )
-        phi = trak_features(model, x_all, y_all, projection, "trak", g.chunk_size)
-        return projection, phi, kernel_inverse(phi, g.trak_damping)
+        out = []
+        for m, seed in zip(models, seeds, strict=True):
+            projection = model_projection(m, g.proj_dim, seed, precision=precision)
+            phi = trak_features(m, x_all, y_all, projection, "trak", g.chunk_size)
+            damping = absolute_damping(phi, g.trak_damping, g.trak_damping_relative)
+            out.append((projection, phi, kernel_inverse(phi, damping)))
+        return out
 
     with within(0.0, 0.7):  # the training features (once per process and model), then the rows
-        projection, phi, kernel = ctx_cached(
-            (*key, g.proj_dim, g.trak_damping, config.seed + slot, precision), features
+        per_checkpoint = ctx_cached(
+            (*key, g.proj_dim, g.trak_damping, g.trak_damping_relative, g.trak_checkpoints,
+             tuple(seeds), precision),
+            features,
         )
     with within(0.7, 1.0):
-        if kind == "scores":
-            return trak_attribution(
-                model, phi, tx, ty, projection, chunk_size=g.chunk_size, kernel=kernel
-            )
-        return trak_leverage(phi, rows, kernel)
+        total = None
+        for m, (projection, phi, kernel) in zip(models, per_checkpoint, strict=True):
+            if kind == "scores":
+                value = trak_attribution(
+                    m, phi, tx, ty, projection, chunk_size=g.chunk_size, kernel=kernel
+                )
+            else:
+                value = trak_leverage(phi, rows, kernel)
+            total = value if total is None else total + value
+        return total / len(models)

@@ -78,6 +78,8 @@ class FunctionalModel:
     vmap_hvp: bool = True
     features_fn: LogitsFn | None = None
     last_weight: slice | None = None
+    # the nn.Module behind ``logits_fn`` (module form only): what layer-wise estimators hook
+    module: object | None = None
 
     @property
     def num_params(self) -> int:

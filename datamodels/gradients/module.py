@@ -85,6 +85,7 @@ def module_model(
         flat, logits_fn, num_classes, float(weight_decay), torch.ones_like(flat),
         torch.zeros(0, flat.numel(), dtype=flat.dtype, device=flat.device),
         float(label_smoothing), head_io=head_io, head_problem=problem, vmap_hvp=False,
+        module=module,
     )
 
 

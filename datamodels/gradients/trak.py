@@ -14,7 +14,13 @@ For each of M models θ_m (e.g. trained on α-subsets of the training set):
     τ(z_t)ᵢ = [ (1/M) Σ_m φ_m(z_t)ᵀ (Φ_mᵀΦ_m + λI)⁻¹ Φ_mᵀ ] · [ (1/M) Σ_m Q_m ]ᵢᵢ
 
 (Algorithm 1 averages the two factors separately; the soft-thresholding step is left out:
-scores are dense). λ = 0 uses the pseudo-inverse, which is the λ → 0 limit.
+scores are dense). λ = 0 uses the pseudo-inverse, which is the λ → 0 limit. λ is absolute,
+or (``relative_damping``) in units of the mean diagonal of the model's own ΦᵀΦ,
+‖Φ‖²_F / k, so one setting fits any model, projection and training-set size.
+
+Checkpoint ensembling: each of a model's checkpoints (e.g. several epochs of one run) may
+enter the two averages as a model of its own (``gradients.checkpointed.trak_values``), with
+its own projection.
 
 Sign: for the TRAK output f, ∇ℓ(z) = −(1 − p_y)∇f(z), so Φᵀ Q has columns −Rᵀ∇ℓ(z_i) and
 τ(z_t)ᵢ = −φ(z_t)ᵀ(ΦᵀΦ)⁻¹Rᵀ∇ℓ(z_i): the influence score of ``influence.py``,
@@ -77,6 +83,14 @@ def trak_features(
     if chunks:
         return torch.cat(chunks)
     return torch.zeros(0, projection.dim, dtype=torch.float64, device=model.params.device)
+
+
+def absolute_damping(features: torch.Tensor, damping: float, relative: bool) -> float:
+    """λ in absolute units: ``damping`` itself, or (``relative``) ``damping`` × the mean
+    diagonal of ΦᵀΦ, ‖Φ‖²_F / k, for Φ = ``features[n, k]``."""
+    if not relative:
+        return float(damping)
+    return float(damping) * float((features * features).sum()) / features.shape[1]
 
 
 def kernel_inverse(features: torch.Tensor, damping: float) -> torch.Tensor:
@@ -148,10 +162,11 @@ def trak_scores(
     models: Sequence[FunctionalModel], train_x: torch.Tensor, train_y: torch.Tensor,
     target_x: torch.Tensor, target_y: torch.Tensor, *, proj_dim: int, seed: int = 0,
     kind: ProjectionKind = "gaussian", damping: float = 0.0, output: TrakOutput = "trak",
-    chunk_size: int = 256, precision: ProjectionPrecision = "fp32",
+    chunk_size: int = 256, precision: ProjectionPrecision = "fp32", relative_damping: bool = False,
 ) -> torch.Tensor:
     """τ: float64[T, n] for train_x[n, ...], train_y[n], target_x[T, ...], target_y[T],
-    ensembled over ``models`` (projection seed ``seed + m`` for model m)."""
+    ensembled over ``models`` (projection seed ``seed + m`` for model m; a checkpoint
+    ensemble is a longer list)."""
     _check(models)
     device = models[0].params.device
     attribution = torch.zeros(len(target_x), len(train_x), dtype=torch.float64, device=device)
@@ -160,7 +175,8 @@ def trak_scores(
         projection = model_projection(model, proj_dim, seed + m, kind, precision)
         phi_train = trak_features(model, train_x, train_y, projection, output, chunk_size)
         attribution += trak_attribution(
-            model, phi_train, target_x, target_y, projection, damping=damping, output=output,
+            model, phi_train, target_x, target_y, projection,
+            damping=absolute_damping(phi_train, damping, relative_damping), output=output,
             chunk_size=chunk_size,
         )
         reweight += one_minus_p(model, train_x, train_y)
@@ -171,6 +187,7 @@ def trak_self_scores(
     models: Sequence[FunctionalModel], train_x: torch.Tensor, train_y: torch.Tensor, *,
     proj_dim: int, seed: int = 0, kind: ProjectionKind = "gaussian", damping: float = 0.0,
     output: TrakOutput = "trak", chunk_size: int = 256, precision: ProjectionPrecision = "fp32",
+    relative_damping: bool = False,
 ) -> torch.Tensor:
     """τ(z_i)ᵢ: float64[n]."""
     _check(models)
@@ -180,6 +197,7 @@ def trak_self_scores(
     for m, model in enumerate(models):
         projection = model_projection(model, proj_dim, seed + m, kind, precision)
         phi = trak_features(model, train_x, train_y, projection, output, chunk_size)
-        leverage += trak_leverage(phi, slice(None), kernel_inverse(phi, damping))
+        kernel = kernel_inverse(phi, absolute_damping(phi, damping, relative_damping))
+        leverage += trak_leverage(phi, slice(None), kernel)
         reweight += one_minus_p(model, train_x, train_y)
     return (leverage / len(models)) * (reweight / len(models))

@@ -14,6 +14,7 @@ one map ``METHODS`` (name -> class) the ``estimate`` stage runs them from.
 | knn_shapley          | knn_shapley.py    | input features (no models)              |
 | influence            | influence.py      | last checkpoint; shared Hessian         |
 | influence_pert       | influence_pert.py | last checkpoint; shared Hessian         |
+| ekfac                | ekfac.py          | last checkpoint; EK-FAC fit per model   |
 | tracin               | tracin.py         | every checkpoint                        |
 | representer          | representer.py    | last checkpoint                         |
 | trak                 | trak.py           | last checkpoint; reweighting            |
@@ -40,6 +41,7 @@ from datamodels.methods.base import (
     RetrainingMethod,
 )
 from datamodels.methods.downsampling import Downsampling, DownsamplingCorrect
+from datamodels.methods.ekfac import Ekfac
 from datamodels.methods.hydra import Hydra
 from datamodels.methods.influence import Influence
 from datamodels.methods.influence_pert import InfluencePert
@@ -65,6 +67,7 @@ METHODS: dict[str, type[Method]] = {
     "knn_shapley": KnnShapley,
     "influence": Influence,
     "influence_pert": InfluencePert,
+    "ekfac": Ekfac,
     "tracin": TracIn,
     "representer": Representer,
     "trak": Trak,

@@ -32,7 +32,7 @@ def test_every_method_is_declared_under_its_own_name():
     assert METHODS["memorization"].writes == ("self_scores",)
     assert METHODS["influence"].hessian and not METHODS["tracin"].hessian
     assert METHODS["tracin"].every_checkpoint and METHODS["trak"].reweights
-    assert {n for n, c in METHODS.items() if c.on_request} == {"metagradient", "hydra"}
+    assert {n for n, c in METHODS.items() if c.on_request} == {"metagradient", "hydra", "ekfac"}
     assert METHODS["metagradient"].source == "replay"
 
 

@@ -231,6 +231,7 @@ def test_stage_equals_the_estimator_functions(logreg_run):
             "gradients.models=2",
             "gradients.trak_models=2",
             "gradients.proj_dim=200",
+            "gradients.trak_damping=0.0",  # the plain trak_scores below: undamped
             "gradients.damping=0.0",
             "gradients.targets_per_task=30",
         ],
@@ -375,6 +376,8 @@ RESNET_GRADIENTS = [
     "gradients.models=2",
     "gradients.trak_models=2",
     "gradients.proj_dim=24",
+    "gradients.trak_damping=0.0",  # the plain trak_scores of the last checkpoint
+    "gradients.trak_checkpoints=1",
     "gradients.chunk_size=16",
     "gradients.targets_per_task=6",
     "gradients.train_per_task=25",
