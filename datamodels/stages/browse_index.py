@@ -38,6 +38,7 @@ from datamodels.config import Config
 from datamodels.metrics.lds import average_replicates, lds, spearman_columns
 from datamodels.stages.base import Stage, Unit
 from datamodels.store import SCORES_DIR, TARGETS_PATH, Run
+from datamodels.store.schema_checks import schema_metadata
 
 K = 32  # entries of every per-example ranking (serve's --top may ask up to this many)
 LEAKAGE_N = 100  # pairs kept per leakage ranking
@@ -51,8 +52,13 @@ PAIRS_PATH = f"{BROWSE_DIR}/pairs.parquet"
 LEAKAGE_PATH = f"{BROWSE_DIR}/leakage.parquet"
 
 
+def _schema(columns: list[tuple[str, pa.DataType]]) -> pa.Schema:
+    """A table of this stage, versioned as every table of a run."""
+    return pa.schema(columns, metadata=schema_metadata())
+
+
 def _ranking_schema(key: str, value: str) -> pa.Schema:
-    return pa.schema(
+    return _schema(
         [
             ("method", pa.string()),
             (key, pa.int64()),
@@ -66,7 +72,7 @@ def _ranking_schema(key: str, value: str) -> pa.Schema:
 
 TOP_TRAIN_SCHEMA = _ranking_schema("target", "train_position")
 TOP_TEST_SCHEMA = _ranking_schema("train_position", "target")
-BROWSE_TARGETS_SCHEMA = pa.schema(
+BROWSE_TARGETS_SCHEMA = _schema(
     [
         ("method", pa.string()),
         ("target", pa.int64()),
@@ -74,7 +80,7 @@ BROWSE_TARGETS_SCHEMA = pa.schema(
         ("brittleness", pa.float64()),
     ]
 )
-PAIRS_SCHEMA = pa.schema(
+PAIRS_SCHEMA = _schema(
     [
         ("method_a", pa.string()),
         ("method_b", pa.string()),
@@ -82,7 +88,7 @@ PAIRS_SCHEMA = pa.schema(
         ("rho", pa.float64()),
     ]
 )
-LEAKAGE_SCHEMA = pa.schema(
+LEAKAGE_SCHEMA = _schema(
     [
         ("ranking", pa.string()),
         ("rank", pa.int32()),
@@ -102,22 +108,22 @@ TABLES = {
 
 def top_rows(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(highest, lowest): int64[B, k] column indices of each row of ``block`` (float[B, n]),
-    highest first (ties: lower index first) and lowest first (ties: higher index first), as a
-    stable sort of the negated row and its reverse order them."""
+    highest first (ties: lower index first) and lowest first (ties: higher index first):
+    exactly the first ``k`` of a stable sort of the negated row and of its reverse, in O(n)
+    a row (a partition, then the ties at the k-th value taken in index order)."""
     k = min(k, block.shape[1])
-    n = block.shape[1]
-    rows = np.arange(len(block))[:, None]
     out = []
     for sign in (-1.0, 1.0):
         keyed = sign * block
-        pick = (
-            np.argpartition(keyed, k - 1, axis=1)[:, :k]
-            if k < n
-            else np.tile(np.arange(n), (len(block), 1))
-        )
-        tie = pick if sign < 0 else -pick
-        order = np.lexsort((tie, keyed[rows, pick]), axis=1)
-        out.append(np.take_along_axis(pick, order, axis=1))
+        kth = np.partition(keyed, k - 1, axis=1)[:, k - 1]
+        picks = np.empty((len(block), k), np.int64)
+        for r, (row, value) in enumerate(zip(keyed, kth, strict=True)):
+            better = np.flatnonzero(row < value)
+            better = better[np.lexsort((better if sign < 0 else -better, row[better]))]
+            ties = np.flatnonzero(row == value)
+            ties = ties[: k - len(better)] if sign < 0 else ties[::-1][: k - len(better)]
+            picks[r] = np.concatenate([better, ties])
+        out.append(picks)
     return out[0], out[1]
 
 
