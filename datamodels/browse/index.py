@@ -66,6 +66,14 @@ class BrowseIndex:
                 out[(method, side)] = (keys, ids, scores)
         return out
 
+    def load(self) -> None:
+        """Read every table now (the server warms the index as it starts)."""
+        self._table(TOP_TRAIN_PATH)
+        self._table(TOP_TEST_PATH)
+        self._frame(BROWSE_TARGETS_PATH, BROWSE_TARGETS_SCHEMA)
+        self._frame(PAIRS_PATH, PAIRS_SCHEMA)
+        self._frame(LEAKAGE_PATH, LEAKAGE_SCHEMA)
+
     def _frame(self, path: str, schema) -> pd.DataFrame:
         with self._lock:
             if path not in self._frames:

@@ -58,6 +58,8 @@ class RunReader(Rankings):
             self.inputs("test")
             self.inputs("train")
             _ = self.margins, self.predicted_margins
+            if self.index is not None:
+                self.index.load()
         except (DatamodelsError, OSError, ValueError):
             pass
 
