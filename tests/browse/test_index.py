@@ -6,7 +6,12 @@ and the methods page's stale LDS curve."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -205,3 +210,33 @@ def test_a_stale_lds_curve_is_named_not_drawn(serve_run, tmp_path):
         assert f"datamodels lds-curve {copy}" in body
     finally:
         url.stop()
+
+
+def test_the_command_writes_the_index_then_serves_from_it(serve_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(serve_run, copy)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(Path.cwd())}
+    command = [sys.executable, "-m", "datamodels.cli", "serve", str(copy), "--index", "--port", "0"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    try:
+        lines = []
+        while not any("serving" in line for line in lines):
+            lines.append(process.stdout.readline())
+            assert lines[-1], lines
+        url = re.search(r"at (http://127\.0\.0\.1:\d+/)", lines[-1]).group(1)
+        assert sorted(p.name for p in (copy / "browse").iterdir()) == [
+            "leakage.parquet",
+            "pairs.parquet",
+            "targets.parquet",
+            "top_test.parquet",
+            "top_train.parquet",
+        ]
+        status, body = get(url + "tests?sort=lds")
+        assert status == 200 and "browse index" not in body
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    states = dm.stage_states(str(copy)).set_index("stage")["state"]
+    assert states["browse_index"] == "done"
