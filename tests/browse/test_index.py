@@ -238,5 +238,5 @@ def test_the_command_writes_the_index_then_serves_from_it(serve_run, tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
-    states = dm.stage_states(str(copy)).set_index("stage")["state"]
+    states = dm.api.stage_states(str(copy)).set_index("stage")["state"]
     assert states["browse_index"] == "done"
