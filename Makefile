@@ -54,3 +54,8 @@ docs: setup
 
 clean:
 	rm -rf runs .pytest_cache
+
+# the serve screenshots the docs show (analysis/figures/serve_*.png), via headless Chromium
+.PHONY: docs-screenshots
+docs-screenshots: setup
+	DATAMODELS_SERVE_SCREENSHOTS=analysis/figures $(BIN)/python -m pytest -q tests/browse/test_playwright.py

@@ -2,11 +2,14 @@
 
 Everything goes through the `Run` readers and the read-only DuckDB views of
 `datamodels.store.query`, so a local run and an ``s3://`` run read the same way, and nothing
-is ever written. A page reads only what it shows: one target's score row
+is ever written. When the run holds a current browse index (stage ``browse_index``,
+``datamodels serve --index``), every ranking is looked up there (`BrowseIndex`): a page reads
+only what it shows. Without one, a page reads one target's score row
 (``SELECT scores FROM scores_<m> WHERE target = ?``), one training point's score column
-(``scores[i + 1]`` over the targets), one target's weights. Whole score matrices are read
-only for the per-target LDS, brittleness, leakage and method-disagreement rankings, once,
-when a page first asks for them.
+(``scores[i + 1]`` over the targets), one target's weights, and the per-target LDS,
+brittleness, leakage and method-disagreement rankings read whole score matrices once, when a
+page first asks, on runs of at most `rankings.DENSE_LIMIT` scores per method (above it they say to
+build the index instead).
 
 Ids: a test example is its eval position (the row of a score table, the column of
 ``margins``); a training example is its train position (the column of masks and scores).
@@ -21,12 +24,12 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
+from datamodels.browse.rankings import Rankings
 from datamodels.config import config_from_yaml_text
 from datamodels.errors import DatamodelsError
-from datamodels.metrics.lds import average_replicates, lds
 from datamodels.store import Run
 from datamodels.store.query import connect
-from datamodels.store.schemas import SOURCE_CLASSES_PATH
+from datamodels.store.schemas import EXAMPLES_SOURCE_COLUMNS, SOURCE_CLASSES_PATH
 
 
 class NotFound(LookupError):
@@ -37,7 +40,7 @@ def _ident(view: str) -> str:
     return '"' + view.replace('"', '""') + '"'
 
 
-class RunReader:
+class RunReader(Rankings):
     """Cached, thread-safe reads of one run for the serve pages."""
 
     def __init__(self, run: Run | str) -> None:
@@ -55,6 +58,8 @@ class RunReader:
             self.inputs("test")
             self.inputs("train")
             _ = self.margins, self.predicted_margins
+            if self.index is not None:
+                self.index.load()
         except (DatamodelsError, OSError, ValueError):
             pass
 
@@ -122,6 +127,38 @@ class RunReader:
             return None
         return self.sql("SELECT train_position, name FROM source_classes ORDER BY 1")
 
+    @cached_property
+    def sources(self) -> dict[str, pd.DataFrame]:
+        """{"test": by target, "train": by position} -> source_path, class_name, where
+        ``examples.parquet`` carries them (``imagefolder`` runs); empty otherwise."""
+        described = self.sql("DESCRIBE examples")
+        if not set(EXAMPLES_SOURCE_COLUMNS) <= set(described["column_name"]):
+            return {}
+        frame = self.sql(
+            "SELECT split, eval_position, train_position, source_path, class_name FROM examples"
+        )
+        test = frame[(frame["split"] == "test") & frame["eval_position"].notna()]
+        train = frame[frame["train_position"].notna()].drop_duplicates("train_position")
+        columns = list(EXAMPLES_SOURCE_COLUMNS)
+        return {
+            "test": test.set_index(test["eval_position"].astype(np.int64))[columns],
+            "train": train.set_index(train["train_position"].astype(np.int64))[columns],
+        }
+
+    def source_facts(self, split: str, ident: int) -> list[tuple[str, str]]:
+        """[("class name", ...), ("file", ...)] of one example, the ones it has."""
+        frame = self.sources.get(split)
+        if frame is None or ident not in frame.index:
+            return []
+        row = frame.loc[ident]
+        facts = [("class name", row["class_name"]), ("file", row["source_path"])]
+        return [(name, str(value)) for name, value in facts if isinstance(value, str)]
+
+    def source_of(self, split: str, ident: int) -> str | None:
+        """ "class name: file" of one example (a thumbnail's hover text), None without."""
+        facts = self.source_facts(split, ident)
+        return ": ".join(value for _, value in facts) or None
+
     def test_row(self, target: int) -> pd.Series:
         if target not in self.test.index:
             raise NotFound(
@@ -173,16 +210,6 @@ class RunReader:
         series = frame.set_index("target")["score"].astype(np.float64)
         return series[series.index.isin(self.test.index)]
 
-    def dense(self, method: str) -> tuple[np.ndarray, np.ndarray]:
-        """(test targets int64[T], scores float32[T, n_train]) of ``method`` (read once)."""
-
-        def read() -> tuple[np.ndarray, np.ndarray]:
-            targets, scores = self.run.scores(method)
-            keep = np.isin(targets, self.test.index.to_numpy())
-            return targets[keep], scores[keep]
-
-        return self._memo(("dense", method), read)
-
     @cached_property
     def self_scores(self) -> dict[str, np.ndarray]:
         """method -> float32[n_train] self scores (self-influence, memorisation)."""
@@ -204,8 +231,7 @@ class RunReader:
     @cached_property
     def margins(self) -> pd.Series:
         """Mean margin of each test target over the fitting plan's models (NaN without them)."""
-        plan = self.config.fit.plan
-        _, margins = self.run.masks_and_margins(plan=plan)
+        margins = self.run.margins(plan=self.config.fit.plan)
         mean = margins.mean(0) if len(margins) else np.full(self.run.n_eval, np.nan)
         return pd.Series(mean[self.test.index.to_numpy()], index=self.test.index, dtype=float)
 
@@ -228,36 +254,6 @@ class RunReader:
             "ON t.target = w.target"
         ).set_index("target")["value"]
         return frame.reindex(self.test.index).astype(float)
-
-    def target_lds(self, method: str) -> pd.Series | None:
-        """Per-target LDS of ``method`` on the evaluate plan's held-out models (Spearman of
-        predicted and actual margins over its subsets); None without enough held-out models."""
-
-        def compute() -> pd.Series | None:
-            masks, margins = self.run.masks_and_margins(plan=self.config.evaluate.plan)
-            if len(masks) < 3:
-                return None
-            subsets, true = average_replicates(masks, margins)
-            targets, scores = self.dense(method)
-            per_target = lds(scores, subsets, true[:, targets]).per_target
-            return pd.Series(per_target, index=targets).reindex(self.test.index)
-
-        return self._memo(("lds", method), compute)
-
-    def brittleness(self) -> pd.Series | None:
-        """Predicted smallest number of removals that flip each target (datamodels)."""
-
-        def compute() -> pd.Series | None:
-            if "datamodels" not in self.methods or "targets" not in self.views:
-                return None
-            # datamodels.applications pulls in torch (its alpha_effect module)
-            from datamodels.applications import brittleness_from_run
-
-            result = brittleness_from_run(self.run)
-            targets = self.dense("datamodels")[0]
-            return pd.Series(result.support, index=targets).reindex(self.test.index)
-
-        return self._memo(("brittleness",), compute)
 
     # -- run-level tables --------------------------------------------------------------------
 
@@ -301,38 +297,18 @@ class RunReader:
             [int(target)],
         )
 
-    def leakage(self, k: int) -> dict[str, pd.DataFrame] | None:
-        if "datamodels" not in self.methods or self.inputs("train") is None:
-            return None
-        # datamodels.applications pulls in torch (its alpha_effect module)
-        from datamodels.applications import leakage_from_run
+    @cached_property
+    def lds_curve_state(self) -> str:
+        """done / stale / missing of the ``lds_curve`` stage (`stages.states`), judged by the
+        settings it was last run with."""
+        # torch: stages.states imports the pipeline, whose stages fit with torch
+        from datamodels.stages.lds_curve import LdsCurveStage
+        from datamodels.stages.states import stage_state  # torch: the pipeline's stages
 
-        return self._memo(("leakage", k), lambda: leakage_from_run(self.run, "datamodels", k))
+        return stage_state(LdsCurveStage.as_recorded(self.config, self.run))
 
     @cached_property
     def lds_curve(self) -> pd.DataFrame | None:
         if "lds_curve" not in self.views:
             return None
         return self.sql("SELECT * FROM lds_curve ORDER BY 1, 2")
-
-    def disagreement(self, a: str, b: str) -> pd.Series:
-        """Per test target, the Spearman correlation of methods ``a`` and ``b``'s score rows
-        (lowest = they disagree most), over the targets both score."""
-
-        def compute() -> pd.Series:
-            from scipy.stats import rankdata
-
-            ta, sa = self.dense(a)
-            tb, sb = self.dense(b)
-            common = np.intersect1d(ta, tb)
-            ra = rankdata(sa[np.searchsorted(ta, common)], axis=1)
-            rb = rankdata(sb[np.searchsorted(tb, common)], axis=1)
-            ra -= ra.mean(1, keepdims=True)
-            rb -= rb.mean(1, keepdims=True)
-            denom = np.sqrt((ra**2).sum(1) * (rb**2).sum(1))
-            rho = np.divide(
-                (ra * rb).sum(1), denom, out=np.full(len(common), np.nan), where=denom > 0
-            )
-            return pd.Series(rho, index=common)
-
-        return self._memo(("disagree", a, b), compute)

@@ -76,6 +76,16 @@ def _curve_section(reader: RunReader) -> str:
     curve = reader.lds_curve
     if curve is None:
         return note("no applications/lds_curve.parquet: run `datamodels lds-curve RUN`")
+    if reader.lds_curve_state != "done":
+        return (
+            '<div id="lds-curve-stale">'
+            + note(
+                f"applications/lds_curve.parquet is {reader.lds_curve_state}: the models or fit "
+                "settings it was made from have changed since, so the curve is not shown; run "
+                f"`datamodels lds-curve {reader.run.uri}` to redo it"
+            )
+            + "</div>"
+        )
     x_column = "n_models" if "n_models" in curve else curve.columns[1]
     y_column = "lds" if "lds" in curve else curve.columns[-1]
     series = {"datamodels": (curve[x_column].to_numpy(float), curve[y_column].to_numpy(float))}
@@ -97,6 +107,8 @@ def _disagreement(reader: RunReader, params: dict[str, str], n: int) -> str:
         for i, x in enumerate(methods)
         for y in methods[i + 1 :]
     )
+    if reader.index_note():
+        return note(reader.index_note())
     rho = reader.disagreement(a, b).dropna().sort_values(kind="stable")
     inputs = reader.inputs("test")
     cells = [

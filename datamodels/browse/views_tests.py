@@ -28,6 +28,18 @@ def _int(value: str | None) -> int | None:
         return None
 
 
+def _float(value: str | None) -> float | None:
+    try:
+        number = None if value in (None, "") else float(value)
+    except ValueError:
+        return None
+    return None if number is None or np.isnan(number) else number
+
+
+def _shown(value: float | None) -> str:
+    return "" if value is None else esc(f"{value:g}")
+
+
 def metrics_frame(reader: RunReader, columns: set[str]) -> pd.DataFrame:
     """Per test target: label, margin, correct, and each asked column of `SORTS` there is."""
     frame = reader.test[["label", "original_label"]].copy()
@@ -47,13 +59,17 @@ def metrics_frame(reader: RunReader, columns: set[str]) -> pd.DataFrame:
 
 
 def grid_page(reader: RunReader, params: dict[str, str]) -> str:
-    """``/tests?label=&correct=yes|no&brittle=K&sort=&order=asc|desc&page=``."""
+    """``/tests?label=&correct=yes|no&brittle=K&lds_min=&lds_max=&sort=&order=asc|desc&page=``
+    (``lds_min`` / ``lds_max``: the target's LDS by the default method, bounds included)."""
     label, brittle = _int(params.get("label")), _int(params.get("brittle"))
     correct = params.get("correct", "")
     sort = params.get("sort", "target") if params.get("sort") in SORTS else "target"
     order = "desc" if params.get("order") == "desc" else "asc"
     number = max(_int(params.get("page")) or 0, 0)
-    frame = metrics_frame(reader, {sort, "brittleness" if brittle is not None else ""})
+    lds_min, lds_max = _float(params.get("lds_min")), _float(params.get("lds_max"))
+    by_lds = lds_min is not None or lds_max is not None
+    asked = {sort, "brittleness" if brittle is not None else "", "lds" if by_lds else ""}
+    frame = metrics_frame(reader, asked)
     shown = frame
     if label is not None:
         shown = shown[shown["label"] == label]
@@ -61,6 +77,14 @@ def grid_page(reader: RunReader, params: dict[str, str]) -> str:
         shown = shown[shown["correct"] == (correct == "yes")]
     if brittle is not None and "brittleness" in shown:
         shown = shown[shown["brittleness"] <= brittle]
+    if by_lds and "lds" in shown:
+        values = shown["lds"]
+        keep = values.notna()
+        if lds_min is not None:
+            keep &= values >= lds_min
+        if lds_max is not None:
+            keep &= values <= lds_max
+        shown = shown[keep]
     key = sort if sort in shown else "target"
     shown = (
         shown.sort_index(ascending=order == "asc")
@@ -80,7 +104,9 @@ def grid_page(reader: RunReader, params: dict[str, str]) -> str:
                 inputs[int(reader.test.at[target, "row"])],
                 f"#{target} y={row['label']}{value}",
                 "right" if row["correct"] else "wrong",
-                f"margin {fmt(row['margin'])}",
+                " · ".join(
+                    filter(None, [f"margin {fmt(row['margin'])}", reader.source_of("test", target)])
+                ),
             )
         )
     labels = sorted(int(v) for v in reader.test["label"].unique())
@@ -101,13 +127,23 @@ def grid_page(reader: RunReader, params: dict[str, str]) -> str:
         "</select></label>"
         f'<label>brittle ≤ <input name="brittle" size="4" value="{brittle if brittle else ""}">'
         "</label>"
+        f'<label>LDS from <input name="lds_min" size="5" value="{_shown(lds_min)}"></label>'
+        f'<label>to <input name="lds_max" size="5" value="{_shown(lds_max)}"></label>'
         f'<label>sort by <select name="sort">{sorts}</select></label>'
         f'<label><select name="order"><option value="asc">ascending</option>'
         f'<option value="desc"{" selected" if order == "desc" else ""}>descending</option>'
         '</select></label><button type="submit">show</button></form>'
     )
     pager = []
-    base = {"label": label, "correct": correct, "brittle": brittle, "sort": sort, "order": order}
+    base = {
+        "label": label,
+        "correct": correct,
+        "brittle": brittle,
+        "lds_min": lds_min,
+        "lds_max": lds_max,
+        "sort": sort,
+        "order": order,
+    }
     if number > 0:
         pager.append(
             f'<a href="{esc(query_link("/tests", base | {"page": number - 1}))}">previous</a>'
@@ -115,6 +151,10 @@ def grid_page(reader: RunReader, params: dict[str, str]) -> str:
     if (number + 1) * PAGE_SIZE < total:
         pager.append(f'<a href="{esc(query_link("/tests", base | {"page": number + 1}))}">next</a>')
     missing = note(f"this run has no {SORTS[sort]}; sorted by test id") if key != sort else ""
+    if by_lds and "lds" not in frame:
+        missing += note("this run has no per-target LDS (evaluate plan, scores): not filtered")
+    if (key != sort or (by_lds and "lds" not in frame)) and reader.index_note():
+        missing += note(reader.index_note())
     body = (
         form + missing + f'<p id="count">{total} of {len(frame)} test examples '
         f"(border: green = correct, red = wrong by the mean margin)</p>"
@@ -123,54 +163,42 @@ def grid_page(reader: RunReader, params: dict[str, str]) -> str:
     return page("Test examples", body, reader.run.uri)
 
 
-def _ranks(row: np.ndarray) -> np.ndarray:
-    order = np.argsort(row, kind="stable")
-    ranks = np.empty(len(row))
-    ranks[order] = np.arange(len(row))
-    return ranks
-
-
-def agreement(rows: dict[str, np.ndarray], k: int) -> pd.DataFrame:
-    """Per pair of methods: the share of their top-``k`` helpful training points in common and
-    the Spearman correlation of their score rows (float[n_train] each)."""
-    names = list(rows)
+def agreement(reader: RunReader, target: int, tops: dict[str, np.ndarray], k: int) -> pd.DataFrame:
+    """Per pair of methods: the share of their top-``k`` helpful training points in common
+    (``tops``: method -> its top-k train positions) and the Spearman correlation of their
+    score rows of ``target``."""
+    names = list(tops)
     out = []
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
-            top_a = set(np.argsort(-rows[a], kind="stable")[:k].tolist())
-            top_b = set(np.argsort(-rows[b], kind="stable")[:k].tolist())
-            ra, rb = _ranks(rows[a]), _ranks(rows[b])
-            rho = float(np.corrcoef(ra, rb)[0, 1]) if ra.std() and rb.std() else float("nan")
+            common = set(tops[a][:k].tolist()) & set(tops[b][:k].tolist())
             out.append(
                 {
                     "method a": a,
                     "method b": b,
-                    f"top-{k} overlap": len(top_a & top_b) / k,
-                    "rank correlation": rho,
+                    f"top-{k} overlap": len(common) / k,
+                    "rank correlation": reader.rank_correlation(a, b, target),
                 }
             )
     return pd.DataFrame(out)
 
 
-def _method_column(reader: RunReader, method: str, row: np.ndarray, k: int) -> str:
+def _method_column(reader: RunReader, method: str, ranked: dict[str, tuple]) -> str:
     inputs, train = reader.inputs("train"), reader.train
-    order = np.argsort(-row, kind="stable")
     parts = []
-    helpful, harmful = order[:k], order[::-1][:k]
-    signed = (
-        ("helpful", helpful[row[helpful] > 0], "≤"),
-        ("harmful", harmful[row[harmful] < 0], "≥"),
-    )
-    for name, picks, sign in signed:
+    for name, sign in (("helpful", "≤"), ("harmful", "≥")):
+        positions, scores = ranked[name]
+        keep = scores > 0 if name == "helpful" else scores < 0
         cells = [
             thumb(
                 "train",
                 int(i),
                 None if inputs is None else inputs[int(i)],
-                f"#{i} y={train.at[int(i), 'label']} {row[i]:+.3g}",
+                f"#{i} y={train.at[int(i), 'label']} {score:+.3g}",
                 "flipped" if train.at[int(i), "flipped"] else "",
+                reader.source_of("train", int(i)),
             )
-            for i in picks
+            for i, score in zip(positions[keep], scores[keep], strict=True)
         ]
         shown = "".join(cells) or note(f"no {name} training example (every score {sign} 0)")
         parts.append(f'<h4>{name}</h4><div class="row {name}">{shown}</div>')
@@ -184,25 +212,27 @@ def test_page(reader: RunReader, target: int, k: int) -> str:
     """``/test/<target>``: one test example and what every method says it rests on."""
     row = reader.test_row(target)
     inputs = reader.inputs("test")
+    predicted = reader.predicted_margins
     facts = pd.DataFrame(
-        {
-            "fact": [
-                "label",
-                "original label",
-                f"mean margin ({reader.n_margin_models} models)",
-                "datamodel margin b + Σw",
-            ],
-            "value": [
-                row["label"],
-                row["original_label"],
-                reader.margins.get(target),
-                None if reader.predicted_margins is None else reader.predicted_margins.get(target),
-            ],
-        }
+        [
+            ("label", row["label"]),
+            ("original label", row["original_label"]),
+            *reader.source_facts("test", target),
+            (f"mean margin ({reader.n_margin_models} models)", reader.margins.get(target)),
+            ("datamodel margin b + Σw", None if predicted is None else predicted.get(target)),
+        ],
+        columns=["fact", "value"],
     )
-    picture = thumb("test", target, inputs[int(row["row"])], f"test #{target}")
-    rows = {m: r for m in reader.methods if (r := reader.score_row(m, target)) is not None}
-    columns = "".join(_method_column(reader, m, r, k) for m, r in rows.items())
+    picture = thumb(
+        "test",
+        target,
+        inputs[int(row["row"])],
+        f"test #{target}",
+        "",
+        reader.source_of("test", target),
+    )
+    rows = {m: r for m in reader.methods if (r := reader.ranked_train(m, target, k)) is not None}
+    columns = "".join(_method_column(reader, m, r) for m, r in rows.items())
     body = (
         f'<div class="big">{picture}</div>{table(facts)}'
         f"<h2>Top {k} helpful and harmful training examples, by method</h2>"
@@ -215,7 +245,9 @@ def test_page(reader: RunReader, target: int, k: int) -> str:
         )
     )
     body += "<h2>Agreement between methods</h2>" + (
-        table(agreement(rows, k)) if len(rows) > 1 else note("fewer than two methods score it")
+        table(agreement(reader, target, {m: r["helpful"][0] for m, r in rows.items()}, k))
+        if len(rows) > 1
+        else note("fewer than two methods score it")
     )
     removal = reader.removal_of(target)
     body += "<h2>Counterfactual removal</h2>" + (

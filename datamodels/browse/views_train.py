@@ -30,6 +30,8 @@ def _test_cells(reader: RunReader, column: pd.Series) -> str:
                 int(target),
                 inputs[int(row["row"])],
                 f"#{target} y={row['label']} {score:+.3g}",
+                "",
+                reader.source_of("test", int(target)),
             )
         )
     return "".join(cells)
@@ -44,6 +46,7 @@ def train_page(reader: RunReader, position: int, k: int) -> str:
         ("label (trained on)", row["label"]),
         ("original label", row["original_label"]),
         ("label flipped", "yes" if flipped else "no"),
+        *reader.source_facts("train", position),
     ]
     for method, values in reader.self_scores.items():
         rank = int((values > values[position]).sum())
@@ -56,14 +59,14 @@ def train_page(reader: RunReader, position: int, k: int) -> str:
         None if inputs is None else inputs[position],
         _name(reader, position),
         "flipped" if flipped else "",
+        reader.source_of("train", position),
     )
     columns = []
     for method in reader.methods:
-        column = reader.score_column(method, position)
-        if column.empty:
+        ranked = reader.ranked_tests(method, position, k)
+        if ranked is None:
             continue
-        ordered = column.sort_values(ascending=False, kind="stable")
-        helps, hurts = ordered[:k], ordered[::-1][:k]
+        helps, hurts = ranked["helps"], ranked["hurts"]
         helps, hurts = helps[helps > 0], hurts[hurts < 0]
         columns.append(
             f'<div class="method" data-method="{esc(method)}"><h3>{esc(method)}</h3>'
@@ -130,6 +133,8 @@ def leakage_page(reader: RunReader, n: int = 24) -> str:
     """``/leakage``: train/test pairs ranked by datamodel weight and by the cosine of their
     datamodel vectors, each pair's two images side by side."""
     ranked = reader.leakage(n)
+    if ranked is None and reader.index_note() and "datamodels" in reader.methods:
+        return page("Leakage pairs", note(reader.index_note()), reader.run.uri)
     if ranked is None:
         body = note(
             "no datamodels of training inputs: run `datamodels fit` (a transfer run's "

@@ -26,6 +26,7 @@ from datamodels.stages.alpha_effect import AlphaEffectStage
 from datamodels.stages.attack import AttackStage
 from datamodels.stages.attribute import IMPORTED_DIR, AttributeStage, recorded
 from datamodels.stages.base import MARKERS_DIR, PARTS_DIR, Stage, read_marker
+from datamodels.stages.browse_index import BrowseIndexStage
 from datamodels.stages.estimate import EstimateStage
 from datamodels.stages.evaluate import EvaluateStage
 from datamodels.stages.fit import FitStage
@@ -149,6 +150,10 @@ PIPELINE: tuple[StageSpec, ...] = (
     StageSpec("transfer_counterfactual", (TransferCounterfactualStage,),
               ("transfer_masks", "train"), False, ("transfer/counterfactual_*.parquet",),
               "transfer-counterfactual", _recorded(TransferCounterfactualStage)),
+    StageSpec("browse_index", (BrowseIndexStage,), ("fit", "estimate", "train"), False,
+              ("browse/*.parquet",), "serve --index",
+              lambda config, run: ([BrowseIndexStage(config, run)]
+                                   if read_marker(run, BrowseIndexStage.name) else [])),
 )
 SPECS = {spec.name: spec for spec in PIPELINE}
 

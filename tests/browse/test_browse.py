@@ -220,8 +220,9 @@ def test_text_from_a_run_is_escaped():
     import pandas as pd
 
     crafted = "<script>alert(1)</script>"
-    html = table(pd.DataFrame({"name": [crafted]})) + thumb("test", 1, None, crafted)
+    html = table(pd.DataFrame({"name": [crafted]})) + thumb("test", 1, None, crafted, "", crafted)
     assert "<script>" not in html and "&lt;script&gt;" in html
+    assert 'title="&lt;script&gt;alert(1)&lt;/script&gt;"' in html
 
 
 def test_dm_serve_from_a_notebook_returns_its_url(serve_run):
@@ -258,45 +259,3 @@ def test_the_command_refuses_a_directory_without_a_run(tmp_path):
 
     result = CliRunner().invoke(app, ["serve", str(tmp_path), "--port", "0"])
     assert result.exit_code == 2 and "not a run directory" in result.output
-
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-]
-
-
-def test_the_test_example_view_renders_in_headless_chromium(served, run, tmp_path):
-    chromium = "/usr/bin/chromium"
-    if not os.path.exists(chromium):
-        pytest.skip("no /usr/bin/chromium")
-    target = int(run.removal_results()["target"].iloc[0])
-    shot = tmp_path / "test_example.png"
-    result = subprocess.run(
-        [
-            chromium,
-            *CHROMIUM_FLAGS,
-            f"--user-data-dir={tmp_path / 'profile'}",
-            f"--screenshot={shot}",
-            "--window-size=1280,1400",
-            f"{served}test/{target}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", result.stderr[-2000:]
-    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
-    assert pixels.shape == (1400, 1280)
-    dark = (pixels < 128).mean()
-    assert pixels.std() > 20 and 0.01 < dark < 0.6, (pixels.std(), dark)
-    keep = os.environ.get("DATAMODELS_SERVE_SCREENSHOT")
-    if keep:  # the docs' picture: DATAMODELS_SERVE_SCREENSHOT=<png> pytest tests/browse -k chromium
-        Path(keep).write_bytes(shot.read_bytes())
