@@ -64,4 +64,4 @@ class MissingDependencyError(DatamodelsError):
     """A command needs an optional package that is not installed (FFCV, Ray, DuckDB, ...)."""
 
     def __init__(self, module: str, purpose: str, install: str) -> None:
-        super().__init__(f"{purpose} needs {module}, which is not installed here; {install}")
+        super().__init__(f"{purpose} needs {module}, not installed here; {install}")
