@@ -9,7 +9,8 @@ FFCV, no DuckDB. It needs torch, numpy, pyarrow, pandas, scikit-learn (with scip
 rich and pydantic (a small wheel); not typer (it calls ``datamodels.api``, not the CLI).
 
 The run directory can be prepared on one machine and carried to another (its examples are
-written as the array store ``data/examples.npy``, whatever is installed):
+written as the array store ``data/examples.npy``, whatever is installed; the images file
+beside it is not needed once the run is prepared):
 
     python benchmarks/gpu_pipeline.py --prepare-only                 # CPU machine
     python benchmarks/gpu_pipeline.py --device cuda                  # GPU machine, same --out
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     npz = f"{args.out.rstrip('/')}-images.npz"
-    write_images(Path(npz), sizes)
+    if not (out / "config.yaml").is_file():  # a prepared run (carried over) needs no images
+        write_images(Path(npz), sizes)
     # the config's device never enters its hash: prepare on a CPU machine, train on a GPU one
     config = config_from_dict(config_dict(args, sizes, npz))
     start = time.perf_counter()
