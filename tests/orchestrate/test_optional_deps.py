@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 # the base install's packages the pipeline needs (duckdb, matplotlib, pillow: only query,
 # report and serve use them, so they are left out to show the pipeline does without)
 BASE = ("torch", "numpy", "pyarrow", "pandas", "scikit-learn", "scipy", "threadpoolctl",
-        "pydantic", "typer", "rich", "pyyaml")
+        "pydantic", "typer", "rich", "pyyaml", "pathspec")
 # what a bare GPU image has, plus pydantic: what benchmarks/gpu_pipeline.py says it needs
 GPU_IMAGE = ("torch", "numpy", "pyarrow", "pandas", "scikit-learn", "pyyaml", "rich", "pydantic")
 ABSENT = ("ray", "ffcv", "duckdb", "starlette", "uvicorn", "PIL", "numba", "matplotlib")
