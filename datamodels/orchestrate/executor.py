@@ -27,6 +27,7 @@ from typing import Any
 from datamodels.errors import ConfigError, DatamodelsError, MissingDependencyError
 from datamodels.orchestrate.channel import POLL_S, channel_sink, open_channel
 from datamodels.orchestrate.context import Context, context, unit_reporting
+from datamodels.orchestrate.optional import RAY_INSTALL, ray_installed
 from datamodels.orchestrate.runtime_env import pythonpath_for_workers
 
 
@@ -107,23 +108,6 @@ class SerialExecutor:
 
 
 EXECUTOR_ENV = "DATAMODELS_EXECUTOR"
-RAY_INSTALL = "pip install 'datamodels[ray]'"
-
-
-def ray_installed() -> bool:
-    """Whether Ray is installed here; found, not imported (its import is slow)."""
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("ray") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def require_ray(purpose: str) -> None:
-    """One line (`MissingDependencyError`) when ``purpose`` needs Ray and it is missing."""
-    if not ray_installed():
-        raise MissingDependencyError("Ray", purpose, RAY_INSTALL)
 
 
 def default_executor(address: str | None = None) -> RayExecutor | SerialExecutor:
