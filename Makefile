@@ -1,6 +1,8 @@
 # Two commands do everything on a fresh Debian machine:
 #   make demo   install what is missing, run the default job (local Ray, digits, CPU)
 #   make test   install what is missing, run the default test suite
+# Both install every extra (.[all,dev]: FFCV, Ray, the web app); `pip install .` alone runs
+# every stage in one process without them (docs/getting-started.md).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -21,7 +23,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[all,dev]'
 	@touch $(STAMP)
 
 setup: $(STAMP)

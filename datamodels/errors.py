@@ -58,3 +58,10 @@ class RunLockedError(DatamodelsError):
 class InfrastructureError(DatamodelsError):
     """The machine or the cluster failed (disk full, read-only run directory, lost workers);
     no model's attempt budget was spent."""
+
+
+class MissingDependencyError(DatamodelsError):
+    """A command needs an optional package that is not installed (FFCV, Ray, DuckDB, ...)."""
+
+    def __init__(self, module: str, purpose: str, install: str) -> None:
+        super().__init__(f"{purpose} needs {module}, not installed here; {install}")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datamodels.errors import JobError
+from datamodels.errors import JobError, MissingDependencyError
 from datamodels.orchestrate.jobs_api import job_submission_client
 from datamodels.orchestrate.upload import MAX_FILE_MB, Upload, plan_upload
 
@@ -163,6 +163,8 @@ def client(address: str | None) -> Any:
     _enable_token_auth()
     try:
         return job_submission_client(address)
+    except MissingDependencyError:
+        raise
     except Exception as exc:  # ConnectionError, auth errors, bad addresses: all one line
         where = (
             address

@@ -44,9 +44,9 @@ def config_and_run(
 
 def ray_executor(executor: Any, address: str | None) -> Any:
     # torch: the executor module imports it
-    from datamodels.orchestrate.executor import RayExecutor
+    from datamodels.orchestrate.executor import default_executor
 
-    return executor or RayExecutor(address)
+    return executor or default_executor(address)
 
 
 def locked(

@@ -19,29 +19,39 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
-from starlette.routing import Route
-
 from datamodels.browse.images import is_image, png_bytes
 from datamodels.browse.layout import STYLE
 from datamodels.browse.reader import NotFound, RunReader
 from datamodels.browse.views_methods import index_page, methods_page
 from datamodels.browse.views_tests import grid_page, test_page
 from datamodels.browse.views_train import leakage_page, mislabel_page, train_page
-from datamodels.errors import DatamodelsError
+from datamodels.errors import DatamodelsError, MissingDependencyError
 from datamodels.store import Run
 
 if TYPE_CHECKING:
     import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, Response
 
 DEFAULT_PORT = 8000
 START_TIMEOUT_S = 30.0
 
 
+def _starlette() -> None:
+    """One line when the web app's packages are missing (the ``serve`` extra)."""
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError(
+            "Starlette and uvicorn", "datamodels serve", "pip install 'datamodels[serve]'"
+        ) from None
+
+
 def _one_line_page(status: int, message: str) -> HTMLResponse:
+    from starlette.responses import HTMLResponse
+
     text = html.escape(" ".join(str(message).split()))
     return HTMLResponse(
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
@@ -53,6 +63,12 @@ def _one_line_page(status: int, message: str) -> HTMLResponse:
 
 def create_app(run: Run | str, k: int = 8) -> Starlette:
     """The app over ``run`` (read-only), showing the top ``k`` of every ranking."""
+    _starlette()
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.responses import HTMLResponse, Response
+    from starlette.routing import Route
+
     reader = RunReader(run)
     images: dict[tuple[str, int], bytes] = {}
 

@@ -12,7 +12,6 @@ import html
 import io
 
 import numpy as np
-from PIL import Image
 
 MIN_SIDE = 64
 
@@ -49,6 +48,8 @@ def png_bytes(example: np.ndarray, min_side: int = MIN_SIDE) -> bytes:
         array = np.clip(np.nan_to_num(array) * 255.0, 0, 255).astype(np.uint8)
     if dark_ink:
         array = 255 - array
+    from PIL import Image  # pillow: the `serve` extra
+
     image = Image.fromarray(array)
     side = min(image.size)
     if side < min_side:

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from datamodels import jobs
 from datamodels.cli.common import ConfigArg, SetOpt, err_console, load, out_console, user_errors
+from datamodels.orchestrate.optional import require_ray
 
 JobsAddressOpt = Annotated[
     str | None,
@@ -108,6 +109,7 @@ def submit(
     """Submit `datamodels run CONFIG --out URI` to a Ray cluster as a Ray Job, print its
     submission id and (unless --no-wait) follow its log; exits 0 when the job succeeded,
     1 when it failed or was stopped."""
+    require_ray("datamodels submit")  # before anything is planned or printed
     jobs.check_out(out, shared_fs)
     load(config, set_)  # a config mistake is reported here, not in the job's log
     upload = jobs.upload_plan(working_dir, max_file_mb)

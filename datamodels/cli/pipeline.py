@@ -29,6 +29,7 @@ from datamodels.cli.inspection import status
 from datamodels.config import Config, load_config
 from datamodels.stages.status import plan_status
 from datamodels.store import Run
+from datamodels.store.beton import data_path
 
 
 def _nothing_left_if_refused(target: str):
@@ -43,14 +44,15 @@ def _nothing_left_if_refused(target: str):
 def prepare(
     config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, trust_code: TrustOpt = False
 ) -> None:
-    """Write the FFCV beton and examples.parquet into the run directory."""
+    """Write the examples file (FFCV beton, or the array store without FFCV) and
+    examples.parquet into the run directory."""
     cfg = load(config, set_, trust_code)
     target = default_out(cfg, out)
     with _nothing_left_if_refused(target):
         wrote = api.prepare(cfg, target, console=err_console)
     err_console.print(
         f"prepare: {'wrote' if wrote else 'already present:'} {target}/examples.parquet, "
-        "data/examples.beton"
+        f"{data_path(Run(target))}"
     )
 
 

@@ -6,10 +6,17 @@
   its own seed (datasets larger than memory).
 
 Fields: ``x`` (``NDArrayField``: float32 features or uint8 HWC images) and ``y`` (label).
+
+FFCV is optional (the ``ffcv`` extra). Without it ``prepare`` writes the array store instead
+(``data.array_store``: ``examples.npy`` and its checksum), and both readers above take either
+file: a path ending in ``.npy`` is read by NumPy. `data_format` says which one ``prepare``
+writes: the beton when FFCV imports, else the array store; ``DATAMODELS_DATA_FORMAT=arrays``
+(or ``beton``) chooses.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import time
@@ -18,10 +25,54 @@ from pathlib import Path
 
 import numpy as np
 
+from datamodels.data.array_store import ARRAYS_NAME, ArrayLoader, decode_arrays, write_arrays
 from datamodels.data.sources import ArrayDataset
-from datamodels.errors import DataError
+from datamodels.errors import ConfigError, DataError, MissingDependencyError
 
 BETON_NAME = "examples.beton"
+FORMAT_ENV = "DATAMODELS_DATA_FORMAT"
+FORMATS = {"beton": BETON_NAME, "arrays": ARRAYS_NAME}
+
+
+def ffcv_installed() -> bool:
+    """Whether FFCV is installed here (an optional dependency); found, not imported (its
+    import is slow, and the beton writer imports it in a process of its own)."""
+    try:
+        return importlib.util.find_spec("ffcv") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _require_ffcv(what: str) -> None:
+    if not ffcv_installed():
+        raise MissingDependencyError(
+            "FFCV", what,
+            "pip install 'datamodels[ffcv]', or prepare the run where FFCV is not installed "
+            f"(or with {FORMAT_ENV}=arrays) so that it is written as data/{ARRAYS_NAME}",
+        )
+
+
+def data_format() -> str:
+    """What ``prepare`` writes here: ``$DATAMODELS_DATA_FORMAT`` if set, else ``beton`` when
+    FFCV imports and ``arrays`` when it does not."""
+    chosen = os.environ.get(FORMAT_ENV, "").strip().lower()
+    if chosen and chosen not in FORMATS:
+        raise ConfigError(f"{FORMAT_ENV}={chosen!r}: choose beton or arrays (or leave it unset)")
+    return chosen or ("beton" if ffcv_installed() else "arrays")
+
+
+def is_arrays(path: str | Path) -> bool:
+    """Whether ``path`` is an array store (read with NumPy) rather than a beton."""
+    return str(path).endswith(".npy")
+
+
+def write_examples(ds: ArrayDataset, path: str | Path) -> None:
+    """Write ``ds`` as the file ``path`` names: an array store (``.npy``) or a beton."""
+    if is_arrays(path):
+        write_arrays(ds, path)
+    else:
+        _require_ffcv(f"writing {Path(path).name}")
+        write_beton(ds, path)
 
 
 class _Indexed:
@@ -133,16 +184,21 @@ def _check(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"FFCV file not found: {path}; run `datamodels prepare` for this run first")
+    _require_ffcv(f"reading {path}")
     return path
 
 
 def decode_resident(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Decode the whole beton: (features [N, ...], labels int64[N]). Tasks keep the result in
-    their process's context (``orchestrate.context``), so a worker decodes it once."""
+    their process's context (``orchestrate.context``), so a worker decodes it once. An array
+    store (``.npy``) is read by NumPy instead."""
+    if is_arrays(path):
+        return decode_arrays(path)
+    path = _check(path)
     from ffcv.loader import Loader, OrderOption
 
     loader = Loader(
-        str(_check(path)),
+        str(path),
         batch_size=4096,
         num_workers=1,
         order=OrderOption.SEQUENTIAL,
@@ -161,10 +217,13 @@ def subset_loader(
 ):
     """An FFCV ``Loader`` over ``indices`` (example indices), reshuffled each epoch with ``seed``.
 
-    Yields (features, labels int64[b]) torch tensors; the last batch may be short."""
+    Yields (features, labels int64[b]) torch tensors; the last batch may be short. An array
+    store (``.npy``) is read by an `ArrayLoader` (same batches' sizes, its own order)."""
+    if is_arrays(path):
+        return ArrayLoader(path, indices, batch_size, seed)
+    path = _check(path)
     from ffcv.loader import Loader, OrderOption
 
-    path = _check(path)
     return Loader(
         str(path),
         batch_size=batch_size,

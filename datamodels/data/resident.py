@@ -1,11 +1,12 @@
 """Data as the trainers hold it: normalised tensors resident on the training device.
 
-``TrainData``: the train and eval examples of a run, built from its FFCV beton (decoded once
-per worker process) and ``examples.parquet``; features are standardised with train-split
-statistics (per feature for flat data, per channel for images, which also become
-channels-first). ``TransferData``: a transfer run's source examples (a ``TrainData`` whose
-labels are source classes) and the target's train and test splits, every input normalised
-with the target train split's statistics (layout: ``data.transfer``).
+``TrainData``: the train and eval examples of a run, built from its examples file (the FFCV
+beton or the array store, decoded once per worker process) and ``examples.parquet``;
+features are standardised with train-split statistics (per feature for flat data, per
+channel for images, which also become channels-first). ``TransferData``: a transfer run's
+source examples (a ``TrainData`` whose labels are source classes) and the target's train and
+test splits, every input normalised with the target train split's statistics (layout:
+``data.transfer``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class TrainData:
     n_test: int
     num_classes: int
     train_index: np.ndarray  # int64[n_train] example index of each train position
-    beton_path: str
+    beton_path: str  # the run's examples file: a beton, or an array store (.npy)
     mean: torch.Tensor
     std: torch.Tensor
 

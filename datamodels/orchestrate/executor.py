@@ -1,5 +1,8 @@
 """The executors that run a stage's units: `RayExecutor` (tasks on a local or remote Ray
-cluster) and `SerialExecutor` (in this process, for tests and small reductions).
+cluster) and `SerialExecutor` (in this process: tests, small reductions, and every stage
+where Ray is not installed). `default_executor` picks one: Ray when it is installed, else
+in-process; ``DATAMODELS_EXECUTOR=local`` (or ``ray``) chooses. Ray is an optional
+dependency (the ``ray`` extra) and imported only in this package.
 
 Both do the same thing: hand every unit to ``stage.compute`` with the process's context,
 pass the result (or the error text) back to ``stage.on_result`` / ``stage.on_failure`` in the
@@ -21,9 +24,10 @@ from collections import deque
 from contextlib import contextmanager
 from typing import Any
 
-from datamodels.errors import DatamodelsError
+from datamodels.errors import ConfigError, DatamodelsError, MissingDependencyError
 from datamodels.orchestrate.channel import POLL_S, channel_sink, open_channel
 from datamodels.orchestrate.context import Context, context, unit_reporting
+from datamodels.orchestrate.optional import RAY_INSTALL, ray_installed
 from datamodels.orchestrate.runtime_env import pythonpath_for_workers
 
 
@@ -80,7 +84,8 @@ def user_error(err: BaseException) -> DatamodelsError | None:
 
 class SerialExecutor:
     """Runs units one after another in this process, with the same callbacks as Ray. Each
-    call gets a fresh context, so what a stage cached (its tables) is freed when it ends."""
+    call gets a fresh context, so what a stage cached (its tables) is freed when it ends.
+    The executor of every stage where Ray is not installed (`default_executor`)."""
 
     def run(self, stage, units: list, progress) -> None:
         ctx = Context()
@@ -100,6 +105,33 @@ class SerialExecutor:
                 queue.extend(stage.on_failure(unit, err, progress))
             else:
                 queue.extend(stage.on_result(unit, result, progress))
+
+
+EXECUTOR_ENV = "DATAMODELS_EXECUTOR"
+
+
+def default_executor(address: str | None = None) -> RayExecutor | SerialExecutor:
+    """The executor of a stage: `RayExecutor` (``address``, RAY_ADDRESS, or a local cluster)
+    when Ray is installed, else `SerialExecutor` (in this process). ``DATAMODELS_EXECUTOR``
+    ``local`` runs in-process even with Ray; ``ray`` insists on Ray. A cluster address
+    without Ray is one line, never a silent local run."""
+    choice = os.environ.get(EXECUTOR_ENV, "").strip().lower() or "auto"
+    if choice not in ("auto", "local", "ray"):
+        raise ConfigError(f"{EXECUTOR_ENV}={choice!r}: choose local or ray (or leave it unset)")
+    if choice == "local":
+        if address:
+            raise ConfigError(
+                f"--address {address} asks for a Ray cluster but {EXECUTOR_ENV}=local runs in "
+                "this process; drop one of them"
+            )
+        return SerialExecutor()
+    cluster = address or os.environ.get("RAY_ADDRESS") or None
+    if not ray_installed():
+        if choice == "ray" or cluster not in (None, "local"):
+            where = f"the Ray cluster at {cluster}" if cluster else f"{EXECUTOR_ENV}=ray"
+            raise MissingDependencyError("Ray", where, RAY_INSTALL)
+        return SerialExecutor()
+    return RayExecutor(address)
 
 
 # Ray's per-node agents outlive a local cluster whose driver was SIGKILLed: the raylet dies,

@@ -1,10 +1,11 @@
 """The ``prepare`` stage, and the one place where a config meets a run directory.
 
 ``open_run`` accepts a new run or one made from the same config hash, and refuses anything
-else without touching it. The ``prepare`` stage writes the FFCV beton
-(``data/examples.beton``), ``examples.parquet`` and then ``config.yaml`` (`record_config`: a
-new run's, or the latest stage settings of the same models; the stage is not complete while
-the recorded text differs from the config's).
+else without touching it. The ``prepare`` stage writes the examples file (the FFCV beton
+``data/examples.beton``, or where FFCV is not installed the array store ``data/examples.npy``
+and its checksum: ``store.beton.data_path``), ``examples.parquet`` and then ``config.yaml``
+(`record_config`: a new run's, or the latest stage settings of the same models; the stage is
+not complete while the recorded text differs from the config's).
 
 A config that names user code (``model.factory``, ``train.recipe``, a ``train.output``
 function) has it checked here, on two training examples, before anything is written and
@@ -27,14 +28,15 @@ import yaml
 
 from datamodels.config import HASHED_SECTIONS, Config, config_from_yaml_text
 from datamodels.config.trust import check_trusted
-from datamodels.data.beton import BETON_NAME, subset_loader, write_beton
+from datamodels.data.beton import subset_loader, write_examples
 from datamodels.data.examples import examples_frame, train_and_eval_index
 from datamodels.data.sources import load_dataset
 from datamodels.data.transfer import source_classes_frame, transfer_dataset, transfer_examples
 from datamodels.errors import RunMismatchError, StoreError
-from datamodels.orchestrate.context import BETON_PATH, local_beton, num_classes
+from datamodels.orchestrate.context import local_beton, num_classes
 from datamodels.stages.base import Stage, Unit
 from datamodels.store import EXAMPLES_PATH, SOURCE_CLASSES_PATH, SOURCE_CLASSES_SCHEMA, Run
+from datamodels.store.beton import data_paths
 from datamodels.store.schemas import EXAMPLES_SOURCE_COLUMNS, EXAMPLES_WRITTEN_SCHEMA
 from datamodels.trainers.custom import (
     check_combination,
@@ -143,7 +145,8 @@ def load_run_config(run: Run, imports_code: bool = True) -> Config:
 
 
 class PrepareStage(Stage):
-    """One unit: decode the dataset, write the beton and then ``examples.parquet``."""
+    """One unit: decode the dataset, write the examples file (beton or array store) and then
+    ``examples.parquet``."""
 
     name = "prepare"
     what = "datasets"
@@ -154,8 +157,8 @@ class PrepareStage(Stage):
     def outputs(self) -> list[str]:
         """The data files (`done` checks these); ``config.yaml`` is checked in `is_complete`."""
         if self.config.transfer is not None:
-            return [EXAMPLES_PATH, BETON_PATH, SOURCE_CLASSES_PATH]
-        return [EXAMPLES_PATH, BETON_PATH]
+            return [EXAMPLES_PATH, *data_paths(self.run), SOURCE_CLASSES_PATH]
+        return [EXAMPLES_PATH, *data_paths(self.run)]
 
     def units(self) -> list[Unit]:
         return [Unit("examples")]
@@ -171,7 +174,7 @@ class PrepareStage(Stage):
         return recorded and super().is_complete()
 
     def check_user_code_on_beton(self) -> None:
-        """``check_user_code`` on the first two training examples of the written beton."""
+        """``check_user_code`` on the first two training examples of the written examples file."""
         examples = self.run.examples()
         train_index = train_and_eval_index(examples)[0][:2]
         path = local_beton(self.run, self.config.hash)
@@ -197,13 +200,16 @@ class PrepareStage(Stage):
                 self.config,
                 probe_data(dataset.features[first], dataset.labels[first], num_classes(examples)),
             )
-        local = self.run.local_path(BETON_PATH)
+        paths = data_paths(self.run)  # the file, and the array store's checksum after it
+        local = self.run.local_path(paths[0])
         if local is not None:
-            write_beton(dataset, local)
-        else:  # object store: write locally, then one PUT
+            write_examples(dataset, local)
+        else:  # object store: write locally, then one PUT per file (the checksum last)
             with tempfile.TemporaryDirectory() as tmp:
-                write_beton(dataset, Path(tmp) / BETON_NAME)
-                self.run.fs.write_bytes_atomic(BETON_PATH, (Path(tmp) / BETON_NAME).read_bytes())
+                write_examples(dataset, Path(tmp) / Path(paths[0]).name)
+                for rel_path in paths:
+                    data = (Path(tmp) / Path(rel_path).name).read_bytes()
+                    self.run.fs.write_bytes_atomic(rel_path, data)
         if classes is not None:
             self.run.write_table(SOURCE_CLASSES_PATH, classes, SOURCE_CLASSES_SCHEMA)
         table = pa.Table.from_pandas(examples, preserve_index=False)

@@ -32,7 +32,6 @@ import pandas as pd
 
 from datamodels.config import Config
 from datamodels.errors import InfrastructureError, RunMismatchError, StoreError
-from datamodels.orchestrate.context import BETON_PATH
 from datamodels.orchestrate.executor import error_text, error_type, infrastructure_error
 from datamodels.orchestrate.train_task import Receipt, TrainTask
 from datamodels.plans import (
@@ -45,6 +44,7 @@ from datamodels.plans import (
 )
 from datamodels.stages.base import Stage, TaskResources, Unit
 from datamodels.store import PLAN_MASKS_DIR, Run
+from datamodels.store.beton import data_path
 from datamodels.store.checkpoints import complete_models
 from datamodels.store.compact import recover_compaction
 from datamodels.store.lock import mutex
@@ -75,7 +75,7 @@ class TrainStage(TrainTask, Stage):
         super().__init__(config, run)
         self.shard = shard
         _ = self.planned  # built once here, in the driver; tasks receive it with the stage
-        self.loader = resolve_loader(config, run.fs.size(BETON_PATH))
+        self.loader = resolve_loader(config, run.fs.size(data_path(run)))
         self.trainer_parts = trainer_versions(config, self.loader)
         self.trainer = trainer_label(self.trainer_parts)  # what each shard records
         # stored-mask plans: their rows (small: removed positions), read once in the driver;
@@ -153,7 +153,7 @@ class TrainStage(TrainTask, Stage):
         self.attempts = Counter(self.run.failures()["model_id"].astype(int).tolist())
 
     def outputs(self) -> list[str]:
-        return ["examples.parquet", BETON_PATH]
+        return ["examples.parquet", data_path(self.run)]
 
     def resources(self) -> TaskResources:
         res = self.config.resources

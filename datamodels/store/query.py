@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import os
 import re
+from typing import TYPE_CHECKING
 
-import duckdb
 import pandas as pd
 import pyarrow.dataset as ds
 
-from datamodels.errors import StoreError
+from datamodels.errors import MissingDependencyError, StoreError
 from datamodels.store.problems import UNUSABLE_KINDS, Problem, format_problems
 from datamodels.store.run import Run
 from datamodels.store.schemas import (
@@ -51,6 +51,21 @@ from datamodels.store.schemas import (
     WEIGHTS_PATH,
 )
 
+if TYPE_CHECKING:
+    import duckdb
+
+
+def _duckdb():
+    """The duckdb module, or one line saying how to install it (the pipeline never needs it)."""
+    try:
+        import duckdb
+    except ImportError:
+        raise MissingDependencyError(
+            "DuckDB", "SQL over a run (query, serve)", "pip install 'duckdb>=1.4'"
+        ) from None
+    return duckdb
+
+
 _SINGLE_TABLES = {
     "examples": EXAMPLES_PATH,
     "failures": FAILURES_PATH,
@@ -67,7 +82,6 @@ _SINGLE_TABLES = {
     "sparse_summary": SPARSE_SUMMARY_PATH,
     "source_classes": SOURCE_CLASSES_PATH,
 }
-_READ_TYPES = {duckdb.StatementType.SELECT}
 _READ_PRAGMAS = re.compile(
     r"\s*pragma\s+(show|show_tables|show_tables_expanded|show_databases|table_info|"
     r"database_list|database_size|version|platform|functions|collations|storage_info|"
@@ -164,6 +178,7 @@ def connect(run: Run | str, check: bool = True) -> duckdb.DuckDBPyConnection:
             f"query refused: {link} is a link to {target}, outside the run{more}; SQL reads "
             "only the run's own files: remove the link or copy what it points at into the run"
         )
+    duckdb = _duckdb()
     files, duplicates = _table_files(run, check)
     connection = duckdb.connect(":memory:", config=dict(_EXTENSION_SETTINGS))
     try:
@@ -205,7 +220,8 @@ def connect(run: Run | str, check: bool = True) -> duckdb.DuckDBPyConnection:
 
 
 def _is_read_only(statement: duckdb.Statement) -> bool:
-    if statement.type in _READ_TYPES:
+    duckdb = _duckdb()
+    if statement.type == duckdb.StatementType.SELECT:
         return True
     if statement.type == duckdb.StatementType.PRAGMA:
         return bool(_READ_PRAGMAS.match(statement.query))
@@ -221,6 +237,7 @@ def _is_read_only(statement: duckdb.Statement) -> bool:
 
 def read_statements(sql: str) -> list[duckdb.Statement]:
     """The statements of ``sql``; `StoreError` unless every one of them only reads."""
+    duckdb = _duckdb()
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
@@ -245,7 +262,7 @@ def _one_line(exc: duckdb.Error) -> str:
         if line.strip():
             lines.append(line.strip())
     message = " ".join(lines) or type(exc).__name__
-    if isinstance(exc, duckdb.PermissionException):
+    if isinstance(exc, _duckdb().PermissionException):
         message += " (queries may read only this run's files)"
     return message
 
@@ -255,6 +272,7 @@ def query(
 ) -> pd.DataFrame:
     """Run read-only ``sql`` against ``run``'s views; the last statement's result as a DataFrame."""
     statements = read_statements(sql)
+    duckdb = _duckdb()
     owned = connection is None
     try:
         connection = connect(run) if connection is None else connection
