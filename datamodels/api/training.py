@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 from rich.console import Console
@@ -53,6 +52,7 @@ def train(
     or ``"I/N"`` (0-based): only the missing models with ``model_id % N == I``, in this
     process without Ray, beside other shard workers (see `train_shard`)."""
     from datamodels.orchestrate.context import check_device  # torch: the device check
+    from datamodels.orchestrate.executor import joined_cluster  # torch: the task context
     from datamodels.stages.preflight import check_local_gpus  # torch: the CUDA check
     from datamodels.stages.prepare import nothing_left_if_refused  # torch: as below
     from datamodels.stages.train import TrainStage  # torch: training
@@ -65,8 +65,7 @@ def train(
             )
         return train_shard(config, out, shard, show_progress, console)
 
-    ray = sys.modules.get("ray")
-    joined = "ray" if ray is not None and ray.is_initialized() else None  # a notebook's cluster
+    joined = joined_cluster()  # a notebook's cluster (not a local one this process started)
     cluster = (
         address
         or getattr(executor, "address", None)

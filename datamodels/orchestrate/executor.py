@@ -165,6 +165,19 @@ def reap_orphaned_ray_agents() -> list[int]:
     return reaped
 
 
+def joined_cluster() -> str | None:
+    """``"ray"`` when this process is a driver of a Ray cluster it did not start itself (a
+    notebook's ``ray.init(address=...)``); None when Ray is not running here, or runs a
+    cluster this process started on this machine (whose devices are this machine's)."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    node = getattr(ray._private.worker.global_worker, "node", None)  # ray: who started it
+    return None if getattr(node, "head", False) else "ray"
+
+
 def init_ray(address: str | None = None) -> None:
     """Join the cluster at ``address`` (or RAY_ADDRESS), else start a local one (first
     reaping the agents a killed local cluster left behind) whose processes listen on
