@@ -46,7 +46,7 @@ from datamodels.plans import (
 from datamodels.stages.base import Stage, TaskResources, Unit
 from datamodels.store import PLAN_MASKS_DIR, Run
 from datamodels.store.checkpoints import complete_models
-from datamodels.store.compact import recover_compaction
+from datamodels.store.compact import COMPACTING_DIR, recover_compaction
 from datamodels.store.lock import mutex
 from datamodels.trainers.api import resolve_loader, trainer_versions
 from datamodels.trainers.versions import mixed_trainers, trainer_label
@@ -112,7 +112,13 @@ class TrainStage(TrainTask, Stage):
             {"plan_masks": self.run.fs.stats(PLAN_MASKS_DIR, ".parquet")}
             if stored_plans(self.config)
             else {}
-        )
+        ) | self._compacting()
+
+    def _compacting(self) -> dict:
+        """An interrupted compaction's leftovers (start() repairs them): part of the
+        fingerprint only when there are any, so a run without stays current."""
+        entries = self.run.fs.entries(COMPACTING_DIR)
+        return {"compacting": entries} if entries else {}
 
     def versions(self) -> dict[str, int]:
         return {f"trainer.{name}": version for name, version in self.trainer_parts.items()}
