@@ -328,7 +328,8 @@ class TrainStage(TrainTask, Stage):
             if unit.payload[0] == "models"
             else 0
         )
-        progress.advance(1 if unit.payload[0] == "walk" else len(receipt.written) + rechecked)
+        stored = len(receipt.written) + len(getattr(receipt, "skipped", ()))  # ...by another
+        progress.advance(1 if unit.payload[0] == "walk" else stored + rechecked)
         retry = self.record_failures(
             [(m, kind, text, receipt.worker) for m, kind, text in receipt.failed]
         )

@@ -23,17 +23,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from datamodels.errors import StoreError
 from datamodels.plans import stored_masks
 from datamodels.store.identifiers import check_shard_name
+from datamodels.store.problems import Problem
 from datamodels.store.provenance import PlanCheck, run_config
 from datamodels.store.schemas import COMPACTING_DIR, MODELS_DIR
-from datamodels.store.shard_checks import ShardInfo, _map_threads, inspect_shard
+from datamodels.store.shard_checks import ShardInfo, _map_threads, inspect_shard, read_checked
 
 if TYPE_CHECKING:
     from datamodels.store.fs import RunFS
@@ -41,6 +45,7 @@ if TYPE_CHECKING:
 
 _memory: dict[str, set[str]] = {}  # cache file (or run location) -> keys verified
 _guard = threading.Lock()
+_MAX_ENTRIES = 200_000  # a record that grew past this starts afresh
 
 
 # -- an interrupted compaction -----------------------------------------------------------------
@@ -139,15 +144,19 @@ def _known(fs: RunFS, path: Path | None) -> set[str]:
     return keys
 
 
-def _remember(fs: RunFS, path: Path | None, keys: set[str], current: set[tuple]) -> None:
-    """Add ``keys``; keep only entries of files as they are now (``current``: name, size,
-    mtime)."""
+def _remember(
+    fs: RunFS, path: Path | None, keys: set[str], current: dict[str, tuple[str, str]]
+) -> None:
+    """Add ``keys``; drop the entries of the files in ``current`` (path -> (size, mtime) as
+    they are now) that describe them as they were before."""
     slot = str(path) if path is not None else fs.display("")
     with _guard:
-        known = {
-            key for key in _memory.get(slot, set()) if tuple(key.split("\0")[:3]) in current
-        }
-        known |= keys
+        known = set()
+        for key in _memory.get(slot, set()):
+            name, size, mtime = (key.split("\0") + ["", "", ""])[:3]
+            if name not in current or current[name] == (size, mtime):
+                known.add(key)
+        known = (known if len(known) < _MAX_ENTRIES else set()) | keys
         _memory[slot] = known
     if path is None:
         return
@@ -175,29 +184,35 @@ def check_trust(
     """``infos`` with every usable shard verified (see the module docstring): a shard whose
     pages or plan check fails is replaced by what the full read found (its problems)."""
     fs = run.fs
-    listed = {name: (str(size), str(mtime)) for name, size, mtime in fs.stats(MODELS_DIR)}
+    listed = {
+        f"{MODELS_DIR}/{name}": (str(size), str(mtime))
+        for name, size, mtime in fs.stats(MODELS_DIR)
+    }
     path = _cache_file(fs)
     known = _known(fs, path)
     plan_kind = f"plan:{config_hash}"
-    todo: list[tuple[int, list[str]]] = []
-    for index, info in enumerate(infos):
-        if not info.usable or info.name not in listed:
-            continue
-        size, mtime = listed[info.name]
-        checks = (["pages"] if pages else []) + ([plan_kind] if not info.hashed else [])
-        missing = [c for c in checks if "\0".join((info.name, size, mtime, c)) not in known]
-        if missing:
-            todo.append((index, missing))
-    if not todo:
-        return infos
     plan = None
-    if any(plan_kind in checks for _, checks in todo):
+    if any(info.usable and not info.hashed for info in infos):
+        # as `verify`: a config.yaml that is not a full config checks no plan, and an
+        # unreadable plan_masks/ table is verify's to name
         _, config, _ = run_config(run)
         if config is not None and n_train is not None:
             try:
                 plan = PlanCheck.of(config, n_train, stored_masks(config, run))
-            except StoreError:  # an unreadable plan_masks/ table: verify names it
+            except StoreError:
                 plan = None
+    todo: list[tuple[int, list[str]]] = []
+    for index, info in enumerate(infos):
+        rel_path = f"{MODELS_DIR}/{info.name}"
+        if not info.usable or rel_path not in listed:
+            continue
+        wants_plan = not info.hashed and plan is not None
+        checks = (["pages"] if pages else []) + ([plan_kind] if wants_plan else [])
+        missing = [c for c in checks if "\0".join((rel_path, *listed[rel_path], c)) not in known]
+        if missing:
+            todo.append((index, missing))
+    if not todo:
+        return infos
 
     def check(item: tuple[int, list[str]]) -> ShardInfo:
         index, checks = item
@@ -214,9 +229,63 @@ def check_trust(
         if not result.usable:
             out[index] = result
             continue
-        size, mtime = listed[result.name]
-        done = [c for c in checks if c != plan_kind or plan is not None]
-        verified |= {"\0".join((result.name, size, mtime, c)) for c in done}
-    current = {(name, size, mtime) for name, (size, mtime) in listed.items()}
-    _remember(fs, path, verified, current)
+        rel_path = f"{MODELS_DIR}/{result.name}"
+        verified |= {"\0".join((rel_path, *listed[rel_path], c)) for c in checks}
+    _remember(fs, path, verified, listed)
     return out
+
+
+def check_pages(run: Run, rel_paths: list[str]) -> list[Problem]:
+    """Problems (``torn``, ``corrupt``) of the tables ``rel_paths``, every page read against
+    its CRC; a table verified before and unchanged since (same size and modification time)
+    is not read again. The same per-user cache as the shards, under the table's path."""
+    fs = run.fs
+    path = _cache_file(fs)
+    known = _known(fs, path)
+    infos = fs.filesystem.get_file_info([fs.join(rel_path) for rel_path in rel_paths])
+    stamps = {
+        rel_path: (str(info.size), str(info.mtime_ns or 0))
+        for rel_path, info in zip(rel_paths, infos, strict=True)
+    }
+    todo = [
+        rel_path
+        for rel_path in rel_paths
+        if "\0".join((rel_path, *stamps[rel_path], "pages")) not in known
+    ]
+    if not todo:
+        return []
+    results = _map_threads(lambda rel_path: read_checked(fs, rel_path, lambda _: [])[1], todo)
+    problems = [problem for found in results for problem in found]
+    verified = {
+        "\0".join((rel_path, *stamps[rel_path], "pages"))
+        for rel_path, found in zip(todo, results, strict=True)
+        if not found
+    }
+    _remember(fs, path, verified, stamps)
+    return problems
+
+
+_SHARD_RANGE = re.compile(r"part-(\d+)-(\d+)-[0-9a-f]+\.parquet")
+
+
+def stored_ids_among(run: Run, model_ids: np.ndarray) -> np.ndarray:
+    """The ids of ``model_ids`` that a usable shard of ``models/`` already holds, sorted.
+
+    One listing; only the shards whose name's id range (``part-<min>-<max>-...``) overlaps
+    ``model_ids`` have their ``model_id`` column read (a shard of another name is read too).
+    A training task calls it just before it writes, so models another writer stored in the
+    meantime (a superseded driver's task finishing late) are not stored a second time."""
+    ids = np.unique(np.asarray(model_ids, dtype=np.int64))
+    if ids.size == 0:
+        return ids
+    low, high = int(ids[0]), int(ids[-1])
+    names = []
+    for name in run.shard_files():
+        match = _SHARD_RANGE.fullmatch(name)
+        if match is None or (int(match[1]) <= high and int(match[2]) >= low):
+            names.append(name)
+    infos = _map_threads(lambda name: inspect_shard(run.fs, name, None, None), names)
+    held = [info.model_ids for info in infos if info.usable and info.model_ids is not None]
+    if not held:
+        return np.zeros(0, dtype=np.int64)
+    return np.intersect1d(ids, np.concatenate(held))

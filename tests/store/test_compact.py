@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from datamodels import api
 from datamodels.cli import app
 from datamodels.config import config_from_dict
-from datamodels.orchestrate.executor import SerialExecutor
 from datamodels.errors import StoreError
+from datamodels.orchestrate.executor import SerialExecutor
 from datamodels.store import Run, query, verify, write_model_shard
 from datamodels.store import compact as compact_module
 from datamodels.store.compact import COMPACTING_DIR
