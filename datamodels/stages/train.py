@@ -146,7 +146,9 @@ class TrainStage(TrainTask, Stage):
         if self.shard is None:  # models an interrupted compaction stashed count as stored
             recover_compaction(self.run)
         try:
-            moved = self.run.quarantine_bad_shards()
+            # every page of every shard is read once per change: by the one driver, not by
+            # each of N shard workers
+            moved = self.run.quarantine_bad_shards(pages=self.shard is None)
         except (StoreError, OSError):
             if self.shard is None:
                 raise

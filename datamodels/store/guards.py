@@ -183,6 +183,8 @@ def check_trust(
 ) -> list[ShardInfo]:
     """``infos`` with every usable shard verified (see the module docstring): a shard whose
     pages or plan check fails is replaced by what the full read found (its problems)."""
+    if not pages and all(info.hashed or not info.usable for info in infos):
+        return infos  # nothing to verify: not even a listing
     fs = run.fs
     listed = {
         f"{MODELS_DIR}/{name}": (str(size), str(mtime))

@@ -231,10 +231,11 @@ class ModelsTable:
         ids = self.model_ids(plan)
         return f"{len(ids)}:{hashlib.sha1(ids.tobytes()).hexdigest()[:16]}"
 
-    def quarantine_bad_shards(self) -> list[Problem]:
-        """Move torn, wrong-schema and wrong-length shards to ``models/_invalid/``; returns
-        their problems (their models count as not done, so they are trained again)."""
-        _, problems = valid_shards(self)
+    def quarantine_bad_shards(self, pages: bool = True) -> list[Problem]:
+        """Move torn, corrupt (every page checked, with ``pages``), wrong-schema, wrong-length,
+        foreign and off-plan shards to ``models/_invalid/``; returns their problems (their
+        models count as not done, so they are trained again)."""
+        _, problems = valid_shards(self, pages=pages)
         moved = []
         for problem in problems:
             if problem.kind in UNUSABLE_KINDS and problem.file:

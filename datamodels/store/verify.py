@@ -158,16 +158,16 @@ def scan_shards(
     return infos, problems
 
 
-def valid_shards(run: Run) -> tuple[list[str], list[Problem]]:
+def valid_shards(run: Run, pages: bool = True) -> tuple[list[str], list[Problem]]:
     """(names of usable shards, all shard problems); raises only while an interrupted
     compaction hides models (`guards.refuse_interrupted`).
 
     Usable means readable, every page matching its checksum (verified once per change of the
-    file, `guards.check_trust`), right schema and lengths, and (for a shard without a config
-    hash) masks from the plan. A shard with a ``duplicate`` problem is still usable (its rows
-    are fine); the problem names both files for a human.
+    file, `guards.check_trust`; not with ``pages=False``), right schema and lengths, and (for
+    a shard without a config hash) masks from the plan. A shard with a ``duplicate`` problem
+    is still usable (its rows are fine); the problem names both files for a human.
     """
-    infos, problems = scan_shards(run, pages=True)
+    infos, problems = scan_shards(run, pages=pages)
     return [info.name for info in infos if info.usable], problems
 
 
