@@ -63,24 +63,15 @@ def test_the_store_honours_the_conditional_create(s3_endpoint):
     assert create_if_absent(RunFS("local-run").filesystem, "x", b"") is None
 
 
-@pytest.mark.parametrize("writers", [2, 3])
-def test_writers_starting_together_on_s3_get_exactly_one_holder(s3_endpoint, writers):
-    for trial in range(20):
+@pytest.mark.parametrize("writers, trials", [(2, 30), (3, 50)])
+def test_writers_starting_together_on_s3_get_exactly_one_holder(s3_endpoint, writers, trials):
+    for trial in range(trials):
         fs = _s3_run()
         holders = _race(fs, writers)
         assert len(holders) == 1, f"trial {trial}: {len(holders)} holders"
         assert read_lock(fs)["token"] == holders[0].token
         holders[0].release()
         assert read_lock(fs) is None
-
-
-@pytest.mark.slow
-def test_fifty_trials_of_three_writers_on_s3(s3_endpoint):
-    for trial in range(50):
-        fs = _s3_run()
-        holders = _race(fs, 3)
-        assert len(holders) == 1, f"trial {trial}: {len(holders)} holders"
-        holders[0].release()
 
 
 def test_a_writer_that_looked_before_another_created_is_still_refused(s3_endpoint, monkeypatch):
