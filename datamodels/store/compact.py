@@ -67,6 +67,14 @@ def _group_dir(merged: str) -> str:
     return f"{COMPACTING_DIR}/{posixpath.splitext(merged)[0]}"
 
 
+def compacting_witness(fs) -> dict:
+    """``{"compacting": [group folders]}`` while an interrupted compaction left any, else
+    ``{}``: part of the train stage's fingerprint, so a leftover makes ``train`` run (and
+    repair it) rather than say it has nothing to do; a run without any keeps its digest."""
+    entries = fs.entries(COMPACTING_DIR)
+    return {"compacting": entries} if entries else {}
+
+
 def recover_compaction(run) -> list[str]:
     """Finish or undo every interrupted group (see the module docstring); returns their
     folders. The caller holds the run's writer lock."""
