@@ -5,7 +5,8 @@ mixes it in): a unit is a batch of model ids (``("models", ids, tries, kept)``) 
 permutation walk (``("walk", plan, perm, representative id, attempt)``). The task trains the
 models with ``train_batch`` (or walks the permutation until it truncates), writes the
 checkpoints ``config.checkpoints`` asks for, and writes one shard of the models that trained
-cleanly (`Run.write_models`: temp name, validate, rename). Its result is a small `Receipt`,
+cleanly and that no shard holds yet (`stored_ids_among`, checked just before the write), with
+`Run.write_models` (temp name, validate, rename). Its result is a small `Receipt`,
 never the data itself. The stage object supplies ``config``, ``run``, ``planned`` (with
 ``_planned``, rebuilt per process), ``stored`` (stored-mask plans' rows), ``loader`` and
 ``trainer`` (the trainer label each shard records, ``trainers.versions``).
@@ -33,6 +34,7 @@ from datamodels.plans import (
 )
 from datamodels.store import models_table
 from datamodels.store.checkpoints import write_checkpoints
+from datamodels.store.guards import stored_ids_among
 from datamodels.store.trainer_choice import write_trainer_choice
 from datamodels.trainers.api import TrainOutcome, train_batch
 from datamodels.trainers.null import NullData
@@ -53,6 +55,7 @@ class Receipt:
     failed: list[tuple[int, str, str]] = field(default_factory=list)  # (model_id, type, message)
     worker: str = ""
     checkpointed: list[int] = field(default_factory=list)  # models whose checkpoints were written
+    skipped: list[int] = field(default_factory=list)  # trained, but already stored by another
 
 
 class TrainTask:
@@ -155,10 +158,19 @@ class TrainTask:
         attempts: np.ndarray,
         receipt: Receipt,
     ) -> None:
-        """One shard with the models of ``planned`` that trained cleanly."""
+        """One shard with the models of ``planned`` that trained cleanly and that no shard holds
+        yet (another writer may have stored some while this task trained: a superseded
+        driver's late task, a retried unit); those are dropped (``receipt.skipped``)."""
         ok = ~outcome.failed
         if not ok.any():
             return
+        stored = stored_ids_among(self.run, planned.model_id[ok])
+        if stored.size:
+            already = np.isin(planned.model_id, stored)
+            receipt.skipped += [int(i) for i in planned.model_id[ok & already]]
+            ok &= ~already
+            if not ok.any():
+                return
         # stored-mask plans record the fraction their mask keeps (not known at plan time)
         alphas = np.where(
             np.isin(planned.plan, stored_plans(self.config)), masks.mean(axis=1), planned.alpha

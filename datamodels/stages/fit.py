@@ -28,6 +28,7 @@ from datamodels.regress.select import VERSION, fit_datamodels, min_models
 from datamodels.stages.base import Stage, Unit, read_marker
 from datamodels.store import TARGETS_PATH, TARGETS_SCHEMA, WEIGHTS_PATH, WEIGHTS_SCHEMA, Run
 from datamodels.store.positions import eval_positions
+from datamodels.store.verify import refuse_unusable_shards
 
 METHOD = "datamodels"
 
@@ -63,6 +64,11 @@ class FitStage(Stage):
 
     def outputs(self) -> list[str]:
         return [TARGETS_PATH, WEIGHTS_PATH, Run.scores_path(METHOD)]
+
+    def start(self) -> None:
+        """Refuse the shards `verify` names as unusable (a shard without a config hash whose
+        masks are not the plan's among them) and an interrupted compaction, before fitting."""
+        refuse_unusable_shards(self.run)
 
     def targets(self) -> np.ndarray:
         return eval_positions(self.run, "test" if self.config.fit.targets == "test" else "all")

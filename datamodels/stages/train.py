@@ -46,7 +46,7 @@ from datamodels.stages.base import Stage, TaskResources, Unit
 from datamodels.store import PLAN_MASKS_DIR, Run
 from datamodels.store.beton import data_path
 from datamodels.store.checkpoints import complete_models
-from datamodels.store.compact import recover_compaction
+from datamodels.store.compact import compacting_witness, recover_compaction
 from datamodels.store.lock import mutex
 from datamodels.trainers.api import resolve_loader, trainer_versions
 from datamodels.trainers.versions import mixed_trainers, trainer_label
@@ -112,7 +112,7 @@ class TrainStage(TrainTask, Stage):
             {"plan_masks": self.run.fs.stats(PLAN_MASKS_DIR, ".parquet")}
             if stored_plans(self.config)
             else {}
-        )
+        ) | compacting_witness(self.run.fs)  # leftovers of a compaction: start() repairs them
 
     def versions(self) -> dict[str, int]:
         return {f"trainer.{name}": version for name, version in self.trainer_parts.items()}
@@ -140,7 +140,7 @@ class TrainStage(TrainTask, Stage):
         if self.shard is None:  # models an interrupted compaction stashed count as stored
             recover_compaction(self.run)
         try:
-            moved = self.run.quarantine_bad_shards()
+            moved = self.run.quarantine_bad_shards(pages=self.shard is None)  # not N workers
         except (StoreError, OSError):
             if self.shard is None:
                 raise
@@ -322,7 +322,8 @@ class TrainStage(TrainTask, Stage):
             if unit.payload[0] == "models"
             else 0
         )
-        progress.advance(1 if unit.payload[0] == "walk" else len(receipt.written) + rechecked)
+        stored = len(receipt.written) + len(receipt.skipped)  # skipped: stored by another
+        progress.advance(1 if unit.payload[0] == "walk" else stored + rechecked)
         retry = self.record_failures(
             [(m, kind, text, receipt.worker) for m, kind, text in receipt.failed]
         )

@@ -17,7 +17,11 @@ sources, in ``models/_compacting/<merged stem>/`` (a folder no reader lists)::
     6. clean     delete ``old/``, then the journal
 
 A crash before 3 leaves the sources in place (the folder is garbage); between 3 and 5 the
-journal says which sources to move back; after 5 the merged shard holds every model. Either
+journal says which sources to move back; after 5 the merged shard holds every model. On an
+object store a move is a copy and a delete: a crash between the two leaves a source both
+stashed and in ``models/``; recovery deletes the stashed copy when the two are
+byte-identical and refuses (naming both) only when they differ. Between 4 and 5 the readers
+refuse the run (`datamodels.store.guards`), naming ``datamodels compact``. Either
 way nothing is lost and no id is visible twice; `recover_compaction` finishes or undoes an
 interrupted group and runs first in `compact_models` and in the train stage's start, and
 `verify` reports an interrupted one (``interrupted``) until then.
@@ -63,6 +67,14 @@ def _group_dir(merged: str) -> str:
     return f"{COMPACTING_DIR}/{posixpath.splitext(merged)[0]}"
 
 
+def compacting_witness(fs) -> dict:
+    """``{"compacting": [group folders]}`` while an interrupted compaction left any, else
+    ``{}``: part of the train stage's fingerprint, so a leftover makes ``train`` run (and
+    repair it) rather than say it has nothing to do; a run without any keeps its digest."""
+    entries = fs.entries(COMPACTING_DIR)
+    return {"compacting": entries} if entries else {}
+
+
 def recover_compaction(run) -> list[str]:
     """Finish or undo every interrupted group (see the module docstring); returns their
     folders. The caller holds the run's writer lock."""
@@ -77,17 +89,31 @@ def recover_compaction(run) -> list[str]:
             merged = check_shard_name(merged, fs.display(journal_path), "merged")
             if not fs.isfile(f"{MODELS_DIR}/{merged}"):  # not published: undo
                 for name in fs.listdir(f"{folder}/old", ".parquet"):
+                    stashed = f"{folder}/old/{name}"
                     if fs.isfile(f"{MODELS_DIR}/{name}"):
-                        raise StoreError(
-                            f"{fs.display(folder)}: {name} is both stashed and in models/; "
-                            "move one of them aside by hand"
-                        )
-                    fs.move(f"{folder}/old/{name}", f"{MODELS_DIR}/{name}")
+                        _drop_identical_copy(fs, stashed, f"{MODELS_DIR}/{name}")
+                        continue
+                    fs.move(stashed, f"{MODELS_DIR}/{name}")
         _clean(fs, folder)
         recovered.append(folder)
     if recovered and not fs.entries(COMPACTING_DIR):
         fs.delete_dir(COMPACTING_DIR)
     return recovered
+
+
+def _drop_identical_copy(fs, stashed: str, published: str) -> None:
+    """A source both stashed and in ``models/``: an object store's move (copy, then delete)
+    stopped between its two steps. Byte-identical copies are one shard: the stashed one is
+    deleted. Copies that differ are refused (which one holds the models is not ours to say)."""
+    if fs.size(stashed) == fs.size(published):
+        if fs.read_bytes(stashed) == fs.read_bytes(published):
+            fs.check_fence(stashed)
+            fs.filesystem.delete_file(fs.join(stashed))
+            return
+    raise StoreError(
+        f"{fs.display(stashed)} and {fs.display(published)} differ although a compaction "
+        "moved one to the other; move one of them aside by hand, then rerun"
+    )
 
 
 def _clean(fs, folder: str) -> None:

@@ -5,9 +5,18 @@ that a background thread refreshes every ``HEARTBEAT_S`` seconds. A second write
 with one line naming the holder. A lock is stale, and is taken over, when its holder is a
 dead process on this host, or when its heartbeat is older than ``STALE_S`` (a holder on
 another host that died or lost the run directory). On a local disk the lock file is created
-with ``O_EXCL``, so two writers can never both create it; on object stores, which have no
-exclusive create here, the lock is a lease object that each writer reads back after writing
-it (the later write wins and the loser backs off).
+with ``link`` (which fails when the name exists), so two writers can never both create it.
+On S3 and the S3-compatible stores that honour conditional writes the lock is created with a
+PUT carrying ``If-None-Match: *`` (store/create.py): the store itself refuses the second
+writer (412), so two writers starting at the same instant never both hold it. Where a store
+has no conditional write (Google Cloud Storage through pyarrow, an S3-compatible server that
+ignores the header, a process without botocore) the lock is a lease object that each writer
+reads back 0.2 s after writing it (the later write wins and the loser backs off): two writers
+whose writes land in the same instant can then both believe they hold it, and the run relies
+on the fence below to stop the loser's writes.
+
+The run directory is probed for writability before the lock is taken (a read-only or full
+disk stops with one line, `InfrastructureError`, not a traceback from the lock file).
 
 Readers (``status``, ``query``, ``verify``) never take the lock. A process that holds the
 lock may take it again (nested stages, ``datamodels run``).
@@ -41,7 +50,8 @@ import time
 import uuid
 from contextlib import contextmanager
 
-from datamodels.errors import RunLockedError
+from datamodels.errors import InfrastructureError, RunLockedError
+from datamodels.store.create import create_if_absent
 from datamodels.store.fs import RunFS
 
 LOCK_PATH = "_lock.json"
@@ -168,6 +178,10 @@ class RunLock:
         if self.shared:  # a name of its own: nobody races it
             self.fs.write_bytes_atomic(self.path, payload)
             return True
+        created = create_if_absent(self.fs.filesystem, self.fs.join(self.path), payload)
+        if created is not None:  # the store decided, atomically
+            return created
+        # no conditional write on this store: a lease, read back after a pause
         if read_lock(self.fs, self.path) is not None:
             return False
         self.fs.write_bytes_atomic(self.path, payload)
@@ -194,9 +208,18 @@ class RunLock:
             return f"{len(live)} shard worker(s), e.g. {describe(live[0])}"
         return None
 
+    def _create_or_refuse(self) -> bool:
+        try:
+            return self._try_create()
+        except OSError as err:  # read-only, full, or no permission: one line, no traceback
+            raise InfrastructureError(
+                f"{self.fs.display(self.path)} cannot be written ({err.strerror or err}); "
+                "the run directory must be writable: fix permissions or free space, then rerun"
+            ) from None
+
     def acquire(self) -> None:
         for _ in range(3):
-            if self._try_create():
+            if self._create_or_refuse():
                 other = self._other_side()
                 if other is not None:
                     self._remove_if({"token": self.token}, self.path)
@@ -274,6 +297,8 @@ def writer(fs: RunFS, shared: bool = False, wait_s: float = 0.0):
         else:
             lock = RunLock(fs, shared=shared)
     if lock is not None:
+        if fs.is_local:  # before the lock's own files: a read-only run stops in one line
+            fs.check_writable("")
         _acquire_within(lock, wait_s, longest_pause=1.0)
         with _guard:
             _held[key] = (lock.token, 1)

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from datamodels.errors import StoreError
+from datamodels.store.guards import refuse_interrupted
 from datamodels.store.problems import UNUSABLE_KINDS, Problem, first_line, format_problems
 from datamodels.store.provenance import foreign_problems
 from datamodels.store.schemas import INVALID_DIR, MODELS_DIR, models_written_schema
@@ -56,6 +57,7 @@ class ModelsTable:
         return write_model_shard(self.fs, table, config_hash=config_hash)[0]
 
     def _models_dataset(self) -> ds.Dataset | None:
+        refuse_interrupted(self)  # a compaction stopped half way hides models: never a subset
         names = self.shard_files()
         if not names:
             return None
@@ -229,10 +231,11 @@ class ModelsTable:
         ids = self.model_ids(plan)
         return f"{len(ids)}:{hashlib.sha1(ids.tobytes()).hexdigest()[:16]}"
 
-    def quarantine_bad_shards(self) -> list[Problem]:
-        """Move torn, wrong-schema and wrong-length shards to ``models/_invalid/``; returns
-        their problems (their models count as not done, so they are trained again)."""
-        _, problems = valid_shards(self)
+    def quarantine_bad_shards(self, pages: bool = True) -> list[Problem]:
+        """Move torn, corrupt (every page checked, with ``pages``), wrong-schema, wrong-length,
+        foreign and off-plan shards to ``models/_invalid/``; returns their problems (their
+        models count as not done, so they are trained again)."""
+        _, problems = valid_shards(self, pages=pages)
         moved = []
         for problem in problems:
             if problem.kind in UNUSABLE_KINDS and problem.file:

@@ -18,6 +18,12 @@ anything outside it is refused (DuckDB judges a path by its text, so a link woul
 read where it points). When two shards hold the same model_id the ``models`` view refuses
 to return rows (it would count those models twice) and names them; on an object store the
 view is the only name the rows have (no registered dataset to select around it).
+
+DuckDB checks no Parquet page checksum, so before a file becomes a view its pages are read
+once against their CRCs (a changed byte is refused, naming the file, instead of returned as a
+plausible number); a file verified before and unchanged since (same size and modification
+time) is not read again (`datamodels.store.guards`, a per-user cache). A run whose
+compaction stopped half way, or with a shard `verify` names as unusable, is refused.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from datamodels.errors import MissingDependencyError, StoreError
+from datamodels.store.guards import check_pages
 from datamodels.store.problems import UNUSABLE_KINDS, Problem, format_problems
 from datamodels.store.run import Run
 from datamodels.store.schemas import (
@@ -120,7 +127,11 @@ def _duplicates_message(duplicates: list[Problem]) -> str:
 
 
 def _table_files(run: Run, check: bool) -> tuple[dict[str, list[str]], list[Problem]]:
-    """(view name -> relative Parquet paths for the tables that exist, duplicate-id problems)."""
+    """(view name -> relative Parquet paths for the tables that exist, duplicate-id problems).
+
+    With ``check``, every shard and table has its pages verified against their checksums
+    before DuckDB (which reads none) is given it: once per change of a file, remembered in
+    the per-user cache of `datamodels.store.guards`."""
     duplicates: list[Problem] = []
     if check:
         _, problems = run.valid_shards()
@@ -133,6 +144,7 @@ def _table_files(run: Run, check: bool) -> tuple[dict[str, list[str]], list[Prob
         duplicates = [problem for problem in problems if problem.kind == "duplicate"]
     files: dict[str, list[str]] = {}
     shards = [f"{MODELS_DIR}/{name}" for name in run.shard_files()]
+
     if shards:
         files["models"] = shards
     for view, rel_path in _SINGLE_TABLES.items():
@@ -142,6 +154,13 @@ def _table_files(run: Run, check: bool) -> tuple[dict[str, list[str]], list[Prob
         files[f"scores_{method}"] = [f"{SCORES_DIR}/{method}.parquet"]
     for name in run.fs.listdir("self_scores"):
         files[f"self_scores_{name[: -len('.parquet')]}"] = [f"self_scores/{name}"]
+    if check:  # DuckDB reads no page checksum: every table is verified first (once per change)
+        tables = [paths[0] for view, paths in files.items() if view != "models"]
+        bad = check_pages(run, tables)
+        if bad:
+            raise StoreError(
+                "query refused: a table does not read as written:\n" + format_problems(bad)
+            )
     return files, duplicates
 
 

@@ -24,34 +24,27 @@ where the writer recorded one) so one bad file never hides another, and returns 
 Page checksums and ``config_hash`` are metadata added with schema_version 1 unchanged: files
 written before them carry neither, and are accepted (nothing to verify, nothing to compare).
 
-`valid_shards` / `scan_shards` are what the driver uses on resume: which shards it can trust
-and what it should quarantine, without raising. They read footers and the ``model_id`` column
-only (cheap); the full page and plan checks are `verify`'s.
+`valid_shards` / `scan_shards` are what the readers and the driver use: which shards they can
+trust and what the driver should quarantine. They read footers and the ``model_id`` column,
+and verify what `verify` would name, once per change of a file (`datamodels.store.guards`:
+the plan check of a shard without a config hash, and for `valid_shards` every page); while an
+interrupted compaction hides models they refuse, naming ``datamodels compact``.
 """
 
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from datamodels.errors import StoreError
 from datamodels.plans import stored_masks
 from datamodels.store.fs import RunFS
+from datamodels.store.guards import check_trust, hidden_by_compaction, refuse_interrupted
 from datamodels.store.positions import train_size
-from datamodels.store.problems import (
-    QUARANTINE_FIX,
-    UNUSABLE_KINDS,
-    Problem,
-    first_line,
-)
-from datamodels.store.provenance import PlanCheck, foreign_problems, read_config_hash, run_config
+from datamodels.store.problems import UNUSABLE_KINDS, Problem, format_problems
+from datamodels.store.provenance import PlanCheck, read_config_hash, run_config
 from datamodels.store.schemas import (
     COMPACTING_DIR,
     EVALUATION_PATH,
@@ -71,192 +64,37 @@ from datamodels.store.schemas import (
     TARGETS_SCHEMA,
     WEIGHTS_PATH,
     WEIGHTS_SCHEMA,
-    column_problems,
-    models_schema,
     scores_schema,
-    version_problem,
+)
+from datamodels.store.shard_checks import (  # re-exported: the readers import them from here
+    ShardInfo,
+    _length_problem,
+    _list_size,
+    _map_threads,
+    _schema_problems,
+    corrupt_problem,
+    duplicate_problems,
+    inspect_shard,
+    read_checked,
+    shard_schema_problems,
 )
 
 if TYPE_CHECKING:
     from datamodels.store.run import Run
 
-_MAX_THREADS = 8
-@dataclass
-class ShardInfo:
-    """What reading one shard found: its model ids (when readable) and its problems."""
-
-    name: str
-    model_ids: np.ndarray | None
-    problems: list[Problem] = field(default_factory=list)
-
-    @property
-    def usable(self) -> bool:
-        return not any(problem.kind in UNUSABLE_KINDS for problem in self.problems)
-
-
-def _list_size(schema: pa.Schema, column: str) -> int | None:
-    index = schema.get_field_index(column)
-    if index < 0 or not pa.types.is_fixed_size_list(schema.field(index).type):
-        return None
-    return schema.field(index).type.list_size
-
-
-def _schema_problems(rel_path: str, actual: pa.Schema, expected: pa.Schema) -> list[Problem]:
-    version = version_problem(actual, "this file")
-    if version is not None:
-        return [Problem(rel_path, "schema", version)]
-    return [Problem(rel_path, "schema", message) for message in column_problems(actual, expected)]
-
-
-def _length_problem(
-    rel_path: str, column: str, actual: int | None, expected: int | None, what: str
-) -> list[Problem]:
-    if actual is None or expected is None or actual == expected:
-        return []
-    message = f"{column} has length {actual} but {EXAMPLES_PATH} has {what}={expected}"
-    return [Problem(rel_path, "length", message)]
-
-
-def shard_schema_problems(
-    rel_path: str, schema: pa.Schema, n_train: int | None, n_eval: int | None
-) -> list[Problem]:
-    """Schema and length problems of a models shard, from its Arrow schema alone."""
-    mask_size = _list_size(schema, "mask")
-    margins_size = _list_size(schema, "margins")
-    expected = models_schema(
-        mask_size if mask_size is not None else (n_train or 0),
-        margins_size if margins_size is not None else (n_eval or 0),
-    )
-    problems = _schema_problems(rel_path, schema, expected)
-    if problems:
-        return problems
-    return _length_problem(rel_path, "mask", mask_size, n_train, "n_train") + _length_problem(
-        rel_path, "margins", margins_size, n_eval, "n_eval"
-    )
-
-
-def _torn(runfs: RunFS, rel_path: str, exc: Exception) -> Problem:
-    try:
-        size = f"{runfs.size(rel_path)} bytes"
-    except (StoreError, OSError):
-        size = "size unknown"
-    return Problem(rel_path, "torn", f"not readable Parquet ({size}): {exc}")
-
-
-def corrupt_problem(rel_path: str, exc: BaseException) -> Problem:
-    shard = rel_path.startswith(f"{MODELS_DIR}/")
-    fix = QUARANTINE_FIX if shard else "re-run the stage that writes it"
-    message = (
-        f"the footer reads but a data page does not ({first_line(exc)}): the file changed "
-        f"after it was written; {fix}"
-    )
-    return Problem(rel_path, "corrupt", message)
-
-
-def inspect_shard(
-    runfs: RunFS,
-    name: str,
-    n_train: int | None,
-    n_eval: int | None,
-    read_ids: bool = True,
-    config_hash: str | None = None,
-    full: bool = False,
-    plan: PlanCheck | None = None,
-) -> ShardInfo:
-    """Read one shard and report what is wrong with it.
-
-    Always the footer (schema, lengths, recorded ``config_hash`` against ``config_hash``);
-    with ``read_ids`` the ``model_id`` column; with ``full`` (or a ``plan``) every column, so
-    every page is checked against its CRC, and with ``plan`` the masks against the plan.
-    """
-    rel_path = f"{MODELS_DIR}/{name}"
-    try:
-        with runfs.open_input_file(rel_path) as handle:
-            parquet_file = pq.ParquetFile(handle, page_checksum_verification=True)
-            schema = parquet_file.schema_arrow
-            problems = shard_schema_problems(rel_path, schema, n_train, n_eval)
-            problems = problems or foreign_problems(rel_path, schema, config_hash)
-            if problems or not read_ids:
-                return ShardInfo(name, None, problems)
-            try:
-                table = parquet_file.read(columns=None if full or plan else ["model_id"])
-            except (pa.ArrowException, OSError) as exc:
-                return ShardInfo(name, None, [corrupt_problem(rel_path, exc)])
-            rows = parquet_file.metadata.num_rows
-    except (pa.ArrowException, OSError, StoreError) as exc:
-        return ShardInfo(name, None, [_torn(runfs, rel_path, exc)])
-    ids = table.column("model_id").to_numpy().astype(np.int64, copy=False)
-    if ids.shape[0] != rows:
-        message = f"read {ids.shape[0]} rows, footer says {rows}"
-        return ShardInfo(name, None, [Problem(rel_path, "torn", message)])
-    return ShardInfo(name, ids, plan.problems(rel_path, table) if plan is not None else [])
-
-
-def duplicate_problems(infos: list[ShardInfo]) -> list[Problem]:
-    """One ``duplicate`` problem per (first file, later file) pair that share model ids."""
-    readable = [info for info in infos if info.model_ids is not None and info.model_ids.size]
-    if not readable:
-        return []
-    ids = np.concatenate([info.model_ids for info in readable])
-    file_index = np.repeat(np.arange(len(readable)), [info.model_ids.size for info in readable])
-    order = np.argsort(ids, kind="stable")
-    ids, file_index = ids[order], file_index[order]
-    repeated = np.flatnonzero(ids[1:] == ids[:-1]) + 1
-    if repeated.size == 0:
-        return []
-    # For every row, the position of the first row with the same id (its "original" file).
-    group_start = np.maximum.accumulate(
-        np.where(np.r_[True, ids[1:] != ids[:-1]], np.arange(ids.size), 0)
-    )
-    pairs: dict[tuple[int, int], list[int]] = {}
-    for position in repeated:
-        key = (int(file_index[group_start[position]]), int(file_index[position]))
-        pairs.setdefault(key, []).append(int(ids[position]))
-    problems = []
-    for (first, later), dup_ids in sorted(pairs.items()):
-        first_path = f"{MODELS_DIR}/{readable[first].name}"
-        later_path = f"{MODELS_DIR}/{readable[later].name}"
-        shown = ", ".join(map(str, dup_ids[:10])) + (", ..." if len(dup_ids) > 10 else "")
-        if first == later:
-            message = f"model_id(s) {shown} appear more than once in this file"
-        else:
-            message = f"model_id(s) {shown} are also in {first_path}"
-        problems.append(Problem(later_path, "duplicate", message, tuple(dup_ids)))
-    return problems
-
-
-def _map_threads(function, items: list) -> list:
-    if len(items) <= 1:
-        return [function(item) for item in items]
-    with ThreadPoolExecutor(max_workers=min(_MAX_THREADS, len(items))) as pool:
-        return list(pool.map(function, items))
-
-
-def read_checked(
-    runfs: RunFS,
-    rel_path: str,
-    schema_problems: Callable[[pa.Schema], list[Problem]],
-    columns: list[str] | None = None,
-) -> tuple[pa.Table | None, list[Problem]]:
-    """(``columns`` of ``rel_path`` (all by default), problems): ``torn`` when the footer does
-    not read, ``schema_problems(schema)`` when they are any, ``corrupt`` when a page does not
-    read (page checksums verified). The table is None whenever there is a problem."""
-    try:
-        with runfs.open_input_file(rel_path) as handle:
-            parquet_file = pq.ParquetFile(handle, page_checksum_verification=True)
-            problems = schema_problems(parquet_file.schema_arrow)
-            if problems:
-                return None, problems
-            try:
-                table = parquet_file.read(columns=columns)
-            except (pa.ArrowException, OSError) as exc:
-                return None, [corrupt_problem(rel_path, exc)]
-            rows = parquet_file.metadata.num_rows
-    except (pa.ArrowException, OSError, StoreError) as exc:
-        return None, [_torn(runfs, rel_path, exc)]
-    if table.num_rows != rows:
-        return None, [Problem(rel_path, "torn", f"read {table.num_rows} rows, footer says {rows}")]
-    return table, []
+__all__ = [
+    "ShardInfo",
+    "corrupt_problem",
+    "duplicate_problems",
+    "inspect_shard",
+    "read_checked",
+    "refuse_unusable_shards",
+    "run_sizes",
+    "scan_shards",
+    "shard_schema_problems",
+    "valid_shards",
+    "verify",
+]
 
 
 def run_sizes(run: Run, full: bool = False) -> tuple[int | None, int | None, list[Problem]]:
@@ -287,13 +125,21 @@ def scan_shards(
     config_hash: str | None = None,
     full: bool = False,
     plan: PlanCheck | None = None,
+    pages: bool = False,
+    reader: bool = True,
 ) -> tuple[list[ShardInfo], list[Problem]]:
     """Inspect every shard in ``models/``: per-shard infos and all shard problems (duplicates too).
 
     ``n_train``/``n_eval`` default to the sizes in ``examples.parquet`` (length checks are
     skipped when it is unusable; `verify` reports that separately), ``config_hash`` to the one
     recorded in ``config.yaml``. ``full`` and ``plan``: see `inspect_shard`.
+
+    As a ``reader`` (the default; `verify` is not one) it refuses while an interrupted
+    compaction hides models, and it trusts a shard only once verified (`guards.check_trust`:
+    the plan check of a shard without a config hash; with ``pages`` every page too).
     """
+    if reader:
+        refuse_interrupted(run)
     if n_train is None and n_eval is None:
         n_train, n_eval, _ = run_sizes(run)
     if config_hash is None:
@@ -305,19 +151,39 @@ def scan_shards(
         ),
         names,
     )
+    if reader and not full and plan is None:
+        infos = check_trust(run, infos, n_train, n_eval, config_hash, pages)
     problems = [problem for info in infos for problem in info.problems]
     problems.extend(duplicate_problems([info for info in infos if info.usable]))
     return infos, problems
 
 
-def valid_shards(run: Run) -> tuple[list[str], list[Problem]]:
-    """(names of usable shards, all shard problems), never raising.
+def valid_shards(run: Run, pages: bool = True) -> tuple[list[str], list[Problem]]:
+    """(names of usable shards, all shard problems); raises only while an interrupted
+    compaction hides models (`guards.refuse_interrupted`).
 
-    Usable means readable, right schema and right lengths. A shard with a ``duplicate``
-    problem is still usable (its rows are fine); the problem names both files for a human.
+    Usable means readable, every page matching its checksum (verified once per change of the
+    file, `guards.check_trust`; not with ``pages=False``), right schema and lengths, and (for
+    a shard without a config hash) masks from the plan. A shard with a ``duplicate`` problem
+    is still usable (its rows are fine); the problem names both files for a human.
     """
-    infos, problems = scan_shards(run)
+    infos, problems = scan_shards(run, pages=pages)
     return [info.name for info in infos if info.usable], problems
+
+
+def refuse_unusable_shards(run: Run, pages: bool = False) -> None:
+    """`StoreError` naming every shard a reader must not use (torn, corrupt, wrong schema or
+    length, foreign, or ``plan``: a shard without a config hash whose masks are not the
+    plan's), and while an interrupted compaction hides models. ``train`` sets such shards
+    aside and trains their models again."""
+    _, problems = scan_shards(run, pages=pages)
+    unusable = [problem for problem in problems if problem.kind in UNUSABLE_KINDS]
+    if unusable:
+        raise StoreError(
+            f"{run.fs.display(MODELS_DIR)} has shards that must not be used; `datamodels "
+            "train` sets them aside and trains their models again:\n"
+            + format_problems(unusable)
+        )
 
 
 def _table_problems(runfs: RunFS, rel_path: str, expected: pa.Schema) -> list[Problem]:
@@ -337,13 +203,21 @@ def _scores_problems(runfs: RunFS, rel_path: str, n_train: int | None) -> list[P
 
 
 def interrupted_problems(run: Run) -> list[Problem]:
-    """One ``interrupted`` problem per group an interrupted compaction left behind."""
+    """One ``interrupted`` problem per group an interrupted compaction left behind; those
+    whose stashed shards are missing from ``models/`` say so (the readers refuse them)."""
+    hiding = dict(hidden_by_compaction(run.fs))
     problems = []
     for entry in run.fs.entries(COMPACTING_DIR):
         path = f"{COMPACTING_DIR}/{entry}"
+        hidden = (
+            f"its {hiding[path]} stashed shard(s) are missing from models/ and readers refuse "
+            "the run until then; "
+            if path in hiding
+            else ""
+        )
         message = (
-            "an interrupted `datamodels compact` holds shards here; run `datamodels compact` "
-            "(or `train`) on the run to finish or undo it"
+            f"an interrupted `datamodels compact` left this folder; {hidden}run `datamodels "
+            f"compact {run.fs.display_root}` (or `train`) to finish or undo it"
         )
         problems.append(Problem(path, "interrupted", message))
     return problems
@@ -367,7 +241,9 @@ def verify(run: Run) -> list[Problem]:
             stored = {}
         plan = PlanCheck.of(config, n_train, stored)
     problems.extend(
-        scan_shards(run, n_train, n_eval, config_hash=config_hash, full=True, plan=plan)[1]
+        scan_shards(
+            run, n_train, n_eval, config_hash=config_hash, full=True, plan=plan, reader=False
+        )[1]
     )
     problems.extend(interrupted_problems(run))
     for rel_path, expected in (

@@ -64,7 +64,8 @@ def _synthetic_run(path, n_fit=400, n_eval=60, noise=0.05, seed=0, edit=None):
                 seconds=0.1,
                 attempt=1,
                 worker="test",
-            )
+            ),
+            config_hash=config.hash,  # its masks are not the plan's: the shard says whose it is
         )
     return config, run, weights
 

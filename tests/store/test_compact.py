@@ -13,10 +13,12 @@ from typer.testing import CliRunner
 from datamodels import api
 from datamodels.cli import app
 from datamodels.config import config_from_dict
+from datamodels.errors import StoreError
 from datamodels.orchestrate.executor import SerialExecutor
-from datamodels.store import Run, verify, write_model_shard
+from datamodels.store import Run, query, verify, write_model_shard
 from datamodels.store import compact as compact_module
 from datamodels.store.compact import COMPACTING_DIR
+from datamodels.store.guards import hidden_by_compaction
 
 PLANNED = 52
 NULL_RUN = {
@@ -103,11 +105,18 @@ def test_a_crash_at_any_step_loses_nothing_and_shows_no_duplicate(
         patch.setattr(compact_module, step, replacement)
         with pytest.raises(RuntimeError, match="crash"):
             api.compact(run, target_rows=20)
-    ids = run.model_ids()  # readers never see an id twice (they would raise)
-    assert np.unique(ids).size == ids.size
     assert not [p for p in verify(run) if p.kind == "duplicate"]
-    if len(ids) < PLANNED:  # models stashed by the crash: verify says where, nothing is gone
+    if hidden_by_compaction(run.fs):  # models stashed by the crash: no reader sees a subset
+        for read in (run.model_ids, run.masks, run.stored_model_ids, run.valid_shards):
+            with pytest.raises(StoreError, match=r"run `datamodels compact .*` to finish it"):
+                read()
+        with pytest.raises(StoreError, match="datamodels compact"):
+            query(run, "SELECT count(*) FROM models")
         assert [p.kind for p in verify(run)] == ["interrupted"]
+        assert "missing from models/" in verify(run)[0].message
+    else:  # nothing hidden: every model, once
+        ids = run.model_ids()
+        assert np.unique(ids).size == ids.size == PLANNED
     summary = api.compact(run, target_rows=20)
     assert _rows(run) == before
     assert verify(run) == []
@@ -119,7 +128,7 @@ def test_train_recovers_an_interrupted_compaction_instead_of_retraining(run, mon
         patch.setattr(compact_module, "publish", _crash)
         with pytest.raises(RuntimeError):
             api.compact(run, target_rows=20)
-    assert len(run.model_ids()) < PLANNED
+    assert hidden_by_compaction(run.fs)
     summary = api.train(
         config_from_dict(NULL_RUN), run, executor=SerialExecutor(), show_progress=False
     )
@@ -142,3 +151,48 @@ def test_cli_compact(run):
     assert result.exit_code == 0, result.output
     assert "13 -> 1 shards (52 models" in result.output
     assert verify(run) == []
+
+
+def _copy_then_crash(fs, folder, sources):
+    """An object store's move stopped between its copy and its delete (both copies stay)."""
+    fs.write_bytes_atomic(f"{folder}/old/{sources[0]}", fs.read_bytes(f"models/{sources[0]}"))
+    raise RuntimeError("crash")
+
+
+@pytest.mark.parametrize("repair", ["compact", "train"])
+def test_a_move_stopped_between_copy_and_delete_is_repaired(run, trained, monkeypatch, repair):
+    before = _rows(Run(str(trained)))
+    with monkeypatch.context() as patch:
+        patch.setattr(compact_module, "stash_sources", _copy_then_crash)
+        with pytest.raises(RuntimeError, match="crash"):
+            api.compact(run, target_rows=20)
+    (folder,) = run.fs.entries(COMPACTING_DIR)
+    stashed = run.fs.listdir(f"{COMPACTING_DIR}/{folder}/old")
+    assert len(stashed) == 1 and stashed[0] in run.shard_files()  # both copies
+    if repair == "compact":
+        summary = api.compact(run, target_rows=20)
+        assert summary.recovered and summary.shards_after == 3
+    else:
+        summary = api.train(
+            config_from_dict(NULL_RUN), run, executor=SerialExecutor(), show_progress=False
+        )
+        assert summary.trained == 0
+    assert _rows(run) == before
+    assert verify(run) == []
+
+
+def test_copies_that_differ_are_refused_naming_both(run, monkeypatch):
+    with monkeypatch.context() as patch:
+        patch.setattr(compact_module, "stash_sources", _copy_then_crash)
+        with pytest.raises(RuntimeError, match="crash"):
+            api.compact(run, target_rows=20)
+    (folder,) = run.fs.entries(COMPACTING_DIR)
+    (name,) = run.fs.listdir(f"{COMPACTING_DIR}/{folder}/old")
+    stashed = f"{COMPACTING_DIR}/{folder}/old/{name}"
+    data = bytearray(run.fs.read_bytes(stashed))
+    data[len(data) // 2] ^= 0xFF
+    run.fs.write_bytes_atomic(stashed, bytes(data))
+    with pytest.raises(StoreError, match="differ") as refused:
+        api.compact(run, target_rows=20)
+    assert stashed in str(refused.value) and f"models/{name}" in str(refused.value)
+    assert run.fs.isfile(stashed) and name in run.shard_files()  # nothing deleted

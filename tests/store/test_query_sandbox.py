@@ -20,10 +20,12 @@ CLOSED_PORT_URL = "http://127.0.0.1:1"
 
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
-    """An empty HOME: DuckDB would put auto-installed extensions under HOME/.duckdb."""
+    """An empty HOME: DuckDB would put auto-installed extensions under HOME/.duckdb. (The
+    record of verified files, store/guards.py, goes to XDG_CACHE_HOME, elsewhere.)"""
     directory = tmp_path / "home"
     directory.mkdir()
     monkeypatch.setenv("HOME", str(directory))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     return directory
 
 
