@@ -89,21 +89,37 @@ def digits_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray cluster for the whole test session (on 127.0.0.1, started on first use
-    and shut down at the end): tests that only need *a* cluster share it instead of paying a
-    start-up each. A test that shuts Ray down leaves the next user to start it again: the
-    driver's `init_ray` starts a local cluster whenever none is running."""
+def _local_ray_session():
+    """Shuts the session's local Ray cluster down at the end (see `ray_local`)."""
+    saved = os.environ.pop("RAY_ADDRESS", None)  # local, whatever the shell says
+    yield
     import ray
 
-    from datamodels.orchestrate.executor import init_ray
-
-    saved = os.environ.pop("RAY_ADDRESS", None)  # local, whatever the shell says
-    init_ray()
-    yield
     ray.shutdown()
     if saved is not None:
         os.environ["RAY_ADDRESS"] = saved
+
+
+@pytest.fixture(scope="module")
+def ray_local(_local_ray_session):
+    """A local Ray cluster (on 127.0.0.1) shared by the whole test session: started on first
+    use and left running, so tests that only need *a* cluster do not pay a start-up each. A
+    test that shuts Ray down (to start one of its own) leaves the next module to start it
+    again here."""
+    from datamodels.orchestrate.executor import init_ray
+
+    init_ray()  # nothing when one is running
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _trust_record(tmp_path_factory):
+    """The record of runs made here (`config/trust.py`) kept in the session's temporary
+    folder, never in the home directory of whoever runs the tests."""
+    os.environ.setdefault(
+        "DATAMODELS_TRUST_FILE", str(tmp_path_factory.mktemp("state") / "trusted-runs.json")
+    )
+    yield
 
 
 @pytest.fixture

@@ -43,7 +43,10 @@ CONFIG = {
         {"name": "eval", "alpha": 0.5, "count": 5},
     ],
     "gradients": {"proj_dim": 32, "targets_per_task": 10, "train_per_task": 40,
-                  "solver": "cg", "cg_max_iter": 10, "damping": 0.1},
+                  "solver": "cg", "cg_max_iter": 10, "damping": 0.1,
+                  # TRAK on the last checkpoint, undamped: the kernel the test builds by hand
+                  # (its checkpoint ensemble is tests/gradients/test_trak_ensemble.py's)
+                  "trak_checkpoints": 1, "trak_damping": 0.0},
 }
 LRS = (0.1, 0.05)
 

@@ -29,6 +29,7 @@ def test_public_names_are_exactly_the_verbs():
         [
             "load_config",
             "run",
+            "attribute",
             "train",
             "fit",
             "estimate",

@@ -187,7 +187,7 @@ def _planted_run(path: Path, n_classes=20, n_test=6, seed=0) -> tuple[Run, np.nd
         fit={"targets_per_block": 4},
     )
     config = config_from_dict(tree)
-    run = Run(str(path))
+    run = Run(str(path), trust_code=True)  # written here by hand, not by `prepare`
     run.write_config(config.to_yaml())
     per_class = 3
     n_source = n_classes * per_class
