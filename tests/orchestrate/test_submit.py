@@ -274,6 +274,7 @@ def test_a_failed_job_exits_1_and_a_stopped_one_says_so(ray_head, tmp_path):
     assert "Traceback" not in unknown.stderr
 
 
+@pytest.mark.slow  # a third job on the head; what is uploaded is tests/cluster/test_upload.py's
 def test_a_second_submit_from_the_same_folder_leaves_the_first_run_out(ray_head, tmp_path):
     """A run directory inside the working directory (here 110 MB of incompressible model
     shards, over the Jobs API's 100 MiB request limit) is not uploaded again."""
