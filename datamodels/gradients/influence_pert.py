@@ -29,6 +29,7 @@ from datamodels.gradients.grads import per_example_outputs
 from datamodels.gradients.ihvp import Exact, Solver
 from datamodels.gradients.influence import Utility, target_directions
 from datamodels.gradients.model import FunctionalModel, example_loss
+from datamodels.trainers.unit_progress import report
 
 
 def influence_pert_scores(
@@ -58,8 +59,11 @@ def influence_pert_scores(
     T, P = len(directions), model.num_params
     projected = vmap(jacrev(lambda x, y: directions @ loss_grad(model.params, x, y)))  # [m, T, *x]
     step = max(1, chunk_elements // max(1, T * P))
-    out = torch.cat([projected(points_x[s : s + step], points_y[s : s + step]).movedim(1, 0)
-                     for s in range(0, len(points_x), step)], dim=1)
+    parts = []
+    for s in range(0, len(points_x), step):
+        parts.append(projected(points_x[s : s + step], points_y[s : s + step]).movedim(1, 0))
+        report(min(len(points_x), s + step), len(points_x))  # the bar moves per chunk
+    out = torch.cat(parts, dim=1)
     return -out.reshape(T, len(points_x), *points_x.shape[1:]) / n
 
 

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from datamodels.gradients.ihvp import ConjugateGradient
 from datamodels.gradients.influence import influence_scores
+from datamodels.gradients.influence_pert import influence_pert_scores
 from datamodels.gradients.model import logreg_model
 from datamodels.gradients.tracin import tracin_scores
 from datamodels.orchestrate.context import unit_reporting
@@ -74,6 +75,10 @@ class _Blocks(Stage):
         if self.method == "tracin":
             history = [(_logreg(1).params, 0.1), (_logreg(2).params, 0.05)]
             return tracin_scores(_logreg(0), history, self.x, self.y, tx, ty, chunk_size=8)
+        if self.method == "influence_pert":  # 4 points per chunk: 10 chunks
+            model = _logreg(0)
+            return influence_pert_scores(model, self.x, self.y, tx, ty,
+                                         chunk_elements=4 * len(tx) * model.num_params)
         solver = ConjugateGradient(damping=0.1, tol=0.0, max_iter=12)
         return influence_scores(_logreg(0), self.x, self.y, tx, ty, solver=solver, chunk_size=8)
 
@@ -83,7 +88,7 @@ class _Blocks(Stage):
 
 
 def test_units_of_a_gradient_estimator_report_increasing_intermediate_progress():
-    for method, least in (("tracin", 10), ("influence", 12)):
+    for method, least in (("tracin", 10), ("influence", 12), ("influence_pert", 10)):
         stage = _Blocks(method)
         units = [Unit(f"u{i}") for i in range(3)]
         with Progress(3, 0, enabled=False, what="tasks") as progress:
