@@ -45,21 +45,8 @@ def loo(left_out: np.ndarray, margins: np.ndarray, n_train: int) -> Scores:
     margins: float[m, T]; n_train: number of training points.
     Returns `Scores` with values, stderr float32[T, n_train].
     """
-    left_out = np.asarray(left_out)
-    if left_out.ndim != 1 or left_out.size == 0:
-        raise EstimatorInputError(
-            f"left_out must be a non-empty 1-D array, got shape {left_out.shape}"
-        )
+    left_out, margins = _check_left_out(left_out, margins, n_train)
     m = left_out.shape[0]
-    left_out = as_row_vector(left_out, m, "left_out", np.int64)
-    margins = np.asarray(as_margins(margins, m), dtype=np.float64)
-    check_finite(margins, np.arange(m))
-    if ((left_out < -1) | (left_out >= n_train)).any():
-        raise EstimatorInputError(
-            f"left_out must be -1 (full model) or a train position in [0, {n_train})"
-        )
-    if not (left_out == -1).any():
-        raise EstimatorInputError("loo needs at least one full model (left_out == -1)")
 
     # Group g = left_out + 1: group 0 holds the full models, group i+1 the models without i.
     group = left_out + 1
@@ -96,7 +83,8 @@ def replicate_keys(ids: np.ndarray, mask_index: np.ndarray, seeds: int) -> np.nd
     return np.asarray(ids, np.int64) - np.asarray(mask_index, np.int64) * int(seeds)
 
 
-def _check_rows(left_out: np.ndarray, replicate: np.ndarray, margins: np.ndarray, n_train: int):
+def _check_left_out(left_out: np.ndarray, margins: np.ndarray, n_train: int):
+    """(int64[m] left_out, float64[m, T] margins), or one `EstimatorInputError` line."""
     left_out = np.asarray(left_out)
     if left_out.ndim != 1 or left_out.size == 0:
         raise EstimatorInputError(
@@ -104,7 +92,6 @@ def _check_rows(left_out: np.ndarray, replicate: np.ndarray, margins: np.ndarray
         )
     m = left_out.shape[0]
     left_out = as_row_vector(left_out, m, "left_out", np.int64)
-    replicate = as_row_vector(replicate, m, "replicate", np.int64)
     margins = np.asarray(as_margins(margins, m), dtype=np.float64)
     check_finite(margins, np.arange(m))
     if ((left_out < -1) | (left_out >= n_train)).any():
@@ -113,6 +100,12 @@ def _check_rows(left_out: np.ndarray, replicate: np.ndarray, margins: np.ndarray
         )
     if not (left_out == -1).any():
         raise EstimatorInputError("loo needs at least one full model (left_out == -1)")
+    return left_out, margins
+
+
+def _check_rows(left_out: np.ndarray, replicate: np.ndarray, margins: np.ndarray, n_train: int):
+    left_out, margins = _check_left_out(left_out, margins, n_train)
+    replicate = as_row_vector(replicate, left_out.shape[0], "replicate", np.int64)
     return left_out, replicate, margins
 
 
