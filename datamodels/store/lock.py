@@ -35,7 +35,14 @@ only have been paused) may wake up after its lock was taken over. ``writer`` set
 filesystem's fence to (lock path, token), and every write through `RunFS` (tables, shards,
 checkpoints, stage parts and markers; in the driver and, as the filesystem travels with the
 stage, in its tasks) compares the lock's token with its own just before publishing: a
-superseded writer stops with one line and writes nothing more.
+superseded writer stops with one line and writes nothing more. Its own heartbeat must not
+undo the takeover either: on a store that honours ``If-Match`` the heartbeat rewrites (and
+the release deletes) the lock only while it still carries the ETag of the holder's last
+write, so a holder that read its own lock, paused, and writes after a takeover gets ``412``:
+it stops beating, marks itself ``superseded`` and its next write meets the fence. Where the
+store has no conditional write (the lease above; a local disk, where the rewrite is a read,
+then a rename) the heartbeat stays a read of the token then a plain write, and a holder
+paused between the two can still overwrite its successor's lock once.
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ import uuid
 from contextlib import contextmanager
 
 from datamodels.errors import InfrastructureError, RunLockedError
-from datamodels.store.create import create_if_absent
+from datamodels.store.create import conditional_put, delete_if
 from datamodels.store.fs import RunFS
 
 LOCK_PATH = "_lock.json"
@@ -141,6 +148,8 @@ class RunLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._writing = threading.Lock()  # a heartbeat write and the release never interleave
+        self._etag: str | None = None  # what the store answered our last write of the lock
+        self.superseded = False  # a conditional heartbeat found another writer's lock
 
     def record(self) -> dict:
         now = time.time()
@@ -175,12 +184,13 @@ class RunLock:
         payload = json.dumps(self.record()).encode()
         if self.fs.is_local:
             return self._create_local(payload)
+        result = conditional_put(self.fs.filesystem, self.fs.join(self.path), payload)
+        if result is not None:  # the store decided, atomically
+            created, self._etag = result
+            return created
         if self.shared:  # a name of its own: nobody races it
             self.fs.write_bytes_atomic(self.path, payload)
             return True
-        created = create_if_absent(self.fs.filesystem, self.fs.join(self.path), payload)
-        if created is not None:  # the store decided, atomically
-            return created
         # no conditional write on this store: a lease, read back after a pause
         if read_lock(self.fs, self.path) is not None:
             return False
@@ -267,17 +277,41 @@ class RunLock:
                         if current is None or current.get("token") != self.token:
                             return  # taken over (we were presumed dead): stop touching it
                         current["heartbeat"] = time.time()
-                        self.fs.write_bytes_atomic(self.path, json.dumps(current).encode())
+                        if not self._write_beat(json.dumps(current).encode()):
+                            self.superseded = True  # the fence stops this writer's writes
+                            return
                     except OSError:
                         continue  # a full disk or a network hiccup: try again next beat
 
         self._thread = threading.Thread(target=beat, name="datamodels-run-lock", daemon=True)
         self._thread.start()
 
+    def _write_beat(self, payload: bytes) -> bool:
+        """Rewrite the lock with ``payload``: on a store that honours ``If-Match`` only while
+        it is still the object we last wrote (False when another writer's lock replaced it,
+        even one that took it over between our read and this write); elsewhere outright."""
+        if self._etag is None:
+            self.fs.write_bytes_atomic(self.path, payload)
+            return True
+        result = conditional_put(self.fs.filesystem, self.fs.join(self.path), payload, self._etag)
+        if result is None:  # cannot happen once an ETag was given back; as without one
+            self.fs.write_bytes_atomic(self.path, payload)
+            return True
+        written, etag = result
+        if written:
+            self._etag = etag
+        return written
+
     def release(self) -> None:
         with self._writing:
             self._stop.set()
             try:
+                if self._etag is not None:
+                    try:
+                        delete_if(self.fs.filesystem, self.fs.join(self.path), self._etag)
+                        return  # deleted, or someone else's lock now: left alone
+                    except OSError:
+                        pass  # a store that refuses conditional deletes: read, then delete
                 self._remove_if({"token": self.token}, self.path)
             except OSError:
                 pass  # a read-only or full disk: the error that stopped the stage matters more

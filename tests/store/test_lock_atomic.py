@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -97,6 +98,52 @@ def test_a_writer_that_looked_before_another_created_is_still_refused(s3_endpoin
         assert read_lock(fs)["token"] == first.token
     finally:
         first.release()
+
+
+def test_a_superseded_holders_heartbeat_leaves_its_successors_lock_alone(s3_endpoint, monkeypatch):
+    """A reads its own lock for a heartbeat and stalls; B takes the stale lock over; A's
+    heartbeat write then lands. Unconditional, it would put A's token back over B's lock;
+    conditional on the ETag A last wrote, the store refuses it and A learns it was superseded."""
+    fs_a = _s3_run()
+    fs_b = RunFS(fs_a.uri)
+    reached, taken = threading.Event(), threading.Event()
+    real_read = lock_module.read_lock
+    own: list[dict] = []
+
+    def stalled_look(runfs, path=lock_module.LOCK_PATH):
+        if threading.current_thread().name == "datamodels-run-lock" and not taken.is_set():
+            reached.set()
+            taken.wait(30)
+            return dict(own[0])  # A's lock as A read it, a moment before the takeover
+        return real_read(runfs, path)
+
+    a = RunLock(fs_a)
+    monkeypatch.setattr(lock_module, "HEARTBEAT_S", 0.05)
+    with monkeypatch.context() as patch:
+        patch.setattr(socket, "gethostname", lambda: "host-a")  # another host: no pid check
+        a.acquire()
+    own.append(real_read(fs_a))
+    fs_a.fence = (a.path, a.token)
+    b = RunLock(fs_b)
+    try:
+        monkeypatch.setattr(lock_module, "read_lock", stalled_look)
+        assert reached.wait(30)  # A's heartbeat has read its lock and stalls
+        monkeypatch.setattr(lock_module, "HEARTBEAT_S", 3600.0)
+        monkeypatch.setattr(lock_module, "STALE_S", 0.0)  # A's heartbeat looks stopped
+        b.acquire()  # B takes the stale lock over
+        assert real_read(fs_b)["token"] == b.token
+        taken.set()  # A wakes up and writes its heartbeat
+        a._thread.join(timeout=20)
+        assert real_read(fs_b)["token"] == b.token  # B still holds the run
+        assert a.superseded and not a._thread.is_alive()
+        with pytest.raises(RunLockedError, match="no longer holds"):
+            fs_a.write_bytes_atomic("x.json", b"{}")  # A's next write meets the fence
+        a.release()  # A's release leaves B's lock alone too
+        assert real_read(fs_b)["token"] == b.token
+    finally:
+        taken.set()
+        b.release()
+    assert real_read(fs_b) is None
 
 
 # -- a run directory that cannot be written -------------------------------------------------
