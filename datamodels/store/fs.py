@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from datamodels.errors import InfrastructureError, RunLockedError, StoreError
+from datamodels.store.create import etags
 
 TEMP_MARKER = ".tmp-"
 LOCK_FILES = ("_lock.json", "_locks/")  # the lock's own files are never fenced
@@ -122,6 +123,30 @@ class RunFS:
             if info.type == pafs.FileType.File and info.base_name.endswith(suffix)
             and not info.base_name.startswith((".", "_"))
         )
+
+    def stamps(self, subdir: str, suffix: str = "") -> dict[str, tuple[str, ...]]:
+        """Name -> what tells a file's present content from any earlier one, for the files of
+        `stats`: a cache keyed on it trusts nothing a user can set back. On a local disk
+        (size, mtime_ns, ctime_ns, inode): rewriting a file in place changes its ctime, which
+        ``os.utime`` cannot restore, and replacing it changes its inode. On S3 (size, ETag),
+        from one listing. Elsewhere (size, mtime_ns)."""
+        listed = self.stats(subdir, suffix)
+        if self.is_local:
+            found = {}
+            for name, _, _ in listed:
+                try:
+                    st = os.stat(self.join(subdir, name))
+                except OSError:
+                    continue  # vanished since the listing: read as absent
+                found[name] = tuple(
+                    str(value) for value in (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+                )
+            return found
+        tags = etags(self.filesystem, self.join(subdir)) or {}
+        return {
+            name: (str(size), f"etag:{tags[name]}") if name in tags else (str(size), str(mtime))
+            for name, size, mtime in listed
+        }
 
     def entries(self, subdir: str) -> list[str]:
         """Sorted names of everything (files and folders) directly in ``subdir``."""

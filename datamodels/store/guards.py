@@ -11,11 +11,13 @@
   shard whose footer records no ``config_hash`` (written before it was recorded, or rewritten
   without it) has its masks compared with the plan when ``config.yaml`` is a full config, as
   `verify` does. A shard that passes is remembered in a per-user cache under the key (name,
-  size, modification time, check), so the next reader of an unchanged shard opens nothing:
+  stamp, check), so the next reader of an unchanged shard opens nothing:
   ``$XDG_CACHE_HOME/datamodels/verified/<sha256 of the run's location>.json`` (else
-  ``~/.cache/...``, else ``<tmp>/datamodels-cache-<uid>/...``; mode 0700). A shard rewritten
-  in place with the same size and modification time (to the store's resolution: 1 s on S3)
-  is not read again; `verify` always reads everything.
+  ``~/.cache/...``, else ``<tmp>/datamodels-cache-<uid>/...``; mode 0700). The stamp is what
+  no user can set back (`RunFS.stamps`): on a local disk size, modification time, change
+  time and inode (a shard changed in place and given back its modification time with
+  ``os.utime`` has a new change time, and is read again); on S3 size and ETag; elsewhere
+  size and modification time. `verify` always reads everything.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import re
 import tempfile
 import threading
@@ -145,16 +148,16 @@ def _known(fs: RunFS, path: Path | None) -> set[str]:
 
 
 def _remember(
-    fs: RunFS, path: Path | None, keys: set[str], current: dict[str, tuple[str, str]]
+    fs: RunFS, path: Path | None, keys: set[str], current: dict[str, tuple[str, ...]]
 ) -> None:
-    """Add ``keys``; drop the entries of the files in ``current`` (path -> (size, mtime) as
-    they are now) that describe them as they were before."""
+    """Add ``keys``; drop the entries of the files in ``current`` (path -> stamp as they
+    are now) that describe them as they were before."""
     slot = str(path) if path is not None else fs.display("")
     with _guard:
         known = set()
         for key in _memory.get(slot, set()):
-            name, size, mtime = (key.split("\0") + ["", "", ""])[:3]
-            if name not in current or current[name] == (size, mtime):
+            name, *stamp = key.split("\0")
+            if name not in current or current[name] == tuple(stamp[:-1]):
                 known.add(key)
         known = (known if len(known) < _MAX_ENTRIES else set()) | keys
         _memory[slot] = known
@@ -186,10 +189,7 @@ def check_trust(
     if not pages and all(info.hashed or not info.usable for info in infos):
         return infos  # nothing to verify: not even a listing
     fs = run.fs
-    listed = {
-        f"{MODELS_DIR}/{name}": (str(size), str(mtime))
-        for name, size, mtime in fs.stats(MODELS_DIR)
-    }
+    listed = {f"{MODELS_DIR}/{name}": stamp for name, stamp in fs.stamps(MODELS_DIR).items()}
     path = _cache_file(fs)
     known = _known(fs, path)
     plan_kind = f"plan:{config_hash}"
@@ -239,16 +239,15 @@ def check_trust(
 
 def check_pages(run: Run, rel_paths: list[str]) -> list[Problem]:
     """Problems (``torn``, ``corrupt``) of the tables ``rel_paths``, every page read against
-    its CRC; a table verified before and unchanged since (same size and modification time)
+    its CRC; a table verified before and unchanged since (the same stamp, `RunFS.stamps`)
     is not read again. The same per-user cache as the shards, under the table's path."""
     fs = run.fs
     path = _cache_file(fs)
     known = _known(fs, path)
-    infos = fs.filesystem.get_file_info([fs.join(rel_path) for rel_path in rel_paths])
-    stamps = {
-        rel_path: (str(info.size), str(info.mtime_ns or 0))
-        for rel_path, info in zip(rel_paths, infos, strict=True)
-    }
+    listed: dict[str, tuple[str, ...]] = {}
+    for folder in sorted({posixpath.dirname(rel_path) for rel_path in rel_paths}):
+        listed |= {posixpath.join(folder, n): stamp for n, stamp in fs.stamps(folder).items()}
+    stamps = {rel_path: listed.get(rel_path, ("absent",)) for rel_path in rel_paths}
     todo = [
         rel_path
         for rel_path in rel_paths

@@ -21,8 +21,9 @@ view is the only name the rows have (no registered dataset to select around it).
 
 DuckDB checks no Parquet page checksum, so before a file becomes a view its pages are read
 once against their CRCs (a changed byte is refused, naming the file, instead of returned as a
-plausible number); a file verified before and unchanged since (same size and modification
-time) is not read again (`datamodels.store.guards`, a per-user cache). A run whose
+plausible number); a file verified before and unchanged since (the same size, modification
+and change time and inode on a local disk, the same ETag on S3) is not read again
+(`datamodels.store.guards`, a per-user cache). A run whose
 compaction stopped half way, or with a shard `verify` names as unusable, is refused.
 """
 

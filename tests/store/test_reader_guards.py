@@ -4,7 +4,9 @@ shards aside and trains their models again; its tasks store no model twice."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import uuid
 
 import numpy as np
 import pyarrow as pa
@@ -17,11 +19,11 @@ from datamodels.cli import app
 from datamodels.config import config_from_dict
 from datamodels.errors import StoreError
 from datamodels.orchestrate.executor import SerialExecutor
-from datamodels.store import Run, guards, query, verify, write_model_shard
+from datamodels.store import Run, RunFS, guards, query, verify, write_model_shard
 from datamodels.store import compact as compact_module
 from datamodels.store.guards import stored_ids_among
 
-from .conftest import corrupt_page
+from .conftest import BUCKET, corrupt_page
 
 NULL_RUN = {
     "name": "digits_null_guards",
@@ -133,6 +135,32 @@ def test_verified_files_are_read_once_per_change(synthetic, monkeypatch):
     synthetic.run.write_models(table)  # rewritten: a new modification time
     query(synthetic.run, sql)
     assert reads[3:] == [synthetic.shard_paths[0].split("/")[1]]
+
+
+def test_a_verified_shard_corrupted_with_its_mtime_set_back_is_read_again(synthetic):
+    """Same size, the old modification time given back with os.utime: the change time (which
+    os.utime cannot set) tells the cache the shard changed, and query refuses the page."""
+    sql = "SELECT max(abs(margins[1])) AS m FROM models"
+    query(synthetic.run, sql)  # every shard verified and remembered
+    path = synthetic.run.fs.join(synthetic.shard_paths[1])
+    before = os.stat(path)
+    corrupt_page(path, "margins")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    with pytest.raises(StoreError, match="corrupt") as refused:
+        query(synthetic.run, sql)
+    assert synthetic.shard_paths[1] in str(refused.value)
+
+
+def test_a_table_on_s3_rewritten_within_its_second_has_a_new_stamp(s3_endpoint):
+    fs = RunFS(f"s3://{BUCKET}/stamps/{uuid.uuid4().hex}")
+    fs.write_bytes_atomic("scores/a.parquet", b"x" * 64)
+    first = fs.stamps("scores")["a.parquet"]
+    fs.write_bytes_atomic("scores/a.parquet", b"y" * 64)  # same size, same second (likely)
+    second = fs.stamps("scores")["a.parquet"]
+    assert first[0] == second[0] == "64"
+    assert first[1].startswith("etag:") and first != second
 
 
 def test_train_sets_a_corrupt_shard_aside_and_trains_its_models_again(run):
