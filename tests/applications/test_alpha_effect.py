@@ -199,7 +199,7 @@ def test_the_tables_are_stages_current_until_their_inputs_change(report_run, tmp
     assert api.stage_states(str(copy)).set_index("stage")["state"]["lds_curve"] == "done"
 
 
-def test_a_bumped_lds_curve_version_makes_only_its_stage_stale_and_recomputes(
+def test_a_bumped_version_makes_only_the_stages_it_feeds_stale_and_recomputes(
     report_run, tmp_path, monkeypatch  # noqa: F811
 ):
     """Each derived table records its producers' code versions, in its stage's marker and in
@@ -235,16 +235,7 @@ def test_a_bumped_lds_curve_version_makes_only_its_stage_stale_and_recomputes(
         "stale", "application.lds_curve 1 -> 2"]
     others = states.drop("lds_curve")
     assert set(others["state"]) - {"-"} == {"done"} and set(others["changed"]) == {""}
-    table = copy / "applications" / "lds_curve.parquet"
-    alpha = copy / "applications" / "alpha_effect.parquet"
-    before, alpha_before = table.stat().st_mtime_ns, alpha.stat().st_mtime_ns
-    api.lds_curve(str(copy), (22, 25))  # the settings it ran with: recomputed for the version
-    assert table.stat().st_mtime_ns > before
-    assert run.table_versions("applications/lds_curve.parquet")["application.lds_curve"] == 2
-    api.alpha_effect(str(copy), k=5)
-    assert alpha.stat().st_mtime_ns == alpha_before  # current: not recomputed
-    states = api.stage_states(str(copy)).set_index("stage")
-    assert set(states["state"]) - {"-"} == {"done"} and set(states["changed"]) == {""}
+    monkeypatch.setattr(module, "LDS_CURVE_VERSION", 1)
 
     # a metric only evaluate computes: evaluate alone turns stale, and is recomputed
     monkeypatch.setattr(mislabel, "VERSION", 3)
@@ -266,3 +257,27 @@ def test_a_bumped_lds_curve_version_makes_only_its_stage_stale_and_recomputes(
     pq.write_table(old.replace_schema_metadata(metadata), results)
     assert run.table_versions("removals/results.parquet") == {}
     assert run.removal_results().equals(dm.Run(report_run).removal_results())
+
+
+@pytest.mark.slow
+def test_a_bumped_lds_curve_is_recomputed_and_alpha_effect_is_not(
+    report_run, tmp_path, monkeypatch  # noqa: F811
+):
+    import shutil
+
+    from datamodels import api
+
+    copy = tmp_path / "run"
+    shutil.copytree(report_run, copy)
+    run = dm.Run(str(copy))
+    monkeypatch.setattr(module, "LDS_CURVE_VERSION", 2)
+    table = copy / "applications" / "lds_curve.parquet"
+    alpha = copy / "applications" / "alpha_effect.parquet"
+    before, alpha_before = table.stat().st_mtime_ns, alpha.stat().st_mtime_ns
+    api.lds_curve(str(copy), (22, 25))  # the settings it ran with: recomputed for the version
+    assert table.stat().st_mtime_ns > before
+    assert run.table_versions("applications/lds_curve.parquet")["application.lds_curve"] == 2
+    api.alpha_effect(str(copy), k=5)
+    assert alpha.stat().st_mtime_ns == alpha_before  # current: not recomputed
+    states = api.stage_states(str(copy)).set_index("stage")
+    assert set(states["state"]) - {"-"} == {"done"} and set(states["changed"]) == {""}
