@@ -49,6 +49,13 @@ from datamodels.regress.select import fit_datamodels, min_models
 from datamodels.store import Run
 from datamodels.store.positions import eval_positions
 
+# The code versions of the two tables (``application.alpha_effect``, ``application.lds_curve``,
+# recorded by their stages beside ``fit.datamodels`` and ``metric.lds``): `alpha_effect` /
+# `lds_curve` and their readers; bump with any change that can move a number it computes for the
+# same inputs.
+ALPHA_EFFECT_VERSION = 1
+LDS_CURVE_VERSION = 1
+
 
 class _Fits:
     """The fit stage's regression, many times over: the targets that stopped short of

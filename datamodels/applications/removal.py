@@ -25,6 +25,11 @@ from datamodels.config import PlanConfig
 from datamodels.errors import ConfigError
 from datamodels.plans import removal_layout
 
+# The code version of the removal sets and results (``application.removal``, recorded by the
+# ``removal_sets`` and ``removal`` stages): `choose_targets`, `removal_sets`, `removal_results`;
+# bump with any change that can move a number it computes for the same inputs.
+VERSION = 1
+
 
 def top_helpful(scores: np.ndarray, k: int) -> np.ndarray:
     """int64[k]: train positions of the k largest ``scores`` (float[n_train]), largest first

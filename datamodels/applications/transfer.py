@@ -24,6 +24,13 @@ from datamodels.errors import DatamodelsError, StoreError
 from datamodels.store import SOURCE_CLASSES_PATH, SOURCE_CLASSES_SCHEMA, Run
 from datamodels.store.schemas import SCHEMA_VERSION
 
+# The code version of the transfer counterfactual (``application.transfer``, recorded by the
+# ``transfer_masks`` and ``transfer_counterfactual`` stages): `removed_classes`,
+# `counterfactual_tables`; bump with any change that can move a number it computes for the same
+# inputs.
+VERSION = 1
+
+
 # the counterfactual's tables (written by the transfer_counterfactual stage)
 COUNTERFACTUAL_MODELS_PATH = "transfer/counterfactual_models.parquet"
 COUNTERFACTUAL_REMOVED_PATH = "transfer/counterfactual_removed.parquet"

@@ -31,6 +31,11 @@ from datamodels.gradients.influence import Utility, target_directions
 from datamodels.gradients.model import FunctionalModel, example_loss
 from datamodels.trainers.unit_progress import report
 
+# The code version of the training-set attack (``attack.influence_pert``, recorded by the
+# ``attack`` stages): `craft_attack`, `most_influential_point`; bump with any change that can move
+# a number it computes for the same inputs.
+ATTACK_VERSION = 1
+
 
 def influence_pert_scores(
     model: FunctionalModel, train_x: torch.Tensor, train_y: torch.Tensor, target_x: torch.Tensor,

@@ -26,6 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import rankdata
 
+# The code version of the LDS numbers (`lds`, `single_model_lds`, `average_replicates`): the
+# ``evaluate``, ``alpha_effect`` and ``lds_curve`` stages record it as ``metric.lds``; bump with
+# any change that can move a number it computes for the same inputs.
+VERSION = 1
+
 
 @dataclass(frozen=True)
 class LDSResult:

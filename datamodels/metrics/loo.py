@@ -20,6 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+# The code version of the LOO rows of ``evaluate`` (``metric.loo``): `loo_correlation`,
+# `split_half` and the LOO effects ``evaluate`` computes with `estimators.loo` for them; bump with
+# any change that can move a number it computes for the same inputs.
+VERSION = 1
+
 
 def _correlation(x: np.ndarray, y: np.ndarray, rank: bool) -> float:
     """Pearson (Spearman when ``rank``) of two float vectors; NaN below 2 values or for a

@@ -24,6 +24,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+# The code version of the removal and brittleness rows of ``evaluate`` (``metric.removal``); bump
+# with any change that can move a number it computes for the same inputs.
+VERSION = 1
+
+
 BRITTLE_FRACTIONS = (0.01, 0.05)
 
 

@@ -43,6 +43,12 @@ from datamodels.regress.prox import (
     momentum,
 )
 
+# The code version of the sparse decision layer's numbers (``regress.glm``, recorded by the
+# ``sparse-layer`` stage): `glm_path` and the stage's choice of λ; bump with any change that can
+# move a number it computes for the same inputs.
+VERSION = 1
+
+
 _CHECK_EVERY = 10
 _POWER_STEPS = 30
 _MAX_ROUNDS = 30  # working-set rounds per λ

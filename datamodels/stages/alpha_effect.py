@@ -17,6 +17,7 @@ from datamodels.applications.alpha_effect import alpha_effect_from_run
 from datamodels.config import Config
 from datamodels.errors import FitError
 from datamodels.stages.base import Stage, Unit, recorded_settings
+from datamodels.stages.versions import alpha_effect_versions
 from datamodels.store import Run
 from datamodels.store.schemas import ALPHA_EFFECT_PATH, ALPHA_EFFECT_SCHEMA
 
@@ -41,6 +42,9 @@ class AlphaEffectStage(Stage):
     def as_recorded(cls, config: Config, run: Run) -> AlphaEffectStage:
         """The stage with the settings its marker recorded (for status and the report)."""
         return cls(config, run, **recorded_settings(run, cls.name))
+
+    def versions(self) -> dict[str, int]:
+        return alpha_effect_versions()
 
     def fingerprint(self) -> dict:
         plans = sorted({p.name for p in self.config.plans if p.kind in LEVEL_KINDS}
@@ -71,7 +75,7 @@ class AlphaEffectStage(Stage):
                 "an alpha_grid plan (kind: alpha_grid, levels: 4, count: 200) or alpha plans at "
                 "several alpha, and train them"
             )
-        self.run.write_table(ALPHA_EFFECT_PATH, frame, ALPHA_EFFECT_SCHEMA)
+        self.write_table(ALPHA_EFFECT_PATH, frame, ALPHA_EFFECT_SCHEMA)
 
     def finish(self) -> pd.DataFrame:
         return self.up_to_date()

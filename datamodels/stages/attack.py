@@ -23,9 +23,10 @@ from datamodels.methods.checkpoints import find_checkpoints
 from datamodels.methods.traits import trains_model
 from datamodels.plans import checkpoint_epochs
 from datamodels.stages.base import Stage, Unit
+from datamodels.stages.versions import attack_versions
 from datamodels.store import ATTACKS_DIR, Run, attack_schema
 from datamodels.store.checkpoints import load_checkpoint
-from datamodels.trainers.api import train_batch
+from datamodels.trainers.api import train_batch, trainer_versions
 from datamodels.trainers.outcome import CheckpointRequest
 
 
@@ -62,6 +63,10 @@ class AttackStage(Stage):
     @property
     def output(self) -> str:
         return f"{ATTACKS_DIR}/target_{self.target}.parquet"
+
+    def versions(self) -> dict[str, int]:
+        # the retraining goes through train_batch with its default (resident) loader
+        return attack_versions(trainer_versions(self.config, "resident"))
 
     def fingerprint(self) -> dict:
         return {
@@ -139,7 +144,7 @@ class AttackStage(Stage):
                 "delta": pa.FixedSizeListArray.from_arrays(pa.array(delta), len(delta)),
             }
         )
-        run.write_table(self.output, table, attack_schema(len(delta)))
+        self.write_table(self.output, table, attack_schema(len(delta)))
 
     def finish(self) -> dict:
         return self.run.read_table(self.output).to_pylist()[0]

@@ -19,11 +19,13 @@ Parts live in ``_parts/<name>-<digest>/``: a change of settings gets a new folde
 different settings never mix; ``finish`` removes the folders of the stage's earlier settings.
 
 **Code versions.** ``versions()`` names the code that produces a stage's tables and its
-version (``trainer.lbfgs``: ``trainers.versions``; ``method.shapley``: ``Method.version``).
-The marker records them under ``versions``, and every version above 1 is part of the digest,
-so bumping a producer's version makes its stage stale and the next run recomputes it. Version
-1 adds nothing to the digest: markers written before versions were recorded stay current
-(what they were made with counts as version 1).
+version (``trainer.lbfgs``: ``trainers.versions``; ``method.shapley``: ``Method.version``;
+``metric.lds``...: `datamodels.stages.versions` names each producer once, for every stage that
+depends on it). The marker records them under ``versions``, and so does every table the stage
+writes (Parquet key-value metadata ``datamodels.versions``, `Stage.write_table`). Every
+version above 1 is part of the digest, so bumping a producer's version makes its stage stale
+and the next run recomputes it. Version 1 adds nothing to the digest: markers written before
+versions were recorded stay current (what they were made with counts as version 1).
 
 Adding a stage: subclass `Stage`, set ``name``, implement the four methods (``done`` only if
 its parts are not files in `part_dir`), and call ``run_stage(MyStage(config, run), executor)``.
@@ -115,6 +117,11 @@ class Stage:
 
     def finish(self) -> Any:
         raise NotImplementedError
+
+    def write_table(self, rel_path: str, table: Any, schema: Any) -> int:
+        """``run.write_table`` with the stage's `versions` recorded in the table's metadata
+        (``datamodels.versions``): every table a stage computes says what computed it."""
+        return self.run.write_table(rel_path, table, schema, self.versions())
 
     def done(self, unit: Unit) -> bool:
         if self._present is None:  # one listing of the part folder, not one request per part

@@ -42,6 +42,7 @@ from datamodels.methods.traits import first_plan_of_kind, trains_model
 from datamodels.orchestrate.context import local_beton
 from datamodels.orchestrate.executor import error_text
 from datamodels.stages.base import PARTS_DIR, Stage, TaskResources, Unit
+from datamodels.stages.versions import method_versions
 from datamodels.store import Run
 from datamodels.store.checkpoints import load_checkpoint
 from datamodels.store.positions import eval_positions
@@ -66,6 +67,7 @@ class EstimateStage(Stage):
     def __init__(
         self, config, run: Run, method: str, methods: dict[str, type[Method]] | None = None
     ) -> None:
+        self.methods = methods
         self.estimator = lookup(method, methods)(config)
         self.per_model = self.estimator.per_model
         if self.per_model:
@@ -115,7 +117,7 @@ class EstimateStage(Stage):
     # -- the contract ----------------------------------------------------------------------
 
     def versions(self) -> dict[str, int]:
-        return {f"method.{self.method}": self.estimator.version}
+        return method_versions([self.method], self.methods)
 
     def fingerprint(self) -> dict:
         if not self.per_model:
@@ -240,11 +242,12 @@ class EstimateStage(Stage):
         if unit.name == "scores":
             targets = eval_positions(self.run, self.config.estimate.targets)
             scores = self.estimator.scores(self.inputs(ctx), targets)
-            self.run.write_scores(self.method, targets, scores.values, scores.stderr)
+            self.run.write_scores(self.method, targets, scores.values, scores.stderr,
+                                 versions=self.versions())
             return len(targets)
         train = eval_positions(self.run, "train")
         values, stderr = self.estimator.self_scores(self.inputs(ctx), train)
-        return self.run.write_self_scores(self.method, values, stderr)
+        return self.run.write_self_scores(self.method, values, stderr, self.versions())
 
     # -- gradient methods: inside a task -----------------------------------------------------
 
@@ -347,10 +350,12 @@ class EstimateStage(Stage):
             totals["self"].add(tables["self"] * q, None if held is None else held[m])
         score_mean, score_err = totals["scores"].result()
         self_mean, self_err = totals["self"].result()
-        self.run.write_scores(self.method, self.targets, score_mean, score_err)
+        self.run.write_scores(self.method, self.targets, score_mean, score_err,
+                             versions=self.versions())
         return {
             "scores": T,
-            "self_scores": self.run.write_self_scores(self.method, self_mean, self_err),
+            "self_scores": self.run.write_self_scores(self.method, self_mean, self_err,
+                                                      self.versions()),
             "models": len(self.model_ids),
         }
 

@@ -28,6 +28,7 @@ from datamodels.metrics.mislabel import mislabel_detection
 from datamodels.metrics.removal import removal_metrics
 from datamodels.plans import plan_kind, plan_models
 from datamodels.stages.base import Stage, Unit
+from datamodels.stages.versions import metric_versions
 from datamodels.store import (
     EVALUATION_PATH,
     EVALUATION_SCHEMA,
@@ -48,6 +49,9 @@ def _finite(value: float) -> float | None:
 class EvaluateStage(Stage):
     name = "evaluate"
     what = "tables"
+
+    def versions(self) -> dict[str, int]:
+        return metric_versions("lds", "loo", "mislabel", "removal")
 
     def fingerprint(self) -> dict:
         fs = self.run.fs
@@ -89,7 +93,7 @@ class EvaluateStage(Stage):
         rows += self.mislabel_rows(self.run.self_scores())
         if self.run.fs.isfile(REMOVAL_RESULTS_PATH):  # the removal stage's retrained sets
             rows += removal_metrics(self.run.removal_results(), self.run.n_train)
-        self.run.write_table(EVALUATION_PATH, pd.DataFrame(rows), EVALUATION_SCHEMA)
+        self.write_table(EVALUATION_PATH, pd.DataFrame(rows), EVALUATION_SCHEMA)
 
     def finish(self) -> pd.DataFrame:
         return self.run.evaluation()

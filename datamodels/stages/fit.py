@@ -24,8 +24,9 @@ import pandas as pd
 
 from datamodels.errors import FitError
 from datamodels.orchestrate.progress import log_console
-from datamodels.regress.select import VERSION, fit_datamodels, min_models
+from datamodels.regress.select import fit_datamodels, min_models
 from datamodels.stages.base import Stage, Unit, read_marker
+from datamodels.stages.versions import fit_versions
 from datamodels.store import TARGETS_PATH, TARGETS_SCHEMA, WEIGHTS_PATH, WEIGHTS_SCHEMA, Run
 from datamodels.store.positions import eval_positions
 from datamodels.store.verify import refuse_unusable_shards
@@ -55,7 +56,7 @@ class FitStage(Stage):
     what = "targets"
 
     def versions(self) -> dict[str, int]:
-        return {"fit.datamodels": VERSION}
+        return fit_versions()
 
     def fingerprint(self) -> dict:
         settings = self.config.fit.model_dump(mode="json", exclude={"device", "targets_per_block"})
@@ -152,15 +153,15 @@ class FitStage(Stage):
                 ),
             }
         )
-        self.run.write_table(WEIGHTS_PATH, weights, WEIGHTS_SCHEMA)
+        self.write_table(WEIGHTS_PATH, weights, WEIGHTS_SCHEMA)
         targets = frame["target"].to_numpy(np.int64)
         dense = np.zeros((len(targets), self.run.n_train), dtype=np.float32)
         row_of = pd.Series(np.arange(len(targets)), index=targets)
         dense[row_of[weights["target"]].to_numpy(), weights["train_position"].to_numpy()] = weights[
             "weight"
         ]
-        self.run.write_scores(METHOD, targets, dense)
-        self.run.write_table(
+        self.run.write_scores(METHOD, targets, dense, versions=self.versions())
+        self.write_table(
             TARGETS_PATH, frame.drop(columns=["weights_at", "weights"]), TARGETS_SCHEMA
         )
         if self.run.fs.exists("datamodels/blocks"):  # the parts of runs fitted before parts/

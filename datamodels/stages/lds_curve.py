@@ -15,6 +15,7 @@ from datamodels.applications.alpha_effect import DEFAULT_COUNTS, lds_curve_from_
 from datamodels.config import Config
 from datamodels.errors import EvaluateError
 from datamodels.stages.base import Stage, Unit, recorded_settings
+from datamodels.stages.versions import lds_curve_versions
 from datamodels.store import Run
 from datamodels.store.schemas import LDS_CURVE_PATH, LDS_CURVE_SCHEMA
 
@@ -33,6 +34,9 @@ class LdsCurveStage(Stage):
     def as_recorded(cls, config: Config, run: Run) -> LdsCurveStage:
         """The stage with the counts its marker recorded (for status and the report)."""
         return cls(config, run, recorded_settings(run, cls.name).get("counts"))
+
+    def versions(self) -> dict[str, int]:
+        return lds_curve_versions()
 
     def fingerprint(self) -> dict:
         fit = self.config.fit.model_dump(mode="json", exclude={"device", "targets_per_block"})
@@ -60,7 +64,7 @@ class LdsCurveStage(Stage):
                 f"lds-curve: {self.run.uri} needs trained models in its fitting plan (fit.plan) "
                 "and at least 3 in its evaluation plan (evaluate.plan); train them first"
             )
-        self.run.write_table(LDS_CURVE_PATH, frame, LDS_CURVE_SCHEMA)
+        self.write_table(LDS_CURVE_PATH, frame, LDS_CURVE_SCHEMA)
 
     def finish(self) -> pd.DataFrame:
         return self.up_to_date()

@@ -30,6 +30,7 @@ from datamodels.applications.tables import split_scores
 from datamodels.config import Config, PlanConfig
 from datamodels.errors import ConfigError, EstimateError
 from datamodels.stages.base import Stage, Unit
+from datamodels.stages.versions import removal_versions
 from datamodels.store import (
     REMOVAL_RESULTS_PATH,
     REMOVAL_RESULTS_SCHEMA,
@@ -100,7 +101,7 @@ def write_removal_sets(config: Config, run: Run) -> bool:
     reference_of = dict(zip(test_targets.tolist(), reference, strict=True))
     chosen_reference = np.array([reference_of[int(t)] for t in targets], dtype=np.float64)
     sets, removed = removal_sets(plan, targets, scores, chosen_reference, run.n_train)
-    run.write_table(REMOVAL_SETS_PATH, sets, REMOVAL_SETS_SCHEMA)
+    run.write_table(REMOVAL_SETS_PATH, sets, REMOVAL_SETS_SCHEMA, removal_versions())
     run.write_plan_masks(plan.name, removed)  # last: the commit point
     return True
 
@@ -118,6 +119,9 @@ class RemovalSetsStage(Stage):
     def __init__(self, config: Config, run: Run) -> None:
         super().__init__(config, run)
         self.plan = require_removal_plan(config)
+
+    def versions(self) -> dict[str, int]:
+        return removal_versions()
 
     def fingerprint(self) -> dict:
         masks = self.run.plan_masks_path(self.plan.name)
@@ -156,6 +160,9 @@ class RemovalStage(Stage):
         super().__init__(config, run)
         self.plan = require_removal_plan(config)
 
+    def versions(self) -> dict[str, int]:
+        return removal_versions()
+
     def fingerprint(self) -> dict:
         return {
             "config": self.config.hash,
@@ -183,7 +190,7 @@ class RemovalStage(Stage):
         margins = self.run.margins(plan=self.plan.name)
         mask_index = self.planned.select_ids(ids).mask_index
         results = removal_results(self.run.removal_sets(), mask_index, margins)
-        self.run.write_table(REMOVAL_RESULTS_PATH, results, REMOVAL_RESULTS_SCHEMA)
+        self.write_table(REMOVAL_RESULTS_PATH, results, REMOVAL_RESULTS_SCHEMA)
 
     def finish(self) -> pd.DataFrame:
         return self.run.removal_results()

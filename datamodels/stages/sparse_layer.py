@@ -31,6 +31,7 @@ from datamodels.methods.checkpoints import find_checkpoints
 from datamodels.methods.traits import trains_model
 from datamodels.regress import glm_path, split_rows
 from datamodels.stages.base import Stage, Unit
+from datamodels.stages.versions import sparse_layer_versions
 from datamodels.store import Run
 from datamodels.store.checkpoints import load_checkpoint
 from datamodels.store.schemas import (
@@ -80,6 +81,9 @@ class SparseLayerStage(Stage):
             )
         self.model_id = int(wanted)
         self.checkpoint = max(found[self.model_id])[2]  # the last epoch
+
+    def versions(self) -> dict[str, int]:
+        return sparse_layer_versions()
 
     def fingerprint(self) -> dict:
         return {
@@ -165,7 +169,7 @@ class SparseLayerStage(Stage):
             "n_val": int(len(val_rows)),
             "n_test": int(len(test_y)),
         }
-        run.write_table(SPARSE_SUMMARY_PATH, pd.DataFrame([summary]), SPARSE_SUMMARY_SCHEMA)
+        self.write_table(SPARSE_SUMMARY_PATH, pd.DataFrame([summary]), SPARSE_SUMMARY_SCHEMA)
 
     def _write_path(self, path, per_class: np.ndarray, accuracy: dict, chosen: int) -> None:
         k = len(path.lams)
@@ -189,7 +193,7 @@ class SparseLayerStage(Stage):
                 "chosen": np.arange(k) == chosen,
             }
         )
-        self.run.write_table(SPARSE_PATH_PATH, table, SPARSE_PATH_SCHEMA)
+        self.write_table(SPARSE_PATH_PATH, table, SPARSE_PATH_SCHEMA)
         lam_index, feature, cls = np.nonzero(path.coef)
         weight = path.coef[lam_index, feature, cls].astype(np.float64)
         weights = pd.DataFrame(
@@ -201,7 +205,7 @@ class SparseLayerStage(Stage):
                 "raw_weight": weight / path.scale[feature],
             }
         )
-        self.run.write_table(SPARSE_WEIGHTS_PATH, weights, SPARSE_WEIGHTS_SCHEMA)
+        self.write_table(SPARSE_WEIGHTS_PATH, weights, SPARSE_WEIGHTS_SCHEMA)
 
     def _write_features(self, path, chosen: int, train_f: np.ndarray) -> None:
         coef, top = path.coef[chosen], self.settings.top_examples
@@ -223,7 +227,7 @@ class SparseLayerStage(Stage):
                     }
                 )
         table = pd.DataFrame(rows, columns=[f.name for f in SPARSE_FEATURES_SCHEMA])
-        self.run.write_table(SPARSE_FEATURES_PATH, table, SPARSE_FEATURES_SCHEMA)
+        self.write_table(SPARSE_FEATURES_PATH, table, SPARSE_FEATURES_SCHEMA)
 
     def finish(self) -> dict:
         return self.run.read_table(SPARSE_SUMMARY_PATH).to_pylist()[0]

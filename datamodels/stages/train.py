@@ -43,6 +43,7 @@ from datamodels.plans import (
     walk_plans,
 )
 from datamodels.stages.base import Stage, TaskResources, Unit
+from datamodels.stages.versions import trainer_part_versions
 from datamodels.store import PLAN_MASKS_DIR, Run
 from datamodels.store.beton import data_path
 from datamodels.store.checkpoints import complete_models
@@ -115,7 +116,7 @@ class TrainStage(TrainTask, Stage):
         ) | compacting_witness(self.run.fs)  # leftovers of a compaction: start() repairs them
 
     def versions(self) -> dict[str, int]:
-        return {f"trainer.{name}": version for name, version in self.trainer_parts.items()}
+        return trainer_part_versions(self.trainer_parts)
 
     def nothing_to_do(self) -> str:
         return "train: every planned model is done or out of attempts; nothing to do"

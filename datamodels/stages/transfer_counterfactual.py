@@ -34,6 +34,7 @@ from datamodels.applications.transfer import (
 from datamodels.config import Config
 from datamodels.errors import DatamodelsError
 from datamodels.stages.base import Stage, Unit, recorded_settings
+from datamodels.stages.versions import transfer_versions
 from datamodels.store import Run
 
 
@@ -57,6 +58,9 @@ class _Counterfactual(Stage):
     @property
     def settings(self) -> dict:
         return {"k": self.k, "plan": self.plan.name}
+
+    def versions(self) -> dict[str, int]:
+        return transfer_versions()
 
     def units(self) -> list[Unit]:
         return [Unit("table")]
@@ -125,7 +129,7 @@ class TransferCounterfactualStage(_Counterfactual):
         n_test = int((run.examples()["split"] == "test").sum())
         per_model, by_correctness = counterfactual_tables(masks, margins, models, n_test)
         removed = removed_classes(run, self.k).assign(plan=plan)
-        run.write_table(COUNTERFACTUAL_REMOVED_PATH, removed, COUNTERFACTUAL_REMOVED_SCHEMA)
-        run.write_table(COUNTERFACTUAL_MARGINS_PATH, by_correctness,
-                        COUNTERFACTUAL_MARGINS_SCHEMA)
-        run.write_table(COUNTERFACTUAL_MODELS_PATH, per_model, COUNTERFACTUAL_MODELS_SCHEMA)
+        self.write_table(COUNTERFACTUAL_REMOVED_PATH, removed, COUNTERFACTUAL_REMOVED_SCHEMA)
+        self.write_table(COUNTERFACTUAL_MARGINS_PATH, by_correctness,
+                         COUNTERFACTUAL_MARGINS_SCHEMA)
+        self.write_table(COUNTERFACTUAL_MODELS_PATH, per_model, COUNTERFACTUAL_MODELS_SCHEMA)

@@ -28,6 +28,7 @@ from datamodels.store.identifiers import check_config_hash, check_name
 from datamodels.store.models import ModelsTable
 from datamodels.store.positions import train_size
 from datamodels.store.problems import first_line
+from datamodels.store.schema_checks import versions_of
 from datamodels.store.schemas import (
     CONFIG_PATH,
     EVALUATION_PATH,
@@ -149,9 +150,16 @@ class Run(ModelsTable):
         except (pa.ArrowException, OSError) as exc:
             raise StoreError(f"{display} is not readable Parquet (torn?): {exc}") from exc
 
-    def write_table(self, rel_path: str, table: pa.Table | pd.DataFrame, schema: pa.Schema) -> int:
-        """Validate ``table`` against ``schema`` and write it atomically; return bytes written."""
-        return write_table_atomic(self.fs, rel_path, table, schema)
+    def write_table(self, rel_path: str, table: pa.Table | pd.DataFrame, schema: pa.Schema,
+                    versions: dict[str, int] | None = None) -> int:
+        """Validate ``table`` against ``schema`` and write it atomically; return bytes written.
+        ``versions``: its producers' code versions, kept in its metadata (`table_versions`)."""
+        return write_table_atomic(self.fs, rel_path, table, schema, versions)
+
+    def table_versions(self, rel_path: str) -> dict[str, int]:
+        """The producers' code versions table ``rel_path`` records (empty: none recorded)."""
+        with self.fs.open_input_file(rel_path) as handle:
+            return versions_of(pq.read_schema(handle))
 
     # -- examples ----------------------------------------------------------------------------
 
@@ -274,8 +282,10 @@ class Run(ModelsTable):
         targets: np.ndarray,
         scores: np.ndarray,
         stderr: np.ndarray | None = None,
+        versions: dict[str, int] | None = None,
     ) -> int:
-        """Write ``scores/<method>.parquet``: ``targets: int[T]``, ``scores: float32[T, n_train]``.
+        """Write ``scores/<method>.parquet``: ``targets: int[T]``, ``scores: float32[T, n_train]``
+        (``versions``: as for `write_table`).
 
         Sign convention: positive = including the training example raises the target's margin.
         """
@@ -292,9 +302,8 @@ class Run(ModelsTable):
             columns["stderr"] = fixed_size_list_array(
                 np.asarray(stderr, dtype=np.float32), pa.float32()
             )
-        return self.write_table(
-            self.scores_path(method), pa.table(columns), scores_schema(self.n_train)
-        )
+        schema = scores_schema(self.n_train)
+        return self.write_table(self.scores_path(method), pa.table(columns), schema, versions)
 
     def scores(self, method: str) -> tuple[np.ndarray, np.ndarray]:
         """(``targets: int64[T]``, ``scores: float32[T, n_train]``) of one method, by target."""
@@ -306,11 +315,10 @@ class Run(ModelsTable):
         order = np.argsort(targets, kind="stable")
         return targets[order], scores[order]
 
-    def write_self_scores(
-        self, method: str, values: np.ndarray, stderr: np.ndarray | None = None
-    ) -> int:
+    def write_self_scores(self, method: str, values: np.ndarray, stderr: np.ndarray | None = None,
+                          versions: dict[str, int] | None = None) -> int:
         """Write ``self_scores/<method>.parquet`` (``values: float[n_train]`` by train position;
-        stderr inf when unknown); returns the row count."""
+        stderr inf when unknown; ``versions`` as for `write_table`); returns the row count."""
         values = np.asarray(values, dtype=np.float32)
         stderr = (
             np.full(len(values), np.inf, dtype=np.float32)
@@ -320,7 +328,7 @@ class Run(ModelsTable):
         frame = pd.DataFrame(
             {"train_position": np.arange(len(values)), "score": values, "stderr": stderr}
         )
-        self.write_table(self.self_scores_path(method), frame, SELF_SCORES_SCHEMA)
+        self.write_table(self.self_scores_path(method), frame, SELF_SCORES_SCHEMA, versions)
         return len(values)
 
     def self_scores_path(self, method: str) -> str:
@@ -363,15 +371,9 @@ class Run(ModelsTable):
                     f"{rel_path}: mask {j} removes position {int(positions.max())}, outside "
                     f"the {n_train} training points"
                 )
-        table = pa.table(
-            {
-                "mask_index": pa.array(np.arange(len(removed), dtype=np.int64)),
-                "removed": pa.array(
-                    [np.asarray(r, dtype=np.int64).tolist() for r in removed],
-                    pa.list_(pa.int64()),
-                ),
-            }
-        )
+        rows = [np.asarray(r, dtype=np.int64).tolist() for r in removed]
+        table = pa.table({"mask_index": pa.array(np.arange(len(removed), dtype=np.int64)),
+                          "removed": pa.array(rows, pa.list_(pa.int64()))})
         return self.write_table(rel_path, table, PLAN_MASKS_SCHEMA)
 
     def plan_masks(self, plan: str) -> list[np.ndarray] | None:
@@ -388,13 +390,11 @@ class Run(ModelsTable):
     def removal_sets(self) -> pd.DataFrame:
         """``removals/sets.parquet``: one row per removal set (mask of the removal plan)."""
         self._require(REMOVAL_SETS_PATH, "run `datamodels removal` first")
-        return _to_pandas(
-            self.read_table(REMOVAL_SETS_PATH, REMOVAL_SETS_SCHEMA), REMOVAL_SETS_SCHEMA
-        )
+        return _to_pandas(self.read_table(REMOVAL_SETS_PATH, REMOVAL_SETS_SCHEMA),
+                          REMOVAL_SETS_SCHEMA)
 
     def removal_results(self) -> pd.DataFrame:
         """``removals/results.parquet``: predicted vs retrained margin change per set."""
         self._require(REMOVAL_RESULTS_PATH, "run `datamodels removal` first")
-        return _to_pandas(
-            self.read_table(REMOVAL_RESULTS_PATH, REMOVAL_RESULTS_SCHEMA), REMOVAL_RESULTS_SCHEMA
-        )
+        return _to_pandas(self.read_table(REMOVAL_RESULTS_PATH, REMOVAL_RESULTS_SCHEMA),
+                          REMOVAL_RESULTS_SCHEMA)

@@ -3,9 +3,15 @@
 Every table of the run directory carries ``schema_version`` in its metadata (`schema_metadata`).
 Checks compare column names and types; nullability and list item names are not compared (a
 file written by another Parquet tool is still readable when its types match).
+
+A table a stage computes also records the code versions of its producers under
+``datamodels.versions`` (`VERSIONS_KEY`: JSON ``{"method.shapley": 1}``, `versions_of`); a
+table written before tables recorded them has no such key and reads the same.
 """
 
 from __future__ import annotations
+
+import json
 
 import pyarrow as pa
 
@@ -18,6 +24,7 @@ from datamodels.errors import StoreError
 SCHEMA_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 _VERSION_KEY = b"schema_version"
+VERSIONS_KEY = b"datamodels.versions"  # the producers' code versions (JSON), `versions_of`
 
 
 def schema_metadata(**extra: int) -> dict[bytes, bytes]:
@@ -56,6 +63,27 @@ def schema_version_of(schema: pa.Schema) -> int | None:
         return int(raw)
     except ValueError:
         return None
+
+
+def with_versions(table: pa.Table, versions: dict[str, int] | None) -> pa.Table:
+    """``table`` whose metadata also records ``versions`` under `VERSIONS_KEY` (None: as is)."""
+    if versions is None:
+        return table
+    encoded = json.dumps(dict(sorted(versions.items()))).encode()
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), VERSIONS_KEY: encoded})
+
+
+def versions_of(schema: pa.Schema) -> dict[str, int]:
+    """The producers' code versions a table records (`with_versions`); empty when it records
+    none (written before tables recorded them, or by a stage that names no producer)."""
+    raw = (schema.metadata or {}).get(VERSIONS_KEY)
+    if raw is None:
+        return {}
+    try:
+        found = json.loads(raw)
+    except ValueError:
+        return {}
+    return {str(k): int(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
 
 def version_problem(schema: pa.Schema, file: str) -> str | None:

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from datamodels.errors import StoreError
 from datamodels.store.fs import RunFS
+from datamodels.store.schema_checks import with_versions
 from datamodels.store.schemas import MODELS_DIR, check_schema, models_written_schema
 
 COMPRESSION = "zstd"
@@ -130,10 +131,13 @@ def serialize_parquet(
 
 
 def write_table_atomic(
-    runfs: RunFS, rel_path: str, table: pa.Table | pd.DataFrame, schema: pa.Schema
+    runfs: RunFS, rel_path: str, table: pa.Table | pd.DataFrame, schema: pa.Schema,
+    versions: dict[str, int] | None = None,
 ) -> int:
-    """Write ``table`` as ``rel_path`` (zstd Parquet, validated, atomic); return bytes written."""
-    conformed = conform_table(table, schema, rel_path)
+    """Write ``table`` as ``rel_path`` (zstd Parquet, validated, atomic); return bytes written.
+    ``versions``: the code versions of the table's producers, recorded in its key-value
+    metadata (``datamodels.versions``, `schema_checks.versions_of`)."""
+    conformed = with_versions(conform_table(table, schema, rel_path), versions)
     buffer = serialize_parquet(conformed, schema, rel_path)
     runfs.write_bytes_atomic(rel_path, buffer)
     return buffer.size

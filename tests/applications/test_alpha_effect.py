@@ -5,8 +5,10 @@ masks · w + noise), held-out-only LDS per level, and the tables a small run wri
 from __future__ import annotations
 
 import importlib
+import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 import datamodels as dm
@@ -195,3 +197,87 @@ def test_the_tables_are_stages_current_until_their_inputs_change(report_run, tmp
     curve = api.lds_curve(str(copy), (25,))  # other counts: recomputed
     assert curve["n_models"].tolist() == [25, 30]
     assert api.stage_states(str(copy)).set_index("stage")["state"]["lds_curve"] == "done"
+
+
+def test_a_bumped_version_makes_only_the_stages_it_feeds_stale_and_recomputes(
+    report_run, tmp_path, monkeypatch  # noqa: F811
+):
+    """Each derived table records its producers' code versions, in its stage's marker and in
+    its own Parquet metadata; bumping one producer makes only the stages it feeds stale (and
+    names the change), and the next run of such a stage recomputes it."""
+    import shutil
+
+    from datamodels import api
+    from datamodels.metrics import mislabel
+
+    copy = tmp_path / "run"
+    shutil.copytree(report_run, copy)
+    run = dm.Run(str(copy))
+    curve_versions = {"application.lds_curve": 1, "fit.datamodels": 1, "metric.lds": 1}
+    assert run.table_versions("applications/lds_curve.parquet") == curve_versions
+    assert run.table_versions("applications/alpha_effect.parquet") == {
+        "application.alpha_effect": 1, "fit.datamodels": 1, "metric.lds": 1}
+    metrics = {"metric.lds": 1, "metric.loo": 1, "metric.mislabel": 1, "metric.removal": 1}
+    assert run.table_versions("evaluation.parquet") == metrics
+    assert run.table_versions("removals/results.parquet") == {"application.removal": 1}
+    assert run.table_versions("removals/sets.parquet") == {"application.removal": 1}
+    assert run.table_versions("scores/datamodels.parquet") == {"fit.datamodels": 1}
+    assert run.table_versions("datamodels/weights.parquet") == {"fit.datamodels": 1}
+    assert run.table_versions("self_scores/downsampling.parquet") == {"method.downsampling": 1}
+    assert json.loads((copy / "_stages" / "lds_curve.json").read_text())["versions"] == (
+        curve_versions)
+    states = api.stage_states(str(copy)).set_index("stage")
+    assert set(states["state"]) - {"-"} == {"done"} and set(states["changed"]) == {""}
+
+    monkeypatch.setattr(module, "LDS_CURVE_VERSION", 2)
+    states = api.stage_states(str(copy)).set_index("stage")
+    assert states.loc["lds_curve", ["state", "changed"]].tolist() == [
+        "stale", "application.lds_curve 1 -> 2"]
+    others = states.drop("lds_curve")
+    assert set(others["state"]) - {"-"} == {"done"} and set(others["changed"]) == {""}
+    monkeypatch.setattr(module, "LDS_CURVE_VERSION", 1)
+
+    # a metric only evaluate computes: evaluate alone turns stale, and is recomputed
+    monkeypatch.setattr(mislabel, "VERSION", 3)
+    states = api.stage_states(str(copy)).set_index("stage")
+    assert states.loc["evaluate", ["state", "changed"]].tolist() == [
+        "stale", "metric.mislabel 1 -> 3"]
+    assert set(states.drop("evaluate")["state"]) - {"-"} == {"done"}
+    evaluation = copy / "evaluation.parquet"
+    before = evaluation.stat().st_mtime_ns
+    dm.evaluate(str(copy))
+    assert evaluation.stat().st_mtime_ns > before
+    assert run.table_versions("evaluation.parquet") == metrics | {"metric.mislabel": 3}
+    assert api.stage_states(str(copy)).set_index("stage").loc["evaluate", "state"] == "done"
+
+    # a table written before tables recorded versions (no such key) reads as before
+    results = copy / "removals" / "results.parquet"
+    old = pq.read_table(results)
+    metadata = {k: v for k, v in old.schema.metadata.items() if k != b"datamodels.versions"}
+    pq.write_table(old.replace_schema_metadata(metadata), results)
+    assert run.table_versions("removals/results.parquet") == {}
+    assert run.removal_results().equals(dm.Run(report_run).removal_results())
+
+
+@pytest.mark.slow
+def test_a_bumped_lds_curve_is_recomputed_and_alpha_effect_is_not(
+    report_run, tmp_path, monkeypatch  # noqa: F811
+):
+    import shutil
+
+    from datamodels import api
+
+    copy = tmp_path / "run"
+    shutil.copytree(report_run, copy)
+    run = dm.Run(str(copy))
+    monkeypatch.setattr(module, "LDS_CURVE_VERSION", 2)
+    table = copy / "applications" / "lds_curve.parquet"
+    alpha = copy / "applications" / "alpha_effect.parquet"
+    before, alpha_before = table.stat().st_mtime_ns, alpha.stat().st_mtime_ns
+    api.lds_curve(str(copy), (22, 25))  # the settings it ran with: recomputed for the version
+    assert table.stat().st_mtime_ns > before
+    assert run.table_versions("applications/lds_curve.parquet")["application.lds_curve"] == 2
+    api.alpha_effect(str(copy), k=5)
+    assert alpha.stat().st_mtime_ns == alpha_before  # current: not recomputed
+    states = api.stage_states(str(copy)).set_index("stage")
+    assert set(states["state"]) - {"-"} == {"done"} and set(states["changed"]) == {""}

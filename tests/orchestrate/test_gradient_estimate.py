@@ -332,6 +332,8 @@ def test_attack_command_flips_a_retrained_logreg(tmp_path, ray_local):
     table = run.read_table(f"attacks/target_{target}.parquet").to_pylist()[0]
     assert table["flipped"] and table["margins"][0] > 0 > table["margins"][-1]
     assert max(abs(v) for v in table["delta"]) <= 1.0 + 1e-6
+    assert run.table_versions(f"attacks/target_{target}.parquet") == {
+        "attack.influence_pert": 1, "method.influence_pert": 1, "trainer.lbfgs": 1}
     bad = CliRunner().invoke(
         app, ["attack", uri, "--target", str(run.n_eval + 5), "--budget", "1.0"]
     )

@@ -164,6 +164,44 @@ def test_logreg_removal_is_the_exact_effect_of_training_without_the_set(logreg_r
     assert stage_state(RemovalSetsStage(config, run)) == "done"
 
 
+def test_a_bumped_removal_version_makes_its_stages_stale_and_recomputes_the_results(
+    logreg_run, monkeypatch
+):
+    from datamodels.stages.removal import RemovalSetsStage, RemovalStage
+    from datamodels.stages.states import stage_state, stage_states
+
+    config, out, _ = logreg_run
+    run = Run(out)
+    module = __import__("datamodels.applications.removal", fromlist=["VERSION"])
+
+    def removal_states() -> list[str]:  # each stage by its own marker
+        return [stage_state(cls(config, run)) for cls in (RemovalSetsStage, RemovalStage)]
+
+    for table in ("removals/sets.parquet", "removals/results.parquet"):
+        assert run.table_versions(table) == {"application.removal": 1}
+    assert run.table_versions("scores/influence.parquet") == {"method.influence": 1}
+    before = stage_states(config, run).set_index("stage")
+    assert removal_states() == ["done", "done"]
+    monkeypatch.setattr(module, "VERSION", 2)
+    after = stage_states(config, run).set_index("stage")
+    assert removal_states() == ["stale", "stale"]
+    assert after.loc["removal", "changed"] == "application.removal 1 -> 2"
+    others = ["prepare", "train", "fit", "estimate"]
+    assert after.loc[others, "state"].tolist() == before.loc[others, "state"].tolist()
+    results = run.fs.join("removals/results.parquet")
+    masks = run.fs.stats("plan_masks", "removal.parquet")
+    written = run.fs.filesystem.get_file_info(results).mtime_ns
+    trained = len(run.model_ids("removal"))
+    dm.removal(config, out, executor=SerialExecutor(), show_progress=False)
+    assert run.fs.filesystem.get_file_info(results).mtime_ns > written  # recomputed
+    assert run.fs.stats("plan_masks", "removal.parquet") == masks  # written once: kept
+    assert len(run.model_ids("removal")) == trained  # nothing retrained
+    assert run.table_versions("removals/results.parquet") == {"application.removal": 2}
+    marker = json.loads(run.fs.read_bytes("_stages/removal.json"))
+    assert marker["versions"] == {"application.removal": 2}
+    assert removal_states() == ["done", "done"]
+
+
 def test_removal_without_a_removal_plan_is_one_line():
     from datamodels.errors import ConfigError
     from datamodels.stages.removal import require_removal_plan

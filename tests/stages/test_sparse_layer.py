@@ -108,6 +108,23 @@ def test_rerun_is_up_to_date_and_the_cli_and_report_show_it(sparse_run, tmp_path
     assert sql.iloc[0, 0] == pytest.approx(summary["sparse_test_accuracy"])
 
 
+def test_its_tables_record_the_glm_version_and_a_bump_makes_it_stale(sparse_run, monkeypatch):
+    from datamodels.stages.sparse_layer import OUTPUTS, SparseLayerStage
+    from datamodels.stages.states import stage_state, stage_states
+
+    config, uri, _ = sparse_run
+    run = Run(uri)
+    assert [run.table_versions(path) for path in OUTPUTS] == [{"regress.glm": 1}] * 4
+    assert stage_state(SparseLayerStage(config, run)) == "done"
+    glm = __import__("datamodels.regress.glm", fromlist=["VERSION"])
+    monkeypatch.setattr(glm, "VERSION", 2)
+    assert stage_state(SparseLayerStage(config, run)) == "stale"
+    states = stage_states(config, run).set_index("stage")
+    assert states.loc["sparse_layer", ["state", "changed"]].tolist() == [
+        "stale", "regress.glm 1 -> 2"]
+    assert states.loc["train", ["state", "changed"]].tolist() == ["done", ""]
+
+
 def test_a_model_without_checkpoint_is_refused(sparse_run):
     config, uri, _ = sparse_run
     other = config_from_dict(DIGITS_MLP, ["sparse_layer.model_id=5"])

@@ -116,6 +116,9 @@ def test_a_bumped_estimator_makes_its_stage_stale_and_recomputes(null_run, monke
     assert again == {}  # current: nothing recomputed
     path = run.fs.join("scores/downsampling.parquet")
     before = run.fs.filesystem.get_file_info(path).mtime_ns
+    # the tables record their producer's version in their own metadata too
+    assert run.table_versions("scores/downsampling.parquet") == {"method.downsampling": 1}
+    assert pq.read_schema(path).metadata[b"datamodels.versions"] == b'{"method.downsampling": 1}'
 
     assert stage_states(config, run).set_index("stage").loc["estimate", "changed"] == ""
     monkeypatch.setattr(Downsampling, "version", 2)
@@ -131,6 +134,8 @@ def test_a_bumped_estimator_makes_its_stage_stale_and_recomputes(null_run, monke
     assert run.fs.filesystem.get_file_info(path).mtime_ns > before
     marker = json.loads(run.fs.read_bytes("_stages/estimate-downsampling.json"))
     assert marker["versions"] == {"method.downsampling": 2}
+    for table in ("scores/downsampling.parquet", "self_scores/downsampling.parquet"):
+        assert run.table_versions(table) == {"method.downsampling": 2}
     assert _state(config, run, "estimate") == "done"
 
 
