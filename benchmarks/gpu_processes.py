@@ -22,6 +22,7 @@ import multiprocessing as mp
 import os
 import queue as queues
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -98,10 +99,18 @@ def mps_daemon():
     if started.returncode:
         raise RuntimeError(f"{MPS_CONTROL} -d failed: {started.stderr.strip() or started.stdout}")
     time.sleep(MPS_SETTLE)  # the control pipe appears once the daemon is up
+    # a time limit's SIGTERM then unwinds through the ``finally`` below: the daemon is stopped
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         yield
     finally:
-        subprocess.run([MPS_CONTROL], input="quit\n", text=True, capture_output=True, timeout=60)
+        try:
+            subprocess.run([MPS_CONTROL], input="quit\n", text=True, capture_output=True,
+                           timeout=60)
+        except subprocess.SubprocessError as err:
+            print(f"--mps: stopping the daemon failed ({err}); stop it with "
+                  f"'echo quit | {MPS_CONTROL}'", file=sys.stderr)
+        signal.signal(signal.SIGTERM, previous)
         time.sleep(MPS_SETTLE)
 
 

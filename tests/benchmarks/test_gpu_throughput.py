@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -85,8 +86,11 @@ def test_mps_is_noted_started_and_stopped(tmp_path, monkeypatch):
     fake_tool(tmp_path, "nvidia-cuda-mps-control",
               f'echo "args:$*" >> {calls}; while read -r line; do echo "$line" >> {calls}; done')
     assert processes.mps_state() == "MPS off"
+    handler = signal.getsignal(signal.SIGTERM)
     with processes.mps_daemon():
         assert calls.read_text().splitlines() == ["args:-d"]
+        assert signal.getsignal(signal.SIGTERM) is not handler  # a time limit stops it too
     assert calls.read_text().splitlines() == ["args:-d", "args:", "quit"]
+    assert signal.getsignal(signal.SIGTERM) is handler
     monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))
     assert processes.mps_state() == "MPS on"
