@@ -12,10 +12,19 @@ its extracted folder); otherwise synthetic CIFAR-shaped images with learnable cl
 (``datamodels.data.synthetic``) are generated, since nothing can be downloaded here.
 ``--full N`` also trains N models on the whole training set (the recipe's accuracy).
 
+Modes: ``--ks`` grouped (K models as one network with ``groups=K`` convolutions), ``--streams``
+(K networks stepped on CUDA streams), ``--processes`` (P training processes sharing the
+device, each training models / P of the same masks: ``benchmarks/gpu_processes.py``; ``--mps``
+measures them also under a CUDA MPS daemon); CUDA graphs are on for every CUDA mode
+(``resources.cuda_graphs``) and ``--compile`` adds ``torch.compile``. Each row carries the
+mode's peak allocated GPU memory (per process for ``--processes``; reset between modes) and
+the GPU's utilisation and memory in use sampled with ``nvidia-smi`` ("n/a" on the CPU).
+
     python benchmarks/gpu_throughput.py                         # synthetic, K = 1, 4, 8
     python benchmarks/gpu_throughput.py --cifar ~/data/cifar-10-python.tar.gz --full 4
     python benchmarks/gpu_throughput.py --device cpu --n-train 512 --n-test 256 --width 8 \\
         --models 4 --ks 1,2 --epochs 2 --airbench 0                 # a smoke run on CPU
+    python benchmarks/gpu_throughput.py --ks 1 --processes 2,4 --mps  # P processes per GPU
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from gpu_processes import Sampler, gib, process_rows
 
 from datamodels.config import Config
 from datamodels.data.synthetic import synthetic_cifar
@@ -47,8 +57,8 @@ def load_images(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, s
         x, y = ds.features, ds.labels
         tr, te = train[: args.n_train], test[: args.n_test]
         return x[tr], y[tr], x[te], y[te], "CIFAR-10"
-    xtr, ytr = synthetic_cifar(args.n_train, seed=1)
-    xte, yte = synthetic_cifar(args.n_test, seed=2)
+    xtr, ytr = synthetic_cifar(args.n_train, seed=1, size=args.size)
+    xte, yte = synthetic_cifar(args.n_test, seed=2, size=args.size)
     return xtr, ytr, xte, yte, "synthetic CIFAR-shaped"
 
 
@@ -82,22 +92,32 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def free(device: str) -> None:
+    """Frees the previous variant's networks and graphs and resets the peak-memory count."""
+    grouped._TRAINERS.clear()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
 def run_ours(
     data, masks, seeds, args, K: int, mode: str = "grouped", precision: str | None = None
-) -> tuple[float, np.ndarray]:
-    grouped._TRAINERS.clear()  # free the previous variant's networks and graphs
-    if args.device == "cuda":
-        torch.cuda.empty_cache()
+) -> tuple[float, np.ndarray, str, str, str]:
+    """-> (s/model, accuracies, peak allocated GiB, GPU utilisation %, GPU memory used GiB)."""
+    free(args.device)
     cfg = config(args, K, precision, pass_mode=mode)
     train_batch(masks[:K], seeds[:K] + 10**6, data, cfg)  # warm-up pass (autotune, compile)
     sync(args.device)
-    start = time.perf_counter()
-    outcome = train_batch(masks, seeds, data, cfg)
-    sync(args.device)
-    seconds = time.perf_counter() - start
+    with Sampler(args.device) as sampler:
+        start = time.perf_counter()
+        outcome = train_batch(masks, seeds, data, cfg)
+        sync(args.device)
+        seconds = time.perf_counter() - start
     if outcome.failed.any():
         print(f"  K={K}: {int(outcome.failed.sum())} models failed", file=sys.stderr)
-    return seconds / len(seeds), outcome.eval_accuracy
+    peak = gib(torch.cuda.max_memory_allocated() if args.device == "cuda" else None)
+    return (seconds / len(seeds), outcome.eval_accuracy, peak, sampler.utilisation(),
+            sampler.memory_used())
 
 
 def check_graphs(data, masks, seeds, args, K: int) -> str:
@@ -130,7 +150,7 @@ def profile(data, masks, seeds, args, K: int) -> None:
     print(events.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=60))
 
 
-def run_airbench(xtr, ytr, xte, yte, masks, args) -> tuple[float, np.ndarray]:
+def run_airbench(xtr, ytr, xte, yte, masks, args) -> tuple[float, np.ndarray, str, str, str]:
     """airbench94's own trainer (its CifarLoader over our arrays, its defaults), one model per
     subset, timed with its test-set logits at TTA level 2 (a datamodels run records every
     model's margins, so both sides include that pass)."""
@@ -156,30 +176,41 @@ def run_airbench(xtr, ytr, xte, yte, masks, args) -> tuple[float, np.ndarray]:
         train.images, train.labels = train.images[rows], train.labels[rows]
         return train
 
+    free(args.device)
     airbench.train94(loader(masks[0]), verbose=False)  # warm-up
     torch.cuda.synchronize()
     accuracy, seconds = [], 0.0
-    for mask in masks[: args.airbench]:
-        train = loader(mask)
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        net = airbench.train94(train, verbose=False)
-        logits = airbench.infer(net, test_loader, tta_level=2)
-        torch.cuda.synchronize()
-        seconds += time.perf_counter() - start
-        accuracy.append((logits.argmax(1) == test_loader.labels).float().mean().item())
-    return seconds / max(args.airbench, 1), np.array(accuracy)
+    with Sampler(args.device) as sampler:  # its loaders are built between the timed parts
+        for mask in masks[: args.airbench]:
+            train = loader(mask)
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            net = airbench.train94(train, verbose=False)
+            logits = airbench.infer(net, test_loader, tta_level=2)
+            torch.cuda.synchronize()
+            seconds += time.perf_counter() - start
+            accuracy.append((logits.argmax(1) == test_loader.labels).float().mean().item())
+    peak = gib(torch.cuda.max_memory_allocated())
+    return (seconds / max(args.airbench, 1), np.array(accuracy), peak, sampler.utilisation(),
+            sampler.memory_used())
 
 
-def row(name: str, K: str, per_model: float, acc: np.ndarray, base: float | None) -> str:
+HEADER = (
+    "| trainer | K | models | s/model | models/h | test accuracy % | vs airbench "
+    "| peak mem GiB | GPU util % | GPU mem used GiB |\n|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def row(name, K, per_model, acc, peak, util, used, base: float | None) -> str:
     ratio = f"{base / per_model:5.2f}x" if base else "    -"
     return (
         f"| {name:<22} | {K:>3} | {len(acc):>6} | {per_model:8.3f} | {3600 / per_model:>9,.0f} | "
-        f"{100 * acc.mean():6.2f} ± {100 * acc.std():4.2f} | {ratio} |"
+        f"{100 * acc.mean():6.2f} ± {100 * acc.std():4.2f} | {ratio} | {peak} | {util} | "
+        f"{used} |"
     )
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -193,6 +224,16 @@ def main() -> None:
         "--streams", default="", help="models per pass to measure as one network per model on "
         "CUDA streams (pass_mode streams)",
     )
+    parser.add_argument(
+        "--processes", default="", help="process counts P to measure: P training processes "
+        "sharing the device, each training models / P of the masks (e.g. 2,4,8)",
+    )
+    parser.add_argument("--process-k", type=int, default=1, help="models per pass in each process")
+    parser.add_argument(
+        "--mps", action="store_true", help="measure --processes also under a CUDA MPS daemon "
+        "started (and stopped) here, where nvidia-cuda-mps-control is installed",
+    )
+    parser.add_argument("--size", type=int, default=32, help="synthetic image side (pixels)")
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=1024)
@@ -210,7 +251,11 @@ def main() -> None:
         "--check-graphs", type=int, default=0, help="compare graph and eager steps at K"
     )
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True
         print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
@@ -231,44 +276,49 @@ def main() -> None:
         print(check_graphs(data, masks, seeds, args, args.check_graphs), flush=True)
     if args.profile:
         profile(data, masks, seeds, args, args.profile)
-    results: list[tuple[str, str, float, np.ndarray]] = []
+    results: list[tuple] = []
     if args.airbench and args.device == "cuda":
-        per_model, acc = run_airbench(xtr, ytr, xte, yte, masks, args)
-        results.append(("airbench94 (package)", "1", per_model, acc))
-        print(f"  airbench: {per_model:.3f} s/model, accuracy {acc.mean():.4f}", flush=True)
+        measured = run_airbench(xtr, ytr, xte, yte, masks, args)
+        results.append(("airbench94 (package)", "1", *measured))
+        print(f"  airbench: {measured[0]:.3f} s/model, accuracy {measured[1].mean():.4f}",
+              flush=True)
     ks = [int(k) for k in args.ks.split(",") if k]
     if args.try_precisions:
         timed = []
         for precision in args.try_precisions.split(","):
-            per_model, acc = run_ours(data, masks, seeds, args, ks[0], "grouped", precision)
-            results.append((f"datamodels fastnet {precision}", str(ks[0]), per_model, acc))
-            print(f"  fastnet {precision} K={ks[0]}: {per_model:.3f} s/model, accuracy "
-                  f"{acc.mean():.4f}", flush=True)
-            timed.append((per_model, precision))
+            measured = run_ours(data, masks, seeds, args, ks[0], "grouped", precision)
+            results.append((f"datamodels fastnet {precision}", str(ks[0]), *measured))
+            print(f"  fastnet {precision} K={ks[0]}: {measured[0]:.3f} s/model, accuracy "
+                  f"{measured[1].mean():.4f}", flush=True)
+            timed.append((measured[0], precision))
         args.precision = min(timed)[1]
         ks = ks[1:]
         print(f"  using precision {args.precision} for the rest", flush=True)
-    variants = [(K, "grouped") for K in ks]
-    variants += [(int(k), "streams") for k in args.streams.split(",") if k]
-    for K, mode in variants:
-        per_model, acc = run_ours(data, masks, seeds, args, K, mode)
-        name = f"datamodels fastnet {args.precision}" + (" streams" if mode == "streams" else "")
-        results.append((name, str(K), per_model, acc))
-        print(f"  {name} K={K}: {per_model:.3f} s/model, accuracy {acc.mean():.4f}", flush=True)
+    name = f"datamodels fastnet {args.precision}"
+    for K in ks:
+        measured = run_ours(data, masks, seeds, args, K, "grouped")
+        results.append((name, str(K), *measured))
+        print(f"  {name} K={K}: {measured[0]:.3f} s/model, accuracy {measured[1].mean():.4f}, "
+              f"peak {measured[2]} GiB, GPU util {measured[3]}%", flush=True)
+    if args.processes:
+        free(args.device)
+        results += process_rows((xtr, ytr, xte, yte), masks, seeds, args, name)
+    for K in [int(k) for k in args.streams.split(",") if k]:
+        measured = run_ours(data, masks, seeds, args, K, "streams")
+        results.append((f"{name} streams", str(K), *measured))
+        print(f"  {name} streams K={K}: {measured[0]:.3f} s/model, accuracy "
+              f"{measured[1].mean():.4f}, peak {measured[2]} GiB, GPU util {measured[3]}%",
+              flush=True)
     if args.full:
         full = np.ones((args.full, len(ytr)), bool)
-        per_model, acc = run_ours(data, full, np.arange(args.full) + 500, args, args.full)
-        results.append(("fastnet, full train set", str(args.full), per_model, acc))
+        measured = run_ours(data, full, np.arange(args.full) + 500, args, args.full)
+        results.append(("fastnet, full train set", str(args.full), *measured))
 
-    base = results[0][2] if results[0][0].startswith("airbench") else None
+    base = results[0][2] if results and results[0][0].startswith("airbench") else None
     print()
-    print(
-        "| trainer                | K   | models | s/model  | models/h  | test accuracy %  "
-        "| vs airbench |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for name, K, per_model, acc in results:
-        print(row(name, K, per_model, acc, base))
+    print(HEADER)
+    for result in results:
+        print(row(*result, base))
 
 
 if __name__ == "__main__":
