@@ -28,10 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-os.environ["DATAMODELS_DATA_FORMAT"] = "arrays"  # readable where FFCV is not installed
-os.environ["DATAMODELS_EXECUTOR"] = "local"  # every stage in this process
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 FULL = dict(n_train=10000, n_test=1000, size=32, width=64, epochs=8, batch_size=512,
             lr=11.5, eval_models=100, trak_models=10, proj_dim=2048, models_per_task=64)
@@ -107,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sizes = TINY if args.tiny else FULL
+    # set here, not at import, so importing build_parser changes nothing around it
+    os.environ["DATAMODELS_DATA_FORMAT"] = "arrays"  # readable where FFCV is not installed
+    os.environ["DATAMODELS_EXECUTOR"] = "local"  # every stage in this process
 
     from datamodels import api
     from datamodels.config import config_from_dict

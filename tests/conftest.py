@@ -131,3 +131,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_settings():
+    """A test (or a module it imports) that leaves a ``DATAMODELS_*`` variable changed fails
+    here, naming it: every later test in the process would run under it."""
+    before = {k: v for k, v in os.environ.items() if k.startswith("DATAMODELS_")}
+    yield
+    after = {k: v for k, v in os.environ.items() if k.startswith("DATAMODELS_")}
+    changed = sorted(set(before.items()) ^ set(after.items()))
+    assert not changed, f"the test left these settings changed: {changed}"
