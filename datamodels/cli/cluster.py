@@ -142,17 +142,26 @@ def submit(
 @user_errors
 def jobs_list(address: JobsAddressOpt = None) -> None:
     """Submitted jobs, oldest first: id, status, start time, entrypoint."""
-    rows = jobs.list_jobs(jobs.client(address))
-    table = Table()
-    for column in ("submission_id", "status", "started", "entrypoint"):
-        table.add_column(column)
-    for row in rows:
-        started = (
+    rows = [
+        (
+            row.submission_id,
+            row.status,
             datetime.datetime.fromtimestamp(row.start_time / 1000).strftime("%Y-%m-%d %H:%M:%S")
             if row.start_time
-            else ""
+            else "",
+            row.entrypoint,
         )
-        table.add_row(row.submission_id, row.status, started, row.entrypoint)
+        for row in jobs.list_jobs(jobs.client(address))
+    ]
+    table = Table()
+    # ids, statuses and times stay whole on any width (ids are copied into other commands);
+    # the entrypoint wraps
+    for i, column in enumerate(("submission_id", "status", "started")):
+        width = max([len(column)] + [len(str(r[i])) for r in rows])
+        table.add_column(column, no_wrap=True, min_width=width)
+    table.add_column("entrypoint", overflow="fold")
+    for row in rows:
+        table.add_row(*(str(value) for value in row))
     out_console.print(table)
 
 

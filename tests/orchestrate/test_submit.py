@@ -292,3 +292,24 @@ def test_a_second_submit_from_the_same_folder_leaves_the_first_run_out(ray_head,
     assert re.search(r"upload: 1 file, 0\.\d\d MB from ", result.stderr)
     assert result.stderr.strip().splitlines()[-1].endswith("SUCCEEDED")
     assert len(Run(str(out)).model_ids()) == 36
+
+
+def test_jobs_list_keeps_ids_whole_on_a_narrow_console(monkeypatch):
+    """The ids are what a user copies into `jobs logs` or `jobs stop`: never cut or wrapped,
+    even at 60 columns; the entrypoint wraps instead."""
+    from datamodels import jobs
+    from datamodels.cli.common import out_console
+
+    ids = ["raysubmit_" + "A1b2C3d4E5f6G7h8"[: 16 - i] for i in range(3)]
+    rows = [
+        jobs.JobRow(i, "SUCCEEDED", "datamodels run c.yaml " * 4, "", 1_700_000_000_000, None)
+        for i in ids
+    ]
+    monkeypatch.setattr(jobs, "list_jobs", lambda client: rows)
+    monkeypatch.setattr(jobs, "client", lambda address: None)
+    monkeypatch.setattr(out_console, "width", 60)
+    result = CliRunner().invoke(app, ["jobs", "list"])
+    assert result.exit_code == 0, result.output
+    for i in ids:
+        assert f" {i} " in result.stdout  # one piece, on one line
+    assert "SUCCEEDED" in result.stdout

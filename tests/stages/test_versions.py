@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from datamodels.api import estimate, train
 from datamodels.cli import app
+from datamodels.cli.common import out_console
 from datamodels.config import config_from_dict
 from datamodels.errors import RunMismatchError
 from datamodels.methods.downsampling import Downsampling
@@ -125,7 +126,8 @@ def test_a_bumped_estimator_makes_its_stage_stale_and_recomputes(null_run, monke
     assert _state(config, run, "estimate") == "stale"
     states = stage_states(config, run).set_index("stage")
     assert states.loc["estimate", "changed"] == "method.downsampling 1 -> 2"
-    status = CliRunner().invoke(app, ["status", uri], env={"COLUMNS": "250"})
+    monkeypatch.setattr(out_console, "width", 250)  # whatever COLUMNS the process started with
+    status = CliRunner().invoke(app, ["status", uri])
     assert status.exit_code == 0
     assert "method.downsampling 1 -> 2" in " ".join(status.stdout.split())
     assert EstimateStage(config, run, "downsampling").digest != stage.digest
