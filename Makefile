@@ -13,6 +13,8 @@ APT_PKGS := pkg-config libopencv-dev libturbojpeg0-dev
 TEST_APT_PKGS := chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN ?= runs/digits
+# test processes (pytest-xdist); each test file runs whole in one of them
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test test-slow lint bench docs clean
 
@@ -39,10 +41,10 @@ test: setup
 	@dpkg -s $(TEST_APT_PKGS) >/dev/null 2>&1 || { \
 	  echo "installing the browser the report test opens: $(TEST_APT_PKGS)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(TEST_APT_PKGS) >/dev/null; }
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: setup
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m slow
 
 lint: setup
 	$(BIN)/ruff check datamodels tests benchmarks
