@@ -120,18 +120,26 @@ def _probe(client, bucket: str, key: str) -> tuple[bool, bool]:
     return True, matches
 
 
+def _s3_client(filesystem: pafs.FileSystem):
+    """(boto3 client, settings) for an S3 filesystem; None elsewhere or without boto3."""
+    settings = _s3_settings(filesystem)
+    if settings is None:
+        return None
+    try:
+        return _client(filesystem, settings), settings
+    except ImportError:
+        return None
+
+
 def _conditional(filesystem: pafs.FileSystem, path: str):
     """(client, bucket, key, honours If-Match) for ``path`` on a store that honours
     ``If-None-Match: *``; None elsewhere (probed once per endpoint and bucket)."""
     from botocore.exceptions import BotoCoreError, ClientError  # optional dependency
 
-    settings = _s3_settings(filesystem)
-    if settings is None:
+    found = _s3_client(filesystem)
+    if found is None:
         return None
-    try:
-        client = _client(filesystem, settings)
-    except ImportError:
-        return None
+    client, settings = found
     bucket, key = _split(path)
     cache_key = (repr((settings.get("endpoint_override"), filesystem.region)), bucket)
     if cache_key not in _support:
@@ -199,14 +207,12 @@ def delete_if(filesystem: pafs.FileSystem, path: str, etag: str) -> bool:
 def etags(filesystem: pafs.FileSystem, folder: str) -> dict[str, str] | None:
     """Name -> ETag of the objects directly in ``folder`` (``bucket/prefix``), one listing;
     None where the store is not S3, botocore is missing or the listing fails."""
-    settings = _s3_settings(filesystem)
-    if settings is None:
+    found = _s3_client(filesystem)
+    if found is None:
         return None
-    try:
-        client = _client(filesystem, settings)
-        from botocore.exceptions import BotoCoreError, ClientError
-    except ImportError:
-        return None
+    client = found[0]
+    from botocore.exceptions import BotoCoreError, ClientError  # present: _s3_client found it
+
     bucket, prefix = _split(folder)
     prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
     found = {}
