@@ -113,7 +113,7 @@ def _conv_config(model: dict) -> dict:
         dataset=images, transfer={"source": source}, model=model,
         train={"epochs": 2, "batch_size": 64, "lr": 0.05},
         plans=[
-            {"name": "train", "kind": "classes", "alpha": 0.5, "count": 12},
+            {"name": "train", "kind": "classes", "alpha": 0.5, "count": 24},
             {"name": "eval", "kind": "classes", "alpha": 0.5, "count": 4},
         ],
     )
@@ -136,9 +136,9 @@ def test_conv_transfer_run_trains_and_fits(conv_run):
     last linear layer's input features: every model records finite margins on the target's
     test images, well above chance, and fit gives one weight per source class."""
     config, run, summary = conv_run
-    assert summary.trained == 16 and summary.failed == 0
+    assert summary.trained == 28 and summary.failed == 0
     masks, margins = run.masks_and_margins(plan="train")
-    assert masks.shape == (12, 12) and margins.shape == (24, run.n_eval)
+    assert masks.shape == (24, 12) and margins.shape == (24, run.n_eval)
     assert np.isfinite(margins).all() and (margins > 0).mean() > 0.4  # 10 classes: chance 0.1
     api.fit(config, run, show_progress=False)
     _, scores = run.scores("datamodels")
