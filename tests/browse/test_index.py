@@ -128,10 +128,12 @@ def test_pages_from_the_index_match_pages_from_the_scores(both, serve_run, path)
         ]
 
 
-def test_a_rewritten_score_table_makes_the_index_stale(serve_run, tmp_path):
+def test_a_rewritten_score_table_makes_the_index_stale(indexed, tmp_path):
     copy = str(tmp_path / "run")
-    shutil.copytree(serve_run, copy)
-    serve_index(copy, show_progress=False)
+    shutil.copytree(indexed, copy)  # a copy of the indexed run: this test writes
+    before = RunReader(copy)
+    assert before.index_state == "done"  # current until a score table is rewritten
+    before.close()
     run = Run(copy)
     targets, scores = run.scores("downsampling")
     flipped = -scores

@@ -25,7 +25,7 @@ NULL_RUN = {
         {"name": "train", "alpha": 0.5, "count": 45},
         {"name": "eval", "alpha": 0.5, "count": 7},
     ],
-    "resources": {"models_per_task": 8},
+    "resources": {"models_per_task": 26},  # a Ray run of the 52 models: two tasks
 }
 
 

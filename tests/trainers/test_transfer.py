@@ -155,7 +155,7 @@ def test_conv_transfer_model_ignores_the_data_of_excluded_source_classes(conv_ru
     from datamodels.trainers.transfer import load_transfer_data, train_transfer
 
     base, run, _ = conv_run
-    config = config_from_dict(_conv_config(model))
+    config = config_from_dict(_conv_config(model), ["train.epochs=1"])  # one epoch shows it
     mask = masks_for(base, plan_models(base, 12).take(np.array([0])), 12)
     seeds = np.array([7])
 
