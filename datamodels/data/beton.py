@@ -1,7 +1,8 @@
 """FFCV ``.beton`` files: write a dataset once, read it back two ways.
 
 * ``decode_resident``: decode the whole file once per worker process into arrays that every
-  model in that worker samples from (small datasets; the fast path).
+  model in that worker samples from (small datasets; the fast path); read from the file's
+  pages by ``beton_file`` (no FFCV needed).
 * ``subset_loader``: one FFCV ``Loader`` per model over ``indices=`` its subset, shuffled with
   its own seed (datasets larger than memory).
 
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from datamodels.data.array_store import ARRAYS_NAME, ArrayLoader, decode_arrays, write_arrays
+from datamodels.data.beton_file import read_beton
 from datamodels.data.sources import ArrayDataset
 from datamodels.errors import ConfigError, DataError, MissingDependencyError
 
@@ -191,25 +193,14 @@ def _check(path: str | Path) -> Path:
 def decode_resident(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Decode the whole beton: (features [N, ...], labels int64[N]). Tasks keep the result in
     their process's context (``orchestrate.context``), so a worker decodes it once. An array
-    store (``.npy``) is read by NumPy instead."""
+    store (``.npy``) is read by NumPy instead. The beton is read from its pages
+    (`beton_file.read_beton`: no FFCV import, no pipeline compile), so this needs no FFCV."""
     if is_arrays(path):
         return decode_arrays(path)
-    path = _check(path)
-    from ffcv.loader import Loader, OrderOption
-
-    loader = Loader(
-        str(path),
-        batch_size=4096,
-        num_workers=1,
-        order=OrderOption.SEQUENTIAL,
-        drop_last=False,
-        pipelines=_pipelines(),
-    )
-    xs, ys = [], []
-    for x, y in loader:
-        xs.append(x.numpy().copy())
-        ys.append(y.numpy().reshape(-1).astype(np.int64))
-    return np.concatenate(xs), np.concatenate(ys)
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"FFCV file not found: {path}; run `datamodels prepare` for this run first")
+    return read_beton(path)
 
 
 def subset_loader(

@@ -91,11 +91,17 @@ def test_the_format_follows_ffcv_unless_chosen(monkeypatch, tmp_path):
     monkeypatch.setenv(FORMAT_ENV, "parquet")
     with pytest.raises(ConfigError, match="choose beton or arrays"):
         data_format()
-    # a beton where FFCV is missing: one line naming the extra and the way around it
+    # a beton where FFCV is missing: read whole from its pages; per-model loading, which
+    # needs FFCV's Loader, says so in one line naming the extra and the way around it
+    ds = ArrayDataset("d", np.arange(12, dtype=np.float32).reshape(6, 2), np.arange(6) % 3,
+                      np.zeros(6, bool), 3)  # fmt: skip
+    beton.write_beton(ds, tmp_path / "examples.beton")
     monkeypatch.setattr(beton, "ffcv_installed", lambda: False)
-    (tmp_path / "examples.beton").write_bytes(b"\0" * 64)
+    features, labels = decode_resident(tmp_path / "examples.beton")
+    np.testing.assert_array_equal(features, ds.features)
+    np.testing.assert_array_equal(labels, ds.labels)
     with pytest.raises(MissingDependencyError, match=r"datamodels\[ffcv\].*arrays"):
-        decode_resident(tmp_path / "examples.beton")
+        subset_loader(tmp_path / "examples.beton", np.arange(3), batch_size=2, seed=0)
 
 
 def test_per_model_loading_trains_from_the_array_store(tmp_path, monkeypatch):

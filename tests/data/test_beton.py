@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from datamodels.config import DatasetConfig
 from datamodels.data.beton import decode_resident, subset_loader, write_beton
@@ -30,6 +31,35 @@ def test_images_round_trip(tmp_path, cifar_archive):
     features, labels = decode_resident(tmp_path / "c.beton")
     assert features.dtype == np.uint8 and features.shape == ds.features.shape
     np.testing.assert_array_equal(features, ds.features)
+
+
+def test_the_page_reader_equals_ffcvs_loader_across_pages(tmp_path):
+    """``decode_resident`` reads a beton from its pages (``beton_file``), not through FFCV's
+    Loader: the same arrays as the Loader's, on a file of several pages; a truncated file
+    is named, not misread."""
+    from ffcv.loader import Loader, OrderOption
+
+    from datamodels.data.beton import _pipelines
+    from datamodels.data.beton_file import read_beton
+    from datamodels.data.sources import ArrayDataset
+    from datamodels.errors import DataError
+
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, size=(2500, 32, 32, 3), dtype=np.uint8)  # 7.7 MB: pages
+    labels = rng.integers(0, 10, size=len(images))
+    path = tmp_path / "big.beton"
+    write_beton(ArrayDataset("big", images, labels, np.zeros(len(images), bool), 10), path)
+    loader = Loader(str(path), batch_size=1000, num_workers=1, order=OrderOption.SEQUENTIAL,
+                    drop_last=False, pipelines=_pipelines())  # fmt: skip
+    batches = [(x.numpy().copy(), y.numpy().reshape(-1).copy()) for x, y in loader]
+    features, read_labels = read_beton(path)
+    np.testing.assert_array_equal(features, np.concatenate([b[0] for b in batches]))
+    np.testing.assert_array_equal(read_labels, np.concatenate([b[1] for b in batches]))
+    np.testing.assert_array_equal(features, images)
+    cut = tmp_path / "cut.beton"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DataError, match="cut.beton"):
+        read_beton(cut)
 
 
 def test_a_writer_whose_workers_died_is_reported_not_waited_on(tmp_path, monkeypatch):
