@@ -17,6 +17,7 @@ from tests.conftest import SMALL_DIGITS
 
 TINY = {
     **SMALL_DIGITS,
+    "dataset": {"name": "digits", "limit_train": 300, "limit_test": 60},  # a part of digits
     "train": {"epochs": 2, "batch_size": 32},
     "plans": [
         {"name": "train", "alpha": 0.5, "count": 12},

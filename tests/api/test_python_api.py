@@ -15,7 +15,8 @@ from tests.conftest import SMALL_DIGITS
 
 TINY = {
     **SMALL_DIGITS,
-    "train": {"epochs": 3, "batch_size": 32},
+    "dataset": {"name": "digits", "limit_train": 300, "limit_test": 60},  # a part of digits
+    "train": {"epochs": 2, "batch_size": 32},
     "plans": [
         {"name": "train", "alpha": 0.5, "count": 24},
         {"name": "eval", "alpha": 0.5, "count": 6},

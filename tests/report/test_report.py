@@ -29,7 +29,8 @@ from tests.conftest import SMALL_DIGITS
 REPORT_CONFIG = {
     **SMALL_DIGITS,
     "name": "digits_report",
-    "dataset": {"name": "digits", "flip_fraction": 0.1},
+    # a part of digits: every table and figure the report draws, at a fraction of the fits
+    "dataset": {"name": "digits", "flip_fraction": 0.1, "limit_train": 300, "limit_test": 60},
     "train": {"epochs": 2, "batch_size": 32},
     "plans": [
         {"name": "train", "alpha": 0.5, "count": 30},
