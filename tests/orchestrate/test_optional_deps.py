@@ -39,17 +39,17 @@ ABSENT = ("ray", "ffcv", "duckdb", "starlette", "uvicorn", "PIL", "numba", "matp
 SMALL = {
     "name": "optional_deps",
     "seed": 0,
-    "dataset": {"name": "digits", "test_fraction": 0.1},
-    "model": {"arch": "mlp", "hidden": 16},
+    "dataset": {"name": "digits", "limit_train": 200, "limit_test": 30},
+    "model": {"arch": "mlp", "hidden": 8},
     "train": {"epochs": 2, "batch_size": 64},
     "plans": [
-        {"name": "train", "alpha": 0.5, "count": 30},
-        {"name": "eval", "alpha": 0.5, "count": 8},
+        {"name": "train", "alpha": 0.5, "count": 24},  # fit needs 22 at least
+        {"name": "eval", "alpha": 0.5, "count": 6},
     ],
     "checkpoints": {"plan": "train", "models": 2, "epochs": [2]},
     "gradients": {"models": 1, "trak_models": 2, "proj_dim": 32},
-    "fit": {"n_lambdas": 5},
-    "resources": {"models_per_task": 10},
+    "fit": {"n_lambdas": 4},
+    "resources": {"models_per_task": 15},
 }
 METHODS = ("datamodels", "trak", "tracin")
 
@@ -187,7 +187,50 @@ def test_the_pipeline_without_them_gives_the_scores_of_the_ffcv_and_ray_path(run
     )
 
 
+# Runs the CLI once per case in one process of the slim environment (one start-up, not one
+# per command): argv[1] is JSON [[environment, args], ...]; prints JSON [[exit code, what
+# the command wrote to file descriptor 2], ...] after what importing the CLI wrote there.
+CASES_SCRIPT = """
+import json, os, sys, tempfile
+
+def captured(call):
+    with tempfile.TemporaryFile(mode="w+") as err:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(err.fileno(), 2)
+        try:
+            code = call()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        err.seek(0)
+        return code, err.read()
+
+def cli(args):
+    try:
+        app(args=args, prog_name="datamodels")
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    return 0
+
+def load():
+    global app
+    from datamodels.cli import app
+
+results = [captured(load)]
+for env, args in json.loads(sys.argv[1]):
+    os.environ.update(env)
+    results.append(captured(lambda: cli(args)))
+    for name in env:
+        del os.environ[name]
+print(json.dumps(results))
+"""
+
+
 def test_commands_that_need_what_is_missing_say_so_in_one_line(runs, slim, tmp_path):
+    import json
+
     _, without = runs
     config = tmp_path / "small.yaml"
     config.write_text(yaml.safe_dump(SMALL))
@@ -200,15 +243,18 @@ def test_commands_that_need_what_is_missing_say_so_in_one_line(runs, slim, tmp_p
         "cluster at 127.0.0.1:1": ["train", str(config), "--out", str(without),
                                    "--address", "127.0.0.1:1"],
     }
-    for needed, args in cases.items():
-        done = run_in(slim, "-m", "datamodels.cli", *args, check=False)
-        lines = done.stderr.strip().splitlines()
-        assert done.returncode == 2 and len(lines) == 1, (args, done.stderr[-2000:])
+    # the last: asked for Ray where it is missing
+    estimate = ["estimate", str(without), "-m", "trak"]
+    todo = [[{}, args] for args in cases.values()] + [[{"DATAMODELS_EXECUTOR": "ray"}, estimate]]
+    done = run_in(slim, "-c", CASES_SCRIPT, json.dumps(todo))
+    (_, imported), *results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert imported == "" and len(results) == len(todo), (imported, done.stdout[-2000:])
+    for (needed, args), (code, stderr) in zip(cases.items(), results, strict=False):
+        lines = stderr.strip().splitlines()
+        assert code == 2 and len(lines) == 1, (args, stderr[-2000:])
         assert needed in lines[0] and "pip install" in lines[0], lines[0]
-    # asked for Ray where it is missing
-    done = run_in(slim, "-m", "datamodels.cli", "estimate", str(without), "-m", "trak",
-                  check=False, DATAMODELS_EXECUTOR="ray")
-    assert done.returncode == 2 and "datamodels[ray]" in done.stderr.strip().splitlines()[-1]
+    code, stderr = results[-1]
+    assert code == 2 and "datamodels[ray]" in stderr.strip().splitlines()[-1], stderr[-2000:]
 
 
 def test_gpu_pipeline_runs_on_cpu_with_only_what_a_bare_gpu_image_has(tmp_path):

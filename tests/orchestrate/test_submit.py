@@ -33,7 +33,7 @@ TINY = {
         {"name": "train", "alpha": 0.5, "count": 30},
         {"name": "eval", "alpha": 0.5, "count": 6},
     ],
-    "resources": {"models_per_task": 12},
+    "resources": {"models_per_task": 40},  # one train task: one worker decodes the data
 }
 SUBMISSION_ID = re.compile(r"raysubmit_\w+")
 
@@ -138,6 +138,41 @@ def _cli(env: dict, cwd: Path, *args: str, timeout: float = 240) -> subprocess.C
     )
 
 
+# Runs `datamodels` once per argument list in one process (one start-up for several
+# commands): argv[1] is JSON [args, ...]; prints JSON [[exit code, stdout], ...].
+MANY_SCRIPT = """
+import io, json, sys
+from contextlib import redirect_stdout
+from datamodels.cli import app
+from datamodels.cli.common import out_console
+
+results = []
+for args in json.loads(sys.argv[1]):
+    out = io.StringIO()
+    out_console.file = out
+    with redirect_stdout(out):
+        try:
+            app(args=args, prog_name="datamodels")
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    results.append([code, out.getvalue().strip()])
+print(json.dumps(results))
+"""
+
+
+def _cli_many(env: dict, cwd: Path, *commands: list[str]) -> list[tuple[int, str]]:
+    """(exit code, stdout stripped) of each command, run in one process."""
+    import json
+
+    done = subprocess.run(
+        [sys.executable, "-c", MANY_SCRIPT, json.dumps(commands)], cwd=cwd, env=env,
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [tuple(result) for result in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
 def _project(tmp_path: Path, config: dict) -> Path:
     project = tmp_path / "project"
     project.mkdir()
@@ -223,13 +258,14 @@ def test_submit_follows_the_job_to_its_end(ray_head, tmp_path):
     assert len(run.model_ids()) == 35 and verify(run) == []
     assert set(run.evaluation().method) >= {"datamodels", "downsampling", "knn_shapley"}
 
-    status = _cli(env, project, "jobs", "status", job_id, "--address", address)
-    assert status.returncode == 0 and status.stdout.strip() == f"job {job_id} SUCCEEDED"
-    listed = _cli(env, project, "jobs", "list", "--address", address)
-    assert listed.returncode == 0 and job_id in listed.stdout and "SUCCEEDED" in listed.stdout
-    logs = _cli(env, project, "jobs", "logs", job_id, "--address", address)
-    assert logs.returncode == 0 and "evaluation (" in logs.stdout
-    assert "runs/big.bin" not in logs.stdout
+    status, listed, logs = _cli_many(
+        env, project, ["jobs", "status", job_id, "--address", address],
+        ["jobs", "list", "--address", address], ["jobs", "logs", job_id, "--address", address],
+    )  # fmt: skip
+    assert status == (0, f"job {job_id} SUCCEEDED"), status
+    assert listed[0] == 0 and job_id in listed[1] and "SUCCEEDED" in listed[1]
+    assert logs[0] == 0 and "evaluation (" in logs[1]
+    assert "runs/big.bin" not in logs[1]
 
 
 @pytest.mark.slow  # two more jobs on the head; the default suite follows one job to its end

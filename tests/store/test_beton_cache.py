@@ -44,9 +44,9 @@ def test_two_runs_of_one_config_over_a_regenerated_dataset_train_on_their_own_da
             "name": "regenerated",
             "dataset": {"name": "arrays", "path": str(data), "test_fraction": 0.25},
             "model": {"arch": "logreg"},
-            "train": {"epochs": 3, "batch_size": 30, "lr": 0.1},
-            "plans": [{"name": "train", "alpha": 0.5, "count": 4}],
-            "resources": {"models_per_task": 4},
+            "train": {"epochs": 1, "batch_size": 30, "lr": 0.1},
+            "plans": [{"name": "train", "alpha": 0.5, "count": 2}],
+            "resources": {"models_per_task": 2},
         }
     )
     margins = {}
