@@ -19,6 +19,7 @@ from datamodels.stages import train as train_stage
 from datamodels.store import Run, RunFS
 from tests.conftest import SMALL_DIGITS, digits_default_core
 
+pytestmark = pytest.mark.usefixtures("array_store")  # runs hold data/examples.npy
 CONFIGS = Path(__file__).parents[2] / "configs"
 
 

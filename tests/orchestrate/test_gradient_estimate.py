@@ -31,6 +31,7 @@ from datamodels.store.checkpoints import load_checkpoint, read_checkpoint_index
 from datamodels.store.positions import eval_positions
 from datamodels.trainers.orders import interval_lr
 
+pytestmark = pytest.mark.usefixtures("array_store")  # runs hold data/examples.npy
 MLP = {
     "name": "mlp_tiny",
     "dataset": {"name": "digits", "limit_train": 240, "limit_test": 40},
@@ -156,7 +157,9 @@ def test_sharded_and_unsharded_runs_agree(mlp_run, tmp_path, method):
     shutil.copytree(uri, copy)
     common = ["gradients.models=2", "gradients.trak_models=3", "gradients.proj_dim=64"]
     sharded = config_from_dict(
-        MLP, CHECKPOINTS + common + ["gradients.targets_per_task=15", "gradients.train_per_task=70"]
+        # 2 blocks of targets (25 + 15) and of training points (130 + 110) per model
+        MLP,
+        CHECKPOINTS + common + ["gradients.targets_per_task=25", "gradients.train_per_task=130"],
     )
     whole = config_from_dict(
         MLP,
@@ -233,7 +236,6 @@ def test_stage_equals_the_estimator_functions(logreg_run):
             "gradients.proj_dim=200",
             "gradients.trak_damping=0.0",  # the plain trak_scores below: undamped
             "gradients.damping=0.0",
-            "gradients.targets_per_task=30",
         ],
     )
     expected = {
