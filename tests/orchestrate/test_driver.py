@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from datamodels.stages.status import plan_status
 from datamodels.store import Run, query, verify
 from tests.conftest import SMALL_DIGITS, digits_default_core
 
+pytestmark = pytest.mark.usefixtures("array_store")  # runs hold data/examples.npy
 MODEL_COLUMNS = {
     "model_id": pa.int64(),
     "plan": pa.string(),
@@ -44,10 +46,23 @@ def _shards(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "models").glob("*.parquet"))
 
 
-def test_train_writes_the_contract_tables(tmp_path, ray_local):
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, ray_local):
+    """(config, path, summary): the SMALL_DIGITS run trained once through Ray, for tests that
+    read it; a test that writes works on a copy (`_copy`)."""
     config = _config()
-    out = tmp_path / "run"
-    summary = train(config, str(out), show_progress=False)
+    out = tmp_path_factory.mktemp("small") / "run"
+    return config, out, train(config, str(out), show_progress=False)
+
+
+def _copy(run_dir: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+def test_train_writes_the_contract_tables(small_run, tmp_path):
+    config, out, summary = small_run
     planned = plan_models(config, 1438)
     assert summary.trained == len(planned) == 48
     run = Run(str(out))
@@ -92,18 +107,21 @@ def test_train_writes_the_contract_tables(tmp_path, ray_local):
     frame = query(run, "SELECT plan, count(*) AS n FROM models GROUP BY plan ORDER BY plan")
     assert frame.to_dict("list") == {"plan": ["eval", "train"], "n": [8, 40]}
 
-    again = train(config, str(out), show_progress=False)  # resume: nothing left to do
-    assert again.trained == 0 and again.already_done == 48
     assert [p.name for p in _shards(out)] == sorted(p.name for p in _shards(out))
+    copy = _copy(out, tmp_path)
+    again = train(config, str(copy), show_progress=False)  # resume: nothing left to do
+    assert again.trained == 0 and again.already_done == 48
 
 
 def test_nan_models_land_in_failures(tmp_path, monkeypatch):
-    config = _config("resources.max_attempts=2")
+    config = _config(
+        "resources.max_attempts=2", "plans.train.count=20", "plans.eval.count=4", "train.epochs=2"
+    )
     planned = plan_models(config, 1438)
-    poisoned_seeds = planned.seed[[3, 41]]
+    poisoned_seeds = planned.seed[[3, 21]]  # one model of each plan
     real = train_task.train_batch
 
-    def diverging(masks, seeds, *args, **kwargs):  # models 3 and 41 diverge on every attempt
+    def diverging(masks, seeds, *args, **kwargs):  # models 3 and 21 diverge on every attempt
         outcome = real(masks, seeds, *args, **kwargs)
         bad = np.isin(seeds, poisoned_seeds)
         outcome.train_loss[bad] = np.nan
@@ -114,13 +132,13 @@ def test_nan_models_land_in_failures(tmp_path, monkeypatch):
     out = tmp_path / "run"
     summary = train(config, str(out), executor=SerialExecutor(), show_progress=False)
     run = Run(str(out))
-    assert summary.trained == 46 and summary.failed == 2
+    assert summary.trained == 22 and summary.failed == 2
     failures = run.failures()
-    assert sorted(failures["model_id"].tolist()) == [3, 3, 41, 41]
+    assert sorted(failures["model_id"].tolist()) == [3, 3, 21, 21]
     assert sorted(failures["attempt"].tolist()) == [1, 1, 2, 2]
     assert set(failures["error_type"]) == {"NonFiniteLoss"}
     assert set(failures["plan"]) == {"train", "eval"}
-    assert set(run.model_ids().tolist()) == set(range(48)) - {3, 41}
+    assert set(run.model_ids().tolist()) == set(range(24)) - {3, 21}
     status = plan_status(config, run).set_index("plan")
     assert status.loc["train", "failed"] == 1 and status.loc["eval", "failed"] == 1
     assert status["missing"].sum() == 0
@@ -130,7 +148,9 @@ def test_nan_models_land_in_failures(tmp_path, monkeypatch):
 
 
 def test_a_task_that_raises_spends_attempts_and_retries_smaller(tmp_path, monkeypatch):
-    config = _config("resources.max_attempts=3", "plans.train.count=20", "plans.eval.count=4")
+    config = _config(
+        "resources.max_attempts=3", "plans.train.count=20", "plans.eval.count=4", "train.epochs=2"
+    )
     real = train_task.train_batch
     calls: list[int] = []
 
@@ -151,10 +171,9 @@ def test_a_task_that_raises_spends_attempts_and_retries_smaller(tmp_path, monkey
     assert calls[2] < calls[0]  # a failed batch is retried in smaller batches
 
 
-def test_truncated_shard_is_named_and_retrained(tmp_path, ray_local):
-    config = _config()
-    out = tmp_path / "run"
-    train(config, str(out), show_progress=False)
+def test_truncated_shard_is_named_and_retrained(small_run, tmp_path):
+    config, trained, _ = small_run
+    out = _copy(trained, tmp_path)
     victim = _shards(out)[1]
     lost_ids = pq.read_table(victim, columns=["model_id"]).column("model_id").to_pylist()
     data = victim.read_bytes()
@@ -231,10 +250,10 @@ def test_driver_sigkill_then_resume(tmp_path, ray_local):
 
     out = tmp_path / "run"
     overrides = [
-        "plans.train.count=50",
-        "plans.eval.count=10",
-        "train.epochs=4",
-        "resources.models_per_task=5",
+        "plans.train.count=16",
+        "plans.eval.count=4",
+        "train.epochs=1",
+        "resources.models_per_task=4",
         "resources.trainer=sequential",
     ]
     config_path = digits_default_core(tmp_path)
@@ -265,11 +284,11 @@ def test_driver_sigkill_then_resume(tmp_path, ray_local):
     from datamodels.config import load_config
 
     summary = train(load_config(config_path, overrides), str(out), show_progress=False)
-    assert summary.already_done == done_before and summary.trained == 60 - done_before
+    assert summary.already_done == done_before and summary.trained == 20 - done_before
     after = {p.name: p.stat().st_mtime_ns for p in _shards(out)}
     assert all(after[name] == mtime for name, mtime in before.items())  # finished shards untouched
     run = Run(str(out))
-    assert run.model_ids().tolist() == list(range(60))
+    assert run.model_ids().tolist() == list(range(20))
     assert verify(run) == []
 
 
@@ -338,7 +357,9 @@ def test_shipped_cifar10_config_on_a_generated_archive(tmp_path, ray_local):
 def test_a_lost_receipt_never_stores_a_model_twice(tmp_path, monkeypatch):
     """A task that dies after its shard was renamed into place (the driver never hears back):
     its models are found in models/ and neither retried nor counted as failures."""
-    config = _config("plans.train.count=20", "plans.eval.count=4", "resources.max_attempts=3")
+    config = _config(
+        "plans.train.count=20", "plans.eval.count=4", "resources.max_attempts=3", "train.epochs=2"
+    )
     real = train_stage.TrainStage.write_shard
     deaths: list[int] = []
 

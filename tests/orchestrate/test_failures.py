@@ -19,6 +19,7 @@ from datamodels.stages import train as train_stage
 from datamodels.store import Run, RunFS
 from tests.conftest import SMALL_DIGITS, digits_default_core
 
+pytestmark = pytest.mark.usefixtures("array_store")  # runs hold data/examples.npy
 CONFIGS = Path(__file__).parents[2] / "configs"
 
 
@@ -28,7 +29,10 @@ def _config(*overrides):
     )
 
 
-def test_train_exits_non_zero_when_models_failed_for_good(tmp_path, ray_local):
+def test_train_exits_non_zero_when_models_failed_for_good(tmp_path, monkeypatch):
+    from datamodels.orchestrate.executor import EXECUTOR_ENV
+
+    monkeypatch.setenv(EXECUTOR_ENV, "local")  # the command's accounting, in this process
     out = tmp_path / "run"
     args = [
         "train",

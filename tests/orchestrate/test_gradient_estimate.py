@@ -24,6 +24,7 @@ from datamodels.gradients import (
 from datamodels.gradients.checkpointed import functional_model
 from datamodels.gradients.grads import per_example_outputs
 from datamodels.orchestrate.context import Context, context
+from datamodels.orchestrate.executor import SerialExecutor
 from datamodels.plans import masks_for, plan_models
 from datamodels.stages.estimate import GRADIENT_METHODS, EstimateStage
 from datamodels.store import Run
@@ -31,6 +32,7 @@ from datamodels.store.checkpoints import load_checkpoint, read_checkpoint_index
 from datamodels.store.positions import eval_positions
 from datamodels.trainers.orders import interval_lr
 
+pytestmark = pytest.mark.usefixtures("array_store")  # runs hold data/examples.npy
 MLP = {
     "name": "mlp_tiny",
     "dataset": {"name": "digits", "limit_train": 240, "limit_test": 40},
@@ -70,10 +72,12 @@ def mlp_run(tmp_path_factory, ray_local):
 
 
 @pytest.fixture(scope="module")
-def logreg_run(tmp_path_factory, ray_local):
+def logreg_run(tmp_path_factory):
+    """A logreg run trained in-process (its tests check what the stage computes, not how the
+    tasks are spread; the tasks through Ray: `mlp_run` and the sharded runs)."""
     config = config_from_dict(LOGREG)
     uri = str(tmp_path_factory.mktemp("logreg") / "run")
-    train(config, uri, show_progress=False)
+    train(config, uri, executor=SerialExecutor(), show_progress=False)
     return config, uri
 
 
@@ -136,12 +140,12 @@ def test_missing_or_corrupt_checkpoint_is_named_and_train_recreates_it(mlp_run, 
         estimate(three, str(copy), "tracin", show_progress=False)
 
 
-def test_without_checkpoints_the_error_says_how_to_add_them(tmp_path, ray_local):
+def test_without_checkpoints_the_error_says_how_to_add_them(tmp_path):
     config = config_from_dict(MLP, ["plans.train.count=2", "plans.eval.count=2"])
     uri = str(tmp_path / "run")
-    train(config, uri, show_progress=False)
+    train(config, uri, executor=SerialExecutor(), show_progress=False)
     with pytest.raises(EstimateError, match="checkpoints.plan=train"):
-        estimate(config, uri, "influence", show_progress=False)
+        estimate(config, uri, "influence", executor=SerialExecutor(), show_progress=False)
 
 
 def _scores_and_self(uri, method):
@@ -156,7 +160,9 @@ def test_sharded_and_unsharded_runs_agree(mlp_run, tmp_path, method):
     shutil.copytree(uri, copy)
     common = ["gradients.models=2", "gradients.trak_models=3", "gradients.proj_dim=64"]
     sharded = config_from_dict(
-        MLP, CHECKPOINTS + common + ["gradients.targets_per_task=15", "gradients.train_per_task=70"]
+        # 2 blocks of targets (25 + 15) and of training points (130 + 110) per model
+        MLP,
+        CHECKPOINTS + common + ["gradients.targets_per_task=25", "gradients.train_per_task=130"],
     )
     whole = config_from_dict(
         MLP,
@@ -233,7 +239,6 @@ def test_stage_equals_the_estimator_functions(logreg_run):
             "gradients.proj_dim=200",
             "gradients.trak_damping=0.0",  # the plain trak_scores below: undamped
             "gradients.damping=0.0",
-            "gradients.targets_per_task=30",
         ],
     )
     expected = {
@@ -271,7 +276,7 @@ def test_stage_equals_the_estimator_functions(logreg_run):
         "trak": trak_scores(models, x, y, tx, ty, proj_dim=200, seed=config.seed).numpy(),
     }
     for method, want in expected.items():
-        estimate(settings, uri, method, show_progress=False)
+        estimate(settings, uri, method, executor=SerialExecutor(), show_progress=False)
         got = run.scores(method)[1]
         np.testing.assert_allclose(
             got, want, rtol=2e-3, atol=1e-5 * np.abs(want).max(), err_msg=method
@@ -287,7 +292,7 @@ def test_stage_equals_the_estimator_functions(logreg_run):
             "gradients.cg_max_iter=2000",
         ],
     )
-    estimate(cg, uri, "influence", show_progress=False)
+    estimate(cg, uri, "influence", executor=SerialExecutor(), show_progress=False)
     want = expected["influence"]
     np.testing.assert_allclose(
         run.scores("influence")[1], want, rtol=1e-3, atol=1e-5 * np.abs(want).max()
@@ -311,16 +316,16 @@ def test_finished_parts_are_reused_on_resume(logreg_run, tmp_path):
     buffer = io.BytesIO()
     np.save(buffer, marker)
     run.fs.write_bytes_atomic(stage.part_path(first_self), buffer.getvalue())
-    estimate(settings, copy, "representer", show_progress=False)
+    estimate(settings, copy, "representer", executor=SerialExecutor(), show_progress=False)
     self_scores = run.self_scores()["representer"]
     np.testing.assert_array_equal(self_scores[start:stop], 123.0)
     assert not np.any(self_scores[stop:] == 123.0)
 
 
-def test_attack_command_flips_a_retrained_logreg(tmp_path, ray_local):
+def test_attack_command_flips_a_retrained_logreg(tmp_path):
     config = config_from_dict(LOGREG, ["checkpoints.plan=full"])
     uri = str(tmp_path / "run")
-    train(config, uri, show_progress=False)
+    train(config, uri, executor=SerialExecutor(), show_progress=False)
     run = Run(uri)
     margins = run.margins(plan="full")[0][
         : run.n_eval - run.n_train
@@ -340,7 +345,7 @@ def test_attack_command_flips_a_retrained_logreg(tmp_path, ray_local):
     assert bad.exit_code == 2 and "not an eval position" in bad.output
 
 
-def test_gradient_self_scores_find_flipped_labels(tmp_path, ray_local):
+def test_gradient_self_scores_find_flipped_labels(tmp_path):
     """Every gradient method's self scores rank flipped training labels far above chance."""
     from datamodels.metrics.mislabel import mislabel_detection
 
@@ -348,14 +353,14 @@ def test_gradient_self_scores_find_flipped_labels(tmp_path, ray_local):
         LOGREG, ["dataset.flip_fraction=0.2", "checkpoints.plan=full", "gradients.proj_dim=100"]
     )
     uri = str(tmp_path / "run")
-    train(config, uri, show_progress=False)
+    train(config, uri, executor=SerialExecutor(), show_progress=False)
     run = Run(uri)
     rows = run.examples().dropna(subset=["train_position"]).sort_values("train_position")
     flipped = (rows["label"] != rows["original_label"]).to_numpy()
     assert flipped.sum() == 12
     found = {}
     for method in ("influence", "tracin", "representer", "trak"):
-        estimate(config, uri, method, show_progress=False)
+        estimate(config, uri, method, executor=SerialExecutor(), show_progress=False)
         found[method] = mislabel_detection(run.self_scores()[method], flipped).found_at(0.2)
     print(found)
     assert min(found.values()) >= 0.5, found  # chance: 0.2
@@ -389,8 +394,6 @@ RESNET_GRADIENTS = [
 @pytest.fixture(scope="module")
 def resnet_run(tmp_path_factory):
     """32 train + 8 test CIFAR-shaped 8×8 images, 2 resnet9 models with 2 checkpoints each."""
-    from datamodels.orchestrate.executor import SerialExecutor
-
     root = tmp_path_factory.mktemp("resnet")
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 40)
@@ -405,8 +408,6 @@ def resnet_run(tmp_path_factory):
 
 
 def _resnet_estimate(spec, uri, method, overrides=()):
-    from datamodels.orchestrate.executor import SerialExecutor
-
     config = config_from_dict(spec, RESNET_GRADIENTS + list(overrides))
     estimate(config, uri, method, executor=SerialExecutor(), show_progress=False)
     scores, own = _scores_and_self(uri, method)
@@ -475,7 +476,6 @@ def test_conv_net_through_every_gradient_estimator(resnet_run):
 
 def test_conv_net_refusals_are_one_line(resnet_run, monkeypatch):
     from datamodels.models.archs.resnet9 import ResNet9
-    from datamodels.orchestrate.executor import SerialExecutor
     from datamodels.trainers import sequential
 
     spec, uri = resnet_run

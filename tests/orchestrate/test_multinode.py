@@ -18,6 +18,7 @@ from datamodels.config import config_from_dict
 from datamodels.stages import train as train_stage
 from datamodels.store import Run, verify
 
+pytestmark = pytest.mark.usefixtures("array_store")  # runs hold data/examples.npy
 SMALL = {
     "name": "digits_multinode",
     "dataset": {"name": "digits", "limit_train": 300, "limit_test": 60},

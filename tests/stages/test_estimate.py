@@ -36,6 +36,20 @@ from datamodels.plans import masks_for, plan_models, tmc_layout
 from datamodels.store import Run
 from datamodels.trainers.api import train_batch
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _array_store():
+    """The module's runs hold the array store (``data/examples.npy``), not the FFCV beton:
+    the estimators' promises do not depend on the file, and no Ray worker then compiles the
+    beton's decoder (the beton is checked in tests/data/test_beton.py and through Ray in
+    tests/orchestrate/test_shards.py)."""
+    from datamodels.data.beton import FORMAT_ENV
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(FORMAT_ENV, "arrays")
+        yield
+
+
 N = 8
 BANZHAF_MODELS = 600  # plan "train": alpha = 1/2
 GRID_LEVELS, GRID_COUNT = 4, 150  # plan "grid": 4 Gauss-Legendre levels x 150 = 600 models
